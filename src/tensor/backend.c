@@ -1,0 +1,38 @@
+/* tensor/backend.c -- NULL-checking wrappers around a backend's function table.
+ * Threads: the backend's owner. */
+#include "tensor/backend.h"
+#include "base/base.h"
+#include "base/mem.h"
+#include "base/status.h"
+
+int backend_buf_alloc(struct backend *be, size_t size, void **out) { return be->iface->buf_alloc(be->ctx, size, out); }
+
+void backend_buf_free(struct backend *be, void *buf) {
+    if (buf) be->iface->buf_free(be->ctx, buf);
+}
+
+int backend_tensor_set(struct backend *be, struct tensor *t, const void *host, size_t off, size_t size) {
+    if (off + size > tensor_nbytes(t)) return STATUS_ERR_RANGE;
+    return be->iface->tensor_set(be->ctx, t, host, off, size);
+}
+
+int backend_tensor_get(struct backend *be, const struct tensor *t, void *host, size_t off, size_t size) {
+    if (off + size > tensor_nbytes(t)) return STATUS_ERR_RANGE;
+    return be->iface->tensor_get(be->ctx, t, host, off, size);
+}
+
+bool backend_op_supported(struct backend *be, const struct tensor *node) {
+    return be->iface->op_supported ? be->iface->op_supported(be->ctx, node) : true;
+}
+
+int backend_graph_run(struct backend *be, struct tensor *const *nodes, int n, struct err *err) {
+    return be->iface->graph_run(be->ctx, nodes, n, err);
+}
+
+int backend_sync(struct backend *be) { return be->iface->sync ? be->iface->sync(be->ctx) : 0; }
+
+void backend_free(struct backend *be) {
+    if (!be) return;
+    if (be->iface->free) be->iface->free(be->ctx);
+    mem_free(be);
+}

@@ -1,0 +1,53 @@
+/* tensor/backend.h -- the backend interface: a table of function pointers (ggml_backend_i).
+ * Owns: the contract every backend (cpu/, later cuda/) implements, and the NULL-checking
+ * wrappers that everyone else calls.
+ * Threads: a backend instance is used by one device worker at a time.
+ * Ownership: buffers from backend_buf_alloc are freed with backend_buf_free on the same backend. */
+#ifndef KILN_BACKEND_H
+#define KILN_BACKEND_H
+
+#include "tensor/tensor.h"
+
+#define BACKEND_API_VERSION 1
+
+struct backend_i {
+    int api_version;   /* BACKEND_API_VERSION */
+    const char *name;  /* "cpu", "cuda" */
+    /* Allocates size bytes of device memory (64-byte aligned) into *out; STATUS_ERR_OOM_DEVICE
+     * (or ERR_NOMEM on the host) when it cannot. */
+    int (*buf_alloc)(void *ctx, size_t size, void **out);
+    void (*buf_free)(void *ctx, void *buf);
+    /* Host <-> device copies of size bytes at byte offset off inside t's data. */
+    int (*tensor_set)(void *ctx, struct tensor *t, const void *host, size_t off, size_t size);
+    int (*tensor_get)(void *ctx, const struct tensor *t, void *host, size_t off, size_t size);
+    /* (optional) Whether this backend can compute node (dtype, shapes). NULL means all ops. */
+    bool (*op_supported)(void *ctx, const struct tensor *node);
+    /* Computes nodes[0..n) in order; every input of a node is computed or a leaf. */
+    int (*graph_run)(void *ctx, struct tensor *const *nodes, int n, struct err *err);
+    /* (optional) Waits for queued work. */
+    int (*sync)(void *ctx);
+    /* (optional) Frees ctx and everything the backend owns. */
+    void (*free)(void *ctx);
+};
+
+struct backend {
+    const struct backend_i *iface; /* static table of the implementation */
+    int device;                    /* device index within its kind */
+    void *ctx;                     /* implementation state */
+};
+
+int backend_buf_alloc(struct backend *be, size_t size, void **out);
+void backend_buf_free(struct backend *be, void *buf);
+int backend_tensor_set(struct backend *be, struct tensor *t, const void *host, size_t off, size_t size);
+int backend_tensor_get(struct backend *be, const struct tensor *t, void *host, size_t off, size_t size);
+bool backend_op_supported(struct backend *be, const struct tensor *node);
+int backend_graph_run(struct backend *be, struct tensor *const *nodes, int n, struct err *err);
+int backend_sync(struct backend *be);
+/* Frees the backend and its context; NULL is a no-op. */
+void backend_free(struct backend *be);
+
+/* The CPU backend (fp32 compute, OpenBLAS matrix products, OpenMP threads).
+ * n_threads <= 0 uses every core. Returns NULL only on host OOM. Free with backend_free. */
+struct backend *backend_cpu_new(int n_threads);
+
+#endif

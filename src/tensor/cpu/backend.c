@@ -1,0 +1,105 @@
+/* tensor/cpu/backend.c -- the CPU backend's function table and its one op switch.
+ * Owns: struct cpu_ctx. Memory is host memory from base/mem (64-byte aligned).
+ * Threads: the owning worker; kernels use OpenMP inside. */
+#include "tensor/backend.h"
+#include "tensor/cpu/cpu.h"
+#include "base/mem.h"
+#include "base/status.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <string.h>
+
+static int cpu_buf_alloc(void *ctx, size_t size, void **out) {
+    *out = mem_try_aligned_alloc(size ? size : 1);
+    return *out ? 0 : STATUS_ERR_NOMEM;
+}
+
+static void cpu_buf_free(void *ctx, void *buf) { mem_aligned_free(buf); }
+
+static int cpu_tensor_set(void *ctx, struct tensor *t, const void *host, size_t off, size_t size) {
+    memcpy((char *)t->data + off, host, size);
+    return 0;
+}
+
+static int cpu_tensor_get(void *ctx, const struct tensor *t, void *host, size_t off, size_t size) {
+    memcpy(host, (const char *)t->data + off, size);
+    return 0;
+}
+
+static bool cpu_op_supported(void *ctx, const struct tensor *node) {
+    /* fp32 everywhere; GET_ROWS reads I32 ids */
+    for (int i = 0; i < TENSOR_MAX_SRC; i++) {
+        const struct tensor *s = node->src[i];
+        if (!s) continue;
+        if (s->dtype != DTYPE_F32 && !(node->op == OP_GET_ROWS && i == 1 && s->dtype == DTYPE_I32)) return false;
+    }
+    return node->dtype == DTYPE_F32;
+}
+
+static int cpu_graph_run(void *vctx, struct tensor *const *nodes, int n, struct err *err) {
+    struct cpu_ctx *ctx = vctx;
+    omp_set_num_threads(ctx->n_threads);
+    openblas_set_num_threads(ctx->n_threads);
+    for (int i = 0; i < n; i++) {
+        struct tensor *t = nodes[i];
+        if (!cpu_op_supported(ctx, t))
+            return err_set(err, STATUS_ERR_UNSUPPORTED, "cpu backend: %s on %s is not supported", op_name(t->op),
+                           dtype_name(t->dtype));
+        int rc;
+        switch (t->op) {
+        case OP_ADD: rc = cpu_op_add(ctx, t, err); break;
+        case OP_MUL: rc = cpu_op_mul(ctx, t, err); break;
+        case OP_SCALE: rc = cpu_op_scale(ctx, t, err); break;
+        case OP_SILU: rc = cpu_op_silu(ctx, t, err); break;
+        case OP_GELU: rc = cpu_op_gelu(ctx, t, err); break;
+        case OP_QUICK_GELU: rc = cpu_op_quick_gelu(ctx, t, err); break;
+        case OP_GEGLU: rc = cpu_op_geglu(ctx, t, err); break;
+        case OP_LINEAR: rc = cpu_op_linear(ctx, t, err); break;
+        case OP_CONV2D: rc = cpu_op_conv2d(ctx, t, err); break;
+        case OP_GROUP_NORM: rc = cpu_op_group_norm(ctx, t, err); break;
+        case OP_LAYER_NORM: rc = cpu_op_layer_norm(ctx, t, err); break;
+        case OP_ATTENTION: rc = cpu_op_attention(ctx, t, err); break;
+        case OP_TRANSPOSE: rc = cpu_op_transpose(ctx, t, err); break;
+        case OP_UPSAMPLE_NEAREST: rc = cpu_op_upsample_nearest(ctx, t, err); break;
+        case OP_CONCAT: rc = cpu_op_concat(ctx, t, err); break;
+        case OP_GET_ROWS: rc = cpu_op_get_rows(ctx, t, err); break;
+        case OP_NONE:
+        case OP_RESHAPE: rc = 0; break;
+        default:
+            rc = err_set(err, STATUS_ERR_UNSUPPORTED, "cpu backend: op %s not implemented", op_name(t->op));
+        }
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static void cpu_free(void *ctx) { mem_free(ctx); }
+
+static const struct backend_i CPU_BACKEND = {
+    .api_version = BACKEND_API_VERSION,
+    .name = "cpu",
+    .buf_alloc = cpu_buf_alloc,
+    .buf_free = cpu_buf_free,
+    .tensor_set = cpu_tensor_set,
+    .tensor_get = cpu_tensor_get,
+    .op_supported = cpu_op_supported,
+    .graph_run = cpu_graph_run,
+    .sync = NULL,
+    .free = cpu_free,
+};
+
+struct backend *backend_cpu_new(int n_threads) {
+    struct cpu_ctx *ctx = mem_try_calloc(1, sizeof *ctx);
+    struct backend *be = mem_try_calloc(1, sizeof *be);
+    if (!ctx || !be) {
+        mem_free(ctx);
+        mem_free(be);
+        return NULL;
+    }
+    ctx->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
+    be->iface = &CPU_BACKEND;
+    be->device = 0;
+    be->ctx = ctx;
+    return be;
+}

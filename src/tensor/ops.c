@@ -1,0 +1,235 @@
+/* tensor/ops.c -- op constructors: check shapes, record one node, compute its output shape.
+ * Owns: nothing beyond the nodes it records in the caller's tctx.
+ * Threads: the tctx's owner. */
+#include "tensor/tensor.h"
+#include "base/status.h"
+
+#include <string.h>
+
+/* ===== Node creation ===== */
+
+static struct tensor *node(struct tctx *c, enum op op, enum dtype dt, int ndim, const int64_t *shape,
+                           struct tensor *s0, struct tensor *s1, struct tensor *s2) {
+    if (c->rc) return NULL;
+    struct tensor *t = arena_alloc(&c->arena, sizeof *t);
+    t->op = op;
+    t->dtype = dt;
+    t->ndim = ndim;
+    for (int i = 0; i < TENSOR_MAX_DIMS; i++) t->shape[i] = i < ndim ? shape[i] : 1;
+    t->src[0] = s0;
+    t->src[1] = s1;
+    t->src[2] = s2;
+    t->id = -1;
+    return t;
+}
+
+#define SHAPE(t, buf) tensor_shape_str((t), (buf), sizeof(buf))
+#define NEED(c, ...)                                  \
+    do {                                              \
+        if ((c)->rc) return NULL;                     \
+        struct tensor *need_[] = {__VA_ARGS__};       \
+        for (size_t i_ = 0; i_ < sizeof need_ / sizeof need_[0]; i_++) \
+            if (!need_[i_]) return tctx_fail((c), STATUS_ERR_INVALID, "%s: missing input", __func__); \
+    } while (0)
+
+static struct tensor *unary(struct tctx *c, enum op op, struct tensor *a) {
+    NEED(c, a);
+    return node(c, op, a->dtype, a->ndim, a->shape, a, NULL, NULL);
+}
+
+/* ===== Shape ops ===== */
+
+struct tensor *op_reshape(struct tctx *c, struct tensor *a, int ndim, const int64_t *shape) {
+    NEED(c, a);
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    if (ndim < 1 || ndim > TENSOR_MAX_DIMS || n != tensor_numel(a)) {
+        char b[64];
+        return tctx_fail(c, STATUS_ERR_INVALID, "reshape of %s to %d dims / %lld elements", SHAPE(a, b), ndim,
+                         (long long)n);
+    }
+    return node(c, OP_RESHAPE, a->dtype, ndim, shape, a, NULL, NULL);
+}
+
+struct tensor *op_transpose(struct tctx *c, struct tensor *a) {
+    NEED(c, a);
+    if (a->ndim < 2) return tctx_fail(c, STATUS_ERR_INVALID, "transpose of a 1-d tensor");
+    int64_t s[TENSOR_MAX_DIMS];
+    memcpy(s, a->shape, sizeof s);
+    s[a->ndim - 1] = a->shape[a->ndim - 2];
+    s[a->ndim - 2] = a->shape[a->ndim - 1];
+    return node(c, OP_TRANSPOSE, a->dtype, a->ndim, s, a, NULL, NULL);
+}
+
+struct tensor *op_concat(struct tctx *c, struct tensor *a, struct tensor *b, int dim) {
+    NEED(c, a, b);
+    bool ok = a->ndim == b->ndim && dim >= 0 && dim < a->ndim && a->dtype == b->dtype;
+    for (int i = 0; ok && i < a->ndim; i++)
+        if (i != dim && a->shape[i] != b->shape[i]) ok = false;
+    if (!ok) {
+        char x[64], y[64];
+        return tctx_fail(c, STATUS_ERR_INVALID, "concat of %s and %s on dim %d", SHAPE(a, x), SHAPE(b, y), dim);
+    }
+    int64_t s[TENSOR_MAX_DIMS];
+    memcpy(s, a->shape, sizeof s);
+    s[dim] += b->shape[dim];
+    struct tensor *t = node(c, OP_CONCAT, a->dtype, a->ndim, s, a, b, NULL);
+    if (t) t->ip[0] = dim;
+    return t;
+}
+
+struct tensor *op_upsample_nearest(struct tctx *c, struct tensor *a, int factor) {
+    NEED(c, a);
+    if (a->ndim != 4 || factor < 1) return tctx_fail(c, STATUS_ERR_INVALID, "upsample needs NCHW and factor >= 1");
+    int64_t s[4] = {a->shape[0], a->shape[1], a->shape[2] * factor, a->shape[3] * factor};
+    struct tensor *t = node(c, OP_UPSAMPLE_NEAREST, a->dtype, 4, s, a, NULL, NULL);
+    if (t) t->ip[0] = factor;
+    return t;
+}
+
+struct tensor *op_get_rows(struct tctx *c, struct tensor *table, struct tensor *ids) {
+    NEED(c, table, ids);
+    if (table->ndim != 2 || ids->dtype != DTYPE_I32 || ids->ndim >= TENSOR_MAX_DIMS)
+        return tctx_fail(c, STATUS_ERR_INVALID, "get_rows needs a 2-d table and I32 ids");
+    int64_t s[TENSOR_MAX_DIMS];
+    memcpy(s, ids->shape, sizeof s);
+    s[ids->ndim] = table->shape[1];
+    return node(c, OP_GET_ROWS, DTYPE_F32, ids->ndim + 1, s, table, ids, NULL);
+}
+
+/* ===== Elementwise ===== */
+
+static bool broadcasts(const struct tensor *a, const struct tensor *b) {
+    if (b->ndim > a->ndim) return false;
+    for (int i = 0; i < b->ndim; i++) {
+        int64_t bs = b->shape[b->ndim - 1 - i], as = a->shape[a->ndim - 1 - i];
+        if (bs != as && bs != 1) return false;
+    }
+    return true;
+}
+
+static struct tensor *binary(struct tctx *c, enum op op, struct tensor *a, struct tensor *b) {
+    NEED(c, a, b);
+    if (!broadcasts(a, b)) {
+        char x[64], y[64];
+        return tctx_fail(c, STATUS_ERR_INVALID, "%s: %s does not broadcast to %s", op_name(op), SHAPE(b, y), SHAPE(a, x));
+    }
+    return node(c, op, a->dtype, a->ndim, a->shape, a, b, NULL);
+}
+
+struct tensor *op_add(struct tctx *c, struct tensor *a, struct tensor *b) { return binary(c, OP_ADD, a, b); }
+struct tensor *op_mul(struct tctx *c, struct tensor *a, struct tensor *b) { return binary(c, OP_MUL, a, b); }
+
+struct tensor *op_scale(struct tctx *c, struct tensor *a, float s, float t) {
+    struct tensor *r = unary(c, OP_SCALE, a);
+    if (r) {
+        r->fp[0] = s;
+        r->fp[1] = t;
+    }
+    return r;
+}
+
+struct tensor *op_silu(struct tctx *c, struct tensor *a) { return unary(c, OP_SILU, a); }
+struct tensor *op_gelu(struct tctx *c, struct tensor *a) { return unary(c, OP_GELU, a); }
+struct tensor *op_quick_gelu(struct tctx *c, struct tensor *a) { return unary(c, OP_QUICK_GELU, a); }
+
+struct tensor *op_geglu(struct tctx *c, struct tensor *a) {
+    NEED(c, a);
+    if (a->shape[a->ndim - 1] % 2) return tctx_fail(c, STATUS_ERR_INVALID, "geglu needs an even last dim");
+    int64_t s[TENSOR_MAX_DIMS];
+    memcpy(s, a->shape, sizeof s);
+    s[a->ndim - 1] /= 2;
+    return node(c, OP_GEGLU, a->dtype, a->ndim, s, a, NULL, NULL);
+}
+
+/* ===== Matrix products ===== */
+
+struct tensor *op_linear(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b) {
+    NEED(c, x, w);
+    int64_t k = x->shape[x->ndim - 1];
+    if (w->ndim != 2 || w->shape[1] != k || (b && tensor_numel(b) != w->shape[0])) {
+        char s1[64], s2[64];
+        return tctx_fail(c, STATUS_ERR_INVALID, "linear: x %s, weight %s", SHAPE(x, s1), SHAPE(w, s2));
+    }
+    int64_t s[TENSOR_MAX_DIMS];
+    memcpy(s, x->shape, sizeof s);
+    s[x->ndim - 1] = w->shape[0];
+    return node(c, OP_LINEAR, DTYPE_F32, x->ndim, s, x, w, b);
+}
+
+struct tensor *op_conv2d_pad(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
+                             int pt, int pl, int pb, int pr) {
+    NEED(c, x, w);
+    if (x->ndim != 4 || w->ndim != 4 || w->shape[1] != x->shape[1] || stride < 1 ||
+        (b && tensor_numel(b) != w->shape[0])) {
+        char s1[64], s2[64];
+        return tctx_fail(c, STATUS_ERR_INVALID, "conv2d: x %s, weight %s", SHAPE(x, s1), SHAPE(w, s2));
+    }
+    int64_t ho = (x->shape[2] + pt + pb - w->shape[2]) / stride + 1;
+    int64_t wo = (x->shape[3] + pl + pr - w->shape[3]) / stride + 1;
+    if (ho < 1 || wo < 1) return tctx_fail(c, STATUS_ERR_INVALID, "conv2d: empty output");
+    int64_t s[4] = {x->shape[0], w->shape[0], ho, wo};
+    struct tensor *t = node(c, OP_CONV2D, DTYPE_F32, 4, s, x, w, b);
+    if (t) {
+        t->ip[0] = stride;
+        t->ip[1] = pt;
+        t->ip[2] = pl;
+        t->ip[3] = pb;
+        t->ip[4] = pr;
+    }
+    return t;
+}
+
+struct tensor *op_conv2d(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride, int pad) {
+    return op_conv2d_pad(c, x, w, b, stride, pad, pad, pad, pad);
+}
+
+struct tensor *op_attention(struct tctx *c, struct tensor *q, struct tensor *k, struct tensor *v, int heads,
+                            bool causal) {
+    NEED(c, q, k, v);
+    bool ok = q->ndim == 3 && k->ndim == 3 && v->ndim == 3 && heads > 0 && q->shape[2] % heads == 0 &&
+              k->shape[0] == q->shape[0] && v->shape[0] == q->shape[0] && k->shape[2] == q->shape[2] &&
+              v->shape[2] == q->shape[2] && k->shape[1] == v->shape[1];
+    if (!ok) {
+        char a[64], b[64], d[64];
+        return tctx_fail(c, STATUS_ERR_INVALID, "attention: q %s, k %s, v %s, %d heads", SHAPE(q, a), SHAPE(k, b),
+                         SHAPE(v, d), heads);
+    }
+    struct tensor *t = node(c, OP_ATTENTION, DTYPE_F32, 3, q->shape, q, k, v);
+    if (t) {
+        t->ip[0] = heads;
+        t->ip[1] = causal;
+    }
+    return t;
+}
+
+/* ===== Normalisation ===== */
+
+struct tensor *op_group_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int groups,
+                             float eps, bool silu) {
+    NEED(c, x);
+    if (x->ndim < 2 || groups < 1 || x->shape[1] % groups || (w && tensor_numel(w) != x->shape[1]) ||
+        (b && tensor_numel(b) != x->shape[1])) {
+        char s1[64];
+        return tctx_fail(c, STATUS_ERR_INVALID, "group_norm: x %s with %d groups", SHAPE(x, s1), groups);
+    }
+    struct tensor *t = node(c, OP_GROUP_NORM, DTYPE_F32, x->ndim, x->shape, x, w, b);
+    if (t) {
+        t->ip[0] = groups;
+        t->ip[1] = silu;
+        t->fp[0] = eps;
+    }
+    return t;
+}
+
+struct tensor *op_layer_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, float eps) {
+    NEED(c, x);
+    int64_t n = x->shape[x->ndim - 1];
+    if ((w && tensor_numel(w) != n) || (b && tensor_numel(b) != n)) {
+        char s1[64];
+        return tctx_fail(c, STATUS_ERR_INVALID, "layer_norm: x %s", SHAPE(x, s1));
+    }
+    struct tensor *t = node(c, OP_LAYER_NORM, DTYPE_F32, x->ndim, x->shape, x, w, b);
+    if (t) t->fp[0] = eps;
+    return t;
+}

@@ -1,0 +1,453 @@
+/* tensor/tensor.c -- dtypes, op names, graph recording, memory planning and running.
+ * Owns: the tensor structs of a tctx (in its arena) and the plan of its scratch buffer.
+ * Must not: touch device memory except through backend.h.
+ * Threads: the thread that owns the tctx. */
+#include "tensor/tensor.h"
+#include "tensor/backend.h"
+#include "base/base.h"
+#include "base/mem.h"
+#include "base/status.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ===== Dtypes ===== */
+
+static const char *const DTYPE_NAMES[] = {
+#define XX(name, str, size) str,
+    DTYPE_MAP(XX)
+#undef XX
+};
+static const size_t DTYPE_SIZES[] = {
+#define XX(name, str, size) size,
+    DTYPE_MAP(XX)
+#undef XX
+};
+
+const char *dtype_name(enum dtype t) { return (unsigned)t < DTYPE_COUNT ? DTYPE_NAMES[t] : "?"; }
+size_t dtype_size(enum dtype t) { return (unsigned)t < DTYPE_COUNT ? DTYPE_SIZES[t] : 0; }
+
+enum dtype dtype_parse(const char *s) {
+    for (int i = 0; i < DTYPE_COUNT; i++)
+        if (strcmp(s, DTYPE_NAMES[i]) == 0) return (enum dtype)i;
+    return DTYPE_COUNT;
+}
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            int e = -1;
+            do {
+                e++;
+                mant <<= 1;
+            } while (!(mant & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000 | (mant << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    uint32_t absx = x & 0x7fffffff;
+    if (absx >= 0x7f800000) /* inf or nan */
+        return (uint16_t)(sign | 0x7c00 | (absx > 0x7f800000 ? 0x200 : 0));
+    if (absx >= 0x477ff000) /* rounds to >= 65520: overflow to inf */
+        return (uint16_t)(sign | 0x7c00);
+    if (absx < 0x38800000) { /* below the smallest normal half: subnormal or zero */
+        if (absx < 0x33000000) return (uint16_t)sign; /* < 2^-25 rounds to 0 */
+        /* value = m * 2^(e-150); in half-subnormal units of 2^-24 that is m * 2^(e-126) */
+        uint32_t e = absx >> 23;
+        uint32_t m = (absx & 0x7fffff) | 0x800000;
+        uint32_t drop = 126 - e; /* 14..24 */
+        uint32_t q = m >> drop;
+        uint32_t rem = m & ((1u << drop) - 1);
+        uint32_t half = 1u << (drop - 1);
+        if (rem > half || (rem == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    /* normal: rebias exponent, round mantissa to 10 bits (nearest even) */
+    uint32_t m = absx + 0xfff + ((absx >> 13) & 1);
+    return (uint16_t)(sign | ((m - 0x38000000) >> 13));
+}
+
+float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 0x40); /* quiet nan */
+    x += 0x7fff + ((x >> 16) & 1);
+    return (uint16_t)(x >> 16);
+}
+
+/* ===== Op names ===== */
+
+static const char *const OP_NAMES[] = {
+#define XX(name, nsrc) #name,
+    OP_MAP(XX)
+#undef XX
+};
+static const int OP_NSRC[] = {
+#define XX(name, nsrc) nsrc,
+    OP_MAP(XX)
+#undef XX
+};
+
+const char *op_name(enum op op) { return (unsigned)op < OP_COUNT ? OP_NAMES[op] : "?"; }
+int op_nsrc(enum op op) { return (unsigned)op < OP_COUNT ? OP_NSRC[op] : 0; }
+
+/* ===== Tensor facts ===== */
+
+int64_t tensor_numel(const struct tensor *t) {
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}
+
+size_t tensor_nbytes(const struct tensor *t) { return (size_t)tensor_numel(t) * dtype_size(t->dtype); }
+
+bool tensor_same_shape(const struct tensor *a, const struct tensor *b) {
+    if (a->ndim != b->ndim) return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return false;
+    return true;
+}
+
+const char *tensor_shape_str(const struct tensor *t, char *buf, size_t n) {
+    size_t off = 0;
+    off += (size_t)snprintf(buf + off, n - off, "[");
+    for (int i = 0; i < t->ndim && off < n; i++)
+        off += (size_t)snprintf(buf + off, n - off, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (off < n) snprintf(buf + off, n - off, "]");
+    return buf;
+}
+
+/* ===== Scratch ===== */
+
+void tscratch_init(struct tscratch *s, struct backend *be) {
+    memset(s, 0, sizeof *s);
+    s->backend = be;
+}
+
+void tscratch_deinit(struct tscratch *s) {
+    if (s->buf) backend_buf_free(s->backend, s->buf);
+    s->buf = NULL;
+    s->size = 0;
+}
+
+/* ===== Context ===== */
+
+void tctx_init(struct tctx *c, struct backend *be, struct tscratch *scratch) {
+    memset(c, 0, sizeof *c);
+    c->backend = be;
+    c->scratch = scratch;
+    arena_init(&c->arena, 256 * 1024);
+}
+
+void tctx_deinit(struct tctx *c) {
+    arena_deinit(&c->arena);
+    c->nodes = NULL;
+}
+
+void tctx_reset(struct tctx *c) {
+    arena_reset(&c->arena);
+    c->nodes = NULL;
+    c->n_nodes = c->cap_nodes = 0;
+    c->rc = 0;
+    err_clear(&c->err);
+}
+
+struct tensor *tctx_fail(struct tctx *c, int rc, const char *fmt, ...) {
+    if (c->rc) return NULL;
+    c->rc = rc;
+    c->err.code = rc;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err.msg, sizeof c->err.msg, fmt, ap);
+    va_end(ap);
+    return NULL;
+}
+
+static struct tensor *new_tensor(struct tctx *c, enum dtype dt, int ndim, const int64_t *shape) {
+    if (ndim < 1 || ndim > TENSOR_MAX_DIMS) return tctx_fail(c, STATUS_ERR_INVALID, "tensor with %d dims", ndim);
+    struct tensor *t = arena_alloc(&c->arena, sizeof *t);
+    t->dtype = dt;
+    t->ndim = ndim;
+    for (int i = 0; i < TENSOR_MAX_DIMS; i++) t->shape[i] = i < ndim ? shape[i] : 1;
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] <= 0) return tctx_fail(c, STATUS_ERR_INVALID, "tensor dim %d has size %lld", i, (long long)shape[i]);
+    t->id = -1;
+    return t;
+}
+
+struct tensor *tensor_input(struct tctx *c, enum dtype dt, int ndim, const int64_t *shape) {
+    if (c->rc) return NULL;
+    struct tensor *t = new_tensor(c, dt, ndim, shape);
+    if (t) t->flags |= TENSOR_FLAG_INPUT;
+    return t;
+}
+
+struct tensor *tensor_weight(struct tctx *c, enum dtype dt, int ndim, const int64_t *shape, void *data) {
+    if (c->rc) return NULL;
+    struct tensor *t = new_tensor(c, dt, ndim, shape);
+    if (t) {
+        t->flags |= TENSOR_FLAG_WEIGHT;
+        t->data = data;
+    }
+    return t;
+}
+
+void tensor_set_output(struct tensor *t) {
+    if (t) t->flags |= TENSOR_FLAG_OUTPUT;
+}
+
+/* ===== Memory planning =====
+ * Nodes are ordered depth-first (sources before users). Each computed tensor lives from its
+ * own position to its last reader; a RESHAPE aliases its source, extending the source's life.
+ * Offsets come from a first-fit free list simulated in order, so memory is reused as soon as
+ * a tensor dies. Everything is 256-byte aligned. */
+
+#define PLAN_ALIGN 256
+
+static size_t align_up(size_t n) { return (n + PLAN_ALIGN - 1) & ~(size_t)(PLAN_ALIGN - 1); }
+
+static void push_node(struct tctx *c, struct tensor *t) {
+    if (c->n_nodes == c->cap_nodes) {
+        int cap = c->cap_nodes ? c->cap_nodes * 2 : 1024;
+        struct tensor **nn = arena_alloc(&c->arena, (size_t)cap * sizeof *nn);
+        if (c->n_nodes) memcpy(nn, c->nodes, (size_t)c->n_nodes * sizeof *nn);
+        c->nodes = nn;
+        c->cap_nodes = cap;
+    }
+    t->id = c->n_nodes;
+    c->nodes[c->n_nodes++] = t;
+}
+
+/* Iterative DFS so deep graphs (thousands of nodes) cannot overflow the stack. */
+static void visit(struct tctx *c, struct tensor *root) {
+    if (root->id >= 0) return;
+    struct frame { struct tensor *t; int next; };
+    int cap = 256, top = 0;
+    struct frame *st = mem_alloc((size_t)cap * sizeof *st);
+    st[top++] = (struct frame){root, 0};
+    root->id = -2; /* on stack */
+    while (top) {
+        struct frame *f = &st[top - 1];
+        if (f->next < TENSOR_MAX_SRC) {
+            struct tensor *s = f->t->src[f->next++];
+            if (s && s->id == -1) {
+                if (top == cap) {
+                    cap *= 2;
+                    st = mem_realloc(st, (size_t)cap * sizeof *st);
+                }
+                s->id = -2;
+                st[top++] = (struct frame){s, 0};
+            }
+        } else {
+            push_node(c, f->t);
+            top--;
+        }
+    }
+    mem_free(st);
+}
+
+struct span { size_t off, size; };
+
+/* First-fit allocator over a sorted free list, growing the high-water mark when nothing fits. */
+struct planner {
+    struct span *free_list;
+    int n_free, cap_free;
+    size_t top; /* high-water mark */
+};
+
+static size_t plan_alloc(struct planner *p, size_t size) {
+    for (int i = 0; i < p->n_free; i++) {
+        if (p->free_list[i].size >= size) {
+            size_t off = p->free_list[i].off;
+            p->free_list[i].off += size;
+            p->free_list[i].size -= size;
+            if (p->free_list[i].size == 0) {
+                memmove(&p->free_list[i], &p->free_list[i + 1], (size_t)(p->n_free - i - 1) * sizeof(struct span));
+                p->n_free--;
+            }
+            return off;
+        }
+    }
+    /* extend: if the last free span touches the top, use it */
+    if (p->n_free && p->free_list[p->n_free - 1].off + p->free_list[p->n_free - 1].size == p->top) {
+        size_t off = p->free_list[p->n_free - 1].off;
+        p->top = off + size;
+        p->n_free--;
+        return off;
+    }
+    size_t off = p->top;
+    p->top += size;
+    return off;
+}
+
+static void plan_free(struct planner *p, size_t off, size_t size) {
+    int i = 0;
+    while (i < p->n_free && p->free_list[i].off < off) i++;
+    if (p->n_free == p->cap_free) {
+        p->cap_free = p->cap_free ? p->cap_free * 2 : 64;
+        p->free_list = mem_realloc(p->free_list, (size_t)p->cap_free * sizeof(struct span));
+    }
+    memmove(&p->free_list[i + 1], &p->free_list[i], (size_t)(p->n_free - i) * sizeof(struct span));
+    p->free_list[i] = (struct span){off, size};
+    p->n_free++;
+    /* merge with neighbours */
+    if (i + 1 < p->n_free && p->free_list[i].off + p->free_list[i].size == p->free_list[i + 1].off) {
+        p->free_list[i].size += p->free_list[i + 1].size;
+        memmove(&p->free_list[i + 1], &p->free_list[i + 2], (size_t)(p->n_free - i - 2) * sizeof(struct span));
+        p->n_free--;
+    }
+    if (i > 0 && p->free_list[i - 1].off + p->free_list[i - 1].size == p->free_list[i].off) {
+        p->free_list[i - 1].size += p->free_list[i].size;
+        memmove(&p->free_list[i], &p->free_list[i + 1], (size_t)(p->n_free - i - 1) * sizeof(struct span));
+        p->n_free--;
+    }
+}
+
+static bool needs_memory(const struct tensor *t) { return !(t->flags & TENSOR_FLAG_WEIGHT) && t->op != OP_RESHAPE; }
+
+/* The tensor that owns the memory t reads (follows RESHAPE chains). */
+static struct tensor *mem_owner(struct tensor *t) {
+    while (t->op == OP_RESHAPE) t = t->src[0];
+    return t;
+}
+
+int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
+    if (c->rc) return c->rc;
+    c->n_nodes = 0;
+    for (int i = 0; i < n_outs; i++) {
+        if (!outs[i]) return c->rc ? c->rc : (tctx_fail(c, STATUS_ERR_INVALID, "NULL graph output"), c->rc);
+        outs[i]->flags |= TENSOR_FLAG_OUTPUT;
+        visit(c, outs[i]);
+    }
+    /* last use of each memory owner */
+    for (int i = 0; i < c->n_nodes; i++) {
+        struct tensor *t = c->nodes[i];
+        t->last_use = (t->flags & TENSOR_FLAG_OUTPUT) ? c->n_nodes : i;
+    }
+    for (int i = 0; i < c->n_nodes; i++) {
+        struct tensor *t = c->nodes[i];
+        for (int s = 0; s < TENSOR_MAX_SRC; s++) {
+            if (!t->src[s]) continue;
+            struct tensor *o = mem_owner(t->src[s]);
+            if (o->last_use < i) o->last_use = i;
+        }
+        if (t->op == OP_RESHAPE) { /* an alias keeps its owner alive as long as itself */
+            struct tensor *o = mem_owner(t);
+            if (o->last_use < t->last_use) o->last_use = t->last_use;
+        }
+    }
+    /* RESHAPE aliases can be read after the owner's own readers: propagate once more */
+    for (int i = c->n_nodes - 1; i >= 0; i--) {
+        struct tensor *t = c->nodes[i];
+        if (t->op == OP_RESHAPE) {
+            struct tensor *o = mem_owner(t);
+            if (o->last_use < t->last_use) o->last_use = t->last_use;
+        }
+    }
+    /* simulate: allocate at definition, free after last use */
+    struct planner p = {0};
+    int *dying_head = mem_alloc((size_t)(c->n_nodes + 1) * sizeof(int));
+    int *dying_next = mem_alloc((size_t)c->n_nodes * sizeof(int));
+    for (int i = 0; i <= c->n_nodes; i++) dying_head[i] = -1;
+    for (int i = 0; i < c->n_nodes; i++) {
+        struct tensor *t = c->nodes[i];
+        if (needs_memory(t)) {
+            t->offset = plan_alloc(&p, align_up(tensor_nbytes(t)));
+            dying_next[i] = dying_head[t->last_use];
+            dying_head[t->last_use] = i;
+        }
+        /* after node i ran, everything read for the last time by it is free again */
+        for (int j = dying_head[i]; j >= 0; j = dying_next[j]) {
+            struct tensor *dead = c->nodes[j];
+            plan_free(&p, dead->offset, align_up(tensor_nbytes(dead)));
+        }
+        dying_head[i] = -1;
+    }
+    size_t need = p.top;
+    mem_free(p.free_list);
+    mem_free(dying_head);
+    mem_free(dying_next);
+
+    struct tscratch *s = c->scratch;
+    if (need > s->peak) s->peak = need;
+    if (need > s->size) {
+        if (s->buf) backend_buf_free(s->backend, s->buf);
+        s->buf = NULL;
+        s->size = 0;
+        void *buf = NULL;
+        int rc = backend_buf_alloc(s->backend, need, &buf);
+        if (rc) {
+            tctx_fail(c, rc, "cannot allocate %.1f MiB of activation memory on %s", (double)need / (1 << 20),
+                      s->backend->iface->name);
+            return c->rc;
+        }
+        s->buf = buf;
+        s->size = need;
+    }
+    for (int i = 0; i < c->n_nodes; i++) {
+        struct tensor *t = c->nodes[i];
+        if (needs_memory(t)) t->data = (char *)s->buf + t->offset;
+    }
+    for (int i = 0; i < c->n_nodes; i++) {
+        struct tensor *t = c->nodes[i];
+        if (t->op == OP_RESHAPE) t->data = t->src[0]->data; /* sources come first in order */
+    }
+    return 0;
+}
+
+int tctx_set(struct tctx *c, struct tensor *t, const void *host) {
+    if (c->rc) return c->rc;
+    if (!t->data) return tctx_fail(c, STATUS_ERR_INVALID, "tctx_set on an unplanned tensor"), c->rc;
+    int rc = backend_tensor_set(c->backend, t, host, 0, tensor_nbytes(t));
+    if (rc) tctx_fail(c, rc, "copy to %s failed: %s", c->backend->iface->name, status_str(rc));
+    return c->rc;
+}
+
+int tctx_get(struct tctx *c, const struct tensor *t, void *host) {
+    if (c->rc) return c->rc;
+    int rc = backend_tensor_get(c->backend, t, host, 0, tensor_nbytes(t));
+    if (rc) tctx_fail(c, rc, "copy from %s failed: %s", c->backend->iface->name, status_str(rc));
+    return c->rc;
+}
+
+int tctx_run(struct tctx *c) {
+    if (c->rc) return c->rc;
+    /* only computed nodes go to the backend */
+    struct tensor **run = arena_alloc(&c->arena, (size_t)(c->n_nodes + 1) * sizeof *run);
+    int n = 0;
+    for (int i = 0; i < c->n_nodes; i++)
+        if (c->nodes[i]->op != OP_NONE && c->nodes[i]->op != OP_RESHAPE) run[n++] = c->nodes[i];
+    int rc = backend_graph_run(c->backend, run, n, &c->err);
+    if (rc) {
+        c->rc = rc;
+        if (!c->err.code) err_set(&c->err, rc, "graph failed on %s: %s", c->backend->iface->name, status_str(rc));
+    }
+    return c->rc;
+}

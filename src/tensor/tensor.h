@@ -1,0 +1,222 @@
+/* tensor/tensor.h -- the tensor type, the op table and the graph-building API.
+ * Owns: struct tensor, enum dtype, enum op, and the op_* constructors model code calls.
+ * Must not: know any backend's internals (see backend.h) or allocate device memory itself.
+ * Threads: a struct tctx and the tensors built in it belong to one thread (a device worker).
+ *
+ * LAYOUT. A tensor has 1..4 dimensions in PyTorch order: shape[0] is the outermost (batch),
+ * shape[ndim-1] the innermost. Data is always contiguous and row-major, so the element
+ * (i0, i1, i2, i3) of a 4-d tensor sits at ((i0*shape[1] + i1)*shape[2] + i2)*shape[3] + i3.
+ * There are no strides: an op that needs another layout (NCHW -> [B, HW, C]) is an explicit
+ * OP_TRANSPOSE. Images and latents are NCHW; token sequences are [B, N, C].
+ *
+ * GRAPHS. Model code never computes directly. Each op_* call records one node (a tensor whose
+ * `op` says how to compute it from `src[]` and the params) in a struct tctx and returns it.
+ * tctx_compute() then orders the nodes, plans one scratch buffer on the backend by the nodes'
+ * lifetimes (activations are reserved once and reused, ggml-gallocr style), and asks the
+ * backend to run them. Leaves are either weights (data already on the backend) or inputs
+ * (tensor_input: the planner gives them memory; fill them with tctx_set after planning).
+ *
+ * ERRORS. Recording is sticky (sqlite): the first failure sets tctx.rc and tctx.err, and every
+ * later op_* returns NULL; an op_* given a NULL input returns NULL. Check the rc once, at the
+ * end of a forward pass, instead of after each op. */
+#ifndef KILN_TENSOR_H
+#define KILN_TENSOR_H
+
+#include "base/arena.h"
+#include "base/err.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ===== Element types ===== */
+
+/* name, safetensors name, bytes per element */
+#define DTYPE_MAP(XX)       \
+    XX(F32, "F32", 4)       \
+    XX(F16, "F16", 2)       \
+    XX(BF16, "BF16", 2)     \
+    XX(I32, "I32", 4)       \
+    XX(I64, "I64", 8)
+
+enum dtype {
+#define XX(name, str, size) DTYPE_##name,
+    DTYPE_MAP(XX)
+#undef XX
+    DTYPE_COUNT
+};
+
+const char *dtype_name(enum dtype t);
+size_t dtype_size(enum dtype t);
+/* Parses a safetensors dtype name ("F16"); returns DTYPE_COUNT when unknown. */
+enum dtype dtype_parse(const char *s);
+
+/* fp16/bf16 <-> fp32 conversions (round to nearest even), for loaders and tests. */
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);
+
+/* ===== Ops ===== */
+
+/* name, number of sources. Params are documented at each op_* constructor below. */
+#define OP_MAP(XX)              \
+    XX(NONE, 0)                 \
+    XX(RESHAPE, 1)              \
+    XX(ADD, 2)                  \
+    XX(MUL, 2)                  \
+    XX(SCALE, 1)                \
+    XX(SILU, 1)                 \
+    XX(GELU, 1)                 \
+    XX(QUICK_GELU, 1)           \
+    XX(GEGLU, 1)                \
+    XX(LINEAR, 3)               \
+    XX(CONV2D, 3)               \
+    XX(GROUP_NORM, 3)           \
+    XX(LAYER_NORM, 3)           \
+    XX(ATTENTION, 3)            \
+    XX(TRANSPOSE, 1)            \
+    XX(UPSAMPLE_NEAREST, 1)     \
+    XX(CONCAT, 2)               \
+    XX(GET_ROWS, 2)
+
+enum op {
+#define XX(name, nsrc) OP_##name,
+    OP_MAP(XX)
+#undef XX
+    OP_COUNT
+};
+
+const char *op_name(enum op op);
+int op_nsrc(enum op op);
+
+#define TENSOR_MAX_DIMS 4
+#define TENSOR_MAX_SRC 3
+#define TENSOR_MAX_PARAMS 8
+
+struct backend;
+
+enum tensor_flags {
+    TENSOR_FLAG_INPUT = 1,  /* leaf whose memory the planner provides; set with tctx_set */
+    TENSOR_FLAG_OUTPUT = 2, /* kept alive until the end of the graph; read with tctx_get */
+    TENSOR_FLAG_WEIGHT = 4, /* leaf whose data the owner of the weights manages */
+};
+
+struct tensor {
+    enum dtype dtype;                     /* element type */
+    int ndim;                             /* 1..TENSOR_MAX_DIMS */
+    int64_t shape[TENSOR_MAX_DIMS];       /* PyTorch order, outermost first; unused dims are 1 */
+    void *data;                           /* backend memory; NULL until planned */
+    enum op op;                           /* OP_NONE for leaves */
+    struct tensor *src[TENSOR_MAX_SRC];   /* sources; NULL for absent optional ones */
+    int32_t ip[TENSOR_MAX_PARAMS];        /* integer params of the op */
+    float fp[TENSOR_MAX_PARAMS];          /* float params of the op */
+    int flags;                            /* enum tensor_flags */
+    /* planner bookkeeping (tensor.c only) */
+    int id;                               /* position in the graph order, -1 before */
+    int last_use;                         /* id of the last node reading this tensor */
+    size_t offset;                        /* byte offset in the scratch buffer */
+    struct tensor *view_of;               /* RESHAPE: the tensor whose memory this aliases */
+};
+
+int64_t tensor_numel(const struct tensor *t);
+size_t tensor_nbytes(const struct tensor *t);
+bool tensor_same_shape(const struct tensor *a, const struct tensor *b);
+/* Writes "[2, 4, 64, 64]" into buf. */
+const char *tensor_shape_str(const struct tensor *t, char *buf, size_t n);
+
+/* ===== Graph context ===== */
+
+/* Scratch memory on one backend, reused across graphs; grows when a graph needs more. */
+struct tscratch {
+    struct backend *backend; /* where the buffer lives */
+    void *buf;               /* backend buffer, or NULL */
+    size_t size;             /* bytes in buf */
+    size_t peak;             /* largest plan seen, in bytes */
+};
+
+void tscratch_init(struct tscratch *s, struct backend *be);
+void tscratch_deinit(struct tscratch *s); /* frees buf on its backend */
+
+struct tctx {
+    struct backend *backend;  /* runs the graph */
+    struct tscratch *scratch; /* activations (borrowed) */
+    struct arena arena;       /* tensor structs and the node list (owned) */
+    struct tensor **nodes;    /* graph order after tctx_plan */
+    int n_nodes;
+    int cap_nodes;
+    int rc;                   /* sticky status: 0 or the first failure */
+    struct err err;           /* message for rc */
+};
+
+/* Storage is the caller's; the scratch is borrowed and must outlive the context. */
+void tctx_init(struct tctx *c, struct backend *be, struct tscratch *scratch);
+void tctx_deinit(struct tctx *c);
+/* Forgets every node (keeps the arena's first block) so the next forward can be recorded. */
+void tctx_reset(struct tctx *c);
+
+/* Records a failure (first one sticks) and returns NULL, for use in op constructors. */
+struct tensor *tctx_fail(struct tctx *c, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* A leaf whose memory comes from the plan; fill it with tctx_set after tctx_plan. */
+struct tensor *tensor_input(struct tctx *c, enum dtype dt, int ndim, const int64_t *shape);
+
+/* A leaf over existing backend memory (weights). `data` is borrowed. */
+struct tensor *tensor_weight(struct tctx *c, enum dtype dt, int ndim, const int64_t *shape, void *data);
+
+/* Marks t as a graph output (kept alive to the end, readable with tctx_get). */
+void tensor_set_output(struct tensor *t);
+
+/* Orders every node reachable from outs, plans memory and grows the scratch if needed. */
+int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs);
+
+/* Copies host data into / out of a planned tensor (size = tensor_nbytes). */
+int tctx_set(struct tctx *c, struct tensor *t, const void *host);
+int tctx_get(struct tctx *c, const struct tensor *t, void *host);
+
+/* Runs the planned graph on the backend. */
+int tctx_run(struct tctx *c);
+
+/* ===== Op constructors (record one node; see the sticky-error rule above) ===== */
+
+/* Same data, new shape (numel must match). */
+struct tensor *op_reshape(struct tctx *c, struct tensor *a, int ndim, const int64_t *shape);
+/* a + b and a * b; b broadcasts to a numpy-style (right-aligned, dims of 1 or missing). */
+struct tensor *op_add(struct tctx *c, struct tensor *a, struct tensor *b);
+struct tensor *op_mul(struct tctx *c, struct tensor *a, struct tensor *b);
+/* a * s + t. fp[0] = s, fp[1] = t. */
+struct tensor *op_scale(struct tctx *c, struct tensor *a, float s, float t);
+/* x * sigmoid(x); GELU with erf; x * sigmoid(1.702 x). */
+struct tensor *op_silu(struct tctx *c, struct tensor *a);
+struct tensor *op_gelu(struct tctx *c, struct tensor *a);
+struct tensor *op_quick_gelu(struct tctx *c, struct tensor *a);
+/* [..., 2D] -> [..., D]: first half is the value, second half the gate: value * gelu(gate). */
+struct tensor *op_geglu(struct tctx *c, struct tensor *a);
+/* x [..., K] @ w[N, K]^T + b[N] (b may be NULL) -> [..., N]. */
+struct tensor *op_linear(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b);
+/* x [B, C, H, W] * w [O, C, kh, kw] + b [O] (b may be NULL) -> [B, O, H', W'].
+ * ip[0] = stride, ip[1..4] = padding top, left, bottom, right (zero padding). */
+struct tensor *op_conv2d(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride, int pad);
+struct tensor *op_conv2d_pad(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
+                             int pad_top, int pad_left, int pad_bottom, int pad_right);
+/* GroupNorm over x [B, C, ...] with per-channel affine w, b [C]. ip[0] = groups,
+ * ip[1] = 1 to apply SiLU after the affine (fused), fp[0] = eps. */
+struct tensor *op_group_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int groups,
+                             float eps, bool silu);
+/* LayerNorm over the last dim of x [..., C] with affine w, b [C]. fp[0] = eps. */
+struct tensor *op_layer_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, float eps);
+/* Multi-head scaled dot-product attention. q [B, Nq, C], k and v [B, Nk, C]; C = heads * d.
+ * softmax(q k^T / sqrt(d)) v per head -> [B, Nq, C]. ip[0] = heads, ip[1] = 1 for a causal
+ * mask (query i sees keys 0..i). Never holds more than one block of the score matrix. */
+struct tensor *op_attention(struct tctx *c, struct tensor *q, struct tensor *k, struct tensor *v, int heads,
+                            bool causal);
+/* Swaps the last two dims: [.., M, N] -> [.., N, M]. */
+struct tensor *op_transpose(struct tctx *c, struct tensor *a);
+/* Nearest-neighbour upsampling of [B, C, H, W] by an integer factor ip[0]. */
+struct tensor *op_upsample_nearest(struct tctx *c, struct tensor *a, int factor);
+/* Concatenates a and b along dim ip[0] (all other dims equal). */
+struct tensor *op_concat(struct tctx *c, struct tensor *a, struct tensor *b, int dim);
+/* Rows of table [V, C] picked by ids (I32, shape [...]) -> [..., C]. */
+struct tensor *op_get_rows(struct tctx *c, struct tensor *table, struct tensor *ids);
+
+#endif
