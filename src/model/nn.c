@@ -1,0 +1,237 @@
+/* model/nn.c -- shared blocks and the weight loader.
+ * Owns: a loader's entry list (until finish) and the weight buffer it fills.
+ * Threads: one device worker. */
+#include "model/nn.h"
+#include "base/mem.h"
+#include "base/status.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define NN_NAME_MAX 256
+
+struct nn_loader_entry {
+    struct nn_weight *w;            /* destination field */
+    const struct ckpt_tensor *src;  /* checkpoint tensor */
+    size_t offset;                  /* byte offset in the weight buffer */
+};
+
+/* ===== Weights ===== */
+
+void nn_weights_deinit(struct nn_weights *w) {
+    if (w->buf) backend_buf_free(w->backend, w->buf);
+    memset(w, 0, sizeof *w);
+}
+
+struct tensor *nn_w(struct tctx *c, const struct nn_weight *w) {
+    if (!w->data) return NULL;
+    return tensor_weight(c, w->dtype, w->ndim, w->shape, w->data);
+}
+
+struct tensor *nn_w_rows(struct tctx *c, const struct nn_weight *w, int64_t r0, int64_t n) {
+    if (!w->data) return NULL;
+    if (r0 < 0 || r0 + n > w->shape[0]) return tctx_fail(c, STATUS_ERR_INVALID, "weight row view out of range");
+    int64_t shape[TENSOR_MAX_DIMS];
+    memcpy(shape, w->shape, sizeof shape);
+    shape[0] = n;
+    size_t row = dtype_size(w->dtype);
+    for (int i = 1; i < w->ndim; i++) row *= (size_t)w->shape[i];
+    return tensor_weight(c, w->dtype, w->ndim, shape, (char *)w->data + (size_t)r0 * row);
+}
+
+/* ===== Blocks ===== */
+
+struct tensor *nn_linear(struct tctx *c, const struct nn_linear *l, struct tensor *x) {
+    return op_linear(c, x, nn_w(c, &l->w), nn_w(c, &l->b));
+}
+
+struct tensor *nn_conv(struct tctx *c, const struct nn_conv *l, struct tensor *x, int stride, int pad) {
+    return op_conv2d(c, x, nn_w(c, &l->w), nn_w(c, &l->b), stride, pad);
+}
+
+struct tensor *nn_group_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, int groups, float eps,
+                             bool silu) {
+    return op_group_norm(c, x, nn_w(c, &n->w), nn_w(c, &n->b), groups, eps, silu);
+}
+
+struct tensor *nn_layer_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, float eps) {
+    return op_layer_norm(c, x, nn_w(c, &n->w), nn_w(c, &n->b), eps);
+}
+
+struct tensor *nn_nchw_to_tokens(struct tctx *c, struct tensor *x) {
+    if (!x) return NULL;
+    int64_t s[3] = {x->shape[0], x->shape[1], x->shape[2] * x->shape[3]};
+    return op_transpose(c, op_reshape(c, x, 3, s)); // [B, HW, C]
+}
+
+struct tensor *nn_tokens_to_nchw(struct tctx *c, struct tensor *x, int64_t h, int64_t w) {
+    if (!x) return NULL;
+    int64_t s[4] = {x->shape[0], x->shape[2], h, w};
+    return op_reshape(c, op_transpose(c, x), 4, s); // [B, C, H, W]
+}
+
+/* ===== Loader ===== */
+
+void nn_loader_init(struct nn_loader *ld, const struct ckpt *ck, struct backend *be, const char *prefix,
+                    struct err *err) {
+    memset(ld, 0, sizeof *ld);
+    ld->ck = ck;
+    ld->backend = be;
+    ld->prefix = prefix ? prefix : "";
+    ld->err = err;
+}
+
+void nn_loader_deinit(struct nn_loader *ld) {
+    mem_free(ld->entries);
+    ld->entries = NULL;
+    ld->n = ld->cap = 0;
+}
+
+static void vbind(struct nn_loader *ld, struct nn_weight *w, bool required, int ndim, const int64_t *shape,
+                  const char *fmt, va_list ap) {
+    memset(w, 0, sizeof *w);
+    if (ld->rc) return;
+    char name[NN_NAME_MAX];
+    int n = snprintf(name, sizeof name, "%s", ld->prefix);
+    vsnprintf(name + n, sizeof name - (size_t)n, fmt, ap);
+    const struct ckpt_tensor *t = ckpt_find(ld->ck, name);
+    if (!t) {
+        if (!required) return;
+        ld->rc = err_set(ld->err, STATUS_ERR_FORMAT, "checkpoint %s has no tensor '%s'", ld->ck->path, name);
+        return;
+    }
+    int64_t want = 1;
+    for (int i = 0; i < ndim; i++) want *= shape[i];
+    bool same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same && ckpt_tensor_numel(t) != want) {
+        char got[128] = "", exp[128] = "";
+        size_t o = 0;
+        for (int i = 0; i < t->ndim && o < sizeof got; i++)
+            o += (size_t)snprintf(got + o, sizeof got - o, "%s%lld", i ? "," : "", (long long)t->shape[i]);
+        o = 0;
+        for (int i = 0; i < ndim && o < sizeof exp; i++)
+            o += (size_t)snprintf(exp + o, sizeof exp - o, "%s%lld", i ? "," : "", (long long)shape[i]);
+        ld->rc = err_set(ld->err, STATUS_ERR_FORMAT, "checkpoint %s: tensor '%s' has shape [%s], expected [%s]",
+                         ld->ck->path, name, got, exp);
+        return;
+    }
+    if (t->dtype != DTYPE_F32 && t->dtype != DTYPE_F16 && t->dtype != DTYPE_BF16) {
+        ld->rc = err_set(ld->err, STATUS_ERR_UNSUPPORTED, "checkpoint %s: tensor '%s' has unsupported dtype",
+                         ld->ck->path, name);
+        return;
+    }
+    w->dtype = DTYPE_F32;
+    w->ndim = ndim;
+    for (int i = 0; i < TENSOR_MAX_DIMS; i++) w->shape[i] = i < ndim ? shape[i] : 1;
+    if (ld->n == ld->cap) {
+        ld->cap = ld->cap ? ld->cap * 2 : 256;
+        ld->entries = mem_realloc(ld->entries, (size_t)ld->cap * sizeof *ld->entries);
+    }
+    ld->entries[ld->n++] = (struct nn_loader_entry){.w = w, .src = t};
+}
+
+void nn_bind(struct nn_loader *ld, struct nn_weight *w, bool required, int ndim, const int64_t *shape,
+             const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vbind(ld, w, required, ndim, shape, fmt, ap);
+    va_end(ap);
+}
+
+static void bind_suffix(struct nn_loader *ld, struct nn_weight *w, bool required, int ndim, const int64_t *shape,
+                        const char *base, const char *suffix) {
+    nn_bind(ld, w, required, ndim, shape, "%s.%s", base, suffix);
+}
+
+void nn_bind_linear(struct nn_loader *ld, struct nn_linear *l, int64_t n_in, int64_t n_out, bool has_bias,
+                    const char *fmt, ...) {
+    char base[NN_NAME_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(base, sizeof base, fmt, ap);
+    va_end(ap);
+    bind_suffix(ld, &l->w, true, 2, (int64_t[]){n_out, n_in}, base, "weight");
+    if (has_bias)
+        bind_suffix(ld, &l->b, true, 1, (int64_t[]){n_out}, base, "bias");
+    else
+        memset(&l->b, 0, sizeof l->b);
+}
+
+void nn_bind_conv(struct nn_loader *ld, struct nn_conv *l, int64_t c_in, int64_t c_out, int k, const char *fmt, ...) {
+    char base[NN_NAME_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(base, sizeof base, fmt, ap);
+    va_end(ap);
+    bind_suffix(ld, &l->w, true, 4, (int64_t[]){c_out, c_in, k, k}, base, "weight");
+    bind_suffix(ld, &l->b, true, 1, (int64_t[]){c_out}, base, "bias");
+}
+
+void nn_bind_norm(struct nn_loader *ld, struct nn_norm *n, int64_t ch, const char *fmt, ...) {
+    char base[NN_NAME_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(base, sizeof base, fmt, ap);
+    va_end(ap);
+    bind_suffix(ld, &n->w, true, 1, (int64_t[]){ch}, base, "weight");
+    bind_suffix(ld, &n->b, true, 1, (int64_t[]){ch}, base, "bias");
+}
+
+int nn_loader_finish(struct nn_loader *ld, struct nn_weights *out) {
+    memset(out, 0, sizeof *out);
+    out->backend = ld->backend;
+    if (ld->rc) return ld->rc;
+    size_t total = 0;
+    for (int i = 0; i < ld->n; i++) {
+        ld->entries[i].offset = total;
+        size_t bytes = (size_t)ckpt_tensor_numel(ld->entries[i].src) * sizeof(float);
+        total += (bytes + 255) & ~(size_t)255;
+    }
+    int rc = backend_buf_alloc(ld->backend, total ? total : 1, &out->buf);
+    if (rc)
+        return ld->rc = err_set(ld->err, rc, "cannot allocate %.1f MiB for the weights of %s on %s",
+                                (double)total / (1 << 20), ld->ck->path, ld->backend->iface->name);
+    out->size = total;
+    out->n_tensors = ld->n;
+    /* convert each tensor to f32 in a host staging buffer, then upload */
+    float *stage = NULL;
+    size_t stage_n = 0;
+    for (int i = 0; i < ld->n && !rc; i++) {
+        struct nn_loader_entry *e = &ld->entries[i];
+        size_t n = (size_t)ckpt_tensor_numel(e->src);
+        if (n > stage_n) {
+            mem_free(stage);
+            stage = mem_try_alloc(n * sizeof(float));
+            stage_n = stage ? n : 0;
+            if (!stage) {
+                rc = err_set(ld->err, STATUS_ERR_NOMEM, "out of host memory converting '%s'", e->src->name);
+                break;
+            }
+        }
+        rc = ckpt_tensor_read_f32(e->src, stage, ld->err);
+        if (rc) break;
+        e->w->data = (char *)out->buf + e->offset;
+        struct tensor view = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)n, 1, 1, 1}, .data = e->w->data};
+        rc = backend_tensor_set(ld->backend, &view, stage, 0, n * sizeof(float));
+        if (rc) err_set(ld->err, rc, "uploading '%s' to %s failed", e->src->name, ld->backend->iface->name);
+    }
+    mem_free(stage);
+    nn_loader_deinit(ld);
+    if (rc) {
+        nn_weights_deinit(out);
+        ld->rc = rc;
+    }
+    return rc;
+}
+
+const struct ckpt_tensor *nn_probe(const struct ckpt *ck, const char *prefix, const char *fmt, ...) {
+    char name[NN_NAME_MAX];
+    int n = snprintf(name, sizeof name, "%s", prefix);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name + n, sizeof name - (size_t)n, fmt, ap);
+    va_end(ap);
+    return ckpt_find(ck, name);
+}

@@ -1,0 +1,98 @@
+/* model/nn.h -- shared building blocks of the networks, and the weight loader.
+ * Owns: struct nn_weight (a borrowed view of one weight in a model's backend buffer),
+ * struct nn_weights (that buffer), and struct nn_loader, which maps checkpoint keys to
+ * weights once at load time: names exist only while loading, never in forward passes.
+ * Must not: know which network it serves (clip.c, unet.c, vae.c do).
+ * Threads: loading and forward passes run on one device worker. */
+#ifndef KILN_MODEL_NN_H
+#define KILN_MODEL_NN_H
+
+#include "model/safetensors.h"
+#include "tensor/backend.h"
+#include "tensor/tensor.h"
+
+/* ===== Weights ===== */
+
+struct nn_weight {
+    void *data;                     /* in the owning nn_weights buffer; NULL = absent (optional) */
+    enum dtype dtype;               /* dtype on the backend (F32 on the CPU) */
+    int ndim;
+    int64_t shape[TENSOR_MAX_DIMS];
+};
+
+struct nn_linear { struct nn_weight w, b; };   /* w [N, K], b [N] */
+struct nn_conv { struct nn_weight w, b; };     /* w [O, C, kh, kw], b [O] */
+struct nn_norm { struct nn_weight w, b; };     /* [C], [C] */
+
+/* One backend buffer holding every weight of a network. */
+struct nn_weights {
+    struct backend *backend; /* where buf lives (borrowed) */
+    void *buf;               /* owned; freed by nn_weights_deinit */
+    size_t size;             /* bytes */
+    int n_tensors;
+};
+
+void nn_weights_deinit(struct nn_weights *w);
+
+/* ===== Graph helpers (record ops; see tensor.h's sticky-error rule) ===== */
+
+/* A graph leaf for a weight; NULL when the weight is absent (optional biases). */
+struct tensor *nn_w(struct tctx *c, const struct nn_weight *w);
+/* A leaf viewing rows [r0, r0 + n) of a weight's first dim (e.g. half of a fused projection). */
+struct tensor *nn_w_rows(struct tctx *c, const struct nn_weight *w, int64_t r0, int64_t n);
+
+struct tensor *nn_linear(struct tctx *c, const struct nn_linear *l, struct tensor *x);
+struct tensor *nn_conv(struct tctx *c, const struct nn_conv *l, struct tensor *x, int stride, int pad);
+struct tensor *nn_group_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, int groups, float eps,
+                             bool silu);
+struct tensor *nn_layer_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, float eps);
+
+/* NCHW [B, C, H, W] -> tokens [B, H*W, C], and back. */
+struct tensor *nn_nchw_to_tokens(struct tctx *c, struct tensor *x);
+struct tensor *nn_tokens_to_nchw(struct tctx *c, struct tensor *x, int64_t h, int64_t w);
+
+/* ===== Loader ===== */
+
+struct nn_loader_entry;
+
+/* Binds checkpoint tensors to nn_weight fields. Usage: init, nn_bind* for every weight
+ * (errors are sticky: the first missing key or wrong shape is kept in ld->err), then
+ * nn_loader_finish, which allocates one backend buffer, converts to F32 and uploads. */
+struct nn_loader {
+    const struct ckpt *ck;            /* borrowed */
+    struct backend *backend;          /* borrowed */
+    const char *prefix;               /* prepended to every key ("model.diffusion_model.") */
+    struct nn_loader_entry *entries;  /* owned until finish/deinit */
+    int n, cap;
+    int rc;                           /* sticky */
+    struct err *err;                  /* borrowed; receives the message */
+};
+
+void nn_loader_init(struct nn_loader *ld, const struct ckpt *ck, struct backend *be, const char *prefix,
+                    struct err *err);
+void nn_loader_deinit(struct nn_loader *ld);
+
+/* Binds key prefix+name. shape[] (ndim entries) is the expected shape; a tensor stored with
+ * trailing 1-dims (1x1 conv stored as [O, C]) is accepted when the element count matches.
+ * With required false, a missing key leaves w->data NULL. */
+void nn_bind(struct nn_loader *ld, struct nn_weight *w, bool required, int ndim, const int64_t *shape,
+             const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* name.weight [n_out, n_in] and name.bias [n_out] (bias optional when has_bias is false). */
+void nn_bind_linear(struct nn_loader *ld, struct nn_linear *l, int64_t n_in, int64_t n_out, bool has_bias,
+                    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* name.weight [c_out, c_in, k, k], name.bias [c_out]. */
+void nn_bind_conv(struct nn_loader *ld, struct nn_conv *l, int64_t c_in, int64_t c_out, int k, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* name.weight [c], name.bias [c]. */
+void nn_bind_norm(struct nn_loader *ld, struct nn_norm *n, int64_t ch, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+int nn_loader_finish(struct nn_loader *ld, struct nn_weights *out);
+
+/* ===== Shape probes for *_config_detect ===== */
+
+/* The tensor prefix+name, or NULL. */
+const struct ckpt_tensor *nn_probe(const struct ckpt *ck, const char *prefix, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

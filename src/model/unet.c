@@ -1,0 +1,326 @@
+/* model/unet.c -- SD UNet: configuration from shapes, weight binding, forward pass.
+ * The block walk in unet_load mirrors openaimodel.UNetModel.__init__, so the same code binds
+ * SD 1.x, SD 2.x and the tiny test model; the forward pass mirrors UNetModel.forward.
+ * Threads: one device worker. */
+#include "model/unet.h"
+#include "base/mem.h"
+#include "base/status.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define RES_EPS 1e-5f /* ResBlock GroupNorm */
+#define ST_EPS 1e-6f  /* SpatialTransformer GroupNorm */
+#define LN_EPS 1e-5f  /* transformer LayerNorms */
+#define GROUPS 32
+
+/* ===== Configuration ===== */
+
+int unet_config_detect(const struct ckpt *ck, const char *p, struct unet_config *cf, struct err *err) {
+    memset(cf, 0, sizeof *cf);
+    const struct ckpt_tensor *conv_in = nn_probe(ck, p, "input_blocks.0.0.weight");
+    const struct ckpt_tensor *out = nn_probe(ck, p, "out.2.weight");
+    const struct ckpt_tensor *temb = nn_probe(ck, p, "time_embed.0.weight");
+    if (!conv_in || !out || !temb || conv_in->ndim != 4 || out->ndim != 4 || temb->ndim != 2)
+        return err_set(err, STATUS_ERR_FORMAT, "checkpoint %s: no UNet under '%s'", ck->path, p);
+    cf->model_channels = (int)conv_in->shape[0];
+    cf->in_channels = (int)conv_in->shape[1];
+    cf->out_channels = (int)out->shape[0];
+    cf->time_embed_dim = (int)temb->shape[0];
+    cf->num_heads = 8;
+    cf->d_head = -1;
+
+    /* walk input_blocks: a ResBlock has in_layers, a downsampler has op */
+    int level = 0, res_in_level = 0, max_res = 0;
+    for (int i = 1; i < 64; i++) {
+        const struct ckpt_tensor *res = nn_probe(ck, p, "input_blocks.%d.0.in_layers.2.weight", i);
+        const struct ckpt_tensor *down = nn_probe(ck, p, "input_blocks.%d.0.op.weight", i);
+        if (res) {
+            if (level >= CONFIG_MAX_LEVELS)
+                return err_set(err, STATUS_ERR_UNSUPPORTED, "checkpoint %s: UNet has more than %d levels", ck->path,
+                               CONFIG_MAX_LEVELS);
+            cf->channel_mult[level] = (int)(res->shape[0] / cf->model_channels);
+            if (nn_probe(ck, p, "input_blocks.%d.1.proj_in.weight", i)) cf->attn_level[level] = true;
+            res_in_level++;
+        } else if (down) {
+            max_res = res_in_level > max_res ? res_in_level : max_res;
+            res_in_level = 0;
+            level++;
+        } else {
+            break;
+        }
+    }
+    max_res = res_in_level > max_res ? res_in_level : max_res;
+    cf->n_levels = level + 1;
+    cf->num_res_blocks = max_res;
+    if (cf->num_res_blocks < 1 || cf->channel_mult[0] < 1)
+        return err_set(err, STATUS_ERR_FORMAT, "checkpoint %s: cannot read the UNet's block structure", ck->path);
+
+    /* transformer facts from the middle block */
+    const struct ckpt_tensor *pin = nn_probe(ck, p, "middle_block.1.proj_in.weight");
+    const struct ckpt_tensor *k2 = nn_probe(ck, p, "middle_block.1.transformer_blocks.0.attn2.to_k.weight");
+    if (!pin || !k2) return err_set(err, STATUS_ERR_FORMAT, "checkpoint %s: UNet middle block has no transformer", ck->path);
+    cf->linear_proj = pin->ndim == 2;
+    cf->context_dim = (int)k2->shape[1];
+    while (cf->transformer_depth < UNET_MAX_DEPTH &&
+           nn_probe(ck, p, "middle_block.1.transformer_blocks.%d.norm1.weight", cf->transformer_depth))
+        cf->transformer_depth++;
+    /* SD1 (context 768, and the tiny model) uses 8 heads; SD2 (1024) and SDXL (2048) 64-wide heads */
+    if (cf->context_dim == 1024 || cf->context_dim == 2048) {
+        cf->num_heads = -1;
+        cf->d_head = 64;
+    }
+    return 0;
+}
+
+/* ===== Loading ===== */
+
+static void bind_res(struct nn_loader *ld, struct unet_res *r, int c_in, int c_out, int temb, const char *name) {
+    r->c_in = c_in;
+    r->c_out = c_out;
+    nn_bind_norm(ld, &r->in_norm, c_in, "%s.in_layers.0", name);
+    nn_bind_conv(ld, &r->in_conv, c_in, c_out, 3, "%s.in_layers.2", name);
+    nn_bind_linear(ld, &r->emb, temb, c_out, true, "%s.emb_layers.1", name);
+    nn_bind_norm(ld, &r->out_norm, c_out, "%s.out_layers.0", name);
+    nn_bind_conv(ld, &r->out_conv, c_out, c_out, 3, "%s.out_layers.3", name);
+    if (c_in != c_out) nn_bind_conv(ld, &r->skip, c_in, c_out, 1, "%s.skip_connection", name);
+}
+
+static void bind_st(struct nn_loader *ld, struct unet_st *st, const struct unet_config *cf, int ch, const char *name) {
+    st->ch = ch;
+    st->depth = cf->transformer_depth;
+    st->heads = cf->num_heads > 0 ? cf->num_heads : ch / cf->d_head;
+    int64_t C = ch, X = cf->context_dim;
+    nn_bind_norm(ld, &st->norm, C, "%s.norm", name);
+    if (cf->linear_proj) {
+        nn_bind_linear(ld, &st->proj_in_lin, C, C, true, "%s.proj_in", name);
+        nn_bind_linear(ld, &st->proj_out_lin, C, C, true, "%s.proj_out", name);
+    } else {
+        nn_bind_conv(ld, &st->proj_in_conv, C, C, 1, "%s.proj_in", name);
+        nn_bind_conv(ld, &st->proj_out_conv, C, C, 1, "%s.proj_out", name);
+    }
+    for (int d = 0; d < st->depth; d++) {
+        struct unet_tblock *b = &st->blocks[d];
+        char tb[200];
+        snprintf(tb, sizeof tb, "%s.transformer_blocks.%d", name, d);
+        nn_bind_norm(ld, &b->norm1, C, "%s.norm1", tb);
+        nn_bind_norm(ld, &b->norm2, C, "%s.norm2", tb);
+        nn_bind_norm(ld, &b->norm3, C, "%s.norm3", tb);
+        nn_bind_linear(ld, &b->attn1_q, C, C, false, "%s.attn1.to_q", tb);
+        nn_bind_linear(ld, &b->attn1_k, C, C, false, "%s.attn1.to_k", tb);
+        nn_bind_linear(ld, &b->attn1_v, C, C, false, "%s.attn1.to_v", tb);
+        nn_bind_linear(ld, &b->attn1_out, C, C, true, "%s.attn1.to_out.0", tb);
+        nn_bind_linear(ld, &b->attn2_q, C, C, false, "%s.attn2.to_q", tb);
+        nn_bind_linear(ld, &b->attn2_k, X, C, false, "%s.attn2.to_k", tb);
+        nn_bind_linear(ld, &b->attn2_v, X, C, false, "%s.attn2.to_v", tb);
+        nn_bind_linear(ld, &b->attn2_out, C, C, true, "%s.attn2.to_out.0", tb);
+        nn_bind_linear(ld, &b->ff_in, C, 8 * C, true, "%s.ff.net.0.proj", tb);
+        nn_bind_linear(ld, &b->ff_out, 4 * C, C, true, "%s.ff.net.2", tb);
+    }
+}
+
+int unet_load(struct unet *m, const struct ckpt *ck, struct backend *be, struct err *err) {
+    memset(m, 0, sizeof *m);
+    int rc = unet_config_detect(ck, UNET_PREFIX, &m->config, err);
+    if (rc) return rc;
+    const struct unet_config *cf = &m->config;
+    int mc = cf->model_channels, T = cf->time_embed_dim;
+    struct nn_loader ld;
+    nn_loader_init(&ld, ck, be, UNET_PREFIX, err);
+    nn_bind_linear(&ld, &m->time_embed_0, mc, T, true, "time_embed.0");
+    nn_bind_linear(&ld, &m->time_embed_2, T, T, true, "time_embed.2");
+    nn_bind_conv(&ld, &m->conv_in, cf->in_channels, mc, 3, "input_blocks.0.0");
+
+    /* input blocks; skip[] records the channels each one pushes (input_blocks.0 included) */
+    int skip[2 * UNET_MAX_BLOCKS], n_skip = 0, ch = mc, idx = 1;
+    skip[n_skip++] = mc;
+    char name[64];
+    for (int l = 0; l < cf->n_levels; l++) {
+        for (int r = 0; r < cf->num_res_blocks; r++) {
+            struct unet_block *b = &m->in[m->n_in++];
+            int c_out = cf->channel_mult[l] * mc;
+            snprintf(name, sizeof name, "input_blocks.%d.0", idx);
+            b->has_res = true;
+            bind_res(&ld, &b->res, ch, c_out, T, name);
+            ch = c_out;
+            if (cf->attn_level[l]) {
+                b->has_st = true;
+                snprintf(name, sizeof name, "input_blocks.%d.1", idx);
+                bind_st(&ld, &b->st, cf, ch, name);
+            }
+            skip[n_skip++] = ch;
+            idx++;
+        }
+        if (l != cf->n_levels - 1) {
+            struct unet_block *b = &m->in[m->n_in++];
+            b->has_down = true;
+            nn_bind_conv(&ld, &b->down, ch, ch, 3, "input_blocks.%d.0.op", idx);
+            skip[n_skip++] = ch;
+            idx++;
+        }
+    }
+    bind_res(&ld, &m->mid_res1, ch, ch, T, "middle_block.0");
+    bind_st(&ld, &m->mid_st, cf, ch, "middle_block.1");
+    bind_res(&ld, &m->mid_res2, ch, ch, T, "middle_block.2");
+
+    idx = 0;
+    for (int l = cf->n_levels - 1; l >= 0; l--) {
+        for (int r = 0; r <= cf->num_res_blocks; r++) {
+            struct unet_block *b = &m->out[m->n_out++];
+            int c_out = cf->channel_mult[l] * mc;
+            int c_skip = skip[--n_skip];
+            snprintf(name, sizeof name, "output_blocks.%d.0", idx);
+            b->has_res = true;
+            bind_res(&ld, &b->res, ch + c_skip, c_out, T, name);
+            ch = c_out;
+            int sub = 1;
+            if (cf->attn_level[l]) {
+                b->has_st = true;
+                snprintf(name, sizeof name, "output_blocks.%d.1", idx);
+                bind_st(&ld, &b->st, cf, ch, name);
+                sub = 2;
+            }
+            if (l != 0 && r == cf->num_res_blocks) {
+                b->has_up = true;
+                nn_bind_conv(&ld, &b->up, ch, ch, 3, "output_blocks.%d.%d.conv", idx, sub);
+            }
+            idx++;
+        }
+    }
+    nn_bind_norm(&ld, &m->out_norm, ch, "out.0");
+    nn_bind_conv(&ld, &m->out_conv, ch, cf->out_channels, 3, "out.2");
+    rc = nn_loader_finish(&ld, &m->weights);
+    if (rc) err_prefix(err, "loading UNet");
+    return rc;
+}
+
+void unet_deinit(struct unet *m) { nn_weights_deinit(&m->weights); }
+
+/* ===== Forward ===== */
+
+void unet_timestep_embedding(float t, int dim, float *out) {
+    int half = dim / 2;
+    const float neg_log = -9.210340371976184f; /* -ln(10000), as torch makes it from a python float */
+    for (int k = 0; k < half; k++) {
+        float f = expf(neg_log * (float)k / (float)half);
+        float a = t * f;
+        out[k] = cosf(a);
+        out[half + k] = sinf(a);
+    }
+    if (dim % 2) out[dim - 1] = 0.0f;
+}
+
+/* ResBlock.forward: h = in_layers(x) + emb_layers(emb); h = out_layers(h); skip(x) + h */
+static struct tensor *res_forward(struct tctx *c, const struct unet_res *r, struct tensor *x,
+                                  struct tensor *emb_silu) {
+    struct tensor *h = nn_group_norm(c, &r->in_norm, x, GROUPS, RES_EPS, true);
+    h = nn_conv(c, &r->in_conv, h, 1, 1);                                    // [B, c_out, H, W]
+    struct tensor *e = nn_linear(c, &r->emb, emb_silu);                      // [B, c_out]
+    if (e) e = op_reshape(c, e, 4, (int64_t[]){e->shape[0], e->shape[1], 1, 1}); // [B, c_out, 1, 1]
+    h = op_add(c, h, e);
+    h = nn_group_norm(c, &r->out_norm, h, GROUPS, RES_EPS, true);
+    h = nn_conv(c, &r->out_conv, h, 1, 1);
+    struct tensor *s = r->skip.w.data ? nn_conv(c, &r->skip, x, 1, 0) : x;
+    return op_add(c, s, h);
+}
+
+/* CrossAttention: softmax(q k^T / sqrt(d)) v over heads, then to_out.0 */
+static struct tensor *attn_forward(struct tctx *c, const struct nn_linear *wq, const struct nn_linear *wk,
+                                   const struct nn_linear *wv, const struct nn_linear *wo, struct tensor *x,
+                                   struct tensor *ctx, int heads) {
+    struct tensor *q = nn_linear(c, wq, x);   // [B, N, C]
+    struct tensor *k = nn_linear(c, wk, ctx); // [B, M, C]
+    struct tensor *v = nn_linear(c, wv, ctx); // [B, M, C]
+    return nn_linear(c, wo, op_attention(c, q, k, v, heads, false));
+}
+
+/* SpatialTransformer.forward */
+static struct tensor *st_forward(struct tctx *c, const struct unet_st *st, struct tensor *x, struct tensor *context) {
+    if (!x) return NULL;
+    int64_t H = x->shape[2], W = x->shape[3];
+    struct tensor *h = nn_group_norm(c, &st->norm, x, GROUPS, ST_EPS, false);
+    if (st->proj_in_conv.w.data) {
+        h = nn_nchw_to_tokens(c, nn_conv(c, &st->proj_in_conv, h, 1, 0)); // [B, HW, C]
+    } else {
+        h = nn_linear(c, &st->proj_in_lin, nn_nchw_to_tokens(c, h));
+    }
+    for (int d = 0; d < st->depth; d++) {
+        const struct unet_tblock *b = &st->blocks[d];
+        struct tensor *n = nn_layer_norm(c, &b->norm1, h, LN_EPS);
+        h = op_add(c, attn_forward(c, &b->attn1_q, &b->attn1_k, &b->attn1_v, &b->attn1_out, n, n, st->heads), h);
+        n = nn_layer_norm(c, &b->norm2, h, LN_EPS);
+        h = op_add(c, attn_forward(c, &b->attn2_q, &b->attn2_k, &b->attn2_v, &b->attn2_out, n, context, st->heads), h);
+        n = nn_layer_norm(c, &b->norm3, h, LN_EPS);
+        n = op_geglu(c, nn_linear(c, &b->ff_in, n)); // [B, HW, 4C]
+        h = op_add(c, nn_linear(c, &b->ff_out, n), h);
+    }
+    if (st->proj_out_conv.w.data) {
+        h = nn_conv(c, &st->proj_out_conv, nn_tokens_to_nchw(c, h, H, W), 1, 0); // [B, C, H, W]
+    } else {
+        h = nn_tokens_to_nchw(c, nn_linear(c, &st->proj_out_lin, h), H, W);
+    }
+    return op_add(c, h, x);
+}
+
+static struct tensor *block_forward(struct tctx *c, const struct unet_block *b, struct tensor *h,
+                                    struct tensor *emb_silu, struct tensor *context) {
+    if (b->has_res) h = res_forward(c, &b->res, h, emb_silu);
+    if (b->has_st) h = st_forward(c, &b->st, h, context);
+    if (b->has_down) h = nn_conv(c, &b->down, h, 2, 1);
+    if (b->has_up) h = nn_conv(c, &b->up, op_upsample_nearest(c, h, 2), 1, 1);
+    return h;
+}
+
+struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor *x, struct tensor *t_emb,
+                            struct tensor *context) {
+    if (!x || !t_emb || !context) return tctx_fail(c, STATUS_ERR_INVALID, "unet_forward: missing input");
+    int64_t mult = (int64_t)1 << (m->config.n_levels - 1);
+    if (x->shape[2] % mult || x->shape[3] % mult)
+        return tctx_fail(c, STATUS_ERR_INVALID, "latent %lldx%lld is not a multiple of %lld",
+                         (long long)x->shape[3], (long long)x->shape[2], (long long)mult);
+
+    /* time embedding MLP; every ResBlock applies SiLU to it first, so do that once */
+    struct tensor *emb = nn_linear(c, &m->time_embed_2, op_silu(c, nn_linear(c, &m->time_embed_0, t_emb))); // [B, T]
+    struct tensor *emb_silu = op_silu(c, emb);
+
+    struct tensor *hs[2 * UNET_MAX_BLOCKS];
+    int n_hs = 0;
+    struct tensor *h = nn_conv(c, &m->conv_in, x, 1, 1); // [B, mc, H, W]
+    hs[n_hs++] = h;
+    for (int i = 0; i < m->n_in; i++) {
+        h = block_forward(c, &m->in[i], h, emb_silu, context);
+        hs[n_hs++] = h;
+    }
+    h = res_forward(c, &m->mid_res1, h, emb_silu);
+    h = st_forward(c, &m->mid_st, h, context);
+    h = res_forward(c, &m->mid_res2, h, emb_silu);
+    for (int i = 0; i < m->n_out; i++) {
+        h = op_concat(c, h, hs[--n_hs], 1); // [B, ch + skip, H, W]
+        h = block_forward(c, &m->out[i], h, emb_silu, context);
+    }
+    h = nn_group_norm(c, &m->out_norm, h, GROUPS, RES_EPS, true);
+    return nn_conv(c, &m->out_conv, h, 1, 1); // [B, out, H, W]
+}
+
+int unet_eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_t w, const float *x,
+              const float *timesteps, const float *context, int64_t n_tokens, float *out) {
+    const struct unet_config *cf = &m->config;
+    tctx_reset(c);
+    struct tensor *tx = tensor_input(c, DTYPE_F32, 4, (int64_t[]){b, cf->in_channels, h, w});
+    struct tensor *tt = tensor_input(c, DTYPE_F32, 2, (int64_t[]){b, cf->model_channels});
+    struct tensor *tc = tensor_input(c, DTYPE_F32, 3, (int64_t[]){b, n_tokens, cf->context_dim});
+    struct tensor *y = unet_forward(c, m, tx, tt, tc);
+    int rc = tctx_plan(c, &y, 1);
+    if (rc) return rc;
+    float *temb = mem_try_alloc((size_t)(b * cf->model_channels) * sizeof(float));
+    if (!temb) return tctx_fail(c, STATUS_ERR_NOMEM, "out of host memory"), c->rc;
+    for (int64_t i = 0; i < b; i++) unet_timestep_embedding(timesteps[i], cf->model_channels, temb + i * cf->model_channels);
+    rc = tctx_set(c, tx, x);
+    if (!rc) rc = tctx_set(c, tt, temb);
+    if (!rc) rc = tctx_set(c, tc, context);
+    mem_free(temb);
+    if (!rc) rc = tctx_run(c);
+    if (!rc) rc = tctx_get(c, y, out);
+    return rc;
+}

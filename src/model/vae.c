@@ -1,0 +1,194 @@
+/* model/vae.c -- KL autoencoder: configuration from shapes, weights, encoder and decoder.
+ * Mirrors ldm's Encoder/Decoder (comfy/ldm/modules/diffusionmodules/model.py).
+ * Threads: one device worker. */
+#include "model/vae.h"
+#include "base/status.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define EPS 1e-6f
+#define GROUPS 32
+
+/* ===== Configuration ===== */
+
+int vae_config_detect(const struct ckpt *ck, const char *p, struct vae_config *cf, struct err *err) {
+    memset(cf, 0, sizeof *cf);
+    const struct ckpt_tensor *cin = nn_probe(ck, p, "encoder.conv_in.weight");
+    const struct ckpt_tensor *dcin = nn_probe(ck, p, "decoder.conv_in.weight");
+    const struct ckpt_tensor *pq = nn_probe(ck, p, "post_quant_conv.weight");
+    if (!cin || !dcin || !pq || cin->ndim != 4 || dcin->ndim != 4)
+        return err_set(err, STATUS_ERR_FORMAT, "checkpoint %s: no VAE under '%s'", ck->path, p);
+    cf->ch = (int)cin->shape[0];
+    cf->in_channels = (int)cin->shape[1];
+    cf->z_channels = (int)dcin->shape[1];
+    cf->embed_dim = (int)pq->shape[1];
+    while (cf->n_levels < CONFIG_MAX_LEVELS && nn_probe(ck, p, "encoder.down.%d.block.0.conv1.weight", cf->n_levels)) {
+        const struct ckpt_tensor *c1 = nn_probe(ck, p, "encoder.down.%d.block.0.conv1.weight", cf->n_levels);
+        cf->ch_mult[cf->n_levels] = (int)(c1->shape[0] / cf->ch);
+        cf->n_levels++;
+    }
+    while (cf->num_res_blocks < VAE_MAX_BLOCKS && nn_probe(ck, p, "encoder.down.0.block.%d.conv1.weight", cf->num_res_blocks))
+        cf->num_res_blocks++;
+    if (cf->n_levels < 1 || cf->num_res_blocks < 1 || nn_probe(ck, p, "encoder.down.%d.block.0.conv1.weight", CONFIG_MAX_LEVELS))
+        return err_set(err, STATUS_ERR_FORMAT, "checkpoint %s: unsupported VAE block structure", ck->path);
+    return 0;
+}
+
+/* ===== Loading ===== */
+
+static void bind_res(struct nn_loader *ld, struct vae_res *r, int c_in, int c_out, const char *name) {
+    r->c_in = c_in;
+    r->c_out = c_out;
+    nn_bind_norm(ld, &r->norm1, c_in, "%s.norm1", name);
+    nn_bind_conv(ld, &r->conv1, c_in, c_out, 3, "%s.conv1", name);
+    nn_bind_norm(ld, &r->norm2, c_out, "%s.norm2", name);
+    nn_bind_conv(ld, &r->conv2, c_out, c_out, 3, "%s.conv2", name);
+    if (c_in != c_out) nn_bind_conv(ld, &r->shortcut, c_in, c_out, 1, "%s.nin_shortcut", name);
+}
+
+static void bind_attn(struct nn_loader *ld, struct vae_attn *a, int ch, const char *name) {
+    nn_bind_norm(ld, &a->norm, ch, "%s.norm", name);
+    nn_bind_conv(ld, &a->q, ch, ch, 1, "%s.q", name);
+    nn_bind_conv(ld, &a->k, ch, ch, 1, "%s.k", name);
+    nn_bind_conv(ld, &a->v, ch, ch, 1, "%s.v", name);
+    nn_bind_conv(ld, &a->proj_out, ch, ch, 1, "%s.proj_out", name);
+}
+
+int vae_load(struct vae *m, const struct ckpt *ck, struct backend *be, struct err *err) {
+    memset(m, 0, sizeof *m);
+    int rc = vae_config_detect(ck, VAE_PREFIX, &m->config, err);
+    if (rc) return rc;
+    const struct vae_config *cf = &m->config;
+    struct nn_loader ld;
+    nn_loader_init(&ld, ck, be, VAE_PREFIX, err);
+    char name[96];
+
+    /* encoder */
+    int ch = cf->ch;
+    nn_bind_conv(&ld, &m->enc_conv_in, cf->in_channels, ch, 3, "encoder.conv_in");
+    for (int l = 0; l < cf->n_levels; l++) {
+        int c_out = cf->ch * cf->ch_mult[l];
+        for (int r = 0; r < cf->num_res_blocks; r++) {
+            snprintf(name, sizeof name, "encoder.down.%d.block.%d", l, r);
+            bind_res(&ld, &m->enc[l].blocks[r], ch, c_out, name);
+            ch = c_out;
+        }
+        if (l != cf->n_levels - 1) {
+            m->enc[l].has_resample = true;
+            nn_bind_conv(&ld, &m->enc[l].resample, ch, ch, 3, "encoder.down.%d.downsample.conv", l);
+        }
+    }
+    bind_res(&ld, &m->enc_mid1, ch, ch, "encoder.mid.block_1");
+    bind_attn(&ld, &m->enc_attn, ch, "encoder.mid.attn_1");
+    bind_res(&ld, &m->enc_mid2, ch, ch, "encoder.mid.block_2");
+    nn_bind_norm(&ld, &m->enc_norm_out, ch, "encoder.norm_out");
+    nn_bind_conv(&ld, &m->enc_conv_out, ch, 2 * cf->z_channels, 3, "encoder.conv_out");
+    nn_bind_conv(&ld, &m->quant_conv, 2 * cf->z_channels, 2 * cf->embed_dim, 1, "quant_conv");
+
+    /* decoder */
+    nn_bind_conv(&ld, &m->post_quant_conv, cf->embed_dim, cf->z_channels, 1, "post_quant_conv");
+    ch = cf->ch * cf->ch_mult[cf->n_levels - 1];
+    nn_bind_conv(&ld, &m->dec_conv_in, cf->z_channels, ch, 3, "decoder.conv_in");
+    bind_res(&ld, &m->dec_mid1, ch, ch, "decoder.mid.block_1");
+    bind_attn(&ld, &m->dec_attn, ch, "decoder.mid.attn_1");
+    bind_res(&ld, &m->dec_mid2, ch, ch, "decoder.mid.block_2");
+    for (int l = cf->n_levels - 1; l >= 0; l--) {
+        int c_out = cf->ch * cf->ch_mult[l];
+        for (int r = 0; r <= cf->num_res_blocks; r++) {
+            snprintf(name, sizeof name, "decoder.up.%d.block.%d", l, r);
+            bind_res(&ld, &m->dec[l].blocks[r], ch, c_out, name);
+            ch = c_out;
+        }
+        if (l != 0) {
+            m->dec[l].has_resample = true;
+            nn_bind_conv(&ld, &m->dec[l].resample, ch, ch, 3, "decoder.up.%d.upsample.conv", l);
+        }
+    }
+    nn_bind_norm(&ld, &m->dec_norm_out, ch, "decoder.norm_out");
+    nn_bind_conv(&ld, &m->dec_conv_out, ch, cf->in_channels, 3, "decoder.conv_out");
+    rc = nn_loader_finish(&ld, &m->weights);
+    if (rc) err_prefix(err, "loading VAE");
+    return rc;
+}
+
+void vae_deinit(struct vae *m) { nn_weights_deinit(&m->weights); }
+
+/* ===== Blocks ===== */
+
+static struct tensor *res_forward(struct tctx *c, const struct vae_res *r, struct tensor *x) {
+    struct tensor *h = nn_group_norm(c, &r->norm1, x, GROUPS, EPS, true);
+    h = nn_conv(c, &r->conv1, h, 1, 1);
+    h = nn_group_norm(c, &r->norm2, h, GROUPS, EPS, true);
+    h = nn_conv(c, &r->conv2, h, 1, 1);
+    struct tensor *s = r->shortcut.w.data ? nn_conv(c, &r->shortcut, x, 1, 0) : x;
+    return op_add(c, s, h);
+}
+
+static struct tensor *attn_forward(struct tctx *c, const struct vae_attn *a, struct tensor *x) {
+    if (!x) return NULL;
+    int64_t H = x->shape[2], W = x->shape[3];
+    struct tensor *h = nn_group_norm(c, &a->norm, x, GROUPS, EPS, false);
+    struct tensor *q = nn_nchw_to_tokens(c, nn_conv(c, &a->q, h, 1, 0)); // [B, HW, C]
+    struct tensor *k = nn_nchw_to_tokens(c, nn_conv(c, &a->k, h, 1, 0));
+    struct tensor *v = nn_nchw_to_tokens(c, nn_conv(c, &a->v, h, 1, 0));
+    h = nn_tokens_to_nchw(c, op_attention(c, q, k, v, 1, false), H, W); // [B, C, H, W]
+    return op_add(c, x, nn_conv(c, &a->proj_out, h, 1, 0));
+}
+
+/* ===== Decoder / encoder ===== */
+
+struct tensor *vae_decode_forward(struct tctx *c, const struct vae *m, struct tensor *z) {
+    const struct vae_config *cf = &m->config;
+    struct tensor *h = nn_conv(c, &m->post_quant_conv, z, 1, 0); // [B, z, h, w]
+    h = nn_conv(c, &m->dec_conv_in, h, 1, 1);                     // [B, C, h, w]
+    h = res_forward(c, &m->dec_mid1, h);
+    h = attn_forward(c, &m->dec_attn, h);
+    h = res_forward(c, &m->dec_mid2, h);
+    for (int l = cf->n_levels - 1; l >= 0; l--) {
+        for (int r = 0; r <= cf->num_res_blocks; r++) h = res_forward(c, &m->dec[l].blocks[r], h);
+        if (m->dec[l].has_resample) h = nn_conv(c, &m->dec[l].resample, op_upsample_nearest(c, h, 2), 1, 1); // x2
+    }
+    h = nn_group_norm(c, &m->dec_norm_out, h, GROUPS, EPS, true);
+    return nn_conv(c, &m->dec_conv_out, h, 1, 1); // [B, 3, 8h, 8w]
+}
+
+struct tensor *vae_encode_forward(struct tctx *c, const struct vae *m, struct tensor *x) {
+    const struct vae_config *cf = &m->config;
+    struct tensor *h = nn_conv(c, &m->enc_conv_in, x, 1, 1); // [B, ch, H, W]
+    for (int l = 0; l < cf->n_levels; l++) {
+        for (int r = 0; r < cf->num_res_blocks; r++) h = res_forward(c, &m->enc[l].blocks[r], h);
+        if (m->enc[l].has_resample) /* Downsample: pad right and bottom by one, conv stride 2 */
+            h = op_conv2d_pad(c, h, nn_w(c, &m->enc[l].resample.w), nn_w(c, &m->enc[l].resample.b), 2, 0, 0, 1, 1);
+    }
+    h = res_forward(c, &m->enc_mid1, h);
+    h = attn_forward(c, &m->enc_attn, h);
+    h = res_forward(c, &m->enc_mid2, h);
+    h = nn_group_norm(c, &m->enc_norm_out, h, GROUPS, EPS, true);
+    h = nn_conv(c, &m->enc_conv_out, h, 1, 1); // [B, 2z, H/8, W/8]
+    /* quant_conv, keeping only the mean half of its output channels */
+    int64_t e = cf->embed_dim;
+    return op_conv2d(c, h, nn_w_rows(c, &m->quant_conv.w, 0, e), nn_w_rows(c, &m->quant_conv.b, 0, e), 1, 0);
+}
+
+static int run_one(struct tctx *c, struct tensor *in, struct tensor *y, const float *src, float *out) {
+    int rc = tctx_plan(c, &y, 1);
+    if (!rc) rc = tctx_set(c, in, src);
+    if (!rc) rc = tctx_run(c);
+    if (!rc) rc = tctx_get(c, y, out);
+    return rc;
+}
+
+int vae_decode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *z, float *out) {
+    tctx_reset(c);
+    struct tensor *in = tensor_input(c, DTYPE_F32, 4, (int64_t[]){b, m->config.embed_dim, h, w});
+    return run_one(c, in, vae_decode_forward(c, m, in), z, out);
+}
+
+int vae_encode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *x, float *out) {
+    tctx_reset(c);
+    if (h % 8 || w % 8) return tctx_fail(c, STATUS_ERR_INVALID, "VAE encode needs a size divisible by 8, got %lldx%lld",
+                                         (long long)w, (long long)h), c->rc;
+    struct tensor *in = tensor_input(c, DTYPE_F32, 4, (int64_t[]){b, m->config.in_channels, h, w});
+    return run_one(c, in, vae_encode_forward(c, m, in), x, out);
+}
