@@ -60,6 +60,7 @@ struct conditioning {
     struct cond_item *items;             /* n entries, owned */
 };
 
+/* The *_new constructors return NULL when the buffer cannot be allocated (host OOM). */
 struct latent *latent_new(int64_t b, int64_t c, int64_t h, int64_t w); /* zeroed samples, refs 1 */
 struct image *image_new(int64_t b, int64_t h, int64_t w, int64_t c);   /* zeroed, refs 1 */
 struct mask *mask_new(int64_t b, int64_t h, int64_t w);                /* zeroed, refs 1 */
@@ -89,5 +90,15 @@ struct value {
 
 void value_deinit(struct value *v);      /* frees the string / drops the reference; sets NONE */
 void value_copy(struct value *dst, const struct value *src); /* deep for strings, ref for objects */
+
+/* Typed views: the object when v holds an object of that wire type, else NULL (borrowed). */
+struct latent *value_latent(const struct value *v);
+struct image *value_image(const struct value *v);
+struct mask *value_mask(const struct value *v);
+struct conditioning *value_conditioning(const struct value *v);
+struct gobj *value_object(const struct value *v, const char *type); /* any wire type */
+
+/* Makes v (assumed NONE or deinited) hold o, stealing o's reference. */
+void value_set_object(struct value *v, struct gobj *o);
 
 #endif

@@ -1,0 +1,85 @@
+/* graph/exec.h -- runs a validated prompt: the dependency subgraph of its outputs, each node
+ * once, depth-first from the outputs in prompt order (ComfyUI's ExecutionList order for one
+ * chain), stopping at the first failure.
+ * Owns: the node output values while the prompt runs (freed as soon as no pending consumer
+ * needs them), the error record, the UI outputs map.
+ * Must not: send anything itself (events go through callbacks), keep values after returning
+ * (except through the cache hook).
+ * Threads: exec_run runs on the caller's (worker) thread; callbacks are called on it too. The
+ * interrupt flag may be set from any thread.
+ *
+ * DESIGN. The optional cache hook (struct exec_cache_i) is asked, before anything runs, for
+ * each node of the prompt; a hit supplies the node's outputs and UI so the node is not run
+ * (ComfyUI's execution_cached). A cache keyed by the node's input signature plugs in here
+ * without touching the executor; with no hook, nothing is cached. */
+#ifndef KILN_GRAPH_EXEC_H
+#define KILN_GRAPH_EXEC_H
+
+#include "graph/prompt.h"
+#include "graph/registry.h"
+
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* The sticky error record of a failed or interrupted prompt (execution_error fields). */
+struct exec_error {
+    char node_id[256];                   /* the failing node's id ("" if none) */
+    char node_type[256];                 /* its class_type */
+    char exception_message[2048];        /* err.msg of the node */
+    char exception_type[128];            /* "RuntimeError", "FileNotFoundError", ... */
+    json_t *current_inputs;              /* {input: [value]} as ComfyUI formats them, or NULL */
+};
+
+/* Event callbacks; each may be NULL. `user` is passed back. Called in this order:
+ * execution_start, execution_cached, then per node executing [progress...] [executed], then
+ * exactly one of execution_success / execution_error / execution_interrupted. */
+struct exec_events {
+    void *user;
+    void (*execution_start)(void *user);
+    void (*execution_cached)(void *user, const char *const *node_ids, int n);
+    void (*executing)(void *user, const char *node_id);
+    void (*progress)(void *user, const char *node_id, int64_t value, int64_t max);
+    void (*executed)(void *user, const char *node_id, const json_t *ui);
+    void (*execution_success)(void *user);
+    void (*execution_error)(void *user, const struct exec_error *e, const json_t *executed);
+    void (*execution_interrupted)(void *user, const struct exec_error *e, const json_t *executed);
+};
+
+/* Output cache hook (optional). get() returns true on a hit, filling outputs[0..n) with owned
+ * references and *ui with a new reference (or NULL when the node had no UI). put() is called
+ * after a node ran; it takes its own references. */
+struct exec_cache_i {
+    void *user;
+    bool (*get)(void *user, const struct graph_prompt *p, int node, struct value *outputs, int n, json_t **ui);
+    void (*put)(void *user, const struct graph_prompt *p, int node, const struct value *outputs, int n,
+                const json_t *ui);
+};
+
+struct exec_opts {
+    const struct graph_paths *paths;     /* folders (required) */
+    const json_t *extra_data;            /* the prompt's extra_data (extra_pnginfo), or NULL */
+    void *engine;                        /* handed to nodes as node_run.engine */
+    const atomic_bool *interrupt;        /* checked before each node and on progress; may be NULL.
+                                            The caller clears it when the prompt starts. */
+    bool disable_metadata;               /* --disable-metadata */
+    const struct exec_events *events;    /* may be NULL */
+    const struct exec_cache_i *cache;    /* may be NULL */
+};
+
+struct exec_report {
+    int status;                          /* 0, STATUS_ERR_INTERRUPTED, or the failing status */
+    struct exec_error error;             /* filled when status != 0 */
+    json_t *outputs;                     /* {node_id: ui} for history "outputs" (new reference) */
+    json_t *executed;                    /* [node ids] that ran or came from the cache, in order */
+};
+
+/* Runs p's outputs. Always fills *rep (deinit it with exec_report_deinit) and returns
+ * rep->status. A node failure is not a "failure" of exec_run's caller: the status and error
+ * record say what happened and the matching event was sent. */
+int exec_run(const struct graph_prompt *p, const struct exec_opts *opts, struct exec_report *rep);
+
+void exec_report_deinit(struct exec_report *rep);
+
+#endif
