@@ -56,7 +56,8 @@ def make_inputs(vocab, width, n_pos):
         "unet.x": rng.standard_normal((2, 4, 8, 8)).astype(np.float32),
         "unet.timesteps": np.array(UNET_TIMESTEPS, dtype=np.float32),
         "unet.context": rng.standard_normal((2, n_pos, width)).astype(np.float32),
-        "vae.z": rng.standard_normal((1, 4, 8, 8)).astype(np.float32),
+        # a LATENT as KSampler outputs it (sampler latent / 0.18215): N(0,1) / 0.18215
+        "vae.z": (rng.standard_normal((1, 4, 8, 8)).astype(np.float32) / np.float32(sd_ref.SD1_SCALE)),
         "vae.enc_in": rng.uniform(-1.0, 1.0, size=(1, 3, 64, 64)).astype(np.float32),
     }
     torch.manual_seed(NOISE_SEED)
@@ -76,7 +77,7 @@ def run_reference(W, inp, clip_last_for_cond):
         out["unet.out"] = sd_ref.unet_forward(W, T(inp["unet.x"]),
                                               torch.from_numpy(inp["unet.timesteps"]),
                                               T(inp["unet.context"]))
-        raw, img = sd_ref.decode_latent(W, T(inp["vae.z"]))
+        raw, img = sd_ref.decode_image(W, T(inp["vae.z"]))
         out["vae.dec_raw"], out["vae.image"] = raw, img
         out["vae.enc_mean"] = sd_ref.vae_encode(W, T(inp["vae.enc_in"]))
         # txt2img conditioning: the fp32 CLIP outputs (fixed inputs, same for both precisions)
@@ -90,7 +91,8 @@ def run_reference(W, inp, clip_last_for_cond):
         out["txt2img.sigmas"] = sigmas
         out["txt2img.denoised"] = torch.stack(denoised)
         out["txt2img.latent"] = latent
-        _raw, img = sd_ref.decode_latent(W, latent)
+        out["txt2img.latent_out"] = sd_ref.process_latent_out(latent)
+        _raw, img = sd_ref.decode_image(W, out["txt2img.latent_out"])
         out["txt2img.image"] = img
         out["txt2img.png_u8"] = torch.from_numpy(sd_ref.image_to_u8(img.float()))
     return out, cond, uncond
@@ -133,7 +135,7 @@ def make_golden(ckpt, out_path):
              "unet.x", "unet.timesteps", "unet.context", "unet.out",
              "vae.z", "vae.dec_raw", "vae.image", "vae.enc_in", "vae.enc_mean",
              "txt2img.cond", "txt2img.uncond", "txt2img.noise", "txt2img.sigmas",
-             "txt2img.denoised", "txt2img.latent", "txt2img.image", "txt2img.png_u8"]
+             "txt2img.denoised", "txt2img.latent", "txt2img.latent_out", "txt2img.image", "txt2img.png_u8"]
     for k in order:
         v = inp[k] if k in inp else out32[k].numpy()
         if v.dtype == np.float64:
@@ -152,9 +154,10 @@ def make_golden(ckpt, out_path):
         "unet_config": json.dumps(ucfg),
         "vae_config": json.dumps(vcfg),
         "unet_heads": str(sd_ref.SD1_UNET_HEADS),
+        "vae_scale": str(sd_ref.SD1_SCALE),
         "inputs": json.dumps({
             "seed": f"numpy default_rng({INPUT_SEED}) draws in this order: 7 then 30 token ids in "
-                    "[0, vocab-2), unet.x N(0,1), unet.context N(0,1), vae.z N(0,1), vae.enc_in U(-1,1)",
+                    "[0, vocab-2), unet.x N(0,1), unet.context N(0,1), vae.z N(0,1)/0.18215, vae.enc_in U(-1,1)",
             "clip.tokens": "I32 [2,77]: start=vocab-2, 7 (row 0) or 30 (row 1) words, end=vocab-1, pad end",
             "unet.timesteps": "F32 [2]: the float timesteps fed to the UNet's embedding",
             "txt2img.noise": f"torch.manual_seed({NOISE_SEED}); torch.randn(1,4,8,8) (torch {torch.__version__})",
@@ -164,17 +167,20 @@ def make_golden(ckpt, out_path):
             "clip.last": "final LayerNorm(last layer), [2,77,W]",
             "clip.penultimate": "final LayerNorm(output of layer n_layers-2), CLIPSetLastLayer -2",
             "unet.out": "eps prediction UNet(unet.x, unet.timesteps, unet.context)",
-            "vae.z": "a latent as the sampler returns it (decoder input is vae.z / 0.18215)",
-            "vae.dec_raw": "decoder(post_quant_conv(vae.z / 0.18215)), NCHW, not clamped",
+            "vae.z": "a LATENT as ComfyUI's KSampler node outputs it and VAEDecode takes it, i.e. "
+                     "already / 0.18215 (drawn as N(0,1) / 0.18215); decoded without scaling",
+            "vae.dec_raw": "decoder(post_quant_conv(vae.z)), NCHW, not clamped",
             "vae.image": "clamp((dec_raw + 1) / 2, 0, 1) as ComfyUI's IMAGE, NHWC [1,64,64,3]",
-            "vae.enc_mean": "posterior mean of encoder(vae.enc_in) after quant_conv (no 0.18215)",
+            "vae.enc_mean": "posterior mean of encoder(vae.enc_in) after quant_conv: VAEEncode's LATENT "
+                            "(KSampler multiplies a non-empty LATENT by 0.18215)",
             "txt2img": f"KSampler euler / normal / cfg {CFG} / steps {STEPS} / denoise 1 on an empty "
                        "latent: x = noise * sqrt(1 + sigma0^2); D = x - s*eps(x/sqrt(s^2+1), "
                        "t=nearest index), cond and uncond batched; CFG on D",
             "txt2img.sigmas": "the 'normal' schedule, F32 [steps+1]",
             "txt2img.denoised": "CFG-combined denoised estimate of each step, [steps,1,4,8,8]",
-            "txt2img.latent": "final sampler latent (before / 0.18215)",
-            "txt2img.image": "VAE decode of latent / 0.18215, clamp((x+1)/2), NHWC float",
+            "txt2img.latent": "final sampler-space latent x (before process_latent_out's / 0.18215)",
+            "txt2img.latent_out": "latent / 0.18215: the LATENT KSampler outputs, VAEDecode's input",
+            "txt2img.image": "VAEDecode of latent_out: clamp((decoder(latent_out)+1)/2), NHWC float",
             "txt2img.png_u8": "clip(255 * image, 0, 255).astype(uint8) (truncation), NHWC",
         }),
         "fp64_check": json.dumps(check, sort_keys=True),

@@ -335,7 +335,7 @@ def vae_encode(W, x, prefix=VAE_PREFIX):
 
 
 def vae_decode(W, z, prefix=VAE_PREFIX):
-    """Decoder on an already unscaled latent (sampler latent / 0.18215).
+    """Decoder on a LATENT as ComfyUI passes it between nodes (sampler latent / 0.18215).
     z [B, 4, h, w] -> [B, 3, 8h, 8w], roughly in [-1, 1] (not clamped)."""
     p = prefix + "decoder."
     n_levels = _count(W, p + "up.{}.")
@@ -352,10 +352,21 @@ def vae_decode(W, z, prefix=VAE_PREFIX):
     return _conv(W, p + "conv_out.", F.silu(_group_norm(W, p + "norm_out.", h, 1e-6)))
 
 
-def decode_latent(W, latent, scale=SD1_SCALE):
-    """ComfyUI's VAEDecode of a sampler latent: decode(latent / scale), then
-    clamp((x+1)/2, 0, 1), channels last. Returns (raw [B,3,H,W], image [B,H,W,3])."""
-    raw = vae_decode(W, latent / scale)
+def process_latent_out(x, scale=SD1_SCALE):
+    """KSampler's last step: sampler-space latent -> the LATENT the node outputs (x / 0.18215)."""
+    return x / scale
+
+
+def process_latent_in(x, scale=SD1_SCALE):
+    """KSampler's first step for a non-empty LATENT (e.g. VAEEncode's): x * 0.18215."""
+    return x * scale
+
+
+def decode_image(W, latent):
+    """ComfyUI's VAEDecode of a LATENT (as KSampler outputs it, already / 0.18215):
+    decoder(post_quant_conv(latent)), then clamp((x+1)/2, 0, 1), channels last.
+    Returns (raw [B,3,H,W] unclamped, image [B,H,W,3] in [0,1])."""
+    raw = vae_decode(W, latent)
     img = torch.clamp((raw + 1.0) / 2.0, min=0.0, max=1.0)
     return raw, img.permute(0, 2, 3, 1).contiguous()
 
@@ -435,8 +446,9 @@ def denoise_cfg(W, sched, x, sigma, cond, uncond, cfg, heads=SD1_UNET_HEADS):
 
 def sample_euler_txt2img(W, sched, noise, cond, uncond, cfg, steps, heads=SD1_UNET_HEADS,
                          callback=None):
-    """KSampler(euler, normal, denoise 1) on an empty latent.
-    noise [1, 4, h, w] -> (final latent (sampler space, before / 0.18215), sigmas).
+    """KSampler(euler, normal, denoise 1) on an empty latent, up to the sampler's result.
+    noise [1, 4, h, w] -> (final latent in sampler space, i.e. before process_latent_out's
+    / 0.18215, and the sigmas).
     callback(i, denoised) is called after each model evaluation."""
     sigmas = normal_scheduler(sched, steps)
     max_denoise = math.isclose(float(sched.sigma_max), float(sigmas[0]), rel_tol=1e-5) \
