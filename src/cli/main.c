@@ -1,8 +1,32 @@
-/* cli/main.c -- kiln's entry point: dispatches to subcommands. */
+/* cli/main.c -- kiln's entry point: picks the subcommand.
+ * Threads: main thread. */
+#include "cli/cmd.h"
+
 #include <stdio.h>
 #include <string.h>
 
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} COMMANDS[] = {
+    {"run", cmd_run, "run one API-format workflow on the CPU and save its images"},
+    {"ckpt", cmd_ckpt, "write a random SD 1.5 checkpoint (--tiny for tests, --sd15 full size)"},
+};
+
+static int usage(FILE *f) {
+    fprintf(f, "usage: kiln <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+        fprintf(f, "  %-6s %s\n", COMMANDS[i].name, COMMANDS[i].help);
+    fprintf(f, "\n`kiln <command> --help` describes a command.\n");
+    return f == stdout ? 0 : 2;
+}
+
 int main(int argc, char **argv) {
-    fprintf(stderr, "usage: kiln <run|ckpt> ...\n");
-    return argc > 1 && strcmp(argv[1], "--help") == 0 ? 0 : 2;
+    if (argc < 2) return usage(stderr);
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) return usage(stdout);
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "kiln: unknown command '%s'\n\n", argv[1]);
+    return usage(stderr);
 }

@@ -1,0 +1,13 @@
+/* cli/cmd.h -- kiln's subcommands. Each takes its own argv (argv[0] is the subcommand name)
+ * and returns the process exit code: 0 success, 1 failure, 2 usage error.
+ * Threads: main thread. */
+#ifndef KILN_CLI_CMD_H
+#define KILN_CLI_CMD_H
+
+/* kiln ckpt (--tiny|--sd15) [--seed N] PATH: writes a random test checkpoint. */
+int cmd_ckpt(int argc, char **argv);
+
+/* kiln run [options] WORKFLOW.json: runs one workflow on the CPU. */
+int cmd_run(int argc, char **argv);
+
+#endif

@@ -1,0 +1,119 @@
+/* graph/engine.c -- loaded checkpoints of one device and the handles nodes pass around.
+ * Threads: the owning worker. */
+#include "graph/engine.h"
+#include "base/log.h"
+#include "base/mem.h"
+#include "base/status.h"
+#include "model/tokenizer.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ===== Checkpoints ===== */
+
+static void checkpoint_free(struct gobj *o) {
+    struct engine_checkpoint *ck = (struct engine_checkpoint *)o;
+    log_info("unloading %s", ck->sd->path);
+    sd_model_free(ck->sd);
+    if (ck->tok) {
+        tokenizer_deinit(ck->tok);
+        mem_free(ck->tok);
+    }
+    mem_free(ck);
+}
+
+static void find_tokenizer(struct engine *e, struct engine_checkpoint *ck) {
+    char vocab[PATH_MAX], merges[PATH_MAX];
+    int rc = tokenizer_find(vocab, merges, sizeof vocab, e->tokenizer_dir, ck->sd->path, e->models_dir, &ck->tok_err);
+    if (rc) return;
+    struct tokenizer *tok = mem_calloc(1, sizeof *tok);
+    rc = tokenizer_load(tok, vocab, merges, &ck->tok_err);
+    if (rc) {
+        mem_free(tok);
+        return;
+    }
+    ck->tok = tok;
+}
+
+struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, struct err *err) {
+    e->tick++;
+    for (int i = 0; i < e->n_loaded; i++) {
+        if (strcmp(e->loaded[i]->sd->path, path) == 0) {
+            e->loaded[i]->last_use = e->tick;
+            return (struct engine_checkpoint *)gobj_ref(&e->loaded[i]->obj);
+        }
+    }
+    if (e->n_loaded == ENGINE_MAX_CHECKPOINTS) { /* drop the least recently used */
+        int lru = 0;
+        for (int i = 1; i < e->n_loaded; i++)
+            if (e->loaded[i]->last_use < e->loaded[lru]->last_use) lru = i;
+        gobj_unref(&e->loaded[lru]->obj);
+        e->loaded[lru] = e->loaded[--e->n_loaded];
+    }
+    struct sd_model *sd = sd_model_load(path, e->backend, err);
+    if (!sd) return NULL;
+    struct engine_checkpoint *ck = mem_calloc(1, sizeof *ck);
+    ck->obj = (struct gobj){.refs = 1, .type = "CHECKPOINT", .free = checkpoint_free};
+    ck->sd = sd;
+    ck->last_use = e->tick;
+    find_tokenizer(e, ck);
+    e->loaded[e->n_loaded++] = ck; /* the engine's reference */
+    return (struct engine_checkpoint *)gobj_ref(&ck->obj);
+}
+
+void engine_unload_unused(struct engine *e) {
+    for (int i = 0; i < e->n_loaded;) {
+        if (e->loaded[i]->obj.refs == 1) {
+            gobj_unref(&e->loaded[i]->obj);
+            e->loaded[i] = e->loaded[--e->n_loaded];
+        } else {
+            i++;
+        }
+    }
+}
+
+void engine_init(struct engine *e, struct backend *be, const char *models_dir, const char *tokenizer_dir) {
+    memset(e, 0, sizeof *e);
+    e->backend = be;
+    e->models_dir = models_dir;
+    e->tokenizer_dir = tokenizer_dir;
+    tscratch_init(&e->scratch, be);
+    tctx_init(&e->tctx, be, &e->scratch);
+}
+
+void engine_deinit(struct engine *e) {
+    for (int i = 0; i < e->n_loaded; i++) gobj_unref(&e->loaded[i]->obj);
+    e->n_loaded = 0;
+    tctx_deinit(&e->tctx);
+    tscratch_deinit(&e->scratch);
+}
+
+/* ===== Handles ===== */
+
+static void model_value_free(struct gobj *o) {
+    struct model_value *v = (struct model_value *)o;
+    gobj_unref(&v->ck->obj);
+    mem_free(v);
+}
+
+struct model_value *model_value_new(struct engine_checkpoint *ck, const char *type) {
+    struct model_value *v = mem_calloc(1, sizeof *v);
+    v->obj = (struct gobj){.refs = 1, .type = type, .free = model_value_free};
+    v->ck = (struct engine_checkpoint *)gobj_ref(&ck->obj);
+    return v;
+}
+
+static void clip_value_free(struct gobj *o) {
+    struct clip_value *v = (struct clip_value *)o;
+    gobj_unref(&v->ck->obj);
+    mem_free(v);
+}
+
+struct clip_value *clip_value_new(struct engine_checkpoint *ck, int layer) {
+    struct clip_value *v = mem_calloc(1, sizeof *v);
+    v->obj = (struct gobj){.refs = 1, .type = "CLIP", .free = clip_value_free};
+    v->ck = (struct engine_checkpoint *)gobj_ref(&ck->obj);
+    v->layer = layer;
+    return v;
+}

@@ -1,0 +1,64 @@
+/* graph/engine.h -- what the model nodes running on one device share.
+ * Owns: the device's activation memory and graph context, the checkpoints loaded on it (kept
+ * across prompts, like ComfyUI keeps models loaded), and where to look for tokenizer files.
+ * Must not: be shared between devices: one engine per worker thread.
+ * Threads: the worker that owns it.
+ * Ownership: engine_checkpoint returns a new reference; MODEL, CLIP and VAE values hold one. */
+#ifndef KILN_GRAPH_ENGINE_H
+#define KILN_GRAPH_ENGINE_H
+
+#include "graph/value.h"
+#include "model/sd.h"
+#include "tensor/backend.h"
+
+#define ENGINE_MAX_CHECKPOINTS 4 /* kept loaded; the least recently used goes first */
+
+struct tokenizer;
+
+/* One loaded checkpoint; MODEL, CLIP and VAE values of it keep it alive. */
+struct engine_checkpoint {
+    struct gobj obj;              /* type "CHECKPOINT" */
+    struct sd_model *sd;          /* the networks, on the engine's backend */
+    struct tokenizer *tok;        /* CLIP tokenizer found for it, or NULL ... */
+    struct err tok_err;           /* ... and then why (names the places looked in) */
+    uint64_t last_use;            /* engine tick of the last use (LRU) */
+};
+
+/* MODEL and VAE values: a reference to the checkpoint. */
+struct model_value {
+    struct gobj obj;              /* type "MODEL" or "VAE" */
+    struct engine_checkpoint *ck; /* one reference */
+};
+
+/* CLIP values: the checkpoint plus CLIPSetLastLayer's choice. */
+struct clip_value {
+    struct gobj obj;              /* type "CLIP" */
+    struct engine_checkpoint *ck; /* one reference */
+    int layer;                    /* -1 = last layer, -2 = penultimate, ... */
+};
+
+struct engine {
+    struct backend *backend;      /* borrowed: the device's backend */
+    struct tscratch scratch;      /* activation memory, reused by every graph */
+    struct tctx tctx;             /* graph context, reset for each forward */
+    const char *tokenizer_dir;    /* --tokenizer, or NULL (borrowed) */
+    const char *models_dir;       /* models/ (borrowed), for models/tokenizers/clip-l */
+    struct engine_checkpoint *loaded[ENGINE_MAX_CHECKPOINTS]; /* one reference each */
+    int n_loaded;
+    uint64_t tick;
+};
+
+void engine_init(struct engine *e, struct backend *be, const char *models_dir, const char *tokenizer_dir);
+void engine_deinit(struct engine *e); /* unloads every checkpoint */
+
+/* The checkpoint at path, loaded now or kept from before. Returns a new reference, or NULL
+ * with err filled. */
+struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, struct err *err);
+
+/* Unloads every checkpoint that no value references any more. */
+void engine_unload_unused(struct engine *e);
+
+struct model_value *model_value_new(struct engine_checkpoint *ck, const char *type); /* takes a new ref of ck */
+struct clip_value *clip_value_new(struct engine_checkpoint *ck, int layer);
+
+#endif

@@ -1,0 +1,86 @@
+/* graph/nodes/loaders.c -- CheckpointLoaderSimple and CLIPSetLastLayer.
+ * Owns: nothing; loaded checkpoints belong to the engine (graph/engine.h).
+ * Threads: the worker executing the prompt. */
+#include "base/status.h"
+#include "graph/engine.h"
+#include "graph/registry.h"
+
+#include <limits.h>
+
+/* ===== CheckpointLoaderSimple ===== */
+
+static int list_checkpoints(const struct graph_paths *paths, struct graph_strlist *out, struct err *err) {
+    return graph_list_model_files(paths, "checkpoints", out, err);
+}
+
+static const struct node_input ckpt_inputs[] = {
+    {.name = "ckpt_name", .kind = NODE_INPUT_COMBO, .list_options = list_checkpoints,
+     .tooltip = "The name of the checkpoint (model) to load."},
+    NODE_INPUTS_END,
+};
+
+static const struct node_output ckpt_outputs[] = {
+    {.type = "MODEL", .tooltip = "The model used for denoising latents."},
+    {.type = "CLIP", .tooltip = "The CLIP model used for encoding text prompts."},
+    {.type = "VAE", .tooltip = "The VAE model used for encoding and decoding images to and from latent space."},
+    NODE_OUTPUTS_END,
+};
+
+static int run_checkpoint_loader(struct node_run *ctx, const struct value *in, struct value *out, struct err *err) {
+    struct engine *e = ctx->engine;
+    char path[PATH_MAX];
+    int rc = graph_model_path(ctx->paths, "checkpoints", in[0].s, path, sizeof path, err);
+    if (rc) {
+        node_set_exception_type(ctx, "FileNotFoundError");
+        return rc;
+    }
+    struct engine_checkpoint *ck = engine_checkpoint(e, path, err);
+    if (!ck) return err->code ? err->code : STATUS_ERR_INTERNAL;
+    out[0] = (struct value){.kind = VALUE_OBJECT, .obj = &model_value_new(ck, "MODEL")->obj};
+    out[1] = (struct value){.kind = VALUE_OBJECT, .obj = &clip_value_new(ck, -1)->obj};
+    out[2] = (struct value){.kind = VALUE_OBJECT, .obj = &model_value_new(ck, "VAE")->obj};
+    gobj_unref(&ck->obj);
+    return 0;
+}
+
+const struct node_class NODE_CheckpointLoaderSimple = {
+    .name = "CheckpointLoaderSimple",
+    .display_name = "Load Checkpoint",
+    .category = "loaders",
+    .description = "Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
+    .required = ckpt_inputs,
+    .outputs = ckpt_outputs,
+    .run = run_checkpoint_loader,
+};
+
+/* ===== CLIPSetLastLayer ===== */
+
+static const struct node_input last_layer_inputs[] = {
+    {.name = "clip", .kind = NODE_INPUT_OBJECT, .type = "CLIP"},
+    {.name = "stop_at_clip_layer", .kind = NODE_INPUT_INT,
+     .flags = NODE_IN_DEFAULT | NODE_IN_MIN | NODE_IN_MAX | NODE_IN_STEP,
+     .int_default = -1, .int_min = -24, .int_max = -1, .int_step = 1},
+    NODE_INPUTS_END,
+};
+
+static const struct node_output clip_outputs[] = {{.type = "CLIP"}, NODE_OUTPUTS_END};
+
+static int run_set_last_layer(struct node_run *ctx, const struct value *in, struct value *out, struct err *err) {
+    const struct clip_value *clip = (const struct clip_value *)in[0].obj;
+    int layer = (int)in[1].i;
+    int n_layers = clip->ck->sd->clip.config.n_layers;
+    if (-layer > n_layers)
+        return err_set(err, STATUS_ERR_RANGE, "stop_at_clip_layer %d: this CLIP model has only %d layers", layer,
+                       n_layers);
+    out[0] = (struct value){.kind = VALUE_OBJECT, .obj = &clip_value_new(clip->ck, layer)->obj};
+    return 0;
+}
+
+const struct node_class NODE_CLIPSetLastLayer = {
+    .name = "CLIPSetLastLayer",
+    .display_name = "CLIP Set Last Layer",
+    .category = "conditioning",
+    .required = last_layer_inputs,
+    .outputs = clip_outputs,
+    .run = run_set_last_layer,
+};
