@@ -28,7 +28,7 @@ static int usage(FILE *f) {
             "Writes a checkpoint of random weights in the original SD 1.x (LDM) layout.\n"
             "  --tiny     small widths (< 20 MB); also writes vocab.json and merges.txt of the\n"
             "             tiny tokenizer in PATH's directory\n"
-            "  --sd15     real SD 1.5 sizes (1143 tensors, about 2 GB of fp16)\n"
+            "  --sd15     real SD 1.5 sizes (1143 tensors, 2.1 GB of fp16)\n"
             "  --seed N   random seed (default %d); the same seed gives the same file\n",
             CKPT_DEFAULT_SEED);
     return f == stdout ? 0 : 2;
@@ -40,9 +40,9 @@ static int usage_error(const char *fmt, ...) {
     va_start(ap, fmt);
     fprintf(stderr, "kiln ckpt: ");
     vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n\n");
+    fprintf(stderr, "\nusage: kiln ckpt (--tiny|--sd15) [--seed N] PATH  (--help for more)\n");
     va_end(ap);
-    return usage(stderr);
+    return 2;
 }
 
 /* Parses a full decimal u64. */

@@ -1,7 +1,7 @@
 /* model/ckpt_gen.h -- writes deterministic random SD 1.x checkpoints (for tests and demos).
  * Owns: nothing after it returns (the file is the caller's).
  * Must not: hold the whole checkpoint in memory: tensors are generated one chunk at a time and
- * streamed to disk, so --sd15 (1.7 GB of fp16) needs a few MB.
+ * streamed to disk, so --sd15 (2.1 GB of fp16) needs a few MB.
  * Threads: any; no global state.
  *
  * VALUES. Every tensor of layout_build(config), in layout order and dtypes, from its own
