@@ -1,0 +1,213 @@
+/* io/png.c -- PNG encode/decode through libspng, with text chunks.
+ * Owns: the spng contexts it creates (freed before returning).
+ * Must not: touch image semantics beyond 8-bit conversion.
+ * Threads: any.
+ * Ownership: see png.h. libspng allocates through our counted allocator. */
+#include "io/png.h"
+
+#include "base/mem.h"
+#include "base/status.h"
+
+#include <errno.h>
+#include <math.h>
+#include <spng.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* libspng allocates with these, so its memory shows in mem_used(). */
+static void *spng_malloc(size_t n) { return mem_try_alloc(n); }
+static void *spng_realloc(void *p, size_t n) { return mem_try_realloc(p, n); }
+static void *spng_calloc(size_t n, size_t size) { return mem_try_calloc(n, size); }
+static void spng_free(void *p) { mem_free(p); }
+
+static struct spng_alloc counted = {
+    .malloc_fn = spng_malloc, .realloc_fn = spng_realloc, .calloc_fn = spng_calloc, .free_fn = spng_free};
+
+/* ===== Pixels ===== */
+
+void png_from_float(const float *src, uint8_t *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = 255.0f * src[i];
+        if (!(v > 0.0f)) v = 0.0f; /* also NaN */
+        if (v > 255.0f) v = 255.0f;
+        dst[i] = (uint8_t)v;
+    }
+}
+
+/* ===== Encoding ===== */
+
+int png_encode(const uint8_t *pixels, uint32_t w, uint32_t h, int channels, const struct png_text *text, int n_text,
+               int level, void **out, size_t *out_len, struct err *err) {
+    *out = NULL;
+    *out_len = 0;
+    if ((channels != 3 && channels != 4) || w == 0 || h == 0)
+        return err_set(err, STATUS_ERR_INVALID, "PNG: cannot encode %ux%u with %d channels", w, h, channels);
+    spng_ctx *ctx = spng_ctx_new2(&counted, SPNG_CTX_ENCODER);
+    if (!ctx) return err_set(err, STATUS_ERR_NOMEM, "PNG: out of memory creating the encoder");
+    struct spng_text *chunks = NULL;
+    int rc = 0, e;
+    spng_set_option(ctx, SPNG_ENCODE_TO_BUFFER, 1);
+    spng_set_option(ctx, SPNG_IMG_COMPRESSION_LEVEL, level < 0 ? 0 : level > 9 ? 9 : level);
+    struct spng_ihdr ihdr = {
+        .width = w,
+        .height = h,
+        .bit_depth = 8,
+        .color_type = channels == 4 ? SPNG_COLOR_TYPE_TRUECOLOR_ALPHA : SPNG_COLOR_TYPE_TRUECOLOR,
+    };
+    if ((e = spng_set_ihdr(ctx, &ihdr))) {
+        rc = err_set(err, STATUS_ERR_INVALID, "PNG: bad header %ux%u: %s", w, h, spng_strerror(e));
+        goto done;
+    }
+    if (n_text > 0) {
+        chunks = mem_calloc((size_t)n_text, sizeof *chunks);
+        for (int i = 0; i < n_text; i++) {
+            size_t klen = strlen(text[i].key);
+            if (klen == 0 || klen > 79) {
+                rc = err_set(err, STATUS_ERR_INVALID, "PNG: text keyword '%s' must have 1 to 79 characters",
+                             text[i].key);
+                goto done;
+            }
+            memcpy(chunks[i].keyword, text[i].key, klen);
+            chunks[i].type = SPNG_TEXT;
+            chunks[i].text = (char *)text[i].text;
+            chunks[i].length = strlen(text[i].text);
+        }
+        if ((e = spng_set_text(ctx, chunks, (uint32_t)n_text))) {
+            rc = err_set(err, STATUS_ERR_INVALID, "PNG: bad text chunk: %s", spng_strerror(e));
+            goto done;
+        }
+    }
+    size_t len = (size_t)w * h * (size_t)channels;
+    if ((e = spng_encode_image(ctx, pixels, len, SPNG_FMT_PNG, SPNG_ENCODE_FINALIZE))) {
+        rc = err_set(err, e == SPNG_EMEM ? STATUS_ERR_NOMEM : STATUS_ERR_INTERNAL, "PNG: encoding failed: %s",
+                     spng_strerror(e));
+        goto done;
+    }
+    void *buf = spng_get_png_buffer(ctx, out_len, &e);
+    if (!buf) {
+        rc = err_set(err, STATUS_ERR_INTERNAL, "PNG: no output buffer: %s", spng_strerror(e));
+        goto done;
+    }
+    *out = buf; /* allocated by spng_malloc: mem_free releases it */
+done:
+    mem_free(chunks);
+    spng_ctx_free(ctx);
+    return rc;
+}
+
+int png_write(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
+              const struct png_text *text, int n_text, int level, struct err *err) {
+    void *buf;
+    size_t len;
+    int rc = png_encode(pixels, w, h, channels, text, n_text, level, &buf, &len, err);
+    if (rc) return rc;
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        rc = err_set(err, STATUS_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+    } else {
+        if (fwrite(buf, 1, len, f) != len) rc = err_set(err, STATUS_ERR_IO, "writing %s: %s", path, strerror(errno));
+        if (fclose(f) != 0 && !rc) rc = err_set(err, STATUS_ERR_IO, "writing %s: %s", path, strerror(errno));
+        if (rc) remove(path);
+    }
+    mem_free(buf);
+    return rc;
+}
+
+/* ===== Decoding ===== */
+
+void png_image_deinit(struct png_image *img) {
+    if (!img) return;
+    mem_free(img->rgba);
+    for (int i = 0; i < img->n_text; i++) {
+        mem_free(img->text_keys[i]);
+        mem_free(img->text_values[i]);
+    }
+    mem_free(img->text_keys);
+    mem_free(img->text_values);
+    memset(img, 0, sizeof *img);
+}
+
+const char *png_image_text(const struct png_image *img, const char *key) {
+    for (int i = 0; i < img->n_text; i++)
+        if (strcmp(img->text_keys[i], key) == 0) return img->text_values[i];
+    return NULL;
+}
+
+int png_decode(const void *data, size_t len, struct png_image *img, struct err *err) {
+    memset(img, 0, sizeof *img);
+    spng_ctx *ctx = spng_ctx_new2(&counted, 0);
+    if (!ctx) return err_set(err, STATUS_ERR_NOMEM, "PNG: out of memory creating the decoder");
+    int rc = 0, e;
+    struct spng_text *chunks = NULL;
+    spng_set_crc_action(ctx, SPNG_CRC_ERROR, SPNG_CRC_DISCARD);
+    spng_set_png_buffer(ctx, data, len);
+    struct spng_ihdr ihdr;
+    if ((e = spng_get_ihdr(ctx, &ihdr))) {
+        rc = err_set(err, STATUS_ERR_FORMAT, "not a valid PNG: %s", spng_strerror(e));
+        goto done;
+    }
+    size_t out_len;
+    if ((e = spng_decoded_image_size(ctx, SPNG_FMT_RGBA8, &out_len))) {
+        rc = err_set(err, STATUS_ERR_FORMAT, "PNG: %s", spng_strerror(e));
+        goto done;
+    }
+    img->rgba = mem_try_alloc(out_len);
+    if (!img->rgba) {
+        rc = err_set(err, STATUS_ERR_NOMEM, "PNG: out of memory for a %ux%u image", ihdr.width, ihdr.height);
+        goto done;
+    }
+    /* No tRNS expansion: PIL keeps tRNS as "transparency" info, not an alpha band. */
+    if ((e = spng_decode_image(ctx, img->rgba, out_len, SPNG_FMT_RGBA8, 0))) {
+        rc = err_set(err, STATUS_ERR_FORMAT, "PNG: decoding failed: %s", spng_strerror(e));
+        goto done;
+    }
+    img->w = ihdr.width;
+    img->h = ihdr.height;
+    img->has_alpha = ihdr.color_type == SPNG_COLOR_TYPE_GRAYSCALE_ALPHA ||
+                     ihdr.color_type == SPNG_COLOR_TYPE_TRUECOLOR_ALPHA;
+
+    uint32_t n = 0;
+    e = spng_get_text(ctx, NULL, &n);
+    if (e == 0 && n > 0) {
+        chunks = mem_calloc(n, sizeof *chunks);
+        if (spng_get_text(ctx, chunks, &n) == 0) {
+            img->text_keys = mem_calloc(n, sizeof *img->text_keys);
+            img->text_values = mem_calloc(n, sizeof *img->text_values);
+            for (uint32_t i = 0; i < n; i++) {
+                img->text_keys[i] = mem_strdup(chunks[i].keyword);
+                img->text_values[i] = mem_strndup(chunks[i].text, chunks[i].length);
+            }
+            img->n_text = (int)n;
+        }
+    }
+done:
+    mem_free(chunks);
+    spng_ctx_free(ctx);
+    if (rc) png_image_deinit(img);
+    return rc;
+}
+
+int png_read(const char *path, struct png_image *img, struct err *err) {
+    memset(img, 0, sizeof *img);
+    FILE *f = fopen(path, "rb");
+    if (!f) return err_set(err, errno == ENOENT ? STATUS_ERR_NOT_FOUND : STATUS_ERR_IO, "cannot open %s: %s", path,
+                           strerror(errno));
+    int rc = 0;
+    size_t cap = 1 << 16, len = 0;
+    unsigned char *buf = mem_alloc(cap);
+    for (;;) {
+        if (len == cap) buf = mem_realloc(buf, cap *= 2);
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) rc = err_set(err, STATUS_ERR_IO, "reading %s: %s", path, strerror(errno));
+    fclose(f);
+    if (!rc) {
+        rc = png_decode(buf, len, img, err);
+        if (rc) err_prefix(err, "%s", path);
+    }
+    mem_free(buf);
+    return rc;
+}

@@ -1,0 +1,58 @@
+/* io/png.h -- PNG files as ComfyUI writes and reads them (libspng + zlib).
+ * Owns: encoding 8-bit RGB/RGBA with tEXt chunks in a given order, decoding any PNG to 8-bit
+ * RGBA, and ComfyUI's float -> uint8 pixel conversion.
+ * Must not: know nodes or prompts.
+ * Threads: any (no shared state).
+ * Ownership: buffers returned are mem_alloc'd (mem_free); png_image is released with
+ * png_image_deinit. */
+#ifndef KILN_IO_PNG_H
+#define KILN_IO_PNG_H
+
+#include "base/err.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* One tEXt chunk: keyword (1..79 Latin-1 characters) and text (no NUL). Borrowed strings. */
+struct png_text {
+    const char *key;
+    const char *text;
+};
+
+/* A decoded image. */
+struct png_image {
+    uint32_t w, h;                       /* size in pixels */
+    uint8_t *rgba;                       /* w*h*4 bytes, row-major RGBA (owned) */
+    bool has_alpha;                      /* the file has an alpha channel (PIL's 'A' band: colour
+                                            types grey+alpha and RGBA; tRNS does not count) */
+    int n_text;                          /* text chunks (tEXt, zTXt, iTXt) in file order */
+    char **text_keys;                    /* n_text keywords (owned) */
+    char **text_values;                  /* n_text texts (owned) */
+};
+
+/* Encodes w x h pixels (channels 3 = RGB or 4 = RGBA, 8 bits, row-major) into a PNG in memory
+ * with the given text chunks in order, zlib level 0..9 (ComfyUI: 4 for SaveImage, 1 for
+ * PreviewImage). Returns 0 with *out (mem_alloc'd) and *out_len. */
+int png_encode(const uint8_t *pixels, uint32_t w, uint32_t h, int channels, const struct png_text *text, int n_text,
+               int level, void **out, size_t *out_len, struct err *err);
+
+/* png_encode, then writes the file at path (replacing it). */
+int png_write(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
+              const struct png_text *text, int n_text, int level, struct err *err);
+
+/* Decodes a PNG (any colour type and bit depth; 16-bit samples keep their high byte) into
+ * 8-bit RGBA plus its text chunks. STATUS_ERR_FORMAT when the data is not a valid PNG. */
+int png_decode(const void *data, size_t len, struct png_image *img, struct err *err);
+int png_read(const char *path, struct png_image *img, struct err *err);
+
+void png_image_deinit(struct png_image *img);
+
+/* The text of keyword `key`, or NULL. */
+const char *png_image_text(const struct png_image *img, const char *key);
+
+/* ComfyUI's conversion (nodes.py SaveImage): np.clip(255.0 * x, 0, 255).astype(np.uint8), i.e.
+ * 255*x in float32, clipped, truncated toward zero (not rounded); NaN gives 0. */
+void png_from_float(const float *src, uint8_t *dst, size_t n);
+
+#endif
