@@ -41,6 +41,16 @@ def sha256_file(path):
     return h.hexdigest()
 
 
+def git_head():
+    import subprocess
+    try:
+        return subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse",
+                               "--short=12", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def make_inputs(vocab, width, n_pos):
     """The fixed inputs (numpy). Token ids: start = vocab-2, end = vocab-1, padded with end."""
     rng = np.random.default_rng(INPUT_SEED)
@@ -148,6 +158,7 @@ def make_golden(ckpt, out_path):
         "torch": torch.__version__,
         "numpy": np.__version__,
         "ckpt_file": os.path.basename(ckpt),
+        "ckpt_made_by": "kiln ckpt --tiny --seed 7 PATH (kiln at git " + git_head() + ")",
         "ckpt_sha256": sha256_file(ckpt),
         "ckpt_metadata": json.dumps(ckpt_meta, sort_keys=True),
         "clip_config": json.dumps(ccfg),
