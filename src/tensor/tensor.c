@@ -376,9 +376,19 @@ int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
     int *dying_head = mem_alloc((size_t)(c->n_nodes + 1) * sizeof(int));
     int *dying_next = mem_alloc((size_t)c->n_nodes * sizeof(int));
     for (int i = 0; i <= c->n_nodes; i++) dying_head[i] = -1;
+    /* inputs are written before the graph runs, so they live from the start, wherever the
+       depth-first order happened to place them */
     for (int i = 0; i < c->n_nodes; i++) {
         struct tensor *t = c->nodes[i];
-        if (needs_memory(t)) {
+        if (needs_memory(t) && (t->flags & TENSOR_FLAG_INPUT)) {
+            t->offset = plan_alloc(&p, align_up(tensor_nbytes(t)));
+            dying_next[i] = dying_head[t->last_use];
+            dying_head[t->last_use] = i;
+        }
+    }
+    for (int i = 0; i < c->n_nodes; i++) {
+        struct tensor *t = c->nodes[i];
+        if (needs_memory(t) && !(t->flags & TENSOR_FLAG_INPUT)) {
             t->offset = plan_alloc(&p, align_up(tensor_nbytes(t)));
             dying_next[i] = dying_head[t->last_use];
             dying_head[t->last_use] = i;
