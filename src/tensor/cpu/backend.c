@@ -74,7 +74,10 @@ static int cpu_graph_run(void *vctx, struct tensor *const *nodes, int n, struct 
     return 0;
 }
 
-static void cpu_free(void *ctx) { mem_free(ctx); }
+static void cpu_free(void *ctx) {
+    cpu__work_free(ctx);
+    mem_free(ctx);
+}
 
 static const struct backend_i CPU_BACKEND = {
     .api_version = BACKEND_API_VERSION,

@@ -2,14 +2,22 @@
  * Owns: nothing; declarations shared by the files of tensor/cpu/.
  * Threads: the worker that owns the backend; kernels parallelise inside with OpenMP.
  * Every entry computes dst from dst->src[] and dst->ip/fp (see tensor.h for each op's
- * contract), in fp32, and returns 0 or a negative status (with a message in err). */
+ * contract), in fp32, and returns 0 or a negative status (with a message in err).
+ * Files: elementwise.c (add .. geglu), matmul.c (linear), conv.c, norm.c, attention.c,
+ * layout.c (transpose, upsample, concat, get_rows), vec.c + vec_avx2.c (vector maths),
+ * work.c (the kernels' scratch buffer). */
 #ifndef KILN_CPU_H
 #define KILN_CPU_H
 
 #include "tensor/tensor.h"
 
+#include <stdbool.h>
+#include <stdint.h>
+
 struct cpu_ctx {
-    int n_threads; /* OpenMP threads for kernels and OpenBLAS */
+    int n_threads;    /* OpenMP threads for kernels and OpenBLAS */
+    void *work;       /* kernel scratch (im2col chunks, score blocks), grown on demand, or NULL */
+    size_t work_size; /* bytes in work */
 };
 
 int cpu_op_add(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
@@ -28,5 +36,62 @@ int cpu_op_transpose(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
 int cpu_op_upsample_nearest(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
 int cpu_op_concat(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
 int cpu_op_get_rows(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
+
+/* ===== Scratch (work.c) ===== */
+
+/* Upper bound of one kernel's scratch, in bytes (im2col chunks are sized to fit it). */
+#define CPU_WORK_MAX ((size_t)64 << 20)
+
+/* Returns ctx->work grown to at least size bytes (64-byte aligned). The buffer is the ctx's,
+ * valid until the next cpu__work call; NULL with STATUS_ERR_NOMEM in err (naming `what`) when
+ * the host is out of memory. */
+void *cpu__work(struct cpu_ctx *ctx, size_t size, const char *what, struct err *err);
+/* Frees the scratch (backend teardown). */
+void cpu__work_free(struct cpu_ctx *ctx);
+
+/* ===== Vector maths (vec.c dispatches to vec_avx2.c when the CPU has AVX2 and FMA) =====
+ * All take n >= 0 floats; y may equal x (in place) but must not overlap it otherwise. */
+
+enum cpu_simd {
+    CPU_SIMD_SCALAR, /* portable C with libm */
+    CPU_SIMD_AVX2,   /* AVX2 + FMA intrinsics */
+};
+
+/* The level the kernels use now: the best the CPU has, unless forced. */
+enum cpu_simd cpu__simd(void);
+/* Test hook: force a level (one the CPU has), or -1 to go back to detection. Not thread-safe:
+ * call it only while no graph runs. */
+void cpu__simd_force(int level);
+
+void cpu__vec_silu(float *y, const float *x, int64_t n);       /* x * sigmoid(x) */
+void cpu__vec_gelu(float *y, const float *x, int64_t n);       /* 0.5 x (1 + erf(x / sqrt 2)) */
+void cpu__vec_quick_gelu(float *y, const float *x, int64_t n); /* x * sigmoid(1.702 x) */
+/* y = a * gelu(g) */
+void cpu__vec_geglu(float *y, const float *a, const float *g, int64_t n);
+/* y = x * s + t, then SiLU when silu */
+void cpu__vec_affine(float *y, const float *x, int64_t n, float s, float t, bool silu);
+/* max of x[0..n) (n >= 1) */
+float cpu__vec_max(const float *x, int64_t n);
+/* x = exp(x - shift) in place; returns the sum of the new values (accumulated in double) */
+double cpu__vec_exp_sum(float *x, int64_t n, float shift);
+/* sum of x, and sum of (x - mean)^2, accumulated in double */
+double cpu__vec_sum(const float *x, int64_t n);
+double cpu__vec_sumsq_dev(const float *x, int64_t n, float mean);
+
+/* The AVX2 + FMA implementations (vec_avx2.c); call them only through the cpu__vec_* above. */
+void cpu__silu_avx2(float *y, const float *x, int64_t n);
+void cpu__gelu_avx2(float *y, const float *x, int64_t n);
+void cpu__quick_gelu_avx2(float *y, const float *x, int64_t n);
+void cpu__geglu_avx2(float *y, const float *a, const float *g, int64_t n);
+void cpu__affine_avx2(float *y, const float *x, int64_t n, float s, float t, bool silu);
+float cpu__max_avx2(const float *x, int64_t n);
+double cpu__exp_sum_avx2(float *x, int64_t n, float shift);
+double cpu__sum_avx2(const float *x, int64_t n);
+double cpu__sumsq_dev_avx2(const float *x, int64_t n, float mean);
+
+/* ===== Helpers for the kernels ===== */
+
+/* Minimum elements per OpenMP task for memory-bound loops: below it a loop runs serially. */
+#define CPU_PAR_MIN 32768
 
 #endif
