@@ -166,7 +166,10 @@ def png_cases():
         files[name] = {"width": im.size[0], "height": im.size[1], "rgb": rgb_u8.reshape(-1).tolist(),
                        "has_alpha": has_alpha,
                        "mask": f32_list(1.0 - alpha.astype(np.float32) / 255.0) if has_alpha else None,
-                       "image": f32_list(rgb_u8.astype(np.float32) / 255.0)}
+                       "image": f32_list(rgb_u8.astype(np.float32) / 255.0),
+                       # SaveImage of that IMAGE: np.clip(255. * x, 0, 255).astype(np.uint8)
+                       "resaved": np.clip(255. * (rgb_u8.astype(np.float32) / 255.0), 0, 255)
+                       .astype(np.uint8).reshape(-1).tolist()}
     # ComfyUI's SaveImage conversion of tricky float32 values
     vals = np.array([0.0, -0.0, -1.0, 1.0, 2.0, 0.5, 1 / 255, 0.999999, 254.5 / 255, 254.9999 / 255,
                      np.nextafter(np.float32(1 / 255), np.float32(0)), 0.0019607844, 1e-30, 0.7529412],
