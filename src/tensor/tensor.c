@@ -340,6 +340,8 @@ static struct tensor *mem_owner(struct tensor *t) {
 
 int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
     if (c->rc) return c->rc;
+    /* a previous plan's nodes are ordered again (a graph extended after planning) */
+    for (int i = 0; i < c->n_nodes; i++) c->nodes[i]->id = -1;
     c->n_nodes = 0;
     for (int i = 0; i < n_outs; i++) {
         if (!outs[i]) return c->rc ? c->rc : (tctx_fail(c, STATUS_ERR_INVALID, "NULL graph output"), c->rc);
