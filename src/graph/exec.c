@@ -167,11 +167,22 @@ static int run_node(struct exec_state *x, int idx) {
         .exec__ = x,
     };
     struct err err = {0};
-    int rc;
-    if (ctx.interrupt && atomic_load(ctx.interrupt))
-        rc = err_set(&err, STATUS_ERR_INTERRUPTED, "Processing interrupted");
-    else
-        rc = n->cls->run(&ctx, in, s->outputs, &err);
+    int rc = 0;
+    if (ctx.interrupt && atomic_load(ctx.interrupt)) rc = err_set(&err, STATUS_ERR_INTERRUPTED, "Processing interrupted");
+    /* A socket input must hold an object: validation (like ComfyUI's) lets a literal or an
+     * empty upstream output through, and nodes may rely on getting an object. */
+    for (int k = 0; k < n->n_inputs && !rc; k++) {
+        const struct node_input *spec = node_class_input(n->cls, k, NULL);
+        if (spec->kind != NODE_INPUT_OBJECT || n->inputs[k].kind == GRAPH_INPUT_ABSENT) continue;
+        if (spec->type && strcmp(spec->type, "*") == 0) continue;
+        if (in[k].kind != VALUE_OBJECT || !in[k].obj) {
+            rc = err_set(&err, STATUS_ERR_INVALID, "input '%s' of %s must be a %s, got %s", spec->name, n->cls->name,
+                         node_input_type_name(spec),
+                         n->inputs[k].kind == GRAPH_INPUT_LITERAL ? "a literal value" : "None");
+            ctx.exception_type = "TypeError";
+        }
+    }
+    if (!rc) rc = n->cls->run(&ctx, in, s->outputs, &err);
     mem_free(in);
 
     if (rc) {

@@ -308,12 +308,24 @@ static void test_cache_hook(void **s) {
     exec_report_deinit(&rep);
 }
 
+/* A literal where a socket (object) input is expected passes validation, as in ComfyUI, but
+ * the node is never called with it. */
+static void test_literal_for_object_input(void **s) {
+    struct exec_report rep;
+    assert_int_equal(run_prompt("{\"3\": {\"class_type\": \"TUse\", \"inputs\": {\"o\": 5, \"last\": 0}}}", NULL, &rep),
+                     STATUS_ERR_INVALID);
+    assert_string_equal(runs, "");
+    assert_string_equal(rep.error.exception_type, "TypeError");
+    assert_string_equal(rep.error.exception_message, "input 'o' of TUse must be a TOBJ, got a literal value");
+    exec_report_deinit(&rep);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_and_events),   cmocka_unit_test(test_shared_upstream_runs_once),
         cmocka_unit_test(test_values_freed_early), cmocka_unit_test(test_error_stops),
         cmocka_unit_test(test_interrupt_between_nodes), cmocka_unit_test(test_interrupt_through_progress),
-        cmocka_unit_test(test_cache_hook),
+        cmocka_unit_test(test_cache_hook),         cmocka_unit_test(test_literal_for_object_input),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
