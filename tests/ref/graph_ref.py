@@ -8,6 +8,7 @@ float -> uint8 conversion of tricky values).
 
 Run with Debian's interpreter (torch 1.13 CPU, numpy, PIL):
     /usr/bin/python3 tests/ref/graph_ref.py
+`graph_ref.py --resize-only FILE` writes only the resize cases (to check another torch).
 Output is deterministic (inputs from numpy's PCG64, seed 1234)."""
 import json
 import os
@@ -194,6 +195,10 @@ def write_png16(path, arr):
 
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--resize-only":  # e.g. to compare another torch
+        with open(sys.argv[2], "w") as f:
+            json.dump({"torch": torch.__version__, **resize_cases()}, f)
+        return
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "resize_ref.json"), "w") as f:
         json.dump({"torch": torch.__version__, **resize_cases()}, f)

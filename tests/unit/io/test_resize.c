@@ -1,9 +1,11 @@
-/* tests/unit/io/test_resize.c -- io/resize.c against PyTorch 1.13 / PIL reference values.
- * The reference is tests/data/graph/resize_ref.json, written by tests/ref/graph_ref.py
- * (F.interpolate, adaptive_avg_pool2d, a from-scratch bislerp, PIL LANCZOS).
- * nearest-exact, area and lanczos must match exactly. bilinear/bicubic get a relative
- * tolerance of 5e-6: torch 1.13 computes the source coordinate in double (acc_type), torch 2.x
- * (what ComfyUI runs, and what io/resize.c follows) in float, which moves weights by ~1e-7. */
+/* tests/unit/io/test_resize.c -- io/resize.c against PyTorch / PIL reference values written by
+ * tests/ref/graph_ref.py (F.interpolate, adaptive_avg_pool2d, a from-scratch bislerp, PIL
+ * LANCZOS): tests/data/graph/resize_ref_torch2.json from torch 2.11 (what ComfyUI runs; made on
+ * the GPU machine with `graph_ref.py --resize-only`) and resize_ref.json from Debian's torch 1.13.
+ * nearest-exact, area and lanczos must match exactly. bilinear/bicubic get a relative tolerance:
+ * torch 2.11 itself differs by up to 1.4e-6 between its AVX512 and default kernels (weights are
+ * vectorised and fused), and torch 1.13 computes the source coordinate in double (acc_type)
+ * where 2.x (and io/resize.c) use float. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,7 +20,8 @@
 #include <stdio.h>
 #include <string.h>
 
-static json_t *ref;
+static json_t *ref;       /* the reference being checked */
+static json_t *refs[2];   /* torch 2.11, torch 1.13 */
 
 static float *floats(json_t *a, size_t *n) {
     *n = json_array_size(a);
@@ -68,12 +71,21 @@ static void check_method(const char *method, double tol) {
     assert_true(seen > 0);
 }
 
-static void test_nearest_exact(void **s) { check_method("nearest-exact", 0.0); }
-static void test_bilinear(void **s) { check_method("bilinear", 5e-6); }
-static void test_bicubic(void **s) { check_method("bicubic", 5e-6); }
-static void test_area(void **s) { check_method("area", 1e-6); }
-static void test_bislerp(void **s) { check_method("bislerp", 1e-5); }
-static void test_lanczos(void **s) { check_method("lanczos", 0.0); }
+/* tol[0] against torch 2.11, tol[1] against torch 1.13 */
+static void check_both(const char *method, double tol2, double tol113) {
+    for (int r = 0; r < 2; r++) {
+        ref = refs[r];
+        printf("-- torch %s\n", json_string_value(json_object_get(ref, "torch")));
+        check_method(method, r == 0 ? tol2 : tol113);
+    }
+}
+
+static void test_nearest_exact(void **s) { check_both("nearest-exact", 0.0, 0.0); }
+static void test_bilinear(void **s) { check_both("bilinear", 1e-6, 3e-6); }
+static void test_bicubic(void **s) { check_both("bicubic", 3e-6, 4e-6); }
+static void test_area(void **s) { check_both("area", 0.0, 0.0); }
+static void test_bislerp(void **s) { check_both("bislerp", 3e-6, 3e-6); }
+static void test_lanczos(void **s) { check_both("lanczos", 0.0, 0.0); }
 
 static void test_names(void **s) {
     assert_int_equal(io_upscale_parse("bislerp"), IO_UPSCALE_BISLERP);
@@ -86,9 +98,10 @@ static void test_names(void **s) {
 
 int main(void) {
     json_error_t je;
-    ref = json_load_file(KILN_TEST_DATA "/graph/resize_ref.json", 0, &je);
-    if (!ref) {
-        fprintf(stderr, "cannot read resize_ref.json: %s\n", je.text);
+    refs[0] = json_load_file(KILN_TEST_DATA "/graph/resize_ref_torch2.json", 0, &je);
+    refs[1] = json_load_file(KILN_TEST_DATA "/graph/resize_ref.json", 0, &je);
+    if (!refs[0] || !refs[1]) {
+        fprintf(stderr, "cannot read the resize references: %s\n", je.text);
         return 1;
     }
     const struct CMUnitTest tests[] = {
@@ -97,6 +110,7 @@ int main(void) {
         cmocka_unit_test(test_names),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    json_decref(ref);
+    json_decref(refs[0]);
+    json_decref(refs[1]);
     return rc;
 }
