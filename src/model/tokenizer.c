@@ -574,9 +574,9 @@ int tokenizer_find(char *vocab_out, char *merges_out, size_t n, const char *expl
     size_t lk = 0;
     for (int i = 0; i < 3; i++) {
         if (!used[i]) continue;
-        char v[4200], m[4200];
-        snprintf(v, sizeof v, "%s/vocab.json", dirs[i]);
-        snprintf(m, sizeof m, "%s/merges.txt", dirs[i]);
+        char v[sizeof dirs[i] + 16], m[sizeof dirs[i] + 16];
+        snprintf(v, sizeof v, "%.4095s/vocab.json", dirs[i]);
+        snprintf(m, sizeof m, "%.4095s/merges.txt", dirs[i]);
         bool hv = is_file(v), hm = is_file(m);
         if (hv && hm) {
             if (strlen(v) >= n || strlen(m) >= n)

@@ -224,6 +224,7 @@ PLAIN = [
     "a" * 200,
     "\u0645\u0631\u062d\u0628\u0627 \u05e9\u05dc\u05d5\u05dd \u0928\u092e\u0938\u094d\u0924\u0947",
     "\ufffd replacement",
+    "a\u0378b\ue000c\U000e0041d",
     "",
     "   ",
     "masterpiece, best quality, a cat and a dog in the forest at night",
