@@ -3,6 +3,8 @@
  * independent Python reference tests/ref/tokenizer_ref.py (Python's unicodedata, str.lower,
  * float() and the `regex` module with CLIP's pattern) over the committed tiny vocabulary; the
  * weighting cases below use the weights ComfyUI documents (sd1_clip.py token_weights docstring).
+ * If tokenizer_write_tiny's output changes on purpose: write it to tests/data/tokenizer/tiny/, then
+ * rerun `python3 tests/ref/tokenizer_ref.py` (it needs the `regex` module) to refresh expected.json.
  * Threads: main, plus a few encode threads in one test. */
 #include <setjmp.h>
 #include <stdarg.h>
