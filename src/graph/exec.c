@@ -13,6 +13,7 @@
 #include "graph/json.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ===== Run state ===== */
@@ -238,6 +239,84 @@ static int visit(struct exec_state *x, int idx) {
         if (rc) return rc;
     }
     return run_node(x, idx);
+}
+
+/* ===== Input signatures (the cache key) ===== */
+
+static int cmp_input_name(const void *a, const void *b, void *cls) {
+    return strcmp(node_class_input(cls, *(const int *)a, NULL)->name, node_class_input(cls, *(const int *)b, NULL)->name);
+}
+
+/* Declared inputs of n that are given, sorted by name (indices into n->inputs). */
+static int sorted_inputs(const struct graph_node *n, int *order) {
+    int k = 0;
+    for (int i = 0; i < n->n_inputs; i++)
+        if (n->inputs[i].kind != GRAPH_INPUT_ABSENT) order[k++] = i;
+    qsort_r(order, (size_t)k, sizeof *order, cmp_input_name, (void *)n->cls);
+    return k;
+}
+
+/* get_ordered_ancestry: depth-first over links in input-name order, each ancestor once. */
+static void ancestry(const struct graph_prompt *p, int idx, int *anc, int *n_anc, int depth) {
+    const struct graph_node *n = &p->nodes[idx];
+    int *order = mem_calloc((size_t)(n->n_inputs ? n->n_inputs : 1), sizeof *order);
+    int k = sorted_inputs(n, order);
+    for (int i = 0; i < k && depth < 100000; i++) {
+        const struct graph_input *gi = &n->inputs[order[i]];
+        if (gi->kind != GRAPH_INPUT_LINK) continue;
+        bool seen = false;
+        for (int a = 0; a < *n_anc; a++) seen |= anc[a] == gi->src;
+        if (seen) continue;
+        anc[(*n_anc)++] = gi->src;
+        ancestry(p, gi->src, anc, n_anc, depth + 1);
+    }
+    mem_free(order);
+}
+
+static json_t *immediate_signature(const struct graph_prompt *p, int idx, const int *anc, int n_anc) {
+    const struct graph_node *n = &p->nodes[idx];
+    json_t *sig = json_array();
+    json_array_append_new(sig, json_string(n->cls->name));
+    json_array_append_new(sig, json_null()); /* IS_CHANGED */
+    if (n->cls->not_idempotent) json_array_append_new(sig, json_string(n->id));
+    json_t *inputs = json_object_get(n->json, "inputs");
+    int *order = mem_calloc((size_t)(n->n_inputs ? n->n_inputs : 1), sizeof *order);
+    int k = sorted_inputs(n, order);
+    for (int i = 0; i < k; i++) {
+        const struct graph_input *gi = &n->inputs[order[i]];
+        const char *name = node_class_input(n->cls, order[i], NULL)->name;
+        json_t *pair = json_array();
+        json_array_append_new(pair, json_string(name));
+        if (gi->kind == GRAPH_INPUT_LINK) {
+            int a = 0;
+            while (a < n_anc && anc[a] != gi->src) a++;
+            json_t *link = json_array();
+            json_array_append_new(link, json_string("ANCESTOR"));
+            json_array_append_new(link, json_integer(a));
+            json_array_append_new(link, json_integer(gi->src_output));
+            json_array_append_new(pair, link);
+        } else {
+            json_t *v = json_object_get(inputs, name);
+            json_array_append(pair, v ? v : json_null());
+        }
+        json_array_append_new(sig, pair);
+    }
+    mem_free(order);
+    return sig;
+}
+
+char *exec_signature(const struct graph_prompt *p, int node) {
+    int *anc = mem_calloc((size_t)(p->n_nodes ? p->n_nodes : 1), sizeof *anc);
+    int n_anc = 0;
+    ancestry(p, node, anc, &n_anc, 0);
+    json_t *sig = json_array();
+    json_array_append_new(sig, immediate_signature(p, node, anc, n_anc));
+    for (int a = 0; a < n_anc; a++) /* ancestors' links use the same numbering */
+        json_array_append_new(sig, immediate_signature(p, anc[a], anc, n_anc));
+    char *text = graph_json_dumps(sig, -1);
+    json_decref(sig);
+    mem_free(anc);
+    return text;
 }
 
 /* ===== Entry ===== */

@@ -57,6 +57,14 @@ struct exec_cache_i {
                 const json_t *ui);
 };
 
+/* ComfyUI's input signature of a node (CacheKeySetInputSignature): the node's class and its
+ * inputs sorted by name (literals as coerced, links as ["ANCESTOR", k, slot]), followed by the
+ * same for each ancestor in depth-first order, so equal sub-graphs give equal keys whatever
+ * their node ids. The id is part of it only for not_idempotent classes. IS_CHANGED is not
+ * included (null): a cache must add it for classes that read files. Returns the canonical JSON
+ * text (mem_free it). */
+char *exec_signature(const struct graph_prompt *p, int node);
+
 struct exec_opts {
     const struct graph_paths *paths;     /* folders (required) */
     const json_t *extra_data;            /* the prompt's extra_data (extra_pnginfo), or NULL */

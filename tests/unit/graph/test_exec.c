@@ -320,12 +320,44 @@ static void test_literal_for_object_input(void **s) {
     exec_report_deinit(&rep);
 }
 
+/* Equal sub-graphs under other ids give equal signatures; a changed literal changes them. */
+static void test_signature(void **s) {
+    const char *texts[3] = {
+        "{\"1\": {\"class_type\": \"TNum\", \"inputs\": {\"v\": 2}}, \"2\": {\"class_type\": \"TAdd\", \"inputs\": "
+        "{\"b\": [\"1\", 0], \"a\": [\"1\", 0]}}, \"3\": {\"class_type\": \"TSink\", \"inputs\": {\"x\": [\"2\", 0]}}}",
+        "{\"7\": {\"class_type\": \"TSink\", \"inputs\": {\"x\": [\"8\", 0]}}, \"8\": {\"class_type\": \"TAdd\", "
+        "\"inputs\": {\"a\": [\"9\", 0], \"b\": [\"9\", 0]}}, \"9\": {\"class_type\": \"TNum\", \"inputs\": {\"v\": "
+        "\"2\"}}}",
+        "{\"1\": {\"class_type\": \"TNum\", \"inputs\": {\"v\": 3}}, \"2\": {\"class_type\": \"TAdd\", \"inputs\": "
+        "{\"b\": [\"1\", 0], \"a\": [\"1\", 0]}}, \"3\": {\"class_type\": \"TSink\", \"inputs\": {\"x\": [\"2\", 0]}}}",
+    };
+    const char *sink_id[3] = {"3", "7", "3"};
+    char *sig[3];
+    for (int t = 0; t < 3; t++) {
+        json_t *prompt = NULL, *body = NULL;
+        struct err err = {0};
+        assert_int_equal(graph_json_loads(texts[t], strlen(texts[t]), &prompt, &err), 0);
+        struct graph_paths paths = {.output = "/tmp"};
+        struct graph_prompt *p = NULL;
+        assert_int_equal(graph_prompt_validate(prompt, &paths, NULL, &p, &body, &err), 0);
+        sig[t] = exec_signature(p, graph_prompt_find(p, sink_id[t]));
+        graph_prompt_free(p);
+        json_decref(prompt);
+    }
+    assert_string_equal(sig[0], "[[\"TSink\", null, [\"x\", [\"ANCESTOR\", 0, 0]]], [\"TAdd\", null, [\"a\", "
+                                "[\"ANCESTOR\", 1, 0]], [\"b\", [\"ANCESTOR\", 1, 0]]], [\"TNum\", null, [\"v\", 2]]]");
+    assert_string_equal(sig[0], sig[1]);
+    assert_string_not_equal(sig[0], sig[2]);
+    for (int t = 0; t < 3; t++) mem_free(sig[t]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_and_events),   cmocka_unit_test(test_shared_upstream_runs_once),
         cmocka_unit_test(test_values_freed_early), cmocka_unit_test(test_error_stops),
         cmocka_unit_test(test_interrupt_between_nodes), cmocka_unit_test(test_interrupt_through_progress),
         cmocka_unit_test(test_cache_hook),         cmocka_unit_test(test_literal_for_object_input),
+        cmocka_unit_test(test_signature),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
