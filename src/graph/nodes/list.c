@@ -14,14 +14,17 @@ extern const struct node_class NODE_LoadImage, NODE_ImageScale;
 extern const struct node_class NODE_SaveImage, NODE_PreviewImage;
 extern const struct node_class NODE_ConditioningCombine, NODE_ConditioningZeroOut;
 
-/* Model nodes (the engine's graph/nodes files): declare and list them here when they exist:
- * extern const struct node_class NODE_CheckpointLoaderSimple, NODE_CLIPTextEncode,
- *     NODE_CLIPSetLastLayer, NODE_KSampler, NODE_KSamplerAdvanced, NODE_VAEDecode, NODE_VAEEncode;
- */
+/* Model nodes (graph/nodes/loaders.c, text.c, sampling.c, vae.c). */
+extern const struct node_class NODE_CheckpointLoaderSimple, NODE_CLIPTextEncode, NODE_CLIPSetLastLayer,
+    NODE_KSampler, NODE_KSamplerAdvanced, NODE_VAEDecode, NODE_VAEEncode;
 
 const struct node_class *const graph__builtin_classes[] = {
-    /* &NODE_KSampler, &NODE_CheckpointLoaderSimple, &NODE_CLIPTextEncode, &NODE_CLIPSetLastLayer,
-     * &NODE_VAEDecode, &NODE_VAEEncode, */
+    &NODE_KSampler,
+    &NODE_CheckpointLoaderSimple,
+    &NODE_CLIPTextEncode,
+    &NODE_CLIPSetLastLayer,
+    &NODE_VAEDecode,
+    &NODE_VAEEncode,
     &NODE_EmptyLatentImage,
     &NODE_LatentUpscale,
     &NODE_LatentUpscaleBy,
@@ -32,7 +35,7 @@ const struct node_class *const graph__builtin_classes[] = {
     &NODE_LoadImage,
     &NODE_ImageScale,
     &NODE_ConditioningCombine,
-    /* &NODE_KSamplerAdvanced, */
+    &NODE_KSamplerAdvanced,
     &NODE_ConditioningZeroOut,
     NULL,
 };

@@ -1,0 +1,367 @@
+/* graph/nodes/sampling.c -- KSampler and KSamplerAdvanced: ComfyUI's common_ksampler on the
+ * engine's UNet, with classifier-free guidance as comfy/samplers.py computes it.
+ * Owns: the LATENT it outputs; the denoiser's scratch buffers while sampling.
+ * Threads: the worker executing the prompt. */
+#include "base/mem.h"
+#include "base/status.h"
+#include "graph/engine.h"
+#include "graph/registry.h"
+#include "sample/ksampler.h"
+#include "sample/sampler.h"
+#include "sample/schedule.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ===== The guided denoiser D(x, sigma) =====
+ * Every conditioning entry (positive, and negative unless cfg == 1) is one UNet evaluation of
+ * the whole latent batch; entries go through the UNet together as one batch when their token
+ * counts can be tiled to a common length (ComfyUI's CONDCrossAttn.can_concat: at most 4x),
+ * otherwise one by one. Each entry's denoised estimate is x - sigma * eps; entries of the same
+ * side are averaged; then cfg_function: uncond + (cond - uncond) * cfg. */
+
+struct cfg_entry {
+    const struct cond_item *item; /* context [n_tokens, dim] */
+    int side;                     /* 0 positive, 1 negative */
+};
+
+struct cfg_denoiser {
+    struct engine *engine;
+    const struct unet *unet;
+    const struct schedule *schedule;
+    struct cfg_entry *entries;    /* positive entries first */
+    int n_entries;
+    int n_pos, n_neg;             /* entries per side (n_neg = 0 when cfg == 1) */
+    double cfg;
+    int64_t b, c, h, w;           /* latent batch shape */
+    struct node_run *run;         /* for progress */
+    int total_steps;
+    /* scratch, sized for every entry in one batch */
+    float *x_in, *timesteps, *context, *eps;
+    float *side_sum;              /* [2, b*c*h*w] */
+};
+
+static int64_t gcd64(int64_t a, int64_t b) {
+    while (b) {
+        int64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* Runs entries [first, first + n) as one UNet batch, adding each one's denoised estimate to its
+ * side's sum. */
+static int eval_entries(struct cfg_denoiser *d, int first, int n, const float *x, float sigma, struct err *err) {
+    int64_t per = d->c * d->h * d->w, lat = d->b * per, dim = d->entries[first].item->dim;
+    int64_t L = d->entries[first].item->n_tokens, min_len = L;
+    for (int i = 1; i < n; i++) {
+        int64_t t = d->entries[first + i].item->n_tokens;
+        L = L / gcd64(L, t) * t;
+        if (t < min_len) min_len = t;
+    }
+    /* c_in: x / sqrt(sigma^2 + 1), float32 as torch does it */
+    float c_in = sqrtf(sigma * sigma + 1.0f);
+    float t = (float)schedule_timestep(d->schedule, sigma);
+    for (int i = 0; i < n; i++) {
+        const struct cond_item *it = d->entries[first + i].item;
+        for (int64_t k = 0; k < lat; k++) d->x_in[i * lat + k] = x[k] / c_in;
+        for (int64_t bb = 0; bb < d->b; bb++) {
+            d->timesteps[i * d->b + bb] = t;
+            float *dst = d->context + (i * d->b + bb) * L * dim;
+            for (int64_t r = 0; r < L / it->n_tokens; r++) /* tile to the common length */
+                memcpy(dst + r * it->n_tokens * dim, it->context, (size_t)(it->n_tokens * dim) * sizeof(float));
+        }
+    }
+    struct engine *e = d->engine;
+    int rc = unet_eval(&e->tctx, d->unet, n * d->b, d->h, d->w, d->x_in, d->timesteps, d->context, L, d->eps);
+    if (rc) return err_set(err, rc, "UNet: %s", e->tctx.err.msg);
+    for (int i = 0; i < n; i++) {
+        float *sum = d->side_sum + d->entries[first + i].side * lat;
+        const float *eps = d->eps + i * lat;
+        for (int64_t k = 0; k < lat; k++) sum[k] += x[k] - eps[k] * sigma; /* calculate_denoised */
+    }
+    return 0;
+}
+
+static int cfg_denoise(void *user, const float *x, float sigma, float *denoised, struct err *err) {
+    struct cfg_denoiser *d = user;
+    int64_t lat = d->b * d->c * d->h * d->w;
+    memset(d->side_sum, 0, (size_t)(2 * lat) * sizeof(float));
+    /* batch everything when the token counts tile within 4x; else one entry at a time */
+    int64_t L = 1, min_len = INT64_MAX;
+    for (int i = 0; i < d->n_entries; i++) {
+        int64_t t = d->entries[i].item->n_tokens;
+        L = L / gcd64(L, t) * t;
+        if (t < min_len) min_len = t;
+    }
+    int rc = 0;
+    if (L / min_len <= 4) {
+        rc = eval_entries(d, 0, d->n_entries, x, sigma, err);
+    } else {
+        for (int i = 0; i < d->n_entries && !rc; i++) rc = eval_entries(d, i, 1, x, sigma, err);
+    }
+    if (rc) return rc;
+    float *cond = d->side_sum, *uncond = d->side_sum + lat;
+    if (d->n_pos > 1)
+        for (int64_t k = 0; k < lat; k++) cond[k] /= (float)d->n_pos;
+    if (d->n_neg == 0) {
+        memcpy(denoised, cond, (size_t)lat * sizeof(float));
+        return 0;
+    }
+    if (d->n_neg > 1)
+        for (int64_t k = 0; k < lat; k++) uncond[k] /= (float)d->n_neg;
+    float scale = (float)d->cfg;
+    for (int64_t k = 0; k < lat; k++) denoised[k] = uncond[k] + (cond[k] - uncond[k]) * scale;
+    return 0;
+}
+
+/* ===== common_ksampler ===== */
+
+struct progress_fwd {
+    struct node_run *run;
+    struct err *err;
+};
+
+static int forward_progress(void *user, int step, int total) {
+    struct progress_fwd *f = user;
+    return node_progress(f->run, step, total, f->err);
+}
+
+static void add_entries(struct cfg_denoiser *d, const struct conditioning *cond, int side) {
+    for (int i = 0; i < cond->n; i++) d->entries[d->n_entries++] = (struct cfg_entry){&cond->items[i], side};
+}
+
+static int common_ksampler(struct node_run *ctx, const struct model_value *model, const struct ksampler_params *kp,
+                           double cfg, const struct conditioning *pos, const struct conditioning *neg,
+                           const struct latent *in, struct value *out, struct err *err) {
+    const struct unet *unet = &model->ck->sd->unet;
+    if (in->c != unet->config.in_channels)
+        return err_set(err, STATUS_ERR_INVALID, "latent has %lld channels, the model expects %d", (long long)in->c,
+                       unet->config.in_channels);
+    if (pos->n < 1) return err_set(err, STATUS_ERR_INVALID, "the positive conditioning is empty");
+    bool use_neg = fabs(cfg - 1.0) > 1e-9 * fabs(cfg); /* ComfyUI skips uncond when cfg == 1 */
+    if (use_neg && neg->n < 1) return err_set(err, STATUS_ERR_INVALID, "the negative conditioning is empty");
+    for (int s = 0; s < 2; s++) {
+        const struct conditioning *cd = s ? neg : pos;
+        for (int i = 0; i < cd->n; i++)
+            if (cd->items[i].dim != unet->config.context_dim)
+                return err_set(err, STATUS_ERR_INVALID,
+                               "conditioning is %lld wide but the model expects %d: CLIP and model do not match",
+                               (long long)cd->items[i].dim, unet->config.context_dim);
+    }
+
+    struct schedule sched;
+    schedule_init_sd1(&sched);
+    struct cfg_denoiser d = {
+        .engine = ctx->engine, .unet = unet, .schedule = &sched, .cfg = cfg,
+        .b = in->b, .c = in->c, .h = in->h, .w = in->w, .run = ctx,
+    };
+    int n_items = pos->n + (use_neg ? neg->n : 0);
+    d.entries = mem_alloc((size_t)n_items * sizeof *d.entries);
+    add_entries(&d, pos, 0);
+    d.n_pos = pos->n;
+    if (use_neg) {
+        add_entries(&d, neg, 1);
+        d.n_neg = neg->n;
+    }
+    int64_t L = 1, dim = unet->config.context_dim, lat = in->b * in->c * in->h * in->w;
+    for (int i = 0; i < d.n_entries; i++) {
+        int64_t t = d.entries[i].item->n_tokens;
+        L = L / gcd64(L, t) * t;
+    }
+    int64_t n_ctx = 0; /* context floats for the largest batch eval_entries may build */
+    for (int i = 0; i < d.n_entries; i++) {
+        int64_t t = d.entries[i].item->n_tokens;
+        int64_t per = (L / t <= 4 ? L : t) * dim * in->b;
+        n_ctx += per;
+    }
+    d.x_in = mem_try_alloc((size_t)(n_items * lat) * sizeof(float));
+    d.eps = mem_try_alloc((size_t)(n_items * lat) * sizeof(float));
+    d.timesteps = mem_try_alloc((size_t)(n_items * in->b) * sizeof(float));
+    d.context = mem_try_alloc((size_t)n_ctx * sizeof(float));
+    d.side_sum = mem_try_alloc((size_t)(2 * lat) * sizeof(float));
+    struct latent *res = latent_new(in->b, in->c, in->h, in->w);
+    int rc = 0;
+    if (!d.x_in || !d.eps || !d.timesteps || !d.context || !d.side_sum)
+        rc = err_set(err, STATUS_ERR_NOMEM, "out of host memory for sampling a %lldx%lld batch of %lld",
+                     (long long)(in->w * 8), (long long)(in->h * 8), (long long)in->b);
+    if (!rc) {
+        struct ksampler_params p = *kp;
+        p.batch_index = in->batch_index;
+        struct denoise_fn fn = {.fn = cfg_denoise, .user = &d};
+        struct progress_fwd pf = {.run = ctx, .err = err};
+        rc = ksampler_run(&sched, &fn, &p, in->b, in->c * in->h * in->w, in->samples, res->samples,
+                          forward_progress, &pf, err);
+    }
+    mem_free(d.entries);
+    mem_free(d.x_in);
+    mem_free(d.eps);
+    mem_free(d.timesteps);
+    mem_free(d.context);
+    mem_free(d.side_sum);
+    if (rc) {
+        gobj_unref(&res->obj);
+        return rc;
+    }
+    if (in->batch_index) { /* out = latent.copy(): batch_index travels on */
+        res->batch_index = mem_alloc((size_t)in->b * sizeof(int));
+        memcpy(res->batch_index, in->batch_index, (size_t)in->b * sizeof(int));
+    }
+    out[0] = (struct value){.kind = VALUE_OBJECT, .obj = &res->obj};
+    return 0;
+}
+
+/* ===== Node declarations ===== */
+
+static const char *const SAMPLER_NAMES[] = {
+#define XX(id, name, impl) name,
+    SAMPLER_KIND_MAP(XX)
+#undef XX
+    NULL,
+};
+
+static const char *const SCHEDULER_NAMES[] = {
+#define XX(id, name) name,
+    SCHEDULE_KIND_MAP(XX)
+#undef XX
+    NULL,
+};
+
+#define SEED_INPUT(nm)                                                                                   \
+    {.name = nm, .kind = NODE_INPUT_INT,                                                                 \
+     .flags = NODE_IN_DEFAULT | NODE_IN_MIN | NODE_IN_MAX | NODE_IN_MAX_U64 | NODE_IN_CONTROL_AFTER_GENERATE, \
+     .int_default = 0, .int_min = 0, .tooltip = "The random seed used for creating the noise."}
+#define STEPS_INPUT                                                                                      \
+    {.name = "steps", .kind = NODE_INPUT_INT, .flags = NODE_IN_DEFAULT | NODE_IN_MIN | NODE_IN_MAX,       \
+     .int_default = 20, .int_min = 1, .int_max = 10000,                                                  \
+     .tooltip = "The number of steps used in the denoising process."}
+#define CFG_INPUT                                                                                        \
+    {.name = "cfg", .kind = NODE_INPUT_FLOAT,                                                            \
+     .flags = NODE_IN_DEFAULT | NODE_IN_MIN | NODE_IN_MAX | NODE_IN_STEP | NODE_IN_ROUND,                \
+     .float_default = 8.0, .float_min = 0.0, .float_max = 100.0, .float_step = 0.1, .float_round = 0.01, \
+     .tooltip = "The Classifier-Free Guidance scale balances creativity and adherence to the prompt. "   \
+                "Higher values result in images more closely matching the prompt however too high "     \
+                "values will negatively impact quality."}
+#define SAMPLER_INPUT                                                                                    \
+    {.name = "sampler_name", .kind = NODE_INPUT_COMBO, .options = SAMPLER_NAMES,                        \
+     .tooltip = "The algorithm used when sampling, this can affect the quality, speed, and style of "    \
+                "the generated output."}
+#define SCHEDULER_INPUT                                                                                  \
+    {.name = "scheduler", .kind = NODE_INPUT_COMBO, .options = SCHEDULER_NAMES,                         \
+     .tooltip = "The scheduler controls how noise is gradually removed to form the image."}
+#define COND_INPUT(nm, tip) {.name = nm, .kind = NODE_INPUT_OBJECT, .type = "CONDITIONING", .tooltip = tip}
+
+static const struct node_input ksampler_inputs[] = {
+    {.name = "model", .kind = NODE_INPUT_OBJECT, .type = "MODEL",
+     .tooltip = "The model used for denoising the input latent."},
+    SEED_INPUT("seed"),
+    STEPS_INPUT,
+    CFG_INPUT,
+    SAMPLER_INPUT,
+    SCHEDULER_INPUT,
+    COND_INPUT("positive", "The conditioning describing the attributes you want to include in the image."),
+    COND_INPUT("negative", "The conditioning describing the attributes you want to exclude from the image."),
+    {.name = "latent_image", .kind = NODE_INPUT_OBJECT, .type = "LATENT", .tooltip = "The latent image to denoise."},
+    {.name = "denoise", .kind = NODE_INPUT_FLOAT, .flags = NODE_IN_DEFAULT | NODE_IN_MIN | NODE_IN_MAX | NODE_IN_STEP,
+     .float_default = 1.0, .float_min = 0.0, .float_max = 1.0, .float_step = 0.01,
+     .tooltip = "The amount of denoising applied, lower values will maintain the structure of the initial "
+                "image allowing for image to image sampling."},
+    NODE_INPUTS_END,
+};
+
+static const struct node_output latent_outputs[] = {
+    {.type = "LATENT", .tooltip = "The denoised latent."},
+    NODE_OUTPUTS_END,
+};
+
+static int parse_names(const struct value *sampler, const struct value *scheduler, struct ksampler_params *p,
+                       struct err *err) {
+    p->sampler = sampler_kind_parse(sampler->s);
+    p->scheduler = schedule_kind_parse(scheduler->s);
+    if (p->sampler == SAMPLER_KIND_COUNT) return err_set(err, STATUS_ERR_INVALID, "unknown sampler '%s'", sampler->s);
+    if (p->scheduler == SCHEDULE_KIND_COUNT)
+        return err_set(err, STATUS_ERR_INVALID, "unknown scheduler '%s'", scheduler->s);
+    if (!sampler_kind_implemented(p->sampler))
+        return err_set(err, STATUS_ERR_UNSUPPORTED, "sampler '%s' is not supported yet", sampler->s);
+    return 0;
+}
+
+static int run_ksampler(struct node_run *ctx, const struct value *in, struct value *out, struct err *err) {
+    struct ksampler_params p = {
+        .seed = (uint64_t)in[1].i,
+        .steps = (int)in[2].i,
+        .denoise = in[9].f,
+        .add_noise = true,
+        .start_step = -1,
+        .last_step = -1,
+        .force_full_denoise = false,
+        .latent_scale = SD1_LATENT_SCALE,
+    };
+    int rc = parse_names(&in[4], &in[5], &p, err);
+    if (rc) return rc;
+    return common_ksampler(ctx, (const struct model_value *)in[0].obj, &p, in[3].f,
+                           (const struct conditioning *)in[6].obj, (const struct conditioning *)in[7].obj,
+                           (const struct latent *)in[8].obj, out, err);
+}
+
+const struct node_class NODE_KSampler = {
+    .name = "KSampler",
+    .display_name = "KSampler",
+    .category = "sampling",
+    .description = "Uses the provided model, positive and negative conditioning to denoise the latent image.",
+    .required = ksampler_inputs,
+    .outputs = latent_outputs,
+    .run = run_ksampler,
+};
+
+static const char *const ENABLE_DISABLE[] = {"enable", "disable", NULL};
+static const char *const DISABLE_ENABLE[] = {"disable", "enable", NULL};
+
+static const struct node_input advanced_inputs[] = {
+    {.name = "model", .kind = NODE_INPUT_OBJECT, .type = "MODEL"},
+    {.name = "add_noise", .kind = NODE_INPUT_COMBO, .options = ENABLE_DISABLE},
+    SEED_INPUT("noise_seed"),
+    STEPS_INPUT,
+    CFG_INPUT,
+    SAMPLER_INPUT,
+    SCHEDULER_INPUT,
+    COND_INPUT("positive", NULL),
+    COND_INPUT("negative", NULL),
+    {.name = "latent_image", .kind = NODE_INPUT_OBJECT, .type = "LATENT"},
+    {.name = "start_at_step", .kind = NODE_INPUT_INT, .flags = NODE_IN_DEFAULT | NODE_IN_MIN | NODE_IN_MAX,
+     .int_default = 0, .int_min = 0, .int_max = 10000},
+    {.name = "end_at_step", .kind = NODE_INPUT_INT, .flags = NODE_IN_DEFAULT | NODE_IN_MIN | NODE_IN_MAX,
+     .int_default = 10000, .int_min = 0, .int_max = 10000},
+    {.name = "return_with_leftover_noise", .kind = NODE_INPUT_COMBO, .options = DISABLE_ENABLE},
+    NODE_INPUTS_END,
+};
+
+static const struct node_output advanced_outputs[] = {{.type = "LATENT"}, NODE_OUTPUTS_END};
+
+static int run_advanced(struct node_run *ctx, const struct value *in, struct value *out, struct err *err) {
+    struct ksampler_params p = {
+        .seed = (uint64_t)in[2].i,
+        .steps = (int)in[3].i,
+        .denoise = 1.0,
+        .add_noise = strcmp(in[1].s, "disable") != 0,
+        .start_step = (int)in[10].i,
+        .last_step = (int)in[11].i,
+        .force_full_denoise = strcmp(in[12].s, "enable") != 0,
+        .latent_scale = SD1_LATENT_SCALE,
+    };
+    int rc = parse_names(&in[5], &in[6], &p, err);
+    if (rc) return rc;
+    return common_ksampler(ctx, (const struct model_value *)in[0].obj, &p, in[4].f,
+                           (const struct conditioning *)in[7].obj, (const struct conditioning *)in[8].obj,
+                           (const struct latent *)in[9].obj, out, err);
+}
+
+const struct node_class NODE_KSamplerAdvanced = {
+    .name = "KSamplerAdvanced",
+    .display_name = "KSampler (Advanced)",
+    .category = "sampling",
+    .required = advanced_inputs,
+    .outputs = advanced_outputs,
+    .run = run_advanced,
+};
