@@ -236,7 +236,7 @@ static int parse_header(struct ckpt *ck, struct err *err) {
         memcpy(ck->names + off, key, klen + 1);
         t->name = ck->names + off;
         off += klen + 1;
-        size_t begin;
+        size_t begin = 0;
         rc = parse_entry(path, t->name, val, data_size, t, &begin, err);
         if (rc) goto out;
         t->data = (const unsigned char *)ck->map + ck->data_start + begin;
