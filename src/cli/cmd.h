@@ -10,4 +10,7 @@ int cmd_ckpt(int argc, char **argv);
 /* kiln run [options] WORKFLOW.json: runs one workflow on the CPU. */
 int cmd_run(int argc, char **argv);
 
+/* kiln bench unet CKPT [...]: seconds per UNet evaluation on the CPU backend. */
+int cmd_bench(int argc, char **argv);
+
 #endif
