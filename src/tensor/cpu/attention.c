@@ -1,7 +1,7 @@
 /* tensor/cpu/attention.c -- multi-head scaled dot-product ATTENTION on the CPU.
  * Owns: nothing; borrows the ctx scratch for one score block per thread.
  * Threads: the backend's worker; OpenMP over (batch, head, block of queries) tasks, each with
- * single-threaded sgemm calls (OpenBLAS threading is switched off around the region).
+ * single-threaded sgemm calls (THREADING in cpu.h).
  * DESIGN. Never holds the whole B x heads x Nq x Nk score matrix (2 GB for SD's 64x64 latent):
  * a task takes bq queries of one head, computes S = q k^T / sqrt(d) for them only [bq, Nk],
  * turns each row into exp(s - max) (stable softmax; the row sum kept aside), multiplies by v
@@ -17,7 +17,7 @@
 #include <math.h>
 #include <omp.h>
 
-#define BLOCK_FLOATS (128 * 1024) /* target size of one score block (512 KiB, stays in L2) */
+#define BLOCK_FLOATS (512 * 1024) /* target size of one score block (2 MiB): larger blocks repack k and v less often */
 
 int cpu_op_attention(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
     const struct tensor *tq = dst->src[0], *tk = dst->src[1], *tv = dst->src[2];
@@ -42,7 +42,6 @@ int cpu_op_attention(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
     float *work = cpu__work(ctx, (size_t)nthr * per_thread * sizeof(float), "attention scores", err);
     if (!work) return err->code;
 
-    openblas_set_num_threads(1);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; t++) {
         int64_t b = t / (heads * nblk), h = (t / nblk) % heads, q0 = (t % nblk) * bq;
@@ -76,6 +75,5 @@ int cpu_op_attention(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
             for (int64_t j = 0; j < d; j++) orow[j] *= r;
         }
     }
-    openblas_set_num_threads(ctx->n_threads);
     return 0;
 }

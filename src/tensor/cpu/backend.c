@@ -40,7 +40,7 @@ static bool cpu_op_supported(void *ctx, const struct tensor *node) {
 static int cpu_graph_run(void *vctx, struct tensor *const *nodes, int n, struct err *err) {
     struct cpu_ctx *ctx = vctx;
     omp_set_num_threads(ctx->n_threads);
-    openblas_set_num_threads(ctx->n_threads);
+    cpu__blas_threads(1); /* kernels split products into OpenMP tasks (THREADING in cpu.h) */
     for (int i = 0; i < n; i++) {
         struct tensor *t = nodes[i];
         if (!cpu_op_supported(ctx, t))

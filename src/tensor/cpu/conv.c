@@ -1,12 +1,18 @@
-/* tensor/cpu/conv.c -- CONV2D on the CPU: im2col + OpenBLAS sgemm, in bounded chunks.
- * Owns: nothing; borrows the ctx scratch (work.c) for the im2col chunks.
- * Threads: the backend's worker; OpenMP splits the output positions into tasks and each task
- * runs its own single-threaded sgemm (one thread pool at a time, no nested BLAS threads).
+/* tensor/cpu/conv.c -- CONV2D on the CPU: im2col + sgemm, in waves of bounded scratch.
+ * Owns: nothing; borrows the ctx scratch (work.c) for the im2col columns.
+ * Threads: the backend's worker; one OpenMP region whose threads build each wave's columns
+ * together, then share its product as a grid of single-threaded sgemm tasks (THREADING, cpu.h).
  * DESIGN. For image b, out_b [O, P] = w [O, K] x col [K, P] with K = C*kh*kw, P = Ho*Wo and
  * col[(c*kh + i)*kw + j, y*Wo + x] = x_b[c, y*s - pt + i, x*s - pl + j] (0 outside). The full
- * col of a 512-channel 3x3 conv at 512x512 is 4.8 GB, so P is cut into chunks whose col fits
- * CPU_WORK_MAX / threads; a chunk's product writes the matching columns of out_b (ldc = P).
- * A 1x1, stride-1, unpadded conv needs no col at all: out_b = w [O, C] x x_b [C, P]. */
+ * col of a 512-channel 3x3 conv at 512x512 is 4.8 GB, so the B*P output columns are processed
+ * in waves whose col fits CPU_WORK_MAX:
+ *  - large images: a wave is a range of one image's positions; its product writes straight
+ *    into out_b's columns (ldc = P);
+ *  - small images (deep UNet levels, 8x8 to 32x32): a wave holds several whole images side by
+ *    side, so the big weight matrix is packed once for all of them; the product lands in a
+ *    [O, wave] buffer and is copied out per image (with the bias).
+ * A wave's product is cut into an O x columns grid (cpu__gemm_grid) that repacks the least.
+ * A 1x1, stride-1, unpadded conv of large images needs no col at all: out_b = w x x_b. */
 #include "tensor/cpu/cpu.h"
 #include "base/base.h"
 #include "base/status.h"
@@ -17,84 +23,105 @@
 #include <string.h>
 
 struct conv {
-    int64_t c, h, w;       /* input channels and size */
-    int64_t o, kh, kw;     /* output channels, kernel size */
-    int64_t ho, wo, p, k;  /* output size, P = ho*wo, K = c*kh*kw */
-    int64_t s, pt, pl;     /* stride, top and left padding (bottom/right follow from ho, wo) */
+    int64_t c, h, w;          /* input channels and size */
+    int64_t o, kh, kw;        /* output channels, kernel size */
+    int64_t ho, wo, p, k;     /* output size, P = ho*wo, K = c*kh*kw */
+    int64_t s, pt, pl;        /* stride, top and left padding (bottom/right follow from ho, wo) */
     int64_t xlo[16], xhi[16]; /* per kernel column j < 16: output x range that reads inside the row */
 };
 
 /* ===== im2col ===== */
 
-/* Output columns x in [xlo, xhi) read input columns x*s - pl + j inside [0, w). */
+/* Output columns x in [lo, hi) read input columns x*s - pl + j inside [0, w). */
 static void col_range(const struct conv *cv, int64_t j, int64_t *lo, int64_t *hi) {
-    int64_t a = cv->pl - j;                                   /* x*s >= a */
-    int64_t b = cv->w - 1 + cv->pl - j;                       /* x*s <= b */
+    int64_t a = cv->pl - j;             /* x*s >= a */
+    int64_t b = cv->w - 1 + cv->pl - j; /* x*s <= b */
     int64_t xl = a <= 0 ? 0 : (a + cv->s - 1) / cv->s;
     int64_t xh = b < 0 ? 0 : MIN(cv->wo, b / cv->s + 1);
     *lo = MIN(xl, cv->wo);
     *hi = MAX(xh, *lo);
 }
 
-/* Fills col [K, p1-p0] for output positions [p0, p1) of one image xb [C, H, W]. Rows kr0..kr1
- * only (so callers can split the rows across threads). */
-static void im2col(const struct conv *cv, const float *restrict xb, float *restrict col, int64_t p0, int64_t p1,
-                   int64_t kr0, int64_t kr1) {
-    int64_t np = p1 - p0, y_first = p0 / cv->wo, y_last = (p1 - 1) / cv->wo;
-    for (int64_t kr = kr0; kr < kr1; kr++) {
-        int64_t c = kr / (cv->kh * cv->kw), i = (kr / cv->kw) % cv->kh, j = kr % cv->kw;
-        const float *xc = xb + c * cv->h * cv->w;
-        float *row = col + kr * np - p0; /* row[p] for p in [p0, p1) */
-        int64_t lo, hi;
-        if (j < 16) {
-            lo = cv->xlo[j];
-            hi = cv->xhi[j];
+/* Row kr of col for output positions [p0, p1) of one image xb [C, H, W]: row[p - p0]. */
+static void im2col_row(const struct conv *cv, const float *xb, float *restrict row, int64_t p0, int64_t p1,
+                       int64_t kr) {
+    int64_t c = kr / (cv->kh * cv->kw), i = (kr / cv->kw) % cv->kh, j = kr % cv->kw;
+    const float *xc = xb + c * cv->h * cv->w;
+    int64_t lo, hi;
+    if (j < 16) {
+        lo = cv->xlo[j];
+        hi = cv->xhi[j];
+    } else {
+        col_range(cv, j, &lo, &hi);
+    }
+    int64_t y_first = p0 / cv->wo, y_last = (p1 - 1) / cv->wo;
+    row -= p0; /* row[p] from here on */
+    for (int64_t y = y_first; y <= y_last; y++) {
+        int64_t xa = y == y_first ? p0 % cv->wo : 0, xb_ = y == y_last ? (p1 - 1) % cv->wo + 1 : cv->wo;
+        float *o = row + y * cv->wo;
+        int64_t iy = y * cv->s - cv->pt + i;
+        int64_t l = MAX(xa, lo), r = MIN(xb_, hi);
+        if (iy < 0 || iy >= cv->h || r <= l) { /* the whole segment reads padding */
+            memset(o + xa, 0, (size_t)(xb_ - xa) * sizeof(float));
+            continue;
+        }
+        const float *src = xc + iy * cv->w - cv->pl + j; /* src[x*s] is input column x*s - pl + j */
+        if (l > xa) memset(o + xa, 0, (size_t)(l - xa) * sizeof(float));
+        if (cv->s == 1) {
+            memcpy(o + l, src + l, (size_t)(r - l) * sizeof(float));
         } else {
-            col_range(cv, j, &lo, &hi);
+            for (int64_t x = l; x < r; x++) o[x] = src[x * cv->s];
         }
-        for (int64_t y = y_first; y <= y_last; y++) {
-            int64_t xa = y == y_first ? p0 % cv->wo : 0, xb_ = y == y_last ? (p1 - 1) % cv->wo + 1 : cv->wo;
-            float *o = row + y * cv->wo;
-            int64_t iy = y * cv->s - cv->pt + i;
-            if (iy < 0 || iy >= cv->h) {
-                memset(o + xa, 0, (size_t)(xb_ - xa) * sizeof(float));
-                continue;
-            }
-            const float *src = xc + iy * cv->w - cv->pl + j; /* src[x*s] is input column x*s - pl + j */
-            int64_t l = MAX(xa, lo), r = MIN(xb_, hi);
-            if (r <= l) {
-                memset(o + xa, 0, (size_t)(xb_ - xa) * sizeof(float));
-                continue;
-            }
-            if (l > xa) memset(o + xa, 0, (size_t)(l - xa) * sizeof(float));
-            if (cv->s == 1) {
-                memcpy(o + l, src + l, (size_t)(r - l) * sizeof(float));
-            } else {
-                for (int64_t x = l; x < r; x++) o[x] = src[x * cv->s];
-            }
-            if (xb_ > r) memset(o + r, 0, (size_t)(xb_ - r) * sizeof(float));
-        }
+        if (xb_ > r) memset(o + r, 0, (size_t)(xb_ - r) * sizeof(float));
     }
 }
 
-/* ===== Products ===== */
+/* ===== Waves ===== */
 
-/* out_b[:, p0:p1] = w x col (+ bias), single call of sgemm on whatever BLAS threading is set. */
-static void gemm_chunk(const struct conv *cv, const float *w, const float *bias, const float *col, int64_t ldcol,
-                       float *yb, int64_t p0, int64_t p1) {
-    int64_t np = p1 - p0;
-    float beta = 0.0f;
-    if (bias) {
-        for (int64_t o = 0; o < cv->o; o++) {
-            float *r = yb + o * cv->p + p0;
-            const float bv = bias[o];
-#pragma omp simd
-            for (int64_t q = 0; q < np; q++) r[q] = bv;
-        }
-        beta = 1.0f;
+/* One wave: global output columns [g0, g1) of the B*P, either inside one image or covering
+ * whole images. */
+struct wave {
+    int64_t g0, g1;
+    bool multi; /* spans several images: product goes to tmp, then is copied out */
+};
+
+/* The block [o0, o0+oo) x [c0, c0+cc) of a wave's product (+ bias when written in place). */
+static void wave_gemm(const struct conv *cv, const struct wave *wv, const float *x, const float *w, const float *bias,
+                      const float *col, bool direct, float *tmp, float *y, int64_t o0, int64_t oo, int64_t c0,
+                      int64_t cc) {
+    int64_t ncols = wv->g1 - wv->g0;
+    const float *bm;
+    int64_t ldb;
+    if (direct) { /* single image: B is x_b itself */
+        int64_t b = wv->g0 / cv->p, p0 = wv->g0 - b * cv->p;
+        bm = x + b * cv->c * cv->p + p0 + c0;
+        ldb = cv->p;
+    } else {
+        bm = col + c0;
+        ldb = ncols;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cv->o, (int)np, (int)cv->k, 1.0f, w, (int)cv->k, col,
-                (int)ldcol, beta, yb + p0, (int)cv->p);
+    float *cm;
+    int64_t ldc;
+    float beta = 0.0f;
+    if (wv->multi) {
+        cm = tmp + o0 * ncols + c0;
+        ldc = ncols;
+    } else {
+        int64_t b = wv->g0 / cv->p, p0 = wv->g0 - b * cv->p;
+        cm = y + (b * cv->o + o0) * cv->p + p0 + c0;
+        ldc = cv->p;
+        if (bias) { /* start from the bias and let sgemm accumulate onto it */
+            for (int64_t o = 0; o < oo; o++) {
+                float *restrict r = cm + o * ldc;
+                const float bv = bias[o0 + o];
+#pragma omp simd
+                for (int64_t q = 0; q < cc; q++) r[q] = bv;
+            }
+            beta = 1.0f;
+        }
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)oo, (int)cc, (int)cv->k, 1.0f, w + o0 * cv->k,
+                (int)cv->k, bm, (int)ldb, beta, cm, (int)ldc);
 }
 
 int cpu_op_conv2d(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
@@ -110,44 +137,85 @@ int cpu_op_conv2d(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
     cv.p = cv.ho * cv.wo;
     cv.k = cv.c * cv.kh * cv.kw;
     int64_t batch = tx->shape[0];
-    if (cv.o > INT_MAX || cv.p > INT_MAX || cv.k > INT_MAX)
+    if (cv.o > INT_MAX || cv.p > INT_MAX || cv.k > INT_MAX || batch * cv.p > INT_MAX)
         return err_set(err, STATUS_ERR_UNSUPPORTED, "conv2d: %lld x %lld x %lld is too large for BLAS",
-                       (long long)cv.o, (long long)cv.p, (long long)cv.k);
+                       (long long)cv.o, (long long)(batch * cv.p), (long long)cv.k);
     for (int64_t j = 0; j < MIN(cv.kw, 16); j++) col_range(&cv, j, &cv.xlo[j], &cv.xhi[j]);
-    bool direct = cv.kh == 1 && cv.kw == 1 && cv.s == 1 && dst->ip[1] == 0 && dst->ip[2] == 0 && dst->ip[3] == 0 &&
-                  dst->ip[4] == 0;
+    bool plain = cv.kh == 1 && cv.kw == 1 && cv.s == 1 && dst->ip[1] == 0 && dst->ip[2] == 0 && dst->ip[3] == 0 &&
+                 dst->ip[4] == 0;
 
-    /* Tasks: each image's P positions cut into nc chunks; enough tasks for every thread, and
-     * each chunk's col (K x np floats) within this thread's share of the scratch. */
-    int nthr = omp_get_max_threads();
-    int64_t np_max = direct ? cv.p : MAX((int64_t)1, (int64_t)(CPU_WORK_MAX / sizeof(float) / (size_t)nthr) / cv.k);
-    int64_t nc = MAX((cv.p + np_max - 1) / np_max, (nthr + batch - 1) / batch);
-    int64_t tasks = (batch * nc + nthr - 1) / nthr * nthr; /* round up to a multiple of the threads */
-    nc = (tasks + batch - 1) / batch;
-    int64_t np = (cv.p + nc - 1) / nc;
-    np = MIN(cv.p, (np + 7) & ~(int64_t)7);
-    nc = (cv.p + np - 1) / np;
-    tasks = batch * nc;
-
-    float *work = NULL;
-    if (!direct) {
-        work = cpu__work(ctx, (size_t)nthr * (size_t)(cv.k * np) * sizeof(float), "conv2d im2col", err);
-        if (!work) return err->code;
+    /* wave size: col [K, cols] plus, for multi-image waves, the product [O, cols] */
+    int64_t budget = (int64_t)(CPU_WORK_MAX / sizeof(float));
+    int64_t cols_max = MAX((int64_t)16, budget / (cv.k + cv.o));
+    int64_t per_img, ipw; /* waves per image, or images per wave */
+    if (cv.p >= cols_max || batch == 1) {
+        per_img = (cv.p + cols_max - 1) / cols_max;
+        ipw = 1;
+    } else {
+        per_img = 1;
+        ipw = MIN(batch, cols_max / cv.p);
     }
-    openblas_set_num_threads(1);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t b = t / nc, p0 = (t % nc) * np, p1 = MIN(cv.p, p0 + np);
-        const float *xb = x + b * cv.c * cv.h * cv.w;
-        float *yb = y + b * cv.o * cv.p;
-        if (direct) {
-            gemm_chunk(&cv, w, bias, xb + p0, cv.p, yb, p0, p1);
+    int64_t wcols = ipw > 1 ? ipw * cv.p : (cv.p + per_img - 1) / per_img;
+    bool multi = ipw > 1, direct = plain && !multi;
+    int64_t n_waves = ipw > 1 ? (batch + ipw - 1) / ipw : batch * per_img;
+
+    float *col = NULL, *tmp = NULL;
+    size_t need = (size_t)((direct ? 0 : cv.k * wcols) + (multi ? cv.o * wcols : 0)) * sizeof(float);
+    if (need) {
+        col = cpu__work(ctx, need, "conv2d im2col", err);
+        if (!col) return err->code;
+        tmp = col + (direct ? 0 : cv.k * wcols);
+    }
+    struct cpu_grid g;
+    int nthr = omp_get_max_threads();
+    cpu__gemm_grid(cv.o, wcols, cv.o * wcols * cv.k < (1 << 20) ? 1 : 4 * (int64_t)nthr, 16, 64, &g);
+
+#pragma omp parallel if (cv.o * batch * cv.p * cv.k >= (1 << 20))
+    for (int64_t iw = 0; iw < n_waves; iw++) {
+        struct wave wv;
+        if (multi) {
+            wv.g0 = iw * ipw * cv.p;
+            wv.g1 = MIN(batch, (iw + 1) * ipw) * cv.p;
         } else {
-            float *col = work + (size_t)omp_get_thread_num() * (size_t)(cv.k * np);
-            im2col(&cv, xb, col, p0, p1, 0, cv.k);
-            gemm_chunk(&cv, w, bias, col, p1 - p0, yb, p0, p1);
+            int64_t b = iw / per_img, part = iw % per_img;
+            wv.g0 = b * cv.p + part * wcols;
+            wv.g1 = b * cv.p + MIN(cv.p, (part + 1) * wcols);
+        }
+        wv.multi = multi && wv.g1 - wv.g0 > cv.p;
+        int64_t ncols = wv.g1 - wv.g0;
+        /* 1. columns (each image's segment of the wave) */
+        if (!direct) {
+#pragma omp for schedule(static)
+            for (int64_t kr = 0; kr < cv.k; kr++) {
+                for (int64_t g0 = wv.g0; g0 < wv.g1;) {
+                    int64_t b = g0 / cv.p, g1 = MIN(wv.g1, (b + 1) * cv.p);
+                    im2col_row(&cv, x + b * cv.c * cv.h * cv.w, col + kr * ncols + (g0 - wv.g0), g0 - b * cv.p,
+                               g1 - b * cv.p, kr);
+                    g0 = g1;
+                }
+            }
+        }
+        /* 2. the product, block by block */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < g.mb * g.nb; t++) {
+            int64_t o0 = t / g.nb * g.mblk, c0 = t % g.nb * g.nblk;
+            if (c0 >= ncols) continue; /* a short last wave */
+            wave_gemm(&cv, &wv, x, w, bias, col, direct, tmp, y, o0, MIN(g.mblk, cv.o - o0), c0,
+                      MIN(g.nblk, ncols - c0));
+        }
+        /* 3. multi-image waves: copy each image's rows out, adding the bias */
+        if (wv.multi) {
+            int64_t b0 = wv.g0 / cv.p, nimg = ncols / cv.p;
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < nimg * cv.o; r++) {
+                int64_t bi = r / cv.o, o = r % cv.o;
+                const float *restrict src = tmp + o * ncols + bi * cv.p;
+                float *restrict out = y + ((b0 + bi) * cv.o + o) * cv.p;
+                const float bv = bias ? bias[o] : 0.0f;
+#pragma omp simd
+                for (int64_t q = 0; q < cv.p; q++) out[q] = src[q] + bv;
+            }
         }
     }
-    openblas_set_num_threads(ctx->n_threads);
     return 0;
 }

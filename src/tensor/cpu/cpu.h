@@ -5,7 +5,7 @@
  * contract), in fp32, and returns 0 or a negative status (with a message in err).
  * Files: elementwise.c (add .. geglu), matmul.c (linear), conv.c, norm.c, attention.c,
  * layout.c (transpose, upsample, concat, get_rows), vec.c + vec_avx2.c (vector maths),
- * work.c (the kernels' scratch buffer). */
+ * work.c (the kernels' scratch buffer), blas.c (OpenBLAS's kernel choice and threads). */
 #ifndef KILN_CPU_H
 #define KILN_CPU_H
 
@@ -48,6 +48,27 @@ int cpu_op_get_rows(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
 void *cpu__work(struct cpu_ctx *ctx, size_t size, const char *what, struct err *err);
 /* Frees the scratch (backend teardown). */
 void cpu__work_free(struct cpu_ctx *ctx);
+
+/* ===== OpenBLAS (blas.c) and task grids for products (matmul.c) =====
+ * THREADING. The kernels parallelise only with OpenMP: a product is cut into tasks, each one a
+ * single-threaded sgemm, so OpenBLAS's own thread pool never wakes (its threads spin for a
+ * while after each threaded call and would compete with OpenMP's for the same cores). */
+
+/* Sets OpenBLAS's thread count (graph_run sets 1: see THREADING). */
+void cpu__blas_threads(int n);
+/* The name of the kernels OpenBLAS chose ("SkylakeX", "Haswell", ...), for logs and tests. */
+const char *cpu__blas_core(void);
+
+/* How an M x N product is cut into mb x nb blocks of at most mblk x nblk. */
+struct cpu_grid {
+    int64_t mb, nb;     /* blocks along M and N */
+    int64_t mblk, nblk; /* rows and columns per block (the last ones may be smaller) */
+};
+
+/* Picks the grid with at least `tasks` blocks (fewer only when blocks would get smaller than
+ * min_m x min_n) that repacks the least: each block packs its A rows and B columns, so the
+ * cost is nb * M + mb * N. */
+void cpu__gemm_grid(int64_t m, int64_t n, int64_t tasks, int64_t min_m, int64_t min_n, struct cpu_grid *g);
 
 /* ===== Vector maths (vec.c dispatches to vec_avx2.c when the CPU has AVX2 and FMA) =====
  * All take n >= 0 floats; y may equal x (in place) but must not overlap it otherwise. */

@@ -344,6 +344,8 @@ static void test_linear(void **state) {
     linear_case(f, SH(2, 320), 129, true);     /* time embedding: M = batch */
     linear_case(f, SH(1, 1), 1, true);
     linear_case(f, SH(3, 4, 5, 17), 9, false); /* 4-d x */
+    linear_case(f, SH(2, 300, 160), 130, true); /* large enough to be cut into a grid of tasks */
+    linear_case(f, SH(2, 1280), 1100, true);    /* M = 2: the grid cuts N */
 }
 
 /* ===== CONV2D ===== */
@@ -402,8 +404,12 @@ static void test_conv2d(void **state) {
     conv_case(f, (int64_t[]){1, 2, 5, 20}, 3, 1, 17, 1, 0, 1, 0, 1, true);  /* kernel wider than 16 columns */
     conv_case(f, (int64_t[]){1, 3, 4, 4}, 2, 3, 3, 3, 2, 2, 2, 2, true);    /* stride 3, rows entirely padding */
     conv_case(f, (int64_t[]){2, 4, 16, 16}, 8, 3, 3, 1, 1, 1, 1, 1, true);  /* UNet conv_in shape */
-    /* im2col larger than the scratch bound: K = 576, P = 16384 -> several chunks */
-    conv_case(f, (int64_t[]){1, 64, 128, 128}, 4, 3, 3, 1, 1, 1, 1, 1, true);
+    /* col larger than the scratch bound (K = 4608 rows of 3969 positions = 73 MB): two waves
+     * over one image, the second starting mid-row */
+    conv_case(f, (int64_t[]){1, 512, 63, 63}, 4, 3, 3, 1, 1, 1, 1, 1, true);
+    /* small images, several per wave: 3 images of 1600 positions, 2 fit a wave with K = 4608 */
+    conv_case(f, (int64_t[]){3, 512, 40, 40}, 4, 3, 3, 1, 1, 1, 1, 1, true);
+    conv_case(f, (int64_t[]){3, 16, 5, 5}, 4, 1, 1, 1, 0, 0, 0, 0, true); /* 1x1 over several images */
 }
 
 /* ===== GROUP_NORM and LAYER_NORM ===== */
