@@ -182,7 +182,10 @@ void nn_bind_norm(struct nn_loader *ld, struct nn_norm *n, int64_t ch, const cha
 int nn_loader_finish(struct nn_loader *ld, struct nn_weights *out) {
     memset(out, 0, sizeof *out);
     out->backend = ld->backend;
-    if (ld->rc) return ld->rc;
+    if (ld->rc) {
+        nn_loader_deinit(ld);
+        return ld->rc;
+    }
     size_t total = 0;
     for (int i = 0; i < ld->n; i++) {
         ld->entries[i].offset = total;
@@ -190,9 +193,11 @@ int nn_loader_finish(struct nn_loader *ld, struct nn_weights *out) {
         total += (bytes + 255) & ~(size_t)255;
     }
     int rc = backend_buf_alloc(ld->backend, total ? total : 1, &out->buf);
-    if (rc)
+    if (rc) {
+        nn_loader_deinit(ld);
         return ld->rc = err_set(ld->err, rc, "cannot allocate %.1f MiB for the weights of %s on %s",
                                 (double)total / (1 << 20), ld->ck->path, ld->backend->iface->name);
+    }
     out->size = total;
     out->n_tensors = ld->n;
     /* convert each tensor to f32 in a host staging buffer, then upload */
