@@ -26,7 +26,7 @@ test: asan
 setup:
 	scripts/setup
 
-$(DEMO_MODEL): kiln
+$(DEMO_MODEL): | kiln
 	mkdir -p $(dir $(DEMO_MODEL))
 	build/kiln ckpt --tiny $(DEMO_MODEL)
 
