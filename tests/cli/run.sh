@@ -92,6 +92,34 @@ pixels() {
     [ -n "$off" ] && tail -c +$((off - 3)) "$1"
 }
 
+# check_meta PNG WORKFLOW_JSON: (with python3 only) the PNG's tEXt chunks are exactly what
+# ComfyUI writes: "prompt" = json.dumps(prompt), "workflow" = json.dumps(extra_pnginfo.workflow)
+# (default separators, ASCII with \u escapes), and no other text chunks.
+check_meta() {
+    [ -x /usr/bin/python3 ] || return 0
+    /usr/bin/python3 - "$1" "$2" <<'EOF' || fail "$1: metadata differs from ComfyUI's"
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+body = json.load(open(sys.argv[2], encoding="utf-8"))
+prompt = body.get("prompt", body)
+want = {"prompt": json.dumps(prompt)}
+for k, v in body.get("extra_data", {}).get("extra_pnginfo", {}).items():
+    want[k] = json.dumps(v)
+got, i = {}, 8
+while i < len(data):
+    n, kind = struct.unpack(">I4s", data[i:i + 8])
+    if kind in (b"tEXt", b"iTXt", b"zTXt"):
+        assert kind == b"tEXt", "text chunk of type %r" % kind
+        k, v = data[i + 8:i + 8 + n].split(b"\0", 1)
+        got[k.decode("latin-1")] = v.decode("latin-1")
+    i += 12 + n
+for k in sorted(set(want) | set(got)):
+    if got.get(k) != want.get(k):
+        print("chunk %r: got %r..., expected %r..." % (k, (got.get(k) or "")[:300], (want.get(k) or "")[:300]))
+        sys.exit(1)
+EOF
+}
+
 t_start=$SECONDS
 
 # ---- usage ----
@@ -129,24 +157,7 @@ if run_ok txt2img "$WF/txt2img.json"; then
     grep -q '"class_type": "KSampler"' <<<"$prompt" || fail "$png: prompt chunk lacks the KSampler node"
     workflow=$(text_chunk $png workflow)
     grep -q 'workflow-chunk-marker' <<<"$workflow" || fail "$png: workflow chunk is not extra_pnginfo.workflow"
-    if [ -x /usr/bin/python3 ]; then
-        # independent parse of the chunks: both must be JSON equal to what we sent
-        /usr/bin/python3 - "$png" "$WF/txt2img.json" <<'EOF' || fail "$png: metadata does not match the request"
-import json, struct, sys
-data = open(sys.argv[1], "rb").read()
-body = json.load(open(sys.argv[2]))
-text, i = {}, 8
-while i < len(data):
-    n, kind = struct.unpack(">I4s", data[i:i + 8])
-    if kind == b"tEXt":
-        k, v = data[i + 8:i + 8 + n].split(b"\0", 1)
-        text[k.decode("latin-1")] = v.decode("latin-1")
-    i += 12 + n
-assert json.loads(text["prompt"]) == body["prompt"], "prompt chunk differs"
-assert json.loads(text["workflow"]) == body["extra_data"]["extra_pnginfo"]["workflow"], "workflow chunk differs"
-assert json.loads(text["prompt"])["3"]["inputs"]["seed"] == 42
-EOF
-    fi
+    check_meta $png "$WF/txt2img.json"
     cp $png input/source.png # for LoadImage below
 fi
 
@@ -171,6 +182,7 @@ fi
 if run_ok bare "$WF/bare_two_saves.json"; then
     expect_stdout bare output/bare_00001_.png output/sub/name_00001_.png
     check_png output/bare_00001_.png 64 64
+    check_meta output/bare_00001_.png "$WF/bare_two_saves.json"
     check_png output/sub/name_00001_.png 64 64
     cmp -s output/bare_00001_.png output/sub/name_00001_.png || fail "the two SaveImage of one image differ"
     grep -aq 'tEXtprompt' output/bare_00001_.png || fail "bare prompt: no prompt chunk"
@@ -186,6 +198,31 @@ fi
 if [ -s input/source.png ] && run_ok features "$WF/img2img_features.json"; then
     expect_stdout features output/features_00001_.png
     check_png output/features_00001_.png 128 128
+    check_meta output/features_00001_.png "$WF/img2img_features.json"
+fi
+
+# a long prompt (several 77-token chunks) with weights, escapes, non-ASCII text and an embedding
+# reference, batch_size 2: two files with different noise; the prompt chunk is ASCII with \u escapes
+if run_ok text "$WF/text_batch.json"; then
+    expect_stdout text output/text_00001_.png output/text_00002_.png
+    check_png output/text_00001_.png 64 64
+    check_png output/text_00002_.png 64 64
+    cmp -s <(pixels output/text_00001_.png) <(pixels output/text_00002_.png) &&
+        fail "the two images of a batch have the same pixels"
+    grep -aqF 'caf\u00e9 \u65e5\u672c\u8a9e \ud83c\udf89 \"quoted\" \\backslash\nnew line' output/text_00001_.png ||
+        fail "prompt chunk: non-ASCII text not written as json.dumps does"
+    check_meta output/text_00001_.png "$WF/text_batch.json"
+fi
+
+# LoadImage 128x64 -> ImageScale 100x70 -> VAEEncode (crops to 96x64 as ComfyUI) -> VAEDecode;
+# PreviewImage writes to temp/ with a random ComfyUI_temp_xxxxx_ prefix
+if [ -s input/source.png ] && run_ok vae "$WF/vae_roundtrip.json"; then
+    [ "$(sed -n 1p "$DIR/vae.out")" = output/vae_00001_.png ] || fail "vae: stdout $(cat "$DIR/vae.out")"
+    preview=$(sed -n 2p "$DIR/vae.out")
+    [[ $preview =~ ^temp/ComfyUI_temp_[a-z]{5}_00001_\.png$ ]] || fail "vae: preview file '$preview'"
+    [ "$(wc -l <"$DIR/vae.out")" = 2 ] || fail "vae: stdout $(cat "$DIR/vae.out")"
+    check_png output/vae_00001_.png 96 64
+    check_png "$preview" 100 70
 fi
 
 # explicit directories, from another working directory; paths printed as given
