@@ -103,10 +103,11 @@ static int read_file(const char *path, char **out, size_t *len, struct err *err)
         if (n == cap) buf = mem_realloc(buf, cap *= 2);
     }
     bool bad = ferror(f);
+    int e = errno;
     fclose(f);
     if (bad) {
         mem_free(buf);
-        return err_set(err, STATUS_ERR_IO, "cannot read workflow %s", path);
+        return err_set(err, STATUS_ERR_IO, "cannot read workflow %s: %s", path, strerror(e));
     }
     *out = buf;
     *len = n;
@@ -116,8 +117,10 @@ static int read_file(const char *path, char **out, size_t *len, struct err *err)
 /* Prints a ComfyUI validation error body as readable lines. */
 static void print_validation_error(const json_t *body) {
     const json_t *e = json_object_get(body, "error");
-    fprintf(stderr, "kiln: invalid workflow: %s", json_string_value(json_object_get(e, "message")));
+    const char *message = json_string_value(json_object_get(e, "message"));
+    fprintf(stderr, "kiln: invalid workflow: %s", message);
     const char *details = json_string_value(json_object_get(e, "details"));
+    if (details && message && strcmp(details, message) == 0) details = NULL; /* "No prompt provided" twice */
     fprintf(stderr, "%s%s\n", details && *details ? ": " : "", details && *details ? details : "");
     const char *id;
     json_t *ne;
