@@ -92,9 +92,12 @@ static int run_load_image(struct node_run *ctx, const struct value *in, struct v
     struct png_image png;
     int rc = png_read(path, &png, err);
     if (rc == STATUS_ERR_FORMAT) {
+        char why[sizeof err->msg]; /* keep the decoder's reason: a damaged PNG is not "not a PNG" */
+        snprintf(why, sizeof why, "%s", err->msg);
         err_clear(err);
         node_set_exception_type(ctx, "PIL.UnidentifiedImageError");
-        return err_set(err, STATUS_ERR_UNSUPPORTED, "cannot load image '%s': only PNG files are supported", in[0].s);
+        return err_set(err, STATUS_ERR_UNSUPPORTED, "cannot load image '%s': %s (only PNG files are supported)", in[0].s,
+                       why);
     }
     if (rc) return rc;
     int64_t h = png.h, w = png.w;
