@@ -55,10 +55,9 @@ variant() {
 # be32 FILE OFFSET: the big-endian u32 at OFFSET.
 be32() {
     local b
-    b=$(od -An -tu1 -j "$2" -N 4 "$1")
-    set -- $b
-    [ $# = 4 ] || { echo -1; return; }
-    echo $((($1 << 24) | ($2 << 16) | ($3 << 8) | $4))
+    read -r -a b < <(od -An -tu1 -j "$2" -N 4 "$1")
+    [ "${#b[@]}" = 4 ] || { echo -1; return; }
+    echo $(((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]))
 }
 
 # check_png FILE WIDTH HEIGHT: PNG signature, IHDR first with these dimensions, 8-bit RGB.
@@ -70,7 +69,7 @@ check_png() {
     local w h
     w=$(be32 "$f" 16)
     h=$(be32 "$f" 20)
-    [ "$w" = "$2" ] && [ "$h" = "$3" ] || fail "$f: ${w}x$h, expected $2x$3"
+    if [ "$w" != "$2" ] || [ "$h" != "$3" ]; then fail "$f: ${w}x$h, expected $2x$3"; fi
     # bit depth 8, colour type 2 (RGB), as ComfyUI's PIL save of an RGB image
     [ "$(od -An -tu1 -j 24 -N 2 "$f" | tr -s ' ')" = " 8 2" ] || fail "$f: not 8-bit RGB"
 }
@@ -123,8 +122,7 @@ EOF
 t_start=$SECONDS
 
 # ---- usage ----
-"$KILN" run --help >"$DIR/help.out" 2>&1
-[ $? = 0 ] || fail "kiln run --help: non-zero exit"
+"$KILN" run --help >"$DIR/help.out" 2>&1 || fail "kiln run --help: non-zero exit"
 grep -q "usage: kiln run" "$DIR/help.out" || fail "kiln run --help prints no usage"
 for args in "" "--models-dir" "--bogus x.json" "a.json b.json" "--output-dir"; do
     # shellcheck disable=SC2086
@@ -212,6 +210,13 @@ if run_ok text "$WF/text_batch.json"; then
     grep -aqF 'caf\u00e9 \u65e5\u672c\u8a9e \ud83c\udf89 \"quoted\" \\backslash\nnew line' output/text_00001_.png ||
         fail "prompt chunk: non-ASCII text not written as json.dumps does"
     check_meta output/text_00001_.png "$WF/text_batch.json"
+fi
+
+# LoadImage -> SaveImage: u8 -> /255 -> *255 -> u8 is exact, so the pixels come back unchanged
+if [ -s input/source.png ] && run_ok copy "$WF/load_save.json"; then
+    expect_stdout copy output/copy_00001_.png
+    check_png output/copy_00001_.png 128 64
+    cmp -s <(pixels input/source.png) <(pixels output/copy_00001_.png) || fail "LoadImage -> SaveImage changed the pixels"
 fi
 
 # LoadImage 128x64 -> ImageScale 100x70 -> VAEEncode (crops to 96x64 as ComfyUI) -> VAEDecode;
