@@ -88,6 +88,17 @@ void nn_loader_deinit(struct nn_loader *ld) {
     ld->n = ld->cap = 0;
 }
 
+/* The stored shape equals the expected one up to trailing dims of size 1 (a 1x1 conv stored
+ * as [O, C], a Linear stored as [O, C, 1, 1]). */
+static bool shape_matches(const struct ckpt_tensor *t, int ndim, const int64_t *shape) {
+    int n = t->ndim > ndim ? t->ndim : ndim;
+    for (int i = 0; i < n; i++) {
+        int64_t a = i < t->ndim ? t->shape[i] : 1, b = i < ndim ? shape[i] : 1;
+        if (a != b) return false;
+    }
+    return true;
+}
+
 static void vbind(struct nn_loader *ld, struct nn_weight *w, bool required, int ndim, const int64_t *shape,
                   const char *fmt, va_list ap) {
     memset(w, 0, sizeof *w);
@@ -101,11 +112,7 @@ static void vbind(struct nn_loader *ld, struct nn_weight *w, bool required, int 
         ld->rc = err_set(ld->err, STATUS_ERR_FORMAT, "checkpoint %s has no tensor '%s'", ld->ck->path, name);
         return;
     }
-    int64_t want = 1;
-    for (int i = 0; i < ndim; i++) want *= shape[i];
-    bool same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
-    if (!same && ckpt_tensor_numel(t) != want) {
+    if (!shape_matches(t, ndim, shape)) {
         char got[128] = "", exp[128] = "";
         size_t o = 0;
         for (int i = 0; i < t->ndim && o < sizeof got; i++)

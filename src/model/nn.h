@@ -72,8 +72,8 @@ void nn_loader_init(struct nn_loader *ld, const struct ckpt *ck, struct backend 
                     struct err *err);
 void nn_loader_deinit(struct nn_loader *ld);
 
-/* Binds key prefix+name. shape[] (ndim entries) is the expected shape; a tensor stored with
- * trailing 1-dims (1x1 conv stored as [O, C]) is accepted when the element count matches.
+/* Binds key prefix+name. shape[] (ndim entries) is the expected shape; the stored shape must
+ * equal it up to trailing dims of size 1 (a 1x1 conv stored as [O, C] is accepted).
  * With required false, a missing key leaves w->data NULL. */
 void nn_bind(struct nn_loader *ld, struct nn_weight *w, bool required, int ndim, const int64_t *shape,
              const char *fmt, ...) __attribute__((format(printf, 6, 7)));
