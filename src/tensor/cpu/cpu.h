@@ -3,7 +3,7 @@
  * Threads: the worker that owns the backend; kernels parallelise inside with OpenMP.
  * Every entry computes dst from dst->src[] and dst->ip/fp (see tensor.h for each op's
  * contract), in fp32, and returns 0 or a negative status (with a message in err).
- * Files: elementwise.c (add .. geglu), matmul.c (linear), conv.c, norm.c, attention.c,
+ * Files: elementwise.c (add .. geglu), matmul.c (linear), conv.c, norm.c, attention.c (+ _avx512),
  * layout.c (transpose, upsample, concat, get_rows), vec.c + vec_avx2.c (vector maths),
  * work.c (the kernels' scratch buffer), blas.c (OpenBLAS's kernel choice and threads). */
 #ifndef KILN_CPU_H
@@ -76,6 +76,7 @@ void cpu__gemm_grid(int64_t m, int64_t n, int64_t tasks, int64_t min_m, int64_t 
 enum cpu_simd {
     CPU_SIMD_SCALAR, /* portable C with libm */
     CPU_SIMD_AVX2,   /* AVX2 + FMA intrinsics */
+    CPU_SIMD_AVX512, /* AVX-512F (+ DQ) as well: the attention kernels of attention_avx512.c */
 };
 
 /* The level the kernels use now: the best the CPU has, unless forced. */
@@ -109,6 +110,21 @@ float cpu__max_avx2(const float *x, int64_t n);
 double cpu__exp_sum_avx2(float *x, int64_t n, float shift);
 double cpu__sum_avx2(const float *x, int64_t n);
 double cpu__sumsq_dev_avx2(const float *x, int64_t n, float mean);
+
+/* ===== Attention (attention.c, attention_avx512.c) ===== */
+
+/* One ATTENTION node, unpacked: q [nb, nq, c], k and v [nb, nk, c], out [nb, nq, c]. */
+struct cpu_attn {
+    const float *q, *k, *v;
+    float *out;
+    int64_t nb, nq, nk, c; /* batch, queries, keys, channels */
+    int64_t heads, d;      /* c = heads * d */
+    bool causal;           /* query i sees keys 0..i */
+    float scale;           /* 1 / sqrt(d) */
+};
+
+/* The AVX-512 path (call only when cpu__simd() >= CPU_SIMD_AVX512). */
+int cpu__attention_avx512(struct cpu_ctx *ctx, const struct cpu_attn *a, struct err *err);
 
 /* ===== Helpers for the kernels ===== */
 

@@ -13,7 +13,10 @@ static int simd_forced = -1; /* test hook; -1 = detect */
 
 static enum cpu_simd simd_detect(void) {
 #if defined(__x86_64__) || defined(__i386__)
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CPU_SIMD_AVX2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) return CPU_SIMD_AVX512;
+        return CPU_SIMD_AVX2;
+    }
 #endif
     return CPU_SIMD_SCALAR;
 }
@@ -26,7 +29,7 @@ void cpu__simd_force(int level) {
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-#define AVX2() (cpu__simd() == CPU_SIMD_AVX2)
+#define AVX2() (cpu__simd() >= CPU_SIMD_AVX2)
 #else
 #define AVX2() 0
 #endif

@@ -529,6 +529,9 @@ static void attention_case(struct fx *f, int64_t bn, int64_t nq, int64_t nk, int
 
 static void test_attention(void **state) {
     struct fx *f = *state;
+    /* every SIMD level: below AVX-512 the sgemm path, at AVX-512 the register-tiled kernels */
+    for (int level = CPU_SIMD_SCALAR; level <= (int)cpu__simd(); level++) {
+    cpu__simd_force(level);
     attention_case(f, 2, 13, 13, 16, 2, false);   /* self-attention */
     attention_case(f, 2, 37, 19, 32, 4, false);   /* cross-attention, Nq != Nk */
     attention_case(f, 2, 64, 77, 40, 1, false);   /* SD cross-attention, 77 tokens */
@@ -538,6 +541,11 @@ static void test_attention(void **state) {
     attention_case(f, 1, 300, 300, 24, 3, true);  /* causal over several blocks */
     attention_case(f, 1, 256, 256, 64, 1, false); /* one head, wide (VAE mid-block style) */
     attention_case(f, 2, 1, 1, 8, 8, false);      /* d = 1, single token */
+    attention_case(f, 1, 50, 70, 160, 2, false);  /* d = 80: two channel chunks, the last one short */
+    attention_case(f, 1, 31, 64, 320, 2, true);   /* d = 160, causal, keys exactly one tile */
+    attention_case(f, 2, 7, 129, 48, 1, false);   /* keys one past two tiles */
+    }
+    cpu__simd_force(-1);
     /* large scores: softmax must subtract the row max (exp(80) overflows nothing in double) */
     begin(f);
     float *q, *k, *v;
