@@ -263,22 +263,23 @@ static struct tensor *st_forward(struct tctx *c, const struct unet_st *st, struc
     return op_add(c, h, x);
 }
 
+/* One TimestepEmbedSequential. An Upsample resizes to `up_to` (the skip tensor it will be
+ * concatenated with next, as ComfyUI passes output_shape), so any latent size works. */
 static struct tensor *block_forward(struct tctx *c, const struct unet_block *b, struct tensor *h,
-                                    struct tensor *emb_silu, struct tensor *context) {
+                                    struct tensor *emb_silu, struct tensor *context, const struct tensor *up_to) {
     if (b->has_res) h = res_forward(c, &b->res, h, emb_silu);
     if (b->has_st) h = st_forward(c, &b->st, h, context);
     if (b->has_down) h = nn_conv(c, &b->down, h, 2, 1);
-    if (b->has_up) h = nn_conv(c, &b->up, op_upsample_nearest(c, h, 2), 1, 1);
+    if (b->has_up && h) {
+        h = up_to ? op_upsample_nearest_to(c, h, up_to->shape[2], up_to->shape[3]) : op_upsample_nearest(c, h, 2);
+        h = nn_conv(c, &b->up, h, 1, 1);
+    }
     return h;
 }
 
 struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor *x, struct tensor *t_emb,
                             struct tensor *context) {
     if (!x || !t_emb || !context) return tctx_fail(c, STATUS_ERR_INVALID, "unet_forward: missing input");
-    int64_t mult = (int64_t)1 << (m->config.n_levels - 1);
-    if (x->shape[2] % mult || x->shape[3] % mult)
-        return tctx_fail(c, STATUS_ERR_INVALID, "latent %lldx%lld is not a multiple of %lld",
-                         (long long)x->shape[3], (long long)x->shape[2], (long long)mult);
 
     /* time embedding MLP; every ResBlock applies SiLU to it first, so do that once */
     struct tensor *emb = nn_linear(c, &m->time_embed_2, op_silu(c, nn_linear(c, &m->time_embed_0, t_emb))); // [B, T]
@@ -289,7 +290,7 @@ struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor 
     struct tensor *h = nn_conv(c, &m->conv_in, x, 1, 1); // [B, mc, H, W]
     hs[n_hs++] = h;
     for (int i = 0; i < m->n_in; i++) {
-        h = block_forward(c, &m->in[i], h, emb_silu, context);
+        h = block_forward(c, &m->in[i], h, emb_silu, context, NULL);
         hs[n_hs++] = h;
     }
     h = res_forward(c, &m->mid_res1, h, emb_silu);
@@ -297,7 +298,7 @@ struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor 
     h = res_forward(c, &m->mid_res2, h, emb_silu);
     for (int i = 0; i < m->n_out; i++) {
         h = op_concat(c, h, hs[--n_hs], 1); // [B, ch + skip, H, W]
-        h = block_forward(c, &m->out[i], h, emb_silu, context);
+        h = block_forward(c, &m->out[i], h, emb_silu, context, n_hs > 0 ? hs[n_hs - 1] : NULL);
     }
     h = nn_group_norm(c, &m->out_norm, h, GROUPS, RES_EPS, true);
     return nn_conv(c, &m->out_conv, h, 1, 1); // [B, out, H, W]

@@ -79,7 +79,8 @@ void unet_deinit(struct unet *m);
 void unet_timestep_embedding(float t, int dim, float *out);
 
 /* Records eps = UNet(x, t, context): x [B, in, H, W], t_emb [B, mc] (timestep embedding),
- * context [B, N, context_dim] -> [B, out, H, W]. H and W must be multiples of 2^(levels-1). */
+ * context [B, N, context_dim] -> [B, out, H, W]. Any H and W >= 1 (downsampling rounds up and
+ * upsampling resizes to the matching skip tensor, as ComfyUI does). */
 struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor *x, struct tensor *t_emb,
                             struct tensor *context);
 

@@ -78,13 +78,17 @@ struct tensor *op_concat(struct tctx *c, struct tensor *a, struct tensor *b, int
     return t;
 }
 
+struct tensor *op_upsample_nearest_to(struct tctx *c, struct tensor *a, int64_t h, int64_t w) {
+    NEED(c, a);
+    if (a->ndim != 4 || h < 1 || w < 1) return tctx_fail(c, STATUS_ERR_INVALID, "upsample needs NCHW and a size >= 1");
+    int64_t s[4] = {a->shape[0], a->shape[1], h, w};
+    return node(c, OP_UPSAMPLE_NEAREST, a->dtype, 4, s, a, NULL, NULL);
+}
+
 struct tensor *op_upsample_nearest(struct tctx *c, struct tensor *a, int factor) {
     NEED(c, a);
-    if (a->ndim != 4 || factor < 1) return tctx_fail(c, STATUS_ERR_INVALID, "upsample needs NCHW and factor >= 1");
-    int64_t s[4] = {a->shape[0], a->shape[1], a->shape[2] * factor, a->shape[3] * factor};
-    struct tensor *t = node(c, OP_UPSAMPLE_NEAREST, a->dtype, 4, s, a, NULL, NULL);
-    if (t) t->ip[0] = factor;
-    return t;
+    if (factor < 1) return tctx_fail(c, STATUS_ERR_INVALID, "upsample factor %d", factor);
+    return op_upsample_nearest_to(c, a, a->shape[2] * factor, a->shape[3] * factor);
 }
 
 struct tensor *op_get_rows(struct tctx *c, struct tensor *table, struct tensor *ids) {

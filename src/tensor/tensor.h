@@ -212,7 +212,10 @@ struct tensor *op_attention(struct tctx *c, struct tensor *q, struct tensor *k, 
                             bool causal);
 /* Swaps the last two dims: [.., M, N] -> [.., N, M]. */
 struct tensor *op_transpose(struct tctx *c, struct tensor *a);
-/* Nearest-neighbour upsampling of [B, C, H, W] by an integer factor ip[0]. */
+/* Nearest-neighbour resize of [B, C, H, W] to [B, C, h, w], as torch's "nearest":
+ * source index = min(floor(dst * (in / out)), in - 1), in float. The output shape is the
+ * only parameter. op_upsample_nearest scales by an integer factor. */
+struct tensor *op_upsample_nearest_to(struct tctx *c, struct tensor *a, int64_t h, int64_t w);
 struct tensor *op_upsample_nearest(struct tctx *c, struct tensor *a, int factor);
 /* Concatenates a and b along dim ip[0] (all other dims equal). */
 struct tensor *op_concat(struct tctx *c, struct tensor *a, struct tensor *b, int dim);

@@ -6,6 +6,7 @@
 #include "base/status.h"
 
 #include <omp.h>
+#include <math.h>
 #include <string.h>
 
 #define COPY_CHUNK ((int64_t)1 << 16) /* floats per task of a large copy (256 KiB) */
@@ -51,19 +52,38 @@ int cpu_op_upsample_nearest(struct cpu_ctx *ctx, struct tensor *dst, struct err 
     const struct tensor *ta = dst->src[0];
     const float *a = ta->data;
     float *y = dst->data;
-    int64_t f = dst->ip[0], w = ta->shape[3], rows = ta->shape[0] * ta->shape[1] * ta->shape[2];
-    int64_t wo = w * f;
+    int64_t h = ta->shape[2], w = ta->shape[3], ho = dst->shape[2], wo = dst->shape[3];
+    int64_t planes = ta->shape[0] * ta->shape[1];
+    if (ho % h == 0 && wo % w == 0 && ho / h == wo / w) { /* integer factor: row copies */
+        int64_t f = ho / h, rows = planes * h;
 #pragma omp parallel for schedule(static) if (rows * w * f * f >= CPU_PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) { /* input row r -> output rows r*f .. r*f + f-1 */
-        const float *restrict in = a + r * w;
-        float *restrict out = y + r * f * wo;
-        if (f == 2) {
-            for (int64_t x = 0; x < w; x++) out[2 * x] = out[2 * x + 1] = in[x];
-        } else {
-            for (int64_t x = 0; x < w; x++)
-                for (int64_t k = 0; k < f; k++) out[x * f + k] = in[x];
+        for (int64_t r = 0; r < rows; r++) { /* input row r -> output rows r*f .. r*f + f-1 */
+            const float *restrict in = a + r * w;
+            float *restrict out = y + r * f * wo;
+            if (f == 2) {
+                for (int64_t x = 0; x < w; x++) out[2 * x] = out[2 * x + 1] = in[x];
+            } else {
+                for (int64_t x = 0; x < w; x++)
+                    for (int64_t k = 0; k < f; k++) out[x * f + k] = in[x];
+            }
+            for (int64_t k = 1; k < f; k++) memcpy(out + k * wo, out, (size_t)wo * sizeof(float));
         }
-        for (int64_t k = 1; k < f; k++) memcpy(out + k * wo, out, (size_t)wo * sizeof(float));
+        return 0;
+    }
+    /* any size: torch's "nearest", src = min(floor(dst * (in / out)), in - 1) in float */
+    float sh = (float)h / (float)ho, sw = (float)w / (float)wo;
+#pragma omp parallel for schedule(static) if (planes * ho * wo >= CPU_PAR_MIN)
+    for (int64_t p = 0; p < planes; p++) {
+        for (int64_t oy = 0; oy < ho; oy++) {
+            int64_t iy = (int64_t)floorf((float)oy * sh);
+            if (iy > h - 1) iy = h - 1;
+            const float *restrict in = a + (p * h + iy) * w;
+            float *restrict out = y + (p * ho + oy) * wo;
+            for (int64_t ox = 0; ox < wo; ox++) {
+                int64_t ix = (int64_t)floorf((float)ox * sw);
+                out[ox] = in[ix > w - 1 ? w - 1 : ix];
+            }
+        }
     }
     return 0;
 }
