@@ -4,8 +4,8 @@
 Usage: nice /usr/bin/python3 tests/ref/bench_torch_unet.py [--threads N] [--warmup 1] [--repeats 3]
 Builds the full SD 1.5 UNet (the shapes of tests/data/sd15_keys.json, random fp32 weights made
 in memory, no file), and times sd_ref.unet_forward at latent 64x64, batch 2 (a CFG step),
-context [2,77,768], fp32. Prints seconds per UNet evaluation (median of --repeats after --warmup)
-and torch.get_num_threads(). --threads N calls torch.set_num_threads(N) first; without it the
+context [2,77,768], fp32. Prints seconds per UNet evaluation (median of --repeats after --warmup, wall clock, plus the
+process CPU time and the load average, since the machine may be shared) and torch.get_num_threads(). --threads N calls torch.set_num_threads(N) first; without it the
 torch default of the machine is used.
 """
 
@@ -61,19 +61,24 @@ def main():
     x = torch.randn(a.batch, 4, a.latent, a.latent, generator=g)
     ctx = torch.randn(a.batch, 77, 768, generator=g)
     ts = torch.full((a.batch,), 500.0)
-    times = []
+    times, cpu = [], []
+    load0 = os.getloadavg()[0]
     with torch.no_grad():
         for i in range(a.warmup + a.repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = sd_ref.unet_forward(W, x, ts, ctx)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if i >= a.warmup:
                 times.append(dt)
-            print(f"  run {i} ({'warm-up' if i < a.warmup else 'timed'}): {dt:.2f} s", flush=True)
+                cpu.append(dc)
+            print(f"  run {i} ({'warm-up' if i < a.warmup else 'timed'}): {dt:.2f} s wall, "
+                  f"{dc:.2f} s CPU, load {os.getloadavg()[0]:.2f}", flush=True)
     assert out.shape == x.shape and torch.isfinite(out).all()
     res = {
         "seconds_per_unet_eval_median": round(statistics.median(times), 3),
         "times_s": [round(t, 3) for t in times],
+        "cpu_s_median": round(statistics.median(cpu), 3),
+        "load_avg_1min_before_after": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "torch_num_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "unet_params": n_params,
