@@ -3,7 +3,9 @@
 #include "cli/cmd.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const struct {
     const char *name;
@@ -23,7 +25,20 @@ static int usage(FILE *f) {
     return f == stdout ? 0 : 2;
 }
 
+/* OpenMP threads of the CPU backend must sleep, not spin, between parallel regions: spinning
+ * threads fight OpenBLAS's own threads and other processes for the cores (a 3-step run went
+ * from 0.2 s to 2.4 s on a busy 2-core machine), and on GPU machines they would steal the
+ * cores that launch kernels. libgomp reads OMP_WAIT_POLICY only when it loads, so when the
+ * user has not chosen, set it and start again. */
+static void prefer_passive_openmp(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    execv("/proc/self/exe", argv);
+    /* exec failed (no /proc): carry on with the default policy */
+}
+
 int main(int argc, char **argv) {
+    prefer_passive_openmp(argv);
     if (argc < 2) return usage(stderr);
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) return usage(stdout);
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
