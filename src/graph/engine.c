@@ -89,6 +89,31 @@ void engine_deinit(struct engine *e) {
     tscratch_deinit(&e->scratch);
 }
 
+struct engine *engine_new_cpu(int threads, const char *models_dir, const char *tokenizer_dir) {
+    struct backend *be = backend_cpu_new(threads);
+    struct engine *e = be ? mem_try_calloc(1, sizeof *e) : NULL;
+    if (!e) {
+        backend_free(be);
+        return NULL;
+    }
+    engine_init(e, be, models_dir, tokenizer_dir);
+    return e;
+}
+
+void engine_free(struct engine *e) {
+    if (!e) return;
+    struct backend *be = e->backend;
+    engine_deinit(e);
+    backend_free(be);
+    mem_free(e);
+}
+
+bool engine_has_checkpoint(const struct engine *e, const char *path) {
+    for (int i = 0; i < e->n_loaded; i++)
+        if (strcmp(e->loaded[i]->sd->path, path) == 0) return true;
+    return false;
+}
+
 /* ===== Handles ===== */
 
 static void model_value_free(struct gobj *o) {

@@ -51,6 +51,15 @@ struct engine {
 void engine_init(struct engine *e, struct backend *be, const char *models_dir, const char *tokenizer_dir);
 void engine_deinit(struct engine *e); /* unloads every checkpoint */
 
+/* An engine on a CPU backend of its own (threads <= 0: every core), for callers above the
+ * tensor layer (sched/). Strings are borrowed. Free with engine_free, which also frees the
+ * backend. Returns NULL on host OOM. */
+struct engine *engine_new_cpu(int threads, const char *models_dir, const char *tokenizer_dir);
+void engine_free(struct engine *e); /* NULL is a no-op */
+
+/* Whether a checkpoint with this path is loaded now (for routing). */
+bool engine_has_checkpoint(const struct engine *e, const char *path);
+
 /* The checkpoint at path, loaded now or kept from before. Returns a new reference, or NULL
  * with err filled. */
 struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, struct err *err);
