@@ -6,7 +6,7 @@
  * ACCURACY. exp: Cody-Waite reduction to |r| <= ln2/2 and a degree-7 Taylor polynomial, within
  * 2 ulp on [-87.3, 88]; below -87.3 it returns 0, above 88 it saturates at exp(88).
  * erfc(z) = t exp(-z^2 + P(t)), t = 1/(1 + z/2), with P of degree 9 fitted by least squares to
- * log(erfc(z)/t) + z^2 on z in [0, 6] (our own fit): relative error < 2e-8 before rounding,
+ * log(erfc(z)/t) + z^2 on z in [0, 6] (our own fit; used up to 9.2, then 0): relative error < 2e-8 before rounding,
  * so GELU is within a few float ulps of the libm version. Tails (n % 8) go through a padded
  * 8-lane buffer, so every element gets the same arithmetic wherever it sits. */
 #include "tensor/cpu/cpu.h"
@@ -48,9 +48,12 @@ static inline __m256 xsigmoid8(__m256 x, __m256 k) {
 static inline __m256 silu8(__m256 x) { return xsigmoid8(x, _mm256_set1_ps(1.0f)); }
 static inline __m256 quick_gelu8(__m256 x) { return xsigmoid8(x, _mm256_set1_ps(1.702f)); }
 
-/* erfc(z) for z >= 0 (see the header comment for the fit) */
+/* erfc(z) for z >= 0 (see the header comment for the fit); 0 beyond 9.2, where erfc drops
+ * below the smallest normal float */
 static inline __m256 erfc8(__m256 z) {
-    z = _mm256_min_ps(z, _mm256_set1_ps(9.0f));
+    const __m256 zmax = _mm256_set1_ps(9.2f);
+    __m256 beyond = _mm256_cmp_ps(z, zmax, _CMP_GT_OQ);
+    z = _mm256_min_ps(z, zmax);
     __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(z, _mm256_set1_ps(0.5f), _mm256_set1_ps(1.0f)));
     __m256 p = _mm256_set1_ps(0.08272484326372667f);
     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.3296189881941875f));
@@ -62,7 +65,7 @@ static inline __m256 erfc8(__m256 z) {
     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.43598156528244636f));
     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.9922988456838882f));
     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.265098843485868f));
-    return _mm256_mul_ps(t, exp8(_mm256_fnmadd_ps(z, z, p)));
+    return _mm256_andnot_ps(beyond, _mm256_mul_ps(t, exp8(_mm256_fnmadd_ps(z, z, p))));
 }
 
 /* 0.5 x (1 + erf(x / sqrt 2)); 1 + erf(u) is 2 - erfc(|u|) for u >= 0 and erfc(|u|) below,

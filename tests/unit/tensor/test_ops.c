@@ -180,6 +180,12 @@ static void check_each(const char *what, const float *got, const double *ref, in
     }
 }
 
+/* The best SIMD level of this CPU (clears any forced level; loops then force each one). */
+static int simd_top(void) {
+    cpu__simd_force(-1);
+    return (int)cpu__simd();
+}
+
 /* ===== Reference maths (double) ===== */
 
 static double ref_silu(double x) { return x / (1.0 + exp(-x)); }
@@ -282,7 +288,7 @@ static void act_case(struct fx *f, enum act act, int ndim, const int64_t *shape,
 
 static void test_activations(void **state) {
     struct fx *f = *state;
-    for (int level = CPU_SIMD_SCALAR; level <= (int)cpu__simd(); level++) {
+    for (int level = CPU_SIMD_SCALAR, top = simd_top(); level <= top; level++) {
         cpu__simd_force(level);
         for (int act = ACT_SILU; act <= ACT_QUICK_GELU; act++) {
             act_case(f, act, SH(1003), -10, 10);               /* odd length: vector tail */
@@ -298,7 +304,7 @@ static void test_activations(void **state) {
 static void test_geglu(void **state) {
     struct fx *f = *state;
     const int64_t shapes[][3] = {{2, 7, 26}, {2, 64, 320}, {1, 3, 2}};
-    for (int level = CPU_SIMD_SCALAR; level <= (int)cpu__simd(); level++) {
+    for (int level = CPU_SIMD_SCALAR, top = simd_top(); level <= top; level++) {
         cpu__simd_force(level);
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             begin(f);
@@ -527,36 +533,42 @@ static void attention_case(struct fx *f, int64_t bn, int64_t nq, int64_t nk, int
     check_close(what, got, ref, bn * nq * c, 1e-5);
 }
 
-static void test_attention(void **state) {
-    struct fx *f = *state;
-    /* every SIMD level: below AVX-512 the sgemm path, at AVX-512 the register-tiled kernels */
-    for (int level = CPU_SIMD_SCALAR; level <= (int)cpu__simd(); level++) {
-    cpu__simd_force(level);
-    attention_case(f, 2, 13, 13, 16, 2, false);   /* self-attention */
-    attention_case(f, 2, 37, 19, 32, 4, false);   /* cross-attention, Nq != Nk */
-    attention_case(f, 2, 64, 77, 40, 1, false);   /* SD cross-attention, 77 tokens */
-    attention_case(f, 2, 21, 21, 24, 3, true);    /* causal (CLIP) */
-    attention_case(f, 1, 20, 12, 16, 2, true);    /* causal with Nq > Nk: late queries see all keys */
-    attention_case(f, 1, 300, 1024, 16, 2, false); /* several blocks, last one partial */
-    attention_case(f, 1, 300, 300, 24, 3, true);  /* causal over several blocks */
-    attention_case(f, 1, 256, 256, 64, 1, false); /* one head, wide (VAE mid-block style) */
-    attention_case(f, 2, 1, 1, 8, 8, false);      /* d = 1, single token */
-    attention_case(f, 1, 50, 70, 160, 2, false);  /* d = 80: two channel chunks, the last one short */
-    attention_case(f, 1, 31, 64, 320, 2, true);   /* d = 160, causal, keys exactly one tile */
-    attention_case(f, 2, 7, 129, 48, 1, false);   /* keys one past two tiles */
-    }
-    cpu__simd_force(-1);
-    /* large scores: softmax must subtract the row max (exp(80) overflows nothing in double) */
+/* Scores of 10000 and 12000: without subtracting each row's max first, exp overflows to inf
+ * and the output is NaN. Key 1 wins by 2000, so every output row is v's row 1. */
+static void attention_large_scores(struct fx *f) {
     begin(f);
     float *q, *k, *v;
     struct tensor *tq = in_rand(f, &q, SH(1, 4, 4), 0, 1);
     struct tensor *tk = in_rand(f, &k, SH(1, 3, 4), 0, 1);
     struct tensor *tv = in_rand(f, &v, SH(1, 3, 4), 0, 1);
     for (int i = 0; i < 16; i++) q[i] = 100.0f;
-    for (int i = 0; i < 12; i++) k[i] = (i / 4 == 1) ? 60.0f : 50.0f; /* key 1 wins by a mile */
+    for (int i = 0; i < 12; i++) k[i] = (i / 4 == 1) ? 60.0f : 50.0f;
     float *got = run(f, op_attention(&f->c, tq, tk, tv, 1, false));
     for (int i = 0; i < 4; i++)
         for (int e = 0; e < 4; e++) assert_float_equal(got[i * 4 + e], v[4 + e], 1e-6);
+}
+
+static void test_attention(void **state) {
+    struct fx *f = *state;
+    /* every SIMD level: below AVX-512 the sgemm path, at AVX-512 the register-tiled kernels */
+    for (int level = CPU_SIMD_SCALAR, top = simd_top(); level <= top; level++) {
+        cpu__simd_force(level);
+        attention_case(f, 2, 13, 13, 16, 2, false);    /* self-attention */
+        attention_case(f, 2, 37, 19, 32, 4, false);    /* cross-attention, Nq != Nk */
+        attention_case(f, 2, 100, 100, 320, 8, false); /* SD1 64x64 level shape: 8 heads of 40 */
+        attention_case(f, 2, 64, 77, 40, 1, false);    /* SD cross-attention, 77 tokens */
+        attention_case(f, 2, 21, 21, 24, 3, true);     /* causal (CLIP) */
+        attention_case(f, 1, 20, 12, 16, 2, true);     /* causal with Nq > Nk: late queries see all keys */
+        attention_case(f, 1, 300, 1024, 16, 2, false); /* several blocks, last one partial */
+        attention_case(f, 1, 300, 300, 24, 3, true);   /* causal over several blocks */
+        attention_case(f, 1, 256, 256, 64, 1, false);  /* one head, wide (VAE mid-block style) */
+        attention_case(f, 2, 1, 1, 8, 8, false);       /* d = 1, single token */
+        attention_case(f, 1, 50, 70, 160, 2, false);   /* d = 80: two channel chunks, the last one short */
+        attention_case(f, 1, 31, 64, 320, 2, true);    /* d = 160 (sgemm path), causal, one key tile */
+        attention_case(f, 2, 7, 129, 48, 1, false);    /* keys one past two tiles */
+        attention_large_scores(f);
+    }
+    cpu__simd_force(-1);
 }
 
 /* ===== TRANSPOSE, UPSAMPLE_NEAREST, CONCAT, GET_ROWS ===== */
@@ -741,7 +753,7 @@ static void test_vec_kernels(void **state) {
     x[16] = 0.0f;
     x[17] = -0.0f;
     for (int i = 0; i < N; i++) g[i] = (float)(-8 + 16 * urand(f));
-    for (int level = CPU_SIMD_SCALAR; level <= (int)cpu__simd(); level++) {
+    for (int level = CPU_SIMD_SCALAR, top = simd_top(); level <= top; level++) {
         cpu__simd_force(level);
         assert_int_equal(cpu__simd(), level);
         cpu__vec_silu(y, x, N);
@@ -801,7 +813,7 @@ static void test_vec_kernels(void **state) {
     }
     /* NaN goes through the activations */
     float nan_in[3] = {NAN, 1.0f, NAN}, nan_out[3];
-    for (int level = CPU_SIMD_SCALAR; level <= (int)cpu__simd(); level++) {
+    for (int level = CPU_SIMD_SCALAR, top = simd_top(); level <= top; level++) {
         cpu__simd_force(level);
         cpu__vec_silu(nan_out, nan_in, 3);
         assert_true(isnan(nan_out[0]) && isnan(nan_out[2]) && !isnan(nan_out[1]));
