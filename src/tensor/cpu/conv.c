@@ -81,8 +81,8 @@ static void im2col_row(const struct conv *cv, const float *xb, float *restrict r
 /* One wave: global output columns [g0, g1) of the B*P, either inside one image or covering
  * whole images. */
 struct wave {
-    int64_t g0, g1;
-    bool multi; /* spans several images: product goes to tmp, then is copied out */
+    int64_t g0, g1; /* output columns [g0, g1) of all B*P, image-major */
+    bool multi;     /* spans several images: product goes to tmp, then is copied out */
 };
 
 /* The block [o0, o0+oo) x [c0, c0+cc) of a wave's product (+ bias when written in place). */

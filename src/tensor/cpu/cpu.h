@@ -115,15 +115,16 @@ double cpu__sumsq_dev_avx2(const float *x, int64_t n, float mean);
 
 /* One ATTENTION node, unpacked: q [nb, nq, c], k and v [nb, nk, c], out [nb, nq, c]. */
 struct cpu_attn {
-    const float *q, *k, *v;
-    float *out;
-    int64_t nb, nq, nk, c; /* batch, queries, keys, channels */
-    int64_t heads, d;      /* c = heads * d */
-    bool causal;           /* query i sees keys 0..i */
-    float scale;           /* 1 / sqrt(d) */
+    const float *q, *k, *v; /* inputs (borrowed) */
+    float *out;             /* result (borrowed) */
+    int64_t nb, nq, nk, c;  /* batch, queries, keys, channels */
+    int64_t heads, d;       /* c = heads * d */
+    bool causal;            /* query i sees keys 0..i */
+    float scale;            /* 1 / sqrt(d) */
 };
 
-/* The AVX-512 path (call only when cpu__simd() >= CPU_SIMD_AVX512). */
+/* The AVX-512 path (call only when cpu__simd() >= CPU_SIMD_AVX512). Its scratch holds k^T and
+ * v of every head, about twice the size of k and v, plus one score block per thread. */
 int cpu__attention_avx512(struct cpu_ctx *ctx, const struct cpu_attn *a, struct err *err);
 
 /* ===== Helpers for the kernels ===== */

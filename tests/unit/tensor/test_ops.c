@@ -21,6 +21,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ===== Harness ===== */
@@ -740,6 +741,20 @@ static void test_unsupported_dtype(void **state) {
     assert_non_null(strstr(f->c.err.msg, "SILU"));
 }
 
+/* blas.c corrects OpenBLAS's kernel choice before main: on a CPU with AVX2 + FMA the kernels
+ * must be an AVX2 or AVX-512 set, never the SSE3 "Prescott" fallback of an unknown CPU model. */
+static void test_blas_core(void **state) {
+    (void)state;
+    const char *core = cpu__blas_core();
+    assert_non_null(core);
+    if (getenv("OPENBLAS_CORETYPE") || !__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) skip();
+    static const char *const good[] = {"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids"};
+    bool ok = false;
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) ok = ok || strcmp(core, good[i]) == 0;
+    if (!ok) print_error("OpenBLAS runs its \"%s\" kernels on an AVX2 CPU\n", core);
+    assert_true(ok);
+}
+
 /* ===== Vector maths, both SIMD levels, element by element ===== */
 
 static void test_vec_kernels(void **state) {
@@ -841,6 +856,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_conv_scratch_oom, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsupported_dtype, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vec_kernels, setup, teardown),
+        cmocka_unit_test(test_blas_core),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
