@@ -3,8 +3,8 @@
  * Threads: the worker that owns the backend; kernels parallelise inside with OpenMP.
  * Every entry computes dst from dst->src[] and dst->ip/fp (see tensor.h for each op's
  * contract), in fp32, and returns 0 or a negative status (with a message in err).
- * Files: elementwise.c (add .. geglu), matmul.c (linear), conv.c, norm.c, attention.c (+ _avx512),
- * layout.c (transpose, upsample, concat, get_rows), vec.c + vec_avx2.c (vector maths),
+ * Files: elementwise.c (add .. geglu), matmul.c (linear), conv.c (+ _winograd), norm.c,
+ * attention.c (+ _avx512), * layout.c (transpose, upsample, concat, get_rows), vec.c + vec_avx2.c (vector maths),
  * work.c (the kernels' scratch buffer), blas.c (OpenBLAS's kernel choice and threads). */
 #ifndef KILN_CPU_H
 #define KILN_CPU_H
@@ -110,6 +110,17 @@ float cpu__max_avx2(const float *x, int64_t n);
 double cpu__exp_sum_avx2(float *x, int64_t n, float shift);
 double cpu__sum_avx2(const float *x, int64_t n);
 double cpu__sumsq_dev_avx2(const float *x, int64_t n, float mean);
+
+/* ===== Convolution (conv.c, conv_winograd.c) ===== */
+
+/* Whether dst (a CONV2D node) is a 3x3, stride-1 conv with non-negative padding, which
+ * cpu__conv_winograd can compute. */
+bool cpu__conv_winograd_fits(const struct tensor *dst);
+/* CONV2D by Winograd F(2x2, 3x3); only for nodes where cpu__conv_winograd_fits. */
+int cpu__conv_winograd(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
+/* Test hook: -1 lets conv.c choose (Winograd for large enough 3x3 convs), 0 never uses
+ * Winograd, 1 uses it for every conv it fits. Not thread-safe, like cpu__simd_force. */
+void cpu__conv_force(int mode);
 
 /* ===== Attention (attention.c, attention_avx512.c) ===== */
 

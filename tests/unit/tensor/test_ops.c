@@ -399,6 +399,9 @@ static void conv_case(struct fx *f, const int64_t *xs, int64_t o, int64_t kh, in
 
 static void test_conv2d(void **state) {
     struct fx *f = *state;
+    /* each case twice: im2col everywhere, then Winograd wherever it fits (3x3, stride 1) */
+    for (int mode = 0; mode <= 1; mode++) {
+    cpu__conv_force(mode);
     conv_case(f, (int64_t[]){2, 5, 9, 11}, 7, 3, 3, 1, 1, 1, 1, 1, true);   /* ResBlock conv, odd sizes */
     conv_case(f, (int64_t[]){2, 5, 9, 11}, 7, 3, 3, 1, 1, 1, 1, 1, false);
     conv_case(f, (int64_t[]){1, 4, 8, 8}, 6, 3, 3, 2, 0, 0, 1, 1, true);    /* VAE downsample: pad right/bottom */
@@ -417,6 +420,11 @@ static void test_conv2d(void **state) {
     /* small images, several per wave: 3 images of 1600 positions, 2 fit a wave with K = 4608 */
     conv_case(f, (int64_t[]){3, 512, 40, 40}, 4, 3, 3, 1, 1, 1, 1, 1, true);
     conv_case(f, (int64_t[]){3, 16, 5, 5}, 4, 1, 1, 1, 0, 0, 0, 0, true); /* 1x1 over several images */
+    conv_case(f, (int64_t[]){2, 40, 33, 35}, 36, 3, 3, 1, 1, 1, 1, 1, true); /* odd sizes: partial tiles */
+    conv_case(f, (int64_t[]){1, 8, 9, 8}, 5, 3, 3, 1, 0, 2, 1, 0, false);    /* uneven padding */
+    conv_case(f, (int64_t[]){2, 64, 64, 64}, 64, 3, 3, 1, 1, 1, 1, 1, true); /* SD 64x64 level, narrow */
+    }
+    cpu__conv_force(-1);
 }
 
 /* ===== GROUP_NORM and LAYER_NORM ===== */
