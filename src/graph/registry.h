@@ -169,6 +169,12 @@ struct node_class {
     const struct node_hidden *hidden;    /* hidden inputs */
     const struct node_output *outputs;   /* RETURN_TYPES */
     int (*run)(struct node_run *ctx, const struct value *inputs, struct value *outputs, struct err *err);
+    /* IS_CHANGED (optional): a fingerprint of what the node reads besides its inputs (a file's
+     * contents), from its literal inputs in declaration order (linked inputs are VALUE_NONE).
+     * Output caches mix it into the node's key, so a changed file re-runs the node. Returns 0
+     * with the text in out[n], or a negative status when it cannot tell: the node is then never
+     * reused (ComfyUI's NaN). Runs on the worker thread before the prompt. */
+    int (*is_changed)(const struct graph_paths *paths, const struct value *inputs, char *out, size_t n);
 };
 
 /* What a running node sees. Filled by the executor; nodes read it and call the helpers below. */

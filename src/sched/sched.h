@@ -70,8 +70,12 @@ struct sched *sched_new(const struct sched_opts *opts, struct err *err);
 
 /* The event sink: called for every WebSocket event, from worker threads and from sched_*
  * calls. `client_id` NULL means broadcast to every socket; `type` is the event type ("status",
- * "executing", ...); `data` is the event's data object (a new reference the sink steals).
- * Set it before sched_start. */
+ * "executing", ...); `data` is the event's data object (a new reference the sink steals; no
+ * other thread holds any part of it). Set it before sched_start; it must stay callable until
+ * sched_free returns (a prompt interrupted by sched_free still reports). The sink may call
+ * the read-only sched_* functions (queue, history, metrics) but not sched_submit,
+ * sched_queue_clear or sched_queue_delete: "status" broadcasts are delivered under a lock
+ * that keeps them in order. */
 typedef void (*sched_event_fn)(void *user, const char *client_id, const char *type, json_t *data);
 void sched_set_event_sink(struct sched *s, sched_event_fn fn, void *user);
 
@@ -112,9 +116,15 @@ struct sched_ticket {
 int64_t sched_next_number(struct sched *s);
 
 /* Queues the prompt (number from sched_next_number's value for this POST, -counter when
- * front). Errors: STATUS_ERR_RANGE when target is not a device (err lists the devices),
- * STATUS_ERR_EXISTS when the prompt_id is already queued or running. On error the prompt
- * stays the caller's. Broadcasts a "status" event. */
+ * front). Errors: STATUS_ERR_RANGE when target is not a device (err lists the devices:
+ * "device 7 does not exist; devices: 0 (cpu:0 ...), 1 (...)") or the prompt_id is longer than
+ * 63 bytes, STATUS_ERR_EXISTS when the prompt_id is already queued or running,
+ * STATUS_ERR_INVALID while sched_free runs. On error the prompt stays the caller's; on success
+ * sub->prompt is set to NULL (the sched owns it). Broadcasts a "status" event.
+ * Automatic routing (target -1): the least expected wait, (pending + running) x the device's
+ * average run time (devices without history count the mean of the others, else 1 s); among
+ * devices within 10% of the best wait, the first whose engine already holds every checkpoint
+ * of the prompt's CheckpointLoaderSimple nodes; ties go to the lowest index. */
 int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, struct sched_ticket *out,
                  struct err *err);
 
@@ -141,8 +151,15 @@ void sched_queue_delete(struct sched *s, const char *prompt_id);
 void sched_interrupt(struct sched *s, const char *prompt_id, int device);
 
 /* POST /free: after its current prompt (at once when idle), a device unloads its models
- * (unload_models) and also drops its node output cache (free_memory). device -1 = all. */
+ * (unload_models) and also drops its node output cache (free_memory). device -1 = all.
+ * unload_models alone drops only the cached outputs that hold a checkpoint (MODEL, CLIP, VAE)
+ * so the checkpoints can go; the other cached outputs stay. */
 void sched_free_memory(struct sched *s, int device, bool unload_models, bool free_memory);
+
+/* For a WebSocket (re)connect of `client_id`: when a prompt of that client is running, copies
+ * the id of the node it is executing into node[n] and returns true (ComfyUI then sends
+ * {"type": "executing", "data": {"node": id}}). */
+bool sched_client_running_node(struct sched *s, const char *client_id, char *node, size_t n);
 
 /* ===== History ===== */
 
@@ -162,7 +179,8 @@ void sched_history_delete(struct sched *s, const char *prompt_id);
 char *sched_metrics_text(struct sched *s);
 
 /* The per-device log line "[GPU i] tasks=…, success=…%, queue=…, wait=…ms, exec=…ms, oom=…"
- * (CPU devices say "[CPU i]") into buf. */
+ * (CPU devices say "[CPU i]") into buf: finished prompts, the share that succeeded, the
+ * average number of prompts ahead when one was queued, average wait and run times. */
 void sched_metrics_line(struct sched *s, int device, char *buf, size_t n);
 
 #endif

@@ -1,0 +1,137 @@
+/* sched/internal.h -- what the files of sched/ share: the sched, device and item structs and
+ * the sched__ functions between them. Not for other layers (tests may include it).
+ * Owns: nothing at run time; declarations only.
+ * Threads: fields say which lock guards them ("mu" = sched->mu; "worker" = only the
+ * device's worker thread, or any thread before sched_start / after the join). */
+#ifndef KILN_SCHED_INTERNAL_H
+#define KILN_SCHED_INTERNAL_H
+
+#include "sched/sched.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+struct engine;
+struct graph_cache;
+
+/* ===== One queued or running prompt ===== */
+
+struct sched_item {
+    char *prompt_id;                     /* owned */
+    char *client_id;                     /* owned, or NULL */
+    double number;                       /* priority (heap order: number, then prompt_id) */
+    int64_t inumber;                     /* the same, exactly, when number_is_int */
+    bool number_is_int;                  /* server-assigned (int) or the client's (float) */
+    struct graph_prompt *prompt;         /* owned; read by the worker while it runs */
+    json_t *extra_data;                  /* owned full copy (sensitive keys kept) for the executor */
+    json_t *tuple;                       /* [number, id, prompt, extra_data, outputs] as /queue and
+                                            /history show it (sensitive keys removed); mu */
+    double t_queued;                     /* clock_now() at submit, in s */
+    double t_started;                    /* clock_now() when the worker took it, in s */
+    int device;                          /* index of its device */
+};
+
+void sched__item_free(struct sched_item *it); /* NULL is a no-op */
+
+/* ===== Per-device figures ===== */
+
+#define SCHED_BUCKETS 12 /* histogram buckets (seconds), see metrics.c */
+extern const double SCHED_BUCKET_BOUNDS[SCHED_BUCKETS];
+
+struct sched_metrics {
+    uint64_t submitted;                  /* prompts queued on the device */
+    uint64_t tasks;                      /* prompts finished (any outcome) */
+    uint64_t successes;
+    uint64_t failures;                   /* execution_error (OOMs included) */
+    uint64_t ooms;                       /* failures with STATUS_ERR_OOM_DEVICE */
+    uint64_t interrupts;                 /* execution_interrupted */
+    uint64_t cache_hits;                 /* nodes served from the output cache */
+    double wait_sum;                     /* queued -> started, in s */
+    double exec_sum;                     /* started -> finished, in s */
+    uint64_t wait_bucket[SCHED_BUCKETS]; /* cumulative counts of wait <= bound */
+    uint64_t exec_bucket[SCHED_BUCKETS]; /* cumulative counts of exec <= bound */
+    double depth_sum;                    /* prompts ahead (pending + running) at each submit */
+};
+
+/* ===== A device: queue, worker, engine ===== */
+
+struct sched_device {
+    struct sched *s;                     /* back pointer */
+    int index;                           /* position in the list (X-TARGET-GPU value) */
+    enum sched_device_kind kind;
+    char name[128];                      /* "cpu:0 <model name>" */
+    uint64_t mem_total;                  /* bytes */
+    struct engine *engine;               /* worker: backend, checkpoints, activations */
+    struct graph_cache *cache;           /* worker: node outputs between prompts */
+    pthread_t thread;
+    bool started;                        /* thread created (joined in sched_free) */
+    pthread_cond_t wake;                 /* with mu: a prompt was queued, /free or stop */
+    struct sched_item **heap;            /* mu: binary min-heap, ComfyUI's raw list order */
+    int n_heap, cap_heap;                /* mu */
+    struct sched_item *running;          /* mu: the prompt being run, or NULL */
+    char running_node[256];              /* mu: node id last sent as executing ("" none) */
+    atomic_bool interrupt;               /* any thread sets; the worker clears at prompt start */
+    bool flag_unload;                    /* mu: /free unload_models pending */
+    bool flag_free;                      /* mu: /free free_memory pending */
+    char **ckpts;                        /* mu: checkpoint paths the engine holds (snapshot) */
+    int n_ckpts;                         /* mu */
+    struct sched_metrics m;              /* mu */
+    uint64_t since_log;                  /* worker: prompts since the last metrics line */
+};
+
+struct sched {
+    struct sched_opts opts;              /* copy (strings borrowed) */
+    pthread_mutex_t mu;                  /* queues, running, history, ids, metrics */
+    pthread_mutex_t emit_mu;             /* serialises "status" broadcasts (see sched.c) */
+    sched_event_fn sink;                 /* set before sched_start */
+    void *sink_user;
+    struct sched_device dev[SCHED_MAX_DEVICES];
+    int n_dev;
+    json_t *ids;                         /* mu: {prompt_id: device} of queued and running prompts */
+    json_t *history;                     /* mu: {prompt_id: entry}, completion order */
+    int64_t counter;                     /* mu: PromptServer.number */
+    bool stopping;                       /* mu: sched_free began */
+    double t_start;                      /* clock_now() at sched_new, in s */
+};
+
+/* ===== Heap (heap.c); caller holds mu ===== */
+
+/* ComfyUI's tuple order: number, then prompt_id. Negative when a runs first. */
+int sched__item_cmp(const struct sched_item *a, const struct sched_item *b);
+void sched__heap_push(struct sched_device *d, struct sched_item *it);
+struct sched_item *sched__heap_pop(struct sched_device *d);   /* NULL when empty */
+/* Removes the item at heap index i and returns it (heapq's "remove + heapify"). */
+struct sched_item *sched__heap_remove_at(struct sched_device *d, int i);
+
+/* ===== Events and history (sched.c, history.c, worker.c) ===== */
+
+/* Hands one event to the sink (steals data). NULL client_id = broadcast. */
+void sched__emit(struct sched *s, const char *client_id, const char *type, json_t *data);
+/* Broadcasts {"status": {"exec_info": {"queue_remaining": N}}} with N taken now. Call
+ * without holding mu. */
+void sched__emit_status(struct sched *s);
+/* pending + running; caller holds mu. */
+int sched__remaining_locked(struct sched *s, int device);
+/* Stores a finished prompt's entry (steals it); evicts the oldest beyond history_max. Caller
+ * holds mu. */
+void sched__history_put(struct sched *s, const char *prompt_id, json_t *entry);
+
+/* The worker thread's body (worker.c). */
+void *sched__worker_main(void *device);
+
+/* ===== Devices (device.c) ===== */
+
+/* "cpu:<i> <model name from /proc/cpuinfo>" into name[n]. */
+void sched__cpu_name(int index, char *name, size_t n);
+uint64_t sched__host_mem_total(void);   /* bytes */
+uint64_t sched__host_mem_free(void);    /* bytes (MemAvailable) */
+/* A fresh uuid4, lowercase hyphenated, into out[37]. */
+void sched__uuid4(char out[37]);
+
+/* ===== Test hooks ===== */
+
+/* Replaces device d's snapshot of loaded checkpoint paths (what routing prefers), as the worker
+ * does after each prompt. Takes mu. */
+void sched__device_set_checkpoints(struct sched *s, int d, const char *const *paths, int n);
+
+#endif

@@ -1,0 +1,467 @@
+/* sched/sched.c -- the scheduler's public face: devices, routing, queues, interrupts, /free.
+ * Owns: struct sched (devices, their heaps, the prompt id index, the counter), the items
+ * until a worker takes them.
+ * Must not: run prompts (worker.c), format history (history.c) or metrics (metrics.c).
+ * Threads: every function here may run on any thread (HTTP threads); each takes sched->mu.
+ * Ownership: json_t results are new references, built from copies made under the lock.
+ *
+ * DESIGN. One mutex guards all queues, so routing sees every device's depth at once and a
+ * prompt moves from a heap to `running` to history atomically. Status broadcasts take a
+ * second lock (emit_mu) and read queue_remaining inside it, so broadcasts from several
+ * threads reach the sink in an order whose last message carries the current count. */
+#include "sched/internal.h"
+
+#include "base/base.h"
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/mem.h"
+#include "base/status.h"
+#include "graph/cache.h"
+#include "graph/engine.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* extra_data keys never shown in /queue or /history (ComfyUI's SENSITIVE_EXTRA_DATA_KEYS) */
+static const char *const SENSITIVE_KEYS[] = {"auth_token_comfy_org", "api_key_comfy_org", NULL};
+
+#define DEFAULT_EXEC_S 1.0  /* expected run time of a device without history, in s */
+#define ROUTE_SLACK 0.10    /* waits within 10% of the best count as equal for checkpoint reuse */
+
+/* ===== Items ===== */
+
+void sched__item_free(struct sched_item *it) {
+    if (!it) return;
+    mem_free(it->prompt_id);
+    mem_free(it->client_id);
+    graph_prompt_free(it->prompt);
+    json_decref(it->extra_data);
+    json_decref(it->tuple);
+    mem_free(it);
+}
+
+/* The 5-tuple [number, prompt_id, prompt, extra_data, outputs_to_execute] of a new item. */
+static json_t *item_tuple(const struct sched_item *it) {
+    json_t *t = json_array();
+    json_array_append_new(t, it->number_is_int ? json_integer(it->inumber) : json_real(it->number));
+    json_array_append_new(t, json_string(it->prompt_id));
+    json_array_append_new(t, json_deep_copy(it->prompt->json));
+    json_t *extra = json_deep_copy(it->extra_data);
+    for (int i = 0; SENSITIVE_KEYS[i]; i++) json_object_del(extra, SENSITIVE_KEYS[i]);
+    json_array_append_new(t, extra);
+    json_array_append_new(t, graph_prompt_outputs_json(it->prompt));
+    return t;
+}
+
+/* ===== Events ===== */
+
+void sched__emit(struct sched *s, const char *client_id, const char *type, json_t *data) {
+    if (s->sink) s->sink(s->sink_user, client_id, type, data);
+    else json_decref(data);
+}
+
+int sched__remaining_locked(struct sched *s, int device) {
+    int n = 0;
+    for (int i = 0; i < s->n_dev; i++) {
+        if (device >= 0 && i != device) continue;
+        n += s->dev[i].n_heap + (s->dev[i].running ? 1 : 0);
+    }
+    return n;
+}
+
+void sched__emit_status(struct sched *s) {
+    pthread_mutex_lock(&s->emit_mu);
+    pthread_mutex_lock(&s->mu);
+    int n = sched__remaining_locked(s, -1);
+    pthread_mutex_unlock(&s->mu);
+    sched__emit(s, NULL, "status", json_pack("{s:{s:{s:i}}}", "status", "exec_info", "queue_remaining", n));
+    pthread_mutex_unlock(&s->emit_mu);
+}
+
+/* ===== Lifecycle ===== */
+
+static void device_deinit(struct sched_device *d) {
+    for (int i = 0; i < d->n_heap; i++) sched__item_free(d->heap[i]);
+    mem_free(d->heap);
+    sched__item_free(d->running);
+    graph_cache_free(d->cache); /* before the engine: cached values hold its checkpoints */
+    engine_free(d->engine);
+    for (int i = 0; i < d->n_ckpts; i++) mem_free(d->ckpts[i]);
+    mem_free(d->ckpts);
+    pthread_cond_destroy(&d->wake);
+}
+
+struct sched *sched_new(const struct sched_opts *opts, struct err *err) {
+    if (opts->n_cpu_workers < 1 || opts->n_cpu_workers > SCHED_MAX_DEVICES) {
+        err_set(err, STATUS_ERR_RANGE, "--cpu-workers must be between 1 and %d (got %d)", SCHED_MAX_DEVICES,
+                opts->n_cpu_workers);
+        return NULL;
+    }
+    struct sched *s = mem_calloc(1, sizeof *s);
+    s->opts = *opts;
+    if (s->opts.history_max <= 0) s->opts.history_max = SCHED_HISTORY_MAX;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->emit_mu, NULL);
+    s->ids = json_object();
+    s->history = json_object();
+    s->t_start = clock_now();
+
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = opts->cpu_threads > 0 ? opts->cpu_threads : (int)MAX(1, (cores > 0 ? cores : 1) / opts->n_cpu_workers);
+    uint64_t ram = sched__host_mem_total();
+    for (int i = 0; i < opts->n_cpu_workers; i++) {
+        struct sched_device *d = &s->dev[i];
+        d->s = s;
+        d->index = i;
+        d->kind = SCHED_DEVICE_CPU;
+        sched__cpu_name(i, d->name, sizeof d->name);
+        d->mem_total = ram;
+        atomic_init(&d->interrupt, false);
+        pthread_cond_init(&d->wake, NULL);
+        s->n_dev = i + 1;
+        d->engine = engine_new_cpu(threads, opts->paths.models, opts->tokenizer_dir);
+        if (!d->engine) {
+            err_set(err, STATUS_ERR_NOMEM, "out of host memory creating the engine of device %d (%s)", i, d->name);
+            sched_free(s);
+            return NULL;
+        }
+        d->cache = graph_cache_new();
+    }
+    return s;
+}
+
+void sched_set_event_sink(struct sched *s, sched_event_fn fn, void *user) {
+    s->sink = fn;
+    s->sink_user = user;
+}
+
+int sched_start(struct sched *s, struct err *err) {
+    for (int i = 0; i < s->n_dev; i++) {
+        struct sched_device *d = &s->dev[i];
+        if (d->started) continue;
+        int rc = pthread_create(&d->thread, NULL, sched__worker_main, d);
+        if (rc) return err_set(err, STATUS_ERR_INTERNAL, "cannot start the worker of device %d (%s): %s", i, d->name,
+                               strerror(rc));
+        d->started = true;
+    }
+    return 0;
+}
+
+void sched_free(struct sched *s) {
+    if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    for (int i = 0; i < s->n_dev; i++) {
+        if (s->dev[i].running) atomic_store(&s->dev[i].interrupt, true);
+        pthread_cond_broadcast(&s->dev[i].wake);
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < s->n_dev; i++)
+        if (s->dev[i].started) pthread_join(s->dev[i].thread, NULL);
+    for (int i = 0; i < s->n_dev; i++) device_deinit(&s->dev[i]);
+    json_decref(s->ids);
+    json_decref(s->history);
+    pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->emit_mu);
+    mem_free(s);
+}
+
+int sched_n_devices(const struct sched *s) { return s->n_dev; }
+
+void sched_device_info(struct sched *s, int index, struct sched_device_info *out) {
+    memset(out, 0, sizeof *out);
+    if (index < 0 || index >= s->n_dev) return;
+    const struct sched_device *d = &s->dev[index];
+    out->index = index;
+    out->kind = d->kind;
+    snprintf(out->name, sizeof out->name, "%s", d->name);
+    out->mem_total = d->mem_total;
+    out->mem_free = d->kind == SCHED_DEVICE_CPU ? sched__host_mem_free() : 0;
+    pthread_mutex_lock(&s->mu);
+    out->running = d->running ? 1 : 0;
+    out->pending = d->n_heap;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ===== Routing ===== */
+
+/* The error text of a bad target: "device 7 does not exist; devices: 0 (cpu:0 ...), ...". */
+static int bad_target(struct sched *s, int target, struct err *err) {
+    char list[900] = "";
+    size_t at = 0;
+    for (int i = 0; i < s->n_dev && at < sizeof list; i++)
+        at += (size_t)snprintf(list + at, sizeof list - at, "%s%d (%s)", i ? ", " : "", i, s->dev[i].name);
+    return err_set(err, STATUS_ERR_RANGE, "device %d does not exist; devices: %s", target, list);
+}
+
+/* Paths of the checkpoints the prompt's CheckpointLoaderSimple nodes load (mem_free each). */
+static int prompt_checkpoints(const struct sched *s, const struct graph_prompt *p, char **out, int max) {
+    int n = 0;
+    for (int i = 0; i < p->n_nodes && n < max; i++) {
+        const struct graph_node *g = &p->nodes[i];
+        if (strcmp(g->cls->name, "CheckpointLoaderSimple") != 0) continue;
+        int k = node_class_input_index(g->cls, "ckpt_name");
+        if (k < 0 || g->inputs[k].kind != GRAPH_INPUT_LITERAL || g->inputs[k].literal.kind != VALUE_STRING) continue;
+        char path[PATH_MAX];
+        if (graph_model_path(&s->opts.paths, "checkpoints", g->inputs[k].literal.s, path, sizeof path, NULL) == 0)
+            out[n++] = mem_strdup(path);
+    }
+    return n;
+}
+
+static bool device_holds(const struct sched_device *d, char *const *ckpts, int n) {
+    if (n == 0) return false;
+    for (int i = 0; i < n; i++) {
+        bool found = false;
+        for (int k = 0; k < d->n_ckpts && !found; k++) found = strcmp(d->ckpts[k], ckpts[i]) == 0;
+        if (!found) return false;
+    }
+    return true;
+}
+
+/* Average run time of device d in s, or `dflt` without history. Caller holds mu. */
+static double device_avg_exec(const struct sched_device *d, double dflt) {
+    return d->m.tasks ? d->m.exec_sum / (double)d->m.tasks : dflt;
+}
+
+/* Least expected wait, (pending + running) x average run time; among devices within
+ * ROUTE_SLACK of the best, the first that already holds all the prompt's checkpoints.
+ * Caller holds mu. */
+static int route_auto(struct sched *s, char *const *ckpts, int n_ckpts) {
+    double avg_sum = 0;
+    int with_history = 0;
+    for (int i = 0; i < s->n_dev; i++)
+        if (s->dev[i].m.tasks) {
+            avg_sum += device_avg_exec(&s->dev[i], 0);
+            with_history++;
+        }
+    double dflt = with_history ? avg_sum / with_history : DEFAULT_EXEC_S;
+    double wait[SCHED_MAX_DEVICES], best = INFINITY;
+    int best_i = 0;
+    for (int i = 0; i < s->n_dev; i++) {
+        const struct sched_device *d = &s->dev[i];
+        wait[i] = (double)(d->n_heap + (d->running ? 1 : 0)) * device_avg_exec(d, dflt);
+        if (wait[i] < best) best = wait[i], best_i = i;
+    }
+    double limit = best * (1.0 + ROUTE_SLACK) + 1e-9;
+    for (int i = 0; i < s->n_dev; i++)
+        if (wait[i] <= limit && device_holds(&s->dev[i], ckpts, n_ckpts)) return i;
+    return best_i;
+}
+
+/* ===== Prompts ===== */
+
+int64_t sched_next_number(struct sched *s) {
+    pthread_mutex_lock(&s->mu);
+    int64_t n = s->counter++;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, struct sched_ticket *out,
+                 struct err *err) {
+    ASSERT(sub->prompt);
+    if (sub->target >= s->n_dev || sub->target < -1) return bad_target(s, sub->target, err);
+    char uuid[37];
+    const char *id = sub->prompt_id;
+    if (!id) {
+        sched__uuid4(uuid);
+        id = uuid;
+    }
+    if (strlen(id) >= sizeof out->prompt_id)
+        return err_set(err, STATUS_ERR_RANGE, "prompt_id '%.80s...' is longer than %zu bytes", id,
+                       sizeof out->prompt_id - 1);
+
+    struct sched_item *it = mem_calloc(1, sizeof *it);
+    it->prompt_id = mem_strdup(id);
+    it->client_id = sub->client_id ? mem_strdup(sub->client_id) : NULL;
+    if (sub->has_number) {
+        it->number = sub->number;
+    } else {
+        it->number_is_int = true;
+        it->inumber = sub->front ? -counter : counter;
+        it->number = (double)it->inumber;
+    }
+    it->prompt = sub->prompt;
+    it->extra_data = json_is_object(sub->extra_data) ? json_deep_copy(sub->extra_data) : json_object();
+    if (it->client_id && !json_object_get(it->extra_data, "client_id"))
+        json_object_set_new(it->extra_data, "client_id", json_string(it->client_id));
+    it->tuple = item_tuple(it);
+    char *ckpts[8];
+    int n_ckpts = sub->target < 0 ? prompt_checkpoints(s, sub->prompt, ckpts, 8) : 0;
+
+    pthread_mutex_lock(&s->mu);
+    int rc = 0;
+    if (s->stopping) {
+        rc = err_set(err, STATUS_ERR_INVALID, "the server is shutting down; prompt %s not queued", id);
+    } else if (json_object_get(s->ids, id)) {
+        rc = err_set(err, STATUS_ERR_EXISTS, "prompt_id %s is already queued or running", id);
+    } else {
+        int di = sub->target >= 0 ? sub->target : route_auto(s, ckpts, n_ckpts);
+        struct sched_device *d = &s->dev[di];
+        it->device = di;
+        it->t_queued = clock_now();
+        d->m.submitted++;
+        d->m.depth_sum += d->n_heap + (d->running ? 1 : 0);
+        sched__heap_push(d, it);
+        json_object_set_new(s->ids, id, json_integer(di));
+        pthread_cond_signal(&d->wake);
+        *out = (struct sched_ticket){.number = it->number, .number_is_int = it->number_is_int, .device = di};
+        snprintf(out->prompt_id, sizeof out->prompt_id, "%s", id);
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < n_ckpts; i++) mem_free(ckpts[i]);
+    if (rc) {
+        it->prompt = NULL; /* stays the caller's */
+        sched__item_free(it);
+        return rc;
+    }
+    sub->prompt = NULL; /* the sched's now */
+    log_debug("prompt %s queued on device %d (%s)", out->prompt_id, out->device, s->dev[out->device].name);
+    sched__emit_status(s);
+    return 0;
+}
+
+/* ===== Queues ===== */
+
+/* Appends copies of device d's running and pending tuples. Caller holds mu. */
+static void queue_append(const struct sched_device *d, json_t *running, json_t *pending) {
+    if (d->running && d->running->tuple) json_array_append_new(running, json_deep_copy(d->running->tuple));
+    for (int i = 0; i < d->n_heap; i++) json_array_append_new(pending, json_deep_copy(d->heap[i]->tuple));
+}
+
+json_t *sched_queue_json(struct sched *s, int device) {
+    json_t *running = json_array(), *pending = json_array();
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->n_dev; i++)
+        if (device < 0 || device == i) queue_append(&s->dev[i], running, pending);
+    pthread_mutex_unlock(&s->mu);
+    return json_pack("{s:o,s:o}", "queue_running", running, "queue_pending", pending);
+}
+
+json_t *sched_queue_all_json(struct sched *s) {
+    json_t *queues = json_array();
+    int total_running = 0, total_pending = 0;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->n_dev; i++) {
+        const struct sched_device *d = &s->dev[i];
+        json_t *running = json_array(), *pending = json_array();
+        queue_append(d, running, pending);
+        int nr = d->running ? 1 : 0;
+        total_running += nr;
+        total_pending += d->n_heap;
+        json_array_append_new(queues, json_pack("{s:i,s:o,s:o,s:i,s:i}", "gpu_id", i, "queue_running", running,
+                                                "queue_pending", pending, "running_count", nr, "pending_count",
+                                                d->n_heap));
+    }
+    pthread_mutex_unlock(&s->mu);
+    return json_pack("{s:o,s:i,s:i}", "queues", queues, "total_running", total_running, "total_pending",
+                     total_pending);
+}
+
+int sched_queue_remaining(struct sched *s, int device) {
+    pthread_mutex_lock(&s->mu);
+    int n = sched__remaining_locked(s, device);
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+void sched_queue_clear(struct sched *s, int device) {
+    struct sched_item **gone = NULL;
+    int n_gone = 0;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->n_dev; i++) {
+        struct sched_device *d = &s->dev[i];
+        if ((device >= 0 && device != i) || d->n_heap == 0) continue;
+        gone = mem_realloc(gone, (size_t)(n_gone + d->n_heap) * sizeof *gone);
+        for (int k = 0; k < d->n_heap; k++) {
+            json_object_del(s->ids, d->heap[k]->prompt_id);
+            gone[n_gone++] = d->heap[k];
+        }
+        d->n_heap = 0;
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < n_gone; i++) sched__item_free(gone[i]);
+    mem_free(gone);
+    sched__emit_status(s); /* ComfyUI's wipe_queue always reports */
+}
+
+void sched_queue_delete(struct sched *s, const char *prompt_id) {
+    struct sched_item *gone = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->n_dev && !gone; i++) {
+        struct sched_device *d = &s->dev[i];
+        for (int k = 0; k < d->n_heap; k++)
+            if (strcmp(d->heap[k]->prompt_id, prompt_id) == 0) {
+                gone = sched__heap_remove_at(d, k);
+                json_object_del(s->ids, prompt_id);
+                break;
+            }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!gone) return; /* only a change reports */
+    sched__item_free(gone);
+    sched__emit_status(s);
+}
+
+/* ===== Interrupts and /free ===== */
+
+void sched_interrupt(struct sched *s, const char *prompt_id, int device) {
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->n_dev; i++) {
+        struct sched_device *d = &s->dev[i];
+        if (!d->running) continue; /* idle: nothing to stop, and the next prompt must run */
+        if (prompt_id ? strcmp(d->running->prompt_id, prompt_id) == 0 : (device < 0 || device == i)) {
+            atomic_store(&d->interrupt, true);
+            log_info("[%s %d] interrupting prompt %s", d->kind == SCHED_DEVICE_CPU ? "CPU" : "GPU", i,
+                     d->running->prompt_id);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void sched_free_memory(struct sched *s, int device, bool unload_models, bool free_memory) {
+    if (!unload_models && !free_memory) return;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->n_dev; i++) {
+        if (device >= 0 && device != i) continue;
+        s->dev[i].flag_unload |= unload_models;
+        s->dev[i].flag_free |= free_memory;
+        pthread_cond_signal(&s->dev[i].wake);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+bool sched_client_running_node(struct sched *s, const char *client_id, char *node, size_t n) {
+    bool found = false;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->n_dev && !found; i++) {
+        const struct sched_device *d = &s->dev[i];
+        if (d->running && d->running->client_id && strcmp(d->running->client_id, client_id) == 0 &&
+            d->running_node[0]) {
+            snprintf(node, n, "%s", d->running_node);
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return found;
+}
+
+/* ===== Test hooks ===== */
+
+void sched__device_set_checkpoints(struct sched *s, int d, const char *const *paths, int n) {
+    ASSERT(d >= 0 && d < s->n_dev);
+    char **copy = mem_calloc((size_t)(n ? n : 1), sizeof *copy);
+    for (int i = 0; i < n; i++) copy[i] = mem_strdup(paths[i]);
+    pthread_mutex_lock(&s->mu);
+    char **old = s->dev[d].ckpts;
+    int n_old = s->dev[d].n_ckpts;
+    s->dev[d].ckpts = copy;
+    s->dev[d].n_ckpts = n;
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < n_old; i++) mem_free(old[i]);
+    mem_free(old);
+}

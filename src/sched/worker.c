@@ -1,0 +1,275 @@
+/* sched/worker.c -- one thread per device: pops the device's own heap, runs the prompt on the
+ * device's engine with its output cache, turns executor callbacks into ComfyUI's WebSocket
+ * events, writes the history entry, acts on /free.
+ * Owns: the running item while it runs, the device's engine and cache (only this thread
+ * touches them once started).
+ * Must not: touch sockets (events leave through the sink) or another device's queue.
+ * Threads: everything here runs on the device's worker thread.
+ *
+ * DESIGN. ComfyUI's event rules (COMFY_API.md §4.3-4.4): execution_start, execution_cached,
+ * execution_success and execution_error go to the prompt's client only, and into the history
+ * entry's status messages; execution_interrupted too, but it is broadcast when the prompt has
+ * no client; executing and executed go to the client only; progress to the client or, without
+ * one, to everyone. At the end: history entry (under the lock, in the same step that clears
+ * `running`), status broadcast, then executing {node: null} to the client. */
+#include "sched/internal.h"
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/mem.h"
+#include "base/status.h"
+#include "graph/cache.h"
+#include "graph/engine.h"
+#include "graph/exec.h"
+#include "model/sd.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* wire types of values that hold a loaded checkpoint (dropped from the cache by unload_models) */
+static const char *const CHECKPOINT_TYPES[] = {"MODEL", "CLIP", "VAE", NULL};
+
+static const char *kind_label(const struct sched_device *d) { return d->kind == SCHED_DEVICE_CPU ? "CPU" : "GPU"; }
+
+/* ===== One prompt's events ===== */
+
+struct run {
+    struct sched *s;
+    struct sched_device *d;
+    const struct sched_item *it;
+    json_t *messages;                    /* [[type, data], ...] for the history status */
+};
+
+/* ComfyUI's add_message: timestamp appended, recorded for history, sent to the client (or to
+ * everyone when `broadcast` and there is no client). Steals data. */
+static void add_message(struct run *r, const char *type, json_t *data, bool broadcast) {
+    json_object_set_new(data, "timestamp", json_integer(clock_wall_ms()));
+    /* the sink may read its copy on another thread: history keeps a private one */
+    json_array_append_new(r->messages, json_pack("[s,o]", type, json_deep_copy(data)));
+    if (r->it->client_id || broadcast) sched__emit(r->s, r->it->client_id, type, data);
+    else json_decref(data);
+}
+
+static void ev_start(void *u) {
+    struct run *r = u;
+    add_message(r, "execution_start", json_pack("{s:s}", "prompt_id", r->it->prompt_id), false);
+}
+
+static void ev_cached(void *u, const char *const *ids, int n) {
+    struct run *r = u;
+    json_t *nodes = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(nodes, json_string(ids[i]));
+    add_message(r, "execution_cached", json_pack("{s:o,s:s}", "nodes", nodes, "prompt_id", r->it->prompt_id), false);
+}
+
+static void ev_executing(void *u, const char *node) {
+    struct run *r = u;
+    pthread_mutex_lock(&r->s->mu);
+    snprintf(r->d->running_node, sizeof r->d->running_node, "%s", node);
+    pthread_mutex_unlock(&r->s->mu);
+    if (!r->it->client_id) return;
+    sched__emit(r->s, r->it->client_id, "executing",
+                json_pack("{s:s,s:s,s:s}", "node", node, "display_node", node, "prompt_id", r->it->prompt_id));
+}
+
+static void ev_progress(void *u, const char *node, int64_t value, int64_t max) {
+    struct run *r = u;
+    sched__emit(r->s, r->it->client_id, "progress",
+                json_pack("{s:I,s:I,s:s,s:s}", "value", (json_int_t)value, "max", (json_int_t)max, "prompt_id",
+                          r->it->prompt_id, "node", node));
+}
+
+static void ev_executed(void *u, const char *node, const json_t *ui) {
+    struct run *r = u;
+    if (!r->it->client_id) return;
+    sched__emit(r->s, r->it->client_id, "executed",
+                json_pack("{s:s,s:s,s:o,s:s}", "node", node, "display_node", node, "output", json_deep_copy(ui),
+                          "prompt_id", r->it->prompt_id));
+}
+
+static void ev_success(void *u) {
+    struct run *r = u;
+    add_message(r, "execution_success", json_pack("{s:s}", "prompt_id", r->it->prompt_id), false);
+}
+
+static void ev_error(void *u, const struct exec_error *e, const json_t *executed) {
+    struct run *r = u;
+    json_t *outputs = json_array(); /* current_outputs: every node of the prompt (ComfyUI's key set) */
+    for (int i = 0; i < r->it->prompt->n_nodes; i++) json_array_append_new(outputs, json_string(r->it->prompt->nodes[i].id));
+    json_t *data = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:[],s:o,s:o}", "prompt_id", r->it->prompt_id, "node_id",
+                             e->node_id, "node_type", e->node_type, "executed", json_deep_copy(executed),
+                             "exception_message", e->exception_message, "exception_type", e->exception_type,
+                             "traceback", "current_inputs",
+                             e->current_inputs ? json_deep_copy(e->current_inputs) : json_object(), "current_outputs",
+                             outputs);
+    add_message(r, "execution_error", data, false);
+}
+
+static void ev_interrupted(void *u, const struct exec_error *e, const json_t *executed) {
+    struct run *r = u;
+    add_message(r,
+                "execution_interrupted",
+                json_pack("{s:s,s:s,s:s,s:o}", "prompt_id", r->it->prompt_id, "node_id", e->node_id, "node_type",
+                          e->node_type, "executed", json_deep_copy(executed)),
+                true);
+}
+
+static const struct exec_events EVENTS = {
+    .execution_start = ev_start,
+    .execution_cached = ev_cached,
+    .executing = ev_executing,
+    .progress = ev_progress,
+    .executed = ev_executed,
+    .execution_success = ev_success,
+    .execution_error = ev_error,
+    .execution_interrupted = ev_interrupted,
+};
+
+/* ===== History entry ===== */
+
+/* {"prompt": (filled under the lock), "outputs", "status", "meta"} in ComfyUI's key order. */
+static json_t *history_entry(const struct exec_report *rep, json_t *messages) {
+    json_t *meta = json_object();
+    const char *id;
+    json_t *ui;
+    json_object_foreach(rep->outputs, id, ui) {
+        json_object_set_new(meta, id, json_pack("{s:s,s:s,s:n,s:s}", "node_id", id, "display_node", id, "parent_node",
+                                                "real_node_id", id));
+    }
+    bool ok = rep->status == 0;
+    return json_pack("{s:n,s:o,s:{s:s,s:b,s:o},s:o}", "prompt", "outputs", json_deep_copy(rep->outputs), "status",
+                     "status_str", ok ? "success" : "error", "completed", ok, "messages", messages, "meta", meta);
+}
+
+/* ===== Engine snapshot and /free ===== */
+
+/* Copies the paths of the engine's loaded checkpoints into d->ckpts (for routing). */
+static void snapshot_checkpoints(struct sched *s, struct sched_device *d) {
+    const struct engine *e = d->engine;
+    int n = e ? e->n_loaded : 0;
+    char **paths = mem_calloc((size_t)(n ? n : 1), sizeof *paths);
+    for (int i = 0; i < n; i++) paths[i] = mem_strdup(e->loaded[i]->sd->path);
+    pthread_mutex_lock(&s->mu);
+    char **old = d->ckpts;
+    int n_old = d->n_ckpts;
+    d->ckpts = paths;
+    d->n_ckpts = n;
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < n_old; i++) mem_free(old[i]);
+    mem_free(old);
+}
+
+/* POST /free on this device: unload_models drops what holds checkpoints, then unloads them;
+ * free_memory drops the whole output cache first (ComfyUI's PromptExecutor.reset). */
+static void free_memory(struct sched *s, struct sched_device *d, bool unload, bool free_all) {
+    int before = graph_cache_count(d->cache);
+    if (free_all) graph_cache_clear(d->cache);
+    if (unload || free_all) {
+        graph_cache_drop_types(d->cache, CHECKPOINT_TYPES);
+        if (d->engine) engine_unload_unused(d->engine);
+    }
+    snapshot_checkpoints(s, d);
+    log_info("[%s %d] /free: unload_models=%d free_memory=%d, %d cached outputs dropped", kind_label(d), d->index,
+             unload || free_all, free_all, before - graph_cache_count(d->cache));
+}
+
+/* ===== Running one prompt ===== */
+
+static void run_item(struct sched *s, struct sched_device *d, struct sched_item *it) {
+    struct run r = {.s = s, .d = d, .it = it, .messages = json_array()};
+    struct exec_events events = EVENTS;
+    events.user = &r;
+    uint64_t hits0 = graph_cache_hits(d->cache);
+    graph_cache_begin(d->cache, it->prompt, &s->opts.paths);
+    struct exec_opts opts = {
+        .paths = &s->opts.paths,
+        .extra_data = it->extra_data,
+        .engine = d->engine,
+        .interrupt = &d->interrupt,
+        .disable_metadata = s->opts.disable_metadata,
+        .events = &events,
+        .cache = graph_cache_hook(d->cache),
+    };
+    struct exec_report rep;
+    exec_run(it->prompt, &opts, &rep);
+    graph_cache_end(d->cache);
+    double t_end = clock_now();
+    json_t *entry = history_entry(&rep, r.messages);
+    snapshot_checkpoints(s, d);
+
+    /* one step: history written, prompt out of `running`, figures updated */
+    pthread_mutex_lock(&s->mu);
+    json_object_set_new(entry, "prompt", it->tuple);
+    it->tuple = NULL;
+    sched__history_put(s, it->prompt_id, entry);
+    json_object_del(s->ids, it->prompt_id);
+    d->running = NULL;
+    d->running_node[0] = 0;
+    struct sched_metrics *m = &d->m;
+    double wait = it->t_started - it->t_queued, exec = t_end - it->t_started;
+    m->tasks++;
+    if (rep.status == 0) m->successes++;
+    else if (rep.status == STATUS_ERR_INTERRUPTED) m->interrupts++;
+    else m->failures++;
+    if (rep.status == STATUS_ERR_OOM_DEVICE) m->ooms++;
+    m->wait_sum += wait;
+    m->exec_sum += exec;
+    for (int b = 0; b < SCHED_BUCKETS; b++) {
+        m->wait_bucket[b] += wait <= SCHED_BUCKET_BOUNDS[b];
+        m->exec_bucket[b] += exec <= SCHED_BUCKET_BOUNDS[b];
+    }
+    m->cache_hits += graph_cache_hits(d->cache) - hits0;
+    pthread_mutex_unlock(&s->mu);
+
+    const char *how = rep.status == 0 ? "executed" : rep.status == STATUS_ERR_INTERRUPTED ? "interrupted" : "failed";
+    log_info("[%s %d] prompt %s %s in %.2f s", kind_label(d), d->index, it->prompt_id, how, exec);
+    exec_report_deinit(&rep);
+
+    sched__emit_status(s);
+    if (it->client_id)
+        sched__emit(s, it->client_id, "executing", json_pack("{s:n,s:s}", "node", "prompt_id", it->prompt_id));
+
+    if (s->opts.metrics_log_every > 0 && ++d->since_log >= (uint64_t)s->opts.metrics_log_every) {
+        char line[256];
+        sched_metrics_line(s, d->index, line, sizeof line);
+        log_info("%s", line);
+        d->since_log = 0;
+    }
+}
+
+/* ===== The thread ===== */
+
+void *sched__worker_main(void *arg) {
+    struct sched_device *d = arg;
+    struct sched *s = d->s;
+    log_info("[%s %d] worker started on %s", kind_label(d), d->index, d->name);
+    pthread_mutex_lock(&s->mu);
+    while (!s->stopping) {
+        if (d->flag_unload || d->flag_free) {
+            bool unload = d->flag_unload, all = d->flag_free;
+            d->flag_unload = d->flag_free = false;
+            pthread_mutex_unlock(&s->mu);
+            free_memory(s, d, unload, all);
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
+        struct sched_item *it = sched__heap_pop(d);
+        if (!it) {
+            pthread_cond_wait(&d->wake, &s->mu);
+            continue;
+        }
+        d->running = it;
+        d->running_node[0] = 0;
+        atomic_store(&d->interrupt, false); /* an interrupt sent while idle must not stop this one */
+        it->t_started = clock_now();
+        pthread_mutex_unlock(&s->mu);
+
+        sched__emit_status(s); /* dequeued */
+        run_item(s, d, it);
+        sched__item_free(it);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    log_info("[%s %d] worker stopped", kind_label(d), d->index);
+    return NULL;
+}
