@@ -5,7 +5,7 @@
  * DESIGN. For image b, out_b [O, P] = w [O, K] x col [K, P] with K = C*kh*kw, P = Ho*Wo and
  * col[(c*kh + i)*kw + j, y*Wo + x] = x_b[c, y*s - pt + i, x*s - pl + j] (0 outside). The full
  * col of a 512-channel 3x3 conv at 512x512 is 4.8 GB, so the B*P output columns are processed
- * in waves whose col fits CPU_WORK_MAX:
+ * in waves whose col fits cpu__work_max():
  *  - large images: a wave is a range of one image's positions; its product writes straight
  *    into out_b's columns (ldc = P);
  *  - small images (deep UNet levels, 8x8 to 32x32): a wave holds several whole images side by
@@ -166,7 +166,7 @@ int cpu_op_conv2d(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
                  dst->ip[4] == 0;
 
     /* wave size: col [K, cols] plus, for multi-image waves, the product [O, cols] */
-    int64_t budget = (int64_t)(CPU_WORK_MAX / sizeof(float));
+    int64_t budget = (int64_t)(cpu__work_max() / sizeof(float));
     int64_t cols_max = MAX((int64_t)16, budget / (cv.k + cv.o));
     int64_t per_img, ipw; /* waves per image, or images per wave */
     if (cv.p >= cols_max || batch == 1) {

@@ -17,7 +17,7 @@
  * does. Tiles of all images are columns of the same products. Output channels are taken in
  * chunks (U of each chunk transformed once) and, inside, tile rows in chunks (V transformed
  * once per channel chunk: it is the cheaper of the two to redo), so that U, V and M fit
- * CPU_WORK_MAX. */
+ * cpu__work_max(). */
 #include "tensor/cpu/cpu.h"
 #include "base/base.h"
 #include "base/status.h"
@@ -191,7 +191,7 @@ int cpu__conv_winograd(struct cpu_ctx *ctx, struct tensor *dst, struct err *err)
 
     /* Chunks: output channels oc at a time (U = 16 oc C), tile rows rc at a time
      * (V = 16 C rc tx, M = 16 oc rc tx), all within the scratch budget. */
-    int64_t budget = (int64_t)(CPU_WORK_MAX / sizeof(float));
+    int64_t budget = (int64_t)(cpu__work_max() / sizeof(float));
     int64_t oc = wg.o;
     if (16 * oc * wg.c > budget / 2) oc = MAX((int64_t)16, budget / 2 / (16 * wg.c) / 16 * 16);
     oc = MIN(oc, wg.o);

@@ -39,8 +39,14 @@ int cpu_op_get_rows(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
 
 /* ===== Scratch (work.c) ===== */
 
-/* Upper bound of one kernel's scratch, in bytes (im2col chunks are sized to fit it). */
+/* Default bound of the chunked kernels' scratch, in bytes (conv waves and Winograd chunks are
+ * sized to fit it). */
 #define CPU_WORK_MAX ((size_t)64 << 20)
+
+/* The bound in force: CPU_WORK_MAX unless a test shrank it with cpu__work_max_force (bytes, or
+ * 0 for the default) to reach the chunking paths with small shapes. Not thread-safe. */
+size_t cpu__work_max(void);
+void cpu__work_max_force(size_t bytes);
 
 /* Returns ctx->work grown to at least size bytes (64-byte aligned). The buffer is the ctx's,
  * valid until the next cpu__work call; NULL with STATUS_ERR_NOMEM in err (naming `what`) when

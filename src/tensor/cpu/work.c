@@ -23,6 +23,12 @@ void *cpu__work(struct cpu_ctx *ctx, size_t size, const char *what, struct err *
     return p;
 }
 
+static size_t work_max = CPU_WORK_MAX;
+
+size_t cpu__work_max(void) { return work_max; }
+
+void cpu__work_max_force(size_t bytes) { work_max = bytes ? bytes : CPU_WORK_MAX; }
+
 void cpu__work_free(struct cpu_ctx *ctx) {
     mem_aligned_free(ctx->work);
     ctx->work = NULL;

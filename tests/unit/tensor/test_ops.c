@@ -70,6 +70,8 @@ static int teardown(void **state) {
     backend_free(f->be);
     mem_free(f);
     cpu__simd_force(-1);
+    cpu__conv_force(-1);
+    cpu__work_max_force(0);
     return 0;
 }
 
@@ -399,32 +401,37 @@ static void conv_case(struct fx *f, const int64_t *xs, int64_t o, int64_t kh, in
 
 static void test_conv2d(void **state) {
     struct fx *f = *state;
-    /* each case twice: im2col everywhere, then Winograd wherever it fits (3x3, stride 1) */
-    for (int mode = 0; mode <= 1; mode++) {
-    cpu__conv_force(mode);
-    conv_case(f, (int64_t[]){2, 5, 9, 11}, 7, 3, 3, 1, 1, 1, 1, 1, true);   /* ResBlock conv, odd sizes */
-    conv_case(f, (int64_t[]){2, 5, 9, 11}, 7, 3, 3, 1, 1, 1, 1, 1, false);
-    conv_case(f, (int64_t[]){1, 4, 8, 8}, 6, 3, 3, 2, 0, 0, 1, 1, true);    /* VAE downsample: pad right/bottom */
-    conv_case(f, (int64_t[]){2, 6, 9, 7}, 5, 3, 3, 2, 1, 1, 1, 1, true);    /* UNet downsample, odd input */
-    conv_case(f, (int64_t[]){2, 8, 5, 6}, 3, 1, 1, 1, 0, 0, 0, 0, true);    /* 1x1: plain sgemm */
-    conv_case(f, (int64_t[]){1, 8, 5, 6}, 3, 1, 1, 1, 0, 0, 0, 0, false);
-    conv_case(f, (int64_t[]){1, 8, 7, 6}, 3, 1, 1, 2, 0, 0, 0, 0, true);    /* 1x1 stride 2: im2col path */
-    conv_case(f, (int64_t[]){1, 3, 6, 7}, 4, 1, 1, 1, 1, 0, 0, 2, true);    /* 1x1 with padding */
-    conv_case(f, (int64_t[]){1, 2, 7, 9}, 3, 5, 3, 1, 2, 0, 1, 2, true);    /* rectangular kernel, uneven pads */
-    conv_case(f, (int64_t[]){1, 2, 5, 20}, 3, 1, 17, 1, 0, 1, 0, 1, true);  /* kernel wider than 16 columns */
-    conv_case(f, (int64_t[]){1, 3, 4, 4}, 2, 3, 3, 3, 2, 2, 2, 2, true);    /* stride 3, rows entirely padding */
-    conv_case(f, (int64_t[]){2, 4, 16, 16}, 8, 3, 3, 1, 1, 1, 1, 1, true);  /* UNet conv_in shape */
-    /* col larger than the scratch bound (K = 4608 rows of 3969 positions = 73 MB): two waves
-     * over one image, the second starting mid-row */
-    conv_case(f, (int64_t[]){1, 512, 63, 63}, 4, 3, 3, 1, 1, 1, 1, 1, true);
-    /* small images, several per wave: 3 images of 1600 positions, 2 fit a wave with K = 4608 */
-    conv_case(f, (int64_t[]){3, 512, 40, 40}, 4, 3, 3, 1, 1, 1, 1, 1, true);
-    conv_case(f, (int64_t[]){3, 16, 5, 5}, 4, 1, 1, 1, 0, 0, 0, 0, true); /* 1x1 over several images */
-    conv_case(f, (int64_t[]){2, 40, 33, 35}, 36, 3, 3, 1, 1, 1, 1, 1, true); /* odd sizes: partial tiles */
-    conv_case(f, (int64_t[]){1, 8, 9, 8}, 5, 3, 3, 1, 0, 2, 1, 0, false);    /* uneven padding */
-    conv_case(f, (int64_t[]){2, 64, 64, 64}, 64, 3, 3, 1, 1, 1, 1, 1, true); /* SD 64x64 level, narrow */
+    /* each case four times: im2col everywhere, then Winograd wherever it fits (3x3, stride 1),
+     * each with the default scratch bound and with 64 KiB, which cuts even these small convs
+     * into many waves (im2col: inside rows, across images) and chunks (Winograd: output
+     * channels and tile rows) */
+    for (int mode = 0; mode < 4; mode++) {
+        cpu__conv_force(mode & 1);
+        cpu__work_max_force(mode & 2 ? 64 << 10 : 0);
+        conv_case(f, (int64_t[]){2, 5, 9, 11}, 7, 3, 3, 1, 1, 1, 1, 1, true);   /* ResBlock conv, odd sizes */
+        conv_case(f, (int64_t[]){2, 5, 9, 11}, 7, 3, 3, 1, 1, 1, 1, 1, false);
+        conv_case(f, (int64_t[]){1, 4, 8, 8}, 6, 3, 3, 2, 0, 0, 1, 1, true);    /* VAE downsample: pad right/bottom */
+        conv_case(f, (int64_t[]){2, 6, 9, 7}, 5, 3, 3, 2, 1, 1, 1, 1, true);    /* UNet downsample, odd input */
+        conv_case(f, (int64_t[]){2, 8, 5, 6}, 3, 1, 1, 1, 0, 0, 0, 0, true);    /* 1x1: plain sgemm */
+        conv_case(f, (int64_t[]){1, 8, 5, 6}, 3, 1, 1, 1, 0, 0, 0, 0, false);
+        conv_case(f, (int64_t[]){1, 8, 7, 6}, 3, 1, 1, 2, 0, 0, 0, 0, true);    /* 1x1 stride 2: im2col path */
+        conv_case(f, (int64_t[]){1, 3, 6, 7}, 4, 1, 1, 1, 1, 0, 0, 2, true);    /* 1x1 with padding */
+        conv_case(f, (int64_t[]){1, 2, 7, 9}, 3, 5, 3, 1, 2, 0, 1, 2, true);    /* rectangular kernel, uneven pads */
+        conv_case(f, (int64_t[]){1, 2, 5, 20}, 3, 1, 17, 1, 0, 1, 0, 1, true);  /* kernel wider than 16 columns */
+        conv_case(f, (int64_t[]){1, 3, 4, 4}, 2, 3, 3, 3, 2, 2, 2, 2, true);    /* stride 3, rows entirely padding */
+        conv_case(f, (int64_t[]){2, 4, 16, 16}, 8, 3, 3, 1, 1, 1, 1, 1, true);  /* UNet conv_in shape */
+        if (mode == 0) { /* the default bound at work: im2col of 73 MB in two waves, mid-row */
+            conv_case(f, (int64_t[]){1, 512, 63, 63}, 4, 3, 3, 1, 1, 1, 1, 1, true);
+        }
+        conv_case(f, (int64_t[]){3, 4, 12, 13}, 8, 3, 3, 1, 1, 1, 1, 1, true);   /* 64 KiB: waves of 2 + 1 images */
+        conv_case(f, (int64_t[]){3, 48, 12, 13}, 40, 3, 3, 1, 1, 1, 1, 1, true); /* 64 KiB Winograd: 3 x 18 chunks */
+        conv_case(f, (int64_t[]){3, 16, 5, 5}, 4, 1, 1, 1, 0, 0, 0, 0, true); /* 1x1 over several images */
+        conv_case(f, (int64_t[]){2, 40, 33, 35}, 36, 3, 3, 1, 1, 1, 1, 1, true); /* odd sizes: partial tiles */
+        conv_case(f, (int64_t[]){1, 8, 9, 8}, 5, 3, 3, 1, 0, 2, 1, 0, false);    /* uneven padding */
+        conv_case(f, (int64_t[]){2, 32, 40, 40}, 32, 3, 3, 1, 1, 1, 1, 1, true); /* 800 tiles: Winograd in auto too */
     }
     cpu__conv_force(-1);
+    cpu__work_max_force(0);
 }
 
 /* ===== GROUP_NORM and LAYER_NORM ===== */
