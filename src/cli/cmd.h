@@ -7,6 +7,9 @@
 /* kiln ckpt (--tiny|--sd15) [--seed N] PATH: writes a random test checkpoint. */
 int cmd_ckpt(int argc, char **argv);
 
+/* kiln serve [options]: ComfyUI's API over one queue and worker per device (cli/cmd_serve.c). */
+int cmd_serve(int argc, char **argv);
+
 /* kiln run [options] WORKFLOW.json: runs one workflow on the CPU. */
 int cmd_run(int argc, char **argv);
 

@@ -12,6 +12,7 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *help;
 } COMMANDS[] = {
+    {"serve", cmd_serve, "serve ComfyUI's HTTP + WebSocket API, one queue and worker per device"},
     {"run", cmd_run, "run one API-format workflow on the CPU and save its images"},
     {"bench", cmd_bench, "time the UNet of a checkpoint on the CPU (bench unet CKPT)"},
     {"ckpt", cmd_ckpt, "write a random SD 1.5 checkpoint (--tiny for tests, --sd15 full size)"},

@@ -1,0 +1,265 @@
+/* cli/cmd_serve.c -- `kiln serve`: ComfyUI's API over one queue and one worker per device.
+ * Owns: the process's start-up and shutdown order (config -> sched -> api -> panel -> workers ->
+ * ready; signal -> api stop -> sched free -> api free), and the signal mask.
+ * Must not: serve HTTP or run prompts itself (api/ and sched/ do).
+ * Threads: the main thread only; it blocks SIGINT/SIGTERM before any other thread exists
+ * (every thread inherits the mask) and waits for them with sigwait, so no code runs in a
+ * signal handler.
+ * Exit codes: 0 stopped by SIGINT/SIGTERM, 1 could not start (port in use, folder not
+ * writable, ...), 2 invalid configuration (message names the flag or variable). */
+#include "api/api.h"
+#include "base/log.h"
+#include "base/mem.h"
+#include "base/status.h"
+#include "cli/cmd.h"
+#include "cli/config.h"
+#include "cli/panel.h"
+#include "sched/sched.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+_Static_assert(CONFIG_MAX_DEVICES == SCHED_MAX_DEVICES, "config and sched disagree on the device limit");
+_Static_assert(CONFIG_MAX_DEVICES <= PANEL_MAX_DEVICES, "the panel cannot show every device");
+_Static_assert(CONFIG_MAX_LISTEN <= API_MAX_LISTEN, "more listen addresses than the api accepts");
+
+/* ===== Folders ===== */
+
+/* mkdir -p path. Returns 0, or -errno with the failing prefix in failed. */
+static int make_dirs(const char *path, char *failed, size_t n) {
+    char buf[PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+        snprintf(failed, n, "%s", path);
+        return -ENAMETOOLONG;
+    }
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p) continue;
+        char c = *p;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+            int e = errno;
+            snprintf(failed, n, "%s", buf);
+            return -e;
+        }
+        struct stat st;
+        if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            snprintf(failed, n, "%s", buf);
+            return -ENOTDIR;
+        }
+        *p = c;
+        if (!c) return 0;
+    }
+}
+
+/* The absolute form of path when it exists, for the panel; else path itself. */
+static const char *shown_path(const char *path, char *buf) {
+    return realpath(path, buf) ? buf : path;
+}
+
+/* ===== Start-up panel ===== */
+
+/* api's listen text: the config's addresses as "host,host" with IPv6 in brackets. */
+static void listen_text(const struct config *cfg, char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = 0;
+    for (int i = 0; i < cfg->n_listen && used < n; i++) {
+        bool v6 = strchr(cfg->listen[i], ':') != NULL;
+        used += (size_t)snprintf(buf + used, n - used, "%s%s%s%s", i ? "," : "", v6 ? "[" : "", cfg->listen[i],
+                                 v6 ? "]" : "");
+    }
+}
+
+/* "http://127.0.0.1:8188" for the i-th address (port as bound). */
+static void address_url(const struct config *cfg, int i, int port, char *buf, size_t n) {
+    const char *a = cfg->listen[i];
+    bool v6 = strchr(a, ':') != NULL;
+    bool any = !strcmp(a, "0.0.0.0") || !strcmp(a, "::");
+    snprintf(buf, n, "http://%s%s%s:%d%s", v6 ? "[" : "", a, v6 ? "]" : "", port, any ? "  (every interface)" : "");
+}
+
+static void print_panel(const struct config *cfg, struct sched *sched, struct api_server *srv) {
+    struct panel p = {.version = API_VERSION};
+    char detail[128], reason[512];
+    int n = sched_n_devices(sched);
+    p.mode = cfg->mode == CONFIG_MODE_CPU ? "CPU mode" : "GPU mode";
+    snprintf(detail, sizeof detail, "%d device%s, one queue and one worker each", n, n == 1 ? "" : "s");
+    p.mode_detail = detail;
+    if (cfg->mode == CONFIG_MODE_CPU)
+        snprintf(reason, sizeof reason, "no CUDA devices configured: %s", cfg->mode_reason);
+    else
+        snprintf(reason, sizeof reason, "%s", cfg->mode_reason);
+    p.mode_reason = reason;
+
+    struct sched_device_info info[SCHED_MAX_DEVICES];
+    for (int i = 0; i < n && i < PANEL_MAX_DEVICES; i++) {
+        sched_device_info(sched, i, &info[i]);
+        p.devices[p.n_devices++] = (struct panel_device){
+            .index = info[i].index,
+            .name = info[i].name,
+            .memory_label = info[i].kind == SCHED_DEVICE_CPU ? "RAM" : "VRAM",
+            .mem_total = info[i].mem_total,
+            .mem_free = info[i].mem_free,
+            .port = api_server_device_port(srv, i),
+        };
+    }
+
+    char urls[CONFIG_MAX_LISTEN][300];
+    for (int i = 0; i < cfg->n_listen && i < api_server_n_ports(srv); i++) {
+        address_url(cfg, i, api_server_port(srv, i), urls[i], sizeof urls[i]);
+        p.urls[p.n_urls++] = urls[i];
+    }
+    char routing[200];
+    if (cfg->gpu_ports)
+        snprintf(routing, sizeof routing, "header X-TARGET-GPU: i, port %d+i, else the shortest wait", cfg->gpu_ports);
+    else
+        snprintf(routing, sizeof routing, "header X-TARGET-GPU: i, else the shortest wait");
+    p.routing = routing;
+
+    char dirs[4][PATH_MAX], tok[PATH_MAX];
+    p.models_dir = shown_path(cfg->models_dir, dirs[0]);
+    p.input_dir = shown_path(cfg->input_dir, dirs[1]);
+    p.output_dir = shown_path(cfg->output_dir, dirs[2]);
+    p.temp_dir = shown_path(cfg->temp_dir, dirs[3]);
+    p.tokenizer_dir = cfg->tokenizer_dir ? shown_path(cfg->tokenizer_dir, tok) : NULL;
+    for (int i = 0; i < cfg->n_notes && i < PANEL_MAX_LINES; i++) p.notes[p.n_notes++] = cfg->notes[i];
+
+    char *text = panel_render(&p, panel_style_for(STDERR_FILENO));
+    fputs(text, stderr);
+    fflush(stderr);
+    mem_free(text);
+}
+
+/* ===== Command ===== */
+
+int cmd_serve(int argc, char **argv) {
+    struct config cfg;
+    config_init(&cfg);
+    struct err err = {0};
+    if (config_load(&cfg, argc, argv, &err)) {
+        fprintf(stderr, "kiln serve: %s\n", err.msg);
+        config_deinit(&cfg);
+        return 2;
+    }
+    if (cfg.help || cfg.print_config) {
+        if (cfg.help) config_usage(stdout);
+        else config_print(&cfg, stdout);
+        config_deinit(&cfg);
+        return 0;
+    }
+    log_set_level(cfg.log_level);
+    if (cfg.mode == CONFIG_MODE_GPU) {
+        /* validated above; the GPU issue adds the backend that honours it */
+        fprintf(stderr,
+                "kiln serve: %s asks for GPU mode, but this kiln has no GPU backend (it is built for "
+                "CPU devices only); use --cpu [--cpu-workers N]\n",
+                cfg.mode_reason);
+        config_deinit(&cfg);
+        return 2;
+    }
+
+    /* folders: ComfyUI creates output/, input/ and temp/ at start; models/ is only read */
+    const char *made[] = {cfg.output_dir, cfg.input_dir, cfg.temp_dir};
+    for (size_t i = 0; i < sizeof made / sizeof made[0]; i++) {
+        char failed[PATH_MAX];
+        int e = make_dirs(made[i], failed, sizeof failed);
+        if (e) {
+            fprintf(stderr, "kiln serve: cannot create the folder %s: %s\n", failed, strerror(-e));
+            config_deinit(&cfg);
+            return 1;
+        }
+    }
+    struct stat st;
+    if (stat(cfg.models_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        log_warn("the models folder %s does not exist: no checkpoint can be loaded (--models-dir sets it)",
+                 cfg.models_dir);
+
+    /* Signals: blocked here, before any thread starts, so every thread inherits the mask and
+     * only sigwait below sees them. A broken client connection must not kill the server. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct graph_paths paths = {
+        .models = cfg.models_dir, .input = cfg.input_dir, .output = cfg.output_dir, .temp = cfg.temp_dir};
+    struct sched_opts so = {
+        .n_cpu_workers = cfg.cpu_workers,
+        .cpu_threads = cfg.threads,
+        .paths = paths,
+        .tokenizer_dir = cfg.tokenizer_dir,
+        .disable_metadata = cfg.disable_metadata,
+        .metrics_log_every = cfg.metrics_every,
+    };
+    struct sched *sched = sched_new(&so, &err);
+    if (!sched) {
+        fprintf(stderr, "kiln serve: cannot create the devices: %s\n", err.msg);
+        config_deinit(&cfg);
+        return 1;
+    }
+
+    /* /system_stats shows the command line as ComfyUI's argv: "kiln", "serve", options... */
+    const char **args = mem_alloc((size_t)(argc + 1) * sizeof *args);
+    args[0] = "kiln";
+    for (int i = 0; i < argc; i++) args[i + 1] = argv[i];
+    char listen[CONFIG_MAX_LISTEN * 48];
+    listen_text(&cfg, listen, sizeof listen);
+    struct api_opts ao = {
+        .listen = listen,
+        .port = cfg.port ? cfg.port : -1,
+        .gpu_ports_base = cfg.gpu_ports,
+        .paths = paths,
+        .max_upload_size = (size_t)cfg.max_upload_size,
+        .enable_cors = cfg.cors_origin != NULL,
+        .cors_origin = cfg.cors_origin,
+        .argc = argc + 1,
+        .argv = args,
+    };
+    struct api_server *srv = api_server_new(&ao, sched, &err);
+    if (!srv) {
+        fprintf(stderr, "kiln serve: cannot start the HTTP server: %s\n", err.msg);
+        sched_free(sched);
+        mem_free(args);
+        config_deinit(&cfg);
+        return 1;
+    }
+
+    print_panel(&cfg, sched, srv);
+    int rc = 0;
+    if (sched_start(sched, &err)) {
+        fprintf(stderr, "kiln serve: cannot start the workers: %s\n", err.msg);
+        rc = 1;
+    } else {
+        for (int i = 0; i < api_server_n_ports(srv) && i < cfg.n_listen; i++) {
+            char url[300];
+            address_url(&cfg, i, api_server_port(srv, i), url, sizeof url);
+            log_info("ready: %s (%d device%s; Ctrl-C stops)", url, sched_n_devices(sched),
+                     sched_n_devices(sched) == 1 ? "" : "s");
+        }
+        int sig = 0;
+        while (sigwait(&stop, &sig) != 0) {
+        }
+        /* A second Ctrl-C during the shutdown ends the process at once. */
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        pthread_sigmask(SIG_UNBLOCK, &stop, NULL);
+        log_info("%s: shutting down (stop accepting, interrupt running prompts); Ctrl-C again quits at once",
+                 sig == SIGINT ? "SIGINT" : "SIGTERM");
+    }
+
+    api_server_stop(srv);
+    sched_free(sched);
+    api_server_free(srv);
+    mem_free(args);
+    config_deinit(&cfg);
+    if (!rc) log_info("stopped");
+    return rc;
+}
