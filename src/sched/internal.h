@@ -82,7 +82,7 @@ struct sched_device {
 struct sched {
     struct sched_opts opts;              /* copy (strings borrowed) */
     pthread_mutex_t mu;                  /* queues, running, history, ids, metrics */
-    pthread_mutex_t emit_mu;             /* serialises "status" broadcasts (see sched.c) */
+    pthread_mutex_t emit_mu;             /* taken before mu: orders "status" broadcasts */
     sched_event_fn sink;                 /* set before sched_start */
     void *sink_user;
     struct sched_device dev[SCHED_MAX_DEVICES];
@@ -107,9 +107,13 @@ struct sched_item *sched__heap_remove_at(struct sched_device *d, int i);
 
 /* Hands one event to the sink (steals data). NULL client_id = broadcast. */
 void sched__emit(struct sched *s, const char *client_id, const char *type, json_t *data);
-/* Broadcasts {"status": {"exec_info": {"queue_remaining": N}}} with N taken now. Call
- * without holding mu. */
-void sched__emit_status(struct sched *s);
+/* A queue change that clients hear about: sched__change_begin takes emit_mu then mu;
+ * sched__change_end releases mu and, when `report`, broadcasts
+ * {"status": {"exec_info": {"queue_remaining": N}}} with N read under mu before emit_mu is
+ * released. So status broadcasts reach the sink in the order of the changes (a submit's
+ * before the dequeue that follows it), as ComfyUI's single event queue delivers them. */
+void sched__change_begin(struct sched *s);
+void sched__change_end(struct sched *s, bool report);
 /* pending + running; caller holds mu. */
 int sched__remaining_locked(struct sched *s, int device);
 /* Stores a finished prompt's entry (steals it); evicts the oldest beyond history_max. Caller

@@ -6,9 +6,10 @@
  * Ownership: json_t results are new references, built from copies made under the lock.
  *
  * DESIGN. One mutex guards all queues, so routing sees every device's depth at once and a
- * prompt moves from a heap to `running` to history atomically. Status broadcasts take a
- * second lock (emit_mu) and read queue_remaining inside it, so broadcasts from several
- * threads reach the sink in an order whose last message carries the current count. */
+ * prompt moves from a heap to `running` to history atomically. A change that broadcasts
+ * "status" takes a second lock (emit_mu) first and holds it until the broadcast is out, so
+ * the status messages reach the sink in the order of the changes, each with the count right
+ * after its change. */
 #include "sched/internal.h"
 
 #include "base/base.h"
@@ -72,12 +73,16 @@ int sched__remaining_locked(struct sched *s, int device) {
     return n;
 }
 
-void sched__emit_status(struct sched *s) {
+void sched__change_begin(struct sched *s) {
     pthread_mutex_lock(&s->emit_mu);
     pthread_mutex_lock(&s->mu);
+}
+
+void sched__change_end(struct sched *s, bool report) {
     int n = sched__remaining_locked(s, -1);
     pthread_mutex_unlock(&s->mu);
-    sched__emit(s, NULL, "status", json_pack("{s:{s:{s:i}}}", "status", "exec_info", "queue_remaining", n));
+    if (report)
+        sched__emit(s, NULL, "status", json_pack("{s:{s:{s:i}}}", "status", "exec_info", "queue_remaining", n));
     pthread_mutex_unlock(&s->emit_mu);
 }
 
@@ -293,7 +298,7 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
     char *ckpts[8];
     int n_ckpts = sub->target < 0 ? prompt_checkpoints(s, sub->prompt, ckpts, 8) : 0;
 
-    pthread_mutex_lock(&s->mu);
+    sched__change_begin(s);
     int rc = 0;
     if (s->stopping) {
         rc = err_set(err, STATUS_ERR_INVALID, "the server is shutting down; prompt %s not queued", id);
@@ -312,7 +317,7 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
         *out = (struct sched_ticket){.number = it->number, .number_is_int = it->number_is_int, .device = di};
         snprintf(out->prompt_id, sizeof out->prompt_id, "%s", id);
     }
-    pthread_mutex_unlock(&s->mu);
+    sched__change_end(s, rc == 0);
     for (int i = 0; i < n_ckpts; i++) mem_free(ckpts[i]);
     if (rc) {
         it->prompt = NULL; /* stays the caller's */
@@ -321,7 +326,6 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
     }
     sub->prompt = NULL; /* the sched's now */
     log_debug("prompt %s queued on device %d (%s)", out->prompt_id, out->device, s->dev[out->device].name);
-    sched__emit_status(s);
     return 0;
 }
 
@@ -372,7 +376,7 @@ int sched_queue_remaining(struct sched *s, int device) {
 void sched_queue_clear(struct sched *s, int device) {
     struct sched_item **gone = NULL;
     int n_gone = 0;
-    pthread_mutex_lock(&s->mu);
+    sched__change_begin(s);
     for (int i = 0; i < s->n_dev; i++) {
         struct sched_device *d = &s->dev[i];
         if ((device >= 0 && device != i) || d->n_heap == 0) continue;
@@ -383,15 +387,14 @@ void sched_queue_clear(struct sched *s, int device) {
         }
         d->n_heap = 0;
     }
-    pthread_mutex_unlock(&s->mu);
+    sched__change_end(s, true); /* ComfyUI's wipe_queue always reports */
     for (int i = 0; i < n_gone; i++) sched__item_free(gone[i]);
     mem_free(gone);
-    sched__emit_status(s); /* ComfyUI's wipe_queue always reports */
 }
 
 void sched_queue_delete(struct sched *s, const char *prompt_id) {
     struct sched_item *gone = NULL;
-    pthread_mutex_lock(&s->mu);
+    sched__change_begin(s);
     for (int i = 0; i < s->n_dev && !gone; i++) {
         struct sched_device *d = &s->dev[i];
         for (int k = 0; k < d->n_heap; k++)
@@ -401,10 +404,8 @@ void sched_queue_delete(struct sched *s, const char *prompt_id) {
                 break;
             }
     }
-    pthread_mutex_unlock(&s->mu);
-    if (!gone) return; /* only a change reports */
+    sched__change_end(s, gone != NULL); /* only a change reports */
     sched__item_free(gone);
-    sched__emit_status(s);
 }
 
 /* ===== Interrupts and /free ===== */

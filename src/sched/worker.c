@@ -197,8 +197,8 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
     json_t *entry = history_entry(&rep, r.messages);
     snapshot_checkpoints(s, d);
 
-    /* one step: history written, prompt out of `running`, figures updated */
-    pthread_mutex_lock(&s->mu);
+    /* one step: history written, prompt out of `running`, figures updated, status out */
+    sched__change_begin(s);
     json_object_set_new(entry, "prompt", it->tuple);
     it->tuple = NULL;
     sched__history_put(s, it->prompt_id, entry);
@@ -219,13 +219,11 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
         m->exec_bucket[b] += exec <= SCHED_BUCKET_BOUNDS[b];
     }
     m->cache_hits += graph_cache_hits(d->cache) - hits0;
-    pthread_mutex_unlock(&s->mu);
+    sched__change_end(s, true);
 
     const char *how = rep.status == 0 ? "executed" : rep.status == STATUS_ERR_INTERRUPTED ? "interrupted" : "failed";
     log_info("[%s %d] prompt %s %s in %.2f s", kind_label(d), d->index, it->prompt_id, how, exec);
     exec_report_deinit(&rep);
-
-    sched__emit_status(s);
     if (it->client_id)
         sched__emit(s, it->client_id, "executing", json_pack("{s:n,s:s}", "node", "prompt_id", it->prompt_id));
 
@@ -253,18 +251,24 @@ void *sched__worker_main(void *arg) {
             pthread_mutex_lock(&s->mu);
             continue;
         }
-        struct sched_item *it = sched__heap_pop(d);
-        if (!it) {
+        if (d->n_heap == 0) {
             pthread_cond_wait(&d->wake, &s->mu);
             continue;
         }
+        /* dequeue as a reported change: emit_mu comes before mu, so let go and retake */
+        pthread_mutex_unlock(&s->mu);
+        sched__change_begin(s);
+        if (s->stopping || d->flag_unload || d->flag_free || d->n_heap == 0) {
+            pthread_mutex_unlock(&s->emit_mu); /* keeps mu for the loop */
+            continue;
+        }
+        struct sched_item *it = sched__heap_pop(d);
         d->running = it;
         d->running_node[0] = 0;
         atomic_store(&d->interrupt, false); /* an interrupt sent while idle must not stop this one */
         it->t_started = clock_now();
-        pthread_mutex_unlock(&s->mu);
+        sched__change_end(s, true);
 
-        sched__emit_status(s); /* dequeued */
         run_item(s, d, it);
         sched__item_free(it);
         pthread_mutex_lock(&s->mu);
