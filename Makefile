@@ -32,9 +32,11 @@ $(DEMO_MODEL): | kiln
 
 demo: kiln $(DEMO_MODEL)
 
-# Until the server lands: install, build, make the demo model if missing, run the demo workflow.
+# Install, build, make the demo model if missing, serve it on http://127.0.0.1:8188 (Ctrl-C stops).
+# SERVE_ARGS adds options: make run SERVE_ARGS="--cpu-workers 3 --gpu-ports 8190"
+SERVE_ARGS ?=
 run: setup demo
-	build/kiln run --models-dir models --output-dir output examples/demo.json
+	build/kiln serve --models-dir models $(SERVE_ARGS)
 
 clean:
 	rm -rf build
