@@ -30,13 +30,13 @@ struct cache_entry {
 };
 
 struct graph_cache {
-    struct cache_entry *entries;
+    struct cache_entry *entries;         /* n used of cap, in no particular order */
     int n, cap;
     char **keys;                         /* per node of the current prompt (NULL: no key) */
-    uint64_t *key_hash;
-    int n_keys;
-    uint64_t hits;
-    struct exec_cache_i hook;
+    uint64_t *key_hash;                  /* hash_key(keys[i]) */
+    int n_keys;                          /* nodes of the current prompt (0 outside begin/end) */
+    uint64_t hits;                       /* get() hits since graph_cache_new */
+    struct exec_cache_i hook;            /* {.user = this, get, put} */
 };
 
 static uint64_t hash_key(const char *s) {

@@ -50,6 +50,7 @@ void sched_history_clear(struct sched *s) {
 }
 
 void sched_history_delete(struct sched *s, const char *prompt_id) {
+    if (!prompt_id) return;
     pthread_mutex_lock(&s->mu);
     json_object_del(s->history, prompt_id);
     pthread_mutex_unlock(&s->mu);

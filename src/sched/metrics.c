@@ -44,8 +44,8 @@ void sched_metrics_line(struct sched *s, int device, char *buf, size_t n) {
 /* ===== Prometheus text ===== */
 
 struct text {
-    char *buf;
-    size_t len, cap;
+    char *buf;                           /* mem_alloc'd, NUL-terminated */
+    size_t len, cap;                     /* bytes used (without the NUL), bytes allocated */
 };
 
 __attribute__((format(printf, 2, 3))) static void put(struct text *t, const char *fmt, ...) {

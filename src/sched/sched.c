@@ -60,6 +60,10 @@ static json_t *item_tuple(const struct sched_item *it) {
 /* ===== Events ===== */
 
 void sched__emit(struct sched *s, const char *client_id, const char *type, json_t *data) {
+    if (!data) { /* json_pack refused a value: a bug, but no reason to stop the worker */
+        log_error("event %s could not be built; not sent", type);
+        return;
+    }
     if (s->sink) s->sink(s->sink_user, client_id, type, data);
     else json_decref(data);
 }
@@ -279,6 +283,12 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
     if (strlen(id) >= sizeof out->prompt_id)
         return err_set(err, STATUS_ERR_RANGE, "prompt_id '%.80s...' is longer than %zu bytes", id,
                        sizeof out->prompt_id - 1);
+    json_t *probe = json_string(id); /* ids and client ids become JSON keys and strings */
+    json_t *probe2 = sub->client_id ? json_string(sub->client_id) : json_null();
+    bool utf8 = probe && probe2;
+    json_decref(probe);
+    json_decref(probe2);
+    if (!utf8) return err_set(err, STATUS_ERR_INVALID, "prompt_id or client_id is not valid UTF-8");
 
     struct sched_item *it = mem_calloc(1, sizeof *it);
     it->prompt_id = mem_strdup(id);
@@ -393,6 +403,7 @@ void sched_queue_clear(struct sched *s, int device) {
 }
 
 void sched_queue_delete(struct sched *s, const char *prompt_id) {
+    if (!prompt_id) return;
     struct sched_item *gone = NULL;
     sched__change_begin(s);
     for (int i = 0; i < s->n_dev && !gone; i++) {

@@ -75,7 +75,8 @@ struct sched *sched_new(const struct sched_opts *opts, struct err *err);
  * sched_free returns (a prompt interrupted by sched_free still reports). The sink may call
  * the read-only sched_* functions (queue, history, metrics) but not sched_submit,
  * sched_queue_clear or sched_queue_delete: "status" broadcasts are delivered under a lock
- * that keeps them in order. */
+ * that keeps them in order. For the same reason, never hold a lock that the sink takes while
+ * calling sched_submit, sched_queue_clear, sched_queue_delete or sched_free. */
 typedef void (*sched_event_fn)(void *user, const char *client_id, const char *type, json_t *data);
 void sched_set_event_sink(struct sched *s, sched_event_fn fn, void *user);
 

@@ -33,10 +33,23 @@ static const char *kind_label(const struct sched_device *d) { return d->kind == 
 
 /* ===== One prompt's events ===== */
 
+/* A JSON string of text that may not be valid UTF-8 (an OS message, a file name): invalid
+ * text has its non-ASCII bytes replaced by '?' rather than losing the whole event. */
+static json_t *text_json(const char *text) {
+    json_t *j = json_string(text);
+    if (j) return j;
+    char *copy = mem_strdup(text);
+    for (char *c = copy; *c; c++)
+        if ((unsigned char)*c >= 0x80) *c = '?';
+    j = json_string(copy);
+    mem_free(copy);
+    return j;
+}
+
 struct run {
-    struct sched *s;
-    struct sched_device *d;
-    const struct sched_item *it;
+    struct sched *s;                     /* the scheduler (sink, lock) */
+    struct sched_device *d;              /* the device running it */
+    const struct sched_item *it;         /* the prompt (ids, client) */
     json_t *messages;                    /* [[type, data], ...] for the history status */
 };
 
@@ -96,9 +109,9 @@ static void ev_error(void *u, const struct exec_error *e, const json_t *executed
     struct run *r = u;
     json_t *outputs = json_array(); /* current_outputs: every node of the prompt (ComfyUI's key set) */
     for (int i = 0; i < r->it->prompt->n_nodes; i++) json_array_append_new(outputs, json_string(r->it->prompt->nodes[i].id));
-    json_t *data = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:[],s:o,s:o}", "prompt_id", r->it->prompt_id, "node_id",
+    json_t *data = json_pack("{s:s,s:s,s:s,s:o,s:o,s:s,s:[],s:o,s:o}", "prompt_id", r->it->prompt_id, "node_id",
                              e->node_id, "node_type", e->node_type, "executed", json_deep_copy(executed),
-                             "exception_message", e->exception_message, "exception_type", e->exception_type,
+                             "exception_message", text_json(e->exception_message), "exception_type", e->exception_type,
                              "traceback", "current_inputs",
                              e->current_inputs ? json_deep_copy(e->current_inputs) : json_object(), "current_outputs",
                              outputs);

@@ -556,6 +556,10 @@ static void test_route_target_and_errors(void **state) {
                      STATUS_ERR_EXISTS);
     assert_non_null(strstr(err.msg, t.prompt_id));
     assert_int_equal(sched_queue_remaining(s, -1), 1);
+    err = (struct err){0};
+    assert_int_equal(submit_ex(s, sleep_prompt(b, sizeof b, "u", 1, 0), (struct sub_opts){.target = 0, .id = "bad\xff"},
+                               &bad, &err),
+                     STATUS_ERR_INVALID);
 
     /* server-made ids are uuid4s */
     assert_int_equal(strlen(t.prompt_id), 36);
@@ -881,6 +885,10 @@ static void test_interrupts(void **state) {
     struct sched_ticket g1 = submit(s, gate_prompt(b, sizeof b, "g1"), "c", 1);
     wait_event("progress", g0.prompt_id);
     wait_event("progress", g1.prompt_id);
+    char node[64] = "";
+    assert_true(sched_client_running_node(s, "c", node, sizeof node)); /* for a reconnect */
+    assert_string_equal(node, "1");
+    assert_false(sched_client_running_node(s, "someone-else", node, sizeof node));
     struct sched_ticket q = submit(s, sleep_prompt(b, sizeof b, "after", 1, 0), NULL, 0);
 
     sched_interrupt(s, "no-such-prompt", -1); /* not running anywhere: nothing */
