@@ -46,6 +46,7 @@ struct sched_metrics {
     uint64_t ooms;                       /* failures with STATUS_ERR_OOM_DEVICE */
     uint64_t interrupts;                 /* execution_interrupted */
     uint64_t cache_hits;                 /* nodes served from the output cache */
+    int cache_entries;                   /* entries in the output cache now */
     double wait_sum;                     /* queued -> started, in s */
     double exec_sum;                     /* started -> finished, in s */
     uint64_t wait_bucket[SCHED_BUCKETS]; /* cumulative counts of wait <= bound */

@@ -94,6 +94,7 @@ static double f_failures(const struct sched_device *d) { return (double)d->m.fai
 static double f_ooms(const struct sched_device *d) { return (double)d->m.ooms; }
 static double f_interrupts(const struct sched_device *d) { return (double)d->m.interrupts; }
 static double f_cache_hits(const struct sched_device *d) { return (double)d->m.cache_hits; }
+static double f_cache_entries(const struct sched_device *d) { return (double)d->m.cache_entries; }
 static double f_pending(const struct sched_device *d) { return (double)d->n_heap; }
 static double f_running(const struct sched_device *d) { return d->running ? 1.0 : 0.0; }
 static double f_mem_total(const struct sched_device *d) { return (double)d->mem_total; }
@@ -143,6 +144,8 @@ char *sched_metrics_text(struct sched *s) {
                f_interrupts);
     per_device(&t, s, "kiln_cache_hits_total", "counter", "Nodes served from the output cache instead of run.",
                f_cache_hits);
+    per_device(&t, s, "kiln_cache_entries", "gauge", "Node outputs kept in the device's output cache.",
+               f_cache_entries);
     per_device(&t, s, "kiln_queue_pending", "gauge", "Prompts waiting in the device's queue.", f_pending);
     per_device(&t, s, "kiln_queue_running", "gauge", "Prompts running on the device (0 or 1).", f_running);
     per_device(&t, s, "kiln_queue_depth_average", "gauge",

@@ -335,7 +335,9 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
         return rc;
     }
     sub->prompt = NULL; /* the sched's now */
-    log_debug("prompt %s queued on device %d (%s)", out->prompt_id, out->device, s->dev[out->device].name);
+    const struct sched_device *d = &s->dev[out->device];
+    log_info("routing prompt %s to [%s %d] (%s, number %g)", out->prompt_id, d->kind == SCHED_DEVICE_CPU ? "CPU" : "GPU",
+             d->index, sub->target >= 0 ? "target" : "automatic", out->number);
     return 0;
 }
 

@@ -182,6 +182,9 @@ static void free_memory(struct sched *s, struct sched_device *d, bool unload, bo
         if (d->engine) engine_unload_unused(d->engine);
     }
     snapshot_checkpoints(s, d);
+    pthread_mutex_lock(&s->mu);
+    d->m.cache_entries = graph_cache_count(d->cache);
+    pthread_mutex_unlock(&s->mu);
     log_info("[%s %d] /free: unload_models=%d free_memory=%d, %d cached outputs dropped", kind_label(d), d->index,
              unload || free_all, free_all, before - graph_cache_count(d->cache));
 }
@@ -232,6 +235,7 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
         m->exec_bucket[b] += exec <= SCHED_BUCKET_BOUNDS[b];
     }
     m->cache_hits += graph_cache_hits(d->cache) - hits0;
+    m->cache_entries = graph_cache_count(d->cache);
     sched__change_end(s, true);
 
     const char *how = rep.status == 0 ? "executed" : rep.status == STATUS_ERR_INTERRUPTED ? "interrupted" : "failed";

@@ -469,6 +469,26 @@ static void test_heap_order_and_tuples(void **state) {
     done(s);
 }
 
+static void test_equal_numbers_by_id(void **state) {
+    struct sched *s = new_sched(1, 0);
+    char b[256];
+    struct sched_ticket t;
+    struct err err = {0};
+    const char *ids[] = {"zz", "aa", "mm"};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(submit_ex(s, sleep_prompt(b, sizeof b, ids[i], 1, 0),
+                                   (struct sub_opts){.target = 0, .id = ids[i], .has_number = true, .number = 5},
+                                   &t, &err),
+                         0);
+    assert_false(t.number_is_int);
+    start(s);
+    json_decref(wait_history(s, "zz"));
+    char runs[64];
+    runs_of(-1, runs, sizeof runs);
+    assert_string_equal(runs, "aa mm zz ");
+    done(s);
+}
+
 static void test_delete_and_clear(void **state) {
     struct sched *s = new_sched(2, 0);
     char b[256];
@@ -996,6 +1016,15 @@ static void test_history_paging(void **state) {
 
 /* ===== Output cache ===== */
 
+/* The value of one series of /metrics (-1 when absent). */
+static double metric_value(struct sched *s, const char *series) {
+    char *text = sched_metrics_text(s);
+    const char *at = strstr(text, series);
+    double v = at ? atof(at + strlen(series)) : -1;
+    mem_free(text);
+    return v;
+}
+
 static void test_cache_identical_resubmission(void **state) {
     struct sched *s = new_sched(1, 0);
     start(s);
@@ -1045,8 +1074,12 @@ static void test_cache_identical_resubmission(void **state) {
     runs_of(-1, runs, sizeof runs);
     assert_string_equal(runs, "num5 k num6 k num5 k ");
 
-    /* /free with free_memory drops everything */
+    /* /free with free_memory drops everything, at once when idle */
+    assert_true(metric_value(s, "kiln_cache_entries{device=\"0\",kind=\"cpu\"}") == 2);
     sched_free_memory(s, -1, false, true);
+    for (int k = 0; k < 5000 && metric_value(s, "kiln_cache_entries{device=\"0\",kind=\"cpu\"}") != 0; k++)
+        usleep(1000);
+    assert_true(metric_value(s, "kiln_cache_entries{device=\"0\",kind=\"cpu\"}") == 0);
     t = submit(s, text5, "c", -1);
     wait_final(t.prompt_id);
     runs_of(-1, runs, sizeof runs);
@@ -1205,6 +1238,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_heap_order_and_tuples),
+        cmocka_unit_test(test_equal_numbers_by_id),
         cmocka_unit_test(test_delete_and_clear),
         cmocka_unit_test(test_route_target_and_errors),
         cmocka_unit_test(test_route_auto_least_wait),
