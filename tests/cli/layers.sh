@@ -18,7 +18,7 @@ allowed() { # layer -> the layers it may include (itself included)
     vram)   echo "vram tensor base" ;;
     graph)  echo "graph model sample vram io tensor base" ;;
     sched)  echo "sched graph vram base" ;;
-    api)    echo "api sched graph vram base" ;;
+    api)    echo "api sched graph vram io base" ;;
     cli)    echo "cli api sched graph model sample vram io tensor base" ;;
     *)      echo "" ;;
   esac
