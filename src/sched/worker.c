@@ -238,11 +238,16 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
     m->cache_entries = graph_cache_count(d->cache);
     sched__change_end(s, true);
 
+    bool oom = rep.status == STATUS_ERR_OOM_DEVICE || rep.status == STATUS_ERR_NOMEM;
     const char *how = rep.status == 0 ? "executed" : rep.status == STATUS_ERR_INTERRUPTED ? "interrupted" : "failed";
     log_info("[%s %d] prompt %s %s in %.2f s", kind_label(d), d->index, it->prompt_id, how, exec);
     exec_report_deinit(&rep);
     if (it->client_id)
         sched__emit(s, it->client_id, "executing", json_pack("{s:n,s:s}", "node", "prompt_id", it->prompt_id));
+    if (oom) { /* give the next prompt every byte back: cached outputs and unused checkpoints */
+        log_warn("[%s %d] out of memory in prompt %s, clearing the cache", kind_label(d), d->index, it->prompt_id);
+        free_memory(s, d, true, true);
+    }
 
     if (s->opts.metrics_log_every > 0 && ++d->since_log >= (uint64_t)s->opts.metrics_log_every) {
         char line[256];

@@ -1109,6 +1109,22 @@ static void test_cache_unload_models(void **state) {
     assert_string_equal(runs, "model use ");
     int i = wait_event("execution_cached", t.prompt_id);
     expect_json(json_object_get(R.ev[i].data, "nodes"), "[\"2\"]");
+
+    /* an out-of-memory failure empties the cache (classic mode alone would keep TNum's 7) */
+    char b[512];
+    t = submit(s, sleep_prompt(b, sizeof b, "s", 1, 0), "c", -1);
+    wait_final(t.prompt_id);
+    t = submit(s, "{\"1\": {\"class_type\": \"TNum\", \"inputs\": {\"v\": 7}}, \"2\": {\"class_type\": \"TSleep\", "
+                  "\"inputs\": {\"tag\": \"s2\", \"steps\": 1, \"ms\": 0, \"x\": [\"1\", 0]}}}", "c", -1);
+    wait_final(t.prompt_id);
+    assert_true(metric_value(s, "kiln_cache_entries{device=\"0\",kind=\"cpu\"}") == 2);
+    t = submit(s, "{\"1\": {\"class_type\": \"TNum\", \"inputs\": {\"v\": 7}}, \"2\": {\"class_type\": \"TOom\", "
+                  "\"inputs\": {}}, \"3\": {\"class_type\": \"TSleep\", \"inputs\": {\"tag\": \"s3\", \"steps\": 1, "
+                  "\"ms\": 0, \"x\": [\"1\", 0]}}}", "c", -1);
+    wait_final(t.prompt_id);
+    for (int k = 0; k < 5000 && metric_value(s, "kiln_cache_entries{device=\"0\",kind=\"cpu\"}") != 0; k++)
+        usleep(1000);
+    assert_true(metric_value(s, "kiln_cache_entries{device=\"0\",kind=\"cpu\"}") == 0);
     done(s);
 }
 
