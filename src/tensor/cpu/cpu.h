@@ -3,9 +3,10 @@
  * Threads: the worker that owns the backend; kernels parallelise inside with OpenMP.
  * Every entry computes dst from dst->src[] and dst->ip/fp (see tensor.h for each op's
  * contract), in fp32, and returns 0 or a negative status (with a message in err).
- * Files: elementwise.c (add .. geglu), matmul.c (linear), conv.c (+ _winograd), norm.c,
- * attention.c (+ _avx512), * layout.c (transpose, upsample, concat, get_rows), vec.c + vec_avx2.c (vector maths),
- * work.c (the kernels' scratch buffer), blas.c (OpenBLAS's kernel choice and threads). */
+ * Files: elementwise.c (add .. geglu), matmul.c (linear, task grids), conv.c and
+ * conv_winograd.c, norm.c (group/layer norm), attention.c and attention_avx512.c, layout.c
+ * (transpose, upsample, concat, get_rows), vec.c + vec_avx2.c (vector maths), work.c (the
+ * kernels' scratch buffer), blas.c (OpenBLAS's kernel choice and threads). */
 #ifndef KILN_CPU_H
 #define KILN_CPU_H
 
@@ -15,8 +16,8 @@
 #include <stdint.h>
 
 struct cpu_ctx {
-    int n_threads;    /* OpenMP threads for kernels and OpenBLAS */
-    void *work;       /* kernel scratch (im2col chunks, score blocks), grown on demand, or NULL */
+    int n_threads;    /* OpenMP threads of the kernels (OpenBLAS itself runs single-threaded) */
+    void *work;       /* kernel scratch (im2col, Winograd, attention blocks), grown on demand, or NULL */
     size_t work_size; /* bytes in work */
 };
 
