@@ -20,7 +20,12 @@
  * EVENTS. Every WebSocket message ComfyUI sends for a prompt is produced here, with ComfyUI's
  * fields and order (../shared/COMFY_API.md §4), and handed to the sink with its audience:
  * the prompt's client_id, or NULL for a broadcast, following §4.3's rules. The sink must not
- * block for long (api/ queues the message and returns). */
+ * block for long (api/ queues the message and returns).
+ *
+ * CACHE. Each device keeps node outputs between prompts (graph/cache.h, ComfyUI's classic
+ * mode): an identical resubmission runs nothing and re-reports the old UI; LoadImage's key
+ * includes a hash of its file. /free free_memory empties it; a prompt that fails for lack of
+ * memory (device or host) also empties it and unloads unused checkpoints. */
 #ifndef KILN_SCHED_H
 #define KILN_SCHED_H
 
