@@ -67,7 +67,8 @@ static void weight_transform(const struct wino *wg, const float *w, int64_t o0, 
         for (int i = 0; i < 4; i++) memcpy(gk + (13 + 4 * j + i) * nc, t0 + i * nc, (size_t)nc * sizeof(float));
     }
     for (int i = 0; i < 4; i++) { /* row i of (G g) times G^T: a, (a+b+d)/2, (a-b+d)/2, d */
-        const float *restrict a = gk + (13 + i) * nc, *restrict b = gk + (17 + i) * nc, *restrict d = gk + (21 + i) * nc;
+        const float *restrict a = gk + (13 + i) * nc, *restrict b = gk + (17 + i) * nc;
+        const float *restrict d = gk + (21 + i) * nc;
         float *restrict u0 = u + (4 * i + 0) * plane + o * nc, *restrict u1 = u + (4 * i + 1) * plane + o * nc;
         float *restrict u2 = u + (4 * i + 2) * plane + o * nc, *restrict u3 = u + (4 * i + 3) * plane + o * nc;
 #pragma omp simd

@@ -37,7 +37,8 @@ int cpu_op_group_norm(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) 
     double *stats = cpu__work(ctx, (size_t)(nb * groups) * 2 * sizeof(double), "group_norm statistics", err);
     if (!stats) return err->code;
 #pragma omp parallel for schedule(dynamic, 1) if (nb * c * spatial >= CPU_PAR_MIN)
-    for (int64_t bg = 0; bg < nb * groups; bg++) moments(x + bg * gsize, gsize, eps, &stats[2 * bg], &stats[2 * bg + 1]);
+    for (int64_t bg = 0; bg < nb * groups; bg++)
+        moments(x + bg * gsize, gsize, eps, &stats[2 * bg], &stats[2 * bg + 1]);
 
     /* y = x * scale + shift per channel, scale = rstd * w, shift = b - mean * scale */
 #pragma omp parallel for schedule(static) if (nb * c * spatial >= CPU_PAR_MIN)

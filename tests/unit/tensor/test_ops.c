@@ -268,7 +268,9 @@ static void act_case(struct fx *f, enum act act, int ndim, const int64_t *shape,
     begin(f);
     float *x;
     struct tensor *a = in_rand(f, &x, ndim, shape, lo, hi);
-    struct tensor *y = act == ACT_SILU ? op_silu(&f->c, a) : act == ACT_GELU ? op_gelu(&f->c, a) : op_quick_gelu(&f->c, a);
+    struct tensor *y = act == ACT_SILU   ? op_silu(&f->c, a)
+                       : act == ACT_GELU ? op_gelu(&f->c, a)
+                                         : op_quick_gelu(&f->c, a);
     float *got = run(f, y);
     int64_t n = numel_of(ndim, shape);
     double *ref = ref_buf(f, n);
@@ -532,7 +534,8 @@ static void attention_case(struct fx *f, int64_t bn, int64_t nq, int64_t nk, int
                 double mx = -INFINITY, sum = 0;
                 for (int64_t j = 0; j < valid; j++) {
                     double s = 0;
-                    for (int64_t e = 0; e < d; e++) s += (double)q[(b * nq + i) * c + h * d + e] * k[(b * nk + j) * c + h * d + e];
+                    for (int64_t e = 0; e < d; e++)
+                        s += (double)q[(b * nq + i) * c + h * d + e] * k[(b * nk + j) * c + h * d + e];
                     p[j] = s / sqrt((double)d);
                     if (p[j] > mx) mx = p[j];
                 }
