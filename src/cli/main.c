@@ -27,7 +27,7 @@ static int usage(FILE *f) {
 }
 
 /* OpenMP threads of the CPU backend must sleep, not spin, between parallel regions: spinning
- * threads fight OpenBLAS's own threads and other processes for the cores (a 3-step run went
+ * threads fight other processes (and GPU workers) for the cores (a 3-step run went
  * from 0.2 s to 2.4 s on a busy 2-core machine), and on GPU machines they would steal the
  * cores that launch kernels. libgomp reads OMP_WAIT_POLICY only when it loads, so when the
  * user has not chosen, set it and start again. */

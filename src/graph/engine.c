@@ -108,6 +108,12 @@ void engine_free(struct engine *e) {
     mem_free(e);
 }
 
+int engine_loaded_paths(const struct engine *e, char **out, int max) {
+    int n = 0;
+    for (int i = 0; i < e->n_loaded && n < max; i++) out[n++] = mem_strdup(e->loaded[i]->sd->path);
+    return n;
+}
+
 bool engine_has_checkpoint(const struct engine *e, const char *path) {
     for (int i = 0; i < e->n_loaded; i++)
         if (strcmp(e->loaded[i]->sd->path, path) == 0) return true;

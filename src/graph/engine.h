@@ -57,6 +57,10 @@ void engine_deinit(struct engine *e); /* unloads every checkpoint */
 struct engine *engine_new_cpu(int threads, const char *models_dir, const char *tokenizer_dir);
 void engine_free(struct engine *e); /* NULL is a no-op */
 
+/* The paths of the checkpoints loaded now, as mem_strdup'd strings in out[0..max) (the caller
+ * frees each with mem_free); returns how many were written. */
+int engine_loaded_paths(const struct engine *e, char **out, int max);
+
 /* Whether a checkpoint with this path is loaded now (for routing). */
 bool engine_has_checkpoint(const struct engine *e, const char *path);
 

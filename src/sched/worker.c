@@ -21,7 +21,6 @@
 #include "graph/cache.h"
 #include "graph/engine.h"
 #include "graph/exec.h"
-#include "model/sd.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -158,10 +157,8 @@ static json_t *history_entry(const struct exec_report *rep, json_t *messages) {
 
 /* Copies the paths of the engine's loaded checkpoints into d->ckpts (for routing). */
 static void snapshot_checkpoints(struct sched *s, struct sched_device *d) {
-    const struct engine *e = d->engine;
-    int n = e ? e->n_loaded : 0;
-    char **paths = mem_calloc((size_t)(n ? n : 1), sizeof *paths);
-    for (int i = 0; i < n; i++) paths[i] = mem_strdup(e->loaded[i]->sd->path);
+    char **paths = mem_calloc(ENGINE_MAX_CHECKPOINTS, sizeof *paths);
+    int n = d->engine ? engine_loaded_paths(d->engine, paths, ENGINE_MAX_CHECKPOINTS) : 0;
     pthread_mutex_lock(&s->mu);
     char **old = d->ckpts;
     int n_old = d->n_ckpts;

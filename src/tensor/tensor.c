@@ -175,6 +175,8 @@ void tctx_reset(struct tctx *c) {
     arena_reset(&c->arena);
     c->nodes = NULL;
     c->n_nodes = c->cap_nodes = 0;
+    c->run = NULL;
+    c->n_run = 0;
     c->rc = 0;
     err_clear(&c->err);
 }
@@ -431,6 +433,11 @@ int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
         struct tensor *t = c->nodes[i];
         if (t->op == OP_RESHAPE) t->data = t->src[0]->data; /* sources come first in order */
     }
+    /* only computed nodes go to the backend */
+    c->run = arena_alloc(&c->arena, (size_t)(c->n_nodes + 1) * sizeof *c->run);
+    c->n_run = 0;
+    for (int i = 0; i < c->n_nodes; i++)
+        if (c->nodes[i]->op != OP_NONE && c->nodes[i]->op != OP_RESHAPE) c->run[c->n_run++] = c->nodes[i];
     return 0;
 }
 
@@ -451,12 +458,7 @@ int tctx_get(struct tctx *c, const struct tensor *t, void *host) {
 
 int tctx_run(struct tctx *c) {
     if (c->rc) return c->rc;
-    /* only computed nodes go to the backend */
-    struct tensor **run = arena_alloc(&c->arena, (size_t)(c->n_nodes + 1) * sizeof *run);
-    int n = 0;
-    for (int i = 0; i < c->n_nodes; i++)
-        if (c->nodes[i]->op != OP_NONE && c->nodes[i]->op != OP_RESHAPE) run[n++] = c->nodes[i];
-    int rc = backend_graph_run(c->backend, run, n, &c->err);
+    int rc = backend_graph_run(c->backend, c->run, c->n_run, &c->err);
     if (rc) {
         c->rc = rc;
         if (!c->err.code) err_set(&c->err, rc, "graph failed on %s: %s", c->backend->iface->name, status_str(rc));

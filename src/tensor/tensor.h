@@ -145,6 +145,8 @@ struct tctx {
     struct tensor **nodes;    /* graph order after tctx_plan */
     int n_nodes;
     int cap_nodes;
+    struct tensor **run;      /* the computed nodes of the plan, in order (tctx_plan builds it) */
+    int n_run;
     int rc;                   /* sticky status: 0 or the first failure */
     struct err err;           /* message for rc */
 };
