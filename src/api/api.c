@@ -19,6 +19,18 @@
 
 /* ===== Routes ===== */
 
+/* A call run on a big-stack thread (api__call_big_stack). */
+struct big_call {
+    void (*fn)(void *);
+    void *arg;
+};
+
+static void *big_stack_main(void *p) {
+    struct big_call *call = p;
+    call->fn(call->arg);
+    return NULL;
+}
+
 typedef void (*route_fn)(struct http_req *r, const char *arg);
 
 struct route {
@@ -64,44 +76,39 @@ static bool route_match(const struct route *rt, const char *path, const char **a
     return true;
 }
 
-static int dispatch(struct mg_connection *conn, void *cbdata) {
-    struct api_server *srv = cbdata;
-    const struct mg_request_info *ri = mg_get_request_info(conn);
-    struct http_req r = {.conn = conn, .ri = ri, .srv = srv, .method = ri->request_method,
-                         .port_device = api__port_device(srv, conn)};
-    const char *path = ri->local_uri ? ri->local_uri : "/";
-    if (strncmp(path, "/api", 4) == 0 && (path[4] == 0 || path[4] == '/')) path = path[4] ? path + 4 : "/";
-    r.path = path;
-    if (strcmp(r.method, "HEAD") == 0) {
-        r.head = true;
-        r.method = "GET";
-    }
-    if (!api__origin_ok(srv, conn)) {
+/* Everything a request does after CivetWeb handed it over; runs on a big stack (see below). */
+static void route(void *arg) {
+    struct http_req *rq = arg;
+    struct http_req r = *rq;
+    struct api_server *srv = r.srv;
+    const struct mg_request_info *ri = r.ri;
+    const char *path = r.path;
+    if (!api__origin_ok(srv, r.conn)) {
         log_warn("http: %s %s refused: Origin %s does not match the loopback Host %s (use --enable-cors-header)",
                  ri->request_method, ri->local_uri, http_header(&r, "Origin"), http_header(&r, "Host"));
         http_reply_error(&r, 403, "forbidden", "Origin %s does not match Host %s", http_header(&r, "Origin"),
                          http_header(&r, "Host"));
-        return 403;
+        goto out;
     }
     if (strcmp(r.method, "OPTIONS") == 0 && srv->opts.enable_cors) {
         http_reply(&r, 200, NULL, NULL, 0, NULL);
-        return 200;
+        goto out;
     }
     bool path_known = false;
     for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++) {
-        const char *arg = NULL;
-        if (!route_match(&ROUTES[i], path, &arg)) continue;
+        const char *a = NULL;
+        if (!route_match(&ROUTES[i], path, &a)) continue;
         path_known = true;
         if (strcmp(ROUTES[i].method, r.method) != 0) continue;
-        ROUTES[i].fn(&r, arg);
+        ROUTES[i].fn(&r, a);
         if (!r.status) http_reply_error(&r, 500, "internal_error", "No reply for %s %s", r.method, path); /* NEVER */
-        return r.status;
+        goto out;
     }
     if (path_known) {
         char allow[64] = "";
         for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++) {
-            const char *arg = NULL;
-            if (!route_match(&ROUTES[i], path, &arg)) continue;
+            const char *a = NULL;
+            if (!route_match(&ROUTES[i], path, &a)) continue;
             size_t l = strlen(allow);
             snprintf(allow + l, sizeof allow - l, "%s%s", l ? ", " : "", ROUTES[i].method);
         }
@@ -115,10 +122,45 @@ static int dispatch(struct mg_connection *conn, void *cbdata) {
         json_decref(body);
         http_reply(&r, 405, "application/json; charset=utf-8", s, strlen(s), extra);
         mem_free(s);
-        return 405;
+        goto out;
     }
     http_reply_error(&r, 404, "not_found", "No route for %s %s", ri->request_method, ri->local_uri);
-    return 404;
+out:
+    rq->status = r.status;
+}
+
+/* CivetWeb runs handlers on threads with a 100 KiB stack (its USE_STACK_SIZE build), too small
+ * for validation, the object_info walk or ASan builds: each request runs on a thread of its
+ * own with API_HANDLER_STACK bytes, the CivetWeb thread waiting for it. */
+void api__call_big_stack(void (*fn)(void *), void *arg) {
+    pthread_attr_t attr;
+    pthread_t t;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, API_HANDLER_STACK);
+    struct big_call call = {fn, arg};
+    if (pthread_create(&t, &attr, big_stack_main, &call) == 0) {
+        pthread_join(t, NULL);
+    } else {
+        log_warn("http: no thread for a request handler; running it on CivetWeb's small stack");
+        fn(arg);
+    }
+    pthread_attr_destroy(&attr);
+}
+
+static int dispatch(struct mg_connection *conn, void *cbdata) {
+    struct api_server *srv = cbdata;
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    struct http_req r = {.conn = conn, .ri = ri, .srv = srv, .method = ri->request_method,
+                         .port_device = api__port_device(srv, conn)};
+    const char *path = ri->local_uri ? ri->local_uri : "/";
+    if (strncmp(path, "/api", 4) == 0 && (path[4] == 0 || path[4] == '/')) path = path[4] ? path + 4 : "/";
+    r.path = path;
+    if (strcmp(r.method, "HEAD") == 0) {
+        r.head = true;
+        r.method = "GET";
+    }
+    api__call_big_stack(route, &r);
+    return r.status ? r.status : 500;
 }
 
 /* CivetWeb's own errors (malformed requests, oversized headers): a JSON body like ours. */

@@ -109,6 +109,12 @@ void ws_hub_free(struct ws_hub *h);
 
 /* ===== Shared helpers (api.c) ===== */
 
+#define API_HANDLER_STACK (8u * 1024u * 1024u) /* bytes of stack for a request handler */
+
+/* Runs fn(arg) on a fresh thread with API_HANDLER_STACK bytes of stack and waits for it
+ * (CivetWeb's threads have 100 KiB). */
+void api__call_big_stack(void (*fn)(void *), void *arg);
+
 /* The ComfyUI loopback check (CO:server.py create_origin_only_middleware): false when CORS is
  * off and the request has a loopback Host and an Origin whose host:port differs. */
 bool api__origin_ok(const struct api_server *srv, const struct mg_connection *conn);

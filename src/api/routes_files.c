@@ -257,6 +257,7 @@ struct upload {
     char *original_ref;              /* mask: JSON text (mem_alloc'd) */
     size_t ref_len, ref_cap;
     bool field_too_long;             /* a short field did not fit its buffer */
+    char cur[32];                    /* the field being received ("" for one we skip) */
 };
 
 static void append(char **buf, size_t *len, size_t *cap, const char *v, size_t n) {
@@ -283,6 +284,8 @@ static void append_small(struct upload *u, char *dst, size_t n, const char *v, s
 
 static int form_found(const char *key, const char *filename, char *path, size_t pathlen, void *user) {
     struct upload *u = user;
+    u->cur[0] = 0;
+    if (strlen(key) < sizeof u->cur) snprintf(u->cur, sizeof u->cur, "%s", key);
     if (strcmp(key, "image") == 0) {
         u->image_seen = true;
         if (filename) {
@@ -298,13 +301,16 @@ static int form_found(const char *key, const char *filename, char *path, size_t 
     return MG_FORM_FIELD_STORAGE_SKIP;
 }
 
+/* CivetWeb calls this once per chunk of a field; the chunks after the first of a multipart
+ * field come with an empty key, so the field is the one form_found announced last. */
 static int form_get(const char *key, const char *value, size_t n, void *user) {
     struct upload *u = user;
     u->total += n;
-    if (u->total > u->limit) {
+    if (u->total > u->limit || u->too_large) { /* (some CivetWeb versions ignore the abort) */
         u->too_large = true;
         return MG_FORM_FIELD_HANDLE_ABORT;
     }
+    if (!key || !key[0]) key = u->cur;
     if (strcmp(key, "image") == 0) {
         append(&u->data, &u->len, &u->cap, value, n);
     } else if (strcmp(key, "original_ref") == 0) {

@@ -212,6 +212,10 @@ void api__post_prompt(struct http_req *r, const char *arg) {
         http_reply_error(r, 400, "invalid_prompt_id", "%s", err.msg[0] ? err.msg : "prompt_id is already queued");
         goto done;
     }
+    if (rc == STATUS_ERR_INVALID) { /* the sched is shutting down */
+        http_reply_error(r, 503, "unavailable", "Could not queue the prompt: %s", err.msg);
+        goto done;
+    }
     if (rc) {
         http_reply_error(r, 500, "internal_error", "Could not queue the prompt: %s", err.msg);
         goto done;

@@ -184,8 +184,17 @@ static struct ws_msg *event_msg(const char *type, json_t *data) {
     return m;
 }
 
-static void on_ready(struct mg_connection *conn, void *cbdata) {
-    struct ws_hub *h = cbdata;
+struct ws_call {
+    struct mg_connection *conn;
+    struct ws_hub *hub;
+    const char *data;                /* on_data: the frame */
+    size_t len;
+};
+
+static void ready(void *arg) {
+    struct ws_call *call = arg;
+    struct mg_connection *conn = call->conn;
+    struct ws_hub *h = call->hub;
     const struct mg_request_info *ri = mg_get_request_info(conn);
     struct ws_conn *c = mem_calloc(1, sizeof *c);
     c->conn = conn;
@@ -248,15 +257,19 @@ static void on_ready(struct mg_connection *conn, void *cbdata) {
     log_debug("ws: client %s connected (%s)", c->sid, ri->remote_addr);
 }
 
-static int on_data(struct mg_connection *conn, int bits, char *data, size_t len, void *cbdata) {
-    struct ws_hub *h = cbdata;
-    struct ws_conn *c = mg_get_user_connection_data(conn);
-    if (!c || (bits & 0x0f) != MG_WEBSOCKET_OPCODE_TEXT) return 1;
-    bool first = !c->first_seen;
-    c->first_seen = true;
-    if (!first) return 1; /* ComfyUI ignores every other client message */
+/* CivetWeb's threads have small stacks: the handlers' work runs on a big one (api.c). */
+static void on_ready(struct mg_connection *conn, void *cbdata) {
+    struct ws_call call = {.conn = conn, .hub = cbdata};
+    api__call_big_stack(ready, &call);
+}
+
+/* The client's first text message: feature_flags negotiation. */
+static void first_message(void *arg) {
+    struct ws_call *call = arg;
+    struct ws_hub *h = call->hub;
+    struct ws_conn *c = mg_get_user_connection_data(call->conn);
     json_t *j = NULL;
-    if (graph_json_loads(data, len, &j, NULL) == 0 && json_is_object(j)) {
+    if (graph_json_loads(call->data, call->len, &j, NULL) == 0 && json_is_object(j)) {
         const char *type = json_string_value(json_object_get(j, "type"));
         if (type && strcmp(type, "feature_flags") == 0) {
             json_t *flags = json_object_get(j, "data");
@@ -269,6 +282,16 @@ static int on_data(struct mg_connection *conn, int bits, char *data, size_t len,
         }
     }
     json_decref(j);
+}
+
+static int on_data(struct mg_connection *conn, int bits, char *data, size_t len, void *cbdata) {
+    struct ws_conn *c = mg_get_user_connection_data(conn);
+    if (!c || (bits & 0x0f) != MG_WEBSOCKET_OPCODE_TEXT) return 1;
+    bool first = !c->first_seen;
+    c->first_seen = true;
+    if (!first) return 1; /* ComfyUI ignores every other client message */
+    struct ws_call call = {.conn = conn, .hub = cbdata, .data = data, .len = len};
+    api__call_big_stack(first_message, &call);
     return 1;
 }
 
