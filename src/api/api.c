@@ -90,7 +90,7 @@ static void route(void *arg) {
                          http_header(&r, "Host"));
         goto out;
     }
-    if (strcmp(r.method, "OPTIONS") == 0 && srv->opts.enable_cors) {
+    if (strcmp(r.method, "OPTIONS") == 0) { /* ComfyUI's middlewares answer every OPTIONS */
         http_reply(&r, 200, NULL, NULL, 0, NULL);
         goto out;
     }
@@ -160,6 +160,8 @@ static int dispatch(struct mg_connection *conn, void *cbdata) {
         r.method = "GET";
     }
     api__call_big_stack(route, &r);
+    log_debug("http: %s %s%s%s -> %d", ri->request_method, ri->local_uri, ri->query_string ? "?" : "",
+              ri->query_string ? ri->query_string : "", r.status);
     return r.status ? r.status : 500;
 }
 

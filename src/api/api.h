@@ -24,7 +24,7 @@
 #define API_DEFAULT_PORT 8188
 #define API_DEFAULT_LISTEN "127.0.0.1"
 #define API_DEFAULT_MAX_UPLOAD (100u * 1024u * 1024u) /* bytes: ComfyUI's --max-upload-size 100 */
-#define API_DEFAULT_THREADS 64                        /* CivetWeb handler threads */
+#define API_DEFAULT_THREADS 256                       /* CivetWeb handler threads (a socket holds one) */
 #define API_DEFAULT_WS_QUEUE 4096                     /* messages queued per socket */
 #define API_MAX_LISTEN 8                              /* listen addresses */
 #define API_VERSION "0.1.0"                           /* kiln's own version, in /system_stats */
@@ -44,7 +44,7 @@ struct api_opts {
                                         limit for every request) */
     bool enable_cors;                /* --enable-cors-header: CORS headers on, Origin check off */
     const char *cors_origin;         /* its value; NULL = "*" */
-    int threads;                     /* CivetWeb handler threads (a WebSocket holds one); 0 = 64 */
+    int threads;                     /* CivetWeb handler threads (a WebSocket holds one); 0 = 256 */
     int ws_queue_max;                /* messages waiting for one socket before it is dropped; 0 = 4096 */
     int argc;                        /* the command line, for /system_stats system.argv ... */
     const char *const *argv;         /* ... (borrowed; NULL = ["kiln", "serve"]) */

@@ -1206,6 +1206,10 @@ static void test_origin_and_cors(void **state) {
     assert_int_equal(r.status, 200);
     assert_string_equal(r.cors, "");
     resp_free(&r);
+    r = request(PORT, "OPTIONS", "/api/prompt", NULL, NULL, 0); /* answered, as ComfyUI does */
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.cors, "");
+    resp_free(&r);
     /* a socket from a foreign origin is refused */
     char eb[256];
     struct wsc dummy = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
