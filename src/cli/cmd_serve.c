@@ -76,12 +76,19 @@ static void listen_text(const struct config *cfg, char *buf, size_t n) {
     }
 }
 
-/* "http://127.0.0.1:8188" for the i-th address (port as bound). */
-static void address_url(const struct config *cfg, int i, int port, char *buf, size_t n) {
-    const char *a = cfg->listen[i];
-    bool v6 = strchr(a, ':') != NULL;
-    bool any = !strcmp(a, "0.0.0.0") || !strcmp(a, "::");
-    snprintf(buf, n, "http://%s%s%s:%d%s", v6 ? "[" : "", a, v6 ? "]" : "", port, any ? "  (every interface)" : "");
+/* The addresses the server really listens on, as URLs ("http://127.0.0.1:8188"), from the
+ * api's "127.0.0.1:8188, [::1]:8188" (an address CivetWeb cannot bind, e.g. IPv6 without
+ * IPv6 support, is not in it); `annotate` marks the wildcard addresses. Returns the count. */
+static int listen_urls(struct api_server *srv, char urls[][300], int max, bool annotate) {
+    char text[2048];
+    snprintf(text, sizeof text, "%s", api_server_listen_text(srv));
+    int n = 0;
+    char *save = NULL;
+    for (char *a = strtok_r(text, ", ", &save); a && n < max; a = strtok_r(NULL, ", ", &save)) {
+        bool any = !strncmp(a, "0.0.0.0:", 8) || !strncmp(a, "[::]:", 5);
+        snprintf(urls[n++], 300, "http://%s%s", a, any && annotate ? "  (every interface)" : "");
+    }
+    return n;
 }
 
 static void print_panel(const struct config *cfg, struct sched *sched, struct api_server *srv) {
@@ -111,10 +118,8 @@ static void print_panel(const struct config *cfg, struct sched *sched, struct ap
     }
 
     char urls[CONFIG_MAX_LISTEN][300];
-    for (int i = 0; i < cfg->n_listen && i < api_server_n_ports(srv); i++) {
-        address_url(cfg, i, api_server_port(srv, i), urls[i], sizeof urls[i]);
-        p.urls[p.n_urls++] = urls[i];
-    }
+    int n_urls = listen_urls(srv, urls, CONFIG_MAX_LISTEN, true);
+    for (int i = 0; i < n_urls && i < PANEL_MAX_LINES; i++) p.urls[p.n_urls++] = urls[i];
     char routing[200];
     if (cfg->gpu_ports)
         snprintf(routing, sizeof routing, "header X-TARGET-GPU: i, port %d+i, else the shortest wait", cfg->gpu_ports);
@@ -238,12 +243,11 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "kiln serve: cannot start the workers: %s\n", err.msg);
         rc = 1;
     } else {
-        for (int i = 0; i < api_server_n_ports(srv) && i < cfg.n_listen; i++) {
-            char url[300];
-            address_url(&cfg, i, api_server_port(srv, i), url, sizeof url);
-            log_info("ready: %s (%d device%s; Ctrl-C stops)", url, sched_n_devices(sched),
+        char urls[CONFIG_MAX_LISTEN][300];
+        int n_urls = listen_urls(srv, urls, CONFIG_MAX_LISTEN, false);
+        for (int i = 0; i < n_urls; i++)
+            log_info("ready: %s (%d device%s; Ctrl-C stops)", urls[i], sched_n_devices(sched),
                      sched_n_devices(sched) == 1 ? "" : "s");
-        }
         int sig = 0;
         while (sigwait(&stop, &sig) != 0) {
         }
