@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <fcntl.h>
 
 /* libspng allocates with these, so its memory shows in mem_used(). */
 static void *spng_malloc(size_t n) { return mem_try_alloc(n); }
@@ -96,22 +98,45 @@ done:
     return rc;
 }
 
-int png_write(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
-              const struct png_text *text, int n_text, int level, struct err *err) {
+/* Writes buf to path, opened with flags (O_TRUNC to replace, O_EXCL to refuse an existing
+ * file: STATUS_ERR_EXISTS without a message, so the caller can pick another name). */
+static int write_file(const char *path, int flags, const void *buf, size_t len, struct err *err) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | flags, 0644);
+    if (fd < 0) {
+        if (errno == EEXIST && (flags & O_EXCL)) return STATUS_ERR_EXISTS;
+        return err_set(err, STATUS_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+    }
+    int rc = 0;
+    for (size_t off = 0; off < len && !rc;) {
+        ssize_t n = write(fd, (const char *)buf + off, len - off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) rc = err_set(err, STATUS_ERR_IO, "writing %s: %s", path, strerror(errno));
+        else off += (size_t)n;
+    }
+    if (close(fd) != 0 && !rc) rc = err_set(err, STATUS_ERR_IO, "writing %s: %s", path, strerror(errno));
+    if (rc) unlink(path);
+    return rc;
+}
+
+static int encode_and_write(const char *path, int flags, const uint8_t *pixels, uint32_t w, uint32_t h,
+                            int channels, const struct png_text *text, int n_text, int level, struct err *err) {
     void *buf;
     size_t len;
     int rc = png_encode(pixels, w, h, channels, text, n_text, level, &buf, &len, err);
     if (rc) return rc;
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        rc = err_set(err, STATUS_ERR_IO, "cannot create %s: %s", path, strerror(errno));
-    } else {
-        if (fwrite(buf, 1, len, f) != len) rc = err_set(err, STATUS_ERR_IO, "writing %s: %s", path, strerror(errno));
-        if (fclose(f) != 0 && !rc) rc = err_set(err, STATUS_ERR_IO, "writing %s: %s", path, strerror(errno));
-        if (rc) remove(path);
-    }
+    rc = write_file(path, flags, buf, len, err);
     mem_free(buf);
     return rc;
+}
+
+int png_write(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
+              const struct png_text *text, int n_text, int level, struct err *err) {
+    return encode_and_write(path, O_TRUNC, pixels, w, h, channels, text, n_text, level, err);
+}
+
+int png_write_new(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
+                  const struct png_text *text, int n_text, int level, struct err *err) {
+    return encode_and_write(path, O_EXCL, pixels, w, h, channels, text, n_text, level, err);
 }
 
 /* ===== Decoding ===== */

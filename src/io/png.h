@@ -41,6 +41,11 @@ int png_encode(const uint8_t *pixels, uint32_t w, uint32_t h, int channels, cons
 int png_write(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
               const struct png_text *text, int n_text, int level, struct err *err);
 
+/* Like png_write, but never replaces a file: returns STATUS_ERR_EXISTS (err untouched) when
+ * path exists, so concurrent writers (one per device) each claim their own name. */
+int png_write_new(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
+                  const struct png_text *text, int n_text, int level, struct err *err);
+
 /* Decodes a PNG (any colour type and bit depth; 16-bit samples keep their high byte) into
  * 8-bit RGBA plus its text chunks. STATUS_ERR_FORMAT when the data is not a valid PNG. */
 int png_decode(const void *data, size_t len, struct png_image *img, struct err *err);

@@ -178,10 +178,21 @@ static int save_images(struct node_run *ctx, const struct image *im, const char 
             }
         }
         name[o < sizeof name ? o : sizeof name - 1] = 0;
-        snprintf(fname, sizeof fname, "%s_%05d_.png", name, sp.counter);
+        /* other devices may save with the same prefix at the same time: claim the name with an
+           exclusive create and move on to the next counter when it is taken */
         char path[4096 + 1400];
-        snprintf(path, sizeof path, "%s/%s", sp.folder, fname);
-        rc = png_write(path, pixels, (uint32_t)im->w, (uint32_t)im->h, (int)im->c, text, n_text, level, err);
+        for (int tries = 0;; tries++) {
+            snprintf(fname, sizeof fname, "%s_%05d_.png", name, sp.counter);
+            snprintf(path, sizeof path, "%s/%s", sp.folder, fname);
+            rc = png_write_new(path, pixels, (uint32_t)im->w, (uint32_t)im->h, (int)im->c, text, n_text, level,
+                               err);
+            if (rc != STATUS_ERR_EXISTS) break;
+            if (tries == 100000) {
+                rc = err_set(err, STATUS_ERR_IO, "no free file name for %s in %s", name, sp.folder);
+                break;
+            }
+            sp.counter++;
+        }
         if (rc) break;
         json_t *r = json_object();
         json_object_set_new(r, "filename", json_string(fname));

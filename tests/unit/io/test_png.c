@@ -210,6 +210,25 @@ static void test_float_conversion(void **s) {
     json_decref(ref);
 }
 
+/* png_write_new never replaces a file: a second writer of the same name gets ERR_EXISTS with no
+ * message and the first file stays intact (SaveImage on several devices relies on it). */
+static void test_write_new_exclusive(void **s) {
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/kiln_test_png_new_%d.png", (int)getpid());
+    unlink(path);
+    uint8_t a[4 * 3] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, b[4 * 3] = {0};
+    struct err err = {0};
+    assert_int_equal(png_write_new(path, a, 2, 2, 3, NULL, 0, 4, &err), 0);
+    assert_int_equal(png_write_new(path, b, 2, 2, 3, NULL, 0, 4, &err), STATUS_ERR_EXISTS);
+    assert_int_equal(err.code, 0);
+    struct png_image img;
+    assert_int_equal(png_read(path, &img, &err), 0);
+    assert_int_equal(img.rgba[0], 1);
+    assert_int_equal(img.rgba[4], 4);
+    png_image_deinit(&img);
+    unlink(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_rgb_text_order),
@@ -218,6 +237,7 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_pil_files),
         cmocka_unit_test(test_float_conversion),
+        cmocka_unit_test(test_write_new_exclusive),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
