@@ -50,4 +50,12 @@ void backend_free(struct backend *be);
  * n_threads <= 0 uses every core. Returns NULL only on host OOM. Free with backend_free. */
 struct backend *backend_cpu_new(int n_threads);
 
+/* The CUDA backend (tensor/cuda/, built only when CMake's KILN_CUDA is ON, which defines
+ * KILN_HAVE_CUDA): fp32 storage and compute on device `device`, one stream, cuBLAS products.
+ * Returns NULL with a message in err when the device is missing or cannot be opened. Free with
+ * backend_free. Defined only in CUDA builds. */
+struct backend *backend_cuda_new(int device, struct err *err);
+/* Number of CUDA devices visible (0 when the driver is missing). Defined only in CUDA builds. */
+int backend_cuda_count(void);
+
 #endif

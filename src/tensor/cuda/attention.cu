@@ -1,0 +1,114 @@
+/* tensor/cuda/attention.cu -- ATTENTION on CUDA: blocked scaled dot-product attention with an
+ * online softmax, so no more than one 32-key block of scores ever exists (per query).
+ * Owns: nothing. Threads: the backend's worker; one kernel on ctx->stream.
+ * DESIGN. A block of ATT_WARPS warps takes ATT_WARPS consecutive queries of one (image, head);
+ * it walks the keys in tiles of 32, staging k and v of the tile in shared memory. In a warp,
+ * lane j scores key j of the tile against the warp's query; the warp then takes the tile's
+ * max and sum with shuffles, rescales its running sum and output (flash-attention's online
+ * softmax), and adds p_j v_j, each lane owning d/32 of the output's channels. fp32 throughout.
+ * Later (issue 4): tensor-core tiles (mma) with fp16 storage; this is the correctness base. */
+#include "tensor/cuda/cuda.cuh"
+
+#include <math.h>
+
+#define ATT_WARPS 8 /* queries per block */
+#define ATT_KEYS 32 /* keys per tile: one per lane */
+#define ATT_DMAX 256 /* largest head size: 8 channels per lane */
+#define ATT_DPL (ATT_DMAX / 32)
+
+__global__ void attention_f32(float *out, const float *q, const float *k, const float *v, int64_t nq, int64_t nk,
+                              int64_t c, int d, float scale, int causal) {
+    extern __shared__ float smem[];
+    const int ds = d + 1; /* padded row: lanes reading one channel of 32 rows hit 32 banks */
+    float *ks = smem;                        /* [ATT_KEYS][ds] */
+    float *vs = ks + ATT_KEYS * ds;          /* [ATT_KEYS][ds] */
+    float *qs = vs + ATT_KEYS * ds;          /* [ATT_WARPS][d] */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t b = blockIdx.z, h = blockIdx.y;
+    const int64_t q0 = (int64_t)blockIdx.x * ATT_WARPS, qi = q0 + warp;
+    const bool active = qi < nq;
+    float *qw = qs + warp * d;
+    for (int t = lane; t < d; t += 32) qw[t] = active ? q[(b * nq + qi) * c + h * d + t] * scale : 0.0f;
+
+    float m = -INFINITY, l = 0.0f, acc[ATT_DPL];
+    for (int t = 0; t < ATT_DPL; t++) acc[t] = 0.0f;
+
+    int64_t kend = nk;
+    if (causal) { /* the block's last query sees keys 0 .. q0 + ATT_WARPS - 1 */
+        int64_t last = q0 + ATT_WARPS;
+        if (last < kend) kend = last;
+    }
+    for (int64_t k0 = 0; k0 < kend; k0 += ATT_KEYS) {
+        __syncthreads(); /* the previous tile is no longer read; qs is written */
+        for (int i = threadIdx.x; i < ATT_KEYS * d; i += blockDim.x) {
+            int j = i / d, t = i - j * d;
+            int64_t key = k0 + j;
+            bool in = key < nk;
+            ks[j * ds + t] = in ? k[(b * nk + key) * c + h * d + t] : 0.0f;
+            vs[j * ds + t] = in ? v[(b * nk + key) * c + h * d + t] : 0.0f;
+        }
+        __syncthreads();
+        /* lane j: score of key k0 + j */
+        int64_t key = k0 + lane;
+        bool valid = active && key < nk && (!causal || key <= qi);
+        float s = -INFINITY;
+        if (valid) {
+            float dot = 0.0f;
+            const float *kr = ks + lane * ds;
+            for (int t = 0; t < d; t++) dot = fmaf(qw[t], kr[t], dot);
+            s = dot;
+        }
+        float bm = s;
+        for (int o = 16; o > 0; o >>= 1) bm = fmaxf(bm, __shfl_xor_sync(0xffffffffu, bm, o));
+        if (bm == -INFINITY) continue; /* nothing visible in this tile for this query (warp-uniform) */
+        float mn = fmaxf(m, bm);
+        float p = valid ? expf(s - mn) : 0.0f;
+        float corr = expf(m - mn); /* 0 on the first visible tile (m = -inf) */
+        float ps = p;
+        for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+        l = l * corr + ps;
+        for (int t = 0; t < ATT_DPL; t++) acc[t] *= corr;
+        for (int j = 0; j < ATT_KEYS; j++) {
+            float pj = __shfl_sync(0xffffffffu, p, j);
+            const float *vr = vs + j * ds;
+            for (int t = 0; t < ATT_DPL; t++) {
+                int ch = lane + 32 * t;
+                if (ch < d) acc[t] = fmaf(pj, vr[ch], acc[t]);
+            }
+        }
+        m = mn;
+    }
+    if (!active) return;
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float *o = out + (b * nq + qi) * c + h * d;
+    for (int t = 0; t < ATT_DPL; t++) {
+        int ch = lane + 32 * t;
+        if (ch < d) o[ch] = acc[t] * inv;
+    }
+}
+
+static int attention_f32_cuda(float *out, const float *q, const float *k, const float *v, int64_t nb, int64_t nq,
+                              int64_t nk, int64_t c, int heads, bool causal, cudaStream_t stream, struct err *err) {
+    int d = (int)(c / heads);
+    if (d > ATT_DMAX)
+        return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda attention: head size %d above %d", d, ATT_DMAX);
+    if (nb > 65535 || heads > 65535)
+        return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda attention: %lld images x %d heads exceed the grid",
+                       (long long)nb, heads);
+    size_t smem = (size_t)(2 * ATT_KEYS * (d + 1) + ATT_WARPS * d) * sizeof(float);
+    if (smem > 48 * 1024) CUDA_TRY(cudaFuncSetAttribute(attention_f32, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((unsigned)((nq + ATT_WARPS - 1) / ATT_WARPS), (unsigned)heads, (unsigned)nb);
+    attention_f32<<<grid, ATT_WARPS * 32, smem, stream>>>(out, q, k, v, nq, nk, c, d, 1.0f / sqrtf((float)d),
+                                                          causal ? 1 : 0);
+    CUDA_TRY_LAUNCH();
+    return 0;
+}
+
+int cuda_op_attention(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
+    const struct tensor *tq = dst->src[0], *tk = dst->src[1], *tv = dst->src[2];
+    int64_t nb = tq->shape[0], nq = tq->shape[1], nk = tk->shape[1], c = tq->shape[2];
+    int heads = dst->ip[0];
+    if (nb * nq * c == 0) return 0;
+    return attention_f32_cuda((float *)dst->data, (const float *)tq->data, (const float *)tk->data,
+                              (const float *)tv->data, nb, nq, nk, c, heads, dst->ip[1] != 0, ctx->stream, err);
+}

@@ -1,0 +1,261 @@
+/* tensor/cuda/backend.cu -- the CUDA backend's function table, memory, errors and its one op switch.
+ * Owns: struct cuda_ctx (stream, cuBLAS handle, kernel scratch) and every device buffer it hands
+ * out (cudaMalloc lives here only, until the VRAM manager of issue 4 takes it over).
+ * Threads: the owning worker; each entry point first binds the ctx's device to the thread.
+ * DESIGN: graph_run queues every node on the one stream, then synchronises once and checks for
+ * asynchronous errors; no CUDA error aborts (CUDA_TRY turns each into a status + message). */
+#include "tensor/cuda/cuda.cuh"
+
+extern "C" {
+#include "base/log.h"
+#include "base/mem.h"
+}
+
+#include <stdio.h>
+#include <string.h>
+
+/* ===== Errors ===== */
+
+int cuda_error(struct err *err, cudaError_t e, const char *stmt, const char *func, const char *file, int line) {
+    int rc = e == cudaErrorMemoryAllocation ? STATUS_ERR_OOM_DEVICE : STATUS_ERR_DEVICE;
+    if (e == cudaErrorMemoryAllocation) (void)cudaGetLastError(); /* not sticky: clear it */
+    return err_set(err, rc, "CUDA error %s (%s) in `%s` at %s (%s:%d)", cudaGetErrorName(e), cudaGetErrorString(e),
+                   stmt, func, file, line);
+}
+
+int cuda_blas_error(struct err *err, cublasStatus_t s, const char *stmt, const char *func, const char *file, int line) {
+    int rc = s == CUBLAS_STATUS_ALLOC_FAILED ? STATUS_ERR_OOM_DEVICE : STATUS_ERR_DEVICE;
+    return err_set(err, rc, "cuBLAS error %s (%s) in `%s` at %s (%s:%d)", cublasGetStatusName(s),
+                   cublasGetStatusString(s), stmt, func, file, line);
+}
+
+/* ===== Memory ===== */
+
+/* Sizes of live allocations, to count bytes per backend (few: scratch, weights, work). */
+struct cuda_alloc {
+    void *ptr;
+    size_t size;
+};
+
+struct cuda_backend {
+    struct cuda_ctx ctx;        /* first: the ctx pointer of struct backend points here */
+    struct cuda_alloc *allocs;  /* live buffers */
+    int n_allocs, cap_allocs;
+};
+
+static int cuda_raw_alloc(struct cuda_backend *cb, size_t size, void **out, struct err *err) {
+    *out = NULL;
+    CUDA_TRY(cudaSetDevice(cb->ctx.device));
+    CUDA_TRY(cudaMalloc(out, size ? size : 1));
+    if (cb->n_allocs == cb->cap_allocs) {
+        int cap = cb->cap_allocs ? cb->cap_allocs * 2 : 16;
+        struct cuda_alloc *a = (struct cuda_alloc *)mem_try_realloc(cb->allocs, (size_t)cap * sizeof *a);
+        if (!a) {
+            cudaFree(*out);
+            *out = NULL;
+            return err_set(err, STATUS_ERR_NOMEM, "cuda backend: out of host memory for the allocation list");
+        }
+        cb->allocs = a;
+        cb->cap_allocs = cap;
+    }
+    cb->allocs[cb->n_allocs++] = (struct cuda_alloc){*out, size};
+    cb->ctx.bytes_in_use += size;
+    if (cb->ctx.bytes_in_use > cb->ctx.bytes_peak) cb->ctx.bytes_peak = cb->ctx.bytes_in_use;
+    return 0;
+}
+
+static void cuda_raw_free(struct cuda_backend *cb, void *p) {
+    if (!p) return;
+    for (int i = 0; i < cb->n_allocs; i++) {
+        if (cb->allocs[i].ptr != p) continue;
+        cb->ctx.bytes_in_use -= cb->allocs[i].size;
+        cb->allocs[i] = cb->allocs[--cb->n_allocs];
+        break;
+    }
+    cudaSetDevice(cb->ctx.device);
+    cudaStreamSynchronize(cb->ctx.stream); /* queued work may still read it */
+    cudaFree(p);
+}
+
+static int cuda_buf_alloc(void *vctx, size_t size, void **out) {
+    struct err err = {};
+    int rc = cuda_raw_alloc((struct cuda_backend *)vctx, size, out, &err);
+    if (rc) log_warn("cuda backend: %s", err.msg);
+    return rc;
+}
+
+static void cuda_buf_free(void *vctx, void *buf) { cuda_raw_free((struct cuda_backend *)vctx, buf); }
+
+void *cuda__work(struct cuda_ctx *ctx, size_t size, const char *what, int *rc, struct err *err) {
+    if (ctx->work_size >= size) return ctx->work;
+    struct cuda_backend *cb = (struct cuda_backend *)ctx;
+    cuda_raw_free(cb, ctx->work);
+    ctx->work = NULL;
+    ctx->work_size = 0;
+    *rc = cuda_raw_alloc(cb, size, &ctx->work, err);
+    if (*rc) {
+        err_prefix(err, "cuda backend: %zu bytes of scratch for %s: ", size, what);
+        return NULL;
+    }
+    ctx->work_size = size;
+    return ctx->work;
+}
+
+/* ===== Copies ===== */
+
+static int cuda_copy(struct cuda_ctx *ctx, void *dst, const void *src, size_t size, cudaMemcpyKind kind) {
+    struct err e = {};
+    struct err *err = &e;
+    CUDA_TRY(cudaSetDevice(ctx->device));
+    CUDA_TRY(cudaMemcpyAsync(dst, src, size, kind, ctx->stream));
+    CUDA_TRY(cudaStreamSynchronize(ctx->stream)); /* the host buffer is the caller's again on return */
+    return 0;
+}
+
+static int cuda_tensor_set(void *vctx, struct tensor *t, const void *host, size_t off, size_t size) {
+    int rc = cuda_copy((struct cuda_ctx *)vctx, (char *)t->data + off, host, size, cudaMemcpyHostToDevice);
+    if (rc) log_warn("cuda backend: copy of %zu bytes to the device failed: %s", size, status_str(rc));
+    return rc;
+}
+
+static int cuda_tensor_get(void *vctx, const struct tensor *t, void *host, size_t off, size_t size) {
+    int rc = cuda_copy((struct cuda_ctx *)vctx, host, (const char *)t->data + off, size, cudaMemcpyDeviceToHost);
+    if (rc) log_warn("cuda backend: copy of %zu bytes from the device failed: %s", size, status_str(rc));
+    return rc;
+}
+
+/* ===== Graphs ===== */
+
+static bool cuda_op_supported(void *vctx, const struct tensor *node) {
+    /* fp32 everywhere; GET_ROWS reads I32 ids */
+    for (int i = 0; i < TENSOR_MAX_SRC; i++) {
+        const struct tensor *s = node->src[i];
+        if (!s) continue;
+        if (s->dtype != DTYPE_F32 && !(node->op == OP_GET_ROWS && i == 1 && s->dtype == DTYPE_I32)) return false;
+    }
+    return node->dtype == DTYPE_F32;
+}
+
+static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct err *err) {
+    struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
+    CUDA_TRY(cudaSetDevice(ctx->device));
+    for (int i = 0; i < n; i++) {
+        struct tensor *t = nodes[i];
+        if (!cuda_op_supported(ctx, t))
+            return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda backend: %s on %s is not supported", op_name(t->op),
+                           dtype_name(t->dtype));
+        int rc;
+        switch (t->op) {
+        case OP_ADD: rc = cuda_op_add(ctx, t, err); break;
+        case OP_MUL: rc = cuda_op_mul(ctx, t, err); break;
+        case OP_SCALE: rc = cuda_op_scale(ctx, t, err); break;
+        case OP_SILU: rc = cuda_op_silu(ctx, t, err); break;
+        case OP_GELU: rc = cuda_op_gelu(ctx, t, err); break;
+        case OP_QUICK_GELU: rc = cuda_op_quick_gelu(ctx, t, err); break;
+        case OP_GEGLU: rc = cuda_op_geglu(ctx, t, err); break;
+        case OP_LINEAR: rc = cuda_op_linear(ctx, t, err); break;
+        case OP_CONV2D: rc = cuda_op_conv2d(ctx, t, err); break;
+        case OP_GROUP_NORM: rc = cuda_op_group_norm(ctx, t, err); break;
+        case OP_LAYER_NORM: rc = cuda_op_layer_norm(ctx, t, err); break;
+        case OP_ATTENTION: rc = cuda_op_attention(ctx, t, err); break;
+        case OP_TRANSPOSE: rc = cuda_op_transpose(ctx, t, err); break;
+        case OP_UPSAMPLE_NEAREST: rc = cuda_op_upsample_nearest(ctx, t, err); break;
+        case OP_CONCAT: rc = cuda_op_concat(ctx, t, err); break;
+        case OP_GET_ROWS: rc = cuda_op_get_rows(ctx, t, err); break;
+        case OP_NONE:
+        case OP_RESHAPE: rc = 0; break;
+        default:
+            rc = err_set(err, STATUS_ERR_UNSUPPORTED, "cuda backend: op %s not implemented", op_name(t->op));
+        }
+        if (rc) {
+            char sh[64];
+            err_prefix(err, "%s %s: ", op_name(t->op), tensor_shape_str(t, sh, sizeof sh));
+            cudaStreamSynchronize(ctx->stream);
+            return rc;
+        }
+    }
+    CUDA_TRY(cudaStreamSynchronize(ctx->stream));
+    CUDA_TRY(cudaGetLastError());
+    return 0;
+}
+
+static int cuda_sync(void *vctx) {
+    struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
+    struct err e = {};
+    struct err *err = &e;
+    CUDA_TRY(cudaSetDevice(ctx->device));
+    CUDA_TRY(cudaStreamSynchronize(ctx->stream));
+    return 0;
+}
+
+static void cuda_free(void *vctx) {
+    struct cuda_backend *cb = (struct cuda_backend *)vctx;
+    cudaSetDevice(cb->ctx.device);
+    if (cb->ctx.stream) cudaStreamSynchronize(cb->ctx.stream);
+    cuda_raw_free(cb, cb->ctx.work);
+    if (cb->n_allocs)
+        log_warn("cuda backend: %d buffer(s) (%zu bytes) still allocated at teardown", cb->n_allocs,
+                 cb->ctx.bytes_in_use);
+    if (cb->ctx.cublas) cublasDestroy(cb->ctx.cublas);
+    if (cb->ctx.stream) cudaStreamDestroy(cb->ctx.stream);
+    mem_free(cb->allocs);
+    mem_free(cb);
+}
+
+static const struct backend_i CUDA_BACKEND = {
+    /* .api_version = */ BACKEND_API_VERSION,
+    /* .name = */ "cuda",
+    /* .buf_alloc = */ cuda_buf_alloc,
+    /* .buf_free = */ cuda_buf_free,
+    /* .tensor_set = */ cuda_tensor_set,
+    /* .tensor_get = */ cuda_tensor_get,
+    /* .op_supported = */ cuda_op_supported,
+    /* .graph_run = */ cuda_graph_run,
+    /* .sync = */ cuda_sync,
+    /* .free = */ cuda_free,
+};
+
+/* ===== Construction ===== */
+
+extern "C" int backend_cuda_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
+    int n = backend_cuda_count();
+    if (device < 0 || device >= n)
+        return err_set(err, STATUS_ERR_NOT_FOUND, "cuda backend: no CUDA device %d (%d found)", device, n);
+    cb->ctx.device = device;
+    CUDA_TRY(cudaSetDevice(device));
+    CUDA_TRY(cudaStreamCreateWithFlags(&cb->ctx.stream, cudaStreamNonBlocking));
+    CUBLAS_TRY(cublasCreate(&cb->ctx.cublas));
+    CUBLAS_TRY(cublasSetStream(cb->ctx.cublas, cb->ctx.stream));
+    /* exact fp32 products first (no TF32); a faster math mode is a later, measured switch */
+    CUBLAS_TRY(cublasSetMathMode(cb->ctx.cublas, CUBLAS_DEFAULT_MATH));
+    return 0;
+}
+
+extern "C" struct backend *backend_cuda_new(int device, struct err *err) {
+    struct cuda_backend *cb = (struct cuda_backend *)mem_try_calloc(1, sizeof *cb);
+    struct backend *be = (struct backend *)mem_try_calloc(1, sizeof *be);
+    if (!cb || !be) {
+        mem_free(cb);
+        mem_free(be);
+        err_set(err, STATUS_ERR_NOMEM, "cuda backend: out of host memory");
+        return NULL;
+    }
+    if (cuda_ctx_open(cb, device, err)) {
+        cuda_free(cb);
+        mem_free(be);
+        return NULL;
+    }
+    be->iface = &CUDA_BACKEND;
+    be->device = device;
+    be->ctx = cb;
+    return be;
+}

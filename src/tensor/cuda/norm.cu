@@ -1,0 +1,115 @@
+/* tensor/cuda/norm.cu -- GROUP_NORM (optionally fused with SiLU) and LAYER_NORM on CUDA.
+ * Owns: nothing. Threads: the backend's worker; kernels on ctx->stream.
+ * NUMERICS as tensor/cpu/norm.c: biased variance, two passes (the mean, then the squared
+ * deviations from it), each thread's partial sums and the block reduction in double, then
+ * y = x * scale + shift per channel in float. One block per group (GroupNorm) or per row
+ * (LayerNorm); a group of a large image is walked by the block's threads in a strided loop. */
+#include "tensor/cuda/cuda.cuh"
+
+#define GN_THREADS 512
+#define LN_THREADS 256
+
+/* Sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it. */
+__device__ double block_sum(double v) {
+    __shared__ double part[32];
+    __shared__ double total;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads(); /* part and total may still be read from a previous call */
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        int nw = blockDim.x >> 5;
+        double s = lane < nw ? part[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffffu, s, o);
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    return total;
+}
+
+/* Mean and 1/sqrt(var + eps) of x[0..n), strided over the block. */
+__device__ void block_moments(const float *x, int64_t n, double eps, float *mean_out, float *rstd_out) {
+    double s = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+    double m = block_sum(s) / (double)n;
+    float mf = (float)m;
+    double q = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        double d = (double)(x[i] - mf);
+        q += d * d;
+    }
+    double var = block_sum(q) / (double)n - (m - mf) * (m - mf);
+    *mean_out = mf;
+    *rstd_out = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
+}
+
+/* ===== GroupNorm: x [B, C, spatial], block (b, g) owns channels [g*cpg, (g+1)*cpg) ===== */
+
+__global__ void group_norm_f32(float *y, const float *x, const float *w, const float *b, int64_t c, int64_t groups,
+                               int64_t spatial, float eps, int silu) {
+    int64_t bg = blockIdx.x, cpg = c / groups, gsize = cpg * spatial;
+    int64_t g = bg % groups;
+    const float *xg = x + bg * gsize;
+    float *yg = y + bg * gsize;
+    float mean, rstd;
+    block_moments(xg, gsize, eps, &mean, &rstd);
+    for (int64_t i = threadIdx.x; i < gsize; i += blockDim.x) {
+        int64_t ch = g * cpg + i / spatial;
+        float scale = rstd * (w ? w[ch] : 1.0f);
+        float shift = (b ? b[ch] : 0.0f) - mean * scale;
+        float v = xg[i] * scale + shift;
+        if (silu) v = v / (1.0f + expf(-v));
+        yg[i] = v;
+    }
+}
+
+static int group_norm_f32_cuda(float *y, const float *x, const float *w, const float *b, int64_t nb, int64_t c,
+                               int64_t groups, int64_t spatial, float eps, bool silu, cudaStream_t stream,
+                               struct err *err) {
+    if (nb * groups == 0 || c * spatial == 0) return 0;
+    group_norm_f32<<<(unsigned)(nb * groups), GN_THREADS, 0, stream>>>(y, x, w, b, c, groups, spatial, eps, silu);
+    CUDA_TRY_LAUNCH();
+    return 0;
+}
+
+int cuda_op_group_norm(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
+    const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
+    int64_t nb = tx->shape[0], c = tx->shape[1], groups = dst->ip[0];
+    int64_t spatial = nb * c != 0 ? cuda_numel(tx) / (nb * c) : 0;
+    return group_norm_f32_cuda((float *)dst->data, (const float *)tx->data, tw ? (const float *)tw->data : NULL,
+                               tb ? (const float *)tb->data : NULL, nb, c, groups, spatial, dst->fp[0],
+                               dst->ip[1] != 0, ctx->stream, err);
+}
+
+/* ===== LayerNorm: x [rows, C], one block per row ===== */
+
+__global__ void layer_norm_f32(float *y, const float *x, const float *w, const float *b, int64_t c, float eps) {
+    const float *xr = x + blockIdx.x * c;
+    float *yr = y + blockIdx.x * c;
+    float mean, rstd;
+    block_moments(xr, c, eps, &mean, &rstd);
+    for (int64_t i = threadIdx.x; i < c; i += blockDim.x) {
+        float v = (xr[i] - mean) * rstd;
+        if (w) v *= w[i];
+        if (b) v += b[i];
+        yr[i] = v;
+    }
+}
+
+static int layer_norm_f32_cuda(float *y, const float *x, const float *w, const float *b, int64_t rows, int64_t c,
+                               float eps, cudaStream_t stream, struct err *err) {
+    if (rows == 0 || c == 0) return 0;
+    if (rows > 0x7fffffff)
+        return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda layer_norm: %lld rows exceed the grid", (long long)rows);
+    layer_norm_f32<<<(unsigned)rows, LN_THREADS, 0, stream>>>(y, x, w, b, c, eps);
+    CUDA_TRY_LAUNCH();
+    return 0;
+}
+
+int cuda_op_layer_norm(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
+    const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
+    int64_t c = tx->shape[tx->ndim - 1], rows = c ? cuda_numel(tx) / c : 0;
+    return layer_norm_f32_cuda((float *)dst->data, (const float *)tx->data, tw ? (const float *)tw->data : NULL,
+                               tb ? (const float *)tb->data : NULL, rows, c, dst->fp[0], ctx->stream, err);
+}

@@ -1,0 +1,398 @@
+/* tests/gpu/test_ops_cuda.c -- every op of OP_MAP on the CPU backend and on the CUDA backend,
+ * compared (STYLE.md §7, ggml's test-backend-ops). The CPU backend is the reference: it has its
+ * own double-precision tests (tests/unit/tensor/test_ops.c), so agreement here means the CUDA
+ * kernels compute the same function. Each case records one op with op_* on both backends
+ * through the real path (tctx_plan, tctx_set, tctx_run, tctx_get), on the same fixed-seed
+ * random inputs, and checks max |cuda - cpu| / max |cpu| against the case's tolerance:
+ * 1e-5 for everything (fp32 on both sides; products and reductions sum in another order).
+ * Shapes are SD1.5 layers at small spatial sizes plus edge cases (odd sizes, asymmetric
+ * padding, broadcasting, causal masks, query counts that are not a multiple of a block).
+ * Also: error paths (bad ids, a missing device, device OOM) return statuses with messages.
+ * Needs a CUDA device; without one every test is skipped. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "base/clock.h"
+#include "base/mem.h"
+#include "base/status.h"
+#include "tensor/backend.h"
+#include "tensor/tensor.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ===== Harness ===== */
+
+#define MAX_IN 4
+
+struct side {
+    struct backend *be;
+    struct tscratch scratch;
+    struct tctx c;
+};
+
+static struct side cpu, gpu;
+static bool have_gpu;
+static uint64_t rng = 0x6b696c6eULL;
+
+static int setup(void **state) {
+    cpu.be = backend_cpu_new(0);
+    if (!cpu.be) return -1;
+    tscratch_init(&cpu.scratch, cpu.be);
+    tctx_init(&cpu.c, cpu.be, &cpu.scratch);
+    int n = backend_cuda_count();
+    printf("CUDA devices: %d\n", n);
+    if (n <= 0) return 0;
+    struct err err = {0};
+    gpu.be = backend_cuda_new(0, &err);
+    if (!gpu.be) {
+        fprintf(stderr, "backend_cuda_new: %s\n", err.msg);
+        return -1;
+    }
+    tscratch_init(&gpu.scratch, gpu.be);
+    tctx_init(&gpu.c, gpu.be, &gpu.scratch);
+    have_gpu = true;
+    return 0;
+}
+
+static int teardown(void **state) {
+    tctx_deinit(&cpu.c);
+    tscratch_deinit(&cpu.scratch);
+    backend_free(cpu.be);
+    if (have_gpu) {
+        tctx_deinit(&gpu.c);
+        tscratch_deinit(&gpu.scratch);
+        backend_free(gpu.be);
+    }
+    return 0;
+}
+
+/* splitmix64 -> uniform double in [0, 1) */
+static double urand(void) {
+    uint64_t z = (rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-53;
+}
+
+struct input {
+    enum dtype dtype;             /* F32 (random in [lo, hi)) or I32 (ids in [0, id_max)) */
+    int ndim;
+    int64_t shape[4];
+    int64_t id_max;               /* I32 only */
+};
+
+struct ocase;
+/* Records the case's op on c from its inputs (in[i] for input i; absent optional ones NULL). */
+typedef struct tensor *(*build_fn)(struct tctx *c, struct tensor **in, const struct ocase *k);
+
+struct ocase {
+    const char *name;
+    build_fn build;
+    int n_in;
+    struct input in[MAX_IN];
+    double lo, hi;  /* range of the F32 inputs */
+    int ip[6];      /* op parameters, as the build function reads them */
+    float fp[2];
+};
+
+static int64_t numel(const struct input *in) {
+    int64_t n = 1;
+    for (int i = 0; i < in->ndim; i++) n *= in->shape[i];
+    return n;
+}
+
+/* Builds and runs k on one side with the given host inputs; returns the output (mem_free). */
+static float *run_side(struct side *s, const struct ocase *k, void **host, int64_t *n_out, int *rc_out) {
+    tctx_reset(&s->c);
+    struct tensor *in[MAX_IN] = {0};
+    for (int i = 0; i < k->n_in; i++) {
+        if (k->in[i].ndim == 0) continue; /* absent optional input */
+        in[i] = tensor_input(&s->c, k->in[i].dtype, k->in[i].ndim, k->in[i].shape);
+    }
+    struct tensor *out = k->build(&s->c, in, k);
+    if (!out) fail_msg("%s: recording failed: %s", k->name, s->c.err.msg);
+    tensor_set_output(out);
+    int rc = tctx_plan(&s->c, &out, 1);
+    for (int i = 0; i < k->n_in && !rc; i++)
+        if (in[i]) rc = tctx_set(&s->c, in[i], host[i]);
+    if (!rc) rc = tctx_run(&s->c);
+    *rc_out = rc;
+    if (rc) return NULL;
+    *n_out = tensor_numel(out);
+    float *y = mem_alloc((size_t)*n_out * sizeof(float));
+    assert_int_equal(tctx_get(&s->c, out, y), 0);
+    return y;
+}
+
+/* Runs k on both backends and compares: max |gpu - cpu| / max |cpu| <= tol, no NaN. */
+static void check_case(const struct ocase *k, double tol) {
+    void *host[MAX_IN] = {0};
+    for (int i = 0; i < k->n_in; i++) {
+        const struct input *in = &k->in[i];
+        if (in->ndim == 0) continue;
+        int64_t n = numel(in);
+        if (in->dtype == DTYPE_I32) {
+            int32_t *h = mem_alloc((size_t)n * sizeof *h);
+            for (int64_t j = 0; j < n; j++) h[j] = (int32_t)(urand() * (double)in->id_max);
+            host[i] = h;
+        } else {
+            float *h = mem_alloc((size_t)n * sizeof *h);
+            for (int64_t j = 0; j < n; j++) h[j] = (float)(k->lo + (k->hi - k->lo) * urand());
+            host[i] = h;
+        }
+    }
+    int64_t nc = 0, ng = 0;
+    int rc_c = 0, rc_g = 0;
+    double t0 = clock_now();
+    float *yc = run_side(&cpu, k, host, &nc, &rc_c);
+    double t1 = clock_now();
+    float *yg = run_side(&gpu, k, host, &ng, &rc_g);
+    double t2 = clock_now();
+    if (rc_c) fail_msg("%s: cpu failed: %s", k->name, cpu.c.err.msg);
+    if (rc_g) fail_msg("%s: cuda failed: %s (%s)", k->name, status_name(rc_g), gpu.c.err.msg);
+    assert_int_equal(nc, ng);
+    double maxref = 0, maxerr = 0;
+    int64_t at = 0;
+    for (int64_t i = 0; i < nc; i++) {
+        if (isnan(yg[i]) != isnan(yc[i])) fail_msg("%s: NaN mismatch at %lld", k->name, (long long)i);
+        if (fabs(yc[i]) > maxref) maxref = fabs(yc[i]);
+        double e = fabs((double)yg[i] - yc[i]);
+        if (e > maxerr) {
+            maxerr = e;
+            at = i;
+        }
+    }
+    double rel = maxerr / (maxref > 1e-30 ? maxref : 1e-30);
+    printf("  %-44s rel err %.2e (tol %.0e)  cpu %7.2f ms  cuda %7.2f ms\n", k->name, rel, tol, (t1 - t0) * 1e3,
+           (t2 - t1) * 1e3);
+    if (maxref == 0) fail_msg("%s: the reference output is all zeros (a case that cannot fail)", k->name);
+    if (!(rel <= tol))
+        fail_msg("%s: max err %.3g at %lld (cuda %.9g, cpu %.9g) = %.3g of max |cpu| %.3g > %.0e", k->name, maxerr,
+                 (long long)at, yg[at], yc[at], rel, maxref, tol);
+    mem_free(yc);
+    mem_free(yg);
+    for (int i = 0; i < k->n_in; i++) mem_free(host[i]);
+}
+
+#define GPU_OR_SKIP() \
+    do {              \
+        if (!have_gpu) skip(); \
+    } while (0)
+
+#define IN(...) {DTYPE_F32, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), {__VA_ARGS__}, 0}
+#define NOIN {DTYPE_F32, 0, {0}, 0}
+#define TOL 1e-5
+
+static void run_cases(const struct ocase *ks, int n, double tol) {
+    for (int i = 0; i < n; i++) check_case(&ks[i], tol);
+}
+
+/* ===== Build functions ===== */
+
+static struct tensor *b_add(struct tctx *c, struct tensor **in, const struct ocase *k) { return op_add(c, in[0], in[1]); }
+static struct tensor *b_mul(struct tctx *c, struct tensor **in, const struct ocase *k) { return op_mul(c, in[0], in[1]); }
+static struct tensor *b_scale(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_scale(c, in[0], k->fp[0], k->fp[1]);
+}
+static struct tensor *b_silu(struct tctx *c, struct tensor **in, const struct ocase *k) { return op_silu(c, in[0]); }
+static struct tensor *b_gelu(struct tctx *c, struct tensor **in, const struct ocase *k) { return op_gelu(c, in[0]); }
+static struct tensor *b_qgelu(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_quick_gelu(c, in[0]);
+}
+static struct tensor *b_geglu(struct tctx *c, struct tensor **in, const struct ocase *k) { return op_geglu(c, in[0]); }
+static struct tensor *b_linear(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_linear(c, in[0], in[1], in[2]);
+}
+static struct tensor *b_conv(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_conv2d_pad(c, in[0], in[1], in[2], k->ip[0], k->ip[1], k->ip[2], k->ip[3], k->ip[4]);
+}
+static struct tensor *b_gn(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_group_norm(c, in[0], in[1], in[2], k->ip[0], k->fp[0], k->ip[1] != 0);
+}
+static struct tensor *b_ln(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_layer_norm(c, in[0], in[1], in[2], k->fp[0]);
+}
+static struct tensor *b_attn(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_attention(c, in[0], in[1], in[2], k->ip[0], k->ip[1] != 0);
+}
+static struct tensor *b_transpose(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_transpose(c, in[0]);
+}
+static struct tensor *b_upsample(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_upsample_nearest_to(c, in[0], k->ip[0], k->ip[1]);
+}
+static struct tensor *b_concat(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_concat(c, in[0], in[1], k->ip[0]);
+}
+static struct tensor *b_get_rows(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_get_rows(c, in[0], in[1]);
+}
+/* A reshape between two computed ops: views must alias on the device too. */
+static struct tensor *b_reshape_chain(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    struct tensor *y = op_silu(c, in[0]); // [2, 320, 8, 8]
+    y = op_reshape(c, y, 3, (int64_t[]){2, 320, 64});
+    y = op_transpose(c, y); // [2, 64, 320]
+    return op_scale(c, y, 2.0f, -1.0f);
+}
+
+/* ===== Cases ===== */
+
+static void test_elementwise(void **state) {
+    GPU_OR_SKIP();
+    const struct ocase ks[] = {
+        {"add same [2,320,16,16]", b_add, 2, {IN(2, 320, 16, 16), IN(2, 320, 16, 16)}, -2, 2, {0}, {0}},
+        {"add bias [2,320,16,16]+[320,1,1]", b_add, 2, {IN(2, 320, 16, 16), IN(320, 1, 1)}, -2, 2, {0}, {0}},
+        {"add emb [2,4,8,8]+[2,4,1,1]", b_add, 2, {IN(2, 4, 8, 8), IN(2, 4, 1, 1)}, -2, 2, {0}, {0}},
+        {"add row [2,77,768]+[768]", b_add, 2, {IN(2, 77, 768), IN(768)}, -2, 2, {0}, {0}},
+        {"add scalar [3,5,7]+[1]", b_add, 2, {IN(3, 5, 7), IN(1)}, -2, 2, {0}, {0}},
+        {"add mid [2,3,5,7]+[3,1,7]", b_add, 2, {IN(2, 3, 5, 7), IN(3, 1, 7)}, -2, 2, {0}, {0}},
+        {"mul same [2,1280,8,8]", b_mul, 2, {IN(2, 1280, 8, 8), IN(2, 1280, 8, 8)}, -2, 2, {0}, {0}},
+        {"mul bcast [2,320,16,16]*[2,320,1,1]", b_mul, 2, {IN(2, 320, 16, 16), IN(2, 320, 1, 1)}, -2, 2, {0}, {0}},
+        {"mul row [2,77,768]*[77,768]", b_mul, 2, {IN(2, 77, 768), IN(77, 768)}, -2, 2, {0}, {0}},
+        {"scale latent [2,4,64,64]", b_scale, 1, {IN(2, 4, 64, 64)}, -3, 3, {0}, {0.18215f, 0.5f}},
+        {"silu [2,320,16,16]", b_silu, 1, {IN(2, 320, 16, 16)}, -8, 8, {0}, {0}},
+        {"silu [2,1280]", b_silu, 1, {IN(2, 1280)}, -8, 8, {0}, {0}},
+        {"gelu [2,256,1280]", b_gelu, 1, {IN(2, 256, 1280)}, -6, 6, {0}, {0}},
+        {"quick_gelu [2,77,3072]", b_qgelu, 1, {IN(2, 77, 3072)}, -6, 6, {0}, {0}},
+        {"geglu [2,256,2560]", b_geglu, 1, {IN(2, 256, 2560)}, -4, 4, {0}, {0}},
+        {"geglu odd [1,7,10]", b_geglu, 1, {IN(1, 7, 10)}, -4, 4, {0}, {0}},
+        {"reshape+transpose chain", b_reshape_chain, 1, {IN(2, 320, 8, 8)}, -3, 3, {0}, {0}},
+    };
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+}
+
+static void test_linear(void **state) {
+    GPU_OR_SKIP();
+    const struct ocase ks[] = {
+        {"linear proj [2,256,320]x[320,320]+b", b_linear, 3, {IN(2, 256, 320), IN(320, 320), IN(320)}, -1, 1, {0}, {0}},
+        {"linear ff [2,256,320]x[2560,320]+b", b_linear, 3, {IN(2, 256, 320), IN(2560, 320), IN(2560)}, -1, 1, {0}, {0}},
+        {"linear clip mlp [2,77,768]x[3072,768]+b", b_linear, 3, {IN(2, 77, 768), IN(3072, 768), IN(3072)}, -1, 1, {0}, {0}},
+        {"linear k [2,77,768]x[320,768]", b_linear, 3, {IN(2, 77, 768), IN(320, 768), NOIN}, -1, 1, {0}, {0}},
+        {"linear time [2,320]x[1280,320]+b", b_linear, 3, {IN(2, 320), IN(1280, 320), IN(1280)}, -1, 1, {0}, {0}},
+        {"linear odd [3,5,7]x[9,7]+b", b_linear, 3, {IN(3, 5, 7), IN(9, 7), IN(9)}, -1, 1, {0}, {0}},
+    };
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+}
+
+static void test_conv2d(void **state) {
+    GPU_OR_SKIP();
+    /* ip: stride, pad top, left, bottom, right */
+    const struct ocase ks[] = {
+        {"conv in [2,4,32,32] 3x3 ->320", b_conv, 3, {IN(2, 4, 32, 32), IN(320, 4, 3, 3), IN(320)}, -1, 1, {1, 1, 1, 1, 1}, {0}},
+        {"conv [1,320,16,16] 3x3 ->320", b_conv, 3, {IN(1, 320, 16, 16), IN(320, 320, 3, 3), IN(320)}, -1, 1, {1, 1, 1, 1, 1}, {0}},
+        {"conv down [1,64,17,15] 3x3 s2", b_conv, 3, {IN(1, 64, 17, 15), IN(64, 64, 3, 3), IN(64)}, -1, 1, {2, 1, 1, 1, 1}, {0}},
+        {"conv vae down [1,32,16,16] s2 pad 0,0,1,1", b_conv, 3, {IN(1, 32, 16, 16), IN(32, 32, 3, 3), IN(32)}, -1, 1, {2, 0, 0, 1, 1}, {0}},
+        {"conv 1x1 skip [2,320,16,16] ->640", b_conv, 3, {IN(2, 320, 16, 16), IN(640, 320, 1, 1), IN(640)}, -1, 1, {1, 0, 0, 0, 0}, {0}},
+        {"conv odd [1,3,13,11] 3x3 ->5 no bias", b_conv, 3, {IN(1, 3, 13, 11), IN(5, 3, 3, 3), NOIN}, -1, 1, {1, 1, 1, 1, 1}, {0}},
+        {"conv 5x3 kernel pad 2,1", b_conv, 3, {IN(2, 6, 9, 8), IN(4, 6, 5, 3), IN(4)}, -1, 1, {1, 2, 1, 2, 1}, {0}},
+        {"conv 1x1 s2 [1,8,9,9]", b_conv, 3, {IN(1, 8, 9, 9), IN(8, 8, 1, 1), IN(8)}, -1, 1, {2, 0, 0, 0, 0}, {0}},
+    };
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+}
+
+static void test_norms(void **state) {
+    GPU_OR_SKIP();
+    /* group norm ip: groups, silu; fp: eps */
+    const struct ocase ks[] = {
+        {"group_norm [2,320,16,16] g32", b_gn, 3, {IN(2, 320, 16, 16), IN(320), IN(320)}, -2, 3, {32, 0}, {1e-5f}},
+        {"group_norm+silu [2,640,8,8] g32", b_gn, 3, {IN(2, 640, 8, 8), IN(640), IN(640)}, -2, 3, {32, 1}, {1e-5f}},
+        {"group_norm vae [1,128,32,32] eps1e-6", b_gn, 3, {IN(1, 128, 32, 32), IN(128), IN(128)}, -2, 3, {32, 1}, {1e-6f}},
+        {"group_norm odd [1,32,7,5] g8", b_gn, 3, {IN(1, 32, 7, 5), IN(32), IN(32)}, -2, 3, {8, 0}, {1e-5f}},
+        {"group_norm no affine [2,64,6,6]", b_gn, 3, {IN(2, 64, 6, 6), NOIN, NOIN}, -2, 3, {32, 0}, {1e-5f}},
+        {"group_norm offset mean [1,64,32,32]", b_gn, 3, {IN(1, 64, 32, 32), IN(64), IN(64)}, 99, 101, {32, 0}, {1e-5f}},
+        {"group_norm 3-d [2,320,256]", b_gn, 3, {IN(2, 320, 256), IN(320), IN(320)}, -2, 3, {32, 0}, {1e-6f}},
+        {"layer_norm [2,77,768]", b_ln, 3, {IN(2, 77, 768), IN(768), IN(768)}, -2, 3, {0}, {1e-5f}},
+        {"layer_norm [2,256,320]", b_ln, 3, {IN(2, 256, 320), IN(320), IN(320)}, -2, 3, {0}, {1e-5f}},
+        {"layer_norm no affine [3,5,7]", b_ln, 3, {IN(3, 5, 7), NOIN, NOIN}, -2, 3, {0}, {1e-5f}},
+        {"layer_norm w only [4,1280]", b_ln, 3, {IN(4, 1280), IN(1280), NOIN}, -2, 3, {0}, {1e-5f}},
+    };
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+}
+
+static void test_attention(void **state) {
+    GPU_OR_SKIP();
+    /* ip: heads, causal */
+    const struct ocase ks[] = {
+        {"attn self [2,256,320] h8 d40", b_attn, 3, {IN(2, 256, 320), IN(2, 256, 320), IN(2, 256, 320)}, -1, 1, {8, 0}, {0}},
+        {"attn cross [2,256,320]x[2,77,320] h8", b_attn, 3, {IN(2, 256, 320), IN(2, 77, 320), IN(2, 77, 320)}, -1, 1, {8, 0}, {0}},
+        {"attn self [1,64,1280] h8 d160", b_attn, 3, {IN(1, 64, 1280), IN(1, 64, 1280), IN(1, 64, 1280)}, -1, 1, {8, 0}, {0}},
+        {"attn clip causal [2,77,768] h12 d64", b_attn, 3, {IN(2, 77, 768), IN(2, 77, 768), IN(2, 77, 768)}, -1, 1, {12, 1}, {0}},
+        {"attn odd causal nq37 nk45 h3 d32", b_attn, 3, {IN(2, 37, 96), IN(2, 45, 96), IN(2, 45, 96)}, -1, 1, {3, 1}, {0}},
+        {"attn d256 [1,50,512] h2", b_attn, 3, {IN(1, 50, 512), IN(1, 50, 512), IN(1, 50, 512)}, -1, 1, {2, 0}, {0}},
+        {"attn large scores [1,40,64] h1", b_attn, 3, {IN(1, 40, 64), IN(1, 33, 64), IN(1, 33, 64)}, -6, 6, {1, 0}, {0}},
+        {"attn vae [1,1024,128] h1 d128", b_attn, 3, {IN(1, 1024, 128), IN(1, 1024, 128), IN(1, 1024, 128)}, -1, 1, {1, 0}, {0}},
+    };
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+}
+
+static void test_layout(void **state) {
+    GPU_OR_SKIP();
+    struct ocase ks[] = {
+        {"transpose [2,320,256]", b_transpose, 1, {IN(2, 320, 256)}, -1, 1, {0}, {0}},
+        {"transpose odd [3,17,33]", b_transpose, 1, {IN(3, 17, 33)}, -1, 1, {0}, {0}},
+        {"transpose 2-d [5,7]", b_transpose, 1, {IN(5, 7)}, -1, 1, {0}, {0}},
+        {"transpose 4-d [2,3,40,9]", b_transpose, 1, {IN(2, 3, 40, 9)}, -1, 1, {0}, {0}},
+        {"upsample x2 [2,320,8,8]", b_upsample, 1, {IN(2, 320, 8, 8)}, -1, 1, {16, 16}, {0}},
+        {"upsample to 13x11 [1,4,7,5]", b_upsample, 1, {IN(1, 4, 7, 5)}, -1, 1, {13, 11}, {0}},
+        {"upsample to 6x5 [1,8,3,3]", b_upsample, 1, {IN(1, 8, 3, 3)}, -1, 1, {6, 5}, {0}},
+        {"concat dim1 [2,320,8,8]+[2,640,8,8]", b_concat, 2, {IN(2, 320, 8, 8), IN(2, 640, 8, 8)}, -1, 1, {1}, {0}},
+        {"concat dim0 [1,77,768]+[2,77,768]", b_concat, 2, {IN(1, 77, 768), IN(2, 77, 768)}, -1, 1, {0}, {0}},
+        {"concat dim1 [2,77,768]+[2,5,768]", b_concat, 2, {IN(2, 77, 768), IN(2, 5, 768)}, -1, 1, {1}, {0}},
+        {"concat dim3 [2,3,4,5]+[2,3,4,2]", b_concat, 2, {IN(2, 3, 4, 5), IN(2, 3, 4, 2)}, -1, 1, {3}, {0}},
+        {"get_rows [1000,128] by [2,77]", b_get_rows, 2, {IN(1000, 128), {DTYPE_I32, 2, {2, 77}, 1000}}, -1, 1, {0}, {0}},
+    };
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+}
+
+/* ===== Errors ===== */
+
+static void test_get_rows_bad_id(void **state) {
+    GPU_OR_SKIP();
+    struct tctx *c = &gpu.c;
+    tctx_reset(c);
+    struct tensor *table = tensor_input(c, DTYPE_F32, 2, (int64_t[]){4, 3});
+    struct tensor *ids = tensor_input(c, DTYPE_I32, 1, (int64_t[]){3});
+    struct tensor *y = op_get_rows(c, table, ids);
+    tensor_set_output(y);
+    assert_int_equal(tctx_plan(c, &y, 1), 0);
+    float t[12] = {0};
+    int32_t id[3] = {1, 7, 2};
+    assert_int_equal(tctx_set(c, table, t), 0);
+    assert_int_equal(tctx_set(c, ids, id), 0);
+    assert_int_equal(tctx_run(c), STATUS_ERR_RANGE);
+    printf("  bad id: %s\n", c->err.msg);
+    assert_non_null(strstr(c->err.msg, "id 7 at position 1"));
+}
+
+static void test_device_errors(void **state) {
+    GPU_OR_SKIP();
+    struct err err = {0};
+    assert_null(backend_cuda_new(backend_cuda_count() + 3, &err));
+    assert_int_equal(err.code, STATUS_ERR_NOT_FOUND);
+    printf("  missing device: %s\n", err.msg);
+    void *p = NULL;
+    int rc = backend_buf_alloc(gpu.be, (size_t)1 << 50, &p); /* a petabyte */
+    assert_int_equal(rc, STATUS_ERR_OOM_DEVICE);
+    assert_null(p);
+    /* the failed allocation leaves the device usable */
+    rc = backend_buf_alloc(gpu.be, 1 << 20, &p);
+    assert_int_equal(rc, 0);
+    backend_buf_free(gpu.be, p);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_elementwise),   cmocka_unit_test(test_linear),
+        cmocka_unit_test(test_conv2d),        cmocka_unit_test(test_norms),
+        cmocka_unit_test(test_attention),     cmocka_unit_test(test_layout),
+        cmocka_unit_test(test_get_rows_bad_id), cmocka_unit_test(test_device_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
