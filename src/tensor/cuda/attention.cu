@@ -13,9 +13,10 @@
 
 #define ATT_WARPS 8 /* queries per block */
 #define ATT_KEYS 32 /* keys per tile: one per lane */
-#define ATT_DMAX 256 /* largest head size: 8 channels per lane */
-#define ATT_DPL (ATT_DMAX / 32)
+#define ATT_DMAX 512 /* largest head size (the SD VAE's one head of 512): 16 channels per lane */
 
+/* DPL: output channels per lane (d <= 32 DPL); one instance per head-size class. */
+template <int DPL>
 __global__ void attention_f32(float *out, const float *q, const float *k, const float *v, int64_t nq, int64_t nk,
                               int64_t c, int d, float scale, int causal) {
     extern __shared__ float smem[];
@@ -30,8 +31,8 @@ __global__ void attention_f32(float *out, const float *q, const float *k, const 
     float *qw = qs + warp * d;
     for (int t = lane; t < d; t += 32) qw[t] = active ? q[(b * nq + qi) * c + h * d + t] * scale : 0.0f;
 
-    float m = -INFINITY, l = 0.0f, acc[ATT_DPL];
-    for (int t = 0; t < ATT_DPL; t++) acc[t] = 0.0f;
+    float m = -INFINITY, l = 0.0f, acc[DPL];
+    for (int t = 0; t < DPL; t++) acc[t] = 0.0f;
 
     int64_t kend = nk;
     if (causal) { /* the block's last query sees keys 0 .. q0 + ATT_WARPS - 1 */
@@ -67,11 +68,11 @@ __global__ void attention_f32(float *out, const float *q, const float *k, const 
         float ps = p;
         for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
         l = l * corr + ps;
-        for (int t = 0; t < ATT_DPL; t++) acc[t] *= corr;
+        for (int t = 0; t < DPL; t++) acc[t] *= corr;
         for (int j = 0; j < ATT_KEYS; j++) {
             float pj = __shfl_sync(0xffffffffu, p, j);
             const float *vr = vs + j * ds;
-            for (int t = 0; t < ATT_DPL; t++) {
+            for (int t = 0; t < DPL; t++) {
                 int ch = lane + 32 * t;
                 if (ch < d) acc[t] = fmaf(pj, vr[ch], acc[t]);
             }
@@ -81,10 +82,25 @@ __global__ void attention_f32(float *out, const float *q, const float *k, const 
     if (!active) return;
     float inv = l > 0.0f ? 1.0f / l : 0.0f;
     float *o = out + (b * nq + qi) * c + h * d;
-    for (int t = 0; t < ATT_DPL; t++) {
+    for (int t = 0; t < DPL; t++) {
         int ch = lane + 32 * t;
         if (ch < d) o[ch] = acc[t] * inv;
     }
+}
+
+template <int DPL>
+static int attention_launch(float *out, const float *q, const float *k, const float *v, int64_t nb, int64_t nq,
+                            int64_t nk, int64_t c, int heads, int d, bool causal, cudaStream_t stream,
+                            struct err *err) {
+    /* k and v tiles with padded rows, plus one query per warp */
+    size_t smem = (size_t)(2 * ATT_KEYS * (d + 1) + ATT_WARPS * d) * sizeof(float);
+    if (smem > 48 * 1024)
+        CUDA_TRY(cudaFuncSetAttribute(attention_f32<DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((unsigned)((nq + ATT_WARPS - 1) / ATT_WARPS), (unsigned)heads, (unsigned)nb);
+    attention_f32<DPL><<<grid, ATT_WARPS * 32, smem, stream>>>(out, q, k, v, nq, nk, c, d, 1.0f / sqrtf((float)d),
+                                                               causal ? 1 : 0);
+    CUDA_TRY_LAUNCH();
+    return 0;
 }
 
 static int attention_f32_cuda(float *out, const float *q, const float *k, const float *v, int64_t nb, int64_t nq,
@@ -92,16 +108,14 @@ static int attention_f32_cuda(float *out, const float *q, const float *k, const 
     int d = (int)(c / heads);
     if (d > ATT_DMAX)
         return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda attention: head size %d above %d", d, ATT_DMAX);
-    if (nb > 65535 || heads > 65535)
+    if (nb > 65535 || heads > 65535 || (nq + ATT_WARPS - 1) / ATT_WARPS > 0x7fffffff)
         return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda attention: %lld images x %d heads exceed the grid",
                        (long long)nb, heads);
-    size_t smem = (size_t)(2 * ATT_KEYS * (d + 1) + ATT_WARPS * d) * sizeof(float);
-    if (smem > 48 * 1024) CUDA_TRY(cudaFuncSetAttribute(attention_f32, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    dim3 grid((unsigned)((nq + ATT_WARPS - 1) / ATT_WARPS), (unsigned)heads, (unsigned)nb);
-    attention_f32<<<grid, ATT_WARPS * 32, smem, stream>>>(out, q, k, v, nq, nk, c, d, 1.0f / sqrtf((float)d),
-                                                          causal ? 1 : 0);
-    CUDA_TRY_LAUNCH();
-    return 0;
+    if (d <= 32) return attention_launch<1>(out, q, k, v, nb, nq, nk, c, heads, d, causal, stream, err);
+    if (d <= 64) return attention_launch<2>(out, q, k, v, nb, nq, nk, c, heads, d, causal, stream, err);
+    if (d <= 128) return attention_launch<4>(out, q, k, v, nb, nq, nk, c, heads, d, causal, stream, err);
+    if (d <= 256) return attention_launch<8>(out, q, k, v, nb, nq, nk, c, heads, d, causal, stream, err);
+    return attention_launch<16>(out, q, k, v, nb, nq, nk, c, heads, d, causal, stream, err);
 }
 
 int cuda_op_attention(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {

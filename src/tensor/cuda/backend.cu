@@ -94,7 +94,7 @@ void *cuda__work(struct cuda_ctx *ctx, size_t size, const char *what, int *rc, s
     ctx->work_size = 0;
     *rc = cuda_raw_alloc(cb, size, &ctx->work, err);
     if (*rc) {
-        err_prefix(err, "cuda backend: %zu bytes of scratch for %s: ", size, what);
+        err_prefix(err, "cuda backend: %zu bytes of scratch for %s", size, what);
         return NULL;
     }
     ctx->work_size = size;
@@ -169,7 +169,7 @@ static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct
         }
         if (rc) {
             char sh[64];
-            err_prefix(err, "%s %s: ", op_name(t->op), tensor_shape_str(t, sh, sizeof sh));
+            err_prefix(err, "%s %s", op_name(t->op), tensor_shape_str(t, sh, sizeof sh));
             cudaStreamSynchronize(ctx->stream);
             return rc;
         }

@@ -2,7 +2,7 @@
  * Owns: nothing. Threads: the backend's worker; kernels on ctx->stream.
  * NUMERICS as tensor/cpu/norm.c: biased variance, two passes (the mean, then the squared
  * deviations from it), each thread's partial sums and the block reduction in double, then
- * y = x * scale + shift per channel in float. One block per group (GroupNorm) or per row
+ * y = x * scale + shift with scale and shift per channel from double (as the CPU). One block per group (GroupNorm) or per row
  * (LayerNorm); a group of a large image is walked by the block's threads in a strided loop. */
 #include "tensor/cuda/cuda.cuh"
 
@@ -29,7 +29,7 @@ __device__ double block_sum(double v) {
 }
 
 /* Mean and 1/sqrt(var + eps) of x[0..n), strided over the block. */
-__device__ void block_moments(const float *x, int64_t n, double eps, float *mean_out, float *rstd_out) {
+__device__ void block_moments(const float *x, int64_t n, double eps, double *mean_out, double *rstd_out) {
     double s = 0;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
     double m = block_sum(s) / (double)n;
@@ -40,8 +40,8 @@ __device__ void block_moments(const float *x, int64_t n, double eps, float *mean
         q += d * d;
     }
     double var = block_sum(q) / (double)n - (m - mf) * (m - mf);
-    *mean_out = mf;
-    *rstd_out = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
+    *mean_out = m;
+    *rstd_out = 1.0 / sqrt((var > 0 ? var : 0) + eps);
 }
 
 /* ===== GroupNorm: x [B, C, spatial], block (b, g) owns channels [g*cpg, (g+1)*cpg) ===== */
@@ -52,13 +52,15 @@ __global__ void group_norm_f32(float *y, const float *x, const float *w, const f
     int64_t g = bg % groups;
     const float *xg = x + bg * gsize;
     float *yg = y + bg * gsize;
-    float mean, rstd;
+    double mean, rstd;
     block_moments(xg, gsize, eps, &mean, &rstd);
     for (int64_t i = threadIdx.x; i < gsize; i += blockDim.x) {
+        /* scale and shift in double as the CPU does: with a large mean, shift = b - mean * scale
+         * cancels against x * scale, and float there costs digits */
         int64_t ch = g * cpg + i / spatial;
-        float scale = rstd * (w ? w[ch] : 1.0f);
-        float shift = (b ? b[ch] : 0.0f) - mean * scale;
-        float v = xg[i] * scale + shift;
+        double scale = rstd * (w ? w[ch] : 1.0);
+        double shift = (b ? b[ch] : 0.0) - mean * scale;
+        float v = xg[i] * (float)scale + (float)shift;
         if (silu) v = v / (1.0f + expf(-v));
         yg[i] = v;
     }
@@ -87,8 +89,9 @@ int cuda_op_group_norm(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
 __global__ void layer_norm_f32(float *y, const float *x, const float *w, const float *b, int64_t c, float eps) {
     const float *xr = x + blockIdx.x * c;
     float *yr = y + blockIdx.x * c;
-    float mean, rstd;
-    block_moments(xr, c, eps, &mean, &rstd);
+    double md, rd;
+    block_moments(xr, c, eps, &md, &rd);
+    const float mean = (float)md, rstd = (float)rd;
     for (int64_t i = threadIdx.x; i < c; i += blockDim.x) {
         float v = (xr[i] - mean) * rstd;
         if (w) v *= w[i];

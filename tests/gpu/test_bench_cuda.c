@@ -1,0 +1,108 @@
+/* tests/gpu/test_bench_cuda.c -- one SD 1.5-sized UNet evaluation (batch 2, 64x64 latent, i.e.
+ * one CFG step at 512x512) on CUDA and on the CPU backend of the same machine: times both and
+ * compares the two outputs. Opt-in (it writes a 2 GB random checkpoint and takes a while):
+ * runs only when KILN_GPU_BENCH is set in the environment, else it is skipped.
+ * The checkpoint is ckpt_gen's random SD 1.5 layout (sd_config_sd15), so the figures are the
+ * real model's cost; the values mean nothing beyond cross-backend agreement. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "base/clock.h"
+#include "base/mem.h"
+#include "model/ckpt_gen.h"
+#include "model/safetensors.h"
+#include "model/unet.h"
+#include "tensor/backend.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* Loads the UNet of ck on be, runs 1 warm-up + runs evaluations; returns the median seconds
+ * and leaves the last output in out. */
+static double bench(struct backend *be, const struct ckpt *ck, const float *x, const float *t, const float *ctx,
+                    float *out, int runs, const char *name) {
+    struct err err = {0};
+    struct unet *u = mem_calloc(1, sizeof *u);
+    if (unet_load(u, ck, be, &err)) fail_msg("%s: %s", name, err.msg);
+    struct tscratch scratch;
+    struct tctx c;
+    tscratch_init(&scratch, be);
+    tctx_init(&c, be, &scratch);
+    double best[8];
+    for (int r = 0; r <= runs; r++) {
+        double a = clock_now();
+        if (unet_eval(&c, u, 2, 64, 64, x, t, ctx, 77, out)) fail_msg("%s: %s", name, c.err.msg);
+        double s = clock_now() - a;
+        printf("  %s %s: %.3f s\n", name, r ? "run" : "warm-up", s);
+        if (r) best[r - 1] = s;
+    }
+    for (int i = 0; i < runs; i++) /* sort the few runs */
+        for (int j = i + 1; j < runs; j++)
+            if (best[j] < best[i]) {
+                double tmp = best[i];
+                best[i] = best[j];
+                best[j] = tmp;
+            }
+    printf("  %s: activations %.0f MiB, weights %.0f MiB\n", name, (double)scratch.peak / (1 << 20),
+           (double)u->weights.size / (1 << 20));
+    tctx_deinit(&c);
+    tscratch_deinit(&scratch);
+    unet_deinit(u);
+    mem_free(u);
+    return best[runs / 2];
+}
+
+static void test_sd15_unet(void **state) {
+    if (!getenv("KILN_GPU_BENCH") || backend_cuda_count() <= 0) skip();
+    struct err err = {0};
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/kiln_bench_sd15_%d.safetensors", (int)getpid());
+    struct sd_config cfg;
+    sd_config_sd15(&cfg);
+    double t0 = clock_now();
+    if (ckpt_gen_write(path, &cfg, 1, &err)) fail_msg("%s", err.msg);
+    printf("  random SD 1.5 checkpoint written in %.1f s\n", clock_now() - t0);
+    struct ckpt ck;
+    if (ckpt_open(&ck, path, &err)) fail_msg("%s", err.msg);
+
+    int64_t nx = 2 * 4 * 64 * 64, nc = 2 * 77 * 768;
+    float *x = mem_alloc((size_t)nx * sizeof(float)), *ctx = mem_alloc((size_t)nc * sizeof(float));
+    float *yg = mem_alloc((size_t)nx * sizeof(float)), *yc = mem_alloc((size_t)nx * sizeof(float));
+    float t[2] = {500.0f, 500.0f};
+    uint64_t s = 12345;
+    for (int64_t i = 0; i < nx; i++) x[i] = (float)((s = s * 6364136223846793005ULL + 1) >> 40) / (1 << 24) - 0.5f;
+    for (int64_t i = 0; i < nc; i++) ctx[i] = (float)((s = s * 6364136223846793005ULL + 1) >> 40) / (1 << 24) - 0.5f;
+
+    struct backend *gpu = backend_cuda_new(0, &err);
+    if (!gpu) fail_msg("%s", err.msg);
+    double g = bench(gpu, &ck, x, t, ctx, yg, 5, "cuda");
+    backend_free(gpu);
+    struct backend *cpu = backend_cpu_new(0);
+    double c = bench(cpu, &ck, x, t, ctx, yc, 1, "cpu");
+    backend_free(cpu);
+
+    double m = 0, r = 0;
+    for (int64_t i = 0; i < nx; i++) {
+        double d = fabs((double)yg[i] - yc[i]);
+        if (!(d <= m)) m = d;
+        if (fabs(yc[i]) > r) r = fabs(yc[i]);
+    }
+    printf("  SD 1.5 UNet, batch 2, 64x64: cuda %.3f s, cpu %.3f s per evaluation; cuda vs cpu rel err %.3g\n", g, c,
+           r > 0 ? m / r : m);
+    assert_true(r > 0 && m / r <= 1e-3);
+    ckpt_close(&ck);
+    unlink(path);
+    mem_free(x);
+    mem_free(ctx);
+    mem_free(yg);
+    mem_free(yc);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_sd15_unet)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
