@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 CMAKE ?= cmake
 DEMO_MODEL ?= models/checkpoints/kiln-demo-tiny.safetensors
 
-.PHONY: all kiln debug asan test run setup demo clean
+.PHONY: all kiln debug asan test test-gpu run setup demo clean
 
 all: kiln
 
@@ -22,6 +22,15 @@ asan:
 
 test: asan
 	cd build/asan && ctest --output-on-failure -j $(JOBS)
+
+# The CUDA backend's tests (tests/gpu, CTest label gpu) in build/cuda: needs the CUDA toolkit
+# and a GPU. CUDA_ARCHS picks the targets (default sm_80 and sm_90). KILN_GPU_BENCH=1 adds the
+# SD 1.5 UNet timing.
+CUDA_ARCHS ?= 80;90
+test-gpu:
+	$(CMAKE) -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCHS)" >/dev/null
+	$(CMAKE) --build build/cuda -j $(JOBS) --target gpu_tests
+	cd build/cuda && ctest -L gpu --output-on-failure
 
 setup:
 	scripts/setup

@@ -93,7 +93,9 @@ static void test_sd15_unet(void **state) {
     }
     printf("  SD 1.5 UNet, batch 2, 64x64: cuda %.3f s, cpu %.3f s per evaluation; cuda vs cpu rel err %.3g\n", g, c,
            r > 0 ? m / r : m);
-    assert_true(r > 0 && m / r <= 1e-3);
+    /* fp32 on both sides agrees to ~1e-6; TF32 products (KILN_CUDA_TF32=1) to ~1e-3 */
+    const char *tf32 = getenv("KILN_CUDA_TF32");
+    assert_true(r > 0 && m / r <= (tf32 && tf32[0] == '1' ? 3e-2 : 1e-4));
     ckpt_close(&ck);
     unlink(path);
     mem_free(x);

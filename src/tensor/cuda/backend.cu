@@ -12,6 +12,7 @@ extern "C" {
 }
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ===== Errors ===== */
@@ -235,8 +236,13 @@ static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
     CUDA_TRY(cudaStreamCreateWithFlags(&cb->ctx.stream, cudaStreamNonBlocking));
     CUBLAS_TRY(cublasCreate(&cb->ctx.cublas));
     CUBLAS_TRY(cublasSetStream(cb->ctx.cublas, cb->ctx.stream));
-    /* exact fp32 products first (no TF32); a faster math mode is a later, measured switch */
-    CUBLAS_TRY(cublasSetMathMode(cb->ctx.cublas, CUBLAS_DEFAULT_MATH));
+    /* exact fp32 products by default (no TF32). KILN_CUDA_TF32=1 lets cuBLAS round the products'
+     * inputs to TF32 on the tensor cores (10-bit mantissa: ~1e-3 relative error), a measured
+     * speed switch until fp16 storage lands (docs/PERF.md) */
+    const char *tf32 = getenv("KILN_CUDA_TF32");
+    bool use_tf32 = tf32 && tf32[0] == '1';
+    CUBLAS_TRY(cublasSetMathMode(cb->ctx.cublas, use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    if (use_tf32) log_info("cuda backend: device %d uses TF32 tensor-core products (KILN_CUDA_TF32=1)", device);
     return 0;
 }
 
