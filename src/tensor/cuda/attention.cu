@@ -1,14 +1,21 @@
-/* tensor/cuda/attention.cu -- ATTENTION on CUDA: blocked scaled dot-product attention with an
- * online softmax, so no more than one 32-key block of scores ever exists (per query).
- * Owns: nothing. Threads: the backend's worker; one kernel on ctx->stream.
- * DESIGN. A block of ATT_WARPS warps takes ATT_WARPS consecutive queries of one (image, head);
+/* tensor/cuda/attention.cu -- ATTENTION on CUDA, by two paths that never hold the whole score
+ * matrix: (1) for large products, blocks of queries through cuBLAS (scores of one query block
+ * for all keys and heads in the ctx scratch, a row softmax kernel, a second product); (2) for
+ * small ones, one fused kernel with an online softmax over 32-key tiles.
+ * Owns: nothing; borrows ctx->work for the score block. Threads: the backend's worker.
+ * DESIGN (2). A block of ATT_WARPS warps takes ATT_WARPS consecutive queries of one (image, head);
  * it walks the keys in tiles of 32, staging k and v of the tile in shared memory. In a warp,
  * lane j scores key j of the tile against the warp's query; the warp then takes the tile's
  * max and sum with shuffles, rescales its running sum and output (flash-attention's online
  * softmax), and adds p_j v_j, each lane owning d/32 of the output's channels. fp32 throughout.
- * Later (issue 4): tensor-core tiles (mma) with fp16 storage; this is the correctness base. */
+ * DESIGN (1). Per image and block of bq queries: S_h = scale Q_h K_h^T for every head h in one
+ * strided-batched sgemm (heads are column slices of [N, C] rows: stride d, leading dim C),
+ * softmax of each row of S in place (causal keys masked), then O_h = P_h V_h, written straight
+ * into the output's column slice. bq is sized so the block fits ATT_WORK_MAX.
+ * Later (issue 4): a tensor-core flash kernel with fp16 storage replaces both. */
 #include "tensor/cuda/cuda.cuh"
 
+#include <limits.h>
 #include <math.h>
 
 #define ATT_WARPS 8 /* queries per block */
@@ -118,11 +125,92 @@ static int attention_f32_cuda(float *out, const float *q, const float *k, const 
     return attention_launch<16>(out, q, k, v, nb, nq, nk, c, heads, d, causal, stream, err);
 }
 
+/* ===== Path (1): query blocks through cuBLAS ===== */
+
+#define ATT_WORK_MAX ((size_t)256 << 20) /* bytes of one score block (all heads) */
+#define ATT_SMAX_THREADS 256
+
+/* Rows of s [rows, nk] -> softmax in place. Row r is query q0 + (r % bq) of its head; with
+ * causal, keys past the query are masked. */
+__global__ void softmax_rows_f32(float *s, int64_t nk, int64_t bq, int64_t q0, int causal) {
+    __shared__ float red[32];
+    float *row = s + (int64_t)blockIdx.x * nk;
+    int64_t qi = q0 + blockIdx.x % bq;
+    int64_t kend = causal ? (qi + 1 < nk ? qi + 1 : nk) : nk;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j < kend; j += blockDim.x) m = fmaxf(m, row[j]);
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) red[warp] = m;
+    __syncthreads();
+    m = red[0];
+    for (int w = 1; w < nw; w++) m = fmaxf(m, red[w]);
+    __syncthreads();
+    float sum = 0.0f;
+    for (int64_t j = threadIdx.x; j < nk; j += blockDim.x) {
+        float e = j < kend ? expf(row[j] - m) : 0.0f;
+        row[j] = e;
+        sum += e;
+    }
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) red[warp] = sum;
+    __syncthreads();
+    sum = 0.0f;
+    for (int w = 0; w < nw; w++) sum += red[w];
+    float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    for (int64_t j = threadIdx.x; j < nk; j += blockDim.x) row[j] *= inv;
+}
+
+static int softmax_rows_f32_cuda(float *s, int64_t rows, int64_t nk, int64_t bq, int64_t q0, bool causal,
+                                 cudaStream_t stream, struct err *err) {
+    softmax_rows_f32<<<(unsigned)rows, ATT_SMAX_THREADS, 0, stream>>>(s, nk, bq, q0, causal ? 1 : 0);
+    CUDA_TRY_LAUNCH();
+    return 0;
+}
+
+static int attention_blas(struct cuda_ctx *ctx, float *out, const float *q, const float *k, const float *v,
+                          int64_t nb, int64_t nq, int64_t nk, int64_t c, int heads, bool causal, struct err *err) {
+    int64_t d = c / heads;
+    int64_t bq = (int64_t)(ATT_WORK_MAX / ((size_t)heads * (size_t)nk * sizeof(float)));
+    if (bq > nq) bq = nq;
+    if (bq < 1) bq = 1;
+    int rc = 0;
+    float *sc = (float *)cuda__work(ctx, (size_t)heads * (size_t)bq * (size_t)nk * sizeof(float), "attention scores",
+                                    &rc, err);
+    if (!sc) return rc;
+    const float scale = 1.0f / sqrtf((float)d), one = 1.0f, zero = 0.0f;
+    for (int64_t img = 0; img < nb; img++) {
+        const float *qi = q + img * nq * c, *ki = k + img * nk * c, *vi = v + img * nk * c;
+        float *oi = out + img * nq * c;
+        for (int64_t q0 = 0; q0 < nq; q0 += bq) {
+            int64_t n = nq - q0 < bq ? nq - q0 : bq;
+            /* column-major: S_h^T [nk, n] (ld nk) = (K_h as [d, nk], ld C)^T . (Q_h as [d, n], ld C) */
+            CUBLAS_TRY(cublasSgemmStridedBatched(ctx->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nk, (int)n, (int)d, &scale,
+                                                 ki, (int)c, d, qi + q0 * c, (int)c, d, &zero, sc, (int)nk, n * nk,
+                                                 heads));
+            rc = softmax_rows_f32_cuda(sc, heads * n, nk, n, q0, causal, ctx->stream, err);
+            if (rc) return rc;
+            /* column-major: O_h^T [d, n] (ld C) = (V_h as [d, nk], ld C) . (P_h^T as [nk, n], ld nk) */
+            CUBLAS_TRY(cublasSgemmStridedBatched(ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d, (int)n, (int)nk, &one,
+                                                 vi, (int)c, d, sc, (int)nk, n * nk, &zero, oi + q0 * c, (int)c, d,
+                                                 heads));
+        }
+    }
+    return 0;
+}
+
+/* Products of at least this many query-key pairs per image and head take path (1). */
+#define ATT_BLAS_MIN ((int64_t)64 * 1024)
+
 int cuda_op_attention(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
     const struct tensor *tq = dst->src[0], *tk = dst->src[1], *tv = dst->src[2];
     int64_t nb = tq->shape[0], nq = tq->shape[1], nk = tk->shape[1], c = tq->shape[2];
     int heads = dst->ip[0];
+    bool causal = dst->ip[1] != 0;
     if (nb * nq * c == 0) return 0;
+    if (nq * nk >= ATT_BLAS_MIN && nq <= INT_MAX && nk <= INT_MAX && c <= INT_MAX)
+        return attention_blas(ctx, (float *)dst->data, (const float *)tq->data, (const float *)tk->data,
+                              (const float *)tv->data, nb, nq, nk, c, heads, causal, err);
     return attention_f32_cuda((float *)dst->data, (const float *)tq->data, (const float *)tk->data,
-                              (const float *)tv->data, nb, nq, nk, c, heads, dst->ip[1] != 0, ctx->stream, err);
+                              (const float *)tv->data, nb, nq, nk, c, heads, causal, ctx->stream, err);
 }
