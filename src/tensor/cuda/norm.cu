@@ -2,8 +2,10 @@
  * Owns: nothing. Threads: the backend's worker; kernels on ctx->stream.
  * NUMERICS as tensor/cpu/norm.c: biased variance, two passes (the mean, then the squared
  * deviations from it), each thread's partial sums and the block reduction in double, then
- * y = x * scale + shift with scale and shift per channel from double (as the CPU). One block per group (GroupNorm) or per row
- * (LayerNorm); a group of a large image is walked by the block's threads in a strided loop. */
+ * y = x * scale + shift with scale and shift per channel from double (as the CPU).
+ * Small groups take one block each; large ones (SD's 64x64 and VAE sizes) are split into
+ * chunks of at least GN_CHUNK_MIN elements over several blocks, without atomics (so the result
+ * is deterministic). LayerNorm takes one block per row. */
 #include "tensor/cuda/cuda.cuh"
 
 #define GN_THREADS 512
@@ -69,8 +71,96 @@ __global__ void group_norm_f32(float *y, const float *x, const float *w, const f
 static int group_norm_f32_cuda(float *y, const float *x, const float *w, const float *b, int64_t nb, int64_t c,
                                int64_t groups, int64_t spatial, float eps, bool silu, cudaStream_t stream,
                                struct err *err) {
-    if (nb * groups == 0 || c * spatial == 0) return 0;
     group_norm_f32<<<(unsigned)(nb * groups), GN_THREADS, 0, stream>>>(y, x, w, b, c, groups, spatial, eps, silu);
+    CUDA_TRY_LAUNCH();
+    return 0;
+}
+
+/* ===== GroupNorm of large groups: `chunks` blocks per group =====
+ * Three launches over a grid (chunk, group): partial sums -> partial squared deviations from
+ * the mean -> normalisation. Each block re-reduces the group's partials itself, in chunk order,
+ * so the result is deterministic (no atomics) and no finalising launch is needed. */
+
+#define GN_CHUNK_MIN 8192 /* elements per block at least */
+#define GN_CHUNKS_MAX 64
+#define GN_SPLIT_MIN 16384 /* groups of at least this many elements take the chunked path */
+
+/* Sum of part[0..n) in order, computed by thread 0 and shared with the block. */
+__device__ double block_ordered_sum(const double *part, int n) {
+    __shared__ double total;
+    if (threadIdx.x == 0) {
+        double s = 0;
+        for (int i = 0; i < n; i++) s += part[i];
+        total = s;
+    }
+    __syncthreads();
+    double t = total;
+    __syncthreads();
+    return t;
+}
+
+/* pass 0: sum of the chunk -> psum; pass 1: sum of (x - mean_f)^2 -> psq */
+template <int PASS>
+__global__ void group_norm_partial_f32(const float *x, double *psum, double *psq, int64_t gsize, int chunks) {
+    int64_t bg = blockIdx.y;
+    int chunk = blockIdx.x;
+    int64_t per = (gsize + chunks - 1) / chunks, i0 = chunk * per, i1 = i0 + per < gsize ? i0 + per : gsize;
+    const float *xg = x + bg * gsize;
+    float mf = 0.0f;
+    if (PASS == 1) mf = (float)(block_ordered_sum(psum + bg * chunks, chunks) / (double)gsize);
+    double s = 0;
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+        if (PASS == 0) {
+            s += xg[i];
+        } else {
+            double d = (double)(xg[i] - mf);
+            s += d * d;
+        }
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) (PASS == 0 ? psum : psq)[bg * chunks + chunk] = s;
+}
+
+__global__ void group_norm_apply_f32(float *y, const float *x, const float *w, const float *b, const double *psum,
+                                     const double *psq, int64_t c, int64_t groups, int64_t spatial, int chunks,
+                                     double eps, int silu) {
+    int64_t bg = blockIdx.y, g = bg % groups, cpg = c / groups, gsize = cpg * spatial;
+    int chunk = blockIdx.x;
+    double m = block_ordered_sum(psum + bg * chunks, chunks) / (double)gsize;
+    float mf = (float)m;
+    double var = block_ordered_sum(psq + bg * chunks, chunks) / (double)gsize - (m - mf) * (m - mf);
+    double rstd = 1.0 / sqrt((var > 0 ? var : 0) + eps);
+    int64_t per = (gsize + chunks - 1) / chunks, i0 = chunk * per, i1 = i0 + per < gsize ? i0 + per : gsize;
+    const float *xg = x + bg * gsize;
+    float *yg = y + bg * gsize;
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+        int64_t ch = g * cpg + i / spatial;
+        double scale = rstd * (w ? w[ch] : 1.0);
+        double shift = (b ? b[ch] : 0.0) - m * scale;
+        float v = xg[i] * (float)scale + (float)shift;
+        if (silu) v = v / (1.0f + expf(-v));
+        yg[i] = v;
+    }
+}
+
+static int group_norm_chunked_f32_cuda(struct cuda_ctx *ctx, float *y, const float *x, const float *w,
+                                       const float *b, int64_t nb, int64_t c, int64_t groups, int64_t spatial,
+                                       float eps, bool silu, struct err *err) {
+    int64_t nbg = nb * groups, gsize = c / groups * spatial;
+    int chunks = (int)((gsize + GN_CHUNK_MIN - 1) / GN_CHUNK_MIN);
+    if (chunks > GN_CHUNKS_MAX) chunks = GN_CHUNKS_MAX;
+    int rc = 0;
+    double *part = (double *)cuda__work(ctx, (size_t)(2 * nbg * chunks) * sizeof(double), "group_norm statistics",
+                                        &rc, err);
+    if (!part) return rc;
+    double *psum = part, *psq = part + nbg * chunks;
+    dim3 grid((unsigned)chunks, (unsigned)nbg);
+    group_norm_partial_f32<0><<<grid, GN_THREADS, 0, ctx->stream>>>(x, psum, psq, gsize, chunks);
+    CUDA_TRY_LAUNCH();
+    group_norm_partial_f32<1><<<grid, GN_THREADS, 0, ctx->stream>>>(x, psum, psq, gsize, chunks);
+    CUDA_TRY_LAUNCH();
+    group_norm_apply_f32<<<grid, GN_THREADS, 0, ctx->stream>>>(y, x, w, b, psum, psq, c, groups, spatial, chunks,
+                                                              eps, silu ? 1 : 0);
     CUDA_TRY_LAUNCH();
     return 0;
 }
@@ -79,9 +169,16 @@ int cuda_op_group_norm(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
     int64_t nb = tx->shape[0], c = tx->shape[1], groups = dst->ip[0];
     int64_t spatial = nb * c != 0 ? cuda_numel(tx) / (nb * c) : 0;
-    return group_norm_f32_cuda((float *)dst->data, (const float *)tx->data, tw ? (const float *)tw->data : NULL,
-                               tb ? (const float *)tb->data : NULL, nb, c, groups, spatial, dst->fp[0],
-                               dst->ip[1] != 0, ctx->stream, err);
+    if (nb * groups == 0 || c * spatial == 0) return 0;
+    if (nb * groups > 65535)
+        return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda group_norm: %lld groups exceed the grid",
+                       (long long)(nb * groups));
+    float *y = (float *)dst->data;
+    const float *x = (const float *)tx->data, *w = tw ? (const float *)tw->data : NULL;
+    const float *b = tb ? (const float *)tb->data : NULL;
+    if (c / groups * spatial >= GN_SPLIT_MIN)
+        return group_norm_chunked_f32_cuda(ctx, y, x, w, b, nb, c, groups, spatial, dst->fp[0], dst->ip[1] != 0, err);
+    return group_norm_f32_cuda(y, x, w, b, nb, c, groups, spatial, dst->fp[0], dst->ip[1] != 0, ctx->stream, err);
 }
 
 /* ===== LayerNorm: x [rows, C], one block per row ===== */
