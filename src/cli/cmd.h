@@ -16,4 +16,7 @@ int cmd_run(int argc, char **argv);
 /* kiln bench unet CKPT [...]: seconds per UNet evaluation on the CPU backend. */
 int cmd_bench(int argc, char **argv);
 
+/* kiln gpus: a table of the visible GPUs (cli/cmd_gpus.c). */
+int cmd_gpus(int argc, char **argv);
+
 #endif

@@ -15,6 +15,9 @@
 #include "cli/config.h"
 #include "cli/panel.h"
 #include "sched/sched.h"
+#ifdef KILN_HAVE_CUDA
+#include "tensor/backend.h"
+#endif
 
 #include <errno.h>
 #include <limits.h>
@@ -160,13 +163,21 @@ int cmd_serve(int argc, char **argv) {
     }
     log_set_level(cfg.log_level);
     if (cfg.mode == CONFIG_MODE_GPU) {
-        /* validated above; the GPU issue adds the backend that honours it */
+#ifdef KILN_HAVE_CUDA
+        /* the runtime applies CUDA_VISIBLE_DEVICES: ordinals here are after it */
+        if (config_pick_gpus(&cfg, backend_cuda_count(), &err)) {
+            fprintf(stderr, "kiln serve: %s\n", err.msg);
+            config_deinit(&cfg);
+            return 2;
+        }
+#else
         fprintf(stderr,
                 "kiln serve: %s asks for GPU mode, but this kiln has no GPU backend (it is built for "
-                "CPU devices only); use --cpu [--cpu-workers N]\n",
+                "CPU devices only; build with -DKILN_CUDA=ON); use --cpu [--cpu-workers N]\n",
                 cfg.mode_reason);
         config_deinit(&cfg);
         return 2;
+#endif
     }
 
     /* folders: ComfyUI creates output/, input/ and temp/ at start; models/ is only read */
@@ -197,6 +208,7 @@ int cmd_serve(int argc, char **argv) {
     struct graph_paths paths = {
         .models = cfg.models_dir, .input = cfg.input_dir, .output = cfg.output_dir, .temp = cfg.temp_dir};
     struct sched_opts so = {
+        .n_gpus = cfg.mode == CONFIG_MODE_GPU ? cfg.n_gpus : 0,
         .n_cpu_workers = cfg.cpu_workers,
         .cpu_threads = cfg.threads,
         .paths = paths,
@@ -204,6 +216,7 @@ int cmd_serve(int argc, char **argv) {
         .disable_metadata = cfg.disable_metadata,
         .metrics_log_every = cfg.metrics_every,
     };
+    for (int i = 0; i < so.n_gpus; i++) so.gpus[i] = cfg.gpus[i];
     struct sched *sched = sched_new(&so, &err);
     if (!sched) {
         fprintf(stderr, "kiln serve: cannot create the devices: %s\n", err.msg);

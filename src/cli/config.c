@@ -582,8 +582,8 @@ static int resolve_devices(struct config *c, struct err *err) {
         snprintf(c->mode_reason, sizeof c->mode_reason, *vis->text ? "CUDA_VISIBLE_DEVICES=%s" : "CUDA_VISIBLE_DEVICES is empty",
                  vis->text);
     } else {
-#ifdef KILN_CUDA
-        c->mode = CONFIG_MODE_GPU; /* every visible GPU (n_gpus = 0); the GPU backend falls back to CPU without one */
+#ifdef KILN_HAVE_CUDA
+        c->mode = CONFIG_MODE_GPU; /* every visible GPU (n_gpus = 0); config_pick_gpus falls back to CPU without one */
         snprintf(c->mode_reason, sizeof c->mode_reason, "%s", vis->text ? "CUDA_VISIBLE_DEVICES" : "every visible GPU");
 #else
         c->mode = CONFIG_MODE_CPU;
@@ -633,9 +633,50 @@ static int resolve_devices(struct config *c, struct err *err) {
             add_note(c, "COMFY_NUM_GPUS=%d: CPU mode, so %d CPU device%s, one queue and worker each", c->comfy_num_gpus,
                      c->comfy_num_gpus, c->comfy_num_gpus == 1 ? "" : "s");
         }
-    } else if (c->values[CONFIG_KEY_CPU_WORKERS].text) {
-        add_note(c, "%s ignored in GPU mode", vw->origin);
+    } else if (!vw->text) {
+        c->cpu_workers = 0; /* GPU mode: CPU devices only when asked for, after the GPUs */
     }
+    return 0;
+}
+
+int config_pick_gpus(struct config *c, int n_visible, struct err *err) {
+    if (c->mode != CONFIG_MODE_GPU) return 0;
+    const char *vis = c->values[CONFIG_KEY_CUDA_VISIBLE].text;
+    char seen[160];
+    snprintf(seen, sizeof seen, "%d CUDA device%s visible%s%s", n_visible, n_visible == 1 ? "" : "s",
+             vis ? ", CUDA_VISIBLE_DEVICES=" : "", vis ? vis : "");
+    if (c->gpus_explicit) {
+        if (n_visible == 0)
+            return err_set(err, STATUS_ERR_NOT_FOUND, "%s asks for GPUs, but no CUDA device is visible (%s)",
+                           c->mode_reason, seen);
+        for (int i = 0; i < c->n_gpus; i++)
+            if (c->gpus[i] >= n_visible)
+                return bad(c, CONFIG_KEY_GPUS, err, "GPU %d does not exist (%s; GPUs are numbered from 0)", c->gpus[i],
+                           seen);
+    } else {
+        if (n_visible == 0) { /* "every GPU" and there is none: CPU devices */
+            c->mode = CONFIG_MODE_CPU;
+            snprintf(c->mode_reason, sizeof c->mode_reason, "no CUDA device found%s%s", vis ? ": CUDA_VISIBLE_DEVICES=" : "",
+                     vis ? vis : "");
+            if (c->cpu_workers < 1) c->cpu_workers = c->comfy_num_gpus > 0 && c->multi_gpu_sched != 0 ? c->comfy_num_gpus : 1;
+            return 0;
+        }
+        c->n_gpus = MIN(n_visible, CONFIG_MAX_DEVICES);
+        for (int i = 0; i < c->n_gpus; i++) c->gpus[i] = i;
+    }
+    if (c->multi_gpu_sched == 0 && c->n_gpus > 1) {
+        add_note(c, "COMFY_MULTI_GPU_SCHED=0: one worker, on GPU %d%s", c->gpus[0],
+                 c->comfy_num_gpus > 1 ? " (COMFY_NUM_GPUS ignored)" : "");
+        c->n_gpus = 1;
+    } else if (c->comfy_num_gpus > 0 && c->comfy_num_gpus < c->n_gpus) {
+        add_note(c, "COMFY_NUM_GPUS=%d: the first %d of %d GPUs", c->comfy_num_gpus, c->comfy_num_gpus, c->n_gpus);
+        c->n_gpus = c->comfy_num_gpus;
+    } else if (c->comfy_num_gpus > c->n_gpus) {
+        add_note(c, "COMFY_NUM_GPUS=%d: only %d GPU%s available", c->comfy_num_gpus, c->n_gpus, c->n_gpus == 1 ? "" : "s");
+    }
+    if (c->n_gpus + c->cpu_workers > CONFIG_MAX_DEVICES)
+        return bad(c, CONFIG_KEY_CPU_WORKERS, err, "%d GPUs and %d CPU devices exceed %d devices", c->n_gpus,
+                   c->cpu_workers, CONFIG_MAX_DEVICES);
     return 0;
 }
 
@@ -778,7 +819,9 @@ done:
     return rc;
 }
 
-int config_n_devices(const struct config *c) { return c->mode == CONFIG_MODE_CPU ? c->cpu_workers : c->n_gpus; }
+int config_n_devices(const struct config *c) {
+    return c->mode == CONFIG_MODE_CPU ? c->cpu_workers : c->n_gpus + c->cpu_workers;
+}
 
 const char *config_source_name(enum config_source s) {
     static const char *const N[CONFIG_SOURCE_COUNT] = {"default", ".env", "environment", "flag"};

@@ -101,7 +101,8 @@ struct config {
     int gpus[CONFIG_MAX_DEVICES];    /* GPU mode: the requested GPU ordinals, in order */
     int n_gpus;
     bool gpus_explicit;              /* gpus came from a flag or KILN_GPUS (not CUDA_VISIBLE_DEVICES) */
-    int cpu_workers;                 /* CPU devices to create in CPU mode (after the COMFY_* rules) */
+    int cpu_workers;                 /* CPU devices: in CPU mode after the COMFY_* rules; in GPU mode
+                                        --cpu-workers or 0, created after the GPUs */
     int threads;                     /* threads per CPU device; 0 = cores / devices */
     int comfy_num_gpus;              /* COMFY_NUM_GPUS, 0 = unset */
     int multi_gpu_sched;             /* COMFY_MULTI_GPU_SCHED: -1 unset, 0 off (one worker), 1 on */
@@ -148,7 +149,16 @@ void config_deinit(struct config *c);
  * returns 0 at once with c->help set. */
 int config_load(struct config *c, int argc, char **argv, struct err *err);
 
-/* Number of devices kiln serve creates in CPU mode (c->cpu_workers) or requests in GPU mode. */
+/* GPU mode, once the CUDA runtime has counted n_visible devices: fills gpus[0..n_gpus) with the
+ * ordinals to use (the --gpus / --single list, checked against n_visible; else every GPU), then
+ * applies COMFY_NUM_GPUS (the first N) and COMFY_MULTI_GPU_SCHED=0 (the first only), with a
+ * note for each. No GPU and none named: switches to CPU mode (mode_reason says why). A named GPU
+ * that does not exist: STATUS_ERR_INVALID / STATUS_ERR_NOT_FOUND with err saying what is visible.
+ * CPU mode: does nothing. */
+int config_pick_gpus(struct config *c, int n_visible, struct err *err);
+
+/* Number of devices kiln serve creates in CPU mode (c->cpu_workers) or requests in GPU mode
+ * (the GPUs, 0 before config_pick_gpus when every GPU is asked for, plus c->cpu_workers). */
 int config_n_devices(const struct config *c);
 
 /* "default", ".env", "environment", "flag". */

@@ -15,6 +15,7 @@ static const struct {
     {"serve", cmd_serve, "serve ComfyUI's HTTP + WebSocket API, one queue and worker per device"},
     {"run", cmd_run, "run one API-format workflow on the CPU and save its images"},
     {"bench", cmd_bench, "time the UNet of a checkpoint on the CPU (bench unet CKPT)"},
+    {"gpus", cmd_gpus, "list the GPUs kiln sees: memory, temperature, utilisation, power"},
     {"ckpt", cmd_ckpt, "write a random SD 1.5 checkpoint (--tiny for tests, --sd15 full size)"},
 };
 

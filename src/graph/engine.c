@@ -73,6 +73,12 @@ void engine_unload_unused(struct engine *e) {
     }
 }
 
+void engine_release_scratch(struct engine *e) {
+    struct backend *be = e->scratch.backend;
+    tscratch_deinit(&e->scratch);
+    tscratch_init(&e->scratch, be); /* e->tctx borrows &e->scratch: same storage, empty buffer */
+}
+
 void engine_init(struct engine *e, struct backend *be, const char *models_dir, const char *tokenizer_dir) {
     memset(e, 0, sizeof *e);
     e->backend = be;
@@ -98,6 +104,26 @@ struct engine *engine_new_cpu(int threads, const char *models_dir, const char *t
     }
     engine_init(e, be, models_dir, tokenizer_dir);
     return e;
+}
+
+struct engine *engine_new_cuda(int device, const char *models_dir, const char *tokenizer_dir, struct err *err) {
+#ifdef KILN_HAVE_CUDA
+    struct backend *be = backend_cuda_new(device, err);
+    if (!be) return NULL;
+    struct engine *e = mem_try_calloc(1, sizeof *e);
+    if (!e) {
+        backend_free(be);
+        err_set(err, STATUS_ERR_NOMEM, "out of host memory creating the engine of CUDA device %d", device);
+        return NULL;
+    }
+    engine_init(e, be, models_dir, tokenizer_dir);
+    return e;
+#else
+    (void)models_dir, (void)tokenizer_dir;
+    err_set(err, STATUS_ERR_UNSUPPORTED, "CUDA device %d: this build has no CUDA backend (configure with -DKILN_CUDA=ON)",
+            device);
+    return NULL;
+#endif
 }
 
 void engine_free(struct engine *e) {

@@ -55,6 +55,11 @@ void engine_deinit(struct engine *e); /* unloads every checkpoint */
  * tensor layer (sched/). Strings are borrowed. Free with engine_free, which also frees the
  * backend. Returns NULL on host OOM. */
 struct engine *engine_new_cpu(int threads, const char *models_dir, const char *tokenizer_dir);
+/* An engine on a CUDA backend of its own for CUDA device `device` (an ordinal after
+ * CUDA_VISIBLE_DEVICES). Call it on the thread that will use the engine (the backend's stream
+ * and library handles belong to that worker). Returns NULL with err filled when the device
+ * cannot be opened, or with STATUS_ERR_UNSUPPORTED in a build without the CUDA backend. */
+struct engine *engine_new_cuda(int device, const char *models_dir, const char *tokenizer_dir, struct err *err);
 void engine_free(struct engine *e); /* NULL is a no-op */
 
 /* The paths of the checkpoints loaded now, as mem_strdup'd strings in out[0..max) (the caller
@@ -70,6 +75,10 @@ struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, 
 
 /* Unloads every checkpoint that no value references any more. */
 void engine_unload_unused(struct engine *e);
+
+/* Gives the activation buffer back to the backend (the next graph allocates again): after an
+ * out-of-memory failure, so the next prompt starts from the device's whole free memory. */
+void engine_release_scratch(struct engine *e);
 
 struct model_value *model_value_new(struct engine_checkpoint *ck, const char *type); /* takes a new ref of ck */
 struct clip_value *clip_value_new(struct engine_checkpoint *ck, int layer);

@@ -1,14 +1,37 @@
-/* sched/device.c -- facts about the host that CPU devices report, and prompt id generation.
- * Owns: nothing (reads /proc and the kernel's random source).
+/* sched/device.c -- facts about the host that CPU devices report, what GPU devices report (via
+ * vram/monitor.h), and prompt id generation.
+ * Owns: nothing (reads /proc, the kernel's random source and the sched's vram monitor).
  * Must not: touch devices' queues or engines.
  * Threads: any. */
 #include "sched/internal.h"
+
+#include "vram/monitor.h"
 
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
+
+/* ===== GPU devices ===== */
+
+void sched__gpu_describe(struct vram_monitor *m, int ordinal, char *name, size_t n, uint64_t *mem_total) {
+    struct vram_gpu g;
+    struct err err = {0};
+    if (vram_monitor_query(m, ordinal, &g, &err) == 0) {
+        snprintf(name, n, "cuda:%d %s", ordinal, g.name);
+        *mem_total = g.mem_total;
+    } else { /* the runtime sees a GPU the driver library does not: name it plainly */
+        snprintf(name, n, "cuda:%d GPU", ordinal);
+        *mem_total = 0;
+    }
+}
+
+uint64_t sched__gpu_mem_free(struct vram_monitor *m, int ordinal) {
+    struct vram_gpu g;
+    struct err err = {0};
+    return vram_monitor_query(m, ordinal, &g, &err) == 0 ? g.mem_free : 0;
+}
 
 /* ===== CPU devices ===== */
 

@@ -13,6 +13,7 @@
 
 struct engine;
 struct graph_cache;
+struct vram_monitor;
 
 /* ===== One queued or running prompt ===== */
 
@@ -60,9 +61,14 @@ struct sched_device {
     struct sched *s;                     /* back pointer */
     int index;                           /* position in the list (X-TARGET-GPU value) */
     enum sched_device_kind kind;
-    char name[128];                      /* "cpu:0 <model name>" */
+    char name[128];                      /* "cpu:0 <model name>" or "cuda:0 NVIDIA H100 80GB HBM3" */
     uint64_t mem_total;                  /* bytes */
-    struct engine *engine;               /* worker: backend, checkpoints, activations */
+    int cuda_ordinal;                    /* CUDA devices: the runtime's device number */
+    struct engine *engine;               /* worker: backend, checkpoints, activations (GPUs:
+                                            made by the worker at start) */
+    bool ready;                          /* mu: the worker has its engine (or failed: init_rc) */
+    int init_rc;                         /* mu: 0, or why the worker could not open the device */
+    struct err init_err;                 /* mu: its message */
     struct graph_cache *cache;           /* worker: node outputs between prompts */
     pthread_t thread;
     bool started;                        /* thread created (joined in sched_free) */
@@ -88,6 +94,8 @@ struct sched {
     void *sink_user;
     struct sched_device dev[SCHED_MAX_DEVICES];
     int n_dev;
+    pthread_cond_t ready;                /* with mu: a GPU worker opened its device (or failed) */
+    struct vram_monitor *vram;           /* GPU names and memory; NULL without GPU devices */
     json_t *ids;                         /* mu: {prompt_id: device} of queued and running prompts */
     json_t *history;                     /* mu: {prompt_id: entry}, completion order */
     int64_t counter;                     /* mu: PromptServer.number */
@@ -125,6 +133,11 @@ void sched__history_put(struct sched *s, const char *prompt_id, json_t *entry);
 void *sched__worker_main(void *device);
 
 /* ===== Devices (device.c) ===== */
+
+/* "cuda:<ordinal> <name from NVML or the CUDA driver>" into name[n], and the device's memory. */
+void sched__gpu_describe(struct vram_monitor *m, int ordinal, char *name, size_t n, uint64_t *mem_total);
+/* Free device memory of a GPU now (0 when unknown). */
+uint64_t sched__gpu_mem_free(struct vram_monitor *m, int ordinal);
 
 /* "cpu:<i> <model name from /proc/cpuinfo>" into name[n]. */
 void sched__cpu_name(int index, char *name, size_t n);

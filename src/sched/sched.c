@@ -19,6 +19,7 @@
 #include "base/status.h"
 #include "graph/cache.h"
 #include "graph/engine.h"
+#include "vram/monitor.h"
 
 #include <limits.h>
 #include <math.h>
@@ -103,10 +104,28 @@ static void device_deinit(struct sched_device *d) {
     pthread_cond_destroy(&d->wake);
 }
 
+/* Fields every device starts with; the caller sets kind, name, memory and the engine. */
+static struct sched_device *device_add(struct sched *s, enum sched_device_kind kind) {
+    struct sched_device *d = &s->dev[s->n_dev];
+    d->s = s;
+    d->index = s->n_dev;
+    d->kind = kind;
+    atomic_init(&d->interrupt, false);
+    pthread_cond_init(&d->wake, NULL);
+    d->cache = graph_cache_new();
+    s->n_dev++;
+    return d;
+}
+
 struct sched *sched_new(const struct sched_opts *opts, struct err *err) {
-    if (opts->n_cpu_workers < 1 || opts->n_cpu_workers > SCHED_MAX_DEVICES) {
-        err_set(err, STATUS_ERR_RANGE, "--cpu-workers must be between 1 and %d (got %d)", SCHED_MAX_DEVICES,
-                opts->n_cpu_workers);
+    if (opts->n_gpus < 0 || opts->n_gpus > SCHED_MAX_DEVICES) {
+        err_set(err, STATUS_ERR_RANGE, "at most %d GPUs (got %d)", SCHED_MAX_DEVICES, opts->n_gpus);
+        return NULL;
+    }
+    int min_cpu = opts->n_gpus > 0 ? 0 : 1, max_cpu = SCHED_MAX_DEVICES - opts->n_gpus;
+    if (opts->n_cpu_workers < min_cpu || opts->n_cpu_workers > max_cpu) {
+        err_set(err, STATUS_ERR_RANGE, "--cpu-workers must be between %d and %d%s (got %d)", min_cpu, max_cpu,
+                opts->n_gpus > 0 ? " beside the GPUs" : "", opts->n_cpu_workers);
         return NULL;
     }
     struct sched *s = mem_calloc(1, sizeof *s);
@@ -114,30 +133,43 @@ struct sched *sched_new(const struct sched_opts *opts, struct err *err) {
     if (s->opts.history_max <= 0) s->opts.history_max = SCHED_HISTORY_MAX;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->emit_mu, NULL);
+    pthread_cond_init(&s->ready, NULL);
     s->ids = json_object();
     s->history = json_object();
     s->t_start = clock_now();
 
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int threads = opts->cpu_threads > 0 ? opts->cpu_threads : (int)MAX(1, (cores > 0 ? cores : 1) / opts->n_cpu_workers);
-    uint64_t ram = sched__host_mem_total();
-    for (int i = 0; i < opts->n_cpu_workers; i++) {
-        struct sched_device *d = &s->dev[i];
-        d->s = s;
-        d->index = i;
-        d->kind = SCHED_DEVICE_CPU;
-        sched__cpu_name(i, d->name, sizeof d->name);
-        d->mem_total = ram;
-        atomic_init(&d->interrupt, false);
-        pthread_cond_init(&d->wake, NULL);
-        s->n_dev = i + 1;
-        d->engine = engine_new_cpu(threads, opts->paths.models, opts->tokenizer_dir);
-        if (!d->engine) {
-            err_set(err, STATUS_ERR_NOMEM, "out of host memory creating the engine of device %d (%s)", i, d->name);
+    /* GPUs first, in the order asked for; their engines come from their workers */
+    if (opts->n_gpus > 0) {
+        s->vram = vram_monitor_new(NULL);
+        if (!s->vram) {
+            err_set(err, STATUS_ERR_NOMEM, "out of host memory opening the GPU monitor");
             sched_free(s);
             return NULL;
         }
-        d->cache = graph_cache_new();
+        if (vram_monitor_notice(s->vram)) log_warn("%s", vram_monitor_notice(s->vram));
+    }
+    for (int g = 0; g < opts->n_gpus; g++) {
+        struct sched_device *d = device_add(s, SCHED_DEVICE_CUDA);
+        d->cuda_ordinal = opts->gpus[g];
+        sched__gpu_describe(s->vram, d->cuda_ordinal, d->name, sizeof d->name, &d->mem_total);
+    }
+
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int n_cpu = MAX(1, opts->n_cpu_workers);
+    int threads = opts->cpu_threads > 0 ? opts->cpu_threads : (int)MAX(1, (cores > 0 ? cores : 1) / n_cpu);
+    uint64_t ram = sched__host_mem_total();
+    for (int i = 0; i < opts->n_cpu_workers; i++) {
+        struct sched_device *d = device_add(s, SCHED_DEVICE_CPU);
+        sched__cpu_name(i, d->name, sizeof d->name);
+        d->mem_total = ram;
+        d->ready = true;
+        d->engine = engine_new_cpu(threads, opts->paths.models, opts->tokenizer_dir);
+        if (!d->engine) {
+            err_set(err, STATUS_ERR_NOMEM, "out of host memory creating the engine of device %d (%s)", d->index,
+                    d->name);
+            sched_free(s);
+            return NULL;
+        }
     }
     return s;
 }
@@ -156,7 +188,16 @@ int sched_start(struct sched *s, struct err *err) {
                                strerror(rc));
         d->started = true;
     }
-    return 0;
+    /* each GPU worker opens its device on its own thread; wait for all of them */
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->n_dev; i++)
+        while (!s->dev[i].ready) pthread_cond_wait(&s->ready, &s->mu);
+    int rc = 0;
+    for (int i = 0; i < s->n_dev && !rc; i++)
+        if (s->dev[i].init_rc)
+            rc = err_set(err, s->dev[i].init_rc, "device %d (%s): %s", i, s->dev[i].name, s->dev[i].init_err.msg);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
 }
 
 void sched_free(struct sched *s) {
@@ -173,6 +214,8 @@ void sched_free(struct sched *s) {
     for (int i = 0; i < s->n_dev; i++) device_deinit(&s->dev[i]);
     json_decref(s->ids);
     json_decref(s->history);
+    vram_monitor_free(s->vram);
+    pthread_cond_destroy(&s->ready);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->emit_mu);
     mem_free(s);
@@ -188,7 +231,7 @@ void sched_device_info(struct sched *s, int index, struct sched_device_info *out
     out->kind = d->kind;
     snprintf(out->name, sizeof out->name, "%s", d->name);
     out->mem_total = d->mem_total;
-    out->mem_free = d->kind == SCHED_DEVICE_CPU ? sched__host_mem_free() : 0;
+    out->mem_free = d->kind == SCHED_DEVICE_CPU ? sched__host_mem_free() : sched__gpu_mem_free(s->vram, d->cuda_ordinal);
     pthread_mutex_lock(&s->mu);
     out->running = d->running ? 1 : 0;
     out->pending = d->n_heap;

@@ -47,7 +47,9 @@ struct sched;
 enum sched_device_kind { SCHED_DEVICE_CPU, SCHED_DEVICE_CUDA };
 
 struct sched_opts {
-    int n_cpu_workers;               /* CPU devices to create (>= 1 when there are no GPUs) */
+    int gpus[SCHED_MAX_DEVICES];     /* CUDA ordinals that become devices 0..n_gpus-1, in order */
+    int n_gpus;                      /* 0 = CPU devices only */
+    int n_cpu_workers;               /* CPU devices to create after the GPUs (>= 1 when there are no GPUs) */
     int cpu_threads;                 /* threads per CPU device; 0 = cores / n_cpu_workers */
     struct graph_paths paths;        /* folders (strings borrowed for the sched's life) */
     const char *tokenizer_dir;       /* --tokenizer, or NULL (borrowed) */
@@ -69,8 +71,10 @@ struct sched_device_info {
 
 /* ===== Lifecycle ===== */
 
-/* Creates the devices (CPU devices now; the GPU issue adds CUDA devices to the same list) and
- * their engines, without starting workers. Returns NULL with err filled on failure. */
+/* Creates the devices (the GPUs of opts->gpus first, then the CPU devices) without starting
+ * workers. CPU engines are made here; a GPU's engine is made by its worker thread at
+ * sched_start (its CUDA stream and handles belong to that thread). Returns NULL with err
+ * filled on failure. */
 struct sched *sched_new(const struct sched_opts *opts, struct err *err);
 
 /* The event sink: called for every WebSocket event, from worker threads and from sched_*
@@ -85,7 +89,8 @@ struct sched *sched_new(const struct sched_opts *opts, struct err *err);
 typedef void (*sched_event_fn)(void *user, const char *client_id, const char *type, json_t *data);
 void sched_set_event_sink(struct sched *s, sched_event_fn fn, void *user);
 
-/* Starts one worker thread per device (each logs one line). */
+/* Starts one worker thread per device (each logs one line) and waits until every GPU worker has
+ * opened its device; fails (err names the GPU and why) when one cannot. */
 int sched_start(struct sched *s, struct err *err);
 
 /* Stops the workers (the running prompt is interrupted), frees everything. NULL is a no-op. */

@@ -178,6 +178,7 @@ static void free_memory(struct sched *s, struct sched_device *d, bool unload, bo
         graph_cache_drop_types(d->cache, CHECKPOINT_TYPES);
         if (d->engine) engine_unload_unused(d->engine);
     }
+    if (free_all && d->engine) engine_release_scratch(d->engine);
     snapshot_checkpoints(s, d);
     pthread_mutex_lock(&s->mu);
     d->m.cache_entries = graph_cache_count(d->cache);
@@ -260,6 +261,24 @@ void *sched__worker_main(void *arg) {
     struct sched_device *d = arg;
     struct sched *s = d->s;
     log_info("[%s %d] worker started on %s", kind_label(d), d->index, d->name);
+    if (d->kind == SCHED_DEVICE_CUDA && !d->engine) { /* the backend's stream and handles are this thread's */
+        struct err err = {0};
+        double t0 = clock_now();
+        struct engine *e = engine_new_cuda(d->cuda_ordinal, s->opts.paths.models, s->opts.tokenizer_dir, &err);
+        pthread_mutex_lock(&s->mu);
+        d->engine = e;
+        d->init_rc = e ? 0 : (err.code ? err.code : STATUS_ERR_DEVICE);
+        d->init_err = err;
+        d->ready = true;
+        pthread_cond_broadcast(&s->ready);
+        pthread_mutex_unlock(&s->mu);
+        if (!e) {
+            log_error("[%s %d] cannot open %s: %s", kind_label(d), d->index, d->name, err.msg);
+            return NULL;
+        }
+        log_info("[%s %d] CUDA device %d opened in %.2f s", kind_label(d), d->index, d->cuda_ordinal,
+                 clock_now() - t0);
+    }
     pthread_mutex_lock(&s->mu);
     while (!s->stopping) {
         if (d->flag_unload || d->flag_free) {

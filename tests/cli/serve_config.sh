@@ -4,7 +4,8 @@
 # .env syntax (export, quotes, comments), ComfyUI's flag forms (bare --listen, --temp-directory
 # D -> D/temp, --enable-cors-header), the launcher variables (CUDA_VISIBLE_DEVICES,
 # COMFY_MULTI_GPU_SCHED, COMFY_NUM_GPUS), every invalid value -> exit 2 with a message naming
-# it, GPU modes on a CPU-only build, the README's variable table against --help, the panel
+# it, GPU modes on a CPU-only build (refused; in a CUDA build: a GPU that does not exist is
+# refused, and checks of CPU mode's defaults ask for --cpu), the README's variable table against --help, the panel
 # (ASCII off a terminal, box drawing and colour when forced, NO_COLOR), a busy port (exit 1),
 # and SIGTERM -> clean exit 0.
 # Usage: serve_config.sh KILN_BINARY SOURCE_DIR (as CTest calls it).
@@ -35,6 +36,17 @@ passed() {
     mark=$fails
 }
 
+# CUDA=1 when this kiln has the CUDA backend (`kiln gpus` says so), with NGPU the devices it sees
+CUDA=0 NGPU=0
+if "$KILN" gpus >"$DIR/gpus.txt" 2>&1 && grep -q '^build: CUDA backend' "$DIR/gpus.txt"; then
+    CUDA=1
+    NGPU=$(sed -n 's/^build: CUDA backend; the CUDA runtime sees \([0-9]*\) device.*/\1/p' "$DIR/gpus.txt")
+fi
+grep -q '^devices: [0-9]' "$DIR/gpus.txt" || fail "kiln gpus: no device count in: $(tr '\n' '|' <"$DIR/gpus.txt")"
+# CPU mode's checks below: a CUDA build picks GPU mode by default, so they ask for CPU mode
+CPUFLAG=()
+[ "$CUDA" = 1 ] && CPUFLAG=(--cpu)
+
 # cfg NAME ARGS...: `kiln serve --print-config ARGS` must exit 0; output in NAME.cfg
 cfg() {
     local name=$1; shift
@@ -64,7 +76,11 @@ cfg defaults
 has defaults "listen=127.0.0.1${T}(default)"
 has defaults "port=8188${T}(default)"
 has defaults "gpu_ports=off${T}(default)"
-has defaults "cpu_workers=1${T}(default)"
+if [ "$CUDA" = 0 ]; then
+    has defaults "cpu_workers=1${T}(default)"
+else
+    has defaults "cpu_workers=0${T}(default)"
+fi
 has defaults "models_dir=models${T}(default)"
 has defaults "output_dir=output${T}(default)"
 has defaults "input_dir=input${T}(default)"
@@ -72,8 +88,13 @@ has defaults "temp_dir=temp${T}(default)"
 has defaults "cors_origin=off${T}(default)"
 has defaults "max_upload_size=104857600"
 has defaults "metrics_every=10${T}(default)"
-has defaults "mode=cpu${T}(this build has no GPU backend)"
-has defaults "devices=1"
+if [ "$CUDA" = 0 ]; then
+    has defaults "mode=cpu${T}(this build has no GPU backend)"
+    has defaults "devices=1"
+else
+    has defaults "mode=gpu${T}(every visible GPU)"
+    has defaults "devices=0"
+fi
 has defaults "env_file=.env${T}(not found)"
 passed "defaults"
 
@@ -154,14 +175,18 @@ has cpu "mode=cpu${T}(--cpu)"
 CUDA_VISIBLE_DEVICES='' cfg cvd_empty
 has cvd_empty "mode=cpu${T}(CUDA_VISIBLE_DEVICES is empty)"
 CUDA_VISIBLE_DEVICES=0,1 cfg cvd
-has cvd "note=CUDA_VISIBLE_DEVICES=0,1 ignored: this build has no GPU backend"
-COMFY_NUM_GPUS=3 cfg numgpus
+if [ "$CUDA" = 0 ]; then
+    has cvd "note=CUDA_VISIBLE_DEVICES=0,1 ignored: this build has no GPU backend"
+else
+    has cvd "mode=gpu${T}(CUDA_VISIBLE_DEVICES)"
+fi
+COMFY_NUM_GPUS=3 cfg numgpus "${CPUFLAG[@]}"
 has numgpus "devices=3"
 has numgpus "cpu_workers=3${T}(environment COMFY_NUM_GPUS)"
-COMFY_NUM_GPUS=3 COMFY_MULTI_GPU_SCHED=0 cfg onesched
+COMFY_NUM_GPUS=3 COMFY_MULTI_GPU_SCHED=0 cfg onesched "${CPUFLAG[@]}"
 has onesched "devices=1"
 has onesched "cpu_workers=1${T}(environment COMFY_MULTI_GPU_SCHED=0)"
-COMFY_NUM_GPUS=3 COMFY_MULTI_GPU_SCHED=0 cfg explicit --cpu-workers 2
+COMFY_NUM_GPUS=3 COMFY_MULTI_GPU_SCHED=0 cfg explicit --cpu-workers 2 "${CPUFLAG[@]}"
 has explicit "devices=2"
 has explicit "note=COMFY_NUM_GPUS=3 ignored: --cpu-workers 2 is kiln's own setting"
 printf 'CUDA_VISIBLE_DEVICES=\nCOMFY_NUM_GPUS=2\n' >"$DIR/cpu.env"
@@ -213,15 +238,27 @@ refused switch_value "--cpu takes no value" --cpu=1
 refused positional "unexpected argument 'extra'" extra
 passed "invalid values"
 
-# ===== GPU modes need a GPU build =====
-for args in "--gpus 0,1" "--single 0" "--cuda-device 1"; do
-    # shellcheck disable=SC2086
-    "$KILN" serve $args >/dev/null 2>"$DIR/gpu.err"
-    rc=$?
-    [ "$rc" = 2 ] || fail "kiln serve $args -> exit $rc, expected 2"
-    grep -q "no GPU backend" "$DIR/gpu.err" || fail "kiln serve $args: '$(cat "$DIR/gpu.err")' does not explain"
-done
-passed "GPU modes refused on a CPU build"
+# ===== GPU modes need a GPU build (and, in one, GPUs that exist) =====
+# serve_refused NAME 'MESSAGE PART' ARGS...: `kiln serve ARGS` (no --print-config) exits 2 saying so
+serve_refused() {
+    local name=$1 want=$2; shift 2
+    "$KILN" serve "$@" >/dev/null 2>"$DIR/$name.err"
+    local rc=$?
+    [ "$rc" = 2 ] || fail "$name: kiln serve $* -> exit $rc, expected 2"
+    grep -qF -- "$want" "$DIR/$name.err" || fail "$name: stderr '$(cat "$DIR/$name.err")' lacks '$want'"
+}
+if [ "$CUDA" = 0 ]; then
+    serve_refused gpus01 "no GPU backend" --gpus 0,1
+    serve_refused single0 "no GPU backend" --single 0
+    serve_refused cudadev1 "no GPU backend" --cuda-device 1
+elif [ "$NGPU" = 0 ]; then
+    serve_refused gpus01 "--gpus 0,1 asks for GPUs, but no CUDA device is visible (0 CUDA devices visible)" --gpus 0,1
+    serve_refused single0 "no CUDA device is visible" --single 0
+else
+    serve_refused gpus63 "GPU 63 does not exist ($NGPU CUDA device" --gpus 0,63
+    serve_refused single63 "GPU 63 does not exist" --single 63
+fi
+passed "GPU modes refused on a CPU build, missing GPUs refused on a CUDA build"
 
 # ===== Documentation: every variable of --help is in the README's table =====
 "$KILN" serve --help >"$DIR/help.txt" 2>&1 || fail "kiln serve --help -> exit $?"
