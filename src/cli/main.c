@@ -2,6 +2,9 @@
  * Threads: main thread. */
 #include "cli/cmd.h"
 
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +21,27 @@ static const struct {
     {"gpus", cmd_gpus, "list the GPUs kiln sees: memory, temperature, utilisation, power"},
     {"ckpt", cmd_ckpt, "write a random SD 1.5 checkpoint (--tiny for tests, --sd15 full size)"},
 };
+
+/* ===== Thread stacks big enough for static TLS =====
+ * glibc puts every initially loaded library's thread-local storage on each thread's stack and
+ * refuses (EINVAL) a stack smaller than that. CivetWeb sizes its threads at 100 KiB, and a
+ * CUDA build's libraries hold ~170 KiB of TLS (cuBLASLt 92 KiB, OpenBLAS 60 KiB, cuBLAS,
+ * cudart), so the HTTP server could not start one thread. This definition, seen first by
+ * every library of the process, raises any requested stack size to at least 1 MiB. */
+#define KILN_MIN_THREAD_STACK ((size_t)1 << 20)
+
+int pthread_attr_setstacksize(pthread_attr_t *attr, size_t size) {
+    typedef int (*setstacksize_fn)(pthread_attr_t *, size_t);
+    static _Atomic(setstacksize_fn) real;
+    setstacksize_fn fn = atomic_load(&real);
+    if (!fn) {
+        void *p = dlsym(RTLD_NEXT, "pthread_attr_setstacksize");
+        if (!p) return 22; /* EINVAL: no libc underneath (cannot happen with glibc) */
+        memcpy(&fn, &p, sizeof p);
+        atomic_store(&real, fn);
+    }
+    return fn(attr, size < KILN_MIN_THREAD_STACK ? KILN_MIN_THREAD_STACK : size);
+}
 
 static int usage(FILE *f) {
     fprintf(f, "usage: kiln <command> [options]\n\ncommands:\n");

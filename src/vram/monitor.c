@@ -13,6 +13,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define VRAM_MAX_GPUS 64
@@ -66,6 +67,7 @@ struct vram_monitor {
     struct nvml_api nv;
     struct cu_api cu;
     bool have_nvml, have_cuda;
+    bool cuda_no_device;                 /* the driver opened and counts no device: 0 GPUs */
     int n;                               /* GPUs visible */
     int cu_dev[VRAM_MAX_GPUS];           /* CUdevice of each CUDA ordinal */
     nvml_dev nv_dev[VRAM_MAX_GPUS];      /* its NVML handle, or NULL */
@@ -128,6 +130,10 @@ static bool open_cuda(struct vram_monitor *m, const char *lib, char *why, size_t
               sym(m->cuda_so, "cuCtxPushCurrent_v2", &a->ctx_push) && sym(m->cuda_so, "cuCtxPopCurrent_v2", &a->ctx_pop) &&
               sym(m->cuda_so, "cuMemGetInfo_v2", &a->mem_info);
     cu_ret r = ok ? a->init(0) : -1;
+    if (r == 100) { /* CUDA_ERROR_NO_DEVICE: the driver works and shows none (CUDA_VISIBLE_DEVICES=) */
+        m->cuda_no_device = true;
+        return true;
+    }
     if (!ok || r != 0) {
         if (ok) snprintf(why, n, "cuInit failed (CUresult %d) in %s", r, lib);
         else snprintf(why, n, "missing entry points in %s", lib);
@@ -162,7 +168,9 @@ struct vram_monitor *vram_monitor_new(const struct vram_monitor_opts *opts) {
     m->have_nvml = open_nvml(m, nvml_lib, why_nv, sizeof why_nv);
     m->have_cuda = open_cuda(m, cuda_lib, why_cu, sizeof why_cu);
 
-    if (m->have_cuda) { /* CUDA numbering; NVML matched by PCI bus id */
+    if (m->cuda_no_device) { /* the CUDA runtime sees none either, whatever NVML counts */
+        m->n = 0;
+    } else if (m->have_cuda) { /* CUDA numbering; NVML matched by PCI bus id */
         int n = 0;
         if (m->cu.count(&n) != 0) n = 0;
         m->n = n < VRAM_MAX_GPUS ? n : VRAM_MAX_GPUS;
@@ -179,7 +187,10 @@ struct vram_monitor *vram_monitor_new(const struct vram_monitor_opts *opts) {
             if (m->nv.by_index((unsigned)i, &m->nv_dev[i]) != 0) m->nv_dev[i] = NULL;
     }
 
-    if (!m->have_nvml && m->have_cuda)
+    if (m->cuda_no_device)
+        snprintf(m->notice, sizeof m->notice, "the CUDA driver sees no GPU (CUDA_VISIBLE_DEVICES=%s)",
+                 getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "(not set)");
+    else if (!m->have_nvml && m->have_cuda)
         snprintf(m->notice, sizeof m->notice,
                  "NVML not available (%s): GPU names and memory come from the CUDA driver; temperature, "
                  "utilisation and power are unknown", why_nv);
