@@ -69,15 +69,15 @@ static const struct flag_def FLAGS[] = {
     {"--gpu-ports", CONFIG_KEY_GPU_PORTS, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "BASE",
      "device i also listens on BASE+i; requests there go to device i (default off)"},
     {"--cpu-workers", CONFIG_KEY_CPU_WORKERS, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "N",
-     "CPU devices, each with its own queue and worker (default 1)"},
+     "CPU devices, each with its own queue and worker (default 1; 0 beside GPUs)"},
     {"--threads", CONFIG_KEY_THREADS, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "N",
      "threads per CPU device (default: cores / devices)"},
     {"--metrics-every", CONFIG_KEY_METRICS_EVERY, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "N",
      "log each device's metrics line every N finished prompts (default 10, 0 = never)"},
-    {"--cpu", CONFIG_KEY_CPU, FLAG_ARG_NONE, "1", FLAG_HOW_PLAIN, "", "CPU only (today the only mode)"},
+    {"--cpu", CONFIG_KEY_CPU, FLAG_ARG_NONE, "1", FLAG_HOW_PLAIN, "", "CPU devices only (the default in a build without CUDA)"},
     {"--gpus", CONFIG_KEY_GPUS, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "LIST",
-     "use these GPUs, in this order (e.g. 1,0); needs a GPU build"},
-    {"--single", CONFIG_KEY_GPUS, FLAG_ARG_ONE, NULL, FLAG_HOW_SINGLE, "N", "use GPU N only; needs a GPU build"},
+     "use these GPUs, in this order (e.g. 1,0; default every GPU); needs a CUDA build"},
+    {"--single", CONFIG_KEY_GPUS, FLAG_ARG_ONE, NULL, FLAG_HOW_SINGLE, "N", "use GPU N only; needs a CUDA build"},
     {"--cuda-device", CONFIG_KEY_GPUS, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "LIST", "ComfyUI's name for --gpus"},
     {"--base-directory", CONFIG_KEY_BASE_DIR, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "DIR",
      "parent of models/, input/, output/ and temp/ (default: the current directory)"},
@@ -914,7 +914,8 @@ void config_usage(FILE *f) {
     }
     fprintf(f, "\n"
                "Launcher variables: CUDA_VISIBLE_DEVICES (empty = CPU only), COMFY_MULTI_GPU_SCHED=0\n"
-               "(one worker), COMFY_NUM_GPUS=N (devices; CPU devices in CPU mode) count only when\n"
-               "--cpu-workers / KILN_CPU_WORKERS is not set. ComfyUI's memory, dtype and preview flags\n"
+               "(one worker, on the first GPU), COMFY_NUM_GPUS=N (the first N GPUs; in CPU mode, CPU\n"
+               "devices when --cpu-workers / KILN_CPU_WORKERS is not set). GPUs are numbered after\n"
+               "CUDA_VISIBLE_DEVICES; `kiln gpus` lists them. ComfyUI's memory, dtype and preview flags\n"
                "are accepted and ignored. KILN_ENV_FILE names the .env file too.\n");
 }
