@@ -64,6 +64,7 @@ static const struct route ROUTES[] = {
     {"GET", "/models", false, api__get_models},
     {"GET", "/models/", true, api__get_models_folder},
     {"GET", "/features", false, api__get_features},
+    {"GET", "/gpus", false, api__get_gpus},
     {"GET", "/metrics", false, api__get_metrics},
 };
 

@@ -161,6 +161,7 @@ void api__get_extensions(struct http_req *r, const char *arg);
 void api__get_models(struct http_req *r, const char *arg);
 void api__get_models_folder(struct http_req *r, const char *arg);
 void api__get_features(struct http_req *r, const char *arg);
+void api__get_gpus(struct http_req *r, const char *arg);
 void api__get_metrics(struct http_req *r, const char *arg);
 
 #endif

@@ -129,6 +129,8 @@ void api__get_system_stats(struct http_req *r, const char *arg) {
     http_reply_json(r, 200, j);
 }
 
+void api__get_gpus(struct http_req *r, const char *arg) { http_reply_json(r, 200, sched_gpus_json(r->srv->sched)); }
+
 void api__get_features(struct http_req *r, const char *arg) { http_reply_json(r, 200, api__features(r->srv)); }
 
 void api__get_extensions(struct http_req *r, const char *arg) { http_reply_json(r, 200, json_array()); }

@@ -24,6 +24,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -236,6 +237,38 @@ void sched_device_info(struct sched *s, int index, struct sched_device_info *out
     out->running = d->running ? 1 : 0;
     out->pending = d->n_heap;
     pthread_mutex_unlock(&s->mu);
+}
+
+json_t *sched_gpus_json(struct sched *s) {
+    json_t *gpus = json_array();
+    for (int i = 0; i < s->n_dev; i++) {
+        const struct sched_device *d = &s->dev[i];
+        if (d->kind != SCHED_DEVICE_CUDA) continue;
+        struct vram_gpu g;
+        struct err err = {0};
+        bool known = s->vram && vram_monitor_query(s->vram, d->cuda_ordinal, &g, &err) == 0;
+        json_t *o = json_object();
+        json_object_set_new(o, "device", json_integer(i));
+        json_object_set_new(o, "cuda_index", json_integer(d->cuda_ordinal));
+        json_object_set_new(o, "name", json_string(d->name));
+        json_object_set_new(o, "pci_bus_id", known && g.pci_bus_id[0] ? json_string(g.pci_bus_id) : json_null());
+        json_object_set_new(o, "memory_total", known ? json_integer((json_int_t)g.mem_total) : json_null());
+        json_object_set_new(o, "memory_used", known ? json_integer((json_int_t)g.mem_used) : json_null());
+        json_object_set_new(o, "memory_free", known ? json_integer((json_int_t)g.mem_free) : json_null());
+        json_object_set_new(o, "memory_used_pct",
+                            known && g.mem_total ? json_real(100.0 * (double)g.mem_used / (double)g.mem_total) : json_null());
+        json_object_set_new(o, "temperature_c", known && g.temperature_c >= 0 ? json_integer(g.temperature_c) : json_null());
+        json_object_set_new(o, "utilization_pct",
+                            known && g.utilization_pct >= 0 ? json_integer(g.utilization_pct) : json_null());
+        json_object_set_new(o, "power_w", known && g.power_w >= 0 ? json_real(g.power_w) : json_null());
+        json_object_set_new(o, "power_limit_w", known && g.power_limit_w >= 0 ? json_real(g.power_limit_w) : json_null());
+        json_array_append_new(gpus, o);
+    }
+    const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
+    const char *notice = s->vram ? vram_monitor_notice(s->vram) : NULL;
+    return json_pack("{s:o,s:I,s:s,s:o,s:o}", "gpus", gpus, "count", (json_int_t)json_array_size(gpus), "monitor",
+                     s->vram ? vram_monitor_source(s->vram) : "none", "notice", notice ? json_string(notice) : json_null(),
+                     "cuda_visible_devices", cvd ? json_string(cvd) : json_null());
 }
 
 /* ===== Routing ===== */

@@ -182,6 +182,13 @@ json_t *sched_history_json(struct sched *s, const char *prompt_id, int max_items
 void sched_history_clear(struct sched *s);
 void sched_history_delete(struct sched *s, const char *prompt_id);
 
+/* GET /gpus: the GPU devices with live figures from the monitor (NVML when present):
+ * {"gpus": [{"device", "cuda_index", "name", "pci_bus_id", "memory_total", "memory_used",
+ * "memory_free", "memory_used_pct", "temperature_c", "utilization_pct", "power_w",
+ * "power_limit_w"}...], "count", "monitor", "notice", "cuda_visible_devices"}; unknown figures
+ * are null. New reference. */
+json_t *sched_gpus_json(struct sched *s);
+
 /* ===== Metrics ===== */
 
 /* GET /metrics: Prometheus text exposition (per-device tasks, successes, failures, OOMs,

@@ -469,6 +469,14 @@ static void test_info_routes(void **state) {
     assert_non_null(strstr(json_string_value(json_object_get(d0, "name")), "cpu:0"));
     resp_free(&r);
 
+    /* GET /gpus: only GPU devices are listed (none here), with the monitor's source */
+    r = get("/api/gpus");
+    assert_int_equal(r.status, 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "gpus")), 0);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "count")), 0);
+    assert_non_null(json_string_value(json_object_get(r.json, "monitor")));
+    resp_free(&r);
+
     r = get("/embeddings");
     assert_string_equal(r.body, "[]");
     resp_free(&r);
