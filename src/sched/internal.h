@@ -45,6 +45,7 @@ struct sched_metrics {
     uint64_t successes;
     uint64_t failures;                   /* execution_error (OOMs included) */
     uint64_t ooms;                       /* failures with STATUS_ERR_OOM_DEVICE */
+    uint64_t oom_retries;                /* prompts run a second time after running out of memory */
     uint64_t interrupts;                 /* execution_interrupted */
     uint64_t cache_hits;                 /* nodes served from the output cache */
     int cache_entries;                   /* entries in the output cache now */

@@ -92,6 +92,7 @@ static double f_tasks(const struct sched_device *d) { return (double)d->m.tasks;
 static double f_successes(const struct sched_device *d) { return (double)d->m.successes; }
 static double f_failures(const struct sched_device *d) { return (double)d->m.failures; }
 static double f_ooms(const struct sched_device *d) { return (double)d->m.ooms; }
+static double f_oom_retries(const struct sched_device *d) { return (double)d->m.oom_retries; }
 static double f_interrupts(const struct sched_device *d) { return (double)d->m.interrupts; }
 static double f_cache_hits(const struct sched_device *d) { return (double)d->m.cache_hits; }
 static double f_cache_entries(const struct sched_device *d) { return (double)d->m.cache_entries; }
@@ -140,6 +141,8 @@ char *sched_metrics_text(struct sched *s) {
     per_device(&t, s, "kiln_task_failures_total", "counter", "Prompts that ended with execution_error (OOMs included).",
                f_failures);
     per_device(&t, s, "kiln_task_ooms_total", "counter", "Prompts that failed for lack of device memory.", f_ooms);
+    per_device(&t, s, "kiln_oom_retries_total", "counter",
+               "Prompts run again after running out of memory (cached models and scratch freed first).", f_oom_retries);
     per_device(&t, s, "kiln_task_interrupts_total", "counter", "Prompts that ended with execution_interrupted.",
                f_interrupts);
     per_device(&t, s, "kiln_cache_hits_total", "counter", "Nodes served from the output cache instead of run.",

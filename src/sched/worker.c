@@ -11,7 +11,17 @@
  * entry's status messages; execution_interrupted too, but it is broadcast when the prompt has
  * no client; executing and executed go to the client only; progress to the client or, without
  * one, to everyone. At the end: history entry (under the lock, in the same step that clears
- * `running`), status broadcast, then executing {node: null} to the client. */
+ * `running`), status broadcast, then executing {node: null} to the client.
+ *
+ * OUT OF MEMORY. A prompt that fails with STATUS_ERR_OOM_DEVICE (or host ERR_NOMEM) is run a
+ * second time, once, after the device gives back everything it can spare: cached outputs,
+ * checkpoints no value holds, the activation scratch. ComfyUI has no retry, so the retry is
+ * invisible to clients except for the time it takes: the first run's execution_error is held
+ * back (it is only sent once the outcome is known), and the retry does not send
+ * execution_start or execution_cached again (executing / progress / executed of the nodes it
+ * runs do go out). It is logged and counted (kiln_oom_retries_total). A second failure is the
+ * prompt's execution_error, its message saying the device and that memory was freed and the
+ * prompt retried; the worker then carries on with the next prompt. */
 #include "sched/internal.h"
 
 #include "base/clock.h"
@@ -50,6 +60,9 @@ struct run {
     struct sched_device *d;              /* the device running it */
     const struct sched_item *it;         /* the prompt (ids, client) */
     json_t *messages;                    /* [[type, data], ...] for the history status */
+    int attempt;                         /* 0, then 1 for the out-of-memory retry */
+    json_t *error;                       /* execution_error data held back until the outcome is
+                                            known (see OUT OF MEMORY), or NULL */
 };
 
 /* ComfyUI's add_message: timestamp appended, recorded for history, sent to the client (or to
@@ -64,11 +77,13 @@ static void add_message(struct run *r, const char *type, json_t *data, bool broa
 
 static void ev_start(void *u) {
     struct run *r = u;
+    if (r->attempt > 0) return; /* sent by the first run */
     add_message(r, "execution_start", json_pack("{s:s}", "prompt_id", r->it->prompt_id), false);
 }
 
 static void ev_cached(void *u, const char *const *ids, int n) {
     struct run *r = u;
+    if (r->attempt > 0) return; /* sent by the first run */
     json_t *nodes = json_array();
     for (int i = 0; i < n; i++) json_array_append_new(nodes, json_string(ids[i]));
     add_message(r, "execution_cached", json_pack("{s:o,s:s}", "nodes", nodes, "prompt_id", r->it->prompt_id), false);
@@ -114,7 +129,8 @@ static void ev_error(void *u, const struct exec_error *e, const json_t *executed
                              "traceback", "current_inputs",
                              e->current_inputs ? json_deep_copy(e->current_inputs) : json_object(), "current_outputs",
                              outputs);
-    add_message(r, "execution_error", data, false);
+    json_decref(r->error);
+    r->error = data; /* sent by run_item once it knows there is no retry */
 }
 
 static void ev_interrupted(void *u, const struct exec_error *e, const json_t *executed) {
@@ -169,9 +185,10 @@ static void snapshot_checkpoints(struct sched *s, struct sched_device *d) {
     mem_free(old);
 }
 
-/* POST /free on this device: unload_models drops what holds checkpoints, then unloads them;
- * free_memory drops the whole output cache first (ComfyUI's PromptExecutor.reset). */
-static void free_memory(struct sched *s, struct sched_device *d, bool unload, bool free_all) {
+/* POST /free on this device (and out-of-memory recovery, `why` says which): unload_models drops
+ * what holds checkpoints, then unloads them; free_memory drops the whole output cache first
+ * (ComfyUI's PromptExecutor.reset) and gives the activation scratch back. */
+static void free_memory(struct sched *s, struct sched_device *d, bool unload, bool free_all, const char *why) {
     int before = graph_cache_count(d->cache);
     if (free_all) graph_cache_clear(d->cache);
     if (unload || free_all) {
@@ -183,11 +200,27 @@ static void free_memory(struct sched *s, struct sched_device *d, bool unload, bo
     pthread_mutex_lock(&s->mu);
     d->m.cache_entries = graph_cache_count(d->cache);
     pthread_mutex_unlock(&s->mu);
-    log_info("[%s %d] /free: unload_models=%d free_memory=%d, %d cached outputs dropped", kind_label(d), d->index,
+    log_info("[%s %d] %s: unload_models=%d free_memory=%d, %d cached outputs dropped", kind_label(d), d->index, why,
              unload || free_all, free_all, before - graph_cache_count(d->cache));
 }
 
 /* ===== Running one prompt ===== */
+
+static bool is_oom(int status) { return status == STATUS_ERR_OOM_DEVICE || status == STATUS_ERR_NOMEM; }
+
+/* Sends the held-back execution_error; after a failed retry for memory, its message says so. */
+static void send_error(struct run *r, int status) {
+    if (!r->error) return;
+    if (r->attempt > 0 && is_oom(status)) {
+        const char *msg = json_string_value(json_object_get(r->error, "exception_message"));
+        char text[sizeof r->d->name + sizeof ((struct exec_error *)0)->exception_message + 96];
+        snprintf(text, sizeof text, "out of memory on %s: %s (after freeing cached models and retrying once)",
+                 r->d->name, msg ? msg : "");
+        json_object_set_new(r->error, "exception_message", text_json(text));
+    }
+    add_message(r, "execution_error", r->error, false);
+    r->error = NULL;
+}
 
 static void run_item(struct sched *s, struct sched_device *d, struct sched_item *it) {
     struct run r = {.s = s, .d = d, .it = it, .messages = json_array()};
@@ -207,6 +240,25 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
     struct exec_report rep;
     exec_run(it->prompt, &opts, &rep);
     graph_cache_end(d->cache);
+    if (is_oom(rep.status)) { /* free what the device can spare, then once more (OUT OF MEMORY) */
+        log_warn("[%s %d] out of memory in prompt %s at node %s (%s): %s; freeing cached models and scratch, "
+                 "retrying once",
+                 kind_label(d), d->index, it->prompt_id, rep.error.node_id, rep.error.node_type,
+                 rep.error.exception_message);
+        json_decref(r.error);
+        r.error = NULL;
+        exec_report_deinit(&rep);
+        free_memory(s, d, true, true, "out-of-memory recovery");
+        pthread_mutex_lock(&s->mu);
+        d->m.oom_retries++;
+        pthread_mutex_unlock(&s->mu);
+        r.attempt = 1;
+        graph_cache_begin(d->cache, it->prompt, &s->opts.paths);
+        exec_run(it->prompt, &opts, &rep);
+        graph_cache_end(d->cache);
+        if (rep.status == 0) log_info("[%s %d] prompt %s succeeded on retry", kind_label(d), d->index, it->prompt_id);
+    }
+    send_error(&r, rep.status);
     double t_end = clock_now();
     json_t *entry = history_entry(&rep, r.messages);
     snapshot_checkpoints(s, d);
@@ -236,15 +288,16 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
     m->cache_entries = graph_cache_count(d->cache);
     sched__change_end(s, true);
 
-    bool oom = rep.status == STATUS_ERR_OOM_DEVICE || rep.status == STATUS_ERR_NOMEM;
+    bool oom = is_oom(rep.status);
     const char *how = rep.status == 0 ? "executed" : rep.status == STATUS_ERR_INTERRUPTED ? "interrupted" : "failed";
     log_info("[%s %d] prompt %s %s in %.2f s", kind_label(d), d->index, it->prompt_id, how, exec);
     exec_report_deinit(&rep);
     if (it->client_id)
         sched__emit(s, it->client_id, "executing", json_pack("{s:n,s:s}", "node", "prompt_id", it->prompt_id));
     if (oom) { /* give the next prompt every byte back: cached outputs and unused checkpoints */
-        log_warn("[%s %d] out of memory in prompt %s, clearing the cache", kind_label(d), d->index, it->prompt_id);
-        free_memory(s, d, true, true);
+        log_warn("[%s %d] out of memory in prompt %s again after the retry, clearing the cache", kind_label(d), d->index,
+                 it->prompt_id);
+        free_memory(s, d, true, true, "out of memory");
     }
 
     if (s->opts.metrics_log_every > 0 && ++d->since_log >= (uint64_t)s->opts.metrics_log_every) {
@@ -285,7 +338,7 @@ void *sched__worker_main(void *arg) {
             bool unload = d->flag_unload, all = d->flag_free;
             d->flag_unload = d->flag_free = false;
             pthread_mutex_unlock(&s->mu);
-            free_memory(s, d, unload, all);
+            free_memory(s, d, unload, all, "/free");
             pthread_mutex_lock(&s->mu);
             continue;
         }
