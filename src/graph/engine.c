@@ -4,6 +4,7 @@
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
+#include "model/safetensors.h"
 #include "model/tokenizer.h"
 
 #include <limits.h>
@@ -36,6 +37,61 @@ static void find_tokenizer(struct engine *e, struct engine_checkpoint *ck) {
     ck->tok = tok;
 }
 
+/* ===== Budget (LRU unloading) ===== */
+
+static bool has_prefix(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
+
+int engine_checkpoint_estimate(const char *path, uint64_t *bytes, struct err *err) {
+    static const char *const NETWORKS[] = {"model.diffusion_model.", "first_stage_model.", "cond_stage_model."};
+    struct ckpt ck;
+    int rc = ckpt_open(&ck, path, err);
+    if (rc) return rc;
+    uint64_t sum = 0;
+    for (int i = 0; i < ck.n_tensors; i++) {
+        const struct ckpt_tensor *t = &ck.tensors[i];
+        bool network = false;
+        for (size_t k = 0; k < sizeof NETWORKS / sizeof NETWORKS[0]; k++) network |= has_prefix(t->name, NETWORKS[k]);
+        if (!network) continue;
+        bool real = t->dtype == DTYPE_F32 || t->dtype == DTYPE_F16 || t->dtype == DTYPE_BF16;
+        sum += real ? (uint64_t)ckpt_tensor_numel(t) * sizeof(float) : (uint64_t)t->nbytes;
+    }
+    ckpt_close(&ck);
+    *bytes = sum;
+    return 0;
+}
+
+uint64_t engine_weight_bytes(const struct engine *e) {
+    uint64_t sum = 0;
+    for (int i = 0; i < e->n_loaded; i++) sum += e->loaded[i]->bytes;
+    return sum;
+}
+
+void engine_set_budget(struct engine *e, uint64_t budget) { e->budget = budget; }
+
+/* Drops the engine's reference to loaded[i] (the checkpoint goes when no value holds it). */
+static void drop_loaded(struct engine *e, int i) {
+    gobj_unref(&e->loaded[i]->obj);
+    e->loaded[i] = e->loaded[--e->n_loaded];
+}
+
+/* Unloads least recently used unreferenced checkpoints until `need` more bytes fit in the
+ * budget. Returns whether they fit. */
+static bool make_room(struct engine *e, uint64_t need) {
+    while (engine_weight_bytes(e) + need > e->budget) {
+        int lru = -1;
+        for (int i = 0; i < e->n_loaded; i++)
+            if (e->loaded[i]->obj.refs == 1 && (lru < 0 || e->loaded[i]->last_use < e->loaded[lru]->last_use)) lru = i;
+        if (lru < 0) return false;
+        log_info("unloading %s to make room (budget %.1f MiB, %.1f MiB resident, %.1f MiB to load)",
+                 e->loaded[lru]->sd->path, (double)e->budget / 1048576.0, (double)engine_weight_bytes(e) / 1048576.0,
+                 (double)need / 1048576.0);
+        drop_loaded(e, lru);
+    }
+    return true;
+}
+
+/* ===== Loading ===== */
+
 struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, struct err *err) {
     e->tick++;
     for (int i = 0; i < e->n_loaded; i++) {
@@ -48,15 +104,21 @@ struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, 
         int lru = 0;
         for (int i = 1; i < e->n_loaded; i++)
             if (e->loaded[i]->last_use < e->loaded[lru]->last_use) lru = i;
-        gobj_unref(&e->loaded[lru]->obj);
-        e->loaded[lru] = e->loaded[--e->n_loaded];
+        drop_loaded(e, lru);
     }
+    uint64_t bytes = 0;
+    struct err est_err = {0};
+    if (engine_checkpoint_estimate(path, &bytes, &est_err) == 0 && e->budget && !make_room(e, bytes))
+        log_warn("loading %s (%.1f MiB) beyond the budget of %.1f MiB: the %.1f MiB resident are all in use", path,
+                 (double)bytes / 1048576.0, (double)e->budget / 1048576.0, (double)engine_weight_bytes(e) / 1048576.0);
+    /* (an unreadable file: sd_model_load below says why) */
     struct sd_model *sd = sd_model_load(path, e->backend, err);
     if (!sd) return NULL;
     struct engine_checkpoint *ck = mem_calloc(1, sizeof *ck);
     ck->obj = (struct gobj){.refs = 1, .type = "CHECKPOINT", .free = checkpoint_free};
     ck->sd = sd;
     ck->last_use = e->tick;
+    ck->bytes = bytes;
     find_tokenizer(e, ck);
     e->loaded[e->n_loaded++] = ck; /* the engine's reference */
     return (struct engine_checkpoint *)gobj_ref(&ck->obj);
@@ -65,8 +127,7 @@ struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, 
 void engine_unload_unused(struct engine *e) {
     for (int i = 0; i < e->n_loaded;) {
         if (e->loaded[i]->obj.refs == 1) {
-            gobj_unref(&e->loaded[i]->obj);
-            e->loaded[i] = e->loaded[--e->n_loaded];
+            drop_loaded(e, i);
         } else {
             i++;
         }

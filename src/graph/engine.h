@@ -22,6 +22,7 @@ struct engine_checkpoint {
     struct tokenizer *tok;        /* CLIP tokenizer found for it, or NULL ... */
     struct err tok_err;           /* ... and then why (names the places looked in) */
     uint64_t last_use;            /* engine tick of the last use (LRU) */
+    uint64_t bytes;               /* weights on the device as loaded (engine_checkpoint_estimate) */
 };
 
 /* MODEL and VAE values: a reference to the checkpoint. */
@@ -46,6 +47,8 @@ struct engine {
     struct engine_checkpoint *loaded[ENGINE_MAX_CHECKPOINTS]; /* one reference each */
     int n_loaded;
     uint64_t tick;
+    uint64_t budget;              /* bytes the weights may take on the device (the VRAM budget,
+                                     vram/budget.h, set by the worker), 0 = no budget */
 };
 
 void engine_init(struct engine *e, struct backend *be, const char *models_dir, const char *tokenizer_dir);
@@ -72,6 +75,23 @@ bool engine_has_checkpoint(const struct engine *e, const char *path);
 /* The checkpoint at path, loaded now or kept from before. Returns a new reference, or NULL
  * with err filled. */
 struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, struct err *err);
+
+/* The bytes a checkpoint's networks take once loaded (every weight as fp32, the dtype the
+ * loader converts to; other tensors at their stored size), read from the file's header only:
+ * the UNet, VAE and CLIP tensors (model.diffusion_model., first_stage_model.,
+ * cond_stage_model.), not EMA copies or schedule buffers. Returns 0, or the ckpt_open error
+ * (ERR_IO, ERR_FORMAT, ERR_NOMEM) with err naming the file. */
+int engine_checkpoint_estimate(const char *path, uint64_t *bytes, struct err *err);
+
+/* Sum of the loaded checkpoints' bytes: the engine's resident weights. */
+uint64_t engine_weight_bytes(const struct engine *e);
+
+/* Sets the weights' budget in bytes (0 = none). Loading a checkpoint then first unloads the
+ * least recently used checkpoints that no value references until the new one fits (resident +
+ * new <= budget); referenced ones stay, and when they alone leave no room the load goes ahead
+ * anyway (a warning in the log: out-of-memory recovery is the last word).
+ * ENGINE_MAX_CHECKPOINTS stays a hard cap either way. */
+void engine_set_budget(struct engine *e, uint64_t budget);
 
 /* Unloads every checkpoint that no value references any more. */
 void engine_unload_unused(struct engine *e);

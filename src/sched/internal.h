@@ -7,6 +7,7 @@
 #define KILN_SCHED_INTERNAL_H
 
 #include "sched/sched.h"
+#include "vram/budget.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -71,6 +72,8 @@ struct sched_device {
     int init_rc;                         /* mu: 0, or why the worker could not open the device */
     struct err init_err;                 /* mu: its message */
     struct graph_cache *cache;           /* worker: node outputs between prompts */
+    struct vram_budget budget;           /* worker: GPUs' reservation settings and last figures
+                                            (smart mode with the defaults until changed) */
     pthread_t thread;
     bool started;                        /* thread created (joined in sched_free) */
     pthread_cond_t wake;                 /* with mu: a prompt was queued, /free or stop */

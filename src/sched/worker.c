@@ -204,6 +204,21 @@ static void free_memory(struct sched *s, struct sched_device *d, bool unload, bo
              unload || free_all, free_all, before - graph_cache_count(d->cache));
 }
 
+/* ===== VRAM budget ===== */
+
+/* GPUs: the engine's weight budget from the device's memory now. "used" for the reserve is the
+ * use of everything but this engine's weights (other processes, and our own activation
+ * scratch, which the weights must leave room for). Unknown figures leave the budget as it is. */
+static void update_budget(struct sched *s, struct sched_device *d) {
+    if (d->kind != SCHED_DEVICE_CUDA || !d->engine || !s->vram || !d->mem_total) return;
+    uint64_t free = sched__gpu_mem_free(s->vram, d->cuda_ordinal);
+    if (!free) return;
+    uint64_t used = d->mem_total > free ? d->mem_total - free : 0, own = engine_weight_bytes(d->engine);
+    d->budget.total = d->mem_total;
+    d->budget.used = used > own ? used - own : 0;
+    engine_set_budget(d->engine, vram_budget_bytes(&d->budget));
+}
+
 /* ===== Running one prompt ===== */
 
 static bool is_oom(int status) { return status == STATUS_ERR_OOM_DEVICE || status == STATUS_ERR_NOMEM; }
@@ -227,6 +242,7 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
     struct exec_events events = EVENTS;
     events.user = &r;
     uint64_t hits0 = graph_cache_hits(d->cache);
+    update_budget(s, d);
     graph_cache_begin(d->cache, it->prompt, &s->opts.paths);
     struct exec_opts opts = {
         .paths = &s->opts.paths,
@@ -249,6 +265,7 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
         r.error = NULL;
         exec_report_deinit(&rep);
         free_memory(s, d, true, true, "out-of-memory recovery");
+        update_budget(s, d); /* the freed memory counts again */
         pthread_mutex_lock(&s->mu);
         d->m.oom_retries++;
         pthread_mutex_unlock(&s->mu);
@@ -331,6 +348,7 @@ void *sched__worker_main(void *arg) {
         }
         log_info("[%s %d] CUDA device %d opened in %.2f s", kind_label(d), d->index, d->cuda_ordinal,
                  clock_now() - t0);
+        vram_budget_init(&d->budget, d->mem_total);
     }
     pthread_mutex_lock(&s->mu);
     while (!s->stopping) {

@@ -2,7 +2,9 @@
  * model): a node that runs out of device (or host) memory once is retried after the cache is
  * freed and the prompt succeeds with no trace of the failure in its events; one that always
  * fails is retried once, then fails with the device named in a clear execution_error; other
- * failures are not retried; the worker carries on afterwards.
+ * failures are not retried; the worker carries on afterwards. And the engine's side of memory
+ * management: checkpoint size estimates and least-recently-used unloading within a budget (tiny
+ * generated checkpoints on a CPU engine).
  * Threads: cmocka assertions run on the test thread only; sinks and nodes just record. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,7 +14,11 @@
 
 #include "base/mem.h"
 #include "base/status.h"
+#include "graph/engine.h"
 #include "graph/json.h"
+#include "model/ckpt_gen.h"
+#include "model/layout.h"
+#include "model/tokenizer.h"
 #include "sched/internal.h"
 
 #include <ftw.h>
@@ -418,6 +424,122 @@ static void test_other_failure_not_retried(void **state) {
     done(s);
 }
 
+/* ===== Engine: LRU unloading within a budget ===== */
+
+static char CKPT[4][400];                /* tiny checkpoints a, b, c, d (same config, other seeds) */
+static struct sd_config TINY;
+
+/* The expected estimate from the layout (not from the file): UNet, VAE and CLIP tensors as
+ * fp32, CLIP's position_ids as I64; DDPM buffers excluded. */
+static uint64_t layout_estimate(void) {
+    struct layout l;
+    struct err err = {0};
+    if (layout_build(&l, &TINY, &err)) fail_msg("%s", err.msg);
+    uint64_t sum = 0;
+    for (int i = 0; i < l.n; i++) {
+        const struct layout_tensor *t = &l.tensors[i];
+        if (t->part == LAYOUT_PART_DDPM_BUFFER) continue;
+        sum += (uint64_t)layout_tensor_numel(t) * (t->dtype == DTYPE_I64 ? 8 : 4);
+    }
+    layout_deinit(&l);
+    return sum;
+}
+
+/* Loads path and returns the reference (NULL-checked). */
+static struct engine_checkpoint *load(struct engine *e, const char *path) {
+    struct err err = {0};
+    struct engine_checkpoint *ck = engine_checkpoint(e, path, &err);
+    if (!ck) fail_msg("loading %s: %s", path, err.msg);
+    return ck;
+}
+
+static void unref(struct engine_checkpoint *ck) { gobj_unref(&ck->obj); }
+
+/* Which of a..d are loaded, as "ab-d". */
+static void loaded_set(struct engine *e, char out[5]) {
+    for (int i = 0; i < 4; i++) out[i] = engine_has_checkpoint(e, CKPT[i]) ? (char)('a' + i) : '-';
+    out[4] = 0;
+}
+
+static void test_engine_estimate(void **state) {
+    (void)state;
+    uint64_t est = 0;
+    struct err err = {0};
+    assert_int_equal(engine_checkpoint_estimate(CKPT[0], &est, &err), 0);
+    assert_true(est > 0);
+    assert_int_equal(est, layout_estimate());
+    char missing[420];
+    snprintf(missing, sizeof missing, "%s/none.safetensors", DIR_MODELS);
+    assert_true(engine_checkpoint_estimate(missing, &est, &err) < 0);
+    assert_non_null(strstr(err.msg, "none.safetensors"));
+
+    struct engine *e = engine_new_cpu(1, DIR_MODELS, NULL);
+    assert_non_null(e);
+    assert_int_equal(engine_weight_bytes(e), 0);
+    unref(load(e, CKPT[0]));
+    assert_int_equal(engine_weight_bytes(e), layout_estimate());
+    engine_free(e);
+}
+
+static void test_engine_lru_budget(void **state) {
+    (void)state;
+    uint64_t est = layout_estimate();
+    char set[5];
+    struct engine *e = engine_new_cpu(1, DIR_MODELS, NULL);
+    assert_non_null(e);
+    engine_set_budget(e, 2 * est); /* room for two */
+
+    unref(load(e, CKPT[0]));                         /* a: unreferenced */
+    struct engine_checkpoint *b = load(e, CKPT[1]);  /* b: held */
+    struct engine_checkpoint *c = load(e, CKPT[2]);  /* c: a goes (LRU, unreferenced) */
+    loaded_set(e, set);
+    assert_string_equal(set, "-bc-");
+    assert_int_equal(engine_weight_bytes(e), 2 * est);
+    unref(c);
+
+    /* b is older than c but held: c goes */
+    unref(load(e, CKPT[0]));
+    loaded_set(e, set);
+    assert_string_equal(set, "ab--");
+
+    /* a and b held: nothing can go, so c loads beyond the budget */
+    struct engine_checkpoint *a = load(e, CKPT[0]);
+    c = load(e, CKPT[2]);
+    loaded_set(e, set);
+    assert_string_equal(set, "abc-");
+    assert_int_equal(engine_weight_bytes(e), 3 * est);
+    unref(a);
+    unref(c);
+
+    /* a hit unloads nothing; a miss unloads free ones, least recently used first, until it fits */
+    unref(load(e, CKPT[2])); /* c now the most recent; a, b, c resident (3 est) */
+    unref(load(e, CKPT[3])); /* d: a goes (2 est + d still too much), then c; b is held */
+    loaded_set(e, set);
+    assert_string_equal(set, "-b-d");
+    assert_int_equal(engine_weight_bytes(e), 2 * est);
+    unref(b);
+
+    /* no budget: up to ENGINE_MAX_CHECKPOINTS stay */
+    engine_set_budget(e, 0);
+    for (int i = 0; i < 4; i++) unref(load(e, CKPT[i]));
+    loaded_set(e, set);
+    assert_string_equal(set, "abcd");
+    assert_int_equal(engine_weight_bytes(e), 4 * est);
+
+    /* a budget of one: everything else unreferenced goes */
+    engine_set_budget(e, est);
+    unref(load(e, CKPT[0])); /* a hit: nothing unloaded */
+    loaded_set(e, set);
+    assert_string_equal(set, "abcd");
+    engine_unload_unused(e);
+    assert_int_equal(engine_weight_bytes(e), 0);
+    unref(load(e, CKPT[1]));
+    unref(load(e, CKPT[2]));
+    loaded_set(e, set);
+    assert_string_equal(set, "--c-");
+    engine_free(e);
+}
+
 /* ===== Setup ===== */
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
@@ -437,6 +559,15 @@ static int setup(void **state) {
     mkdir(DIR_INPUT, 0755);
     mkdir(DIR_OUTPUT, 0755);
     mkdir(DIR_TEMP, 0755);
+    sd_config_tiny(&TINY, tokenizer_tiny_vocab_size());
+    for (int i = 0; i < 4; i++) {
+        struct err err = {0};
+        snprintf(CKPT[i], sizeof CKPT[i], "%s/%c.safetensors", DIR_MODELS, 'a' + i);
+        if (ckpt_gen_write(CKPT[i], &TINY, (uint64_t)i + 1, &err)) {
+            fprintf(stderr, "%s\n", err.msg);
+            return -1;
+        }
+    }
     PATHS = (struct graph_paths){.models = DIR_MODELS, .input = DIR_INPUT, .output = DIR_OUTPUT, .temp = DIR_TEMP};
     const struct node_class *all[] = {&T_NUM, &T_FLAKY, &T_MODEL, &T_USE_MODEL};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) graph_registry_add(all[i]);
@@ -454,7 +585,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_oom_once_then_success), cmocka_unit_test(test_nomem_once_then_success),
         cmocka_unit_test(test_oom_twice_fails_clearly), cmocka_unit_test(test_retry_fails_otherwise),
-        cmocka_unit_test(test_other_failure_not_retried),
+        cmocka_unit_test(test_other_failure_not_retried), cmocka_unit_test(test_engine_estimate),
+        cmocka_unit_test(test_engine_lru_budget),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
