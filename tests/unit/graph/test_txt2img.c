@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "golden.h"
+
 #include "base/mem.h"
 #include "graph/engine.h"
 #include "graph/registry.h"
@@ -30,24 +32,12 @@ static struct backend *be;
 static struct engine engine;
 static struct engine_checkpoint *ck;
 
-static float *golden_f32(const char *name, size_t *n) {
-    const struct ckpt_tensor *t = ckpt_find(&golden, name);
-    if (!t) fail_msg("golden file lacks %s", name);
-    *n = (size_t)ckpt_tensor_numel(t);
-    float *v = mem_alloc(*n * sizeof(float));
-    struct err err = {0};
-    if (ckpt_tensor_read_f32(t, v, &err)) fail_msg("%s", err.msg);
-    return v;
-}
-
 static int setup(void **state) {
     struct err err = {0};
     snprintf(dir, sizeof dir, "/tmp/kiln_test_txt2img_%d", (int)getpid());
     mkdir(dir, 0755);
     snprintf(ckpt_path, sizeof ckpt_path, "%s/tiny.safetensors", dir);
-    struct sd_config cfg;
-    sd_config_tiny(&cfg, tokenizer_tiny_vocab_size());
-    if (ckpt_gen_write(ckpt_path, &cfg, 7, &err) ||
+    if (golden_tiny_ckpt(ckpt_path, &err) ||
         ckpt_open(&golden, KILN_TEST_DATA "/ref/tiny_golden.safetensors", &err)) {
         fprintf(stderr, "%s\n", err.msg);
         return -1;
@@ -74,22 +64,12 @@ static int teardown(void **state) {
 
 static struct conditioning *cond_from(const char *name) {
     size_t n;
-    float *v = golden_f32(name, &n);
+    float *v = golden_read(&golden, name, &n);
     struct conditioning *c = conditioning_new(1);
     c->items[0].n_tokens = 77;
     c->items[0].dim = (int64_t)n / 77;
     c->items[0].context = v;
     return c;
-}
-
-static double rel_err(const float *a, const float *b, size_t n) {
-    double m = 0, r = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= m)) m = d;
-        if (fabs(b[i]) > r) r = fabs(b[i]);
-    }
-    return m / r;
 }
 
 static struct node_run make_run(const struct node_class *cls, json_t *ui, const struct graph_paths *paths) {
@@ -122,9 +102,9 @@ static void test_ksampler_vae_decode(void **state) {
     if (NODE_KSampler.run(&run, in, out, &err)) fail_msg("KSampler: %s", err.msg);
     const struct latent *lat = (const struct latent *)out[0].obj;
     size_t n;
-    float *want = golden_f32("txt2img.latent_out", &n);
+    float *want = golden_read(&golden, "txt2img.latent_out", &n);
     assert_int_equal((size_t)(lat->b * lat->c * lat->h * lat->w), n);
-    double e = rel_err(lat->samples, want, n);
+    double e = golden_rel_err(lat->samples, want, n);
     printf("  KSampler latent: rel err %.3g\n", e);
     assert_true(e < 1e-4);
     mem_free(want);
@@ -134,9 +114,9 @@ static void test_ksampler_vae_decode(void **state) {
     run = make_run(&NODE_VAEDecode, ui, &paths);
     if (NODE_VAEDecode.run(&run, din, dout, &err)) fail_msg("VAEDecode: %s", err.msg);
     const struct image *img = (const struct image *)dout[0].obj;
-    float *want_img = golden_f32("txt2img.image", &n);
+    float *want_img = golden_read(&golden, "txt2img.image", &n);
     assert_int_equal((size_t)(img->b * img->h * img->w * img->c), n);
-    e = rel_err(img->data, want_img, n);
+    e = golden_rel_err(img->data, want_img, n);
     printf("  VAEDecode image: rel err %.3g\n", e);
     assert_true(e < 1e-4);
 

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "golden.h"
+
 #include "base/mem.h"
 #include "model/ckpt_gen.h"
 #include "model/sd.h"
@@ -25,37 +27,10 @@ static struct backend *be;
 static struct tscratch scratch;
 static struct tctx ctx;
 
-/* Relative max error: max |a - b| / max |b|. */
-static double rel_err(const float *a, const float *b, size_t n) {
-    double m = 0, r = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= m)) m = d; /* NaN-safe: NaN makes m NaN */
-        if (fabs(b[i]) > r) r = fabs(b[i]);
-    }
-    return r > 0 ? m / r : m;
-}
-
-static float *golden_f32(const char *name, size_t *n) {
-    const struct ckpt_tensor *t = ckpt_find(&golden, name);
-    if (!t) fail_msg("golden file lacks %s", name);
-    *n = (size_t)ckpt_tensor_numel(t);
-    float *v = mem_alloc(*n * sizeof(float));
-    struct err err = {0};
-    if (t->dtype == DTYPE_I32) {
-        memcpy(v, t->data, *n * 4); /* caller reinterprets */
-    } else if (ckpt_tensor_read_f32(t, v, &err)) {
-        fail_msg("%s", err.msg);
-    }
-    return v;
-}
-
 static int setup(void **state) {
     struct err err = {0};
     snprintf(ckpt_path, sizeof ckpt_path, "/tmp/kiln_test_models_%d.safetensors", (int)getpid());
-    struct sd_config cfg;
-    sd_config_tiny(&cfg, tokenizer_tiny_vocab_size());
-    if (ckpt_gen_write(ckpt_path, &cfg, 7, &err)) {
+    if (golden_tiny_ckpt(ckpt_path, &err)) {
         fprintf(stderr, "%s\n", err.msg);
         return -1;
     }
@@ -84,12 +59,6 @@ static int teardown(void **state) {
     return 0;
 }
 
-static void check(const char *what, const float *got, const float *want, size_t n, double tol) {
-    double e = rel_err(got, want, n);
-    printf("  %-22s rel err %.3g (tolerance %.0e)\n", what, e, tol);
-    if (!(e <= tol)) fail_msg("%s: relative error %g above %g", what, e, tol);
-}
-
 static void test_config_detected(void **state) {
     assert_int_equal(model->clip.config.width, 128);
     assert_int_equal(model->clip.config.n_layers, 12);
@@ -106,14 +75,14 @@ static void test_config_detected(void **state) {
 
 static void test_clip(void **state) {
     size_t n_tok, n_last, n_pen;
-    float *tok = golden_f32("clip.tokens", &n_tok);
-    float *last = golden_f32("clip.last", &n_last);
-    float *pen = golden_f32("clip.penultimate", &n_pen);
+    float *tok = golden_read(&golden, "clip.tokens", &n_tok);
+    float *last = golden_read(&golden, "clip.last", &n_last);
+    float *pen = golden_read(&golden, "clip.penultimate", &n_pen);
     float *out = mem_alloc(n_last * sizeof(float));
     assert_int_equal(clip_encode(&ctx, &model->clip, (const int32_t *)tok, 2, -1, out), 0);
-    check("clip last layer", out, last, n_last, 1e-4);
+    golden_check("clip last layer", out, last, n_last, 1e-4);
     assert_int_equal(clip_encode(&ctx, &model->clip, (const int32_t *)tok, 2, -2, out), 0);
-    check("clip penultimate", out, pen, n_pen, 1e-4);
+    golden_check("clip penultimate", out, pen, n_pen, 1e-4);
     /* a layer beyond the model is an error with a message, not a crash */
     assert_int_not_equal(clip_encode(&ctx, &model->clip, (const int32_t *)tok, 2, -13, out), 0);
     assert_non_null(strstr(ctx.err.msg, "out of range"));
@@ -125,14 +94,14 @@ static void test_clip(void **state) {
 
 static void test_unet(void **state) {
     size_t nx, nt, nc, no;
-    float *x = golden_f32("unet.x", &nx);
-    float *t = golden_f32("unet.timesteps", &nt);
-    float *c = golden_f32("unet.context", &nc);
-    float *want = golden_f32("unet.out", &no);
+    float *x = golden_read(&golden, "unet.x", &nx);
+    float *t = golden_read(&golden, "unet.timesteps", &nt);
+    float *c = golden_read(&golden, "unet.context", &nc);
+    float *want = golden_read(&golden, "unet.out", &no);
     float *out = mem_alloc(no * sizeof(float));
     int rc = unet_eval(&ctx, &model->unet, 2, 8, 8, x, t, c, 77, out);
     if (rc) fail_msg("unet_eval: %s", ctx.err.msg);
-    check("unet eps", out, want, no, 1e-4);
+    golden_check("unet eps", out, want, no, 1e-4);
     mem_free(x);
     mem_free(t);
     mem_free(c);
@@ -159,7 +128,7 @@ static void test_unet_odd_size(void **state) {
     float *out = mem_alloc(n[3] * sizeof(float));
     int rc = unet_eval(&ctx, &model->unet, 1, 12, 10, v[0], v[2], v[1], 77, out);
     if (rc) fail_msg("unet_eval: %s", ctx.err.msg);
-    check("unet eps 12x10 latent", out, v[3], n[3], 1e-4);
+    golden_check("unet eps 12x10 latent", out, v[3], n[3], 1e-4);
     for (int i = 0; i < 4; i++) mem_free(v[i]);
     mem_free(out);
     ckpt_close(&odd);
@@ -167,12 +136,12 @@ static void test_unet_odd_size(void **state) {
 
 static void test_vae_decode(void **state) {
     size_t nz, nd;
-    float *z = golden_f32("vae.z", &nz);
-    float *want = golden_f32("vae.dec_raw", &nd);
+    float *z = golden_read(&golden, "vae.z", &nz);
+    float *want = golden_read(&golden, "vae.dec_raw", &nd);
     float *out = mem_alloc(nd * sizeof(float));
     int rc = vae_decode(&ctx, &model->vae, 1, 8, 8, z, out);
     if (rc) fail_msg("vae_decode: %s", ctx.err.msg);
-    check("vae decode", out, want, nd, 1e-4);
+    golden_check("vae decode", out, want, nd, 1e-4);
     mem_free(z);
     mem_free(want);
     mem_free(out);
@@ -180,12 +149,12 @@ static void test_vae_decode(void **state) {
 
 static void test_vae_encode(void **state) {
     size_t ni, nm;
-    float *in = golden_f32("vae.enc_in", &ni);
-    float *want = golden_f32("vae.enc_mean", &nm);
+    float *in = golden_read(&golden, "vae.enc_in", &ni);
+    float *want = golden_read(&golden, "vae.enc_mean", &nm);
     float *out = mem_alloc(nm * sizeof(float));
     int rc = vae_encode(&ctx, &model->vae, 1, 64, 64, in, out);
     if (rc) fail_msg("vae_encode: %s", ctx.err.msg);
-    check("vae encode mean", out, want, nm, 1e-4);
+    golden_check("vae encode mean", out, want, nm, 1e-4);
     mem_free(in);
     mem_free(want);
     mem_free(out);
