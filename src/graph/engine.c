@@ -145,6 +145,7 @@ void engine_init(struct engine *e, struct backend *be, const char *models_dir, c
     e->backend = be;
     e->models_dir = models_dir;
     e->tokenizer_dir = tokenizer_dir;
+    e->cuda_index = -1;
     tscratch_init(&e->scratch, be);
     tctx_init(&e->tctx, be, &e->scratch);
 }
@@ -178,6 +179,7 @@ struct engine *engine_new_cuda(int device, const char *models_dir, const char *t
         return NULL;
     }
     engine_init(e, be, models_dir, tokenizer_dir);
+    e->cuda_index = device;
     return e;
 #else
     (void)models_dir, (void)tokenizer_dir;

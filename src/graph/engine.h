@@ -49,6 +49,7 @@ struct engine {
     uint64_t tick;
     uint64_t budget;              /* bytes the weights may take on the device (the VRAM budget,
                                      vram/budget.h, set by the worker), 0 = no budget */
+    int cuda_index;               /* CUDA ordinal of the device (engine_new_cuda), -1 = CPU */
 };
 
 void engine_init(struct engine *e, struct backend *be, const char *models_dir, const char *tokenizer_dir);
