@@ -8,7 +8,8 @@
  * Threads: the worker executing the prompt.
  *
  * BEHAVIOUR ON DEVICES. gpu_index is a CUDA ordinal. The reserve is applied
- * (engine_set_budget(total - reserve)) only when the node runs on the worker of that GPU;
+ * (engine_set_budget(total - reserve)) only when the node runs on the worker of that GPU, for
+ * the rest of the prompt (sched's worker recomputes the budget before each prompt);
  * otherwise (another GPU, or the CPU device) the report gives the figures and says that
  * nothing was applied and how to pin the prompt. An invalid gpu_index falls back to GPU 0 with
  * a warning line. Without GPUs (CPU-only machine, no NVML/driver) every node still succeeds
@@ -306,7 +307,9 @@ static int run_cleanup(struct node_run *ctx, const struct value *in, struct valu
     }
     vram_monitor_free(m);
     if (e && e->cuda_index >= 0)
-        rep_line(&r, "GPU %d: freed %.2f%s", e->cuda_index, (double)freed / div, unit);
+        rep_line(&r, "GPU %d: freed %.2f%s%s (kiln's scratch and models: %.2f%s)", e->cuda_index,
+                 (double)freed / div, unit, measured ? "" : " (by kiln's counts: no monitor figures)",
+                 (double)own_freed / div, unit);
     else if (e)
         rep_line(&r, "CPU device (no GPU runs this prompt): freed %.2f%s of kiln's memory", (double)freed / div, unit);
     rep_line(&r, "Total freed: %.2f%s", (double)freed / div, unit);
