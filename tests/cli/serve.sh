@@ -431,7 +431,8 @@ expect_code oi 200 GET "$URL/object_info"
 classes=$(js "$DIR/oi.body" "' '.join(sorted(j))")
 for c in CheckpointLoaderSimple CLIPTextEncode CLIPSetLastLayer ConditioningCombine ConditioningZeroOut \
          EmptyLatentImage LatentUpscale LatentUpscaleBy LatentFromBatch RepeatLatentBatch KSampler \
-         KSamplerAdvanced VAEDecode VAEEncode LoadImage ImageScale SaveImage PreviewImage; do
+         KSamplerAdvanced VAEDecode VAEEncode LoadImage ImageScale SaveImage PreviewImage \
+         GPUMemoryReserve GPUMemoryMonitor GPUMemoryCleanup; do
     [[ " $classes " == *" $c "* ]] || fail "/object_info lacks $c"
 done
 for c in $classes; do

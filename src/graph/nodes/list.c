@@ -18,6 +18,9 @@ extern const struct node_class NODE_ConditioningCombine, NODE_ConditioningZeroOu
 extern const struct node_class NODE_CheckpointLoaderSimple, NODE_CLIPTextEncode, NODE_CLIPSetLastLayer,
     NODE_KSampler, NODE_KSamplerAdvanced, NODE_VAEDecode, NODE_VAEEncode;
 
+/* GPU memory nodes (graph/nodes/vram.c). */
+extern const struct node_class NODE_GPUMemoryReserve, NODE_GPUMemoryMonitor, NODE_GPUMemoryCleanup;
+
 const struct node_class *const graph__builtin_classes[] = {
     &NODE_KSampler,
     &NODE_CheckpointLoaderSimple,
@@ -37,5 +40,8 @@ const struct node_class *const graph__builtin_classes[] = {
     &NODE_ConditioningCombine,
     &NODE_KSamplerAdvanced,
     &NODE_ConditioningZeroOut,
+    &NODE_GPUMemoryReserve,
+    &NODE_GPUMemoryMonitor,
+    &NODE_GPUMemoryCleanup,
     NULL,
 };
