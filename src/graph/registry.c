@@ -4,6 +4,7 @@
  * Threads: graph_registry_add/reset at start-up only; lookups from any thread afterwards.
  * Ownership: json_t returned are new references; strlists own their strings. */
 #include "graph/registry.h"
+#include "io/savepath.h"
 
 #include "base/base.h"
 #include "base/mem.h"
@@ -100,31 +101,15 @@ int graph_list_model_files(const struct graph_paths *paths, const char *folder, 
 int graph_model_path(const struct graph_paths *paths, const char *folder, const char *name, char *path, size_t n,
                      struct err *err) {
     /* Normalise like os.path.relpath(os.path.join("/", name), "/"): ".." cannot climb out. */
-    char norm[4096] = "";
-    size_t len = 0;
-    const char *s = name;
-    while (*s) {
-        while (*s == '/') s++;
-        const char *e = s;
-        while (*e && *e != '/') e++;
-        size_t k = (size_t)(e - s);
-        if (k == 0 || (k == 1 && s[0] == '.')) {
-            /* skip */
-        } else if (k == 2 && s[0] == '.' && s[1] == '.') {
-            while (len > 0 && norm[len - 1] != '/') len--;
-            if (len > 0) len--;
-            norm[len] = 0;
-        } else if (len + k + 2 < sizeof norm) {
-            if (len) norm[len++] = '/';
-            memcpy(norm + len, s, k);
-            len += k;
-            norm[len] = 0;
-        }
-        s = e;
-    }
+    char rooted[4096], norm[4096];
+    snprintf(rooted, sizeof rooted, "/%s", name);
+    io_normpath(rooted, norm, sizeof norm);
+    const char *rel = norm;
+    while (*rel == '/') rel++;
+    size_t len = strlen(rel);
     struct stat st;
     if (paths && paths->models && len) {
-        int w = snprintf(path, n, "%s/%s/%s", paths->models, folder, norm);
+        int w = snprintf(path, n, "%s/%s/%s", paths->models, folder, rel);
         if (w > 0 && (size_t)w < n && stat(path, &st) == 0 && S_ISREG(st.st_mode)) return 0;
     }
     if (n) path[0] = 0;
