@@ -1,7 +1,10 @@
 /* tests/unit/model/test_models.c -- CLIP, UNet and VAE on the tiny checkpoint against the
  * independent PyTorch reference (tests/ref/sd_ref.py -> tests/data/ref/tiny_golden.safetensors).
  * The checkpoint is regenerated here with `kiln ckpt --tiny --seed 7`'s code; the golden file
- * was computed from that same file (see tests/ref/README.md). */
+ * was computed from that same file (see tests/ref/README.md).
+ * Backend-parametric: it runs on the CPU backend; tests/gpu/test_models_cuda.c includes this file
+ * with MODELS_BACKEND naming a function that opens a CUDA backend (NULL without error when
+ * there is no device: every test is then skipped) and MODELS_EXTRA_TESTS for its own cases. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,7 +23,22 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifndef MODELS_BACKEND
+static struct backend *models_backend_cpu(struct err *err) {
+    (void)err;
+    return backend_cpu_new(0);
+}
+#define MODELS_BACKEND models_backend_cpu
+#define MODELS_EXTRA_TESTS
+#endif
+
 static char ckpt_path[256];
+static bool have_backend;
+
+#define BACKEND_OR_SKIP()          \
+    do {                           \
+        if (!have_backend) skip(); \
+    } while (0)
 static struct ckpt golden;
 static struct sd_model *model;
 static struct backend *be;
@@ -29,6 +47,12 @@ static struct tctx ctx;
 
 static int setup(void **state) {
     struct err err = {0};
+    be = MODELS_BACKEND(&err);
+    if (!be) {
+        if (!err.code) return 0; /* no such device here: skip */
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
     snprintf(ckpt_path, sizeof ckpt_path, "/tmp/kiln_test_models_%d.safetensors", (int)getpid());
     if (golden_tiny_ckpt(ckpt_path, &err)) {
         fprintf(stderr, "%s\n", err.msg);
@@ -38,7 +62,6 @@ static int setup(void **state) {
         fprintf(stderr, "%s\n", err.msg);
         return -1;
     }
-    be = backend_cpu_new(0);
     model = sd_model_load(ckpt_path, be, &err);
     if (!model) {
         fprintf(stderr, "%s\n", err.msg);
@@ -46,10 +69,15 @@ static int setup(void **state) {
     }
     tscratch_init(&scratch, be);
     tctx_init(&ctx, be, &scratch);
+    have_backend = true;
     return 0;
 }
 
 static int teardown(void **state) {
+    if (!have_backend) {
+        backend_free(be);
+        return 0;
+    }
     tctx_deinit(&ctx);
     tscratch_deinit(&scratch);
     sd_model_free(model);
@@ -60,6 +88,7 @@ static int teardown(void **state) {
 }
 
 static void test_config_detected(void **state) {
+    BACKEND_OR_SKIP();
     assert_int_equal(model->clip.config.width, 128);
     assert_int_equal(model->clip.config.n_layers, 12);
     assert_int_equal(model->clip.config.n_heads, 2);
@@ -74,6 +103,7 @@ static void test_config_detected(void **state) {
 }
 
 static void test_clip(void **state) {
+    BACKEND_OR_SKIP();
     size_t n_tok, n_last, n_pen;
     float *tok = golden_read(&golden, "clip.tokens", &n_tok);
     float *last = golden_read(&golden, "clip.last", &n_last);
@@ -93,6 +123,7 @@ static void test_clip(void **state) {
 }
 
 static void test_unet(void **state) {
+    BACKEND_OR_SKIP();
     size_t nx, nt, nc, no;
     float *x = golden_read(&golden, "unet.x", &nx);
     float *t = golden_read(&golden, "unet.timesteps", &nt);
@@ -112,6 +143,7 @@ static void test_unet(void **state) {
 /* A 12x10 latent (96x80 pixels): downsampling rounds up, upsampling resizes to the skip
  * tensor (tests/ref/make_golden_odd.py made the reference). */
 static void test_unet_odd_size(void **state) {
+    BACKEND_OR_SKIP();
     struct err err = {0};
     struct ckpt odd;
     if (ckpt_open(&odd, KILN_TEST_DATA "/ref/unet_odd.safetensors", &err)) fail_msg("%s", err.msg);
@@ -135,6 +167,7 @@ static void test_unet_odd_size(void **state) {
 }
 
 static void test_vae_decode(void **state) {
+    BACKEND_OR_SKIP();
     size_t nz, nd;
     float *z = golden_read(&golden, "vae.z", &nz);
     float *want = golden_read(&golden, "vae.dec_raw", &nd);
@@ -148,6 +181,7 @@ static void test_vae_decode(void **state) {
 }
 
 static void test_vae_encode(void **state) {
+    BACKEND_OR_SKIP();
     size_t ni, nm;
     float *in = golden_read(&golden, "vae.enc_in", &ni);
     float *want = golden_read(&golden, "vae.enc_mean", &nm);
@@ -168,6 +202,7 @@ int main(void) {
         cmocka_unit_test(test_unet_odd_size),
         cmocka_unit_test(test_vae_decode),
         cmocka_unit_test(test_vae_encode),
+        MODELS_EXTRA_TESTS
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
