@@ -32,6 +32,25 @@ static struct tensor *node(struct tctx *c, enum op op, enum dtype dt, int ndim, 
             if (!need_[i_]) return tctx_fail((c), STATUS_ERR_INVALID, "%s: missing input", __func__); \
     } while (0)
 
+static bool is_float(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
+
+/* Every non-NULL float source in srcs has x's dtype (see DTYPES in tensor.h); else fails. */
+static bool same_dtype(struct tctx *c, const char *op, const struct tensor *x, const struct tensor *a,
+                       const struct tensor *b) {
+    const struct tensor *s[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        if (!s[i] || s[i]->dtype == x->dtype) continue;
+        tctx_fail(c, STATUS_ERR_INVALID, "%s: a %s source with a %s input (cast first)", op, dtype_name(s[i]->dtype),
+                  dtype_name(x->dtype));
+        return false;
+    }
+    if (!is_float(x->dtype)) {
+        tctx_fail(c, STATUS_ERR_INVALID, "%s: input of dtype %s is not a float", op, dtype_name(x->dtype));
+        return false;
+    }
+    return true;
+}
+
 static struct tensor *unary(struct tctx *c, enum op op, struct tensor *a) {
     NEED(c, a);
     return node(c, op, a->dtype, a->ndim, a->shape, a, NULL, NULL);
@@ -70,6 +89,7 @@ struct tensor *op_concat(struct tctx *c, struct tensor *a, struct tensor *b, int
         char x[64], y[64];
         return tctx_fail(c, STATUS_ERR_INVALID, "concat of %s and %s on dim %d", SHAPE(a, x), SHAPE(b, y), dim);
     }
+    if (!same_dtype(c, "concat", a, b, NULL)) return NULL;
     int64_t s[TENSOR_MAX_DIMS];
     memcpy(s, a->shape, sizeof s);
     s[dim] += b->shape[dim];
@@ -98,7 +118,7 @@ struct tensor *op_get_rows(struct tctx *c, struct tensor *table, struct tensor *
     int64_t s[TENSOR_MAX_DIMS];
     memcpy(s, ids->shape, sizeof s);
     s[ids->ndim] = table->shape[1];
-    return node(c, OP_GET_ROWS, DTYPE_F32, ids->ndim + 1, s, table, ids, NULL);
+    return node(c, OP_GET_ROWS, table->dtype, ids->ndim + 1, s, table, ids, NULL);
 }
 
 /* ===== Elementwise ===== */
@@ -118,6 +138,7 @@ static struct tensor *binary(struct tctx *c, enum op op, struct tensor *a, struc
         char x[64], y[64];
         return tctx_fail(c, STATUS_ERR_INVALID, "%s: %s does not broadcast to %s", op_name(op), SHAPE(b, y), SHAPE(a, x));
     }
+    if (!same_dtype(c, op_name(op), a, b, NULL)) return NULL;
     return node(c, op, a->dtype, a->ndim, a->shape, a, b, NULL);
 }
 
@@ -158,7 +179,8 @@ struct tensor *op_linear(struct tctx *c, struct tensor *x, struct tensor *w, str
     int64_t s[TENSOR_MAX_DIMS];
     memcpy(s, x->shape, sizeof s);
     s[x->ndim - 1] = w->shape[0];
-    return node(c, OP_LINEAR, DTYPE_F32, x->ndim, s, x, w, b);
+    if (!same_dtype(c, "linear", x, w, b)) return NULL;
+    return node(c, OP_LINEAR, x->dtype, x->ndim, s, x, w, b);
 }
 
 struct tensor *op_conv2d_pad(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
@@ -173,7 +195,8 @@ struct tensor *op_conv2d_pad(struct tctx *c, struct tensor *x, struct tensor *w,
     int64_t wo = (x->shape[3] + pl + pr - w->shape[3]) / stride + 1;
     if (ho < 1 || wo < 1) return tctx_fail(c, STATUS_ERR_INVALID, "conv2d: empty output");
     int64_t s[4] = {x->shape[0], w->shape[0], ho, wo};
-    struct tensor *t = node(c, OP_CONV2D, DTYPE_F32, 4, s, x, w, b);
+    if (!same_dtype(c, "conv2d", x, w, b)) return NULL;
+    struct tensor *t = node(c, OP_CONV2D, x->dtype, 4, s, x, w, b);
     if (t) {
         t->ip[0] = stride;
         t->ip[1] = pt;
@@ -199,7 +222,8 @@ struct tensor *op_attention(struct tctx *c, struct tensor *q, struct tensor *k, 
         return tctx_fail(c, STATUS_ERR_INVALID, "attention: q %s, k %s, v %s, %d heads", SHAPE(q, a), SHAPE(k, b),
                          SHAPE(v, d), heads);
     }
-    struct tensor *t = node(c, OP_ATTENTION, DTYPE_F32, 3, q->shape, q, k, v);
+    if (!same_dtype(c, "attention", q, k, v)) return NULL;
+    struct tensor *t = node(c, OP_ATTENTION, q->dtype, 3, q->shape, q, k, v);
     if (t) {
         t->ip[0] = heads;
         t->ip[1] = causal;
@@ -217,7 +241,8 @@ struct tensor *op_group_norm(struct tctx *c, struct tensor *x, struct tensor *w,
         char s1[64];
         return tctx_fail(c, STATUS_ERR_INVALID, "group_norm: x %s with %d groups", SHAPE(x, s1), groups);
     }
-    struct tensor *t = node(c, OP_GROUP_NORM, DTYPE_F32, x->ndim, x->shape, x, w, b);
+    if (!same_dtype(c, "group_norm", x, w, b)) return NULL;
+    struct tensor *t = node(c, OP_GROUP_NORM, x->dtype, x->ndim, x->shape, x, w, b);
     if (t) {
         t->ip[0] = groups;
         t->ip[1] = silu;
@@ -233,7 +258,20 @@ struct tensor *op_layer_norm(struct tctx *c, struct tensor *x, struct tensor *w,
         char s1[64];
         return tctx_fail(c, STATUS_ERR_INVALID, "layer_norm: x %s", SHAPE(x, s1));
     }
-    struct tensor *t = node(c, OP_LAYER_NORM, DTYPE_F32, x->ndim, x->shape, x, w, b);
+    if (!same_dtype(c, "layer_norm", x, w, b)) return NULL;
+    struct tensor *t = node(c, OP_LAYER_NORM, x->dtype, x->ndim, x->shape, x, w, b);
     if (t) t->fp[0] = eps;
+    return t;
+}
+
+/* ===== Conversion ===== */
+
+struct tensor *op_cast(struct tctx *c, struct tensor *a, enum dtype to) {
+    NEED(c, a);
+    if (!is_float(a->dtype) || !is_float(to))
+        return tctx_fail(c, STATUS_ERR_INVALID, "cast from %s to %s", dtype_name(a->dtype), dtype_name(to));
+    if (a->dtype == to) return a;
+    struct tensor *t = node(c, OP_CAST, to, a->ndim, a->shape, a, NULL, NULL);
+    if (t) t->ip[0] = (int32_t)to;
     return t;
 }

@@ -16,6 +16,12 @@
  * backend to run them. Leaves are either weights (data already on the backend) or inputs
  * (tensor_input: the planner gives them memory; fill them with tctx_set after planning).
  *
+ * DTYPES. Float tensors are F32, F16 or BF16. An op's output has the dtype of its first source
+ * (x; GET_ROWS: the table), and every other float source (b of ADD/MUL, weights and biases,
+ * k and v, the second half of a CONCAT) must have that same dtype: mixing is an error at record
+ * time, and OP_CAST is the only conversion. Kernels read and write the storage dtype and compute
+ * in fp32 (products accumulate in fp32). The CPU backend computes F32 only (plus CAST).
+ *
  * ERRORS. Recording is sticky (sqlite): the first failure sets tctx.rc and tctx.err, and every
  * later op_* returns NULL; an op_* given a NULL input returns NULL. Check the rc once, at the
  * end of a forward pass, instead of after each op. */
@@ -78,7 +84,8 @@ uint16_t f32_to_bf16(float f);
     XX(TRANSPOSE, 1)            \
     XX(UPSAMPLE_NEAREST, 1)     \
     XX(CONCAT, 2)               \
-    XX(GET_ROWS, 2)
+    XX(GET_ROWS, 2)             \
+    XX(CAST, 1)
 
 enum op {
 #define XX(name, nsrc) OP_##name,
@@ -221,7 +228,10 @@ struct tensor *op_upsample_nearest_to(struct tctx *c, struct tensor *a, int64_t 
 struct tensor *op_upsample_nearest(struct tctx *c, struct tensor *a, int factor);
 /* Concatenates a and b along dim ip[0] (all other dims equal). */
 struct tensor *op_concat(struct tctx *c, struct tensor *a, struct tensor *b, int dim);
-/* Rows of table [V, C] picked by ids (I32, shape [...]) -> [..., C]. */
+/* Rows of table [V, C] picked by ids (I32, shape [...]) -> [..., C], in the table's dtype. */
 struct tensor *op_get_rows(struct tctx *c, struct tensor *table, struct tensor *ids);
+/* a converted to dtype ip[0] (F32, F16 or BF16; to F16/BF16 rounds to nearest even, as torch's
+ * .to() does). Casting to a's own dtype returns a itself (no node). */
+struct tensor *op_cast(struct tctx *c, struct tensor *a, enum dtype to);
 
 #endif

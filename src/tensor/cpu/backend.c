@@ -27,8 +27,11 @@ static int cpu_tensor_get(void *ctx, const struct tensor *t, void *host, size_t 
     return 0;
 }
 
+static bool is_float(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
+
 static bool cpu_op_supported(void *ctx, const struct tensor *node) {
-    /* fp32 everywhere; GET_ROWS reads I32 ids */
+    /* CAST between any float dtypes; everything else fp32 (GET_ROWS reads I32 ids) */
+    if (node->op == OP_CAST) return is_float(node->dtype) && is_float(node->src[0]->dtype);
     for (int i = 0; i < TENSOR_MAX_SRC; i++) {
         const struct tensor *s = node->src[i];
         if (!s) continue;
@@ -64,6 +67,7 @@ static int cpu_graph_run(void *vctx, struct tensor *const *nodes, int n, struct 
         case OP_UPSAMPLE_NEAREST: rc = cpu_op_upsample_nearest(ctx, t, err); break;
         case OP_CONCAT: rc = cpu_op_concat(ctx, t, err); break;
         case OP_GET_ROWS: rc = cpu_op_get_rows(ctx, t, err); break;
+        case OP_CAST: rc = cpu_op_cast(ctx, t, err); break;
         case OP_NONE:
         case OP_RESHAPE: rc = 0; break;
         default:

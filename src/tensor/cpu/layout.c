@@ -1,4 +1,5 @@
-/* tensor/cpu/layout.c -- data movement on the CPU: TRANSPOSE, UPSAMPLE_NEAREST, CONCAT, GET_ROWS.
+/* tensor/cpu/layout.c -- data movement on the CPU: TRANSPOSE, UPSAMPLE_NEAREST, CONCAT, GET_ROWS,
+ * and CAST between float dtypes.
  * Owns: nothing; reads dst->src[], writes dst->data.
  * Threads: the backend's worker; OpenMP over rows / tiles / copies. */
 #include "tensor/cpu/cpu.h"
@@ -128,5 +129,30 @@ int cpu_op_get_rows(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
                            (int)ids[i], (long long)i, (long long)v);
 #pragma omp parallel for schedule(static) if (n * c >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) memcpy(y + i * c, table + (int64_t)ids[i] * c, (size_t)c * sizeof(float));
+    return 0;
+}
+
+/* ===== CAST between F32, F16 and BF16 (through fp32; rounding to nearest even) ===== */
+
+static float load_as_f32(const void *p, enum dtype t, int64_t i) {
+    switch (t) {
+    case DTYPE_F16: return f16_to_f32(((const uint16_t *)p)[i]);
+    case DTYPE_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
+    default: return ((const float *)p)[i];
+    }
+}
+
+int cpu_op_cast(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
+    (void)ctx, (void)err;
+    const struct tensor *ta = dst->src[0];
+    int64_t n = tensor_numel(dst);
+    enum dtype from = ta->dtype, to = dst->dtype;
+#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float v = load_as_f32(ta->data, from, i);
+        if (to == DTYPE_F16) ((uint16_t *)dst->data)[i] = f32_to_f16(v);
+        else if (to == DTYPE_BF16) ((uint16_t *)dst->data)[i] = f32_to_bf16(v);
+        else ((float *)dst->data)[i] = v;
+    }
     return 0;
 }

@@ -759,6 +759,43 @@ static void test_unsupported_dtype(void **state) {
     assert_non_null(strstr(f->c.err.msg, "SILU"));
 }
 
+/* CAST rounds to nearest even (ties to even, overflow to inf, subnormals kept) and round-trips;
+ * mixing dtypes in one op is refused at record time. */
+static void test_cast(void **state) {
+    struct fx *f = *state;
+    /* 1 + 2^-11 is a tie between 1 and 1 + 2^-10 in fp16: even -> 1; 1 + 3*2^-11 -> 1 + 2^-9 */
+    float v[8] = {1.0f, 1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, -2.5f, 65520.0f, 0x1p-20f, 1e-9f, 3.14159265f};
+    float f16[8] = {1.0f, 1.0f, 1.0f + 0x1p-9f, -2.5f, INFINITY, 0x1p-20f, 0.0f, 3.140625f};
+    begin(f);
+    struct tensor *x = in_data(f, DTYPE_F32, SH(8), v);
+    struct tensor *h = op_cast(&f->c, x, DTYPE_F16);
+    assert_int_equal(h->dtype, DTYPE_F16);
+    assert_ptr_equal(op_cast(&f->c, h, DTYPE_F16), h); /* same dtype: no node */
+    float *got = run(f, op_cast(&f->c, h, DTYPE_F32));
+    for (int i = 0; i < 8; i++) assert_memory_equal(&got[i], &f16[i], sizeof(float));
+    /* bf16: 8 bits of mantissa; 1 + 2^-8 is a tie -> 1; 3.14159265 -> 3.140625 */
+    float b[3] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 3.14159265f}, bref[3] = {1.0f, 1.0f + 0x1p-6f, 3.140625f};
+    begin(f);
+    x = in_data(f, DTYPE_F32, SH(3), b);
+    got = run(f, op_cast(&f->c, op_cast(&f->c, x, DTYPE_BF16), DTYPE_F32));
+    for (int i = 0; i < 3; i++) assert_memory_equal(&got[i], &bref[i], sizeof(float));
+    /* F16 -> BF16 directly */
+    begin(f);
+    x = in_data(f, DTYPE_F32, SH(3), b);
+    got = run(f, op_cast(&f->c, op_cast(&f->c, op_cast(&f->c, x, DTYPE_F16), DTYPE_BF16), DTYPE_F32));
+    for (int i = 0; i < 3; i++) assert_memory_equal(&got[i], &bref[i], sizeof(float));
+    /* mixing */
+    begin(f);
+    x = in_data(f, DTYPE_F32, SH(8), v);
+    assert_null(op_add(&f->c, x, op_cast(&f->c, x, DTYPE_F16)));
+    assert_int_equal(f->c.rc, STATUS_ERR_INVALID);
+    assert_non_null(strstr(f->c.err.msg, "cast first"));
+    begin(f);
+    int32_t ids[2] = {0, 1};
+    assert_null(op_cast(&f->c, in_data(f, DTYPE_I32, SH(2), ids), DTYPE_F32));
+    assert_int_equal(f->c.rc, STATUS_ERR_INVALID);
+}
+
 /* blas.c corrects OpenBLAS's kernel choice before main: on a CPU with AVX2 + FMA the kernels
  * must be an AVX2 or AVX-512 set, never the SSE3 "Prescott" fallback of an unknown CPU model. */
 static void test_blas_core(void **state) {
@@ -873,6 +910,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_get_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conv_scratch_oom, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsupported_dtype, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cast, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vec_kernels, setup, teardown),
         cmocka_unit_test(test_blas_core),
     };
