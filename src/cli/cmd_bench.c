@@ -48,7 +48,7 @@ int cmd_bench(int argc, char **argv) {
     struct backend *be = backend_cpu_new(threads);
     struct unet *u = mem_calloc(1, sizeof *u);
     double t0 = clock_now();
-    if (unet_load(u, &ck, be, &err)) {
+    if (unet_load(u, &ck, be, NULL, &err)) {
         fprintf(stderr, "kiln bench: %s\n", err.msg);
         return 1;
     }

@@ -5,9 +5,11 @@
 #include "base/mem.h"
 #include "base/status.h"
 #include "model/safetensors.h"
+#include "model/wstore.h"
 #include "model/tokenizer.h"
 
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -41,23 +43,31 @@ static void find_tokenizer(struct engine *e, struct engine_checkpoint *ck) {
 
 static bool has_prefix(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
 
-int engine_checkpoint_estimate(const char *path, uint64_t *bytes, struct err *err) {
+/* Bytes of the networks' tensors stored as st says (F32 everywhere when st is NULL). */
+static int estimate(const char *path, const struct sd_storage *st, uint64_t *bytes, struct err *err) {
     static const char *const NETWORKS[] = {"model.diffusion_model.", "first_stage_model.", "cond_stage_model."};
     struct ckpt ck;
     int rc = ckpt_open(&ck, path, err);
     if (rc) return rc;
+    const struct nn_storage *net[] = {st ? &st->unet : NULL, st ? &st->vae : NULL, st ? &st->clip : NULL};
     uint64_t sum = 0;
     for (int i = 0; i < ck.n_tensors; i++) {
         const struct ckpt_tensor *t = &ck.tensors[i];
-        bool network = false;
-        for (size_t k = 0; k < sizeof NETWORKS / sizeof NETWORKS[0]; k++) network |= has_prefix(t->name, NETWORKS[k]);
-        if (!network) continue;
+        int network = -1;
+        for (int k = 0; k < 3; k++)
+            if (has_prefix(t->name, NETWORKS[k])) network = k;
+        if (network < 0) continue;
         bool real = t->dtype == DTYPE_F32 || t->dtype == DTYPE_F16 || t->dtype == DTYPE_BF16;
-        sum += real ? (uint64_t)ckpt_tensor_numel(t) * sizeof(float) : (uint64_t)t->nbytes;
+        size_t esize = net[network] ? dtype_size(net[network]->dtype) : sizeof(float);
+        sum += real ? (uint64_t)ckpt_tensor_numel(t) * esize : (uint64_t)t->nbytes;
     }
     ckpt_close(&ck);
     *bytes = sum;
     return 0;
+}
+
+int engine_checkpoint_estimate(const char *path, uint64_t *bytes, struct err *err) {
+    return estimate(path, NULL, bytes, err);
 }
 
 uint64_t engine_weight_bytes(const struct engine *e) {
@@ -108,11 +118,11 @@ struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, 
     }
     uint64_t bytes = 0;
     struct err est_err = {0};
-    if (engine_checkpoint_estimate(path, &bytes, &est_err) == 0 && e->budget && !make_room(e, bytes))
+    if (estimate(path, &e->storage, &bytes, &est_err) == 0 && e->budget && !make_room(e, bytes))
         log_warn("loading %s (%.1f MiB) beyond the budget of %.1f MiB: the %.1f MiB resident are all in use", path,
                  (double)bytes / 1048576.0, (double)e->budget / 1048576.0, (double)engine_weight_bytes(e) / 1048576.0);
     /* (an unreadable file: sd_model_load below says why) */
-    struct sd_model *sd = sd_model_load(path, e->backend, err);
+    struct sd_model *sd = sd_model_load(path, e->backend, &e->storage, err);
     if (!sd) return NULL;
     struct engine_checkpoint *ck = mem_calloc(1, sizeof *ck);
     ck->obj = (struct gobj){.refs = 1, .type = "CHECKPOINT", .free = checkpoint_free};
@@ -140,8 +150,13 @@ void engine_release_scratch(struct engine *e) {
     tscratch_init(&e->scratch, be); /* e->tctx borrows &e->scratch: same storage, empty buffer */
 }
 
+static atomic_bool gpu_fp32; /* engine_set_gpu_fp32: a process setting, read when engines start */
+
+void engine_set_gpu_fp32(bool fp32) { gpu_fp32 = fp32; }
+
 void engine_init(struct engine *e, struct backend *be, const char *models_dir, const char *tokenizer_dir) {
     memset(e, 0, sizeof *e);
+    e->storage = sd_storage_for(be, gpu_fp32, wstore_global());
     e->backend = be;
     e->models_dir = models_dir;
     e->tokenizer_dir = tokenizer_dir;

@@ -50,7 +50,14 @@ struct engine {
     uint64_t budget;              /* bytes the weights may take on the device (the VRAM budget,
                                      vram/budget.h, set by the worker), 0 = no budget */
     int cuda_index;               /* CUDA ordinal of the device (engine_new_cuda), -1 = CPU */
+    struct sd_storage storage;    /* how checkpoints are kept on this device (sd_storage_for, with
+                                     the process's weight store: one host copy for all devices) */
 };
+
+/* GPUs keep fp32 weights and compute in fp32 (--force-fp32) for engines created after this call;
+ * default false (fp16 UNet and text encoder weights, bf16 VAE). A process setting: call it before
+ * the devices start. */
+void engine_set_gpu_fp32(bool fp32);
 
 void engine_init(struct engine *e, struct backend *be, const char *models_dir, const char *tokenizer_dir);
 void engine_deinit(struct engine *e); /* unloads every checkpoint */
@@ -77,8 +84,8 @@ bool engine_has_checkpoint(const struct engine *e, const char *path);
  * with err filled. */
 struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, struct err *err);
 
-/* The bytes a checkpoint's networks take once loaded (every weight as fp32, the dtype the
- * loader converts to; other tensors at their stored size), read from the file's header only:
+/* The bytes a checkpoint's networks take once loaded with every weight as fp32 (the CPU's
+ * storage; other tensors at their stored size), read from the file's header only:
  * the UNet, VAE and CLIP tensors (model.diffusion_model., first_stage_model.,
  * cond_stage_model.), not EMA copies or schedule buffers. Returns 0, or the ckpt_open error
  * (ERR_IO, ERR_FORMAT, ERR_NOMEM) with err naming the file. */

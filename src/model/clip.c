@@ -42,7 +42,8 @@ int clip_config_detect(const struct ckpt *ck, const char *prefix, struct clip_co
 
 /* ===== Loading ===== */
 
-int clip_load(struct clip *m, const struct ckpt *ck, struct backend *be, struct err *err) {
+int clip_load(struct clip *m, const struct ckpt *ck, struct backend *be, const struct nn_storage *st,
+              struct err *err) {
     memset(m, 0, sizeof *m);
     const char *prefix = clip_prefix(ck);
     if (!prefix) return err_set(err, STATUS_ERR_FORMAT, "checkpoint %s has no CLIP text encoder", ck->path);
@@ -51,7 +52,7 @@ int clip_load(struct clip *m, const struct ckpt *ck, struct backend *be, struct 
     const struct clip_config *cf = &m->config;
     int64_t W = cf->width, F = cf->ff_dim;
     struct nn_loader ld;
-    nn_loader_init(&ld, ck, be, prefix, err);
+    nn_loader_init(&ld, ck, be, prefix, st, err);
     nn_bind(&ld, &m->token_embedding, true, 2, (int64_t[]){cf->vocab_size, W}, "embeddings.token_embedding.weight");
     nn_bind(&ld, &m->position_embedding, true, 2, (int64_t[]){cf->n_positions, W},
             "embeddings.position_embedding.weight");
@@ -86,9 +87,11 @@ struct tensor *clip_forward(struct tctx *c, const struct clip *m, struct tensor 
     if (n_run < 1 || n_run > cf->n_layers)
         return tctx_fail(c, STATUS_ERR_RANGE, "CLIP layer %d out of range (model has %d layers)", layer, cf->n_layers);
 
-    /* embeddings: token + position */
-    struct tensor *pos = nn_w_rows(c, &m->position_embedding, 0, CLIP_TOKENS); // [77, W]
-    struct tensor *x = op_add(c, op_get_rows(c, nn_w(c, &m->token_embedding), tokens), pos); // [B, 77, W]
+    /* embeddings: token + position, in fp32 whatever the weights' storage (ComfyUI computes the
+     * text encoder in fp32 from fp16 weights: comfy.ops.manual_cast) */
+    struct tensor *pos = op_cast(c, nn_w_rows(c, &m->position_embedding, 0, CLIP_TOKENS), DTYPE_F32); // [77, W]
+    struct tensor *emb = op_get_rows(c, nn_w(c, &m->token_embedding), tokens);                        // [B, 77, W]
+    struct tensor *x = op_add(c, op_cast(c, emb, DTYPE_F32), pos);
 
     for (int i = 0; i < n_run; i++) {
         const struct clip_layer *l = &m->layers[i];

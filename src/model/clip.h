@@ -38,8 +38,10 @@ const char *clip_prefix(const struct ckpt *ck);
 /* Reads the configuration from tensor shapes. */
 int clip_config_detect(const struct ckpt *ck, const char *prefix, struct clip_config *config, struct err *err);
 
-/* Loads the weights onto backend be (converted to F32). */
-int clip_load(struct clip *m, const struct ckpt *ck, struct backend *be, struct err *err);
+/* Loads the weights onto backend be, stored as st says (NULL: F32, no shared store). The forward
+ * pass computes in F32 whatever the storage (weights are cast at use, as ComfyUI's manual_cast). */
+int clip_load(struct clip *m, const struct ckpt *ck, struct backend *be, const struct nn_storage *st,
+              struct err *err);
 void clip_deinit(struct clip *m);
 
 /* Records the forward pass: tokens [B, 77] (I32 input) -> hidden states [B, 77, W].

@@ -21,12 +21,18 @@ struct nn_loader_entry {
 
 void nn_weights_deinit(struct nn_weights *w) {
     if (w->buf) backend_buf_free(w->backend, w->buf);
+    if (w->image) wstore_release(w->store, w->image);
     memset(w, 0, sizeof *w);
 }
 
 struct tensor *nn_w(struct tctx *c, const struct nn_weight *w) {
     if (!w->data) return NULL;
     return tensor_weight(c, w->dtype, w->ndim, w->shape, w->data);
+}
+
+struct tensor *nn_w_as(struct tctx *c, const struct nn_weight *w, enum dtype as) {
+    if (!w->data) return NULL; /* an absent optional weight stays absent */
+    return op_cast(c, nn_w(c, w), as);
 }
 
 struct tensor *nn_w_rows(struct tctx *c, const struct nn_weight *w, int64_t r0, int64_t n) {
@@ -42,21 +48,24 @@ struct tensor *nn_w_rows(struct tctx *c, const struct nn_weight *w, int64_t r0, 
 
 /* ===== Blocks ===== */
 
+/* x's dtype, for casting weights to it (F32 when x is NULL: the op then fails on x anyway). */
+static enum dtype dt(const struct tensor *x) { return x ? x->dtype : DTYPE_F32; }
+
 struct tensor *nn_linear(struct tctx *c, const struct nn_linear *l, struct tensor *x) {
-    return op_linear(c, x, nn_w(c, &l->w), nn_w(c, &l->b));
+    return op_linear(c, x, nn_w_as(c, &l->w, dt(x)), nn_w_as(c, &l->b, dt(x)));
 }
 
 struct tensor *nn_conv(struct tctx *c, const struct nn_conv *l, struct tensor *x, int stride, int pad) {
-    return op_conv2d(c, x, nn_w(c, &l->w), nn_w(c, &l->b), stride, pad);
+    return op_conv2d(c, x, nn_w_as(c, &l->w, dt(x)), nn_w_as(c, &l->b, dt(x)), stride, pad);
 }
 
 struct tensor *nn_group_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, int groups, float eps,
                              bool silu) {
-    return op_group_norm(c, x, nn_w(c, &n->w), nn_w(c, &n->b), groups, eps, silu);
+    return op_group_norm(c, x, nn_w_as(c, &n->w, dt(x)), nn_w_as(c, &n->b, dt(x)), groups, eps, silu);
 }
 
 struct tensor *nn_layer_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, float eps) {
-    return op_layer_norm(c, x, nn_w(c, &n->w), nn_w(c, &n->b), eps);
+    return op_layer_norm(c, x, nn_w_as(c, &n->w, dt(x)), nn_w_as(c, &n->b, dt(x)), eps);
 }
 
 struct tensor *nn_nchw_to_tokens(struct tctx *c, struct tensor *x) {
@@ -74,12 +83,16 @@ struct tensor *nn_tokens_to_nchw(struct tctx *c, struct tensor *x, int64_t h, in
 /* ===== Loader ===== */
 
 void nn_loader_init(struct nn_loader *ld, const struct ckpt *ck, struct backend *be, const char *prefix,
-                    struct err *err) {
+                    const struct nn_storage *st, struct err *err) {
     memset(ld, 0, sizeof *ld);
     ld->ck = ck;
     ld->backend = be;
     ld->prefix = prefix ? prefix : "";
+    ld->storage = st ? *st : (struct nn_storage){.dtype = DTYPE_F32};
     ld->err = err;
+    if (ld->storage.dtype != DTYPE_F32 && ld->storage.dtype != DTYPE_F16 && ld->storage.dtype != DTYPE_BF16)
+        ld->rc = err_set(err, STATUS_ERR_INVALID, "weights of %s cannot be stored as %s", ck->path,
+                         dtype_name(ld->storage.dtype));
 }
 
 void nn_loader_deinit(struct nn_loader *ld) {
@@ -129,7 +142,7 @@ static void vbind(struct nn_loader *ld, struct nn_weight *w, bool required, int 
                          ld->ck->path, name);
         return;
     }
-    w->dtype = DTYPE_F32;
+    w->dtype = ld->storage.dtype;
     w->ndim = ndim;
     for (int i = 0; i < TENSOR_MAX_DIMS; i++) w->shape[i] = i < ndim ? shape[i] : 1;
     if (ld->n == ld->cap) {
@@ -186,6 +199,114 @@ void nn_bind_norm(struct nn_loader *ld, struct nn_norm *n, int64_t ch, const cha
     bind_suffix(ld, &n->b, true, 1, (int64_t[]){ch}, base, "bias");
 }
 
+/* Converts one checkpoint tensor to `to` at dst (numel elements). stage holds numel floats when
+ * a conversion through fp32 is needed (NULL otherwise is fine for same-dtype copies). */
+static int convert_tensor(const struct ckpt_tensor *src, enum dtype to, void *dst, float *stage, struct err *err) {
+    if (src->dtype == to) {
+        memcpy(dst, src->data, src->nbytes);
+        return 0;
+    }
+    size_t n = (size_t)ckpt_tensor_numel(src);
+    float *f = to == DTYPE_F32 ? dst : stage;
+    int rc = ckpt_tensor_read_f32(src, f, err);
+    if (rc || to == DTYPE_F32) return rc;
+    uint16_t *h = dst;
+    if (to == DTYPE_F16)
+        for (size_t i = 0; i < n; i++) h[i] = f32_to_f16(f[i]);
+    else
+        for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(f[i]);
+    return 0;
+}
+
+/* Elements of the largest tensor that needs a conversion through fp32 (the staging size). */
+static size_t stage_elems(const struct nn_loader *ld) {
+    size_t m = 0;
+    for (int i = 0; i < ld->n; i++) {
+        const struct ckpt_tensor *t = ld->entries[i].src;
+        size_t n = (size_t)ckpt_tensor_numel(t);
+        if (t->dtype != ld->storage.dtype && ld->storage.dtype != DTYPE_F32 && n > m) m = n;
+    }
+    return m;
+}
+
+/* Writes every entry, converted, at its offset of image (total bytes). wstore_fill_fn. */
+static int fill_image(void *user, void *image, size_t total, struct err *err) {
+    struct nn_loader *ld = user;
+    memset(image, 0, total); /* alignment gaps: deterministic bytes */
+    size_t sn = stage_elems(ld);
+    float *stage = sn ? mem_try_alloc(sn * sizeof(float)) : NULL;
+    if (sn && !stage) return err_set(err, STATUS_ERR_NOMEM, "out of host memory converting the weights of %s", ld->ck->path);
+    int rc = 0;
+    for (int i = 0; i < ld->n && !rc; i++)
+        rc = convert_tensor(ld->entries[i].src, ld->storage.dtype, (char *)image + ld->entries[i].offset, stage, err);
+    mem_free(stage);
+    return rc;
+}
+
+/* A 1-d view of size bytes at data, for backend copies. */
+static struct tensor byte_view(void *data, size_t size) {
+    return (struct tensor){.dtype = DTYPE_I32, .ndim = 1, .shape = {(int64_t)(size / 4), 1, 1, 1}, .data = data};
+}
+
+/* Without a store: each tensor converted in a host staging buffer, then uploaded. */
+static int finish_direct(struct nn_loader *ld, struct nn_weights *out) {
+    int rc = backend_buf_alloc(ld->backend, out->size ? out->size : 1, &out->buf);
+    if (rc)
+        return err_set(ld->err, rc, "cannot allocate %.1f MiB for the weights of %s on %s",
+                       (double)out->size / (1 << 20), ld->ck->path, ld->backend->iface->name);
+    void *stage = NULL;
+    size_t stage_n = 0;
+    for (int i = 0; i < ld->n && !rc; i++) {
+        struct nn_loader_entry *e = &ld->entries[i];
+        size_t n = (size_t)ckpt_tensor_numel(e->src), bytes = n * sizeof(float);
+        if (bytes > stage_n) {
+            mem_free(stage);
+            stage = mem_try_alloc(2 * bytes); /* the converted tensor, then fp32 staging */
+            stage_n = stage ? bytes : 0;
+            if (!stage) {
+                rc = err_set(ld->err, STATUS_ERR_NOMEM, "out of host memory converting '%s'", e->src->name);
+                break;
+            }
+        }
+        rc = convert_tensor(e->src, ld->storage.dtype, stage, (float *)((char *)stage + stage_n), ld->err);
+        if (rc) break;
+        size_t nbytes = n * dtype_size(ld->storage.dtype);
+        struct tensor view = byte_view((char *)out->buf + e->offset, (nbytes + 3) & ~(size_t)3);
+        rc = backend_tensor_set(ld->backend, &view, stage, 0, nbytes);
+        if (rc) err_set(ld->err, rc, "uploading '%s' to %s failed", e->src->name, ld->backend->iface->name);
+    }
+    mem_free(stage);
+    return rc;
+}
+
+/* With a store: the shared image, used in place (host backends) or uploaded in one copy. */
+static int finish_stored(struct nn_loader *ld, struct nn_weights *out) {
+    const struct ckpt *ck = ld->ck;
+    char key[WSTORE_KEY_MAX];
+    snprintf(key, sizeof key, "%s|dev %llu ino %llu mtime %lld size %zu|%s|%s|%d tensors", ck->path,
+             (unsigned long long)ck->file_dev, (unsigned long long)ck->file_ino, (long long)ck->file_mtime_ns,
+             ck->map_size, ld->prefix, dtype_name(ld->storage.dtype), ld->n);
+    bool host = backend_host_buffers(ld->backend);
+    int rc = wstore_acquire(ld->storage.store, key, out->size, fill_image, ld, host ? NULL : ld->backend->iface,
+                            &out->image, ld->err);
+    if (rc) return rc;
+    out->store = ld->storage.store;
+    if (host) {
+        for (int i = 0; i < ld->n; i++) ld->entries[i].w->data = (char *)out->image->buf + ld->entries[i].offset;
+        return 0;
+    }
+    rc = backend_buf_alloc(ld->backend, out->size ? out->size : 1, &out->buf);
+    if (rc)
+        return err_set(ld->err, rc, "cannot allocate %.1f MiB for the weights of %s on %s",
+                       (double)out->size / (1 << 20), ck->path, ld->backend->iface->name);
+    struct tensor view = byte_view(out->buf, out->size);
+    rc = backend_tensor_set(ld->backend, &view, out->image->buf, 0, out->size);
+    if (rc)
+        err_set(ld->err, rc, "uploading %.1f MiB of weights of %s to %s failed", (double)out->size / (1 << 20),
+                ck->path, ld->backend->iface->name);
+    return rc;
+}
+
 int nn_loader_finish(struct nn_loader *ld, struct nn_weights *out) {
     memset(out, 0, sizeof *out);
     out->backend = ld->backend;
@@ -193,43 +314,16 @@ int nn_loader_finish(struct nn_loader *ld, struct nn_weights *out) {
         nn_loader_deinit(ld);
         return ld->rc;
     }
-    size_t total = 0;
+    size_t total = 0, esize = dtype_size(ld->storage.dtype);
     for (int i = 0; i < ld->n; i++) {
         ld->entries[i].offset = total;
-        size_t bytes = (size_t)ckpt_tensor_numel(ld->entries[i].src) * sizeof(float);
-        total += (bytes + 255) & ~(size_t)255;
-    }
-    int rc = backend_buf_alloc(ld->backend, total ? total : 1, &out->buf);
-    if (rc) {
-        nn_loader_deinit(ld);
-        return ld->rc = err_set(ld->err, rc, "cannot allocate %.1f MiB for the weights of %s on %s",
-                                (double)total / (1 << 20), ld->ck->path, ld->backend->iface->name);
+        total += ((size_t)ckpt_tensor_numel(ld->entries[i].src) * esize + 255) & ~(size_t)255;
     }
     out->size = total;
     out->n_tensors = ld->n;
-    /* convert each tensor to f32 in a host staging buffer, then upload */
-    float *stage = NULL;
-    size_t stage_n = 0;
-    for (int i = 0; i < ld->n && !rc; i++) {
-        struct nn_loader_entry *e = &ld->entries[i];
-        size_t n = (size_t)ckpt_tensor_numel(e->src);
-        if (n > stage_n) {
-            mem_free(stage);
-            stage = mem_try_alloc(n * sizeof(float));
-            stage_n = stage ? n : 0;
-            if (!stage) {
-                rc = err_set(ld->err, STATUS_ERR_NOMEM, "out of host memory converting '%s'", e->src->name);
-                break;
-            }
-        }
-        rc = ckpt_tensor_read_f32(e->src, stage, ld->err);
-        if (rc) break;
-        e->w->data = (char *)out->buf + e->offset;
-        struct tensor view = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)n, 1, 1, 1}, .data = e->w->data};
-        rc = backend_tensor_set(ld->backend, &view, stage, 0, n * sizeof(float));
-        if (rc) err_set(ld->err, rc, "uploading '%s' to %s failed", e->src->name, ld->backend->iface->name);
-    }
-    mem_free(stage);
+    int rc = ld->storage.store ? finish_stored(ld, out) : finish_direct(ld, out);
+    if (!rc && out->buf)
+        for (int i = 0; i < ld->n; i++) ld->entries[i].w->data = (char *)out->buf + ld->entries[i].offset;
     nn_loader_deinit(ld);
     if (rc) {
         nn_weights_deinit(out);

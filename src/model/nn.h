@@ -8,6 +8,7 @@
 #define KILN_MODEL_NN_H
 
 #include "model/safetensors.h"
+#include "model/wstore.h"
 #include "tensor/backend.h"
 #include "tensor/tensor.h"
 
@@ -15,7 +16,7 @@
 
 struct nn_weight {
     void *data;                     /* in the owning nn_weights buffer; NULL = absent (optional) */
-    enum dtype dtype;               /* dtype on the backend (F32 on the CPU) */
+    enum dtype dtype;               /* storage dtype on the backend (struct nn_storage) */
     int ndim;
     int64_t shape[TENSOR_MAX_DIMS];
 };
@@ -24,12 +25,24 @@ struct nn_linear { struct nn_weight w, b; };   /* w [N, K], b [N] */
 struct nn_conv { struct nn_weight w, b; };     /* w [O, C, kh, kw], b [O] */
 struct nn_norm { struct nn_weight w, b; };     /* [C], [C] */
 
-/* One backend buffer holding every weight of a network. */
+/* How a network's weights are kept. */
+struct nn_storage {
+    enum dtype dtype;        /* F32, F16 or BF16: every weight is converted to it at load time */
+    struct wstore *store;    /* shared host images (model/wstore.h), or NULL: each load converts
+                                the checkpoint straight into its own backend buffer */
+};
+
+/* Every weight of a network: one backend buffer, or, on a backend whose buffers are host memory
+ * (backend_host_buffers), a view of the shared host image with no buffer of its own. */
 struct nn_weights {
-    struct backend *backend; /* where buf lives (borrowed) */
-    void *buf;               /* owned; freed by nn_weights_deinit */
-    size_t size;             /* bytes */
+    struct backend *backend;     /* where the weights are computed (borrowed) */
+    void *buf;                   /* owned backend buffer, or NULL when the weights are the image */
+    size_t size;                 /* bytes */
     int n_tensors;
+    struct wstore *store;        /* image's store (borrowed), or NULL */
+    struct wstore_image *image;  /* one reference to the host image uploaded from, held while the
+                                    weights live so that another device loads it without reading
+                                    the file; NULL without a store */
 };
 
 void nn_weights_deinit(struct nn_weights *w);
@@ -38,6 +51,9 @@ void nn_weights_deinit(struct nn_weights *w);
 
 /* A graph leaf for a weight; NULL when the weight is absent (optional biases). */
 struct tensor *nn_w(struct tctx *c, const struct nn_weight *w);
+/* The same, cast to dtype `as` when it is stored otherwise (comfy.ops.manual_cast: weights kept in
+ * fp16, computed in the input's dtype). nn_linear, nn_conv and the norms cast to x's dtype. */
+struct tensor *nn_w_as(struct tctx *c, const struct nn_weight *w, enum dtype as);
 /* A leaf viewing rows [r0, r0 + n) of a weight's first dim (e.g. half of a fused projection). */
 struct tensor *nn_w_rows(struct tctx *c, const struct nn_weight *w, int64_t r0, int64_t n);
 
@@ -57,19 +73,24 @@ struct nn_loader_entry;
 
 /* Binds checkpoint tensors to nn_weight fields. Usage: init, nn_bind* for every weight
  * (errors are sticky: the first missing key or wrong shape is kept in ld->err), then
- * nn_loader_finish, which allocates one backend buffer, converts to F32 and uploads. */
+ * nn_loader_finish, which converts every weight to the storage dtype and puts it on the backend:
+ * with a store, through the shared host image of this file + network + dtype (filled from the
+ * file only when no device holds it yet; a host-memory backend uses the image in place, a device
+ * gets one upload of the whole image), without one straight from the file. */
 struct nn_loader {
     const struct ckpt *ck;            /* borrowed */
     struct backend *backend;          /* borrowed */
     const char *prefix;               /* prepended to every key ("model.diffusion_model.") */
+    struct nn_storage storage;        /* dtype and store */
     struct nn_loader_entry *entries;  /* owned until finish/deinit */
     int n, cap;
     int rc;                           /* sticky */
     struct err *err;                  /* borrowed; receives the message */
 };
 
+/* st NULL means F32 and no store. */
 void nn_loader_init(struct nn_loader *ld, const struct ckpt *ck, struct backend *be, const char *prefix,
-                    struct err *err);
+                    const struct nn_storage *st, struct err *err);
 void nn_loader_deinit(struct nn_loader *ld);
 
 /* Binds key prefix+name. shape[] (ndim entries) is the expected shape; the stored shape must

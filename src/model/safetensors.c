@@ -303,6 +303,9 @@ int ckpt_open(struct ckpt *ck, const char *path, struct err *err) {
     ck->path = mem_strdup(path);
     ck->map = map;
     ck->map_size = (size_t)st.st_size;
+    ck->file_dev = (uint64_t)st.st_dev;
+    ck->file_ino = (uint64_t)st.st_ino;
+    ck->file_mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
     int rc = parse_header(ck, err);
     if (rc) ckpt_close(ck);
     return rc;

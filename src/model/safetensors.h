@@ -48,6 +48,8 @@ struct ckpt {
     char *names;                      /* storage for all tensor names */
     void *metadata;                   /* json_t* object of strings ("__metadata__"), or NULL */
     size_t data_start;                /* byte offset of the data section in the file: 8 + N */
+    uint64_t file_dev, file_ino;      /* the file's identity when opened (fstat) ... */
+    int64_t file_mtime_ns;            /* ... and its modification time: names this content */
 };
 
 /* Maps `path` read-only and validates its header (every check listed in safetensors.c).

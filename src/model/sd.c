@@ -7,7 +7,16 @@
 
 #include <string.h>
 
-struct sd_model *sd_model_load(const char *path, struct backend *be, struct err *err) {
+struct sd_storage sd_storage_for(const struct backend *be, bool fp32, struct wstore *store) {
+    struct sd_storage st;
+    bool low = !backend_host_buffers(be) && !fp32; /* a device that computes in 16 bits */
+    st.clip = (struct nn_storage){.dtype = low ? DTYPE_F16 : DTYPE_F32, .store = store};
+    st.unet = (struct nn_storage){.dtype = low ? DTYPE_F16 : DTYPE_F32, .store = store};
+    st.vae = (struct nn_storage){.dtype = low ? DTYPE_BF16 : DTYPE_F32, .store = store};
+    return st;
+}
+
+struct sd_model *sd_model_load(const char *path, struct backend *be, const struct sd_storage *st, struct err *err) {
     double t0 = clock_now();
     struct sd_model *m = mem_try_calloc(1, sizeof *m);
     if (!m) {
@@ -16,17 +25,19 @@ struct sd_model *sd_model_load(const char *path, struct backend *be, struct err 
     }
     m->path = mem_strdup(path);
     int rc = ckpt_open(&m->ckpt, path, err);
-    if (!rc) rc = clip_load(&m->clip, &m->ckpt, be, err);
-    if (!rc) rc = unet_load(&m->unet, &m->ckpt, be, err);
-    if (!rc) rc = vae_load(&m->vae, &m->ckpt, be, err);
+    if (!rc) rc = clip_load(&m->clip, &m->ckpt, be, st ? &st->clip : NULL, err);
+    if (!rc) rc = unet_load(&m->unet, &m->ckpt, be, st ? &st->unet : NULL, err);
+    if (!rc) rc = vae_load(&m->vae, &m->ckpt, be, st ? &st->vae : NULL, err);
     if (rc) {
         sd_model_free(m);
         return NULL;
     }
     const struct unet_config *u = &m->unet.config;
-    log_info("loaded %s in %.2f s: CLIP width %d x %d layers, UNet %d channels x %d levels, VAE %d channels", path,
-             clock_now() - t0, m->clip.config.width, m->clip.config.n_layers, u->model_channels, u->n_levels,
-             m->vae.config.ch);
+    log_info("loaded %s on %s %d in %.2f s: CLIP width %d x %d layers (%s), UNet %d channels x %d levels (%s), VAE %d "
+             "channels (%s)",
+             path, be->iface->name, be->device, clock_now() - t0, m->clip.config.width, m->clip.config.n_layers,
+             dtype_name(st ? st->clip.dtype : DTYPE_F32), u->model_channels,
+             u->n_levels, dtype_name(m->unet.dtype), m->vae.config.ch, dtype_name(m->vae.dtype));
     return m;
 }
 

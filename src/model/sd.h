@@ -12,17 +12,30 @@
 /* comfy/latent_formats.py SD15 */
 #define SD1_LATENT_SCALE 0.18215f
 
+/* How the three networks keep their weights (nn_storage each). */
+struct sd_storage {
+    struct nn_storage clip, unet, vae;
+};
+
+/* The storage kiln uses on a backend: the CPU computes everything in F32; a GPU, as ComfyUI on
+ * sm80+: UNet F16, text encoder F16 weights computed in F32, VAE BF16 (ARCHITECTURE.md
+ * "Numerics"); fp32 = true (--force-fp32) keeps F32 on GPUs too. Every network shares host
+ * images through `store` (NULL: none). */
+struct sd_storage sd_storage_for(const struct backend *be, bool fp32, struct wstore *store);
+
 struct sd_model {
     char *path;          /* owned copy */
-    struct ckpt ckpt;    /* the mapped file (kept open: the weights were converted from it) */
+    struct ckpt ckpt;    /* the mapped file (header and mapping; tensor data is read only when no
+                            host image of it exists yet) */
     struct clip clip;
     struct unet unet;
     struct vae vae;
 };
 
-/* Opens path, detects the configuration from shapes and loads all three networks onto be.
- * Returns NULL with err filled on failure. */
-struct sd_model *sd_model_load(const char *path, struct backend *be, struct err *err);
+/* Opens path, detects the configuration from shapes and loads all three networks onto be,
+ * stored as st says (NULL: F32 everywhere, no shared store). Returns NULL with err filled on
+ * failure. */
+struct sd_model *sd_model_load(const char *path, struct backend *be, const struct sd_storage *st, struct err *err);
 void sd_model_free(struct sd_model *m); /* NULL is a no-op */
 
 #endif

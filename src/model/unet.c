@@ -120,14 +120,16 @@ static void bind_st(struct nn_loader *ld, struct unet_st *st, const struct unet_
     }
 }
 
-int unet_load(struct unet *m, const struct ckpt *ck, struct backend *be, struct err *err) {
+int unet_load(struct unet *m, const struct ckpt *ck, struct backend *be, const struct nn_storage *st,
+              struct err *err) {
     memset(m, 0, sizeof *m);
     int rc = unet_config_detect(ck, UNET_PREFIX, &m->config, err);
     if (rc) return rc;
     const struct unet_config *cf = &m->config;
     int mc = cf->model_channels, T = cf->time_embed_dim;
     struct nn_loader ld;
-    nn_loader_init(&ld, ck, be, UNET_PREFIX, err);
+    nn_loader_init(&ld, ck, be, UNET_PREFIX, st, err);
+    m->dtype = ld.storage.dtype;
     nn_bind_linear(&ld, &m->time_embed_0, mc, T, true, "time_embed.0");
     nn_bind_linear(&ld, &m->time_embed_2, T, T, true, "time_embed.2");
     nn_bind_conv(&ld, &m->conv_in, cf->in_channels, mc, 3, "input_blocks.0.0");
@@ -280,6 +282,11 @@ static struct tensor *block_forward(struct tctx *c, const struct unet_block *b, 
 struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor *x, struct tensor *t_emb,
                             struct tensor *context) {
     if (!x || !t_emb || !context) return tctx_fail(c, STATUS_ERR_INVALID, "unet_forward: missing input");
+    /* computed in the weights' dtype: inputs cast to it (BaseModel._apply_model casts x, the
+     * context and, in the UNet, the timestep embedding to the UNet's dtype) */
+    x = op_cast(c, x, m->dtype);
+    t_emb = op_cast(c, t_emb, m->dtype);
+    context = op_cast(c, context, m->dtype);
 
     /* time embedding MLP; every ResBlock applies SiLU to it first, so do that once */
     struct tensor *emb = nn_linear(c, &m->time_embed_2, op_silu(c, nn_linear(c, &m->time_embed_0, t_emb))); // [B, T]
@@ -301,7 +308,7 @@ struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor 
         h = block_forward(c, &m->out[i], h, emb_silu, context, n_hs > 0 ? hs[n_hs - 1] : NULL);
     }
     h = nn_group_norm(c, &m->out_norm, h, GROUPS, RES_EPS, true);
-    return nn_conv(c, &m->out_conv, h, 1, 1); // [B, out, H, W]
+    return op_cast(c, nn_conv(c, &m->out_conv, h, 1, 1), DTYPE_F32); // [B, out, H, W], fp32 as ComfyUI's .float()
 }
 
 int unet_eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_t w, const float *x,

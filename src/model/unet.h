@@ -65,13 +65,17 @@ struct unet {
     struct nn_norm out_norm;                       /* out.0 */
     struct nn_conv out_conv;                       /* out.2 [out, mc, 3, 3] */
     struct nn_weights weights;
+    enum dtype dtype;                              /* storage = compute dtype (F32 on the CPU; F16 on GPUs) */
 };
 
 #define UNET_PREFIX "model.diffusion_model."
 
 int unet_config_detect(const struct ckpt *ck, const char *prefix, struct unet_config *config, struct err *err);
 
-int unet_load(struct unet *m, const struct ckpt *ck, struct backend *be, struct err *err);
+/* Loads the weights onto be, stored as st says (NULL: F32, no shared store); forward passes
+ * compute in that dtype (inputs are cast to it, the output back to F32). */
+int unet_load(struct unet *m, const struct ckpt *ck, struct backend *be, const struct nn_storage *st,
+              struct err *err);
 void unet_deinit(struct unet *m);
 
 /* ComfyUI's timestep_embedding: [cos(t f_k) | sin(t f_k)], f_k = exp(-ln(10000) k / (dim/2)),
@@ -79,7 +83,7 @@ void unet_deinit(struct unet *m);
 void unet_timestep_embedding(float t, int dim, float *out);
 
 /* Records eps = UNet(x, t, context): x [B, in, H, W], t_emb [B, mc] (timestep embedding),
- * context [B, N, context_dim] -> [B, out, H, W]. Any H and W >= 1 (downsampling rounds up and
+ * context [B, N, context_dim] -> [B, out, H, W] in F32 (inputs of any float dtype). Any H and W >= 1 (downsampling rounds up and
  * upsampling resizes to the matching skip tensor, as ComfyUI does). */
 struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor *x, struct tensor *t_emb,
                             struct tensor *context);

@@ -55,13 +55,15 @@ static void bind_attn(struct nn_loader *ld, struct vae_attn *a, int ch, const ch
     nn_bind_conv(ld, &a->proj_out, ch, ch, 1, "%s.proj_out", name);
 }
 
-int vae_load(struct vae *m, const struct ckpt *ck, struct backend *be, struct err *err) {
+int vae_load(struct vae *m, const struct ckpt *ck, struct backend *be, const struct nn_storage *st,
+             struct err *err) {
     memset(m, 0, sizeof *m);
     int rc = vae_config_detect(ck, VAE_PREFIX, &m->config, err);
     if (rc) return rc;
     const struct vae_config *cf = &m->config;
     struct nn_loader ld;
-    nn_loader_init(&ld, ck, be, VAE_PREFIX, err);
+    nn_loader_init(&ld, ck, be, VAE_PREFIX, st, err);
+    m->dtype = ld.storage.dtype;
     char name[96];
 
     /* encoder */
@@ -140,6 +142,7 @@ static struct tensor *attn_forward(struct tctx *c, const struct vae_attn *a, str
 
 struct tensor *vae_decode_forward(struct tctx *c, const struct vae *m, struct tensor *z) {
     const struct vae_config *cf = &m->config;
+    z = op_cast(c, z, m->dtype); /* computed in the weights' dtype */
     struct tensor *h = nn_conv(c, &m->post_quant_conv, z, 1, 0); // [B, z, h, w]
     h = nn_conv(c, &m->dec_conv_in, h, 1, 1);                     // [B, C, h, w]
     h = res_forward(c, &m->dec_mid1, h);
@@ -150,16 +153,18 @@ struct tensor *vae_decode_forward(struct tctx *c, const struct vae *m, struct te
         if (m->dec[l].has_resample) h = nn_conv(c, &m->dec[l].resample, op_upsample_nearest(c, h, 2), 1, 1); // x2
     }
     h = nn_group_norm(c, &m->dec_norm_out, h, GROUPS, EPS, true);
-    return nn_conv(c, &m->dec_conv_out, h, 1, 1); // [B, 3, 8h, 8w]
+    return op_cast(c, nn_conv(c, &m->dec_conv_out, h, 1, 1), DTYPE_F32); // [B, 3, 8h, 8w]
 }
 
 struct tensor *vae_encode_forward(struct tctx *c, const struct vae *m, struct tensor *x) {
     const struct vae_config *cf = &m->config;
+    x = op_cast(c, x, m->dtype);
     struct tensor *h = nn_conv(c, &m->enc_conv_in, x, 1, 1); // [B, ch, H, W]
     for (int l = 0; l < cf->n_levels; l++) {
         for (int r = 0; r < cf->num_res_blocks; r++) h = res_forward(c, &m->enc[l].blocks[r], h);
         if (m->enc[l].has_resample) /* Downsample: pad right and bottom by one, conv stride 2 */
-            h = op_conv2d_pad(c, h, nn_w(c, &m->enc[l].resample.w), nn_w(c, &m->enc[l].resample.b), 2, 0, 0, 1, 1);
+            h = op_conv2d_pad(c, h, nn_w_as(c, &m->enc[l].resample.w, m->dtype), nn_w_as(c, &m->enc[l].resample.b, m->dtype),
+                              2, 0, 0, 1, 1);
     }
     h = res_forward(c, &m->enc_mid1, h);
     h = attn_forward(c, &m->enc_attn, h);
@@ -168,7 +173,8 @@ struct tensor *vae_encode_forward(struct tctx *c, const struct vae *m, struct te
     h = nn_conv(c, &m->enc_conv_out, h, 1, 1); // [B, 2z, H/8, W/8]
     /* quant_conv, keeping only the mean half of its output channels */
     int64_t e = cf->embed_dim;
-    return op_conv2d(c, h, nn_w_rows(c, &m->quant_conv.w, 0, e), nn_w_rows(c, &m->quant_conv.b, 0, e), 1, 0);
+    h = op_conv2d(c, h, nn_w_rows(c, &m->quant_conv.w, 0, e), nn_w_rows(c, &m->quant_conv.b, 0, e), 1, 0);
+    return op_cast(c, h, DTYPE_F32); // [B, z, H/8, W/8]
 }
 
 static int run_one(struct tctx *c, struct tensor *in, struct tensor *y, const float *src, float *out) {

@@ -51,13 +51,17 @@ struct vae {
     struct nn_norm dec_norm_out;
     struct nn_conv dec_conv_out;                 /* [in, ch, 3, 3] */
     struct nn_weights weights;
+    enum dtype dtype;                            /* storage = compute dtype (F32 on the CPU; BF16 on GPUs) */
 };
 
 #define VAE_PREFIX "first_stage_model."
 
 int vae_config_detect(const struct ckpt *ck, const char *prefix, struct vae_config *config, struct err *err);
 
-int vae_load(struct vae *m, const struct ckpt *ck, struct backend *be, struct err *err);
+/* Loads the weights onto be, stored as st says (NULL: F32, no shared store); forward passes
+ * compute in that dtype (input cast to it, output back to F32). */
+int vae_load(struct vae *m, const struct ckpt *ck, struct backend *be, const struct nn_storage *st,
+             struct err *err);
 void vae_deinit(struct vae *m);
 
 /* Records the decoder: z [B, z, h, w] (the latent as the sampler returns it, unscaled)

@@ -31,6 +31,16 @@ int backend_graph_run(struct backend *be, struct tensor *const *nodes, int n, st
 
 int backend_sync(struct backend *be) { return be->iface->sync ? be->iface->sync(be->ctx) : 0; }
 
+bool backend_host_buffers(const struct backend *be) { return be->iface->host_buffers; }
+
+int backend_host_pin(const struct backend_i *iface, void *ptr, size_t size) {
+    return iface->host_pin ? iface->host_pin(ptr, size) : STATUS_ERR_UNSUPPORTED;
+}
+
+void backend_host_unpin(const struct backend_i *iface, void *ptr) {
+    if (iface->host_unpin) iface->host_unpin(ptr);
+}
+
 void backend_free(struct backend *be) {
     if (!be) return;
     if (be->iface->free) be->iface->free(be->ctx);

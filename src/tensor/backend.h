@@ -28,6 +28,14 @@ struct backend_i {
     int (*sync)(void *ctx);
     /* (optional) Frees ctx and everything the backend owns. */
     void (*free)(void *ctx);
+    /* Buffers of this backend are plain host memory: a weight leaf may point into host memory
+     * that someone else owns (a shared host copy), with no copy (the CPU backend). */
+    bool host_buffers;
+    /* (optional) Page-locks [ptr, ptr + size) of host memory for fast copies to every device of
+     * this kind (CUDA: cudaHostRegister, portable), and undoes it. Context-free on purpose: the
+     * memory may outlive the backend that pinned it. Returns 0 or a negative status. */
+    int (*host_pin)(void *ptr, size_t size);
+    void (*host_unpin)(void *ptr);
 };
 
 struct backend {
@@ -43,6 +51,12 @@ int backend_tensor_get(struct backend *be, const struct tensor *t, void *host, s
 bool backend_op_supported(struct backend *be, const struct tensor *node);
 int backend_graph_run(struct backend *be, struct tensor *const *nodes, int n, struct err *err);
 int backend_sync(struct backend *be);
+/* Whether be's buffers are host memory (backend_i.host_buffers). */
+bool backend_host_buffers(const struct backend *be);
+/* Pins host memory for be's kind (0 = pinned, else a negative status; STATUS_ERR_UNSUPPORTED when
+ * the kind has no pinning). Undo with backend_host_unpin on the same iface. */
+int backend_host_pin(const struct backend_i *iface, void *ptr, size_t size);
+void backend_host_unpin(const struct backend_i *iface, void *ptr);
 /* Frees the backend and its context; NULL is a no-op. */
 void backend_free(struct backend *be);
 

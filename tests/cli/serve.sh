@@ -373,7 +373,7 @@ passed "caching (no new file), /free drops the cache"
 
 # ===== /interrupt: by prompt_id, and on a device port =====
 wf "$DIR/long.json" 41 400 64 long
-wf "$DIR/mid.json" 42 12 64 mid
+wf "$DIR/mid.json" 42 60 64 mid
 long=$(submit long "$URL" "$DIR/long.json" -H 'X-TARGET-GPU: 2')
 if wait_running 2 "$long"; then
     t=$SECONDS

@@ -27,7 +27,7 @@ static double bench(struct backend *be, const struct ckpt *ck, const float *x, c
                     float *out, int runs, const char *name) {
     struct err err = {0};
     struct unet *u = mem_calloc(1, sizeof *u);
-    if (unet_load(u, ck, be, &err)) fail_msg("%s: %s", name, err.msg);
+    if (unet_load(u, ck, be, NULL, &err)) fail_msg("%s: %s", name, err.msg);
     struct tscratch scratch;
     struct tctx c;
     tscratch_init(&scratch, be);

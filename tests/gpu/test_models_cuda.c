@@ -50,7 +50,7 @@ static void test_unet_timing(void **state) {
     golden_check("cuda unet eps (timed)", out, want, no, 1e-4);
     struct err err = {0};
     struct backend *cpu = backend_cpu_new(0);
-    struct sd_model *m_cpu = sd_model_load(ckpt_path, cpu, &err);
+    struct sd_model *m_cpu = sd_model_load(ckpt_path, cpu, NULL, &err);
     if (!m_cpu) fail_msg("%s", err.msg);
     struct tscratch s_cpu;
     struct tctx c_cpu;

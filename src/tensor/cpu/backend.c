@@ -94,6 +94,7 @@ static const struct backend_i CPU_BACKEND = {
     .graph_run = cpu_graph_run,
     .sync = NULL,
     .free = cpu_free,
+    .host_buffers = true,
 };
 
 struct backend *backend_cpu_new(int n_threads) {

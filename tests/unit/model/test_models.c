@@ -4,7 +4,9 @@
  * was computed from that same file (see tests/ref/README.md).
  * Backend-parametric: it runs on the CPU backend; tests/gpu/test_models_cuda.c includes this file
  * with MODELS_BACKEND naming a function that opens a CUDA backend (NULL without error when
- * there is no device: every test is then skipped) and MODELS_EXTRA_TESTS for its own cases. */
+ * there is no device: every test is then skipped) and MODELS_EXTRA_TESTS for its own cases;
+ * tests/gpu/test_models_cuda_f16.c also sets MODELS_STORAGE (GPU storage: fp16/bf16) and looser
+ * MODELS_TOL_* tolerances. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -30,6 +32,16 @@ static struct backend *models_backend_cpu(struct err *err) {
 }
 #define MODELS_BACKEND models_backend_cpu
 #define MODELS_EXTRA_TESTS
+#endif
+/* How the model is stored (a const struct sd_storage * expression of `be`; NULL = F32 without
+ * the shared store), and the relative tolerances of each network against the fp32 reference. */
+#ifndef MODELS_STORAGE
+#define MODELS_STORAGE NULL
+#endif
+#ifndef MODELS_TOL_CLIP
+#define MODELS_TOL_CLIP 1e-4
+#define MODELS_TOL_UNET 1e-4
+#define MODELS_TOL_VAE 1e-4
 #endif
 
 static char ckpt_path[256];
@@ -62,7 +74,7 @@ static int setup(void **state) {
         fprintf(stderr, "%s\n", err.msg);
         return -1;
     }
-    model = sd_model_load(ckpt_path, be, &err);
+    model = sd_model_load(ckpt_path, be, MODELS_STORAGE, &err);
     if (!model) {
         fprintf(stderr, "%s\n", err.msg);
         return -1;
@@ -110,9 +122,9 @@ static void test_clip(void **state) {
     float *pen = golden_read(&golden, "clip.penultimate", &n_pen);
     float *out = mem_alloc(n_last * sizeof(float));
     assert_int_equal(clip_encode(&ctx, &model->clip, (const int32_t *)tok, 2, -1, out), 0);
-    golden_check("clip last layer", out, last, n_last, 1e-4);
+    golden_check("clip last layer", out, last, n_last, MODELS_TOL_CLIP);
     assert_int_equal(clip_encode(&ctx, &model->clip, (const int32_t *)tok, 2, -2, out), 0);
-    golden_check("clip penultimate", out, pen, n_pen, 1e-4);
+    golden_check("clip penultimate", out, pen, n_pen, MODELS_TOL_CLIP);
     /* a layer beyond the model is an error with a message, not a crash */
     assert_int_not_equal(clip_encode(&ctx, &model->clip, (const int32_t *)tok, 2, -13, out), 0);
     assert_non_null(strstr(ctx.err.msg, "out of range"));
@@ -132,7 +144,7 @@ static void test_unet(void **state) {
     float *out = mem_alloc(no * sizeof(float));
     int rc = unet_eval(&ctx, &model->unet, 2, 8, 8, x, t, c, 77, out);
     if (rc) fail_msg("unet_eval: %s", ctx.err.msg);
-    golden_check("unet eps", out, want, no, 1e-4);
+    golden_check("unet eps", out, want, no, MODELS_TOL_UNET);
     mem_free(x);
     mem_free(t);
     mem_free(c);
@@ -160,7 +172,7 @@ static void test_unet_odd_size(void **state) {
     float *out = mem_alloc(n[3] * sizeof(float));
     int rc = unet_eval(&ctx, &model->unet, 1, 12, 10, v[0], v[2], v[1], 77, out);
     if (rc) fail_msg("unet_eval: %s", ctx.err.msg);
-    golden_check("unet eps 12x10 latent", out, v[3], n[3], 1e-4);
+    golden_check("unet eps 12x10 latent", out, v[3], n[3], MODELS_TOL_UNET);
     for (int i = 0; i < 4; i++) mem_free(v[i]);
     mem_free(out);
     ckpt_close(&odd);
@@ -174,7 +186,7 @@ static void test_vae_decode(void **state) {
     float *out = mem_alloc(nd * sizeof(float));
     int rc = vae_decode(&ctx, &model->vae, 1, 8, 8, z, out);
     if (rc) fail_msg("vae_decode: %s", ctx.err.msg);
-    golden_check("vae decode", out, want, nd, 1e-4);
+    golden_check("vae decode", out, want, nd, MODELS_TOL_VAE);
     mem_free(z);
     mem_free(want);
     mem_free(out);
@@ -188,7 +200,7 @@ static void test_vae_encode(void **state) {
     float *out = mem_alloc(nm * sizeof(float));
     int rc = vae_encode(&ctx, &model->vae, 1, 64, 64, in, out);
     if (rc) fail_msg("vae_encode: %s", ctx.err.msg);
-    golden_check("vae encode mean", out, want, nm, 1e-4);
+    golden_check("vae encode mean", out, want, nm, MODELS_TOL_VAE);
     mem_free(in);
     mem_free(want);
     mem_free(out);
