@@ -14,6 +14,7 @@
 #include "cli/cmd.h"
 #include "cli/config.h"
 #include "cli/panel.h"
+#include "graph/engine.h"
 #include "sched/sched.h"
 #ifdef KILN_HAVE_CUDA
 #include "tensor/backend.h"
@@ -129,6 +130,12 @@ static void print_panel(const struct config *cfg, struct sched *sched, struct ap
     else
         snprintf(routing, sizeof routing, "header X-TARGET-GPU: i, else the shortest wait");
     p.routing = routing;
+    if (cfg->mode == CONFIG_MODE_CPU)
+        p.precision = "fp32; one host copy of each model for all devices";
+    else if (cfg->force_fp32)
+        p.precision = "fp32 on GPUs (--force-fp32); one host copy of each model for all devices";
+    else
+        p.precision = "GPUs: fp16 UNet and text encoder weights, bf16 VAE; one host copy of each model for all devices";
 
     char dirs[4][PATH_MAX], tok[PATH_MAX];
     p.models_dir = shown_path(cfg->models_dir, dirs[0]);
@@ -217,6 +224,7 @@ int cmd_serve(int argc, char **argv) {
         .metrics_log_every = cfg.metrics_every,
     };
     for (int i = 0; i < so.n_gpus; i++) so.gpus[i] = cfg.gpus[i];
+    engine_set_gpu_fp32(cfg.force_fp32); /* before the devices start */
     struct sched *sched = sched_new(&so, &err);
     if (!sched) {
         fprintf(stderr, "kiln serve: cannot create the devices: %s\n", err.msg);

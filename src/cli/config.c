@@ -98,6 +98,8 @@ static const struct flag_def FLAGS[] = {
      "largest accepted upload, in MiB (default 100)"},
     {"--disable-metadata", CONFIG_KEY_DISABLE_METADATA, FLAG_ARG_NONE, "1", FLAG_HOW_PLAIN, "",
      "save PNGs without the prompt/workflow text chunks"},
+    {"--force-fp32", CONFIG_KEY_FORCE_FP32, FLAG_ARG_NONE, "1", FLAG_HOW_PLAIN, "",
+     "GPUs store and compute weights in fp32 (default: fp16 UNet and text encoder, bf16 VAE)"},
     {"--verbose", CONFIG_KEY_LOG, FLAG_ARG_OPTIONAL, "debug", FLAG_HOW_PLAIN, "[LEVEL]",
      "log level: debug, info, warning, error (bare: debug)"},
     {"--log", CONFIG_KEY_LOG, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, NULL, NULL},
@@ -748,6 +750,7 @@ static int validate(struct config *c, struct err *err) {
                           "a prompt count, 0 = never", &c->metrics_every, err)))
         return rc;
     if ((rc = bool_setting(c, CONFIG_KEY_DISABLE_METADATA, &c->disable_metadata, err))) return rc;
+    if ((rc = bool_setting(c, CONFIG_KEY_FORCE_FP32, &c->force_fp32, err))) return rc;
     if ((t = c->values[CONFIG_KEY_LOG].text) && !parse_level(t, &c->log_level))
         return bad(c, CONFIG_KEY_LOG, err, "expected debug, info, warning or error");
 
@@ -855,6 +858,7 @@ static void effective(const struct config *c, enum config_key k, char *buf, size
     case CONFIG_KEY_CORS: snprintf(buf, n, "%s", c->cors_origin ? c->cors_origin : "off"); break;
     case CONFIG_KEY_MAX_UPLOAD: snprintf(buf, n, "%g", (double)c->max_upload_size / (1024.0 * 1024.0)); break;
     case CONFIG_KEY_DISABLE_METADATA: snprintf(buf, n, "%d", c->disable_metadata); break;
+    case CONFIG_KEY_FORCE_FP32: snprintf(buf, n, "%d", c->force_fp32); break;
     case CONFIG_KEY_LOG: {
         static const char *const L[LOG_LEVEL_COUNT] = {"debug", "info", "warning", "error"};
         snprintf(buf, n, "%s", L[c->log_level]);

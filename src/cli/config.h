@@ -49,6 +49,7 @@
     XX(CORS, "cors_origin", "KILN_CORS_ORIGIN")                         \
     XX(MAX_UPLOAD, "max_upload_size_mb", "KILN_MAX_UPLOAD_SIZE")        \
     XX(DISABLE_METADATA, "disable_metadata", "KILN_DISABLE_METADATA")   \
+    XX(FORCE_FP32, "force_fp32", "KILN_FORCE_FP32")                     \
     XX(LOG, "log", "KILN_LOG")                                          \
     XX(CPU, "cpu", "KILN_CPU")                                          \
     XX(GPUS, "gpus", "KILN_GPUS")                                       \
@@ -117,6 +118,7 @@ struct config {
 
     /* behaviour */
     bool disable_metadata;
+    bool force_fp32;             /* GPUs keep and compute weights in fp32 (engine_set_gpu_fp32) */
     enum log_level log_level;
     int metrics_every;               /* 0 = never */
 

@@ -109,6 +109,7 @@ static void build_rows(const struct panel *p, struct rows *rs) {
     add(rs, ROW_PLAIN, "%s", "");
     for (int i = 0; i < p->n_urls; i++) add(rs, ROW_URL, "%-12s%s", i ? "" : "Listening", p->urls[i]);
     if (p->routing) add(rs, ROW_PLAIN, "%-12s%s", "Routing", p->routing);
+    if (p->precision) add(rs, ROW_PLAIN, "%-12s%s", "Precision", p->precision);
 
     add(rs, ROW_PLAIN, "%s", "");
     add(rs, ROW_HEADING, "Folders");

@@ -41,6 +41,7 @@ struct panel {
     const char *urls[PANEL_MAX_LINES]; /* "http://127.0.0.1:8188" */
     int n_urls;
     const char *routing;             /* one line on how prompts pick a device, or NULL */
+    const char *precision;           /* one line on weight dtypes, or NULL */
     const char *models_dir, *input_dir, *output_dir, *temp_dir; /* as shown (absolute when known) */
     const char *tokenizer_dir;       /* or NULL: "next to the checkpoint" */
     const char *notes[PANEL_MAX_LINES];
