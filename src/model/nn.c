@@ -232,6 +232,7 @@ static size_t stage_elems(const struct nn_loader *ld) {
 /* Writes every entry, converted, at its offset of image (total bytes). wstore_fill_fn. */
 static int fill_image(void *user, void *image, size_t total, struct err *err) {
     struct nn_loader *ld = user;
+    ld->filled = true;
     memset(image, 0, total); /* alignment gaps: deterministic bytes */
     size_t sn = stage_elems(ld);
     float *stage = sn ? mem_try_alloc(sn * sizeof(float)) : NULL;
@@ -250,6 +251,7 @@ static struct tensor byte_view(void *data, size_t size) {
 
 /* Without a store: each tensor converted in a host staging buffer, then uploaded. */
 static int finish_direct(struct nn_loader *ld, struct nn_weights *out) {
+    out->read_file = true;
     int rc = backend_buf_alloc(ld->backend, out->size ? out->size : 1, &out->buf);
     if (rc)
         return err_set(ld->err, rc, "cannot allocate %.1f MiB for the weights of %s on %s",
@@ -291,6 +293,7 @@ static int finish_stored(struct nn_loader *ld, struct nn_weights *out) {
                             &out->image, ld->err);
     if (rc) return rc;
     out->store = ld->storage.store;
+    out->read_file = ld->filled;
     if (host) {
         for (int i = 0; i < ld->n; i++) ld->entries[i].w->data = (char *)out->image->buf + ld->entries[i].offset;
         return 0;

@@ -43,6 +43,8 @@ struct nn_weights {
     struct wstore_image *image;  /* one reference to the host image uploaded from, held while the
                                     weights live so that another device loads it without reading
                                     the file; NULL without a store */
+    bool read_file;              /* this load read the checkpoint's tensors (no shared image was
+                                    live, or no store) */
 };
 
 void nn_weights_deinit(struct nn_weights *w);
@@ -82,6 +84,7 @@ struct nn_loader {
     struct backend *backend;          /* borrowed */
     const char *prefix;               /* prepended to every key ("model.diffusion_model.") */
     struct nn_storage storage;        /* dtype and store */
+    bool filled;                      /* finish filled the shared image itself */
     struct nn_loader_entry *entries;  /* owned until finish/deinit */
     int n, cap;
     int rc;                           /* sticky */

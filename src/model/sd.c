@@ -33,9 +33,12 @@ struct sd_model *sd_model_load(const char *path, struct backend *be, const struc
         return NULL;
     }
     const struct unet_config *u = &m->unet.config;
-    log_info("loaded %s on %s %d in %.2f s: CLIP width %d x %d layers (%s), UNet %d channels x %d levels (%s), VAE %d "
-             "channels (%s)",
-             path, be->iface->name, be->device, clock_now() - t0, m->clip.config.width, m->clip.config.n_layers,
+    bool read = m->clip.weights.read_file || m->unet.weights.read_file || m->vae.weights.read_file;
+    const char *how = !st || !st->unet.store ? "read from the file" : read ? "host copy: filled from the file"
+                                                                              : "host copy: shared, nothing read";
+    log_info("loaded %s on %s %d in %.2f s (%s): CLIP width %d x %d layers (%s), UNet %d channels x %d levels (%s), "
+             "VAE %d channels (%s)",
+             path, be->iface->name, be->device, clock_now() - t0, how, m->clip.config.width, m->clip.config.n_layers,
              dtype_name(st ? st->clip.dtype : DTYPE_F32), u->model_channels,
              u->n_levels, dtype_name(m->unet.dtype), m->vae.config.ch, dtype_name(m->vae.dtype));
     return m;
