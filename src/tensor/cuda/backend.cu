@@ -128,13 +128,18 @@ static int cuda_tensor_get(void *vctx, const struct tensor *t, void *host, size_
 /* ===== Graphs ===== */
 
 static bool cuda_op_supported(void *vctx, const struct tensor *node) {
-    /* fp32 everywhere; GET_ROWS reads I32 ids */
+    if (node->op == OP_NONE || node->op == OP_RESHAPE) return true; /* no kernel: a leaf or a view */
+    /* CAST: between any two float dtypes */
+    if (node->op == OP_CAST) return node->src[0] && cuda_is_float(node->src[0]->dtype) && cuda_is_float(node->dtype);
+    /* every other op: dst and all its float sources in one float dtype; GET_ROWS reads I32 ids */
+    if (!cuda_is_float(node->dtype)) return false;
     for (int i = 0; i < TENSOR_MAX_SRC; i++) {
         const struct tensor *s = node->src[i];
         if (!s) continue;
-        if (s->dtype != DTYPE_F32 && !(node->op == OP_GET_ROWS && i == 1 && s->dtype == DTYPE_I32)) return false;
+        bool ids = node->op == OP_GET_ROWS && i == 1;
+        if (ids ? s->dtype != DTYPE_I32 : s->dtype != node->dtype) return false;
     }
-    return node->dtype == DTYPE_F32;
+    return true;
 }
 
 static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct err *err) {
@@ -163,6 +168,7 @@ static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct
         case OP_UPSAMPLE_NEAREST: rc = cuda_op_upsample_nearest(ctx, t, err); break;
         case OP_CONCAT: rc = cuda_op_concat(ctx, t, err); break;
         case OP_GET_ROWS: rc = cuda_op_get_rows(ctx, t, err); break;
+        case OP_CAST: rc = cuda_op_cast(ctx, t, err); break;
         case OP_NONE:
         case OP_RESHAPE: rc = 0; break;
         default:
@@ -203,18 +209,24 @@ static void cuda_free(void *vctx) {
     mem_free(cb);
 }
 
-static const struct backend_i CUDA_BACKEND = {
-    /* .api_version = */ BACKEND_API_VERSION,
-    /* .name = */ "cuda",
-    /* .buf_alloc = */ cuda_buf_alloc,
-    /* .buf_free = */ cuda_buf_free,
-    /* .tensor_set = */ cuda_tensor_set,
-    /* .tensor_get = */ cuda_tensor_get,
-    /* .op_supported = */ cuda_op_supported,
-    /* .graph_run = */ cuda_graph_run,
-    /* .sync = */ cuda_sync,
-    /* .free = */ cuda_free,
-};
+/* C++17 has no designated initializers: the table is zeroed, then filled by field name, so
+ * slots added to struct backend_i later start out NULL/false here (optional) until set. */
+static struct backend_i cuda_backend_table(void) {
+    struct backend_i t = {};
+    t.api_version = BACKEND_API_VERSION;
+    t.name = "cuda";
+    t.buf_alloc = cuda_buf_alloc;
+    t.buf_free = cuda_buf_free;
+    t.tensor_set = cuda_tensor_set;
+    t.tensor_get = cuda_tensor_get;
+    t.op_supported = cuda_op_supported;
+    t.graph_run = cuda_graph_run;
+    t.sync = cuda_sync;
+    t.free = cuda_free;
+    return t;
+}
+
+static const struct backend_i CUDA_BACKEND = cuda_backend_table();
 
 /* ===== Construction ===== */
 
@@ -238,10 +250,14 @@ static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
     CUBLAS_TRY(cublasSetStream(cb->ctx.cublas, cb->ctx.stream));
     /* exact fp32 products by default (no TF32). KILN_CUDA_TF32=1 lets cuBLAS round the products'
      * inputs to TF32 on the tensor cores (10-bit mantissa: ~1e-3 relative error), a measured
-     * speed switch until fp16 storage lands (docs/PERF.md) */
+     * speed switch for F32 storage (docs/PERF.md). F16/BF16 products use the tensor cores in
+     * either mode; DISALLOW_REDUCED_PRECISION_REDUCTION keeps their split-K partial sums in fp32
+     * (the compute type) instead of the fp16/bf16 output type: products accumulate in fp32. */
     const char *tf32 = getenv("KILN_CUDA_TF32");
     bool use_tf32 = tf32 && tf32[0] == '1';
-    CUBLAS_TRY(cublasSetMathMode(cb->ctx.cublas, use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    int mode = (use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH) |
+               CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION;
+    CUBLAS_TRY(cublasSetMathMode(cb->ctx.cublas, (cublasMath_t)mode));
     if (use_tf32) log_info("cuda backend: device %d uses TF32 tensor-core products (KILN_CUDA_TF32=1)", device);
     return 0;
 }

@@ -1,13 +1,16 @@
 /* tensor/cuda/cuda.cuh -- the CUDA backend's internals: context, error macros, one entry per op.
  * Owns: nothing; declarations shared by the .cu files of tensor/cuda/ (CUDA C++ only).
  * Threads: the worker that owns the backend; every launch goes on ctx->stream.
- * Layers (STYLE.md §6): kernel `group_norm_f32` -> launcher `group_norm_f32_cuda(..., stream)`
+ * Layers (STYLE.md §6): kernel `group_norm<T>` -> launcher `group_norm_cuda<T>(..., stream)`
  * -> entry `cuda_op_group_norm(ctx, dst, err)`. Entries read dst->src[] and dst->ip/fp (see
- * tensor.h for each op's contract), compute in fp32 and return 0 or a negative status with a
- * message in err. Storage is fp32 for now (fp16 storage is a later step of issue 4).
- * Files: elementwise.cu (add .. geglu), matmul.cu (linear, cuBLAS), conv.cu (im2col + sgemm),
+ * tensor.h for each op's contract) and return 0 or a negative status with a message in err.
+ * DTYPES. Storage is F32, F16 or BF16 (tensor.h "DTYPES": a node's float sources share dst's
+ * dtype); kernels are templated on the storage type T (float, __half, __nv_bfloat16), load with
+ * cuda_to_f32, compute in fp32 (statistics in double, products accumulate in fp32) and store
+ * with cuda_from_f32<T> (round to nearest even). Each entry picks T with CUDA_DISPATCH.
+ * Files: elementwise.cu (add .. geglu), matmul.cu (linear, cuBLAS), conv.cu (im2col + gemm),
  * norm.cu (group/layer norm), attention.cu (blocked online softmax), layout.cu (transpose,
- * upsample, concat, get_rows), backend.cu (the table, memory, the op switch, errors). */
+ * upsample, concat, get_rows, cast), backend.cu (the table, memory, the op switch, errors). */
 #ifndef KILN_CUDA_CUH
 #define KILN_CUDA_CUH
 
@@ -19,6 +22,8 @@ extern "C" {
 }
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <stddef.h>
@@ -76,9 +81,55 @@ static inline unsigned cuda_blocks(int64_t n, int threads) { return (unsigned)((
 /* Returns ctx->work grown to at least size bytes, or NULL with the status in *rc and err. */
 void *cuda__work(struct cuda_ctx *ctx, size_t size, const char *what, int *rc, struct err *err);
 
-/* Column-major sgemm on ctx's handle, default math (no TF32): C = A op B, see matmul.cu. */
-int cuda__sgemm(struct cuda_ctx *ctx, bool ta, bool tb, int m, int n, int k, const float *a, int lda,
-                const float *b, int ldb, float *c, int ldc, struct err *err);
+/* Column-major C = op(A) op(B) + beta C on ctx's handle, A, B and C all of dtype dt, alpha 1,
+ * fp32 accumulation (see matmul.cu): F32 is cublasSgemm under the handle's math mode (no TF32
+ * unless KILN_CUDA_TF32=1), F16/BF16 are cublasGemmEx with CUBLAS_COMPUTE_32F (tensor cores). */
+int cuda__gemm(struct cuda_ctx *ctx, enum dtype dt, bool ta, bool tb, int m, int n, int k, const void *a, int lda,
+               const void *b, int ldb, float beta, void *c, int ldc, struct err *err);
+
+/* ===== Storage types =====
+ * cuda_to_f32 widens a stored element (exact); cuda_from_f32<T> narrows with round to nearest
+ * even (overflow to inf, subnormals kept), as the CPU's f32_to_f16 / f32_to_bf16 do. */
+
+__device__ __forceinline__ float cuda_to_f32(float v) { return v; }
+__device__ __forceinline__ float cuda_to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float cuda_to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T cuda_from_f32(float v);
+template <> __device__ __forceinline__ float cuda_from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half cuda_from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 cuda_from_f32<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+
+/* cuBLAS's name for a float dtype (CUDA_R_32F for anything else: callers check first). */
+static inline cudaDataType cuda_data_type(enum dtype t) {
+    return t == DTYPE_F16 ? CUDA_R_16F : t == DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+/* True for the dtypes the kernels store: F32, F16, BF16. */
+static inline bool cuda_is_float(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
+
+/* In an entry: evaluates and returns the expression with the typedef T set to dt's storage
+ * type, or fails with STATUS_ERR_UNSUPPORTED (message in the `err` variable in scope) for a
+ * dtype that is not a float. */
+#define CUDA_DISPATCH(dt, ...)                                                                         \
+    switch (dt) {                                                                                      \
+    case DTYPE_F32: {                                                                                  \
+        typedef float T;                                                                               \
+        return (__VA_ARGS__);                                                                          \
+    }                                                                                                  \
+    case DTYPE_F16: {                                                                                  \
+        typedef __half T;                                                                              \
+        return (__VA_ARGS__);                                                                          \
+    }                                                                                                  \
+    case DTYPE_BF16: {                                                                                 \
+        typedef __nv_bfloat16 T;                                                                       \
+        return (__VA_ARGS__);                                                                          \
+    }                                                                                                  \
+    default:                                                                                           \
+        return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda backend: no kernel for dtype %s", dtype_name(dt)); \
+    }
 
 /* ===== Entries ===== */
 
@@ -98,5 +149,6 @@ int cuda_op_transpose(struct cuda_ctx *ctx, struct tensor *dst, struct err *err)
 int cuda_op_upsample_nearest(struct cuda_ctx *ctx, struct tensor *dst, struct err *err);
 int cuda_op_concat(struct cuda_ctx *ctx, struct tensor *dst, struct err *err);
 int cuda_op_get_rows(struct cuda_ctx *ctx, struct tensor *dst, struct err *err);
+int cuda_op_cast(struct cuda_ctx *ctx, struct tensor *dst, struct err *err);
 
 #endif

@@ -1,5 +1,6 @@
 /* tensor/cuda/elementwise.cu -- ADD, MUL (numpy broadcasting of b into a), SCALE and the
- * activations SILU, GELU, QUICK_GELU, GEGLU on CUDA.
+ * activations SILU, GELU, QUICK_GELU, GEGLU on CUDA, for every storage type T (float, __half,
+ * __nv_bfloat16): each element is loaded as fp32, computed in fp32 and stored back as T.
  * Owns: nothing; reads dst->src[], writes dst->data (never aliased with a source).
  * Threads: the backend's worker; kernels run on ctx->stream, one thread per output element
  * (grid-stride loops, so any size fits one launch). */
@@ -22,8 +23,8 @@ struct bcast {
     int64_t bstride[TENSOR_MAX_DIMS]; /* b elements per step along each dim; 0 = broadcast */
 };
 
-template <bool MUL>
-__global__ void binary_f32(float *y, const float *a, const float *b, struct bcast bc, int64_t n) {
+template <typename T, bool MUL>
+__global__ void binary(T *y, const T *a, const T *b, struct bcast bc, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i, bi = 0;
         for (int d = TENSOR_MAX_DIMS - 1; d >= 0; d--) {
@@ -31,24 +32,28 @@ __global__ void binary_f32(float *y, const float *a, const float *b, struct bcas
             r /= bc.shape[d];
             bi += id * bc.bstride[d];
         }
-        y[i] = MUL ? a[i] * b[bi] : a[i] + b[bi];
+        float x = cuda_to_f32(a[i]), z = cuda_to_f32(b[bi]);
+        y[i] = cuda_from_f32<T>(MUL ? x * z : x + z);
     }
 }
 
 /* Same shapes: no index arithmetic. */
-template <bool MUL>
-__global__ void binary_same_f32(float *y, const float *a, const float *b, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = MUL ? a[i] * b[i] : a[i] + b[i];
+template <typename T, bool MUL>
+__global__ void binary_same(T *y, const T *a, const T *b, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float x = cuda_to_f32(a[i]), z = cuda_to_f32(b[i]);
+        y[i] = cuda_from_f32<T>(MUL ? x * z : x + z);
+    }
 }
 
-static int binary_f32_cuda(float *y, const float *a, const float *b, const struct tensor *ta,
-                           const struct tensor *tb, bool mul, cudaStream_t stream, struct err *err) {
+template <typename T>
+static int binary_cuda(T *y, const T *a, const T *b, const struct tensor *ta, const struct tensor *tb, bool mul,
+                       cudaStream_t stream, struct err *err) {
     int64_t n = cuda_numel(ta);
     if (n == 0) return 0;
     if (cuda_numel(tb) == n) {
-        if (mul) binary_same_f32<true><<<grid_for(n), THREADS, 0, stream>>>(y, a, b, n);
-        else binary_same_f32<false><<<grid_for(n), THREADS, 0, stream>>>(y, a, b, n);
+        if (mul) binary_same<T, true><<<grid_for(n), THREADS, 0, stream>>>(y, a, b, n);
+        else binary_same<T, false><<<grid_for(n), THREADS, 0, stream>>>(y, a, b, n);
         CUDA_TRY_LAUNCH();
         return 0;
     }
@@ -64,86 +69,87 @@ static int binary_f32_cuda(float *y, const float *a, const float *b, const struc
         bc.bstride[i] = bd[i] == 1 ? 0 : acc;
         acc *= bd[i];
     }
-    if (mul) binary_f32<true><<<grid_for(n), THREADS, 0, stream>>>(y, a, b, bc, n);
-    else binary_f32<false><<<grid_for(n), THREADS, 0, stream>>>(y, a, b, bc, n);
+    if (mul) binary<T, true><<<grid_for(n), THREADS, 0, stream>>>(y, a, b, bc, n);
+    else binary<T, false><<<grid_for(n), THREADS, 0, stream>>>(y, a, b, bc, n);
     CUDA_TRY_LAUNCH();
     return 0;
 }
 
 int cuda_op_add(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
-    return binary_f32_cuda((float *)dst->data, (const float *)dst->src[0]->data, (const float *)dst->src[1]->data,
-                           dst->src[0], dst->src[1], false, ctx->stream, err);
+    CUDA_DISPATCH(dst->dtype, binary_cuda<T>((T *)dst->data, (const T *)dst->src[0]->data,
+                                             (const T *)dst->src[1]->data, dst->src[0], dst->src[1], false,
+                                             ctx->stream, err));
 }
 
 int cuda_op_mul(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
-    return binary_f32_cuda((float *)dst->data, (const float *)dst->src[0]->data, (const float *)dst->src[1]->data,
-                           dst->src[0], dst->src[1], true, ctx->stream, err);
+    CUDA_DISPATCH(dst->dtype, binary_cuda<T>((T *)dst->data, (const T *)dst->src[0]->data,
+                                             (const T *)dst->src[1]->data, dst->src[0], dst->src[1], true,
+                                             ctx->stream, err));
 }
 
 /* ===== Unary maps ===== */
 
-enum unary { UNARY_SCALE, UNARY_SILU, UNARY_GELU, UNARY_QUICK_GELU };
+enum unary_kind { UNARY_SCALE, UNARY_SILU, UNARY_GELU, UNARY_QUICK_GELU };
 
 __device__ __forceinline__ float gelu_f(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
-template <int OP>
-__global__ void unary_f32(float *y, const float *x, int64_t n, float s, float t) {
+template <typename T, int OP>
+__global__ void unary(T *y, const T *x, int64_t n, float s, float t) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        float v = x[i];
-        if (OP == UNARY_SCALE) y[i] = v * s + t;
-        else if (OP == UNARY_SILU) y[i] = v / (1.0f + expf(-v));
-        else if (OP == UNARY_GELU) y[i] = gelu_f(v);
-        else y[i] = v / (1.0f + expf(-1.702f * v));
+        float v = cuda_to_f32(x[i]), r;
+        if (OP == UNARY_SCALE) r = v * s + t;
+        else if (OP == UNARY_SILU) r = v / (1.0f + expf(-v));
+        else if (OP == UNARY_GELU) r = gelu_f(v);
+        else r = v / (1.0f + expf(-1.702f * v));
+        y[i] = cuda_from_f32<T>(r);
     }
 }
 
-template <int OP>
-static int unary_f32_cuda(float *y, const float *x, int64_t n, float s, float t, cudaStream_t stream,
-                          struct err *err) {
+template <typename T, int OP>
+static int unary_cuda(const struct tensor *dst, float s, float t, cudaStream_t stream, struct err *err) {
+    int64_t n = cuda_numel(dst);
     if (n == 0) return 0;
-    unary_f32<OP><<<grid_for(n), THREADS, 0, stream>>>(y, x, n, s, t);
+    unary<T, OP><<<grid_for(n), THREADS, 0, stream>>>((T *)dst->data, (const T *)dst->src[0]->data, n, s, t);
     CUDA_TRY_LAUNCH();
     return 0;
 }
 
 int cuda_op_scale(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
-    return unary_f32_cuda<UNARY_SCALE>((float *)dst->data, (const float *)dst->src[0]->data, cuda_numel(dst),
-                                       dst->fp[0], dst->fp[1], ctx->stream, err);
+    CUDA_DISPATCH(dst->dtype, unary_cuda<T, UNARY_SCALE>(dst, dst->fp[0], dst->fp[1], ctx->stream, err));
 }
 
 int cuda_op_silu(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
-    return unary_f32_cuda<UNARY_SILU>((float *)dst->data, (const float *)dst->src[0]->data, cuda_numel(dst), 0, 0,
-                                      ctx->stream, err);
+    CUDA_DISPATCH(dst->dtype, unary_cuda<T, UNARY_SILU>(dst, 0, 0, ctx->stream, err));
 }
 
 int cuda_op_gelu(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
-    return unary_f32_cuda<UNARY_GELU>((float *)dst->data, (const float *)dst->src[0]->data, cuda_numel(dst), 0, 0,
-                                      ctx->stream, err);
+    CUDA_DISPATCH(dst->dtype, unary_cuda<T, UNARY_GELU>(dst, 0, 0, ctx->stream, err));
 }
 
 int cuda_op_quick_gelu(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
-    return unary_f32_cuda<UNARY_QUICK_GELU>((float *)dst->data, (const float *)dst->src[0]->data, cuda_numel(dst),
-                                            0, 0, ctx->stream, err);
+    CUDA_DISPATCH(dst->dtype, unary_cuda<T, UNARY_QUICK_GELU>(dst, 0, 0, ctx->stream, err));
 }
 
 /* ===== GEGLU: x [rows, 2D] -> y [rows, D] = x[:, :D] * gelu(x[:, D:]) ===== */
 
-__global__ void geglu_f32(float *y, const float *x, int64_t n, int64_t d) {
+template <typename T>
+__global__ void geglu(T *y, const T *x, int64_t n, int64_t d) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / d, j = i - r * d;
-        const float *row = x + r * 2 * d;
-        y[i] = row[j] * gelu_f(row[d + j]);
+        const T *row = x + r * 2 * d;
+        y[i] = cuda_from_f32<T>(cuda_to_f32(row[j]) * gelu_f(cuda_to_f32(row[d + j])));
     }
 }
 
-static int geglu_f32_cuda(float *y, const float *x, int64_t n, int64_t d, cudaStream_t stream, struct err *err) {
+template <typename T>
+static int geglu_cuda(T *y, const T *x, int64_t n, int64_t d, cudaStream_t stream, struct err *err) {
     if (n == 0) return 0;
-    geglu_f32<<<grid_for(n), THREADS, 0, stream>>>(y, x, n, d);
+    geglu<T><<<grid_for(n), THREADS, 0, stream>>>(y, x, n, d);
     CUDA_TRY_LAUNCH();
     return 0;
 }
 
 int cuda_op_geglu(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
-    return geglu_f32_cuda((float *)dst->data, (const float *)dst->src[0]->data, cuda_numel(dst),
-                          dst->shape[dst->ndim - 1], ctx->stream, err);
+    CUDA_DISPATCH(dst->dtype, geglu_cuda<T>((T *)dst->data, (const T *)dst->src[0]->data, cuda_numel(dst),
+                                            dst->shape[dst->ndim - 1], ctx->stream, err));
 }
