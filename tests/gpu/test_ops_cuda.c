@@ -3,11 +3,27 @@
  * own double-precision tests (tests/unit/tensor/test_ops.c), so agreement here means the CUDA
  * kernels compute the same function. Each case records one op with op_* on both backends
  * through the real path (tctx_plan, tctx_set, tctx_run, tctx_get), on the same fixed-seed
- * random inputs, and checks max |cuda - cpu| / max |cpu| against the case's tolerance:
- * 1e-5 for everything (fp32 on both sides; products and reductions sum in another order).
+ * random inputs, and checks max |cuda - cpu| / max |cpu| against the case's tolerance.
  * Shapes are SD1.5 layers at small spatial sizes plus edge cases (odd sizes, asymmetric
  * padding, broadcasting, causal masks, query counts that are not a multiple of a block).
  * test_sd_scale adds full SD1.5 sizes (skipped when KILN_GPU_SKIP_LARGE is set).
+ * DTYPES. Every case runs in F32, F16 and BF16. For T = F16/BF16 the CUDA graph casts the F32
+ * inputs to T on the device (op_cast), runs the op in T and casts the output to F32; the CPU
+ * graph casts the same inputs to T and straight back to F32 (the same rounding of the inputs,
+ * bit for bit: see test_cast) and runs the op in F32. What differs is then only the CUDA
+ * kernel's own rounding: its output stored as T (half an ulp of T: 2^-11 = 4.9e-4 relative
+ * for F16, 2^-8 = 3.9e-3 for BF16), plus, in attention's cuBLAS path, the probabilities
+ * stored as T before P V. Tolerances (max |cuda - cpu| / max |cpu|):
+ *   F32   1e-5 everywhere (products and reductions sum in another order).
+ *   F16   2e-3 for maps and norms (~4 half-ulps: a 1-ulp flip at a rounding boundary plus
+ *         fp32 reordering); 5e-3 for linear, conv and attention (fp32 accumulation over K up
+ *         to 2880 on tensor cores, in another order, and attention's P rounded to fp16).
+ *   BF16  2e-2 for everything that computes (~5 half-ulps of bf16, same reasons).
+ *   Copies (transpose, upsample, concat, get_rows) move values that T represents exactly, so
+ *   F16 and BF16 must match exactly (tolerance 0).
+ * test_cast compares op_cast on CUDA with the CPU's cast bit for bit (all 65536 F16 and BF16
+ * patterns widened and cross-cast; F32 ties, overflow, subnormals, NaNs and 2^20 random bit
+ * patterns narrowed), plus hand-checked values.
  * Also: error paths (bad ids, a missing device, device OOM) return statuses with messages.
  * Needs a CUDA device; without one every test is skipped. */
 #include <setjmp.h>
@@ -110,15 +126,25 @@ static int64_t numel(const struct input *in) {
     return n;
 }
 
-/* Builds and runs k on one side with the given host inputs; returns the output (mem_free). */
-static float *run_side(struct side *s, const struct ocase *k, void **host, int64_t *n_out, int *rc_out) {
+/* Builds and runs k on one side with the given host inputs (F32 and I32); returns the output
+ * as F32 (mem_free). dt is the dtype the op runs in: the float inputs are cast to it, and with
+ * `ref` straight back to F32 so that the op itself runs in F32 on inputs rounded to dt (the
+ * CPU reference); the output is cast to F32. */
+static float *run_side(struct side *s, const struct ocase *k, void **host, enum dtype dt, bool ref, int64_t *n_out,
+                       int *rc_out) {
     tctx_reset(&s->c);
-    struct tensor *in[MAX_IN] = {0};
+    struct tensor *in[MAX_IN] = {0}, *op_in[MAX_IN] = {0};
     for (int i = 0; i < k->n_in; i++) {
         if (k->in[i].ndim == 0) continue; /* absent optional input */
         in[i] = tensor_input(&s->c, k->in[i].dtype, k->in[i].ndim, k->in[i].shape);
+        op_in[i] = in[i];
+        if (k->in[i].dtype == DTYPE_F32 && dt != DTYPE_F32) {
+            op_in[i] = op_cast(&s->c, in[i], dt);
+            if (ref) op_in[i] = op_cast(&s->c, op_in[i], DTYPE_F32);
+        }
     }
-    struct tensor *out = k->build(&s->c, in, k);
+    struct tensor *out = k->build(&s->c, op_in, k);
+    if (out) out = op_cast(&s->c, out, DTYPE_F32); /* out itself when already F32 */
     if (!out) fail_msg("%s: recording failed: %s", k->name, s->c.err.msg);
     tensor_set_output(out);
     int rc = tctx_plan(&s->c, &out, 1);
@@ -133,8 +159,8 @@ static float *run_side(struct side *s, const struct ocase *k, void **host, int64
     return y;
 }
 
-/* Runs k on both backends and compares: max |gpu - cpu| / max |cpu| <= tol, no NaN. */
-static void check_case(const struct ocase *k, double tol) {
+/* Runs k in dtype dt on both backends and compares: max |gpu - cpu| / max |cpu| <= tol, no NaN. */
+static void check_case(const struct ocase *k, enum dtype dt, double tol) {
     void *host[MAX_IN] = {0};
     for (int i = 0; i < k->n_in; i++) {
         const struct input *in = &k->in[i];
@@ -152,14 +178,15 @@ static void check_case(const struct ocase *k, double tol) {
     }
     int64_t nc = 0, ng = 0;
     int rc_c = 0, rc_g = 0;
-    float *yc = run_side(&cpu, k, host, &nc, &rc_c);
-    float *yg = run_side(&gpu, k, host, &ng, &rc_g);
-    if (rc_c) fail_msg("%s: cpu failed: %s", k->name, cpu.c.err.msg);
-    if (rc_g) fail_msg("%s: cuda failed: %s (%s)", k->name, status_name(rc_g), gpu.c.err.msg);
-    /* timing of the run alone (planned, inputs on the backend): once on the CPU, mean of 3 on
-     * CUDA (graph_run synchronises before returning) */
+    float *yc = run_side(&cpu, k, host, dt, true, &nc, &rc_c);
+    float *yg = run_side(&gpu, k, host, dt, false, &ng, &rc_g);
+    if (rc_c) fail_msg("%s %s: cpu failed: %s", k->name, dtype_name(dt), cpu.c.err.msg);
+    if (rc_g) fail_msg("%s %s: cuda failed: %s (%s)", k->name, dtype_name(dt), status_name(rc_g), gpu.c.err.msg);
+    /* timing of the run alone (planned, inputs on the backend): once on the CPU (F32 only: the
+     * reference is F32 whatever dt), mean of 3 on CUDA (graph_run synchronises before
+     * returning; for F16/BF16 this includes the casts around the op) */
     double t0 = clock_now();
-    assert_int_equal(tctx_run(&cpu.c), 0);
+    if (dt == DTYPE_F32) assert_int_equal(tctx_run(&cpu.c), 0);
     double t1 = clock_now();
     for (int r = 0; r < 3; r++) assert_int_equal(tctx_run(&gpu.c), 0);
     double t2 = clock_now();
@@ -167,7 +194,8 @@ static void check_case(const struct ocase *k, double tol) {
     double maxref = 0, maxerr = 0;
     int64_t at = 0;
     for (int64_t i = 0; i < nc; i++) {
-        if (isnan(yg[i]) != isnan(yc[i])) fail_msg("%s: NaN mismatch at %lld", k->name, (long long)i);
+        if (isnan(yg[i]) != isnan(yc[i]))
+            fail_msg("%s %s: NaN mismatch at %lld", k->name, dtype_name(dt), (long long)i);
         if (fabs(yc[i]) > maxref) maxref = fabs(yc[i]);
         double e = fabs((double)yg[i] - yc[i]);
         if (e > maxerr) {
@@ -176,12 +204,16 @@ static void check_case(const struct ocase *k, double tol) {
         }
     }
     double rel = maxerr / (maxref > 1e-30 ? maxref : 1e-30);
-    printf("  %-44s rel err %.2e (tol %.0e)  cpu %7.2f ms  cuda %7.2f ms\n", k->name, rel, tol, (t1 - t0) * 1e3,
-           (t2 - t1) * 1e3 / 3);
+    if (dt == DTYPE_F32)
+        printf("  %-44s %-4s rel err %.2e (tol %.0e)  cpu %7.2f ms  cuda %7.2f ms\n", k->name, dtype_name(dt), rel,
+               tol, (t1 - t0) * 1e3, (t2 - t1) * 1e3 / 3);
+    else
+        printf("  %-44s %-4s rel err %.2e (tol %.0e)                cuda %7.2f ms\n", k->name, dtype_name(dt), rel,
+               tol, (t2 - t1) * 1e3 / 3);
     if (maxref == 0) fail_msg("%s: the reference output is all zeros (a case that cannot fail)", k->name);
     if (!(rel <= tol))
-        fail_msg("%s: max err %.3g at %lld (cuda %.9g, cpu %.9g) = %.3g of max |cpu| %.3g > %.0e", k->name, maxerr,
-                 (long long)at, yg[at], yc[at], rel, maxref, tol);
+        fail_msg("%s %s: max err %.3g at %lld (cuda %.9g, cpu %.9g) = %.3g of max |cpu| %.3g > %.0e", k->name,
+                 dtype_name(dt), maxerr, (long long)at, yg[at], yc[at], rel, maxref, tol);
     mem_free(yc);
     mem_free(yg);
     for (int i = 0; i < k->n_in; i++) mem_free(host[i]);
@@ -194,10 +226,22 @@ static void check_case(const struct ocase *k, double tol) {
 
 #define IN(...) {DTYPE_F32, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), {__VA_ARGS__}, 0}
 #define NOIN {DTYPE_F32, 0, {0}, 0}
-#define TOL 1e-5
 
-static void run_cases(const struct ocase *ks, int n, double tol) {
-    for (int i = 0; i < n; i++) check_case(&ks[i], tol);
+/* Tolerance per dtype the case runs in (see the header for the reasons). */
+struct tol {
+    double f32, f16, bf16;
+};
+static const struct tol TOL_MAP = {1e-5, 2e-3, 2e-2};     /* elementwise maps and norms */
+static const struct tol TOL_PRODUCT = {1e-5, 5e-3, 2e-2}; /* linear, conv, attention */
+static const struct tol TOL_COPY = {1e-5, 0, 0};          /* data movement: exact in F16/BF16 */
+
+/* Each case in F32, then F16, then BF16. */
+static void run_cases(const struct ocase *ks, int n, const struct tol *tol) {
+    for (int i = 0; i < n; i++) {
+        check_case(&ks[i], DTYPE_F32, tol->f32);
+        check_case(&ks[i], DTYPE_F16, tol->f16);
+        check_case(&ks[i], DTYPE_BF16, tol->bf16);
+    }
 }
 
 /* ===== Build functions ===== */
@@ -271,7 +315,7 @@ static void test_elementwise(void **state) {
         {"geglu odd [1,7,10]", b_geglu, 1, {IN(1, 7, 10)}, -4, 4, {0}, {0}},
         {"reshape+transpose chain", b_reshape_chain, 1, {IN(2, 320, 8, 8)}, -3, 3, {0}, {0}},
     };
-    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_MAP);
 }
 
 static void test_linear(void **state) {
@@ -284,7 +328,7 @@ static void test_linear(void **state) {
         {"linear time [2,320]x[1280,320]+b", b_linear, 3, {IN(2, 320), IN(1280, 320), IN(1280)}, -1, 1, {0}, {0}},
         {"linear odd [3,5,7]x[9,7]+b", b_linear, 3, {IN(3, 5, 7), IN(9, 7), IN(9)}, -1, 1, {0}, {0}},
     };
-    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
 }
 
 static void test_conv2d(void **state) {
@@ -300,7 +344,7 @@ static void test_conv2d(void **state) {
         {"conv 5x3 kernel pad 2,1", b_conv, 3, {IN(2, 6, 9, 8), IN(4, 6, 5, 3), IN(4)}, -1, 1, {1, 2, 1, 2, 1}, {0}},
         {"conv 1x1 s2 [1,8,9,9]", b_conv, 3, {IN(1, 8, 9, 9), IN(8, 8, 1, 1), IN(8)}, -1, 1, {2, 0, 0, 0, 0}, {0}},
     };
-    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
 }
 
 static void test_norms(void **state) {
@@ -322,7 +366,7 @@ static void test_norms(void **state) {
         {"layer_norm no affine [3,5,7]", b_ln, 3, {IN(3, 5, 7), NOIN, NOIN}, -2, 3, {0}, {1e-5f}},
         {"layer_norm w only [4,1280]", b_ln, 3, {IN(4, 1280), IN(1280), NOIN}, -2, 3, {0}, {1e-5f}},
     };
-    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_MAP);
 }
 
 static void test_attention(void **state) {
@@ -341,7 +385,7 @@ static void test_attention(void **state) {
         {"attn blas odd [2,301,96]x[2,257,96] h3", b_attn, 3, {IN(2, 301, 96), IN(2, 257, 96), IN(2, 257, 96)}, -1, 1, {3, 0}, {0}},
         {"attn vae [1,1024,128] h1 d128", b_attn, 3, {IN(1, 1024, 128), IN(1, 1024, 128), IN(1, 1024, 128)}, -1, 1, {1, 0}, {0}},
     };
-    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
 }
 
 static void test_layout(void **state) {
@@ -360,7 +404,7 @@ static void test_layout(void **state) {
         {"concat dim3 [2,3,4,5]+[2,3,4,2]", b_concat, 2, {IN(2, 3, 4, 5), IN(2, 3, 4, 2)}, -1, 1, {3}, {0}},
         {"get_rows [1000,128] by [2,77]", b_get_rows, 2, {IN(1000, 128), {DTYPE_I32, 2, {2, 77}, 1000}}, -1, 1, {0}, {0}},
     };
-    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_COPY);
 }
 
 /* Full SD1.5 sizes (512x512 images, 64x64 latents): the conv's column matrix is taken in
@@ -378,7 +422,152 @@ static void test_sd_scale(void **state) {
         {"SD linear ff [2,4096,320]x[2560,320]", b_linear, 3, {IN(2, 4096, 320), IN(2560, 320), IN(2560)}, -1, 1, {0}, {0}},
         {"SD geglu [2,4096,2560]", b_geglu, 1, {IN(2, 4096, 2560)}, -4, 4, {0}, {0}},
     };
-    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), TOL);
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
+}
+
+/* ===== CAST: bit-equal to the CPU's conversions ===== */
+
+/* Runs op_cast(x, to) for the n elements at host (dtype from) on one side; returns the output
+ * (n elements of dtype to; mem_free). */
+static void *run_cast(struct side *s, enum dtype from, enum dtype to, const void *host, int64_t n) {
+    tctx_reset(&s->c);
+    struct tensor *x = tensor_input(&s->c, from, 1, (int64_t[]){n});
+    struct tensor *y = op_cast(&s->c, x, to);
+    if (!y || y == x) fail_msg("cast %s -> %s: recording failed: %s", dtype_name(from), dtype_name(to), s->c.err.msg);
+    tensor_set_output(y);
+    assert_int_equal(tctx_plan(&s->c, &y, 1), 0);
+    assert_int_equal(tctx_set(&s->c, x, host), 0);
+    int rc = tctx_run(&s->c);
+    if (rc) fail_msg("cast %s -> %s: %s (%s)", dtype_name(from), dtype_name(to), status_name(rc), s->c.err.msg);
+    void *out = mem_alloc((size_t)n * dtype_size(to));
+    assert_int_equal(tctx_get(&s->c, y, out), 0);
+    return out;
+}
+
+/* Element i of a buffer of dtype t, as raw bits. */
+static uint32_t bits_at(const void *p, enum dtype t, int64_t i) {
+    if (dtype_size(t) == 2) return ((const uint16_t *)p)[i];
+    return ((const uint32_t *)p)[i];
+}
+
+static uint32_t bits_in(const void *host, enum dtype from, int64_t i) { return bits_at(host, from, i); }
+
+/* CUDA and CPU casts of host agree bit for bit; returns the CUDA output (mem_free). */
+static void *check_cast(enum dtype from, enum dtype to, const void *host, int64_t n) {
+    void *yc = run_cast(&cpu, from, to, host, n);
+    void *yg = run_cast(&gpu, from, to, host, n);
+    int64_t bad = 0, first = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (bits_at(yc, to, i) == bits_at(yg, to, i)) continue;
+        if (first < 0) first = i;
+        bad++;
+    }
+    printf("  cast %-4s -> %-4s %8lld values, %lld differ\n", dtype_name(from), dtype_name(to), (long long)n,
+           (long long)bad);
+    if (bad)
+        fail_msg("cast %s -> %s: %lld of %lld differ; first at %lld: input 0x%08x, cuda 0x%08x, cpu 0x%08x",
+                 dtype_name(from), dtype_name(to), (long long)bad, (long long)n, (long long)first,
+                 bits_in(host, from, first), bits_at(yg, to, first), bits_at(yc, to, first));
+    mem_free(yc);
+    return yg;
+}
+
+static float f32_of_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Known conversions, checked on the CUDA output alone (the CPU's have their own unit tests). */
+struct cast_known {
+    uint32_t f32;  /* input bits */
+    uint16_t f16;  /* expected F16 bits */
+    uint16_t bf16; /* expected BF16 bits */
+};
+
+static const struct cast_known CAST_KNOWN[] = {
+    {0x3f800000u, 0x3c00, 0x3f80}, /* 1 */
+    {0x80000000u, 0x8000, 0x8000}, /* -0 */
+    {0x3f801000u, 0x3c00, 0x3f80}, /* 1 + 2^-11: F16 tie -> even (down) */
+    {0x3f803000u, 0x3c02, 0x3f80}, /* 1 + 3 2^-11: F16 tie -> even (up) */
+    {0x3f808000u, 0x3c04, 0x3f80}, /* 1 + 2^-8: BF16 tie -> even (down) */
+    {0x3f818000u, 0x3c0c, 0x3f82}, /* 1 + 3 2^-8: BF16 tie -> even (up) */
+    {0x3f808001u, 0x3c04, 0x3f81}, /* just above the BF16 tie: up */
+    {0x477fe000u, 0x7bff, 0x4780}, /* 65504 = F16 max */
+    {0x477fefffu, 0x7bff, 0x4780}, /* just below 65520: F16 max */
+    {0x477ff000u, 0x7c00, 0x4780}, /* 65520: F16 overflows to inf (tie, odd max) */
+    {0xc77ff000u, 0xfc00, 0xc780}, /* -65520: -inf */
+    {0x7f7fffffu, 0x7c00, 0x7f80}, /* FLT_MAX: inf in both */
+    {0x7f800000u, 0x7c00, 0x7f80}, /* inf */
+    {0xff800000u, 0xfc00, 0xff80}, /* -inf */
+    {0x38800000u, 0x0400, 0x3880}, /* 2^-14: smallest normal F16 */
+    {0x38000000u, 0x0200, 0x3800}, /* 2^-15: F16 subnormal */
+    {0x33800000u, 0x0001, 0x3380}, /* 2^-24: smallest F16 subnormal */
+    {0x33000000u, 0x0000, 0x3300}, /* 2^-25: tie -> even (0) */
+    {0x33400000u, 0x0001, 0x3340}, /* 1.5 2^-25: up to 2^-24 */
+    {0xb3000000u, 0x8000, 0xb300}, /* -2^-25: -0 */
+    {0x000116c2u, 0x0000, 0x0001}, /* F32 subnormal (1e-40): F16 0, BF16 subnormal kept */
+    {0x00008000u, 0x0000, 0x0000}, /* F32 subnormal, BF16 tie -> even (0) */
+    {0x00018000u, 0x0000, 0x0002}, /* F32 subnormal, BF16 tie -> even (up) */
+    {0x7fc00000u, 0x7e00, 0x7fc0}, /* quiet NaN */
+    {0x7f800001u, 0x7e00, 0x7fc0}, /* signalling NaN: made quiet */
+    {0xffc12345u, 0xfe00, 0xffc1}, /* negative NaN with payload */
+};
+
+static void test_cast(void **state) {
+    GPU_OR_SKIP();
+    /* F32 -> F16 / BF16: the known values, every F16 and BF16 tie (each midpoint between two
+     * neighbours, and one F32 ulp either side), then random bit patterns (every class) */
+    int nk = (int)(sizeof CAST_KNOWN / sizeof CAST_KNOWN[0]);
+    int64_t n = nk + 2 * 3 * 0x7c00 + 2 * 3 * 0x7f80 + ((int64_t)1 << 20), at = 0;
+    uint32_t *x = mem_alloc((size_t)n * sizeof *x);
+    for (int i = 0; i < nk; i++) x[at++] = CAST_KNOWN[i].f32;
+    for (uint32_t sign = 0; sign < 2; sign++) {
+        for (uint32_t h = 0; h < 0x7c00; h++) { /* finite F16 h and its upper neighbour */
+            double mid = ((double)f16_to_f32((uint16_t)h) + (double)f16_to_f32((uint16_t)(h + 1))) / 2;
+            float f = (float)(sign ? -mid : mid); /* exact: 12 significant bits */
+            uint32_t u;
+            memcpy(&u, &f, sizeof u);
+            x[at++] = u;
+            x[at++] = u + 1;
+            x[at++] = u - 1;
+        }
+        for (uint32_t h = 0; h < 0x7f80; h++) { /* finite BF16 h and its upper neighbour */
+            uint32_t u = (sign << 31) | (h << 16) | 0x8000u;
+            x[at++] = u;
+            x[at++] = u + 1;
+            x[at++] = u - 1;
+        }
+    }
+    while (at < n) x[at++] = (uint32_t)(urand() * 4294967296.0);
+    uint16_t *y16 = check_cast(DTYPE_F32, DTYPE_F16, x, n);
+    uint16_t *yb = check_cast(DTYPE_F32, DTYPE_BF16, x, n);
+    for (int i = 0; i < nk; i++) {
+        if (y16[i] != CAST_KNOWN[i].f16 || yb[i] != CAST_KNOWN[i].bf16)
+            fail_msg("cast of F32 0x%08x (%.9g): cuda F16 0x%04x BF16 0x%04x, expected 0x%04x 0x%04x",
+                     CAST_KNOWN[i].f32, f32_of_bits(CAST_KNOWN[i].f32), y16[i], yb[i], CAST_KNOWN[i].f16,
+                     CAST_KNOWN[i].bf16);
+    }
+    mem_free(y16);
+    mem_free(yb);
+    mem_free(x);
+
+    /* F16 / BF16 -> F32, F16 <-> BF16: every bit pattern (subnormals, infinities, NaNs too) */
+    uint16_t *all = mem_alloc(65536 * sizeof *all);
+    for (uint32_t i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+    uint32_t *w16 = check_cast(DTYPE_F16, DTYPE_F32, all, 65536);
+    uint32_t *wb = check_cast(DTYPE_BF16, DTYPE_F32, all, 65536);
+    /* spot checks: smallest F16 subnormal, F16 max, BF16 subnormal, infinities, widening exact */
+    assert_int_equal(w16[0x0001], 0x33800000u);
+    assert_int_equal(w16[0x7bff], 0x477fe000u);
+    assert_int_equal(w16[0xfc00], 0xff800000u);
+    assert_int_equal(wb[0x0001], 0x00010000u);
+    assert_int_equal(wb[0x3f80], 0x3f800000u);
+    mem_free(w16);
+    mem_free(wb);
+    mem_free(check_cast(DTYPE_F16, DTYPE_BF16, all, 65536));
+    mem_free(check_cast(DTYPE_BF16, DTYPE_F16, all, 65536));
+    mem_free(all);
 }
 
 /* ===== Errors ===== */
@@ -422,7 +611,7 @@ int main(void) {
         cmocka_unit_test(test_elementwise),   cmocka_unit_test(test_linear),
         cmocka_unit_test(test_conv2d),        cmocka_unit_test(test_norms),
         cmocka_unit_test(test_attention),     cmocka_unit_test(test_layout),
-        cmocka_unit_test(test_sd_scale),
+        cmocka_unit_test(test_sd_scale),      cmocka_unit_test(test_cast),
         cmocka_unit_test(test_get_rows_bad_id), cmocka_unit_test(test_device_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
