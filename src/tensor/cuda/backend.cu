@@ -209,6 +209,23 @@ static void cuda_free(void *vctx) {
     mem_free(cb);
 }
 
+/* ===== Pinned host memory ===== */
+
+/* Page-locks host memory for every device (portable), so uploads from it run at DMA speed. */
+static int cuda_host_pin(void *ptr, size_t size) {
+    struct err e = {};
+    struct err *err = &e;
+    CUDA_TRY(cudaHostRegister(ptr, size, cudaHostRegisterPortable));
+    return 0;
+}
+
+static void cuda_host_unpin(void *ptr) {
+    if (cudaHostUnregister(ptr) != cudaSuccess) {
+        (void)cudaGetLastError();
+        log_warn("cuda backend: cudaHostUnregister failed");
+    }
+}
+
 /* C++17 has no designated initializers: the table is zeroed, then filled by field name, so
  * slots added to struct backend_i later start out NULL/false here (optional) until set. */
 static struct backend_i cuda_backend_table(void) {
@@ -223,6 +240,9 @@ static struct backend_i cuda_backend_table(void) {
     t.graph_run = cuda_graph_run;
     t.sync = cuda_sync;
     t.free = cuda_free;
+    t.host_buffers = false;
+    t.host_pin = cuda_host_pin;
+    t.host_unpin = cuda_host_unpin;
     return t;
 }
 
