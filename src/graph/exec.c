@@ -10,7 +10,9 @@
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
+#include "graph/engine.h"
 #include "graph/json.h"
+#include "tensor/warmup.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,6 +167,8 @@ static int run_node(struct exec_state *x, int idx) {
         .engine = x->o->engine,
         .interrupt = x->o->interrupt,
         .disable_metadata = x->o->disable_metadata,
+        .host = x->o->host,
+        .host_user = x->o->host_user,
         .exec__ = x,
     };
     struct err err = {0};
@@ -381,4 +385,12 @@ void exec_report_deinit(struct exec_report *rep) {
     json_decref(rep->executed);
     json_decref(rep->error.current_inputs);
     memset(rep, 0, sizeof *rep);
+}
+
+/* ===== Warm-up ===== */
+
+int exec_warmup(void *engine, struct err *err) {
+    struct engine *e = engine;
+    ASSERT(e && e->backend);
+    return backend_warmup(e->backend, err);
 }

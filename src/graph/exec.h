@@ -65,6 +65,45 @@ struct exec_cache_i {
  * text (mem_free it). */
 char *exec_signature(const struct graph_prompt *p, int node);
 
+/* ===== Host interface (optional) =====
+ * What a node may ask of the program that runs the executor, beyond its own engine: the
+ * scheduler implements it (graph/ never includes sched/); without a host (kiln run, unit
+ * tests) the nodes that use it act on their own engine only. Functions run on the calling
+ * (worker) thread and may block for a bounded time. `user` is exec_opts.host_user. */
+
+enum node_host_clean_state {
+    NODE_HOST_CLEAN_DONE,                /* the device cleaned up; freed figures are valid */
+    NODE_HOST_CLEAN_QUEUED,              /* busy with a prompt: queued after its current prompt */
+    NODE_HOST_CLEAN_TIMEOUT,             /* idle but not done within the wait (still queued) */
+    NODE_HOST_CLEAN_DOWN,                /* the device's worker is not running (failed to open) */
+};
+
+/* One other device's clean-up, as GPUMemoryCleanup reports it. */
+struct node_host_clean {
+    int device;                          /* the scheduler's device index */
+    int cuda_index;                      /* CUDA ordinal, -1 for a CPU device */
+    enum node_host_clean_state state;
+    uint64_t freed;                      /* bytes freed on the device (DONE): the monitor's free
+                                            memory after minus before when measured, else own_freed */
+    uint64_t own_freed;                  /* bytes of kiln's scratch and weights given back (DONE) */
+    bool measured;                       /* freed comes from the monitor's figures */
+};
+
+struct node_host_i {
+    /* Makes reservation settings the device's own until changed again (or a restart) for the
+     * GPU with CUDA ordinal cuda_index: mode is an enum vram_mode, sizes are GB. The device's
+     * worker uses them from its next prompt on. Returns 0, or STATUS_ERR_RANGE with err filled
+     * when no device of the host is that GPU. */
+    int (*set_reserve)(void *user, int cuda_index, int mode, double reserved_gb, double min_safe_gb,
+                       struct err *err);
+    /* Cleans every device but the caller's as POST /free does: the activation scratch is given
+     * back and, when aggressive, the models no value holds are unloaded. A busy device does it
+     * after its current prompt; idle ones are waited for up to wait_ms. Fills out[0..max) in
+     * device order and returns how many entries it wrote. Never waits for a busy device, so
+     * two prompts cleaning at once on two devices do not wait for each other. */
+    int (*cleanup)(void *user, bool aggressive, int wait_ms, struct node_host_clean *out, int max);
+};
+
 struct exec_opts {
     const struct graph_paths *paths;     /* folders (required) */
     const json_t *extra_data;            /* the prompt's extra_data (extra_pnginfo), or NULL */
@@ -74,6 +113,8 @@ struct exec_opts {
     bool disable_metadata;               /* --disable-metadata */
     const struct exec_events *events;    /* may be NULL */
     const struct exec_cache_i *cache;    /* may be NULL */
+    const struct node_host_i *host;      /* handed to nodes as node_run.host; may be NULL */
+    void *host_user;                     /* handed to nodes as node_run.host_user */
 };
 
 struct exec_report {
@@ -89,5 +130,11 @@ struct exec_report {
 int exec_run(const struct graph_prompt *p, const struct exec_opts *opts, struct exec_report *rep);
 
 void exec_report_deinit(struct exec_report *rep);
+
+/* Warms up the backend of `engine` (a struct engine *) before its first prompt: one tiny graph
+ * of every op kind (tensor/warmup.h), so kernels are loaded and libraries initialised at
+ * start-up. For callers that may not include tensor/ (sched/). Worker thread of the engine.
+ * Returns 0, or a negative status with err filled; the engine stays usable either way. */
+int exec_warmup(void *engine, struct err *err);
 
 #endif

@@ -152,6 +152,7 @@ struct node_output {
 /* ===== Run context ===== */
 
 struct node_run;
+struct node_host_i; /* graph/exec.h: what the program running the executor offers nodes */
 
 /* One node class (a ComfyUI class_type). All arrays end with their *_END sentinel; any may be
  * NULL for "none". */
@@ -189,6 +190,8 @@ struct node_run {
     const atomic_bool *interrupt;        /* set from another thread to stop the prompt; may be NULL */
     bool disable_metadata;               /* --disable-metadata: SaveImage writes no text chunks */
     const char *exception_type;          /* set by node_set_exception_type; NULL = from status */
+    const struct node_host_i *host;      /* the host's services (graph/exec.h), or NULL */
+    void *host_user;                     /* passed back to host's functions */
     void *exec__;                        /* executor-private (progress forwarding) */
 };
 

@@ -14,6 +14,7 @@
 
 struct engine;
 struct graph_cache;
+struct node_host_i;
 struct vram_monitor;
 
 /* ===== One queued or running prompt ===== */
@@ -59,6 +60,14 @@ struct sched_metrics {
 
 /* ===== A device: queue, worker, engine ===== */
 
+/* What one clean-up asked by another device's GPUMemoryCleanup freed (sched/host.c). */
+struct sched_clean {
+    uint64_t freed;                      /* bytes: the monitor's free memory after - before when
+                                            measured, else own_freed */
+    uint64_t own_freed;                  /* bytes of the engine's scratch and weights given back */
+    bool measured;                       /* freed comes from the monitor */
+};
+
 struct sched_device {
     struct sched *s;                     /* back pointer */
     int index;                           /* position in the list (X-TARGET-GPU value) */
@@ -72,8 +81,10 @@ struct sched_device {
     int init_rc;                         /* mu: 0, or why the worker could not open the device */
     struct err init_err;                 /* mu: its message */
     struct graph_cache *cache;           /* worker: node outputs between prompts */
-    struct vram_budget budget;           /* worker: GPUs' reservation settings and last figures
-                                            (smart mode with the defaults until changed) */
+    struct vram_budget budget;           /* mu: reservation settings (mode, reserved_gb,
+                                            min_safe_reserve_gb; smart mode with the defaults
+                                            until GPUMemoryReserve changes them); the worker
+                                            fills a copy's figures before each prompt */
     pthread_t thread;
     bool started;                        /* thread created (joined in sched_free) */
     pthread_cond_t wake;                 /* with mu: a prompt was queued, /free or stop */
@@ -84,6 +95,10 @@ struct sched_device {
     atomic_bool interrupt;               /* any thread sets; the worker clears at prompt start */
     bool flag_unload;                    /* mu: /free unload_models pending */
     bool flag_free;                      /* mu: /free free_memory pending */
+    uint64_t clean_req;                  /* mu: GPUMemoryCleanup requests from other devices so far */
+    uint64_t clean_done;                 /* mu: the last request served (== clean_req: none pending) */
+    bool clean_aggressive;               /* mu: a pending request also unloads unused models */
+    struct sched_clean clean_result;     /* mu: what the last served request freed */
     char **ckpts;                        /* mu: checkpoint paths the engine holds (snapshot) */
     int n_ckpts;                         /* mu */
     struct sched_metrics m;              /* mu */
@@ -99,6 +114,8 @@ struct sched {
     struct sched_device dev[SCHED_MAX_DEVICES];
     int n_dev;
     pthread_cond_t ready;                /* with mu: a GPU worker opened its device (or failed) */
+    pthread_cond_t cleaned;              /* with mu (CLOCK_MONOTONIC): a device served a clean-up
+                                            request (clean_done moved), or stopping */
     struct vram_monitor *vram;           /* GPU names and memory; NULL without GPU devices */
     json_t *ids;                         /* mu: {prompt_id: device} of queued and running prompts */
     json_t *history;                     /* mu: {prompt_id: entry}, completion order */
@@ -136,6 +153,18 @@ void sched__history_put(struct sched *s, const char *prompt_id, json_t *entry);
 /* The worker thread's body (worker.c). */
 void *sched__worker_main(void *device);
 
+/* ===== Host interface for nodes (host.c) ===== */
+
+/* The node_host_i (graph/exec.h) that workers hand to the executor, with their own struct
+ * sched_device as the user pointer: GPUMemoryReserve stores another GPU's settings through it,
+ * GPUMemoryCleanup asks the other devices to clean up. */
+extern const struct node_host_i sched__host;
+
+/* Serves a pending clean-up request of device d (clean_req != clean_done): gives back the
+ * scratch and, when asked, unloads unused models, then publishes what was freed and wakes the
+ * waiters. Worker thread of d; caller holds mu (released while cleaning). */
+void sched__worker_clean(struct sched *s, struct sched_device *d);
+
 /* ===== Devices (device.c) ===== */
 
 /* "cuda:<ordinal> <name from NVML or the CUDA driver>" into name[n], and the device's memory. */
@@ -155,5 +184,7 @@ void sched__uuid4(char out[37]);
 /* Replaces device d's snapshot of loaded checkpoint paths (what routing prefers), as the worker
  * does after each prompt. Takes mu. */
 void sched__device_set_checkpoints(struct sched *s, int d, const char *const *paths, int n);
+/* A copy of device d's reservation settings (mode, reserved_gb, min_safe_reserve_gb). Takes mu. */
+void sched__device_budget(struct sched *s, int d, struct vram_budget *out);
 
 #endif

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* extra_data keys never shown in /queue or /history (ComfyUI's SENSITIVE_EXTRA_DATA_KEYS) */
@@ -114,6 +115,7 @@ static struct sched_device *device_add(struct sched *s, enum sched_device_kind k
     atomic_init(&d->interrupt, false);
     pthread_cond_init(&d->wake, NULL);
     d->cache = graph_cache_new();
+    vram_budget_init(&d->budget, 0); /* the settings' defaults; figures come before each prompt */
     s->n_dev++;
     return d;
 }
@@ -135,6 +137,11 @@ struct sched *sched_new(const struct sched_opts *opts, struct err *err) {
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->emit_mu, NULL);
     pthread_cond_init(&s->ready, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cleaned, &attr);
+    pthread_condattr_destroy(&attr);
     s->ids = json_object();
     s->history = json_object();
     s->t_start = clock_now();
@@ -209,6 +216,7 @@ void sched_free(struct sched *s) {
         if (s->dev[i].running) atomic_store(&s->dev[i].interrupt, true);
         pthread_cond_broadcast(&s->dev[i].wake);
     }
+    pthread_cond_broadcast(&s->cleaned); /* a GPUMemoryCleanup waiting for others stops waiting */
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < s->n_dev; i++)
         if (s->dev[i].started) pthread_join(s->dev[i].thread, NULL);
@@ -217,6 +225,7 @@ void sched_free(struct sched *s) {
     json_decref(s->history);
     vram_monitor_free(s->vram);
     pthread_cond_destroy(&s->ready);
+    pthread_cond_destroy(&s->cleaned);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->emit_mu);
     mem_free(s);
@@ -554,4 +563,11 @@ void sched__device_set_checkpoints(struct sched *s, int d, const char *const *pa
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < n_old; i++) mem_free(old[i]);
     mem_free(old);
+}
+
+void sched__device_budget(struct sched *s, int d, struct vram_budget *out) {
+    ASSERT(d >= 0 && d < s->n_dev);
+    pthread_mutex_lock(&s->mu);
+    *out = s->dev[d].budget;
+    pthread_mutex_unlock(&s->mu);
 }

@@ -25,7 +25,14 @@
  * CACHE. Each device keeps node outputs between prompts (graph/cache.h, ComfyUI's classic
  * mode): an identical resubmission runs nothing and re-reports the old UI; LoadImage's key
  * includes a hash of its file. /free free_memory empties it; a prompt that fails for lack of
- * memory (device or host) also empties it and unloads unused checkpoints. */
+ * memory (device or host) also empties it and unloads unused checkpoints.
+ *
+ * GPU MEMORY NODES. Workers give the executor a host interface (graph/exec.h node_host_i,
+ * sched/host.c): GPUMemoryReserve stores a GPU's reservation settings (kept until changed or a
+ * restart; that GPU's worker budgets from them before each prompt), and GPUMemoryCleanup
+ * clear_all_gpus asks every other device to clean up as /free does (idle ones at once, waited
+ * for up to 5 s; busy ones after their current prompt). A GPU worker also warms its device up
+ * (one tiny graph of every op kind) right after opening it. */
 #ifndef KILN_SCHED_H
 #define KILN_SCHED_H
 

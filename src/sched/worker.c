@@ -1,6 +1,7 @@
 /* sched/worker.c -- one thread per device: pops the device's own heap, runs the prompt on the
  * device's engine with its output cache, turns executor callbacks into ComfyUI's WebSocket
- * events, writes the history entry, acts on /free.
+ * events, writes the history entry, acts on /free and on other devices' GPUMemoryCleanup
+ * requests (host.c), and warms a GPU up once its engine exists.
  * Owns: the running item while it runs, the device's engine and cache (only this thread
  * touches them once started).
  * Must not: touch sockets (events leave through the sink) or another device's queue.
@@ -185,23 +186,25 @@ static void snapshot_checkpoints(struct sched *s, struct sched_device *d) {
     mem_free(old);
 }
 
-/* POST /free on this device (and out-of-memory recovery, `why` says which): unload_models drops
- * what holds checkpoints, then unloads them; free_memory drops the whole output cache first
- * (ComfyUI's PromptExecutor.reset) and gives the activation scratch back. */
-static void free_memory(struct sched *s, struct sched_device *d, bool unload, bool free_all, const char *why) {
+/* POST /free on this device (and out-of-memory recovery or another device's GPUMemoryCleanup,
+ * `why` says which): unload_models drops what holds checkpoints, then unloads them; free_memory
+ * drops the whole output cache first (ComfyUI's PromptExecutor.reset) and gives the activation
+ * scratch back; `scratch` gives the scratch back alone. */
+static void free_memory(struct sched *s, struct sched_device *d, bool unload, bool free_all, bool scratch,
+                        const char *why) {
     int before = graph_cache_count(d->cache);
     if (free_all) graph_cache_clear(d->cache);
     if (unload || free_all) {
         graph_cache_drop_types(d->cache, CHECKPOINT_TYPES);
         if (d->engine) engine_unload_unused(d->engine);
     }
-    if (free_all && d->engine) engine_release_scratch(d->engine);
+    if ((free_all || scratch) && d->engine) engine_release_scratch(d->engine);
     snapshot_checkpoints(s, d);
     pthread_mutex_lock(&s->mu);
     d->m.cache_entries = graph_cache_count(d->cache);
     pthread_mutex_unlock(&s->mu);
-    log_info("[%s %d] %s: unload_models=%d free_memory=%d, %d cached outputs dropped", kind_label(d), d->index, why,
-             unload || free_all, free_all, before - graph_cache_count(d->cache));
+    log_info("[%s %d] %s: unload_models=%d free_memory=%d scratch=%d, %d cached outputs dropped", kind_label(d),
+             d->index, why, unload || free_all, free_all, free_all || scratch, before - graph_cache_count(d->cache));
 }
 
 /* ===== VRAM budget ===== */
@@ -213,10 +216,41 @@ static void update_budget(struct sched *s, struct sched_device *d) {
     if (d->kind != SCHED_DEVICE_CUDA || !d->engine || !s->vram || !d->mem_total) return;
     uint64_t free = sched__gpu_mem_free(s->vram, d->cuda_ordinal);
     if (!free) return;
+    pthread_mutex_lock(&s->mu); /* the settings: GPUMemoryReserve on any device may change them */
+    struct vram_budget b = d->budget;
+    pthread_mutex_unlock(&s->mu);
     uint64_t used = d->mem_total > free ? d->mem_total - free : 0, own = engine_weight_bytes(d->engine);
-    d->budget.total = d->mem_total;
-    d->budget.used = used > own ? used - own : 0;
-    engine_set_budget(d->engine, vram_budget_bytes(&d->budget));
+    b.total = d->mem_total;
+    b.used = used > own ? used - own : 0;
+    engine_set_budget(d->engine, vram_budget_bytes(&b));
+}
+
+/* ===== Clean-up asked by another device (GPUMemoryCleanup clear_all_gpus) ===== */
+
+/* kiln's own bytes on the device: the activation scratch and the resident weights. */
+static uint64_t own_bytes(const struct sched_device *d) {
+    return d->engine ? d->engine->scratch.size + engine_weight_bytes(d->engine) : 0;
+}
+
+void sched__worker_clean(struct sched *s, struct sched_device *d) {
+    uint64_t req = d->clean_req;
+    bool aggressive = d->clean_aggressive;
+    d->clean_aggressive = false;
+    pthread_mutex_unlock(&s->mu);
+    bool gpu = d->kind == SCHED_DEVICE_CUDA && s->vram;
+    uint64_t own_before = own_bytes(d), free_before = gpu ? sched__gpu_mem_free(s->vram, d->cuda_ordinal) : 0;
+    free_memory(s, d, aggressive, false, true, aggressive ? "GPUMemoryCleanup (aggressive) from another device"
+                                                          : "GPUMemoryCleanup from another device");
+    uint64_t own_after = own_bytes(d), free_after = gpu ? sched__gpu_mem_free(s->vram, d->cuda_ordinal) : 0;
+    struct sched_clean res = {.own_freed = own_before > own_after ? own_before - own_after : 0};
+    res.measured = free_before && free_after;
+    res.freed = res.measured ? (free_after > free_before ? free_after - free_before : 0) : res.own_freed;
+    log_info("[%s %d] GPUMemoryCleanup from another device: freed %.2f MB (kiln's own %.2f MB)", kind_label(d),
+             d->index, (double)res.freed / (1 << 20), (double)res.own_freed / (1 << 20));
+    pthread_mutex_lock(&s->mu);
+    d->clean_result = res;
+    d->clean_done = req;
+    pthread_cond_broadcast(&s->cleaned);
 }
 
 /* ===== Running one prompt ===== */
@@ -252,6 +286,8 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
         .disable_metadata = s->opts.disable_metadata,
         .events = &events,
         .cache = graph_cache_hook(d->cache),
+        .host = &sched__host,
+        .host_user = d,
     };
     struct exec_report rep;
     exec_run(it->prompt, &opts, &rep);
@@ -264,7 +300,7 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
         json_decref(r.error);
         r.error = NULL;
         exec_report_deinit(&rep);
-        free_memory(s, d, true, true, "out-of-memory recovery");
+        free_memory(s, d, true, true, true, "out-of-memory recovery");
         update_budget(s, d); /* the freed memory counts again */
         pthread_mutex_lock(&s->mu);
         d->m.oom_retries++;
@@ -314,7 +350,7 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
     if (oom) { /* give the next prompt every byte back: cached outputs and unused checkpoints */
         log_warn("[%s %d] out of memory in prompt %s again after the retry, clearing the cache", kind_label(d), d->index,
                  it->prompt_id);
-        free_memory(s, d, true, true, "out of memory");
+        free_memory(s, d, true, true, true, "out of memory");
     }
 
     if (s->opts.metrics_log_every > 0 && ++d->since_log >= (uint64_t)s->opts.metrics_log_every) {
@@ -348,15 +384,26 @@ void *sched__worker_main(void *arg) {
         }
         log_info("[%s %d] CUDA device %d opened in %.2f s", kind_label(d), d->index, d->cuda_ordinal,
                  clock_now() - t0);
-        vram_budget_init(&d->budget, d->mem_total);
+        /* load the kernels and initialise cuBLAS now rather than in the first prompt */
+        t0 = clock_now();
+        struct err werr = {0};
+        if (exec_warmup(e, &werr) == 0)
+            log_info("[%s %d] warm-up done in %.2f s", kind_label(d), d->index, clock_now() - t0);
+        else
+            log_warn("[%s %d] warm-up failed after %.2f s (the device still serves): %s", kind_label(d), d->index,
+                     clock_now() - t0, werr.msg);
     }
     pthread_mutex_lock(&s->mu);
     while (!s->stopping) {
+        if (d->clean_req != d->clean_done) { /* another device's GPUMemoryCleanup */
+            sched__worker_clean(s, d);
+            continue;
+        }
         if (d->flag_unload || d->flag_free) {
             bool unload = d->flag_unload, all = d->flag_free;
             d->flag_unload = d->flag_free = false;
             pthread_mutex_unlock(&s->mu);
-            free_memory(s, d, unload, all, "/free");
+            free_memory(s, d, unload, all, all, "/free");
             pthread_mutex_lock(&s->mu);
             continue;
         }
@@ -367,7 +414,7 @@ void *sched__worker_main(void *arg) {
         /* dequeue as a reported change: emit_mu comes before mu, so let go and retake */
         pthread_mutex_unlock(&s->mu);
         sched__change_begin(s);
-        if (s->stopping || d->flag_unload || d->flag_free || d->n_heap == 0) {
+        if (s->stopping || d->flag_unload || d->flag_free || d->clean_req != d->clean_done || d->n_heap == 0) {
             pthread_mutex_unlock(&s->emit_mu); /* keeps mu for the loop */
             continue;
         }

@@ -3,22 +3,28 @@
  * GPUMemoryCleanup (scratch and unused models). Each returns a text report (STRING output, the
  * history's ui {"text": [report]} and the log).
  * Owns: a vram_monitor for the length of one run (opened and closed by each node).
- * Must not: act on another worker's engine: a node only sees the engine of the device that
- * runs it (ctx->engine). Settings for another GPU are computed and reported, not applied.
+ * Must not: touch another worker's engine: a node only acts on ctx->engine directly; other
+ * devices are reached through the host interface (ctx->host, graph/exec.h), which sched/
+ * implements by handing the work to their own workers.
  * Threads: the worker executing the prompt.
  *
- * BEHAVIOUR ON DEVICES. gpu_index is a CUDA ordinal. The reserve is applied
- * (engine_set_budget(total - reserve)) only when the node runs on the worker of that GPU, for
- * the rest of the prompt (sched's worker recomputes the budget before each prompt);
- * otherwise (another GPU, or the CPU device) the report gives the figures and says that
- * nothing was applied and how to pin the prompt. An invalid gpu_index falls back to GPU 0 with
- * a warning line. Without GPUs (CPU-only machine, no NVML/driver) every node still succeeds
- * and its report says "no GPU". Cleanup acts on this worker's device only; clear_all_gpus
- * cannot reach the engines of other workers and the report says so. */
+ * BEHAVIOUR ON DEVICES. gpu_index is a CUDA ordinal; an invalid one falls back to GPU 0 with a
+ * warning line. Without GPUs (CPU-only machine, no NVML/driver) every node still succeeds and
+ * its report says "no GPU".
+ * Reserve: with a host (kiln serve), the settings (mode, reserved, min_safe_reserve) become
+ * the GPU's own until changed again or a restart, whichever device runs the node; that GPU's
+ * worker computes its budget from them before each prompt. When the node runs on that GPU the
+ * budget is also applied at once, for the rest of this prompt. Without a host (kiln run, unit
+ * tests) only the running device's budget is set, for the rest of the prompt.
+ * Cleanup: this worker's device is cleaned at once. With clear_all_gpus and a host, every other
+ * device cleans up as POST /free does (idle ones at once and reported with what they freed,
+ * waiting CLEANUP_WAIT_MS at most; busy ones after their current prompt, and the report says
+ * so). Without a host, clear_all_gpus cannot reach other devices and the report says so. */
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
 #include "graph/engine.h"
+#include "graph/exec.h"
 #include "graph/registry.h"
 #include "vram/budget.h"
 #include "vram/monitor.h"
@@ -198,8 +204,19 @@ static int run_reserve(struct node_run *ctx, const struct value *in, struct valu
     if (in[5].b) rep_gpu_info(&r, &g);
     rep_line(&r, "Reserved: %.2f GB of %.2f GB (min safe %.2f GB)", gb(reserve), gb(g.mem_total), in[3].f);
     rep_line(&r, "Budget for kiln's models: %.2f GB", gb(budget));
-    if (mine) {
-        engine_set_budget(e, budget);
+    if (mine) engine_set_budget(e, budget);
+    if (ctx->host && ctx->host->set_reserve) {
+        struct err herr = {0};
+        if (ctx->host->set_reserve(ctx->host_user, idx, (int)mode, in[0].f, in[3].f, &herr) == 0) {
+            rep_line(&r, "✓ Applied to GPU %d%s: %s mode, reserved %.2f GB, min safe %.2f GB, kept for the "
+                         "following prompts until changed (or a restart)",
+                     idx, mine ? " (this worker's device, at once)" : " (from its next prompt on)",
+                     vram_mode_name(mode), in[0].f, in[3].f);
+        } else {
+            rep_line(&r, "Not applied to GPU %d: %s", idx, herr.msg);
+            if (mine) rep_line(&r, "✓ Budget applied to GPU %d for the rest of this prompt", idx);
+        }
+    } else if (mine) {
         rep_line(&r, "✓ Budget applied to GPU %d (this worker's device)", idx);
     } else if (e && e->cuda_index >= 0) {
         rep_line(&r, "Not applied: this prompt runs on GPU %d; pin it to GPU %d to apply the setting there",
@@ -215,7 +232,7 @@ const struct node_class NODE_GPUMemoryReserve = {
     .display_name = "GPU Memory Reserve",
     .category = "utils/gpu",
     .description = "Reserves GPU memory for others (manual, auto or smart) and sets the budget of kiln's models "
-                   "on the GPU that runs the prompt.",
+                   "on the GPU named by gpu_index, for the following prompts too.",
     .output_node = true,
     .not_idempotent = true,
     .required = reserve_inputs,
@@ -269,13 +286,21 @@ static const char *const unit_options[] = {"GB", "MB", NULL};
 
 static const struct node_input cleanup_inputs[] = {
     {.name = "clear_all_gpus", .kind = NODE_INPUT_BOOLEAN, .flags = NODE_IN_DEFAULT, .bool_default = false,
-     .tooltip = "Every GPU; kiln can only clean the device running the prompt (each GPU's worker owns it)."},
+     .tooltip = "Every GPU: the others clean up as POST /free does (a busy one after its current prompt)."},
     {.name = "aggressive", .kind = NODE_INPUT_BOOLEAN, .flags = NODE_IN_DEFAULT, .bool_default = false,
      .tooltip = "Also unload the models no workflow value references."},
     {.name = "unit", .kind = NODE_INPUT_COMBO, .flags = NODE_IN_DEFAULT, .options = unit_options,
      .combo_default = "GB", .tooltip = "Unit of the amounts in the report."},
     NODE_INPUTS_END,
 };
+
+#define CLEANUP_WAIT_MS 5000 /* how long clear_all_gpus waits for idle devices, in ms */
+
+/* The label of another device in the report: "GPU 1" or "CPU device 2". */
+static void device_label(const struct node_host_clean *c, char *buf, size_t n) {
+    if (c->cuda_index >= 0) snprintf(buf, n, "GPU %d", c->cuda_index);
+    else snprintf(buf, n, "CPU device %d", c->device);
+}
 
 static int run_cleanup(struct node_run *ctx, const struct value *in, struct value *out, struct err *err) {
     struct engine *e = ctx->engine;
@@ -312,10 +337,46 @@ static int run_cleanup(struct node_run *ctx, const struct value *in, struct valu
                  (double)own_freed / div, unit);
     else if (e)
         rep_line(&r, "CPU device (no GPU runs this prompt): freed %.2f%s of kiln's memory", (double)freed / div, unit);
-    rep_line(&r, "Total freed: %.2f%s", (double)freed / div, unit);
-    if (all)
+    uint64_t total = freed;
+    int queued = 0;
+    if (all && ctx->host && ctx->host->cleanup) {
+        struct node_host_clean others[64];
+        int n = ctx->host->cleanup(ctx->host_user, aggressive, CLEANUP_WAIT_MS, others,
+                                   (int)(sizeof others / sizeof others[0]));
+        for (int i = 0; i < n; i++) {
+            const struct node_host_clean *c = &others[i];
+            char label[48];
+            device_label(c, label, sizeof label);
+            switch (c->state) {
+            case NODE_HOST_CLEAN_DONE:
+                total += c->freed;
+                if (c->cuda_index >= 0)
+                    rep_line(&r, "%s: freed %.2f%s%s (kiln's scratch and models: %.2f%s)", label,
+                             (double)c->freed / div, unit, c->measured ? "" : " (by kiln's counts: no monitor figures)",
+                             (double)c->own_freed / div, unit);
+                else
+                    rep_line(&r, "%s: freed %.2f%s of kiln's memory", label, (double)c->freed / div, unit);
+                break;
+            case NODE_HOST_CLEAN_QUEUED:
+                queued++;
+                rep_line(&r, "%s: queued after its current prompt (not counted)", label);
+                break;
+            case NODE_HOST_CLEAN_TIMEOUT:
+                queued++;
+                rep_line(&r, "%s: not done within %d s; it cleans up before its next prompt (not counted)", label,
+                         CLEANUP_WAIT_MS / 1000);
+                break;
+            case NODE_HOST_CLEAN_DOWN:
+                rep_line(&r, "%s: not running (the device could not be opened)", label);
+                break;
+            }
+        }
+        if (n == 0) rep_line(&r, "clear_all_gpus: no other device");
+    }
+    rep_line(&r, "Total freed: %.2f%s%s", (double)total / div, unit, queued ? " (queued devices not counted)" : "");
+    if (all && !(ctx->host && ctx->host->cleanup))
         rep_line(&r, "clear_all_gpus: only this worker's device was cleaned; other GPUs' memory belongs to their "
-                     "own workers (run the node on each GPU)");
+                     "own workers (run the node on each GPU, or under kiln serve)");
     if (aggressive)
         rep_line(&r, "Aggressive cleanup done (unused models unloaded)");
     rep_line(&r, "✓ Cleanup done");
@@ -326,8 +387,8 @@ const struct node_class NODE_GPUMemoryCleanup = {
     .name = "GPUMemoryCleanup",
     .display_name = "GPU Memory Cleanup",
     .category = "utils/gpu",
-    .description = "Releases kiln's activation memory on the device running the prompt (aggressive: also unloads "
-                   "unused models) and reports what was freed.",
+    .description = "Releases kiln's activation memory on the device running the prompt, or on every device "
+                   "(clear_all_gpus; aggressive: also unloads unused models) and reports what was freed.",
     .output_node = true,
     .not_idempotent = true,
     .required = cleanup_inputs,

@@ -1,6 +1,8 @@
 /* tests/unit/graph/test_vram_nodes.c -- GPUMemoryReserve, GPUMemoryMonitor, GPUMemoryCleanup
  * (graph/nodes/vram.c) on a CPU engine with NVML and the CUDA driver made absent: reports with
- * "no GPU", success, cleanup releasing the scratch, and the reserve math on given figures. */
+ * "no GPU", success, cleanup releasing the scratch, the reserve math on given figures, and
+ * clear_all_gpus through a fake host (graph/exec.h node_host_i): every other device's line and
+ * the total. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +12,7 @@
 #include "base/mem.h"
 #include "base/status.h"
 #include "graph/engine.h"
+#include "graph/exec.h"
 #include "graph/registry.h"
 #include "vram/budget.h"
 #include "vram/monitor.h"
@@ -29,14 +32,16 @@ static const struct vram_monitor_opts no_libs = {
 
 /* Runs class `name` with inputs in[] on engine e; returns the status, the report in *report
  * (owned) and checks the ui {"text": [report]}. */
-static int run_node(const char *name, struct engine *e, const struct value *in, char **report, struct err *err) {
+static int run_node_host(const char *name, struct engine *e, const struct value *in, const struct node_host_i *host,
+                         void *host_user, char **report, struct err *err) {
     const struct node_class *cls = graph_class_find(name);
     assert_non_null(cls);
     assert_true(cls->output_node);
     assert_int_equal(node_class_n_outputs(cls), 1);
     assert_string_equal(cls->outputs[0].type, "STRING");
     struct graph_paths paths = {"/tmp", "/tmp", "/tmp", "/tmp"};
-    struct node_run ctx = {.node_id = "7", .cls = cls, .paths = &paths, .ui = json_object(), .engine = e};
+    struct node_run ctx = {.node_id = "7", .cls = cls, .paths = &paths, .ui = json_object(), .engine = e,
+                           .host = host, .host_user = host_user};
     struct value out[1] = {{.kind = VALUE_NONE}};
     int rc = cls->run(&ctx, in, out, err);
     *report = NULL;
@@ -50,6 +55,10 @@ static int run_node(const char *name, struct engine *e, const struct value *in, 
     value_deinit(&out[0]);
     json_decref(ctx.ui);
     return rc;
+}
+
+static int run_node(const char *name, struct engine *e, const struct value *in, char **report, struct err *err) {
+    return run_node_host(name, e, in, NULL, NULL, report, err);
 }
 
 static struct engine *cpu_engine(void) {
@@ -150,6 +159,81 @@ static void test_cleanup_releases_scratch(void **state) {
     engine_free(e);
 }
 
+/* A fake host: records the clean-up call and answers with given entries. */
+struct fake_host {
+    int calls;
+    bool aggressive;
+    int wait_ms;
+    struct node_host_clean out[8];
+    int n;
+};
+
+static int fake_cleanup(void *user, bool aggressive, int wait_ms, struct node_host_clean *out, int max) {
+    struct fake_host *h = user;
+    h->calls++;
+    h->aggressive = aggressive;
+    h->wait_ms = wait_ms;
+    int n = h->n < max ? h->n : max;
+    memcpy(out, h->out, (size_t)n * sizeof *out);
+    return n;
+}
+
+static const struct node_host_i FAKE_HOST = {.cleanup = fake_cleanup};
+
+static void test_cleanup_all_devices(void **state) {
+    (void)state;
+    const uint64_t MiB = (uint64_t)1 << 20;
+    struct engine *e = cpu_engine();
+    struct fake_host h = {
+        .out = {{.device = 0, .cuda_index = 0, .state = NODE_HOST_CLEAN_DONE, .freed = 1024 * MiB,
+                 .own_freed = 700 * MiB, .measured = true},
+                {.device = 1, .cuda_index = 1, .state = NODE_HOST_CLEAN_QUEUED},
+                {.device = 2, .cuda_index = 3, .state = NODE_HOST_CLEAN_DONE, .freed = 300 * MiB, .own_freed = 300 * MiB},
+                {.device = 3, .cuda_index = 4, .state = NODE_HOST_CLEAN_TIMEOUT},
+                {.device = 4, .cuda_index = 5, .state = NODE_HOST_CLEAN_DOWN},
+                {.device = 6, .cuda_index = -1, .state = NODE_HOST_CLEAN_DONE, .freed = 24 * MiB, .own_freed = 24 * MiB}},
+        .n = 6,
+    };
+    struct value in[3] = {{.kind = VALUE_BOOL, .b = true}, {.kind = VALUE_BOOL, .b = true},
+                          {.kind = VALUE_STRING, .s = "MB"}};
+    struct err err = {0};
+    char *rep;
+    assert_int_equal(run_node_host("GPUMemoryCleanup", e, in, &FAKE_HOST, &h, &rep, &err), 0);
+    assert_int_equal(h.calls, 1);
+    assert_true(h.aggressive);
+    assert_int_equal(h.wait_ms, 5000);
+    const char *want[] = {
+        "GPU 0: freed 1024.00MB (kiln's scratch and models: 700.00MB)",
+        "GPU 1: queued after its current prompt",
+        "GPU 3: freed 300.00MB (by kiln's counts: no monitor figures)",
+        "GPU 4: not done within 5 s",
+        "GPU 5: not running",
+        "CPU device 6: freed 24.00MB of kiln's memory",
+        "Total freed: 1348.00MB (queued devices not counted)", /* this CPU engine freed 0 */
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(rep, want[i])) fail_msg("no '%s' in:\n%s", want[i], rep);
+    assert_null(strstr(rep, "only this worker's device"));
+    mem_free(rep);
+
+    /* without clear_all_gpus the host is not asked */
+    in[0].b = false;
+    assert_int_equal(run_node_host("GPUMemoryCleanup", e, in, &FAKE_HOST, &h, &rep, &err), 0);
+    assert_int_equal(h.calls, 1);
+    assert_null(strstr(rep, "GPU 0:"));
+    mem_free(rep);
+
+    /* a host with no other device */
+    in[0].b = true, h.n = 0, in[1].b = false;
+    assert_int_equal(run_node_host("GPUMemoryCleanup", e, in, &FAKE_HOST, &h, &rep, &err), 0);
+    assert_int_equal(h.calls, 2);
+    assert_false(h.aggressive);
+    assert_non_null(strstr(rep, "clear_all_gpus: no other device"));
+    assert_non_null(strstr(rep, "Total freed: 0.00MB\n"));
+    mem_free(rep);
+    engine_free(e);
+}
+
 static void test_reserve_math(void **state) {
     (void)state;
     const uint64_t G = (uint64_t)1 << 30;
@@ -192,6 +276,7 @@ int main(void) {
         cmocka_unit_test(test_classes_declared),      cmocka_unit_test(test_monitor_no_gpu),
         cmocka_unit_test(test_reserve_no_gpu),        cmocka_unit_test(test_cleanup_releases_scratch),
         cmocka_unit_test(test_reserve_math),          cmocka_unit_test(test_gpu_index_fallback),
+        cmocka_unit_test(test_cleanup_all_devices),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
