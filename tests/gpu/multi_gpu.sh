@@ -18,6 +18,10 @@
 #                                 on CPUs); steps are raised until one prompt takes >= KILN_MG_SLOW_S
 #                                 seconds (default 3 on GPUs, 1.5 on CPUs)
 #   KILN_MG_OOM_SIZE, KILN_MG_OOM_BATCH   the out-of-memory latent (default 4096, 16)
+#   KILN_MG_OOM_CKPT              the checkpoint of the out-of-memory prompt (default KILN_MG_CKPT);
+#                                 a GPU with a lot of memory decodes even 16384 px with the tiny
+#                                 VAE, so on an H200 use a full SD 1.5 one (`kiln ckpt --sd15`)
+#                                 at 16384 px, batch 1
 #   KILN_TEST_KEEP=1              keep the temporary folder (server log, bodies) for a look
 # Through the lead's device tool, e.g.:
 #   cmake -S . -B build/gpu -DKILN_CUDA=ON && cmake --build build/gpu -j16 kiln &&
@@ -95,7 +99,7 @@ EOF
 
 # oom_wf OUT: EmptyLatentImage SIZE x SIZE at BATCH straight into VAEDecode and PreviewImage
 oom_wf() {
-    python3 - "$CKPT" "$1" "${KILN_MG_OOM_SIZE:-4096}" "${KILN_MG_OOM_BATCH:-16}" <<'EOF'
+    python3 - "${KILN_MG_OOM_CKPT:-$CKPT}" "$1" "${KILN_MG_OOM_SIZE:-4096}" "${KILN_MG_OOM_BATCH:-16}" <<'EOF'
 import json, sys
 ckpt, out, size, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 p = {
