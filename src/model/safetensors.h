@@ -63,6 +63,11 @@ int ckpt_open(struct ckpt *ck, const char *path, struct err *err);
  * from the ckpt (tensor data, names, metadata values) become invalid. NULL is a no-op. */
 void ckpt_close(struct ckpt *ck);
 
+/* Drops this process's resident pages of the mapping (madvise MADV_DONTNEED; the file's page
+ * cache stays): after the weights were converted, they would otherwise count toward RSS a
+ * second time. Tensor data stays readable (it is read from the file again if touched). */
+void ckpt_release_pages(struct ckpt *ck);
+
 /* Binary search by exact name; NULL if absent. The result lives as long as the ckpt. */
 const struct ckpt_tensor *ckpt_find(const struct ckpt *ck, const char *name);
 

@@ -32,6 +32,7 @@ struct sd_model *sd_model_load(const char *path, struct backend *be, const struc
         sd_model_free(m);
         return NULL;
     }
+    ckpt_release_pages(&m->ckpt); /* the weights live in their own memory now */
     const struct unet_config *u = &m->unet.config;
     bool read = m->clip.weights.read_file || m->unet.weights.read_file || m->vae.weights.read_file;
     const char *how = !st || !st->unet.store ? "read from the file" : read ? "host copy: filled from the file"
