@@ -145,8 +145,13 @@ static bool cuda_op_supported(void *vctx, const struct tensor *node) {
 static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct err *err) {
     struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
     CUDA_TRY(cudaSetDevice(ctx->device));
+    if (ctx->profile) {
+        int rc = cuda__profile_begin(ctx->profile, nodes, n, err);
+        if (rc) return rc;
+    }
     for (int i = 0; i < n; i++) {
         struct tensor *t = nodes[i];
+        if (ctx->profile) cuda__profile_mark(ctx->profile, i, ctx->stream);
         if (!cuda_op_supported(ctx, t))
             return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda backend: %s on %s is not supported", op_name(t->op),
                            dtype_name(t->dtype));
@@ -181,8 +186,10 @@ static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct
             return rc;
         }
     }
+    if (ctx->profile) cuda__profile_mark(ctx->profile, n, ctx->stream);
     CUDA_TRY(cudaStreamSynchronize(ctx->stream));
     CUDA_TRY(cudaGetLastError());
+    if (ctx->profile) cuda__profile_end(ctx->profile);
     return 0;
 }
 
@@ -200,6 +207,7 @@ static void cuda_free(void *vctx) {
     cudaSetDevice(cb->ctx.device);
     if (cb->ctx.stream) cudaStreamSynchronize(cb->ctx.stream);
     cuda_raw_free(cb, cb->ctx.work);
+    cuda__profile_free(cb->ctx.profile, cb->ctx.device);
     if (cb->n_allocs)
         log_warn("cuda backend: %d buffer(s) (%zu bytes) still allocated at teardown", cb->n_allocs,
                  cb->ctx.bytes_in_use);
@@ -279,6 +287,8 @@ static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
                CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION;
     CUBLAS_TRY(cublasSetMathMode(cb->ctx.cublas, (cublasMath_t)mode));
     if (use_tf32) log_info("cuda backend: device %d uses TF32 tensor-core products (KILN_CUDA_TF32=1)", device);
+    cb->ctx.profile = cuda__profile_new();
+    if (cb->ctx.profile) log_info("cuda backend: device %d times every op (KILN_CUDA_PROFILE=1)", device);
     return 0;
 }
 

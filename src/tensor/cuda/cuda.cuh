@@ -29,6 +29,8 @@ extern "C" {
 #include <stddef.h>
 #include <stdint.h>
 
+struct cuda_profile;
+
 struct cuda_ctx {
     int device;             /* CUDA device ordinal */
     cudaStream_t stream;    /* the one stream every op is queued on */
@@ -38,7 +40,21 @@ struct cuda_ctx {
     size_t bytes_in_use;    /* device bytes held by buf_alloc (buffers + work), for the VRAM manager */
     size_t bytes_peak;      /* the most bytes_in_use has been */
     struct err *err;        /* where graph_run's errors go, while it runs (else NULL) */
+    struct cuda_profile *profile; /* per-op timing (KILN_CUDA_PROFILE=1), or NULL */
 };
+
+/* ===== Profiling (profile.cu) ===== */
+
+/* A profile when KILN_CUDA_PROFILE=1, else NULL. */
+struct cuda_profile *cuda__profile_new(void);
+/* Before running nodes[0..n): makes sure n + 1 events exist. */
+int cuda__profile_begin(struct cuda_profile *p, struct tensor *const *nodes, int n, struct err *err);
+/* Records event i on the stream (before node i; i = n after the last). */
+void cuda__profile_mark(struct cuda_profile *p, int i, cudaStream_t stream);
+/* After the stream synchronised: adds each node's time to the totals. */
+void cuda__profile_end(struct cuda_profile *p);
+/* Logs the table (most expensive first) and frees p. NULL is a no-op. */
+void cuda__profile_free(struct cuda_profile *p, int device);
 
 /* ===== Errors (STYLE.md §13) ===== */
 
