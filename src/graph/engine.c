@@ -7,6 +7,7 @@
 #include "model/safetensors.h"
 #include "model/wstore.h"
 #include "model/tokenizer.h"
+#include "tensor/warmup.h"
 
 #include <limits.h>
 #include <stdatomic.h>
@@ -203,6 +204,8 @@ struct engine *engine_new_cuda(int device, const char *models_dir, const char *t
     return NULL;
 #endif
 }
+
+int engine_warmup(struct engine *e, struct err *err) { return backend_warmup(e->backend, err); }
 
 void engine_free(struct engine *e) {
     if (!e) return;

@@ -73,6 +73,11 @@ struct engine *engine_new_cpu(int threads, const char *models_dir, const char *t
 struct engine *engine_new_cuda(int device, const char *models_dir, const char *tokenizer_dir, struct err *err);
 void engine_free(struct engine *e); /* NULL is a no-op */
 
+/* Warms up the engine's backend before its first prompt: one tiny graph of every op kind
+ * (tensor/warmup.h), so kernels are loaded and libraries initialised at start-up. The engine's
+ * worker thread. Returns 0, or a negative status with err filled; the engine stays usable. */
+int engine_warmup(struct engine *e, struct err *err);
+
 /* The paths of the checkpoints loaded now, as mem_strdup'd strings in out[0..max) (the caller
  * frees each with mem_free); returns how many were written. */
 int engine_loaded_paths(const struct engine *e, char **out, int max);

@@ -12,7 +12,6 @@
 #include "base/status.h"
 #include "graph/engine.h"
 #include "graph/json.h"
-#include "tensor/warmup.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -385,12 +384,4 @@ void exec_report_deinit(struct exec_report *rep) {
     json_decref(rep->executed);
     json_decref(rep->error.current_inputs);
     memset(rep, 0, sizeof *rep);
-}
-
-/* ===== Warm-up ===== */
-
-int exec_warmup(void *engine, struct err *err) {
-    struct engine *e = engine;
-    ASSERT(e && e->backend);
-    return backend_warmup(e->backend, err);
 }

@@ -131,10 +131,5 @@ int exec_run(const struct graph_prompt *p, const struct exec_opts *opts, struct 
 
 void exec_report_deinit(struct exec_report *rep);
 
-/* Warms up the backend of `engine` (a struct engine *) before its first prompt: one tiny graph
- * of every op kind (tensor/warmup.h), so kernels are loaded and libraries initialised at
- * start-up. For callers that may not include tensor/ (sched/). Worker thread of the engine.
- * Returns 0, or a negative status with err filled; the engine stays usable either way. */
-int exec_warmup(void *engine, struct err *err);
 
 #endif

@@ -387,7 +387,7 @@ void *sched__worker_main(void *arg) {
         /* load the kernels and initialise cuBLAS now rather than in the first prompt */
         t0 = clock_now();
         struct err werr = {0};
-        if (exec_warmup(e, &werr) == 0)
+        if (engine_warmup(e, &werr) == 0)
             log_info("[%s %d] warm-up done in %.2f s", kind_label(d), d->index, clock_now() - t0);
         else
             log_warn("[%s %d] warm-up failed after %.2f s (the device still serves): %s", kind_label(d), d->index,
