@@ -1,6 +1,9 @@
 /* tensor/cuda/backend.cu -- the CUDA backend's function table, memory, errors and its one op switch.
- * Owns: struct cuda_ctx (stream, cuBLAS handle, kernel scratch) and every device buffer it hands
- * out (cudaMalloc lives here only, until the VRAM manager of issue 4 takes it over).
+ * Owns: struct cuda_ctx (stream, cuBLAS handle, cuDNN handle when built with it, kernel scratch)
+ * and every device buffer it hands out (cudaMalloc lives here only, until the VRAM manager of
+ * issue 4 takes it over); conv.cu's plan table is freed here through cuda__conv_plans_free.
+ * cuDNN is optional at run time too: if cudnnCreate fails (or KILN_CUDNN=0) the ctx has no
+ * handle, one warning is logged, and convolutions stay on im2col + cuBLAS.
  * Threads: the owning worker; each entry point first binds the ctx's device to the thread.
  * DESIGN: graph_run queues every node on the one stream, then synchronises once and checks for
  * asynchronous errors; no CUDA error aborts (CUDA_TRY turns each into a status + message). */
@@ -29,6 +32,21 @@ int cuda_blas_error(struct err *err, cublasStatus_t s, const char *stmt, const c
     return err_set(err, rc, "cuBLAS error %s (%s) in `%s` at %s (%s:%d)", cublasGetStatusName(s),
                    cublasGetStatusString(s), stmt, func, file, line);
 }
+
+#ifdef KILN_HAVE_CUDNN
+int cuda_dnn_error(struct err *err, cudnnStatus_t s, const char *stmt, const char *func, const char *file, int line) {
+    int cat = CUDNN_STATUS_CATEGORY(s);
+    int rc = s == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED ||
+                     s == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED
+                 ? STATUS_ERR_OOM_DEVICE
+             : cat == CUDNN_STATUS_NOT_SUPPORTED ? STATUS_ERR_UNSUPPORTED
+                                                 : STATUS_ERR_DEVICE;
+    char detail[256] = "";
+    cudnnGetLastErrorString(detail, sizeof detail); /* may be empty */
+    return err_set(err, rc, "cuDNN error %d (%s%s%s) in `%s` at %s (%s:%d)", (int)s, cudnnGetErrorString(s),
+                   detail[0] ? ": " : "", detail, stmt, func, file, line);
+}
+#endif
 
 /* ===== Memory ===== */
 
@@ -208,6 +226,10 @@ static void cuda_free(void *vctx) {
     if (cb->ctx.stream) cudaStreamSynchronize(cb->ctx.stream);
     cuda_raw_free(cb, cb->ctx.work);
     cuda__profile_free(cb->ctx.profile, cb->ctx.device);
+#ifdef KILN_HAVE_CUDNN
+    cuda__conv_plans_free(&cb->ctx);
+    if (cb->ctx.cudnn) cudnnDestroy(cb->ctx.cudnn);
+#endif
     if (cb->n_allocs)
         log_warn("cuda backend: %d buffer(s) (%zu bytes) still allocated at teardown", cb->n_allocs,
                  cb->ctx.bytes_in_use);
@@ -258,6 +280,45 @@ static const struct backend_i CUDA_BACKEND = cuda_backend_table();
 
 /* ===== Construction ===== */
 
+#ifdef KILN_HAVE_CUDNN
+/* Gives the ctx a cuDNN handle on its stream, unless KILN_CUDNN=0. Never fails: without a
+ * handle (no usable cuDNN at run time) one warning is logged and conv.cu keeps im2col.
+ * KILN_CUDNN=find makes conv.cu time the algorithms (cudnnFind...Ex) instead of asking the
+ * heuristics. Runs on the worker, device already bound. */
+static void cuda_dnn_open(struct cuda_ctx *ctx) {
+    const char *env = getenv("KILN_CUDNN");
+    if (env && strcmp(env, "0") == 0) {
+        log_info("cuda backend: device %d: cuDNN off (KILN_CUDNN=0), convolutions use im2col + cuBLAS",
+                 ctx->device);
+        return;
+    }
+    size_t version = cudnnGetVersion(); /* works before cudnnCreate; 0 never happens for a loaded 9.x */
+    if (version / 10000 != CUDNN_MAJOR) {
+        log_warn("cuda backend: device %d: cuDNN %zu at run time, built with %d: convolutions use im2col + "
+                 "cuBLAS",
+                 ctx->device, version, CUDNN_VERSION);
+        return;
+    }
+    cudnnHandle_t h = NULL;
+    cudnnStatus_t s = cudnnCreate(&h);
+    if (s == CUDNN_STATUS_SUCCESS) s = cudnnSetStream(h, ctx->stream);
+    if (s != CUDNN_STATUS_SUCCESS) {
+        char detail[256] = "";
+        cudnnGetLastErrorString(detail, sizeof detail);
+        log_warn("cuda backend: device %d: cuDNN unusable (%s%s%s; cuDNN %zu at run time, built with %d): "
+                 "convolutions use im2col + cuBLAS",
+                 ctx->device, cudnnGetErrorString(s), detail[0] ? ": " : "", detail, version, CUDNN_VERSION);
+        if (h) cudnnDestroy(h);
+        (void)cudaGetLastError(); /* a failed create must not leave a CUDA error behind */
+        return;
+    }
+    ctx->cudnn = h;
+    ctx->cudnn_find = env && strcmp(env, "find") == 0;
+    log_info("cuda backend: device %d: convolutions on cuDNN %zu (built with %d), algorithms by %s", ctx->device,
+             version, CUDNN_VERSION, ctx->cudnn_find ? "timing (KILN_CUDNN=find)" : "heuristics");
+}
+#endif
+
 extern "C" int backend_cuda_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -287,6 +348,9 @@ static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
                CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION;
     CUBLAS_TRY(cublasSetMathMode(cb->ctx.cublas, (cublasMath_t)mode));
     if (use_tf32) log_info("cuda backend: device %d uses TF32 tensor-core products (KILN_CUDA_TF32=1)", device);
+#ifdef KILN_HAVE_CUDNN
+    cuda_dnn_open(&cb->ctx);
+#endif
     cb->ctx.profile = cuda__profile_new();
     if (cb->ctx.profile) log_info("cuda backend: device %d times every op (KILN_CUDA_PROFILE=1)", device);
     return 0;

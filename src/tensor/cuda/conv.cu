@@ -1,13 +1,22 @@
-/* tensor/cuda/conv.cu -- CONV2D on CUDA: im2col into the ctx scratch, then one cuBLAS gemm.
- * Owns: nothing; borrows ctx->work for the column matrix.
- * Threads: the backend's worker; kernels and products on ctx->stream.
- * Per image, y [O, P] = w [O, CK] x col [CK, P] (P = Ho * Wo output positions, CK = C kh kw).
- * The column matrix holds the storage type T (a copy of x's elements, no rounding) and the
- * products go through cuda__gemm (fp32 accumulation; F16/BF16 on tensor cores). Positions are
- * taken in chunks so the column matrix stays under CONV_WORK_MAX bytes; a 1x1 conv with stride 1
- * and no padding reads x directly. Zero padding on each side (ip[1..4]). Bias: y is filled
- * with b first and every product added with beta = 1, so each output is rounded once.
- * Later (issue 4): cuDNN or an implicit-GEMM kernel. */
+/* tensor/cuda/conv.cu -- CONV2D on CUDA: cuDNN when it can, else im2col + one cuBLAS gemm.
+ * Owns: the ctx's conv plan table (cuDNN descriptors and the chosen algorithm per distinct
+ * shape and dtype; freed by cuda__conv_plans_free from cuda_free); borrows ctx->work for the
+ * column matrix and cuDNN's workspace.
+ * Threads: the backend's worker; kernels, products and cuDNN calls on ctx->stream.
+ * CUDNN (built with KILN_HAVE_CUDNN, ctx->cudnn set; docs/DECISIONS.md "Convolutions on cuDNN"):
+ * legacy API, NCHW tensors and an [O, C, kh, kw] filter as stored, cross-correlation, compute
+ * type fp32 (fp32 accumulation); tensor-op math for F16/BF16, FMA math for F32 (no TF32). The
+ * first call of each (shape, dtype) asks cuDNN for an algorithm (heuristics, or timing with
+ * KILN_CUDNN=find) among the GEMM family (no FFT, no Winograd: they change the arithmetic),
+ * deterministic first, workspace <= CONV_DNN_WORK_MAX; the plan is kept in the ctx. Asymmetric
+ * padding, sizes past int, or no algorithm (CUDNN_STATUS_NOT_SUPPORTED*) take the im2col path.
+ * IM2COL: per image, y [O, P] = w [O, CK] x col [CK, P] (P = Ho * Wo output positions, CK = C
+ * kh kw). The column matrix holds the storage type T (a copy of x's elements, no rounding) and
+ * the products go through cuda__gemm (fp32 accumulation; F16/BF16 on tensor cores). Positions
+ * are taken in chunks so the column matrix stays under CONV_WORK_MAX bytes; a 1x1 conv with
+ * stride 1 and no padding reads x directly. Zero padding on each side (ip[1..4]).
+ * Bias (both paths): y is filled with b first and the convolution added with beta = 1, so each
+ * output is rounded once. */
 #include "tensor/cuda/cuda.cuh"
 
 #include <limits.h>
@@ -65,6 +74,245 @@ static int conv_fill_bias_cuda(T *y, const T *b, int64_t o, int64_t p, int64_t n
     return 0;
 }
 
+/* ===== cuDNN ===== */
+#ifdef KILN_HAVE_CUDNN
+
+extern "C" {
+#include "base/log.h"
+#include "base/mem.h"
+}
+
+#include <string.h>
+
+#define CONV_DNN_WORK_MAX ((size_t)256 << 20) /* bytes of workspace a cuDNN algorithm may ask for */
+#define CONV_PLAN_KEY 11                      /* ints in a plan's key */
+
+struct cuda_conv_plan {
+    int key[CONV_PLAN_KEY];             /* n, c, h, w, o, kh, kw, stride, pad_h, pad_w, dtype */
+    bool usable;                        /* false: cuDNN has no algorithm for it (im2col) */
+    cudnnTensorDescriptor_t xd, yd;     /* x [n, c, h, w], y [n, o, ho, wo]: NCHW, packed */
+    cudnnFilterDescriptor_t wd;         /* w [o, c, kh, kw] */
+    cudnnConvolutionDescriptor_t cd;    /* padding, stride, fp32 compute, the algorithm's math type */
+    cudnnConvolutionFwdAlgo_t algo;     /* the chosen algorithm */
+    size_t ws;                          /* bytes of workspace algo needs (0: none) */
+};
+
+static void plan_deinit(struct cuda_conv_plan *p) {
+    if (p->xd) cudnnDestroyTensorDescriptor(p->xd);
+    if (p->yd) cudnnDestroyTensorDescriptor(p->yd);
+    if (p->wd) cudnnDestroyFilterDescriptor(p->wd);
+    if (p->cd) cudnnDestroyConvolutionDescriptor(p->cd);
+    memset(p, 0, sizeof *p);
+}
+
+void cuda__conv_plans_free(struct cuda_ctx *ctx) {
+    for (int i = 0; i < ctx->n_conv_plans; i++) plan_deinit(&ctx->conv_plans[i]);
+    mem_free(ctx->conv_plans);
+    ctx->conv_plans = NULL;
+    ctx->n_conv_plans = ctx->cap_conv_plans = 0;
+}
+
+static cudnnDataType_t dnn_type(enum dtype t) {
+    return t == DTYPE_F16 ? CUDNN_DATA_HALF : t == DTYPE_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+}
+
+static const char *dnn_algo_name(cudnnConvolutionFwdAlgo_t a) {
+    switch (a) {
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM: return "implicit_gemm";
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM: return "implicit_precomp_gemm";
+    case CUDNN_CONVOLUTION_FWD_ALGO_GEMM: return "gemm";
+    case CUDNN_CONVOLUTION_FWD_ALGO_DIRECT: return "direct";
+    case CUDNN_CONVOLUTION_FWD_ALGO_FFT: return "fft";
+    case CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING: return "fft_tiling";
+    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD: return "winograd";
+    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED: return "winograd_nonfused";
+    default: return "?";
+    }
+}
+
+/* The GEMM family computes plain fp32 dot products; FFT and Winograd transform the operands
+ * (rounding in between, worse in F16) and want large workspaces. */
+static bool dnn_algo_allowed(cudnnConvolutionFwdAlgo_t a) {
+    return a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+           a == CUDNN_CONVOLUTION_FWD_ALGO_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT;
+}
+
+/* True if perf (one entry of a heuristics or timing answer) may be used for dtype dt (pass 0:
+ * deterministic ones only, pass 1: any). F32 takes FMA math only: no TF32. */
+static bool dnn_candidate(const cudnnConvolutionFwdAlgoPerf_t *perf, enum dtype dt, int pass) {
+    if (perf->status != CUDNN_STATUS_SUCCESS || !dnn_algo_allowed(perf->algo)) return false;
+    if (perf->memory > CONV_DNN_WORK_MAX) return false;
+    if (dt == DTYPE_F32 && perf->mathType != CUDNN_FMA_MATH) return false;
+    return pass == 1 || perf->determinism == CUDNN_DETERMINISTIC;
+}
+
+#define CONV_DNN_MAX_PERF 64 /* entries asked of the heuristics / timing */
+
+/* Fills p (key set, descriptors NULL) for dst: descriptors and the algorithm, or usable =
+ * false when cuDNN supports nothing for it. Returns 0 or a negative status (p is then to be
+ * deinited by the caller). Timing mode runs the candidates on dst's own buffers: y is
+ * overwritten (the caller fills the bias afterwards). */
+static int plan_init(struct cuda_ctx *ctx, struct cuda_conv_plan *p, const struct tensor *dst, struct err *err) {
+    const struct tensor *tx = dst->src[0], *tw = dst->src[1];
+    const int *k = p->key;
+    enum dtype dt = dst->dtype;
+    cudnnDataType_t ty = dnn_type(dt);
+    cudnnMathType_t math = dt == DTYPE_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+    CUDNN_TRY(cudnnCreateTensorDescriptor(&p->xd));
+    CUDNN_TRY(cudnnCreateTensorDescriptor(&p->yd));
+    CUDNN_TRY(cudnnCreateFilterDescriptor(&p->wd));
+    CUDNN_TRY(cudnnCreateConvolutionDescriptor(&p->cd));
+    cudnnStatus_t s = cudnnSetTensor4dDescriptor(p->xd, CUDNN_TENSOR_NCHW, ty, k[0], k[1], k[2], k[3]);
+    if (s == CUDNN_STATUS_SUCCESS) s = cudnnSetFilter4dDescriptor(p->wd, ty, CUDNN_TENSOR_NCHW, k[4], k[1], k[5], k[6]);
+    if (s == CUDNN_STATUS_SUCCESS)
+        s = cudnnSetConvolution2dDescriptor(p->cd, k[8], k[9], k[7], k[7], 1, 1, CUDNN_CROSS_CORRELATION,
+                                            CUDNN_DATA_FLOAT);
+    if (s == CUDNN_STATUS_SUCCESS) s = cudnnSetConvolutionMathType(p->cd, math);
+    int on = 0, oc = 0, oh = 0, ow = 0;
+    if (s == CUDNN_STATUS_SUCCESS) s = cudnnGetConvolution2dForwardOutputDim(p->cd, p->xd, p->wd, &on, &oc, &oh, &ow);
+    if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED) return 0; /* usable stays false */
+    if (s != CUDNN_STATUS_SUCCESS) return cuda_dnn_error(err, s, "conv2d descriptors", __func__, __FILE__, __LINE__);
+    if (on != dst->shape[0] || oc != dst->shape[1] || oh != dst->shape[2] || ow != dst->shape[3]) {
+        log_warn("cuda conv2d: cuDNN's output [%d, %d, %d, %d] differs from the op's [%lld, %lld, %lld, %lld]: im2col",
+                 on, oc, oh, ow, (long long)dst->shape[0], (long long)dst->shape[1], (long long)dst->shape[2],
+                 (long long)dst->shape[3]);
+        return 0;
+    }
+    CUDNN_TRY(cudnnSetTensor4dDescriptor(p->yd, CUDNN_TENSOR_NCHW, ty, on, oc, oh, ow));
+
+    /* candidates, best first: the heuristics' ranking (cheap), or measured times */
+    cudnnConvolutionFwdAlgoPerf_t perf[CONV_DNN_MAX_PERF];
+    int n = 0;
+    s = cudnnGetConvolutionForwardAlgorithm_v7(ctx->cudnn, p->xd, p->wd, p->cd, p->yd, CONV_DNN_MAX_PERF, &n, perf);
+    if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED) return 0;
+    if (s != CUDNN_STATUS_SUCCESS)
+        return cuda_dnn_error(err, s, "cudnnGetConvolutionForwardAlgorithm_v7", __func__, __FILE__, __LINE__);
+    if (ctx->cudnn_find) {
+        size_t ws_size = 0; /* the most any candidate may need: Find skips those that need more */
+        for (int i = 0; i < n; i++)
+            if (dnn_candidate(&perf[i], dt, 1) && perf[i].memory > ws_size) ws_size = perf[i].memory;
+        void *ws = NULL;
+        if (ws_size) {
+            int rc = 0;
+            ws = cuda__work(ctx, ws_size, "conv2d cuDNN algorithm search", &rc, err);
+            if (!ws) return rc;
+        }
+        n = 0;
+        s = cudnnFindConvolutionForwardAlgorithmEx(ctx->cudnn, p->xd, tx->data, p->wd, tw->data, p->cd, p->yd,
+                                                   dst->data, CONV_DNN_MAX_PERF, &n, perf, ws, ws_size);
+        if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED) return 0;
+        if (s != CUDNN_STATUS_SUCCESS)
+            return cuda_dnn_error(err, s, "cudnnFindConvolutionForwardAlgorithmEx", __func__, __FILE__, __LINE__);
+    }
+    for (int pass = 0; pass < 2 && !p->usable; pass++) {
+        for (int i = 0; i < n && !p->usable; i++) {
+            if (!dnn_candidate(&perf[i], dt, pass)) continue;
+            /* the answer names the math type the time or rank was for (FMA for F32) */
+            CUDNN_TRY(cudnnSetConvolutionMathType(p->cd, perf[i].mathType));
+            size_t ws = 0;
+            s = cudnnGetConvolutionForwardWorkspaceSize(ctx->cudnn, p->xd, p->wd, p->cd, p->yd, perf[i].algo, &ws);
+            if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED || ws > CONV_DNN_WORK_MAX) continue;
+            if (s != CUDNN_STATUS_SUCCESS)
+                return cuda_dnn_error(err, s, "cudnnGetConvolutionForwardWorkspaceSize", __func__, __FILE__, __LINE__);
+            p->algo = perf[i].algo;
+            p->ws = ws;
+            p->usable = true;
+            log_debug("cuda conv2d: [%d, %d, %d, %d] * [%d, %d, %d, %d] stride %d pad %d,%d %s: cuDNN %s (math %d, "
+                      "%sdeterministic, %zu bytes of workspace, %.3f ms%s)",
+                      k[0], k[1], k[2], k[3], k[4], k[1], k[5], k[6], k[7], k[8], k[9], dtype_name(dt),
+                      dnn_algo_name(p->algo), (int)perf[i].mathType,
+                      perf[i].determinism == CUDNN_DETERMINISTIC ? "" : "non-", ws, (double)perf[i].time,
+                      ctx->cudnn_find ? " timed" : " by the heuristics, may be -1");
+        }
+    }
+    if (!p->usable)
+        log_info("cuda conv2d: [%d, %d, %d, %d] * [%d, %d, %d, %d] stride %d pad %d,%d %s: no cuDNN algorithm fits, "
+                 "im2col",
+                 k[0], k[1], k[2], k[3], k[4], k[1], k[5], k[6], k[7], k[8], k[9], dtype_name(dt));
+    return 0;
+}
+
+/* The plan for dst's shape and dtype, made on first use: 0 with *out set, or a status. */
+static int plan_get(struct cuda_ctx *ctx, const struct tensor *dst, const int *key, struct cuda_conv_plan **out,
+                    struct err *err) {
+    for (int i = 0; i < ctx->n_conv_plans; i++)
+        if (memcmp(ctx->conv_plans[i].key, key, sizeof ctx->conv_plans[i].key) == 0) {
+            *out = &ctx->conv_plans[i];
+            return 0;
+        }
+    if (ctx->n_conv_plans == ctx->cap_conv_plans) {
+        int cap = ctx->cap_conv_plans ? ctx->cap_conv_plans * 2 : 32;
+        struct cuda_conv_plan *a =
+            (struct cuda_conv_plan *)mem_try_realloc(ctx->conv_plans, (size_t)cap * sizeof *a);
+        if (!a) return err_set(err, STATUS_ERR_NOMEM, "cuda conv2d: out of host memory for the cuDNN plan table");
+        ctx->conv_plans = a;
+        ctx->cap_conv_plans = cap;
+    }
+    struct cuda_conv_plan p;
+    memset(&p, 0, sizeof p);
+    memcpy(p.key, key, sizeof p.key);
+    int rc = plan_init(ctx, &p, dst, err);
+    if (rc) {
+        plan_deinit(&p);
+        return rc;
+    }
+    if (!p.usable) { /* keep only the key: the descriptors are of no further use */
+        plan_deinit(&p);
+        memcpy(p.key, key, sizeof p.key);
+    }
+    ctx->conv_plans[ctx->n_conv_plans] = p;
+    *out = &ctx->conv_plans[ctx->n_conv_plans++];
+    return 0;
+}
+
+/* dst through cuDNN: 0 when done, 1 when the im2col path must do it (nothing written that it
+ * does not overwrite), or a negative status. */
+template <typename T>
+static int conv2d_dnn(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
+    const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
+    if (dst->ip[1] != dst->ip[3] || dst->ip[2] != dst->ip[4]) return 1; /* asymmetric padding */
+    int64_t dims[CONV_PLAN_KEY] = {tx->shape[0], tx->shape[1], tx->shape[2], tx->shape[3], tw->shape[0], tw->shape[2],
+                                   tw->shape[3], dst->ip[0], dst->ip[1], dst->ip[2], (int64_t)dst->dtype};
+    for (int i = 0; i < CONV_PLAN_KEY; i++)
+        if (dims[i] < (i < 8 ? 1 : 0) || dims[i] > INT_MAX) return 1; /* empty, or past cuDNN's int sizes */
+    if (cuda_numel(tx) > INT_MAX || cuda_numel(tw) > INT_MAX || cuda_numel(dst) > INT_MAX) return 1;
+    int key[CONV_PLAN_KEY];
+    for (int i = 0; i < CONV_PLAN_KEY; i++) key[i] = (int)dims[i];
+
+    struct cuda_conv_plan *plan = NULL;
+    int rc = plan_get(ctx, dst, key, &plan, err);
+    if (rc) return rc;
+    if (!plan->usable) return 1;
+    void *ws = NULL;
+    if (plan->ws) { /* taken after sizing: cuda__work may move the scratch */
+        ws = cuda__work(ctx, plan->ws, "conv2d cuDNN workspace", &rc, err);
+        if (!ws) return rc;
+    }
+    float alpha = 1.0f, beta = 0.0f; /* cuDNN's scaling factors are float for F32, F16 and BF16 data */
+    if (tb) {
+        int64_t o = tw->shape[0], p = dst->shape[2] * dst->shape[3];
+        rc = conv_fill_bias_cuda<T>((T *)dst->data, (const T *)tb->data, o, p, cuda_numel(dst), ctx->stream, err);
+        if (rc) return rc;
+        beta = 1.0f;
+    }
+    cudnnStatus_t s = cudnnConvolutionForward(ctx->cudnn, &alpha, plan->xd, tx->data, plan->wd, tw->data, plan->cd,
+                                              plan->algo, ws, plan->ws, &beta, plan->yd, dst->data);
+    if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED) { /* once per plan: then im2col for good */
+        log_info("cuda conv2d: cuDNN %s refused [%d, %d, %d, %d] %s at run time (%s): im2col",
+                 dnn_algo_name(plan->algo), key[0], key[1], key[2], key[3], dtype_name(dst->dtype),
+                 cudnnGetErrorString(s));
+        plan->usable = false;
+        return 1;
+    }
+    if (s != CUDNN_STATUS_SUCCESS)
+        return cuda_dnn_error(err, s, "cudnnConvolutionForward", __func__, __FILE__, __LINE__);
+    return 0;
+}
+
+#endif /* KILN_HAVE_CUDNN */
+
+/* ===== im2col + gemm ===== */
+
 template <typename T>
 static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
@@ -72,6 +320,12 @@ static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
                           dst->shape[2], dst->shape[3], dst->ip[0], dst->ip[1], dst->ip[2]};
     int64_t nb = tx->shape[0], o = tw->shape[0], p = g.ho * g.wo, ck = g.c * g.kh * g.kw;
     if (nb * o * p == 0) return 0;
+#ifdef KILN_HAVE_CUDNN
+    if (ctx->cudnn) {
+        int rc = conv2d_dnn<T>(ctx, dst, err);
+        if (rc <= 0) return rc;
+    }
+#endif
     if (p > INT_MAX || ck > INT_MAX || o > INT_MAX)
         return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda conv2d: sizes exceed cuBLAS's int range");
     const T *x = (const T *)tx->data, *w = (const T *)tw->data;

@@ -8,9 +8,11 @@
  * dtype); kernels are templated on the storage type T (float, __half, __nv_bfloat16), load with
  * cuda_to_f32, compute in fp32 (statistics in double, products accumulate in fp32) and store
  * with cuda_from_f32<T> (round to nearest even). Each entry picks T with CUDA_DISPATCH.
- * Files: elementwise.cu (add .. geglu), matmul.cu (linear, cuBLAS), conv.cu (im2col + gemm),
+ * Files: elementwise.cu (add .. geglu), matmul.cu (linear, cuBLAS), conv.cu (cuDNN, else im2col + gemm),
  * norm.cu (group/layer norm), attention.cu (blocked online softmax), layout.cu (transpose,
- * upsample, concat, get_rows, cast), backend.cu (the table, memory, the op switch, errors). */
+ * upsample, concat, get_rows, cast), backend.cu (the table, memory, the op switch, errors).
+ * cuDNN is optional: KILN_HAVE_CUDNN (set by CMake when cuDNN 9 is found) adds the handle, the
+ * conv plan table and CUDNN_TRY; without it those fields and conv.cu's cuDNN path do not exist. */
 #ifndef KILN_CUDA_CUH
 #define KILN_CUDA_CUH
 
@@ -25,11 +27,15 @@ extern "C" {
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#ifdef KILN_HAVE_CUDNN
+#include <cudnn.h>
+#endif
 
 #include <stddef.h>
 #include <stdint.h>
 
 struct cuda_profile;
+struct cuda_conv_plan;
 
 struct cuda_ctx {
     int device;             /* CUDA device ordinal */
@@ -41,6 +47,12 @@ struct cuda_ctx {
     size_t bytes_peak;      /* the most bytes_in_use has been */
     struct err *err;        /* where graph_run's errors go, while it runs (else NULL) */
     struct cuda_profile *profile; /* per-op timing (KILN_CUDA_PROFILE=1), or NULL */
+#ifdef KILN_HAVE_CUDNN
+    cudnnHandle_t cudnn;    /* bound to stream; NULL: no cuDNN at run time or KILN_CUDNN=0 (im2col only) */
+    bool cudnn_find;        /* KILN_CUDNN=find: time the algorithms once per shape (else heuristics) */
+    struct cuda_conv_plan *conv_plans; /* one per distinct conv shape and dtype (conv.cu), mem_ owned */
+    int n_conv_plans, cap_conv_plans;  /* used and allocated entries of conv_plans */
+#endif
 };
 
 /* ===== Profiling (profile.cu) ===== */
@@ -81,6 +93,23 @@ int cuda_blas_error(struct err *err, cublasStatus_t s, const char *stmt, const c
         if (cublas_try_s_ != CUBLAS_STATUS_SUCCESS)                                                    \
             return cuda_blas_error(err, cublas_try_s_, #call, __func__, __FILE__, __LINE__);           \
     } while (0)
+
+#ifdef KILN_HAVE_CUDNN
+/* The same for cuDNN statuses, with cuDNN's last error text: an allocation failure (host or
+ * device, CUDNN_STATUS_INTERNAL_ERROR_*_ALLOCATION_FAILED) -> STATUS_ERR_OOM_DEVICE, a
+ * CUDNN_STATUS_NOT_SUPPORTED* -> STATUS_ERR_UNSUPPORTED, else STATUS_ERR_DEVICE. */
+int cuda_dnn_error(struct err *err, cudnnStatus_t s, const char *stmt, const char *func, const char *file, int line);
+
+#define CUDNN_TRY(call)                                                                                \
+    do {                                                                                               \
+        cudnnStatus_t cudnn_try_s_ = (call);                                                           \
+        if (cudnn_try_s_ != CUDNN_STATUS_SUCCESS)                                                      \
+            return cuda_dnn_error(err, cudnn_try_s_, #call, __func__, __FILE__, __LINE__);             \
+    } while (0)
+
+/* Frees ctx's conv plans (their cuDNN descriptors) and the table; the handle stays (conv.cu). */
+void cuda__conv_plans_free(struct cuda_ctx *ctx);
+#endif
 
 /* ===== Helpers ===== */
 
