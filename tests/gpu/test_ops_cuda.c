@@ -12,8 +12,11 @@
  * graph casts the same inputs to T and straight back to F32 (the same rounding of the inputs,
  * bit for bit: see test_cast) and runs the op in F32. What differs is then only the CUDA
  * kernel's own rounding: its output stored as T (half an ulp of T: 2^-11 = 4.9e-4 relative
- * for F16, 2^-8 = 3.9e-3 for BF16), plus, in attention's cuBLAS path, the probabilities
- * stored as T before P V. Tolerances (max |cuda - cpu| / max |cpu|):
+ * for F16, 2^-8 = 3.9e-3 for BF16), plus, in attention (the flash kernel for F16/BF16 heads of
+ * up to 256 channels, else the cuBLAS path), the probabilities stored as T before P V.
+ * test_attention_flash and test_attention_flash_sd run the flash kernel's shapes (every SD head
+ * size, cross-attention, tails, causal) in F16 and BF16 only: F32 never takes that kernel.
+ * Tolerances (max |cuda - cpu| / max |cpu|):
  *   F32   1e-5 everywhere (products and reductions sum in another order).
  *   F16   2e-3 for maps and norms (~4 half-ulps: a 1-ulp flip at a rounding boundary plus
  *         fp32 reordering); 5e-3 for linear, conv and attention (fp32 accumulation over K up
@@ -244,6 +247,14 @@ static void run_cases(const struct ocase *ks, int n, const struct tol *tol) {
     }
 }
 
+/* Each case in F16, then BF16 (for kernels that only those dtypes take). */
+static void run_cases_half(const struct ocase *ks, int n, const struct tol *tol) {
+    for (int i = 0; i < n; i++) {
+        check_case(&ks[i], DTYPE_F16, tol->f16);
+        check_case(&ks[i], DTYPE_BF16, tol->bf16);
+    }
+}
+
 /* ===== Build functions ===== */
 
 static struct tensor *b_add(struct tctx *c, struct tensor **in, const struct ocase *k) { return op_add(c, in[0], in[1]); }
@@ -386,6 +397,54 @@ static void test_attention(void **state) {
         {"attn vae [1,1024,128] h1 d128", b_attn, 3, {IN(1, 1024, 128), IN(1, 1024, 128), IN(1, 1024, 128)}, -1, 1, {1, 0}, {0}},
     };
     run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
+}
+
+/* The F16/BF16 flash kernel (attention_flash.cu): SD 1.5 heads of d = 40, 80, 160 (8 heads),
+ * SD 2 / SDXL d = 64, cross-attention over 77 tokens, query and key counts that are not
+ * multiples of the 64-query / 64-key tiles, head sizes that are not multiples of 16 (zero
+ * padding) or of 8 (the element-wise staging path), causal masks, the largest head (256). */
+static void test_attention_flash(void **state) {
+    GPU_OR_SKIP();
+    /* ip: heads, causal */
+    const struct ocase ks[] = {
+        {"flash d40 [2,1024,320] h8", b_attn, 3, {IN(2, 1024, 320), IN(2, 1024, 320), IN(2, 1024, 320)}, -1, 1, {8, 0}, {0}},
+        {"flash d40 cross [2,1024,320]x[2,77,320] h8", b_attn, 3, {IN(2, 1024, 320), IN(2, 77, 320), IN(2, 77, 320)}, -1, 1, {8, 0}, {0}},
+        {"flash d80 [2,1024,640] h8", b_attn, 3, {IN(2, 1024, 640), IN(2, 1024, 640), IN(2, 1024, 640)}, -1, 1, {8, 0}, {0}},
+        {"flash d80 cross [2,1024,640]x[2,77,640] h8", b_attn, 3, {IN(2, 1024, 640), IN(2, 77, 640), IN(2, 77, 640)}, -1, 1, {8, 0}, {0}},
+        {"flash d160 [2,256,1280] h8", b_attn, 3, {IN(2, 256, 1280), IN(2, 256, 1280), IN(2, 256, 1280)}, -1, 1, {8, 0}, {0}},
+        {"flash d160 cross [2,256,1280]x[2,77,1280] h8", b_attn, 3, {IN(2, 256, 1280), IN(2, 77, 1280), IN(2, 77, 1280)}, -1, 1, {8, 0}, {0}},
+        {"flash d64 [2,1024,640] h10", b_attn, 3, {IN(2, 1024, 640), IN(2, 1024, 640), IN(2, 1024, 640)}, -1, 1, {10, 0}, {0}},
+        {"flash d64 cross [2,1024,640]x[2,77,640] h10", b_attn, 3, {IN(2, 1024, 640), IN(2, 77, 640), IN(2, 77, 640)}, -1, 1, {10, 0}, {0}},
+        {"flash d64 [2,256,320] h5", b_attn, 3, {IN(2, 256, 320), IN(2, 256, 320), IN(2, 256, 320)}, -1, 1, {5, 0}, {0}},
+        {"flash d40 odd [2,1000,320]x[2,37,320] h8", b_attn, 3, {IN(2, 1000, 320), IN(2, 37, 320), IN(2, 37, 320)}, -1, 1, {8, 0}, {0}},
+        {"flash d80 odd [2,1000,640]x[2,37,640] h8", b_attn, 3, {IN(2, 1000, 640), IN(2, 37, 640), IN(2, 37, 640)}, -1, 1, {8, 0}, {0}},
+        {"flash d36 unaligned [2,1000,72]x[2,37,72] h2", b_attn, 3, {IN(2, 1000, 72), IN(2, 37, 72), IN(2, 37, 72)}, -1, 1, {2, 0}, {0}},
+        {"flash causal [2,77,768] h12 d64", b_attn, 3, {IN(2, 77, 768), IN(2, 77, 768), IN(2, 77, 768)}, -1, 1, {12, 1}, {0}},
+        {"flash causal [2,77,320] h8 d40", b_attn, 3, {IN(2, 77, 320), IN(2, 77, 320), IN(2, 77, 320)}, -1, 1, {8, 1}, {0}},
+        {"flash causal [2,300,320] h8 d40", b_attn, 3, {IN(2, 300, 320), IN(2, 300, 320), IN(2, 300, 320)}, -1, 1, {8, 1}, {0}},
+        {"flash causal [2,300,640] h8 d80", b_attn, 3, {IN(2, 300, 640), IN(2, 300, 640), IN(2, 300, 640)}, -1, 1, {8, 1}, {0}},
+        {"flash causal [2,300,1280] h8 d160", b_attn, 3, {IN(2, 300, 1280), IN(2, 300, 1280), IN(2, 300, 1280)}, -1, 1, {8, 1}, {0}},
+        {"flash causal odd d36 [2,300,72] h2", b_attn, 3, {IN(2, 300, 72), IN(2, 300, 72), IN(2, 300, 72)}, -1, 1, {2, 1}, {0}},
+        {"flash d256 [1,200,512]x[1,131,512] h2", b_attn, 3, {IN(1, 200, 512), IN(1, 131, 512), IN(1, 131, 512)}, -1, 1, {2, 0}, {0}},
+        {"flash d200 [1,130,400]x[1,70,400] h2", b_attn, 3, {IN(1, 130, 400), IN(1, 70, 400), IN(1, 70, 400)}, -1, 1, {2, 0}, {0}},
+        {"flash d3 tiny [2,5,9]x[2,3,9] h3", b_attn, 3, {IN(2, 5, 9), IN(2, 3, 9), IN(2, 3, 9)}, -1, 1, {3, 0}, {0}},
+        {"flash large scores [1,300,64] h1", b_attn, 3, {IN(1, 300, 64), IN(1, 300, 64), IN(1, 300, 64)}, -6, 6, {1, 0}, {0}},
+    };
+    run_cases_half(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
+}
+
+/* The flash kernel at full SD sizes (4096 tokens: SD 1.5 at 512 px, SDXL's d = 64 at 1024 px). */
+static void test_attention_flash_sd(void **state) {
+    GPU_OR_SKIP();
+    if (getenv("KILN_GPU_SKIP_LARGE")) skip();
+    const struct ocase ks[] = {
+        {"flash SD d40 [2,4096,320] h8", b_attn, 3, {IN(2, 4096, 320), IN(2, 4096, 320), IN(2, 4096, 320)}, -1, 1, {8, 0}, {0}},
+        {"flash SD d40 cross [2,4096,320]x[2,77,320]", b_attn, 3, {IN(2, 4096, 320), IN(2, 77, 320), IN(2, 77, 320)}, -1, 1, {8, 0}, {0}},
+        {"flash SDXL d64 [2,4096,640] h10", b_attn, 3, {IN(2, 4096, 640), IN(2, 4096, 640), IN(2, 4096, 640)}, -1, 1, {10, 0}, {0}},
+        {"flash SDXL d64 cross [2,4096,640]x[2,77,640]", b_attn, 3, {IN(2, 4096, 640), IN(2, 77, 640), IN(2, 77, 640)}, -1, 1, {10, 0}, {0}},
+        {"flash SD d80 [2,4096,640] h8", b_attn, 3, {IN(2, 4096, 640), IN(2, 4096, 640), IN(2, 4096, 640)}, -1, 1, {8, 0}, {0}},
+    };
+    run_cases_half(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
 }
 
 static void test_layout(void **state) {
@@ -610,7 +669,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_elementwise),   cmocka_unit_test(test_linear),
         cmocka_unit_test(test_conv2d),        cmocka_unit_test(test_norms),
-        cmocka_unit_test(test_attention),     cmocka_unit_test(test_layout),
+        cmocka_unit_test(test_attention),     cmocka_unit_test(test_attention_flash),
+        cmocka_unit_test(test_attention_flash_sd), cmocka_unit_test(test_layout),
         cmocka_unit_test(test_sd_scale),      cmocka_unit_test(test_cast),
         cmocka_unit_test(test_get_rows_bad_id), cmocka_unit_test(test_device_errors),
     };

@@ -18,7 +18,10 @@
  * cublasSgemmStridedBatched as before); for F16/BF16 the products are
  * cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F (Q, K in T -> S fp32; P, V in T -> O in
  * T) and P is a second buffer of T after S. bq is sized so S and P fit ATT_WORK_MAX together.
- * Later (issue 4): a tensor-core flash kernel replaces both. */
+ * F16/BF16 with heads of up to CUDA_FLASH_DMAX (256) channels take neither: they go to the
+ * tensor-core flash kernel of attention_flash.cu (mma.sync, online softmax, no scratch); the
+ * two paths above remain for F32 (exact to 1e-5), the VAE's d = 512 and devices before sm_80. */
+#include "tensor/cuda/attention_flash.cuh"
 #include "tensor/cuda/cuda.cuh"
 
 #include <limits.h>
@@ -248,6 +251,8 @@ static int attention_entry(struct cuda_ctx *ctx, struct tensor *dst, struct err 
     if (nb * nq * c == 0) return 0;
     T *out = (T *)dst->data;
     const T *q = (const T *)tq->data, *k = (const T *)tk->data, *v = (const T *)tv->data;
+    if (nb <= 65535 && heads <= 65535 && cuda__attention_flash_covers(ctx, dst->dtype, (int)(c / heads)))
+        return cuda__attention_flash(ctx, dst->dtype, out, q, k, v, nb, nq, nk, c, heads, causal, err);
     if (nq * nk >= ATT_BLAS_MIN && nq <= INT_MAX && nk <= INT_MAX && c <= INT_MAX)
         return attention_blas<T>(ctx, dst->dtype, out, q, k, v, nb, nq, nk, c, heads, causal, err);
     return attention_warp_cuda<T>(out, q, k, v, nb, nq, nk, c, heads, causal, ctx->stream, err);
