@@ -8,6 +8,7 @@
  * DESIGN: graph_run queues every node on the one stream, then synchronises once and checks for
  * asynchronous errors; no CUDA error aborts (CUDA_TRY turns each into a status + message). */
 #include "tensor/cuda/cuda.cuh"
+#include "tensor/cuda/graphs.cuh"
 
 extern "C" {
 #include "base/log.h"
@@ -160,13 +161,9 @@ static bool cuda_op_supported(void *vctx, const struct tensor *node) {
     return true;
 }
 
-static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct err *err) {
-    struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
-    CUDA_TRY(cudaSetDevice(ctx->device));
-    if (ctx->profile) {
-        int rc = cuda__profile_begin(ctx->profile, nodes, n, err);
-        if (rc) return rc;
-    }
+/* Queues nodes[0..n) on the stream one by one (cuda_enqueue_fn: also what a CUDA graph captures).
+ * On a failure the stream is drained (unless it is being captured) and err names the node. */
+static int enqueue_nodes(struct cuda_ctx *ctx, struct tensor *const *nodes, int n, struct err *err) {
     for (int i = 0; i < n; i++) {
         struct tensor *t = nodes[i];
         if (ctx->profile) cuda__profile_mark(ctx->profile, i, ctx->stream);
@@ -200,11 +197,27 @@ static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct
         if (rc) {
             char sh[64];
             err_prefix(err, "%s %s", op_name(t->op), tensor_shape_str(t, sh, sizeof sh));
-            cudaStreamSynchronize(ctx->stream);
+            cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+            if (cudaStreamIsCapturing(ctx->stream, &cap) == cudaSuccess && cap == cudaStreamCaptureStatusNone)
+                cudaStreamSynchronize(ctx->stream);
             return rc;
         }
     }
-    if (ctx->profile) cuda__profile_mark(ctx->profile, n, ctx->stream);
+    return 0;
+}
+
+static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct err *err) {
+    struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
+    CUDA_TRY(cudaSetDevice(ctx->device));
+    int rc;
+    if (ctx->profile) { /* every node timed on its own: no CUDA graphs */
+        rc = cuda__profile_begin(ctx->profile, nodes, n, err);
+        if (!rc) rc = enqueue_nodes(ctx, nodes, n, err);
+        if (!rc) cuda__profile_mark(ctx->profile, n, ctx->stream);
+    } else {
+        rc = cuda__graphs_run(ctx->graphs, ctx, nodes, n, enqueue_nodes, err);
+    }
+    if (rc) return rc;
     CUDA_TRY(cudaStreamSynchronize(ctx->stream));
     CUDA_TRY(cudaGetLastError());
     if (ctx->profile) cuda__profile_end(ctx->profile);
@@ -226,6 +239,13 @@ static void cuda_free(void *vctx) {
     if (cb->ctx.stream) cudaStreamSynchronize(cb->ctx.stream);
     cuda_raw_free(cb, cb->ctx.work);
     cuda__profile_free(cb->ctx.profile, cb->ctx.device);
+    if (cb->ctx.graphs) {
+        long replays, captures, plain;
+        cuda__graphs_stats(cb->ctx.graphs, &replays, &captures, &plain);
+        log_debug("cuda backend: device %d ran %ld graphs from CUDA graph replays (%ld captured), %ld launched node by node",
+                  cb->ctx.device, replays, captures, plain);
+        cuda__graphs_free(cb->ctx.graphs);
+    }
 #ifdef KILN_HAVE_CUDNN
     cuda__conv_plans_free(&cb->ctx);
     if (cb->ctx.cudnn) cudnnDestroy(cb->ctx.cudnn);
@@ -352,6 +372,7 @@ static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
     cuda_dnn_open(&cb->ctx);
 #endif
     cb->ctx.profile = cuda__profile_new();
+    cb->ctx.graphs = cuda__graphs_new();
     if (cb->ctx.profile) log_info("cuda backend: device %d times every op (KILN_CUDA_PROFILE=1)", device);
     return 0;
 }

@@ -9,8 +9,10 @@
  * cuda_to_f32, compute in fp32 (statistics in double, products accumulate in fp32) and store
  * with cuda_from_f32<T> (round to nearest even). Each entry picks T with CUDA_DISPATCH.
  * Files: elementwise.cu (add .. geglu), matmul.cu (linear, cuBLAS), conv.cu (cuDNN, else im2col + gemm),
- * norm.cu (group/layer norm), attention.cu (blocked online softmax), layout.cu (transpose,
- * upsample, concat, get_rows, cast), backend.cu (the table, memory, the op switch, errors).
+ * norm.cu (group/layer norm), attention.cu (F32: blocked online softmax or cuBLAS blocks; F16/BF16:
+ * attention_flash.cu's tensor-core kernel for d <= 256), layout.cu (transpose, upsample, concat,
+ * get_rows, cast), backend.cu (the table, memory, the op switch, errors), graphs.cu (replaying
+ * repeated graphs as CUDA graphs), profile.cu (KILN_CUDA_PROFILE=1 per-op timing).
  * cuDNN is optional: KILN_HAVE_CUDNN (set by CMake when cuDNN 9 is found) adds the handle, the
  * conv plan table and CUDNN_TRY; without it those fields and conv.cu's cuDNN path do not exist. */
 #ifndef KILN_CUDA_CUH
@@ -35,6 +37,7 @@ extern "C" {
 #include <stdint.h>
 
 struct cuda_profile;
+struct cuda_graphs;
 struct cuda_conv_plan;
 
 struct cuda_ctx {
@@ -47,6 +50,7 @@ struct cuda_ctx {
     size_t bytes_peak;      /* the most bytes_in_use has been */
     struct err *err;        /* where graph_run's errors go, while it runs (else NULL) */
     struct cuda_profile *profile; /* per-op timing (KILN_CUDA_PROFILE=1), or NULL */
+    struct cuda_graphs *graphs;   /* captured CUDA graphs of repeated node lists (graphs.cuh), or NULL */
 #ifdef KILN_HAVE_CUDNN
     cudnnHandle_t cudnn;    /* bound to stream; NULL: no cuDNN at run time or KILN_CUDNN=0 (im2col only) */
     bool cudnn_find;        /* KILN_CUDNN=find: time the algorithms once per shape (else heuristics) */
