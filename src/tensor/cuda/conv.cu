@@ -6,10 +6,11 @@
  * CUDNN (built with KILN_HAVE_CUDNN, ctx->cudnn set; docs/DECISIONS.md "Convolutions on cuDNN"):
  * legacy API, NCHW tensors and an [O, C, kh, kw] filter as stored, cross-correlation, compute
  * type fp32 (fp32 accumulation); tensor-op math for F16/BF16, FMA math for F32 (no TF32). The
- * first call of each (shape, dtype) asks cuDNN for an algorithm (heuristics, or timing with
- * KILN_CUDNN=find) among the GEMM family (no FFT, no Winograd: they change the arithmetic),
- * deterministic first, workspace <= CONV_DNN_WORK_MAX; the plan is kept in the ctx. Asymmetric
- * padding, sizes past int, or no algorithm (CUDNN_STATUS_NOT_SUPPORTED*) take the im2col path.
+ * first call of each (shape, dtype) times cuDNN's algorithms (cudnnFind...Ex; the heuristics'
+ * ranking instead with KILN_CUDNN=heuristics) and keeps the fastest of the GEMM family (no FFT,
+ * no Winograd: they change the arithmetic), deterministic first, workspace <= CONV_DNN_WORK_MAX;
+ * the plan is kept in the ctx. Asymmetric padding, sizes past int, or no algorithm (CUDNN_STATUS_NOT_SUPPORTED*) take the im2col path;
+ * 1x1 stride-1 convolutions take the direct GEMM path (one cuBLAS product per image).
  * IM2COL: per image, y [O, P] = w [O, CK] x col [CK, P] (P = Ho * Wo output positions, CK = C
  * kh kw). The column matrix holds the storage type T (a copy of x's elements, no rounding) and
  * the products go through cuda__gemm (fp32 accumulation; F16/BF16 on tensor cores). Positions
@@ -320,8 +321,9 @@ static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
                           dst->shape[2], dst->shape[3], dst->ip[0], dst->ip[1], dst->ip[2]};
     int64_t nb = tx->shape[0], o = tw->shape[0], p = g.ho * g.wo, ck = g.c * g.kh * g.kw;
     if (nb * o * p == 0) return 0;
+    bool pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pt == 0 && g.pl == 0 && g.ho == g.h && g.wo == g.w;
 #ifdef KILN_HAVE_CUDNN
-    if (ctx->cudnn) {
+    if (ctx->cudnn && !pointwise) { /* a 1x1 conv is one GEMM per image: cuBLAS does it best */
         int rc = conv2d_dnn<T>(ctx, dst, err);
         if (rc <= 0) return rc;
     }
@@ -331,7 +333,7 @@ static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
     const T *x = (const T *)tx->data, *w = (const T *)tw->data;
     T *y = (T *)dst->data;
     enum dtype dt = dst->dtype;
-    bool direct = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pt == 0 && g.pl == 0 && g.ho == g.h && g.wo == g.w;
+    bool direct = pointwise;
 
     int64_t chunk = p;
     T *col = NULL;
