@@ -10,12 +10,14 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <spng.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <pthread.h>
 
 /* libspng allocates with these, so its memory shows in mem_used(). */
 static void *spng_malloc(size_t n) { return mem_try_alloc(n); }
@@ -137,6 +139,70 @@ int png_write(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, i
 int png_write_new(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
                   const struct png_text *text, int n_text, int level, struct err *err) {
     return encode_and_write(path, O_EXCL, pixels, w, h, channels, text, n_text, level, err);
+}
+
+int png_save_new(const char *path, const void *data, size_t len, struct err *err) {
+    return write_file(path, O_EXCL, data, len, err);
+}
+
+struct encode_job {
+    const uint8_t *const *pixels;
+    uint32_t w, h;
+    int channels, n_text, level;
+    const struct png_text *text;
+    void **outs;
+    size_t *lens;
+    int *rcs;
+    struct err *errs;
+    int next, n;            /* the next image to take, under mu */
+    pthread_mutex_t mu;
+};
+
+static void *encode_worker(void *p) {
+    struct encode_job *j = p;
+    for (;;) {
+        pthread_mutex_lock(&j->mu);
+        int i = j->next < j->n ? j->next++ : -1;
+        pthread_mutex_unlock(&j->mu);
+        if (i < 0) return NULL;
+        j->rcs[i] = png_encode(j->pixels[i], j->w, j->h, j->channels, j->text, j->n_text, j->level, &j->outs[i],
+                               &j->lens[i], &j->errs[i]);
+    }
+}
+
+int png_encode_many(const uint8_t *const *pixels, int n, uint32_t w, uint32_t h, int channels,
+                    const struct png_text *text, int n_text, int level, int threads, void **outs, size_t *lens,
+                    struct err *err) {
+    if (n <= 0) return 0;
+    struct encode_job j = {.pixels = pixels, .w = w, .h = h, .channels = channels, .n_text = n_text, .level = level,
+                           .text = text, .outs = outs, .lens = lens, .n = n, .mu = PTHREAD_MUTEX_INITIALIZER};
+    j.rcs = mem_calloc((size_t)n, sizeof *j.rcs);
+    j.errs = mem_calloc((size_t)n, sizeof *j.errs);
+    for (int i = 0; i < n; i++) outs[i] = NULL;
+    if (threads > n) threads = n;
+    if (threads > 16) threads = 16;
+    pthread_t tid[16];
+    int started = 0;
+    for (int t = 1; t < threads; t++) /* the caller is worker 0 */
+        if (pthread_create(&tid[started], NULL, encode_worker, &j) == 0) started++;
+    encode_worker(&j);
+    for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        if (!j.rcs[i]) continue;
+        rc = j.rcs[i];
+        *err = j.errs[i];
+        err_prefix(err, "image %d of %d", i + 1, n);
+    }
+    if (rc)
+        for (int i = 0; i < n; i++) {
+            mem_free(outs[i]);
+            outs[i] = NULL;
+        }
+    mem_free(j.rcs);
+    mem_free(j.errs);
+    pthread_mutex_destroy(&j.mu);
+    return rc;
 }
 
 /* ===== Decoding ===== */

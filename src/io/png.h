@@ -37,6 +37,18 @@ struct png_image {
 int png_encode(const uint8_t *pixels, uint32_t w, uint32_t h, int channels, const struct png_text *text, int n_text,
                int level, void **out, size_t *out_len, struct err *err);
 
+/* png_encode of n images (pixels[i], all w x h x channels, the same text chunks and level) on up
+ * to `threads` threads at once (a batch's PNGs are independent; zlib is the slow part). On
+ * success outs[i] / lens[i] hold each PNG (mem_alloc'd; the caller frees them); on failure
+ * nothing is left allocated and err says which image failed. */
+int png_encode_many(const uint8_t *const *pixels, int n, uint32_t w, uint32_t h, int channels,
+                    const struct png_text *text, int n_text, int level, int threads, void **outs, size_t *lens,
+                    struct err *err);
+
+/* Writes already-encoded bytes to a new file at path: STATUS_ERR_EXISTS (err untouched) when it
+ * exists, as png_write_new. */
+int png_save_new(const char *path, const void *data, size_t len, struct err *err);
+
 /* png_encode, then writes the file at path (replacing it). */
 int png_write(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
               const struct png_text *text, int n_text, int level, struct err *err);

@@ -229,6 +229,48 @@ static void test_write_new_exclusive(void **s) {
     unlink(path);
 }
 
+/* png_encode_many on threads gives exactly png_encode's bytes for each image, in order; a bad
+ * image makes it fail with nothing left allocated; png_save_new refuses an existing file. */
+static void test_encode_many(void **s) {
+    enum { N = 5, W = 61, H = 37 };
+    uint8_t *img[N];
+    for (int i = 0; i < N; i++) {
+        img[i] = pattern(W, H, 3);
+        for (int k = 0; k < W * H * 3; k++) img[i][k] = (uint8_t)(img[i][k] + 17 * i);
+    }
+    struct png_text t[1] = {{"prompt", "{\"a\": 1}"}};
+    void *outs[N];
+    size_t lens[N];
+    struct err err = {0};
+    assert_int_equal(png_encode_many((const uint8_t *const *)img, N, W, H, 3, t, 1, 4, 3, outs, lens, &err), 0);
+    for (int i = 0; i < N; i++) {
+        void *one;
+        size_t len;
+        assert_int_equal(png_encode(img[i], W, H, 3, t, 1, 4, &one, &len, &err), 0);
+        assert_int_equal(len, lens[i]);
+        assert_memory_equal(one, outs[i], len);
+        mem_free(one);
+    }
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/kiln_test_png_many_%d.png", (int)getpid());
+    unlink(path);
+    assert_int_equal(png_save_new(path, outs[2], lens[2], &err), 0);
+    assert_int_equal(png_save_new(path, outs[3], lens[3], &err), STATUS_ERR_EXISTS);
+    struct png_image back;
+    assert_int_equal(png_read(path, &back, &err), 0);
+    assert_int_equal(back.rgba[0], img[2][0]);
+    png_image_deinit(&back);
+    unlink(path);
+    for (int i = 0; i < N; i++) mem_free(outs[i]);
+    /* 5 channels cannot be encoded: the call fails and names the image */
+    assert_int_not_equal(png_encode_many((const uint8_t *const *)img, N, W, H, 5, t, 1, 4, 4, outs, lens, &err), 0);
+    assert_non_null(strstr(err.msg, "image 1 of 5"));
+    for (int i = 0; i < N; i++) {
+        assert_null(outs[i]);
+        mem_free(img[i]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_rgb_text_order),
@@ -238,6 +280,7 @@ int main(void) {
         cmocka_unit_test(test_pil_files),
         cmocka_unit_test(test_float_conversion),
         cmocka_unit_test(test_write_new_exclusive),
+        cmocka_unit_test(test_encode_many),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
