@@ -166,7 +166,7 @@ static bool cuda_op_supported(void *vctx, const struct tensor *node) {
 static int enqueue_nodes(struct cuda_ctx *ctx, struct tensor *const *nodes, int n, struct err *err) {
     for (int i = 0; i < n; i++) {
         struct tensor *t = nodes[i];
-        if (ctx->profile) cuda__profile_mark(ctx->profile, i, ctx->stream);
+        if (ctx->profile && !cuda__profile_whole(ctx->profile)) cuda__profile_mark(ctx->profile, i, ctx->stream);
         if (!cuda_op_supported(ctx, t))
             return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda backend: %s on %s is not supported", op_name(t->op),
                            dtype_name(t->dtype));
@@ -210,7 +210,12 @@ static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct
     struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
     CUDA_TRY(cudaSetDevice(ctx->device));
     int rc;
-    if (ctx->profile) { /* every node timed on its own: no CUDA graphs */
+    if (cuda__profile_whole(ctx->profile)) { /* the whole graph timed, CUDA graphs on */
+        rc = cuda__profile_begin(ctx->profile, nodes, n, err);
+        if (!rc) cuda__profile_mark(ctx->profile, 0, ctx->stream);
+        if (!rc) rc = cuda__graphs_run(ctx->graphs, ctx, nodes, n, enqueue_nodes, err);
+        if (!rc) cuda__profile_mark(ctx->profile, 1, ctx->stream);
+    } else if (ctx->profile) { /* every node timed on its own: no CUDA graphs */
         rc = cuda__profile_begin(ctx->profile, nodes, n, err);
         if (!rc) rc = enqueue_nodes(ctx, nodes, n, err);
         if (!rc) cuda__profile_mark(ctx->profile, n, ctx->stream);

@@ -67,6 +67,9 @@ struct cuda_profile *cuda__profile_new(void);
 int cuda__profile_begin(struct cuda_profile *p, struct tensor *const *nodes, int n, struct err *err);
 /* Records event i on the stream (before node i; i = n after the last). */
 void cuda__profile_mark(struct cuda_profile *p, int i, cudaStream_t stream);
+/* Whole-graph mode (KILN_CUDA_PROFILE=2): only events 0 and 1 around the whole graph, which
+ * still runs through CUDA graphs. p may be NULL (false). */
+bool cuda__profile_whole(const struct cuda_profile *p);
 /* After the stream synchronised: adds each node's time to the totals. */
 void cuda__profile_end(struct cuda_profile *p);
 /* Logs the table (most expensive first) and frees p. NULL is a no-op. */

@@ -22,10 +22,13 @@ extern "C" {
 struct prof_row {
     char key[PROF_KEY]; /* "CONV2D F16 [2, 320, 64, 64] <- [2, 320, 64, 64]" */
     char op[24];        /* "CONV2D" */
+    enum dtype dtype;   /* the node's */
+    double median_ms;   /* filled when printing */
     double ms;          /* total */
     double min_ms;      /* fastest occurrence: the steady-state cost (the first run of a shape
                            also pays lazy kernel loading, cuDNN's algorithm search, ...) */
     long count;
+    float samples[64];  /* the first 64 times, for the median */
 };
 
 struct cuda_profile {
@@ -36,12 +39,15 @@ struct cuda_profile {
     struct prof_row *rows;
     int n_rows, cap_rows;
     long graphs;
+    bool whole;              /* KILN_CUDA_PROFILE=2: time whole graphs (CUDA graphs stay on) */
 };
 
 struct cuda_profile *cuda__profile_new(void) {
     const char *e = getenv("KILN_CUDA_PROFILE");
-    if (!e || e[0] != '1') return NULL;
-    return (struct cuda_profile *)mem_calloc(1, sizeof(struct cuda_profile));
+    if (!e || (e[0] != '1' && e[0] != '2')) return NULL;
+    struct cuda_profile *p = (struct cuda_profile *)mem_calloc(1, sizeof(struct cuda_profile));
+    p->whole = e[0] == '2';
+    return p;
 }
 
 int cuda__profile_begin(struct cuda_profile *p, struct tensor *const *nodes, int n, struct err *err) {
@@ -73,12 +79,35 @@ static struct prof_row *row_for(struct cuda_profile *p, const struct tensor *t) 
     memset(r, 0, sizeof *r);
     snprintf(r->key, sizeof r->key, "%s", key);
     snprintf(r->op, sizeof r->op, "%s", op_name(t->op));
+    r->dtype = t->dtype;
     return r;
 }
 
-/* After the graph's stream synchronisation: adds each node's time to its row. */
+bool cuda__profile_whole(const struct cuda_profile *p) { return p && p->whole; }
+
+/* After the graph's stream synchronisation: adds each node's time to its row (or, in whole mode,
+ * the graph's time to the row of graphs of its size). */
 void cuda__profile_end(struct cuda_profile *p) {
     p->graphs++;
+    if (p->whole) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, p->events[0], p->events[1]) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return;
+        }
+        struct tensor fake = {};
+        fake.op = OP_NONE;
+        fake.dtype = p->n_nodes > 0 ? p->nodes[p->n_nodes - 1]->dtype : DTYPE_F32;
+        fake.ndim = 1;
+        fake.shape[0] = p->n_nodes;
+        struct prof_row *r = row_for(p, &fake);
+        snprintf(r->op, sizeof r->op, "GRAPH");
+        r->ms += ms;
+        if (r->count == 0 || ms < r->min_ms) r->min_ms = ms;
+        if (r->count < 64) r->samples[r->count] = ms;
+        r->count++;
+        return;
+    }
     for (int i = 0; i < p->n_nodes; i++) {
         const struct tensor *t = p->nodes[i];
         if (t->op == OP_NONE || t->op == OP_RESHAPE) continue;
@@ -90,9 +119,24 @@ void cuda__profile_end(struct cuda_profile *p) {
         struct prof_row *r = row_for(p, t);
         r->ms += ms;
         if (r->count == 0 || ms < r->min_ms) r->min_ms = ms;
+        if (r->count < 64) r->samples[r->count] = ms;
         r->count++;
     }
     p->nodes = NULL;
+}
+
+static int by_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* Median of a row's first samples: the steady cost (the first run of a shape also pays lazy
+ * kernel loading and cuDNN's algorithm search). */
+static double row_median(struct prof_row *r) {
+    int n = r->count < 64 ? (int)r->count : 64;
+    if (n == 0) return 0;
+    qsort(r->samples, (size_t)n, sizeof r->samples[0], by_float);
+    return r->samples[n / 2];
 }
 
 static int by_ms(const void *a, const void *b) {
@@ -120,18 +164,22 @@ void cuda__profile_free(struct cuda_profile *p, int device) {
         kinds[k].count += p->rows[i].count;
     }
     qsort(kinds, (size_t)n_kinds, sizeof kinds[0], by_ms);
-    double steady = 0;
-    for (int i = 0; i < p->n_rows; i++) steady += p->rows[i].min_ms * (double)p->rows[i].count;
-    log_info("cuda profile, device %d: %ld graphs, %.1f ms of GPU time in ops (%.1f ms at each row's fastest: the "
-             "steady state)",
-             device, p->graphs, total, steady);
+    double steady[DTYPE_COUNT] = {0};
+    for (int i = 0; i < p->n_rows; i++) {
+        struct prof_row *r = &p->rows[i];
+        r->median_ms = row_median(r);
+        steady[r->dtype] += r->median_ms * (double)r->count;
+    }
+    log_info("cuda profile, device %d: %ld graphs, %.1f ms of GPU time in ops; at each row's median: F32 %.1f ms, "
+             "F16 %.1f ms, BF16 %.1f ms",
+             device, p->graphs, total, steady[DTYPE_F32], steady[DTYPE_F16], steady[DTYPE_BF16]);
     for (int k = 0; k < n_kinds; k++)
         log_info("  %-18s %9.2f ms %5.1f%%  %7ld nodes", kinds[k].op, kinds[k].ms, total > 0 ? 100 * kinds[k].ms / total : 0,
                  kinds[k].count);
-    for (int i = 0; i < p->n_rows && i < 100; i++)
-        log_info("  %9.3f ms %5.1f%% %6ld x %8.4f ms (fastest %8.4f)  %s", p->rows[i].ms,
+    for (int i = 0; i < p->n_rows && i < 150; i++)
+        log_info("  %9.3f ms %5.1f%% %6ld x %8.4f ms (median %8.4f, fastest %8.4f)  %s", p->rows[i].ms,
                  total > 0 ? 100 * p->rows[i].ms / total : 0, p->rows[i].count, p->rows[i].ms / (double)p->rows[i].count,
-                 p->rows[i].min_ms, p->rows[i].key);
+                 p->rows[i].median_ms, p->rows[i].min_ms, p->rows[i].key);
     for (int i = 0; i < p->n_events; i++) cudaEventDestroy(p->events[i]);
     mem_free(p->events);
     mem_free(p->rows);
