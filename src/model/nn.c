@@ -5,6 +5,7 @@
 #include "base/mem.h"
 #include "base/status.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -229,19 +230,56 @@ static size_t stage_elems(const struct nn_loader *ld) {
     return m;
 }
 
-/* Writes every entry, converted, at its offset of image (total bytes). wstore_fill_fn. */
+#define FILL_THREADS 8 /* reading a cold checkpoint: parallel page faults read ahead in parallel */
+
+struct fill_part {
+    struct nn_loader *ld;
+    char *image;
+    int first, step;     /* the entries first, first + step, ... */
+    int rc;
+    struct err err;
+};
+
+static void *fill_part_run(void *p) {
+    struct fill_part *f = p;
+    struct nn_loader *ld = f->ld;
+    size_t sn = stage_elems(ld);
+    float *stage = sn ? mem_try_alloc(sn * sizeof(float)) : NULL;
+    if (sn && !stage) {
+        f->rc = err_set(&f->err, STATUS_ERR_NOMEM, "out of host memory converting the weights of %s", ld->ck->path);
+        return NULL;
+    }
+    for (int i = f->first; i < ld->n && !f->rc; i += f->step)
+        f->rc = convert_tensor(ld->entries[i].src, ld->storage.dtype, f->image + ld->entries[i].offset, stage, &f->err);
+    mem_free(stage);
+    return NULL;
+}
+
+/* Writes every entry, converted, at its offset of image (total bytes), on up to FILL_THREADS
+ * threads (entries dealt round-robin). wstore_fill_fn. */
 static int fill_image(void *user, void *image, size_t total, struct err *err) {
     struct nn_loader *ld = user;
     ld->filled = true;
     memset(image, 0, total); /* alignment gaps: deterministic bytes */
-    size_t sn = stage_elems(ld);
-    float *stage = sn ? mem_try_alloc(sn * sizeof(float)) : NULL;
-    if (sn && !stage) return err_set(err, STATUS_ERR_NOMEM, "out of host memory converting the weights of %s", ld->ck->path);
-    int rc = 0;
-    for (int i = 0; i < ld->n && !rc; i++)
-        rc = convert_tensor(ld->entries[i].src, ld->storage.dtype, (char *)image + ld->entries[i].offset, stage, err);
-    mem_free(stage);
-    return rc;
+    int n = ld->n < FILL_THREADS ? (ld->n > 0 ? ld->n : 1) : FILL_THREADS;
+    struct fill_part parts[FILL_THREADS];
+    pthread_t tid[FILL_THREADS];
+    bool started[FILL_THREADS] = {false};
+    for (int t = 0; t < n; t++) {
+        parts[t] = (struct fill_part){.ld = ld, .image = image, .first = t, .step = n};
+        if (t > 0) started[t] = pthread_create(&tid[t], NULL, fill_part_run, &parts[t]) == 0;
+    }
+    fill_part_run(&parts[0]);
+    for (int t = 1; t < n; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+        else fill_part_run(&parts[t]); /* no thread: do its share here */
+    }
+    for (int t = 0; t < n; t++) {
+        if (!parts[t].rc) continue;
+        *err = parts[t].err;
+        return parts[t].rc;
+    }
+    return 0;
 }
 
 /* A 1-d view of size bytes at data, for backend copies. */

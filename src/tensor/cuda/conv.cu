@@ -10,7 +10,9 @@
  * ranking instead with KILN_CUDNN=heuristics) and keeps the fastest of the GEMM family (no FFT,
  * no Winograd: they change the arithmetic), deterministic first, workspace <= CONV_DNN_WORK_MAX;
  * the plan is kept in the ctx. Asymmetric padding, sizes past int, or no algorithm (CUDNN_STATUS_NOT_SUPPORTED*) take the im2col path;
- * 1x1 stride-1 convolutions take the direct GEMM path (one cuBLAS product per image).
+ * 1x1 stride-1 convolutions take the direct GEMM path, and so do images of at most
+ * conv_small_p() positions (im2col first): there cuDNN's kernels were slow. Both do every image
+ * of the batch in one strided-batched cuBLAS product when the columns fit CONV_WORK_MAX.
  * IM2COL: per image, y [O, P] = w [O, CK] x col [CK, P] (P = Ho * Wo output positions, CK = C
  * kh kw). The column matrix holds the storage type T (a copy of x's elements, no rounding) and
  * the products go through cuda__gemm (fp32 accumulation; F16/BF16 on tensor cores). Positions
@@ -21,6 +23,7 @@
 #include "tensor/cuda/cuda.cuh"
 
 #include <limits.h>
+#include <stdlib.h>
 
 #define THREADS 256
 #define MAX_GRID (65535u * 8u)
@@ -314,6 +317,17 @@ static int conv2d_dnn(struct cuda_ctx *ctx, struct tensor *dst, struct err *err)
 
 /* ===== im2col + gemm ===== */
 
+/* Output positions per image at or below which im2col + cuBLAS beats cuDNN (measured on an H100:
+ * SD 1.5's 8x8 level, [2, 1280, 8, 8] 3x3, 0.12 ms on cuDNN). KILN_CONV_SMALL_P overrides. */
+static int64_t conv_small_p(void) {
+    static int64_t v = -1;
+    if (v < 0) {
+        const char *e = getenv("KILN_CONV_SMALL_P");
+        v = e && *e ? atoll(e) : 64;
+    }
+    return v;
+}
+
 template <typename T>
 static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
@@ -322,8 +336,11 @@ static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
     int64_t nb = tx->shape[0], o = tw->shape[0], p = g.ho * g.wo, ck = g.c * g.kh * g.kw;
     if (nb * o * p == 0) return 0;
     bool pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pt == 0 && g.pl == 0 && g.ho == g.h && g.wo == g.w;
+    /* small images (the UNet's 8x8 level): cuDNN's kernels run at a fraction of the tensor cores'
+       speed there, one batched cuBLAS product over im2col columns does much better */
+    bool small = p <= conv_small_p();
 #ifdef KILN_HAVE_CUDNN
-    if (ctx->cudnn && !pointwise) { /* a 1x1 conv is one GEMM per image: cuBLAS does it best */
+    if (ctx->cudnn && !pointwise && !small) { /* a 1x1 conv is one GEMM per image: cuBLAS does it best */
         int rc = conv2d_dnn<T>(ctx, dst, err);
         if (rc <= 0) return rc;
     }
@@ -350,6 +367,23 @@ static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
         int rc = conv_fill_bias_cuda<T>(y, (const T *)tb->data, o, p, nb * o * p, ctx->stream, err);
         if (rc) return rc;
         beta = 1.0f;
+    }
+    size_t whole = (size_t)nb * (size_t)p * (size_t)ck * sizeof(T);
+    if (nb > 1 && nb <= INT_MAX && (direct || whole <= CONV_WORK_MAX)) {
+        /* every image in one batched product: column-major y_i^T [P, O] = src_i^T [P, CK] . w^T [CK, O],
+           src_i = x_i itself (1x1) or its im2col columns */
+        const T *src = x;
+        if (!direct) {
+            int rc = 0;
+            col = (T *)cuda__work(ctx, whole, "conv2d im2col", &rc, err);
+            if (!col) return rc;
+            for (int64_t img = 0; img < nb && !rc; img++)
+                rc = im2col_cuda<T>(col + img * p * ck, x + img * g.c * g.h * g.w, &g, 0, p, ctx->stream, err);
+            if (rc) return rc;
+            src = col;
+        }
+        return cuda__gemm_batched(ctx, dt, (int)p, (int)o, (int)ck, src, (int)p, (long long)(p * ck), w, (int)ck, 0,
+                                  beta, y, (int)p, (long long)(o * p), (int)nb, err);
     }
     for (int64_t img = 0; img < nb; img++) {
         const T *xi = x + img * g.c * g.h * g.w;

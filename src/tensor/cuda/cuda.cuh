@@ -138,6 +138,11 @@ void *cuda__work(struct cuda_ctx *ctx, size_t size, const char *what, int *rc, s
  * unless KILN_CUDA_TF32=1), F16/BF16 are cublasGemmEx with CUBLAS_COMPUTE_32F (tensor cores). */
 int cuda__gemm(struct cuda_ctx *ctx, enum dtype dt, bool ta, bool tb, int m, int n, int k, const void *a, int lda,
                const void *b, int ldb, float beta, void *c, int ldc, struct err *err);
+/* batch products C_i = A_i B_i (no transposes, column-major, element strides between the
+ * batch's matrices; a stride of 0 reuses one matrix), fp32 accumulation, beta as cuda__gemm. */
+int cuda__gemm_batched(struct cuda_ctx *ctx, enum dtype dt, int m, int n, int k, const void *a, int lda,
+                       long long stride_a, const void *b, int ldb, long long stride_b, float beta, void *c, int ldc,
+                       long long stride_c, int batch, struct err *err);
 
 /* ===== Storage types =====
  * cuda_to_f32 widens a stored element (exact); cuda_from_f32<T> narrows with round to nearest

@@ -28,6 +28,24 @@ int cuda__gemm(struct cuda_ctx *ctx, enum dtype dt, bool ta, bool tb, int m, int
     return 0;
 }
 
+int cuda__gemm_batched(struct cuda_ctx *ctx, enum dtype dt, int m, int n, int k, const void *a, int lda,
+                       long long stride_a, const void *b, int ldb, long long stride_b, float beta, void *c, int ldc,
+                       long long stride_c, int batch, struct err *err) {
+    const float one = 1.0f;
+    if (!cuda_is_float(dt)) return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda gemm: dtype %s", dtype_name(dt));
+    if (dt == DTYPE_F32) {
+        CUBLAS_TRY(cublasSgemmStridedBatched(ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, (const float *)a, lda,
+                                             stride_a, (const float *)b, ldb, stride_b, &beta, (float *)c, ldc,
+                                             stride_c, batch));
+        return 0;
+    }
+    cudaDataType t = cuda_data_type(dt);
+    CUBLAS_TRY(cublasGemmStridedBatchedEx(ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, t, lda, stride_a, b,
+                                          t, ldb, stride_b, &beta, c, t, ldc, stride_c, batch, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
 /* y [rows, n] = b [n] broadcast over rows (the gemm then adds the product) */
 template <typename T>
 __global__ void fill_bias(T *y, const T *b, int64_t total, int64_t n) {
