@@ -308,9 +308,9 @@ static const struct backend_i CUDA_BACKEND = cuda_backend_table();
 #ifdef KILN_HAVE_CUDNN
 /* Gives the ctx a cuDNN handle on its stream, unless KILN_CUDNN=0. Never fails: without a
  * handle (no usable cuDNN at run time) one warning is logged and conv.cu keeps im2col.
- * conv.cu times the algorithms once per shape (cudnnFind...Ex); KILN_CUDNN=heuristics asks
- * cuDNN's heuristics instead (measured on an H100: their first GEMM-family pick was several
- * times slower on SD 1.5's shapes). Runs on the worker, device already bound. */
+ * conv.cu takes cuDNN's heuristics' pick; KILN_CUDNN=find times the algorithms once per shape
+ * instead (cudnnFind...Ex). On an H100 timing gained nothing measurable on SD 1.5's UNet and
+ * added about a second to the first prompt (one search per shape). Runs on the worker, device already bound. */
 static void cuda_dnn_open(struct cuda_ctx *ctx) {
     const char *env = getenv("KILN_CUDNN");
     if (env && strcmp(env, "0") == 0) {
@@ -339,9 +339,9 @@ static void cuda_dnn_open(struct cuda_ctx *ctx) {
         return;
     }
     ctx->cudnn = h;
-    ctx->cudnn_find = !(env && strcmp(env, "heuristics") == 0);
+    ctx->cudnn_find = env && strcmp(env, "find") == 0;
     log_info("cuda backend: device %d: convolutions on cuDNN %zu (built with %d), algorithms by %s", ctx->device,
-             version, CUDNN_VERSION, ctx->cudnn_find ? "timing, once per shape" : "heuristics (KILN_CUDNN=heuristics)");
+             version, CUDNN_VERSION, ctx->cudnn_find ? "timing, once per shape (KILN_CUDNN=find)" : "heuristics");
 }
 #endif
 

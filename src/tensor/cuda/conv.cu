@@ -6,8 +6,8 @@
  * CUDNN (built with KILN_HAVE_CUDNN, ctx->cudnn set; docs/DECISIONS.md "Convolutions on cuDNN"):
  * legacy API, NCHW tensors and an [O, C, kh, kw] filter as stored, cross-correlation, compute
  * type fp32 (fp32 accumulation); tensor-op math for F16/BF16, FMA math for F32 (no TF32). The
- * first call of each (shape, dtype) times cuDNN's algorithms (cudnnFind...Ex; the heuristics'
- * ranking instead with KILN_CUDNN=heuristics) and keeps the fastest of the GEMM family (no FFT,
+ * first call of each (shape, dtype) asks cuDNN's heuristics (or times the algorithms with
+ * KILN_CUDNN=find: cudnnFind...Ex) and keeps the best of the GEMM family (no FFT,
  * no Winograd: they change the arithmetic), deterministic first, workspace <= CONV_DNN_WORK_MAX;
  * the plan is kept in the ctx. Asymmetric padding, sizes past int, or no algorithm (CUDNN_STATUS_NOT_SUPPORTED*) take the im2col path;
  * 1x1 stride-1 convolutions take the direct GEMM path, and so do images of at most
