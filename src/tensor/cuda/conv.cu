@@ -9,7 +9,8 @@
  * first call of each (shape, dtype) asks cuDNN's heuristics (or times the algorithms with
  * KILN_CUDNN=find: cudnnFind...Ex) and keeps the best of the GEMM family (no FFT,
  * no Winograd: they change the arithmetic), deterministic first, workspace <= CONV_DNN_WORK_MAX;
- * the plan is kept in the ctx. Asymmetric padding, sizes past int, or no algorithm (CUDNN_STATUS_NOT_SUPPORTED*) take the im2col path;
+ * the plan is kept in the ctx. Asymmetric padding, sizes past int, or no algorithm
+ * (CUDNN_STATUS_NOT_SUPPORTED*) take the im2col path;
  * 1x1 stride-1 convolutions take the direct GEMM path, and so do images of at most
  * conv_small_p() positions (im2col first): there cuDNN's kernels were slow. Both do every image
  * of the batch in one strided-batched cuBLAS product when the columns fit CONV_WORK_MAX.
