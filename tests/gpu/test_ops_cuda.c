@@ -402,7 +402,8 @@ static void test_attention(void **state) {
 /* The F16/BF16 flash kernel (attention_flash.cu): SD 1.5 heads of d = 40, 80, 160 (8 heads),
  * SD 2 / SDXL d = 64, cross-attention over 77 tokens, query and key counts that are not
  * multiples of the 64-query / 64-key tiles, head sizes that are not multiples of 16 (zero
- * padding) or of 8 (the element-wise staging path), causal masks, the largest head (256). */
+ * padding) or of 8 (the element-wise staging path), causal masks, the largest head (256), and
+ * the same in 8-warp CTAs. */
 static void test_attention_flash(void **state) {
     GPU_OR_SKIP();
     /* ip: heads, causal */
@@ -429,6 +430,13 @@ static void test_attention_flash(void **state) {
         {"flash d200 [1,130,400]x[1,70,400] h2", b_attn, 3, {IN(1, 130, 400), IN(1, 70, 400), IN(1, 70, 400)}, -1, 1, {2, 0}, {0}},
         {"flash d3 tiny [2,5,9]x[2,3,9] h3", b_attn, 3, {IN(2, 5, 9), IN(2, 3, 9), IN(2, 3, 9)}, -1, 1, {3, 0}, {0}},
         {"flash large scores [1,300,64] h1", b_attn, 3, {IN(1, 300, 64), IN(1, 300, 64), IN(1, 300, 64)}, -6, 6, {1, 0}, {0}},
+        /* 8-warp CTAs (128 queries; taken when there are at least as many such CTAs as SMs, here
+         * >= 256): query and key tails, causal, the element-wise staging path, d = 128 */
+        {"flash 8w d40 odd [4,1000,320]x[4,77,320] h8", b_attn, 3, {IN(4, 1000, 320), IN(4, 77, 320), IN(4, 77, 320)}, -1, 1, {8, 0}, {0}},
+        {"flash 8w causal d40 [4,1100,320] h8", b_attn, 3, {IN(4, 1100, 320), IN(4, 1100, 320), IN(4, 1100, 320)}, -1, 1, {8, 1}, {0}},
+        {"flash 8w d64 [4,1000,640]x[4,150,640] h10", b_attn, 3, {IN(4, 1000, 640), IN(4, 150, 640), IN(4, 150, 640)}, -1, 1, {10, 0}, {0}},
+        {"flash 8w d36 unaligned [32,1000,72]x[32,37,72] h2", b_attn, 3, {IN(32, 1000, 72), IN(32, 37, 72), IN(32, 37, 72)}, -1, 1, {2, 0}, {0}},
+        {"flash 8w d128 [4,1000,1024]x[4,200,1024] h8", b_attn, 3, {IN(4, 1000, 1024), IN(4, 200, 1024), IN(4, 200, 1024)}, -1, 1, {8, 0}, {0}},
     };
     run_cases_half(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
 }

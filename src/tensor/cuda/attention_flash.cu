@@ -3,30 +3,39 @@
  * online softmax), for heads of up to CUDA_FLASH_DMAX channels. attention.cu picks this path.
  * Owns: nothing (no scratch: the score matrix only ever exists one tile at a time, in registers).
  * Threads: the backend's worker; every launch goes on ctx->stream.
- * DESIGN. A CTA of FA_WARPS = 4 warps owns FA_BQ = 64 consecutive queries of one (image, head)
- * (grid: query tiles x heads x images); warp w owns queries 16w .. 16w + 15 of the tile, one
- * m16 row block of every product. Shared memory holds, as raw 16-bit patterns of T:
- *   qs [FA_BQ][DP + 8]  the CTA's queries, staged once;
- *   ks [BK][DP + 8]     the current key tile (row-major, keys x channels);
- *   vt [DP][BK + 8]     the current value tile transposed (channels x keys),
+ * DESIGN. A CTA of W warps (8, or 4 when that gives too few CTAs to fill the GPU, and always 4
+ * above DP = 128) owns BQ = 16 W consecutive queries of one (image, head) (grid: query tiles x
+ * heads x images); warp w owns queries 16w .. 16w + 15 of the tile, one m16 row block of every
+ * product. Shared memory holds, as raw 16-bit patterns of T, rows of LD = DP + 8 elements:
+ *   qs [BQ][LD]      the CTA's queries, staged once;
+ *   ks [2][BK][LD]   two key tiles (keys x channels), double-buffered;
+ *   vs [2][BK][LD]   two value tiles (keys x channels, not transposed: ldmatrix.trans reads them),
  * where DP is d rounded up to a multiple of 16 (one of the instantiated sizes) and the channels
  * d .. DP - 1, the queries past nq and the keys past nk are zeros, so the products need no tail
- * code. BK = 64 keys for DP <= 128, 32 above (registers). The +8 pads make every fragment load
- * (8 rows x 4 words) hit 32 different banks: a row is DP/2 + 4 words, and (8m + 4) g mod 32 for
- * g = 0..7 are 8 distinct multiples of 4.
- * Per key tile, each warp: S = Q K^T (16 x BK, fp32 in mma accumulators: A fragments from qs
- * rows, loaded once into registers when DP <= 128, B fragments from ks rows, both as 32-bit
- * pairs along the channel axis); scale by log2(e) / sqrt(d) and mask (key >= nk, or key > query when causal) to -inf; the running row
- * max m and the rescale exp2(m_old - m_new) of the row sum l and the output accumulators O;
- * P = exp2(S - m) rounded to T straight from the S accumulators into A fragments (the m16n8
- * accumulator layout of two adjacent n-tiles is the m16k16 A layout), with l summing the
- * rounded values, so that O / l is a convex combination of v rows; O += P V with B fragments
- * from vt rows. At the end O / l is rounded to T and stored (rows < nq, channels < d).
+ * code. BK = 64 keys for DP <= 128, 32 above (registers). The +8 pads make every ldmatrix phase
+ * (8 rows of 16 bytes) hit 32 different banks: a row is DP/2 + 4 words, and (8m + 4) g mod 32
+ * for g = 0..7 are 8 distinct multiples of 4.
+ * Pipeline: tiles move global -> shared by cp.async (16-byte chunks, zero-filled past nk and d;
+ * element-wise stores when rows are not 16-byte aligned). Iteration i waits for its own copies of
+ * tile i, syncs the CTA (tile i visible; every warp done with tile i - 1), then issues tile i + 1
+ * into the other buffer and computes on tile i while those copies fly: one barrier per tile.
+ * Per key tile, each warp: S = Q K^T (16 x BK, fp32 in mma accumulators; A fragments of qs by
+ * ldmatrix.x4, kept in registers for DP <= 128; B fragments of ks rows by ldmatrix.x4, two key
+ * n-tiles per load); masking (key >= nk, or key > query when causal, to -inf) only on the tiles
+ * that need it; the running row max m (raw score units) and the rescale exp2((m_old - m_new) s)
+ * of the row sum l and the output accumulators O, s = log2(e) / sqrt(d); P = exp2(S s - m s)
+ * (one FFMA and one exp2 per score) rounded to T straight from the S accumulators into A
+ * fragments (the m16n8 accumulator layout of two adjacent n-tiles is the m16k16 A layout), l
+ * summing the fp32 values as flash-attention 2 does; O += P V with B fragments of vs by
+ * ldmatrix.x4.trans (two channel n-tiles per load). At the end O / l is rounded to T and stored
+ * (rows < nq, channels < d).
  * Thread (lane) layout of m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating
  * point type"), g = lane / 4, t = lane % 4: A regs {a0, a1, a2, a3} hold (row, col pairs)
  * (g, 2t), (g + 8, 2t), (g, 2t + 8), (g + 8, 2t + 8); B regs {b0, b1} hold (k pairs, col)
  * (2t, g), (2t + 8, g); C holds (g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1). A pair is
- * two consecutive elements in one 32-bit register, the lower index in the low half. */
+ * two consecutive elements in one 32-bit register, the lower index in the low half.
+ * ldmatrix.x4: lanes 8i .. 8i + 7 give the row addresses of 8 x 8 matrix i, and lane l receives
+ * in register i the pair (row g, cols 2t, 2t + 1) of matrix i (.trans: (rows 2t, 2t + 1, col g)). */
 #include "tensor/cuda/attention_flash.cuh"
 
 #include <math.h>
@@ -50,10 +59,9 @@ template <> struct fa_ops<__half> {
         __trap(); /* never launched: cuda__attention_flash_covers checks the binary's arch */
 #endif
     }
-    /* x (lower column) and y rounded to fp16 in one register; adds the rounded values to *sum */
-    static __device__ __forceinline__ uint32_t pack(float x, float y, float *sum) {
+    /* x (lower column) and y rounded to fp16 in one register */
+    static __device__ __forceinline__ uint32_t pack(float x, float y) {
         __half2 h = __floats2half2_rn(x, y);
-        *sum += __low2float(h) + __high2float(h);
         uint32_t u;
         memcpy(&u, &h, sizeof u);
         return u;
@@ -71,169 +79,214 @@ template <> struct fa_ops<__nv_bfloat16> {
         __trap();
 #endif
     }
-    static __device__ __forceinline__ uint32_t pack(float x, float y, float *sum) {
+    static __device__ __forceinline__ uint32_t pack(float x, float y) {
         __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-        *sum += __low2float(h) + __high2float(h);
         uint32_t u;
         memcpy(&u, &h, sizeof u);
         return u;
     }
 };
 
-/* Two consecutive 16-bit elements of shared memory (p 4-byte aligned) as one register. */
-static __device__ __forceinline__ uint32_t fa_ld32(const uint16_t *p) { return *(const uint32_t *)p; }
+/* 2^x by the SFU, subnormal results flushed to 0 (no range fix-up around it, as exp2f has):
+ * the kernel only takes 2^x of x <= 0 (probabilities, rescales), where 2^-126 is as good as 0. */
+static __device__ __forceinline__ float fa_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
 
-/* FA-EMU-BEGIN: the lines up to FA-EMU-END compile as host C++ under a shim (threads for lanes,
- * mma and shuffles emulated per the PTX layouts): how the index math was checked without a GPU. */
+/* ===== Shared-memory primitives ===== */
 
-#define FA_WARPS 4                 /* warps per CTA */
-#define FA_BQ (16 * FA_WARPS)      /* queries per CTA: 16 per warp */
-#define FA_THREADS (32 * FA_WARPS) /* threads per CTA */
+static __device__ __forceinline__ uint32_t fa_saddr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
-/* Tile sizes for a padded head size DP (a multiple of 16). Sizes in 16-bit elements. */
-template <int DP> struct fa_cfg {
-    static constexpr int BK = DP <= 128 ? 64 : 32;                          /* keys per tile */
-    static constexpr int LDD = DP + 8;                                      /* row of qs and ks */
-    static constexpr int LDK = BK + 8;                                      /* row of vt */
-    static constexpr int SMEM = (FA_BQ * LDD + BK * LDD + DP * LDK) * 2;    /* in bytes */
+/* 16 bytes from global src to shared dst, asynchronously (cp.async); ok false: 16 zero bytes,
+ * src not read (but a valid address). Visible after fa_cp_commit, fa_cp_wait and a barrier. */
+static __device__ __forceinline__ void fa_cp16(uint16_t *dst, const uint16_t *src, bool ok) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(fa_saddr(dst)), "l"(src), "r"(ok ? 16 : 0)
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+/* Closes this thread's group of issued copies. */
+static __device__ __forceinline__ void fa_cp_commit(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+/* Waits until all of this thread's committed copies have landed. */
+static __device__ __forceinline__ void fa_cp_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+/* One 16-bit store to shared memory (the element-wise staging path). */
+static __device__ __forceinline__ void fa_st16(uint16_t *p, uint16_t x) { *p = x; }
+
+/* ldmatrix.x4 (TRANS: .trans) of four 8 x 8 matrices of 16-bit elements; p: this lane's row
+ * address (16-byte aligned), see DESIGN. */
+template <bool TRANS> static __device__ __forceinline__ void fa_ldsm4(uint32_t r[4], const uint16_t *p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(fa_saddr(p))
+                     : "memory");
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(fa_saddr(p))
+                     : "memory");
+#else
+    __trap();
+#endif
+}
+
+/* FA-EMU-BEGIN: the lines up to FA-EMU-END compile as host C++ under a shim (threads for lanes;
+ * mma, ldmatrix, cp.async and shuffles emulated per the PTX layouts, shared-memory races and
+ * reads of unwritten or in-flight elements reported): how the index math was checked without a
+ * GPU. */
+
+/* Tile sizes for a padded head size DP (a multiple of 16) and W warps per CTA. Sizes in 16-bit
+ * elements unless said otherwise. */
+template <int DP, int W> struct fa_cfg {
+    static constexpr int BQ = 16 * W;                  /* queries per CTA: 16 per warp */
+    static constexpr int THREADS = 32 * W;             /* threads per CTA */
+    static constexpr int BK = DP <= 128 ? 64 : 32;     /* keys per tile */
+    static constexpr int LD = DP + 8;                  /* row of every shared tile */
+    static constexpr int SMEM = (BQ + 4 * BK) * LD * 2; /* bytes: qs, ks[2], vs[2] */
 };
 
 /* Stages rows r0 .. r0 + ROWS - 1 of a [n, c] matrix (src: its first row at the head's first
- * channel) into shared memory: s[row][ld] row-major, or with TRANS s[channel][ld] (transposed);
- * channels d .. DP - 1 and rows past n are zeros. vec: d and c are multiples of 8 and src is
- * 16-byte aligned, so rows move in 16-byte chunks. All FA_THREADS threads take part.
- * Transposed, a thread takes one chunk of two consecutive rows and stores 8 words (the two rows'
- * values of one channel); consecutive threads take consecutive row pairs of one chunk, so one
- * store instruction of a warp writes 32 consecutive words of a row of s (one wavefront). */
-template <int DP, int ROWS, bool TRANS>
-static __device__ __forceinline__ void fa_stage(uint16_t *s, int ld, const uint16_t *src, int64_t c, int64_t r0,
-                                                int64_t n, int d, int vec) {
-    constexpr int CH = DP / 8; /* 16-byte chunks per row */
-    if (vec && TRANS) {
-        constexpr int RP = ROWS / 2; /* row pairs */
-        for (int i = threadIdx.x; i < RP * CH; i += FA_THREADS) {
-            int ch = i / RP, r = (i - ch * RP) * 2, col = ch * 8;
-            uint4 x = make_uint4(0u, 0u, 0u, 0u), y = x;
-            if (col < d && r0 + r < n) x = *(const uint4 *)(src + (r0 + r) * c + col);
-            if (col < d && r0 + r + 1 < n) y = *(const uint4 *)(src + (r0 + r + 1) * c + col);
-            const uint32_t wx[4] = {x.x, x.y, x.z, x.w}, wy[4] = {y.x, y.y, y.z, y.w};
-            for (int e = 0; e < 4; e++) { /* channels col + 2e (low halves) and col + 2e + 1 (high) */
-                *(uint32_t *)(s + (col + 2 * e) * ld + r) = (wx[e] & 0xffffu) | (wy[e] << 16);
-                *(uint32_t *)(s + (col + 2 * e + 1) * ld + r) = (wx[e] >> 16) | (wy[e] & 0xffff0000u);
-            }
-        }
-    } else if (vec) {
-        for (int i = threadIdx.x; i < ROWS * CH; i += FA_THREADS) {
+ * channel) into s[row][DP + 8]; channels d .. DP - 1 and rows past n are zeros. vec: d and c are
+ * multiples of 8 and src is 16-byte aligned, so rows move as 16-byte cp.async chunks (consecutive
+ * threads, consecutive chunks of a row); else element by element. All THREADS threads take part;
+ * the caller commits, waits and syncs. */
+template <int DP, int ROWS, int THREADS>
+static __device__ __forceinline__ void fa_stage(uint16_t *s, const uint16_t *src, int64_t c, int64_t r0, int64_t n,
+                                                int d, int vec) {
+    constexpr int LD = DP + 8, CH = DP / 8; /* 16-byte chunks per row */
+    if (vec) {
+        for (int i = threadIdx.x; i < ROWS * CH; i += THREADS) {
             int r = i / CH, col = (i - r * CH) * 8;
-            uint4 x = make_uint4(0u, 0u, 0u, 0u);
-            if (r0 + r < n && col < d) x = *(const uint4 *)(src + (r0 + r) * c + col);
-            *(uint4 *)(s + r * ld + col) = x;
+            bool ok = r0 + r < n && col < d;
+            fa_cp16(s + r * LD + col, ok ? src + (r0 + r) * c + col : src, ok);
         }
     } else {
-        for (int i = threadIdx.x; i < ROWS * DP; i += FA_THREADS) {
+        for (int i = threadIdx.x; i < ROWS * DP; i += THREADS) {
             int r = i / DP, col = i - r * DP;
             uint16_t x = 0;
             if (r0 + r < n && col < d) x = src[(r0 + r) * c + col];
-            if (TRANS)
-                s[col * ld + r] = x;
-            else
-                s[r * ld + col] = x;
+            fa_st16(s + r * LD + col, x);
         }
     }
 }
 
 /* The kernel (DESIGN above). q, out [nb, nq, c], k, v [nb, nk, c]; grid (query tiles, heads,
  * images); scale_log2 = log2(e) / sqrt(d). */
-template <typename T, int DP>
-__global__ void __launch_bounds__(FA_THREADS)
+template <typename T, int DP, int W>
+__global__ void __launch_bounds__(32 * W, W == 8 && DP <= 64 ? 2 : 1) /* 2: 8 warps at <= 128 registers */
     attention_flash(T *out, const T *q, const T *k, const T *v, int64_t nq, int64_t nk, int64_t c, int d,
                     float scale_log2, int causal, int vec) {
     typedef fa_ops<T> F;
-    constexpr int BK = fa_cfg<DP>::BK, LDD = fa_cfg<DP>::LDD, LDK = fa_cfg<DP>::LDK;
+    typedef fa_cfg<DP, W> C;
+    constexpr int BQ = C::BQ, BK = C::BK, LD = C::LD, THREADS = C::THREADS;
     extern __shared__ __align__(16) uint16_t fa_smem[];
-    uint16_t *qs = fa_smem;          /* [FA_BQ][LDD] */
-    uint16_t *ks = qs + FA_BQ * LDD; /* [BK][LDD] */
-    uint16_t *vt = ks + BK * LDD;    /* [DP][LDK] */
+    uint16_t *qs = fa_smem;          /* [BQ][LD] */
+    uint16_t *ks = qs + BQ * LD;     /* [2][BK][LD] */
+    uint16_t *vs = ks + 2 * BK * LD; /* [2][BK][LD] */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3; /* the fragment's row group and thread in group */
-    const int64_t b = blockIdx.z, h = blockIdx.y, q0 = (int64_t)blockIdx.x * FA_BQ;
+    const int64_t b = blockIdx.z, h = blockIdx.y, q0 = (int64_t)blockIdx.x * BQ;
     const uint16_t *qg = (const uint16_t *)q + b * nq * c + h * d; /* row i of the head: qg + i c */
     const uint16_t *kg = (const uint16_t *)k + b * nk * c + h * d;
     const uint16_t *vg = (const uint16_t *)v + b * nk * c + h * d;
+    /* this lane's ldmatrix row addresses (DESIGN): Q rows of the warp's A fragments (+ 16 kk for
+     * channel step kk); K rows of key n-tiles 2jp, 2jp + 1 (+ 16 jp LD + 16 kk); V rows of keys
+     * 16 kk .. + 15 for channel n-tiles 2np, 2np + 1 (+ 16 kk LD + 16 np) */
+    const uint16_t *qa = qs + (warp * 16 + (lane & 15)) * LD + (lane >> 4) * 8;
+    const int koff = ((lane & 7) + ((lane >> 4) << 3)) * LD + ((lane >> 3) & 1) * 8;
+    const int voff = ((lane & 7) + (((lane >> 3) & 1) << 3)) * LD + (lane >> 4) * 8;
 
-    fa_stage<DP, FA_BQ, false>(qs, LDD, qg, c, q0, nq, d, vec);
-    /* up to DP = 128 the warp's Q fragments stay in registers (above, they would spill) */
+    int64_t kend = nk;
+    if (causal && q0 + BQ < kend) kend = q0 + BQ; /* the CTA's last query sees keys < q0 + BQ */
+
+    /* the queries and the first key/value tile; then Q fragments to registers up to DP = 128
+     * (above, they would spill) */
+    fa_stage<DP, BQ, THREADS>(qs, qg, c, q0, nq, d, vec);
+    fa_stage<DP, BK, THREADS>(ks, kg, c, 0, nk, d, vec);
+    fa_stage<DP, BK, THREADS>(vs, vg, c, 0, nk, d, vec);
+    fa_cp_commit();
     constexpr bool QREG = DP <= 128;
     uint32_t qf[QREG ? DP / 16 : 1][4];
     if constexpr (QREG) {
+        fa_cp_wait();
         __syncthreads();
-        for (int kk = 0; kk < DP / 16; kk++) {
-            const uint16_t *qa = qs + (warp * 16 + g) * LDD + kk * 16 + 2 * t;
-            qf[kk][0] = fa_ld32(qa);
-            qf[kk][1] = fa_ld32(qa + 8 * LDD);
-            qf[kk][2] = fa_ld32(qa + 8);
-            qf[kk][3] = fa_ld32(qa + 8 * LDD + 8);
-        }
+        for (int kk = 0; kk < DP / 16; kk++) fa_ldsm4<false>(qf[kk], qa + kk * 16);
     }
 
     const int64_t row0 = q0 + warp * 16 + g, row1 = row0 + 8; /* this thread's two query rows */
-    const int64_t wlast = q0 + warp * 16 + 15;                 /* the warp's last query */
-    float o[DP / 8][4];                                        /* O: 16 x DP, n-tiles of 8 channels */
+    const int64_t wfirst = q0 + warp * 16, wlast = wfirst + 15; /* the warp's first and last query */
+    float o[DP / 8][4];                                         /* O: 16 x DP, n-tiles of 8 channels */
     for (int j = 0; j < DP / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY; /* running max (log2 units) of rows row0, row1 */
+    float m0 = -INFINITY, m1 = -INFINITY; /* running max (raw scores) of rows row0, row1 */
     float l0 = 0.0f, l1 = 0.0f;           /* this thread's part of their running sums */
 
-    int64_t kend = nk;
-    if (causal && q0 + FA_BQ < kend) kend = q0 + FA_BQ; /* the CTA's last query sees keys < q0 + FA_BQ */
-    for (int64_t k0 = 0; k0 < kend; k0 += BK) {
-        __syncthreads(); /* the previous tile is no longer read */
-        fa_stage<DP, BK, false>(ks, LDD, kg, c, k0, nk, d, vec);
-        fa_stage<DP, BK, true>(vt, LDK, vg, c, k0, nk, d, vec);
-        __syncthreads();
+    for (int64_t k0 = 0, it = 0; k0 < kend; k0 += BK, it++) {
+        fa_cp_wait();    /* this thread's copies of tile it have landed */
+        __syncthreads(); /* everyone's have; and no warp still reads tile it - 1 */
+        if (k0 + BK < kend) { /* tile it + 1 into the other buffer, in flight during this one */
+            const int nbuf = (int)((it + 1) & 1);
+            fa_stage<DP, BK, THREADS>(ks + nbuf * BK * LD, kg, c, k0 + BK, nk, d, vec);
+            fa_stage<DP, BK, THREADS>(vs + nbuf * BK * LD, vg, c, k0 + BK, nk, d, vec);
+            fa_cp_commit();
+        }
         if (causal && k0 > wlast) continue; /* every key of the tile is past the warp's queries */
+        const uint16_t *kt = ks + (it & 1) * BK * LD, *vt = vs + (it & 1) * BK * LD;
 
         /* S = Q K^T: 16 x BK, n-tile j holds keys k0 + 8j .. k0 + 8j + 7 */
         float s[BK / 8][4];
         for (int j = 0; j < BK / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
         for (int kk = 0; kk < DP / 16; kk++) {
             uint32_t a[4]; /* rows g, g + 8 x channels 16kk + 2t (+1), and + 8 */
-            if constexpr (QREG) {
+            if constexpr (QREG)
                 a[0] = qf[kk][0], a[1] = qf[kk][1], a[2] = qf[kk][2], a[3] = qf[kk][3];
-            } else {
-                const uint16_t *qa = qs + (warp * 16 + g) * LDD + kk * 16 + 2 * t;
-                a[0] = fa_ld32(qa), a[1] = fa_ld32(qa + 8 * LDD), a[2] = fa_ld32(qa + 8), a[3] = fa_ld32(qa + 8 * LDD + 8);
-            }
-            for (int j = 0; j < BK / 8; j++) {
-                const uint16_t *kb = ks + (j * 8 + g) * LDD + kk * 16 + 2 * t;
-                const uint32_t bb[2] = {fa_ld32(kb), fa_ld32(kb + 8)};
-                F::mma(s[j], a, bb);
+            else
+                fa_ldsm4<false>(a, qa + kk * 16);
+            for (int jp = 0; jp < BK / 16; jp++) {
+                uint32_t bb[4]; /* b of n-tile 2jp, then of 2jp + 1 */
+                fa_ldsm4<false>(bb, kt + jp * 16 * LD + kk * 16 + koff);
+                F::mma(s[2 * jp], a, bb);
+                F::mma(s[2 * jp + 1], a, bb + 2);
             }
         }
 
-        /* scale, mask, the tile's row max (the 4 threads t = 0..3 of a group share a row) */
-        float x0 = -INFINITY, x1 = -INFINITY;
-        for (int j = 0; j < BK / 8; j++) {
-            for (int e = 0; e < 4; e++) {
-                int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row0 : row1;
-                bool ok = key < nk && (!causal || key <= row);
-                float x = ok ? s[j][e] * scale_log2 : -INFINITY;
-                s[j][e] = x;
-                if (e < 2)
-                    x0 = fmaxf(x0, x);
-                else
-                    x1 = fmaxf(x1, x);
+        /* mask where some key of the tile is past nk or (causal) past one of the warp's queries */
+        if (k0 + BK > nk || (causal && k0 + BK - 1 > wfirst)) {
+            for (int j = 0; j < BK / 8; j++) {
+                for (int e = 0; e < 4; e++) {
+                    int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row0 : row1;
+                    if (key >= nk || (causal && key > row)) s[j][e] = -INFINITY;
+                }
             }
+        }
+        /* the new row max, over the old one and the tile (the 4 threads t = 0..3 share a row) */
+        float x0 = m0, x1 = m1;
+        for (int j = 0; j < BK / 8; j++) {
+            x0 = fmaxf(x0, fmaxf(s[j][0], s[j][1]));
+            x1 = fmaxf(x1, fmaxf(s[j][2], s[j][3]));
         }
         x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, 1));
         x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, 2));
         x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 1));
         x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 2));
-        /* new max; u is the exponent's offset (0 while a row has seen nothing: exp2(-inf) = 0) */
-        float n0 = fmaxf(m0, x0), n1 = fmaxf(m1, x1);
-        float u0 = n0 == -INFINITY ? 0.0f : n0, u1 = n1 == -INFINITY ? 0.0f : n1;
-        float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1); /* rescale of the old sums and O */
-        m0 = n0;
-        m1 = n1;
+        /* the exponents' offsets in log2 units (0 while a row has seen nothing: exp2(-inf) = 0),
+         * the rescale of the old sums and O (the old offset is computed as it was then) */
+        const float u0 = x0 == -INFINITY ? 0.0f : x0 * scale_log2, u1 = x1 == -INFINITY ? 0.0f : x1 * scale_log2;
+        const float c0 = fa_exp2(m0 * scale_log2 - u0), c1 = fa_exp2(m1 * scale_log2 - u1);
+        m0 = x0;
+        m1 = x1;
         l0 *= c0;
         l1 *= c1;
         for (int j = 0; j < DP / 8; j++) {
@@ -246,17 +299,22 @@ __global__ void __launch_bounds__(FA_THREADS)
         /* O += P V, 16 keys at a time: n-tiles 2kk and 2kk + 1 of S are the A fragment */
         for (int kk = 0; kk < BK / 16; kk++) {
             const float *sa = s[2 * kk], *sb = s[2 * kk + 1];
-            const uint32_t a[4] = {F::pack(exp2f(sa[0] - u0), exp2f(sa[1] - u0), &l0),
-                                   F::pack(exp2f(sa[2] - u1), exp2f(sa[3] - u1), &l1),
-                                   F::pack(exp2f(sb[0] - u0), exp2f(sb[1] - u0), &l0),
-                                   F::pack(exp2f(sb[2] - u1), exp2f(sb[3] - u1), &l1)};
-            for (int j = 0; j < DP / 8; j++) {
-                const uint16_t *vb = vt + (j * 8 + g) * LDK + kk * 16 + 2 * t;
-                const uint32_t bb[2] = {fa_ld32(vb), fa_ld32(vb + 8)};
-                F::mma(o[j], a, bb);
+            const float p0 = fa_exp2(fmaf(sa[0], scale_log2, -u0)), p1 = fa_exp2(fmaf(sa[1], scale_log2, -u0));
+            const float p2 = fa_exp2(fmaf(sa[2], scale_log2, -u1)), p3 = fa_exp2(fmaf(sa[3], scale_log2, -u1));
+            const float p4 = fa_exp2(fmaf(sb[0], scale_log2, -u0)), p5 = fa_exp2(fmaf(sb[1], scale_log2, -u0));
+            const float p6 = fa_exp2(fmaf(sb[2], scale_log2, -u1)), p7 = fa_exp2(fmaf(sb[3], scale_log2, -u1));
+            l0 += (p0 + p1) + (p4 + p5);
+            l1 += (p2 + p3) + (p6 + p7);
+            const uint32_t a[4] = {F::pack(p0, p1), F::pack(p2, p3), F::pack(p4, p5), F::pack(p6, p7)};
+            for (int np = 0; np < DP / 16; np++) {
+                uint32_t bb[4]; /* b of channel n-tile 2np, then of 2np + 1 */
+                fa_ldsm4<true>(bb, vt + kk * 16 * LD + np * 16 + voff);
+                F::mma(o[2 * np], a, bb);
+                F::mma(o[2 * np + 1], a, bb + 2);
             }
         }
     }
+    fa_cp_wait(); /* nothing in flight at exit (no tile is issued past kend; cheap) */
 
     /* the row sums over the group's 4 threads; O / l to T */
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
@@ -282,35 +340,49 @@ __global__ void __launch_bounds__(FA_THREADS)
 
 /* ===== Launchers ===== */
 
-template <typename T, int DP>
+template <typename T, int DP, int W>
 static int attention_flash_launch(struct cuda_ctx *ctx, T *out, const T *q, const T *k, const T *v, int64_t nb,
                                   int64_t nq, int64_t nk, int64_t c, int heads, int d, bool causal, struct err *err) {
-    const int smem = fa_cfg<DP>::SMEM;
+    typedef fa_cfg<DP, W> C;
+    const int smem = C::SMEM;
     if (smem > 48 * 1024)
-        CUDA_TRY(cudaFuncSetAttribute(attention_flash<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        CUDA_TRY(cudaFuncSetAttribute(attention_flash<T, DP, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     bool vec = d % 8 == 0 && c % 8 == 0 && ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 == 0;
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)d); /* log2(e) / sqrt(d) */
-    dim3 grid((unsigned)((nq + FA_BQ - 1) / FA_BQ), (unsigned)heads, (unsigned)nb);
-    attention_flash<T, DP><<<grid, FA_THREADS, smem, ctx->stream>>>(out, q, k, v, nq, nk, c, d, scale_log2,
-                                                                    causal ? 1 : 0, vec ? 1 : 0);
+    dim3 grid((unsigned)((nq + C::BQ - 1) / C::BQ), (unsigned)heads, (unsigned)nb);
+    attention_flash<T, DP, W><<<grid, C::THREADS, smem, ctx->stream>>>(out, q, k, v, nq, nk, c, d, scale_log2,
+                                                                       causal ? 1 : 0, vec ? 1 : 0);
     CUDA_TRY_LAUNCH();
     return 0;
 }
 
-/* The instantiated padded head sizes; d takes the smallest that holds it. */
-#define FA_SIZES(XX) XX(16) XX(32) XX(48) XX(64) XX(80) XX(96) XX(128) XX(160) XX(192) XX(256)
+/* The instantiated padded head sizes; d takes the smallest that holds it. Up to 128 with 4 or 8
+ * warps per CTA, above with 4 (registers). */
+#define FA_SIZES_8(XX) XX(16) XX(32) XX(48) XX(64) XX(80) XX(96) XX(128)
+#define FA_SIZES_4(XX) XX(160) XX(192) XX(256)
 
 template <typename T>
 static int attention_flash_cuda(struct cuda_ctx *ctx, T *out, const T *q, const T *k, const T *v, int64_t nb,
                                 int64_t nq, int64_t nk, int64_t c, int heads, bool causal, struct err *err) {
     int d = (int)(c / heads);
-    if (nb > 65535 || heads > 65535 || (nq + FA_BQ - 1) / FA_BQ > 0x7fffffff)
+    if (nb > 65535 || heads > 65535 || (nq + 63) / 64 > 0x7fffffff)
         return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda flash attention: %lld images x %d heads exceed the grid",
                        (long long)nb, heads);
-#define FA_PICK(DP) \
-    if (d <= DP) return attention_flash_launch<T, DP>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err);
-    FA_SIZES(FA_PICK)
-#undef FA_PICK
+    /* 8 warps (128 queries) per CTA halve the key/value traffic per query, when the grid of them
+     * still gives every SM a CTA; else 4 (64 queries) */
+    int sms = 0;
+    CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx->device));
+    const bool w8 = (nq + 127) / 128 * heads * nb >= sms;
+#define FA_PICK8(DP)                                                                                                 \
+    if (d <= DP)                                                                                                     \
+        return w8 ? attention_flash_launch<T, DP, 8>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err)       \
+                  : attention_flash_launch<T, DP, 4>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err);
+#define FA_PICK4(DP) \
+    if (d <= DP) return attention_flash_launch<T, DP, 4>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err);
+    FA_SIZES_8(FA_PICK8)
+    FA_SIZES_4(FA_PICK4)
+#undef FA_PICK8
+#undef FA_PICK4
     return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda flash attention: head size %d above %d", d, CUDA_FLASH_DMAX);
 }
 
@@ -320,8 +392,8 @@ bool cuda__attention_flash_covers(struct cuda_ctx *ctx, enum dtype dt, int d) {
     if ((dt != DTYPE_F16 && dt != DTYPE_BF16) || d < 1 || d > CUDA_FLASH_DMAX) return false;
     /* mma.sync m16n8k16 (bf16 above all) needs sm_80: the code the device runs must be built for it */
     cudaFuncAttributes fa;
-    cudaError_t e = dt == DTYPE_F16 ? cudaFuncGetAttributes(&fa, attention_flash<__half, 64>)
-                                    : cudaFuncGetAttributes(&fa, attention_flash<__nv_bfloat16, 64>);
+    cudaError_t e = dt == DTYPE_F16 ? cudaFuncGetAttributes(&fa, attention_flash<__half, 64, 4>)
+                                    : cudaFuncGetAttributes(&fa, attention_flash<__nv_bfloat16, 64, 4>);
     if (e != cudaSuccess) {
         (void)cudaGetLastError(); /* clear it: the caller takes another path */
         return false;
