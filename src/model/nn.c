@@ -5,10 +5,14 @@
 #include "base/mem.h"
 #include "base/status.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define NN_NAME_MAX 256
 
@@ -202,9 +206,31 @@ void nn_bind_norm(struct nn_loader *ld, struct nn_norm *n, int64_t ch, const cha
 
 /* Converts one checkpoint tensor to `to` at dst (numel elements). stage holds numel floats when
  * a conversion through fp32 is needed (NULL otherwise is fine for same-dtype copies). */
-static int convert_tensor(const struct ckpt_tensor *src, enum dtype to, void *dst, float *stage, struct err *err) {
+/* Reads nbytes at offset of fd into dst with pread; false on any failure (the caller copies
+ * from the mapping instead). Large reads go straight to the image: no page-fault per 4 KiB, and
+ * several threads keep the disk's queue full, which is what a cold checkpoint needs. */
+static bool read_at(int fd, void *dst, size_t nbytes, off_t offset) {
+    char *p = dst;
+    while (nbytes > 0) {
+        ssize_t r = pread(fd, p, nbytes > ((size_t)1 << 30) ? ((size_t)1 << 30) : nbytes, offset);
+        if (r <= 0) {
+            if (r < 0 && errno == EINTR) continue;
+            return false;
+        }
+        p += r;
+        offset += r;
+        nbytes -= (size_t)r;
+    }
+    return true;
+}
+
+/* Converts src to dtype `to` at dst. fd: the checkpoint opened for reading (or -1), map: the
+ * start of its mapping (src->data's base), for same-dtype tensors read with pread. */
+static int convert_tensor(const struct ckpt_tensor *src, enum dtype to, void *dst, float *stage, int fd,
+                          const void *map, struct err *err) {
     if (src->dtype == to) {
-        memcpy(dst, src->data, src->nbytes);
+        off_t offset = (off_t)((const char *)src->data - (const char *)map);
+        if (fd < 0 || !read_at(fd, dst, src->nbytes, offset)) memcpy(dst, src->data, src->nbytes);
         return 0;
     }
     size_t n = (size_t)ckpt_tensor_numel(src);
@@ -235,6 +261,7 @@ static size_t stage_elems(const struct nn_loader *ld) {
 struct fill_part {
     struct nn_loader *ld;
     char *image;
+    int fd;              /* the checkpoint, opened for pread, or -1 */
     int first, step;     /* the entries first, first + step, ... */
     int rc;
     struct err err;
@@ -250,7 +277,8 @@ static void *fill_part_run(void *p) {
         return NULL;
     }
     for (int i = f->first; i < ld->n && !f->rc; i += f->step)
-        f->rc = convert_tensor(ld->entries[i].src, ld->storage.dtype, f->image + ld->entries[i].offset, stage, &f->err);
+        f->rc = convert_tensor(ld->entries[i].src, ld->storage.dtype, f->image + ld->entries[i].offset, stage, f->fd,
+                               ld->ck->map, &f->err);
     mem_free(stage);
     return NULL;
 }
@@ -262,11 +290,19 @@ static int fill_image(void *user, void *image, size_t total, struct err *err) {
     ld->filled = true;
     memset(image, 0, total); /* alignment gaps: deterministic bytes */
     int n = ld->n < FILL_THREADS ? (ld->n > 0 ? ld->n : 1) : FILL_THREADS;
+    /* the same file as the mapping (same device and inode), else the mapping is read */
+    int fd = open(ld->ck->path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) != 0 || (uint64_t)st.st_dev != ld->ck->file_dev ||
+                    (uint64_t)st.st_ino != ld->ck->file_ino)) {
+        close(fd);
+        fd = -1;
+    }
     struct fill_part parts[FILL_THREADS];
     pthread_t tid[FILL_THREADS];
     bool started[FILL_THREADS] = {false};
     for (int t = 0; t < n; t++) {
-        parts[t] = (struct fill_part){.ld = ld, .image = image, .first = t, .step = n};
+        parts[t] = (struct fill_part){.ld = ld, .image = image, .fd = fd, .first = t, .step = n};
         if (t > 0) started[t] = pthread_create(&tid[t], NULL, fill_part_run, &parts[t]) == 0;
     }
     fill_part_run(&parts[0]);
@@ -274,6 +310,7 @@ static int fill_image(void *user, void *image, size_t total, struct err *err) {
         if (started[t]) pthread_join(tid[t], NULL);
         else fill_part_run(&parts[t]); /* no thread: do its share here */
     }
+    if (fd >= 0) close(fd);
     for (int t = 0; t < n; t++) {
         if (!parts[t].rc) continue;
         *err = parts[t].err;
@@ -308,7 +345,8 @@ static int finish_direct(struct nn_loader *ld, struct nn_weights *out) {
                 break;
             }
         }
-        rc = convert_tensor(e->src, ld->storage.dtype, stage, (float *)((char *)stage + stage_n), ld->err);
+        rc = convert_tensor(e->src, ld->storage.dtype, stage, (float *)((char *)stage + stage_n), -1, ld->ck->map,
+                            ld->err);
         if (rc) break;
         size_t nbytes = n * dtype_size(ld->storage.dtype);
         struct tensor view = byte_view((char *)out->buf + e->offset, (nbytes + 3) & ~(size_t)3);
