@@ -372,10 +372,26 @@ static void test_norms(void **state) {
         {"group_norm chunked [2,320,64,64]+silu", b_gn, 3, {IN(2, 320, 64, 64), IN(320), IN(320)}, -2, 3, {32, 1}, {1e-5f}},
         {"group_norm chunked no affine [1,96,83,71]", b_gn, 3, {IN(1, 96, 83, 71), NOIN, NOIN}, -2, 3, {32, 0}, {1e-6f}},
         {"group_norm 3-d [2,320,256]", b_gn, 3, {IN(2, 320, 256), IN(320), IN(320)}, -2, 3, {32, 0}, {1e-6f}},
+        /* F16/BF16 fast path (spatial % 8 == 0): several chunks per group, a mean of 100, C = 2560
+         * (concatenated inputs), chunks of fewer vectors than threads; then spatial % 8 != 0 */
+        {"group_norm offset mean [2,320,32,32]+silu", b_gn, 3, {IN(2, 320, 32, 32), IN(320), IN(320)}, 99, 101, {32, 1}, {1e-5f}},
+        {"group_norm concat [2,2560,8,8]+silu", b_gn, 3, {IN(2, 2560, 8, 8), IN(2560), IN(2560)}, -2, 3, {32, 1}, {1e-5f}},
+        {"group_norm [2,1280,8,8] no bias", b_gn, 3, {IN(2, 1280, 8, 8), IN(1280), NOIN}, -2, 3, {32, 0}, {1e-5f}},
+        {"group_norm odd spatial [2,64,9,9]+silu", b_gn, 3, {IN(2, 64, 9, 9), IN(64), IN(64)}, -2, 3, {32, 1}, {1e-5f}},
         {"layer_norm [2,77,768]", b_ln, 3, {IN(2, 77, 768), IN(768), IN(768)}, -2, 3, {0}, {1e-5f}},
         {"layer_norm [2,256,320]", b_ln, 3, {IN(2, 256, 320), IN(320), IN(320)}, -2, 3, {0}, {1e-5f}},
         {"layer_norm no affine [3,5,7]", b_ln, 3, {IN(3, 5, 7), NOIN, NOIN}, -2, 3, {0}, {1e-5f}},
         {"layer_norm w only [4,1280]", b_ln, 3, {IN(4, 1280), IN(1280), NOIN}, -2, 3, {0}, {1e-5f}},
+        /* F16/BF16 fast path (C % 8 == 0, C <= 2048): SD widths, a mean of 100, a row count that
+         * is not a multiple of the block's 4 rows, C = 8 and 2048; then the generic path: C not a
+         * multiple of 8, C over 2048 */
+        {"layer_norm [2,1024,640]", b_ln, 3, {IN(2, 1024, 640), IN(640), IN(640)}, -2, 3, {0}, {1e-5f}},
+        {"layer_norm offset mean [2,63,320]", b_ln, 3, {IN(2, 63, 320), IN(320), IN(320)}, 99, 101, {0}, {1e-5f}},
+        {"layer_norm offset mean [3,1280]", b_ln, 3, {IN(3, 1280), IN(1280), IN(1280)}, 99, 101, {0}, {1e-5f}},
+        {"layer_norm C 8 [5,8] b only", b_ln, 3, {IN(5, 8), NOIN, IN(8)}, -2, 3, {0}, {1e-5f}},
+        {"layer_norm C 2048 [2,3,2048]", b_ln, 3, {IN(2, 3, 2048), IN(2048), IN(2048)}, -2, 3, {0}, {1e-5f}},
+        {"layer_norm odd C [3,17,100]", b_ln, 3, {IN(3, 17, 100), IN(100), IN(100)}, -2, 3, {0}, {1e-5f}},
+        {"layer_norm C 2560 [2,5,2560]", b_ln, 3, {IN(2, 5, 2560), IN(2560), IN(2560)}, -2, 3, {0}, {1e-5f}},
     };
     run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_MAP);
 }
@@ -486,6 +502,10 @@ static void test_sd_scale(void **state) {
         {"SD attn cross [2,4096,320]x[2,77,320]", b_attn, 3, {IN(2, 4096, 320), IN(2, 77, 320), IN(2, 77, 320)}, -1, 1, {8, 0}, {0}},
         {"SD vae attn [1,4096,512] h1 d512", b_attn, 3, {IN(1, 4096, 512), IN(1, 4096, 512), IN(1, 4096, 512)}, -1, 1, {1, 0}, {0}},
         {"SD group_norm+silu [1,128,256,256]", b_gn, 3, {IN(1, 128, 256, 256), IN(128), IN(128)}, -2, 3, {32, 1}, {1e-6f}},
+        {"SD vae group_norm+silu [1,128,512,512]", b_gn, 3, {IN(1, 128, 512, 512), IN(128), IN(128)}, -2, 3, {32, 1}, {1e-6f}},
+        {"SD vae group_norm offset [1,256,256,256]", b_gn, 3, {IN(1, 256, 256, 256), IN(256), IN(256)}, 99, 101, {32, 0}, {1e-6f}},
+        {"SD group_norm+silu [8,320,64,64]", b_gn, 3, {IN(8, 320, 64, 64), IN(320), IN(320)}, -2, 3, {32, 1}, {1e-5f}},
+        {"SD layer_norm [2,4096,320]", b_ln, 3, {IN(2, 4096, 320), IN(320), IN(320)}, -2, 3, {0}, {1e-5f}},
         {"SD linear ff [2,4096,320]x[2560,320]", b_linear, 3, {IN(2, 4096, 320), IN(2560, 320), IN(2560)}, -1, 1, {0}, {0}},
         {"SD geglu [2,4096,2560]", b_geglu, 1, {IN(2, 4096, 2560)}, -4, 4, {0}, {0}},
     };

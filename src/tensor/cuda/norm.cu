@@ -1,14 +1,25 @@
 /* tensor/cuda/norm.cu -- GROUP_NORM (optionally fused with SiLU) and LAYER_NORM on CUDA, for
- * every storage type T (x, w, b and y all T): elements are loaded as fp32, the statistics are
- * kept in double as below, and y is rounded to T once, at the store.
+ * every storage type T (x, w, b and y all T): elements are loaded as fp32 and y is rounded to
+ * T once, at the store.
  * Owns: nothing. Threads: the backend's worker; kernels on ctx->stream.
- * NUMERICS as tensor/cpu/norm.c: biased variance, two passes (the mean, then the squared
- * deviations from it), each thread's partial sums and the block reduction in double, then
- * y = x * scale + shift with scale and shift per channel from double (as the CPU).
- * Small groups take one block each; large ones (SD's 64x64 and VAE sizes) are split into
- * chunks of at least GN_CHUNK_MIN elements over several blocks, without atomics (so the result
- * is deterministic). LayerNorm takes one block per row. */
+ * F32 (and any F16/BF16 shape the fast paths below refuse) -- NUMERICS as tensor/cpu/norm.c:
+ * biased variance, two passes (the mean, then the squared deviations from it), each thread's
+ * partial sums and the block reduction in double, then y = x * scale + shift with scale and
+ * shift per channel from double (as the CPU). Small groups take one block each; large ones
+ * (SD's 64x64 and VAE sizes) are split into chunks of at least GN_CHUNK_MIN elements over
+ * several blocks, without atomics (so the result is deterministic). LayerNorm takes one block
+ * per row.
+ * F16/BF16 FAST PATHS (bandwidth-bound; 128-bit loads and stores of 8 elements, fp32 math):
+ * GroupNorm when spatial % 8 == 0 and x, y are 16-byte aligned: two launches over a grid
+ * (chunk, group) -- per-thread Welford over 8-element vectors, merged (Chan) in a fixed tree
+ * into one (n, mean, M2) per block in ctx->work; then each apply block merges its group's
+ * partials itself in a fixed order (deterministic, no atomics) and writes
+ * y = (x - mean) * rstd * w + b (SiLU optional). LayerNorm when C % 8 == 0, C <= 2048 and
+ * every pointer is 16-byte aligned: one warp per row, the row held in registers, mean then
+ * squared deviations from it (two passes over registers, one read of global memory). */
 #include "tensor/cuda/cuda.cuh"
+
+#include <type_traits>
 
 #define GN_THREADS 512
 #define LN_THREADS 256
@@ -170,6 +181,234 @@ static int group_norm_chunked_cuda(struct cuda_ctx *ctx, T *y, const T *x, const
     return 0;
 }
 
+/* ===== F16/BF16 fast paths: 8-element vectors and Welford statistics ===== */
+
+#define VEC 8 /* elements of a 128-bit vector of F16/BF16 */
+
+/* The 8 elements of the vector u as fp32 (exact). */
+__device__ __forceinline__ void vec_to_f32(uint4 u, __half, float f[VEC]) {
+    const __half2 *h = reinterpret_cast<const __half2 *>(&u);
+#pragma unroll
+    for (int k = 0; k < VEC / 2; k++) {
+        float2 t = __half22float2(h[k]);
+        f[2 * k] = t.x;
+        f[2 * k + 1] = t.y;
+    }
+}
+__device__ __forceinline__ void vec_to_f32(uint4 u, __nv_bfloat16, float f[VEC]) {
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int k = 0; k < VEC / 2; k++) {
+        float2 t = __bfloat1622float2(h[k]);
+        f[2 * k] = t.x;
+        f[2 * k + 1] = t.y;
+    }
+}
+
+/* f rounded to T (nearest even, as cuda_from_f32) and packed into one vector. */
+__device__ __forceinline__ uint4 vec_from_f32(const float f[VEC], __half) {
+    uint4 u;
+    __half2 *h = reinterpret_cast<__half2 *>(&u);
+#pragma unroll
+    for (int k = 0; k < VEC / 2; k++) h[k] = __floats2half2_rn(f[2 * k], f[2 * k + 1]);
+    return u;
+}
+__device__ __forceinline__ uint4 vec_from_f32(const float f[VEC], __nv_bfloat16) {
+    uint4 u;
+    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int k = 0; k < VEC / 2; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+    return u;
+}
+
+/* SiLU in fp32 with the fast exp and division: __expf(-v) overflows to inf for v < -88,
+ * where __fdividef gives v * 0 = -0 (silu's true value there is below 1e-36). */
+__device__ __forceinline__ float silu_fast(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
+
+static inline bool is_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* Welford state (count, mean, sum of squared deviations from the mean) += (nb, mb, qb):
+ * Chan et al.'s merge, stable for any mean; an empty side (n 0) leaves the other unchanged. */
+__device__ __forceinline__ void welford_merge(float &n, float &m, float &q, float nb, float mb, float qb) {
+    float nn = n + nb;
+    float f = nb > 0.0f ? nb / nn : 0.0f;
+    float d = mb - m;
+    m += d * f;
+    q += qb + d * d * n * f;
+    n = nn;
+}
+
+/* Adds the 8 values f to the state: the vector's own mean and M2 first (two passes over
+ * registers), then one merge. */
+__device__ __forceinline__ void welford_add_vec(float &n, float &m, float &q, const float f[VEC]) {
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < VEC; k++) s += f[k];
+    float mb = s * (1.0f / VEC), qb = 0.0f;
+#pragma unroll
+    for (int k = 0; k < VEC; k++) qb += (f[k] - mb) * (f[k] - mb);
+    welford_merge(n, m, q, (float)VEC, mb, qb);
+}
+
+/* Merges the warp's 32 states into lane 0's, in a fixed tree (the other lanes hold partial
+ * results). */
+__device__ __forceinline__ void welford_warp(float &n, float &m, float &q) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float nb = __shfl_down_sync(0xffffffffu, n, o);
+        float mb = __shfl_down_sync(0xffffffffu, m, o);
+        float qb = __shfl_down_sync(0xffffffffu, q, o);
+        welford_merge(n, m, q, nb, mb, qb);
+    }
+}
+
+/* ===== GroupNorm, F16/BF16: statistics, then apply (two launches) =====
+ * A group is nvec = cpg * spatial / 8 vectors; chunk k of a grid (chunks, nb * groups) owns
+ * vectors [k * per, min((k + 1) * per, nvec)) of its group. part holds 3 floats (n, mean, M2)
+ * per (group, chunk). Indices within a group are 32-bit (the entry checks nvec * 8 < 2^31). */
+
+#define GNV_THREADS 256
+#define GNV_UNROLL 4          /* vectors each thread loads before it uses them */
+#define GNV_TARGET_BLOCKS 1024 /* about one full wave of 256-thread blocks on an H100 (132 SMs x 8) */
+#define GNV_PER_MIN 256       /* vectors per block at least (2048 elements) */
+#define GNV_CHUNKS_MAX 512
+
+template <typename T>
+__global__ void __launch_bounds__(GNV_THREADS)
+    group_norm_stats_vec(const T *__restrict__ x, float *__restrict__ part, int nvec, int per, int chunks) {
+    __shared__ float wn[GNV_THREADS / 32], wm[GNV_THREADS / 32], wq[GNV_THREADS / 32];
+    const int chunk = blockIdx.x;
+    const int64_t bg = blockIdx.y;
+    const int v1 = min(chunk * per + per, nvec);
+    const uint4 *xv = reinterpret_cast<const uint4 *>(x) + bg * nvec;
+    float n = 0.0f, m = 0.0f, q = 0.0f;
+    for (int v = chunk * per + (int)threadIdx.x; v < v1; v += GNV_THREADS * GNV_UNROLL) {
+        uint4 u[GNV_UNROLL];
+#pragma unroll
+        for (int k = 0; k < GNV_UNROLL; k++)
+            if (v + k * GNV_THREADS < v1) u[k] = __ldg(xv + v + k * GNV_THREADS);
+#pragma unroll
+        for (int k = 0; k < GNV_UNROLL; k++) {
+            if (v + k * GNV_THREADS < v1) {
+                float f[VEC];
+                vec_to_f32(u[k], T(), f);
+                welford_add_vec(n, m, q, f);
+            }
+        }
+    }
+    welford_warp(n, m, q);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        wn[warp] = n;
+        wm[warp] = m;
+        wq[warp] = q;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        n = lane < GNV_THREADS / 32 ? wn[lane] : 0.0f;
+        m = lane < GNV_THREADS / 32 ? wm[lane] : 0.0f;
+        q = lane < GNV_THREADS / 32 ? wq[lane] : 0.0f;
+        welford_warp(n, m, q);
+        if (lane == 0) {
+            float *p = part + (bg * chunks + chunk) * 3;
+            p[0] = n;
+            p[1] = m;
+            p[2] = q;
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GNV_THREADS)
+    group_norm_apply_vec(T *y, const T *x, const T *w, const T *b, const float *part, int groups, int cpg,
+                         int spatial, int nvec, int per, int chunks, float eps, int silu) {
+    __shared__ float s_mean, s_rstd;
+    const int chunk = blockIdx.x;
+    const int64_t bg = blockIdx.y;
+    const int g = (int)(bg % groups);
+    const int v1 = min(chunk * per + per, nvec);
+    const uint4 *xv = reinterpret_cast<const uint4 *>(x) + bg * nvec;
+    uint4 *yv = reinterpret_cast<uint4 *>(y) + bg * nvec;
+    int v = chunk * per + (int)threadIdx.x;
+    /* the first vectors are loaded before the statistics, to hide the partials' latency */
+    uint4 u[GNV_UNROLL];
+#pragma unroll
+    for (int k = 0; k < GNV_UNROLL; k++)
+        if (v + k * GNV_THREADS < v1) u[k] = xv[v + k * GNV_THREADS];
+    if (threadIdx.x < 32) {
+        /* every block of the group merges the same partials in the same order */
+        float n = 0.0f, m = 0.0f, q = 0.0f;
+        const float *p = part + bg * chunks * 3;
+        for (int i = threadIdx.x; i < chunks; i += 32) welford_merge(n, m, q, p[3 * i], p[3 * i + 1], p[3 * i + 2]);
+        welford_warp(n, m, q);
+        if (threadIdx.x == 0) {
+            float var = n > 0.0f ? q / n : 0.0f;
+            s_mean = m;
+            s_rstd = rsqrtf((var > 0.0f ? var : 0.0f) + eps);
+        }
+    }
+    __syncthreads();
+    const float mean = s_mean, rstd = s_rstd;
+    for (;;) {
+#pragma unroll
+        for (int k = 0; k < GNV_UNROLL; k++) {
+            const int vk = v + k * GNV_THREADS;
+            if (vk < v1) {
+                /* a vector lies in one channel: spatial % 8 == 0 */
+                const int ch = g * cpg + (int)((unsigned)vk * VEC / (unsigned)spatial);
+                const float scale = rstd * (w ? cuda_to_f32(w[ch]) : 1.0f);
+                const float shift = b ? cuda_to_f32(b[ch]) : 0.0f;
+                float f[VEC];
+                vec_to_f32(u[k], T(), f);
+#pragma unroll
+                for (int e = 0; e < VEC; e++) {
+                    float t = (f[e] - mean) * scale + shift;
+                    f[e] = silu ? silu_fast(t) : t;
+                }
+                yv[vk] = vec_from_f32(f, T());
+            }
+        }
+        v += GNV_THREADS * GNV_UNROLL;
+        if (v >= v1) break;
+#pragma unroll
+        for (int k = 0; k < GNV_UNROLL; k++)
+            if (v + k * GNV_THREADS < v1) u[k] = xv[v + k * GNV_THREADS];
+    }
+}
+
+/* True when the fast path takes this GroupNorm: F16/BF16, whole vectors per channel, aligned. */
+static bool group_norm_vec_ok(const void *y, const void *x, int64_t c, int64_t groups, int64_t spatial) {
+    int64_t gsize = c / groups * spatial;
+    return spatial % VEC == 0 && gsize < ((int64_t)1 << 30) && is_aligned16(x) && is_aligned16(y);
+}
+
+template <typename T>
+static int group_norm_vec_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T *w, const T *b, int64_t nb,
+                               int64_t c, int64_t groups, int64_t spatial, float eps, bool silu, struct err *err) {
+    const int64_t nbg = nb * groups, cpg = c / groups;
+    const int nvec = (int)(cpg * spatial / VEC);
+    /* about GNV_TARGET_BLOCKS blocks in all, each of GNV_PER_MIN vectors at least */
+    int64_t chunks = (GNV_TARGET_BLOCKS + nbg - 1) / nbg;
+    int64_t by_size = (nvec + GNV_PER_MIN - 1) / GNV_PER_MIN;
+    if (chunks > by_size) chunks = by_size;
+    if (chunks > GNV_CHUNKS_MAX) chunks = GNV_CHUNKS_MAX;
+    if (chunks < 1) chunks = 1;
+    const int per = (int)((nvec + chunks - 1) / chunks);
+    chunks = (nvec + per - 1) / per; /* no empty chunk */
+    int rc = 0;
+    float *part = (float *)cuda__work(ctx, (size_t)(nbg * chunks * 3) * sizeof(float), "group_norm statistics", &rc,
+                                      err);
+    if (!part) return rc;
+    dim3 grid((unsigned)chunks, (unsigned)nbg);
+    group_norm_stats_vec<T><<<grid, GNV_THREADS, 0, ctx->stream>>>(x, part, nvec, per, (int)chunks);
+    CUDA_TRY_LAUNCH();
+    group_norm_apply_vec<T><<<grid, GNV_THREADS, 0, ctx->stream>>>(y, x, w, b, part, (int)groups, (int)cpg,
+                                                                  (int)spatial, nvec, per, (int)chunks, eps,
+                                                                  silu ? 1 : 0);
+    CUDA_TRY_LAUNCH();
+    return 0;
+}
+
 template <typename T>
 static int group_norm_entry(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
@@ -182,6 +421,10 @@ static int group_norm_entry(struct cuda_ctx *ctx, struct tensor *dst, struct err
     T *y = (T *)dst->data;
     const T *x = (const T *)tx->data, *w = tw ? (const T *)tw->data : NULL;
     const T *b = tb ? (const T *)tb->data : NULL;
+    if constexpr (!std::is_same<T, float>::value) {
+        if (group_norm_vec_ok(y, x, c, groups, spatial))
+            return group_norm_vec_cuda<T>(ctx, y, x, w, b, nb, c, groups, spatial, dst->fp[0], dst->ip[1] != 0, err);
+    }
     if (c / groups * spatial >= GN_SPLIT_MIN)
         return group_norm_chunked_cuda<T>(ctx, y, x, w, b, nb, c, groups, spatial, dst->fp[0], dst->ip[1] != 0, err);
     return group_norm_cuda<T>(y, x, w, b, nb, c, groups, spatial, dst->fp[0], dst->ip[1] != 0, ctx->stream, err);
@@ -219,10 +462,112 @@ static int layer_norm_cuda(T *y, const T *x, const T *w, const T *b, int64_t row
     return 0;
 }
 
+/* ===== LayerNorm, F16/BF16: one warp per row, the row in registers =====
+ * Lane l holds vectors l, l + 32, .. of its row (VPL of them at most: C <= VPL * 256).
+ * Every lane gets the same sums (an xor butterfly of commutative adds). */
+
+#define LNV_WARPS 4 /* rows per block */
+#define LNV_VPL_MAX 8
+
+template <typename T, int VPL>
+__global__ void __launch_bounds__(LNV_WARPS * 32)
+    layer_norm_vec(T *y, const T *x, const T *w, const T *b, int64_t rows, int c, float eps) {
+    const int64_t row = (int64_t)blockIdx.x * LNV_WARPS + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31, nvec = c / VEC;
+    if (row >= rows) return; /* the whole warp */
+    const uint4 *xr = reinterpret_cast<const uint4 *>(x) + row * nvec;
+    uint4 *yr = reinterpret_cast<uint4 *>(y) + row * nvec;
+    float f[VPL][VEC];
+#pragma unroll
+    for (int k = 0; k < VPL; k++) {
+        uint4 u = make_uint4(0, 0, 0, 0);
+        if (lane + 32 * k < nvec) u = xr[lane + 32 * k];
+        vec_to_f32(u, T(), f[k]); /* zeros past the row: they add nothing to the sum */
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < VPL; k++)
+#pragma unroll
+        for (int e = 0; e < VEC; e++) s += f[k][e];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    const float mean = s / (float)c;
+    float q = 0.0f;
+#pragma unroll
+    for (int k = 0; k < VPL; k++) {
+        if (lane + 32 * k < nvec) {
+#pragma unroll
+            for (int e = 0; e < VEC; e++) q += (f[k][e] - mean) * (f[k][e] - mean);
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
+    const float rstd = rsqrtf(q / (float)c + eps);
+#pragma unroll
+    for (int k = 0; k < VPL; k++) {
+        const int v = lane + 32 * k;
+        if (v < nvec) {
+            float fw[VEC], fb[VEC];
+            if (w) vec_to_f32(__ldg(reinterpret_cast<const uint4 *>(w) + v), T(), fw);
+            if (b) vec_to_f32(__ldg(reinterpret_cast<const uint4 *>(b) + v), T(), fb);
+#pragma unroll
+            for (int e = 0; e < VEC; e++) {
+                float t = (f[k][e] - mean) * rstd;
+                if (w) t *= fw[e];
+                if (b) t += fb[e];
+                f[k][e] = t;
+            }
+            yr[v] = vec_from_f32(f[k], T());
+        }
+    }
+}
+
+template <typename T>
+static int layer_norm_vec_cuda(T *y, const T *x, const T *w, const T *b, int64_t rows, int c, float eps,
+                               cudaStream_t stream, struct err *err) {
+    const int64_t blocks = (rows + LNV_WARPS - 1) / LNV_WARPS;
+    if (blocks > 0x7fffffff)
+        return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda layer_norm: %lld rows exceed the grid", (long long)rows);
+    const int vpl = (c / VEC + 31) / 32;
+    const dim3 grid((unsigned)blocks), block(LNV_WARPS * 32);
+    switch (vpl) {
+    case 1: layer_norm_vec<T, 1><<<grid, block, 0, stream>>>(y, x, w, b, rows, c, eps); break;
+    case 2: layer_norm_vec<T, 2><<<grid, block, 0, stream>>>(y, x, w, b, rows, c, eps); break;
+    case 3: layer_norm_vec<T, 3><<<grid, block, 0, stream>>>(y, x, w, b, rows, c, eps); break;
+    case 4: layer_norm_vec<T, 4><<<grid, block, 0, stream>>>(y, x, w, b, rows, c, eps); break;
+    case 5: layer_norm_vec<T, 5><<<grid, block, 0, stream>>>(y, x, w, b, rows, c, eps); break;
+    case 6: layer_norm_vec<T, 6><<<grid, block, 0, stream>>>(y, x, w, b, rows, c, eps); break;
+    case 7: layer_norm_vec<T, 7><<<grid, block, 0, stream>>>(y, x, w, b, rows, c, eps); break;
+    case 8: layer_norm_vec<T, 8><<<grid, block, 0, stream>>>(y, x, w, b, rows, c, eps); break;
+    default:
+        return err_set(err, STATUS_ERR_INTERNAL, "cuda layer_norm: %d vectors per lane (C %d) past the fast path", vpl,
+                       c);
+    }
+    CUDA_TRY_LAUNCH();
+    return 0;
+}
+
+/* True when the fast path takes this LayerNorm: whole vectors per row, C small enough to sit in
+ * registers, every pointer aligned (w and b are loaded as vectors too). */
+static bool layer_norm_vec_ok(const void *y, const void *x, const void *w, const void *b, int64_t c) {
+    return c > 0 && c % VEC == 0 && c <= LNV_VPL_MAX * 32 * VEC && is_aligned16(y) && is_aligned16(x) &&
+           (!w || is_aligned16(w)) && (!b || is_aligned16(b));
+}
+
+template <typename T>
+static int layer_norm_entry(T *y, const T *x, const T *w, const T *b, int64_t rows, int64_t c, float eps,
+                            cudaStream_t stream, struct err *err) {
+    if constexpr (!std::is_same<T, float>::value) {
+        if (rows > 0 && layer_norm_vec_ok(y, x, w, b, c))
+            return layer_norm_vec_cuda<T>(y, x, w, b, rows, (int)c, eps, stream, err);
+    }
+    return layer_norm_cuda<T>(y, x, w, b, rows, c, eps, stream, err);
+}
+
 int cuda_op_layer_norm(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
     int64_t c = tx->shape[tx->ndim - 1], rows = c ? cuda_numel(tx) / c : 0;
-    CUDA_DISPATCH(dst->dtype, layer_norm_cuda<T>((T *)dst->data, (const T *)tx->data,
-                                                 tw ? (const T *)tw->data : NULL, tb ? (const T *)tb->data : NULL,
-                                                 rows, c, dst->fp[0], ctx->stream, err));
+    CUDA_DISPATCH(dst->dtype, layer_norm_entry<T>((T *)dst->data, (const T *)tx->data,
+                                                  tw ? (const T *)tw->data : NULL, tb ? (const T *)tb->data : NULL,
+                                                  rows, c, dst->fp[0], ctx->stream, err));
 }
