@@ -1,7 +1,8 @@
 /* tensor/cuda/backend.cu -- the CUDA backend's function table, memory, errors and its one op switch.
- * Owns: struct cuda_ctx (stream, cuBLAS handle, cuDNN handle when built with it, kernel scratch)
- * and every device buffer it hands out (cudaMalloc lives here only, until the VRAM manager of
- * issue 4 takes it over); conv.cu's plan table is freed here through cuda__conv_plans_free.
+ * Owns: struct cuda_ctx (stream, cuBLAS and cuBLASLt handles, the Lt workspace, cuDNN handle when
+ * built with it, kernel scratch) and every device buffer it hands out (cudaMalloc lives here
+ * only, until the VRAM manager of issue 4 takes it over); conv.cu's and matmul.cu's plan tables
+ * are freed here through cuda__conv_plans_free and cuda__lt_plans_free.
  * cuDNN is optional at run time too: if cudnnCreate fails (or KILN_CUDNN=0) the ctx has no
  * handle, one warning is logged, and convolutions stay on im2col + cuBLAS.
  * Threads: the owning worker; each entry point first binds the ctx's device to the thread.
@@ -255,6 +256,9 @@ static void cuda_free(void *vctx) {
     cuda__conv_plans_free(&cb->ctx);
     if (cb->ctx.cudnn) cudnnDestroy(cb->ctx.cudnn);
 #endif
+    cuda__lt_plans_free(&cb->ctx);
+    cuda_raw_free(cb, cb->ctx.lt_ws);
+    if (cb->ctx.lt) cublasLtDestroy(cb->ctx.lt);
     if (cb->n_allocs)
         log_warn("cuda backend: %d buffer(s) (%zu bytes) still allocated at teardown", cb->n_allocs,
                  cb->ctx.bytes_in_use);
@@ -374,6 +378,21 @@ static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
                CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION;
     CUBLAS_TRY(cublasSetMathMode(cb->ctx.cublas, (cublasMath_t)mode));
     if (use_tf32) log_info("cuda backend: device %d uses TF32 tensor-core products (KILN_CUDA_TF32=1)", device);
+    /* cuBLASLt for F16/BF16 LINEAR (bias in the epilogue), with its own workspace, allocated
+     * here once so that it never moves under a captured CUDA graph (matmul.cu). KILN_CUDA_LT=0
+     * keeps cublasGemmEx + a bias prefill, for comparisons. */
+    const char *lt = getenv("KILN_CUDA_LT");
+    if (lt && lt[0] == '0') {
+        log_info("cuda backend: device %d: cuBLASLt off (KILN_CUDA_LT=0), F16/BF16 linears use cublasGemmEx", device);
+    } else {
+        CUBLAS_TRY(cublasLtCreate(&cb->ctx.lt));
+        int rc = cuda_raw_alloc(cb, CUDA_LT_WORKSPACE_BYTES, &cb->ctx.lt_ws, err);
+        if (rc) {
+            err_prefix(err, "cuda backend: %zu bytes of cuBLASLt workspace", CUDA_LT_WORKSPACE_BYTES);
+            return rc;
+        }
+        cb->ctx.lt_ws_size = CUDA_LT_WORKSPACE_BYTES;
+    }
 #ifdef KILN_HAVE_CUDNN
     cuda_dnn_open(&cb->ctx);
 #endif

@@ -8,11 +8,12 @@
  * dtype); kernels are templated on the storage type T (float, __half, __nv_bfloat16), load with
  * cuda_to_f32, compute in fp32 (statistics in double, products accumulate in fp32) and store
  * with cuda_from_f32<T> (round to nearest even). Each entry picks T with CUDA_DISPATCH.
- * Files: elementwise.cu (add .. geglu), matmul.cu (linear, cuBLAS), conv.cu (cuDNN, else im2col + gemm),
- * norm.cu (group/layer norm), attention.cu (F32: blocked online softmax or cuBLAS blocks; F16/BF16:
- * attention_flash.cu's tensor-core kernel for d <= 256), layout.cu (transpose, upsample, concat,
- * get_rows, cast), backend.cu (the table, memory, the op switch, errors), graphs.cu (replaying
- * repeated graphs as CUDA graphs), profile.cu (KILN_CUDA_PROFILE=1 per-op timing).
+ * Files: elementwise.cu (add .. geglu), matmul.cu (linear: cuBLASLt with the bias in its epilogue,
+ * else cuBLAS), conv.cu (cuDNN, else im2col + gemm), norm.cu (group/layer norm), attention.cu
+ * (F32: blocked online softmax or cuBLAS blocks; F16/BF16: attention_flash.cu's tensor-core
+ * kernel for d <= 256), layout.cu (transpose, upsample, concat, get_rows, cast), backend.cu
+ * (the table, memory, the op switch, errors), graphs.cu (replaying repeated graphs as CUDA
+ * graphs), profile.cu (KILN_CUDA_PROFILE=1 per-op timing).
  * cuDNN is optional: KILN_HAVE_CUDNN (set by CMake when cuDNN 9 is found) adds the handle, the
  * conv plan table and CUDNN_TRY; without it those fields and conv.cu's cuDNN path do not exist. */
 #ifndef KILN_CUDA_CUH
@@ -25,6 +26,7 @@ extern "C" {
 #include "tensor/tensor.h"
 }
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -39,11 +41,20 @@ extern "C" {
 struct cuda_profile;
 struct cuda_graphs;
 struct cuda_conv_plan;
+struct cuda_lt_plan;
+
+/* Bytes of the cuBLASLt workspace (ctx->lt_ws): what NVIDIA recommends for Hopper. */
+#define CUDA_LT_WORKSPACE_BYTES ((size_t)32 << 20)
 
 struct cuda_ctx {
     int device;             /* CUDA device ordinal */
     cudaStream_t stream;    /* the one stream every op is queued on */
     cublasHandle_t cublas;  /* bound to stream */
+    cublasLtHandle_t lt;    /* F16/BF16 LINEAR (matmul.cu); NULL: KILN_CUDA_LT=0, cublasGemmEx only */
+    void *lt_ws;            /* cuBLASLt workspace, CUDA_LT_WORKSPACE_BYTES, allocated with lt; never moves */
+    size_t lt_ws_size;      /* bytes in lt_ws */
+    struct cuda_lt_plan *lt_plans;  /* one per LINEAR shape, dtype, bias and alignment (matmul.cu), mem_ owned */
+    int n_lt_plans, cap_lt_plans;   /* used and allocated entries of lt_plans */
     void *work;             /* kernel scratch (im2col), grown on demand, or NULL */
     size_t work_size;       /* bytes in work */
     size_t bytes_in_use;    /* device bytes held by buf_alloc (buffers + work), for the VRAM manager */
@@ -143,6 +154,8 @@ int cuda__gemm(struct cuda_ctx *ctx, enum dtype dt, bool ta, bool tb, int m, int
 int cuda__gemm_batched(struct cuda_ctx *ctx, enum dtype dt, int m, int n, int k, const void *a, int lda,
                        long long stride_a, const void *b, int ldb, long long stride_b, float beta, void *c, int ldc,
                        long long stride_c, int batch, struct err *err);
+/* Frees ctx's cuBLASLt plans (their descriptors) and the table; handle and workspace stay (matmul.cu). */
+void cuda__lt_plans_free(struct cuda_ctx *ctx);
 
 /* ===== Storage types =====
  * cuda_to_f32 widens a stored element (exact); cuda_from_f32<T> narrows with round to nearest
