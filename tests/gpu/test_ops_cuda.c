@@ -419,7 +419,7 @@ static void test_attention(void **state) {
  * SD 2 / SDXL d = 64, cross-attention over 77 tokens, query and key counts that are not
  * multiples of the 64-query / 64-key tiles, head sizes that are not multiples of 16 (zero
  * padding) or of 8 (the element-wise staging path), causal masks, the largest head (256), and
- * the same in 8-warp CTAs. */
+ * the same in 128-query CTAs. */
 static void test_attention_flash(void **state) {
     GPU_OR_SKIP();
     /* ip: heads, causal */
@@ -446,13 +446,19 @@ static void test_attention_flash(void **state) {
         {"flash d200 [1,130,400]x[1,70,400] h2", b_attn, 3, {IN(1, 130, 400), IN(1, 70, 400), IN(1, 70, 400)}, -1, 1, {2, 0}, {0}},
         {"flash d3 tiny [2,5,9]x[2,3,9] h3", b_attn, 3, {IN(2, 5, 9), IN(2, 3, 9), IN(2, 3, 9)}, -1, 1, {3, 0}, {0}},
         {"flash large scores [1,300,64] h1", b_attn, 3, {IN(1, 300, 64), IN(1, 300, 64), IN(1, 300, 64)}, -6, 6, {1, 0}, {0}},
-        /* 8-warp CTAs (128 queries; taken when there are at least as many such CTAs as SMs, here
-         * >= 256): query and key tails, causal, the element-wise staging path, d = 128 */
+        /* 128-query CTAs (4 warps of two m16 row blocks up to d = 64, 8 warps of one above; taken
+         * when there are at least as many such CTAs as SMs, here >= 192): query and key tails,
+         * causal, the element-wise staging path, d = 16, 64, 128 */
         {"flash 8w d40 odd [4,1000,320]x[4,77,320] h8", b_attn, 3, {IN(4, 1000, 320), IN(4, 77, 320), IN(4, 77, 320)}, -1, 1, {8, 0}, {0}},
         {"flash 8w causal d40 [4,1100,320] h8", b_attn, 3, {IN(4, 1100, 320), IN(4, 1100, 320), IN(4, 1100, 320)}, -1, 1, {8, 1}, {0}},
         {"flash 8w d64 [4,1000,640]x[4,150,640] h10", b_attn, 3, {IN(4, 1000, 640), IN(4, 150, 640), IN(4, 150, 640)}, -1, 1, {10, 0}, {0}},
         {"flash 8w d36 unaligned [32,1000,72]x[32,37,72] h2", b_attn, 3, {IN(32, 1000, 72), IN(32, 37, 72), IN(32, 37, 72)}, -1, 1, {2, 0}, {0}},
         {"flash 8w d128 [4,1000,1024]x[4,200,1024] h8", b_attn, 3, {IN(4, 1000, 1024), IN(4, 200, 1024), IN(4, 200, 1024)}, -1, 1, {8, 0}, {0}},
+        {"flash 128q d40 tails [2,4113,320]x[2,300,320] h8", b_attn, 3, {IN(2, 4113, 320), IN(2, 300, 320), IN(2, 300, 320)}, -1, 1, {8, 0}, {0}},
+        {"flash 128q causal d40 [8,300,320] h8", b_attn, 3, {IN(8, 300, 320), IN(8, 300, 320), IN(8, 300, 320)}, -1, 1, {8, 1}, {0}},
+        {"flash 128q causal d64 [8,300,640] h10", b_attn, 3, {IN(8, 300, 640), IN(8, 300, 640), IN(8, 300, 640)}, -1, 1, {10, 1}, {0}},
+        {"flash 128q d16 [4,1000,128]x[4,77,128] h8", b_attn, 3, {IN(4, 1000, 128), IN(4, 77, 128), IN(4, 77, 128)}, -1, 1, {8, 0}, {0}},
+        {"flash 128q large scores d64 [8,300,640] h10", b_attn, 3, {IN(8, 300, 640), IN(8, 300, 640), IN(8, 300, 640)}, -6, 6, {10, 0}, {0}},
     };
     run_cases_half(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
 }

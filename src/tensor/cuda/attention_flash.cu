@@ -3,10 +3,14 @@
  * online softmax), for heads of up to CUDA_FLASH_DMAX channels. attention.cu picks this path.
  * Owns: nothing (no scratch: the score matrix only ever exists one tile at a time, in registers).
  * Threads: the backend's worker; every launch goes on ctx->stream.
- * DESIGN. A CTA of W warps (8, or 4 when that gives too few CTAs to fill the GPU, and always 4
- * above DP = 128) owns BQ = 16 W consecutive queries of one (image, head) (grid: query tiles x
- * heads x images); warp w owns queries 16w .. 16w + 15 of the tile, one m16 row block of every
- * product. Shared memory holds, as raw 16-bit patterns of T, rows of LD = DP + 8 elements:
+ * DESIGN. A CTA of W warps with RB m16 row blocks each owns BQ = 16 RB W consecutive queries of
+ * one (image, head) (grid: query tiles x heads x images); warp w owns queries 16 RB w .. + 16 RB - 1
+ * of the tile, row block r of them 16 r .. 16 r + 15 of those. 128 queries per CTA (halving the
+ * key/value traffic per query) when the grid of them still gives every SM a CTA: up to DP = 64 as
+ * 4 warps of RB = 2 (each K or V fragment loaded by ldmatrix feeds two mma's, halving the
+ * shared-memory reads per FLOP; up to 255 registers, 2 CTAs per SM), up to DP = 128 as 8 warps of
+ * RB = 1 (RB = 2 would spill there); else, and always above DP = 128, 64 queries as 4 warps of
+ * RB = 1. Shared memory holds, as raw 16-bit patterns of T, rows of LD = DP + 8 elements:
  *   qs [BQ][LD]      the CTA's queries, staged once;
  *   ks [2][BK][LD]   two key tiles (keys x channels), double-buffered;
  *   vs [2][BK][LD]   two value tiles (keys x channels, not transposed: ldmatrix.trans reads them),
@@ -16,19 +20,23 @@
  * (8 rows of 16 bytes) hit 32 different banks: a row is DP/2 + 4 words, and (8m + 4) g mod 32
  * for g = 0..7 are 8 distinct multiples of 4.
  * Pipeline: tiles move global -> shared by cp.async (16-byte chunks, zero-filled past nk and d;
- * element-wise stores when rows are not 16-byte aligned). Iteration i waits for its own copies of
- * tile i, syncs the CTA (tile i visible; every warp done with tile i - 1), then issues tile i + 1
- * into the other buffer and computes on tile i while those copies fly: one barrier per tile.
- * Per key tile, each warp: S = Q K^T (16 x BK, fp32 in mma accumulators; A fragments of qs by
- * ldmatrix.x4, kept in registers for DP <= 128; B fragments of ks rows by ldmatrix.x4, two key
- * n-tiles per load); masking (key >= nk, or key > query when causal, to -inf) only on the tiles
- * that need it; the running row max m (raw score units) and the rescale exp2((m_old - m_new) s)
- * of the row sum l and the output accumulators O, s = log2(e) / sqrt(d); P = exp2(S s - m s)
- * (one FFMA and one exp2 per score) rounded to T straight from the S accumulators into A
- * fragments (the m16n8 accumulator layout of two adjacent n-tiles is the m16k16 A layout), l
- * summing the fp32 values as flash-attention 2 does; O += P V with B fragments of vs by
- * ldmatrix.x4.trans (two channel n-tiles per load). At the end O / l is rounded to T and stored
- * (rows < nq, channels < d).
+ * element-wise stores when rows are not 16-byte aligned), K and V of a tile as two commit groups,
+ * K first (Q joins K of tile 0). Iteration i: wait_group 1 (K tile i landed, V tile i may fly),
+ * barrier A (K tile i visible; every warp done with K and V tile i - 1), issue K then V of tile
+ * i + 1 into the other buffers, S = Q K^T and the softmax of tile i; wait_group 2 (V tile i
+ * landed, tile i + 1 may fly; 0 on the last tile), barrier B (V tile i visible), O += P V. So S
+ * starts while V is in flight, and tile i + 1 flies during both phases. A warp whose queries all
+ * precede the tile (causal) skips the compute, never the waits and barriers.
+ * Per key tile, each warp and row block: S = Q K^T (16 x BK, fp32 in mma accumulators; A
+ * fragments of qs by ldmatrix.x4, kept in registers for DP RB <= 128; B fragments of ks rows by
+ * ldmatrix.x4, two key n-tiles per load, shared by the row blocks); masking (key >= nk, or key >
+ * query when causal, to -inf) only on the tiles that need it; the running row max m (raw score
+ * units) and the rescale exp2((m_old - m_new) s) of the row sum l and the output accumulators O,
+ * s = log2(e) / sqrt(d); P = exp2(S s - m s) (one FFMA and one exp2 per score) rounded to T
+ * straight from the S accumulators into A fragments (the m16n8 accumulator layout of two
+ * adjacent n-tiles is the m16k16 A layout), l summing the fp32 values as flash-attention 2 does;
+ * O += P V with B fragments of vs by ldmatrix.x4.trans (two channel n-tiles per load, shared by
+ * the row blocks). At the end O / l is rounded to T and stored (rows < nq, channels < d).
  * Thread (lane) layout of m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating
  * point type"), g = lane / 4, t = lane % 4: A regs {a0, a1, a2, a3} hold (row, col pairs)
  * (g, 2t), (g + 8, 2t), (g, 2t + 8), (g + 8, 2t + 8); B regs {b0, b1} hold (k pairs, col)
@@ -115,10 +123,10 @@ static __device__ __forceinline__ void fa_cp_commit(void) {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
-/* Waits until all of this thread's committed copies have landed. */
-static __device__ __forceinline__ void fa_cp_wait(void) {
+/* Waits until all but the N most recent of this thread's committed groups of copies have landed. */
+template <int N> static __device__ __forceinline__ void fa_cp_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 /* One 16-bit store to shared memory (the element-wise staging path). */
@@ -148,13 +156,13 @@ template <bool TRANS> static __device__ __forceinline__ void fa_ldsm4(uint32_t r
  * reads of unwritten or in-flight elements reported): how the index math was checked without a
  * GPU. */
 
-/* Tile sizes for a padded head size DP (a multiple of 16) and W warps per CTA. Sizes in 16-bit
- * elements unless said otherwise. */
-template <int DP, int W> struct fa_cfg {
-    static constexpr int BQ = 16 * W;                  /* queries per CTA: 16 per warp */
-    static constexpr int THREADS = 32 * W;             /* threads per CTA */
-    static constexpr int BK = DP <= 128 ? 64 : 32;     /* keys per tile */
-    static constexpr int LD = DP + 8;                  /* row of every shared tile */
+/* Tile sizes for a padded head size DP (a multiple of 16), W warps per CTA and RB m16 row blocks
+ * per warp. Sizes in 16-bit elements unless said otherwise. */
+template <int DP, int W, int RB> struct fa_cfg {
+    static constexpr int BQ = 16 * RB * W;              /* queries per CTA: 16 RB per warp */
+    static constexpr int THREADS = 32 * W;              /* threads per CTA */
+    static constexpr int BK = DP <= 128 ? 64 : 32;      /* keys per tile */
+    static constexpr int LD = DP + 8;                   /* row of every shared tile */
     static constexpr int SMEM = (BQ + 4 * BK) * LD * 2; /* bytes: qs, ks[2], vs[2] */
 };
 
@@ -185,12 +193,12 @@ static __device__ __forceinline__ void fa_stage(uint16_t *s, const uint16_t *src
 
 /* The kernel (DESIGN above). q, out [nb, nq, c], k, v [nb, nk, c]; grid (query tiles, heads,
  * images); scale_log2 = log2(e) / sqrt(d). */
-template <typename T, int DP, int W>
-__global__ void __launch_bounds__(32 * W, W == 8 && DP <= 64 ? 2 : 1) /* 2: 8 warps at <= 128 registers */
+template <typename T, int DP, int W, int RB>
+__global__ void __launch_bounds__(32 * W, 1)
     attention_flash(T *out, const T *q, const T *k, const T *v, int64_t nq, int64_t nk, int64_t c, int d,
                     float scale_log2, int causal, int vec) {
     typedef fa_ops<T> F;
-    typedef fa_cfg<DP, W> C;
+    typedef fa_cfg<DP, W, RB> C;
     constexpr int BQ = C::BQ, BK = C::BK, LD = C::LD, THREADS = C::THREADS;
     extern __shared__ __align__(16) uint16_t fa_smem[];
     uint16_t *qs = fa_smem;          /* [BQ][LD] */
@@ -202,136 +210,180 @@ __global__ void __launch_bounds__(32 * W, W == 8 && DP <= 64 ? 2 : 1) /* 2: 8 wa
     const uint16_t *qg = (const uint16_t *)q + b * nq * c + h * d; /* row i of the head: qg + i c */
     const uint16_t *kg = (const uint16_t *)k + b * nk * c + h * d;
     const uint16_t *vg = (const uint16_t *)v + b * nk * c + h * d;
-    /* this lane's ldmatrix row addresses (DESIGN): Q rows of the warp's A fragments (+ 16 kk for
-     * channel step kk); K rows of key n-tiles 2jp, 2jp + 1 (+ 16 jp LD + 16 kk); V rows of keys
-     * 16 kk .. + 15 for channel n-tiles 2np, 2np + 1 (+ 16 kk LD + 16 np) */
-    const uint16_t *qa = qs + (warp * 16 + (lane & 15)) * LD + (lane >> 4) * 8;
+    /* this lane's ldmatrix row addresses (DESIGN): Q rows of the warp's A fragments (+ 16 r LD for
+     * row block r, + 16 kk for channel step kk); K rows of key n-tiles 2jp, 2jp + 1 (+ 16 jp LD +
+     * 16 kk); V rows of keys 16 kk .. + 15 for channel n-tiles 2np, 2np + 1 (+ 16 kk LD + 16 np) */
+    const uint16_t *qa = qs + (warp * 16 * RB + (lane & 15)) * LD + (lane >> 4) * 8;
     const int koff = ((lane & 7) + ((lane >> 4) << 3)) * LD + ((lane >> 3) & 1) * 8;
     const int voff = ((lane & 7) + (((lane >> 3) & 1) << 3)) * LD + (lane >> 4) * 8;
 
     int64_t kend = nk;
     if (causal && q0 + BQ < kend) kend = q0 + BQ; /* the CTA's last query sees keys < q0 + BQ */
 
-    /* the queries and the first key/value tile; then Q fragments to registers up to DP = 128
-     * (above, they would spill) */
+    /* the queries with the first key tile (one cp.async group), the first value tile (a second);
+     * then Q fragments to registers while they fit (above, they would spill) */
     fa_stage<DP, BQ, THREADS>(qs, qg, c, q0, nq, d, vec);
     fa_stage<DP, BK, THREADS>(ks, kg, c, 0, nk, d, vec);
+    fa_cp_commit();
     fa_stage<DP, BK, THREADS>(vs, vg, c, 0, nk, d, vec);
     fa_cp_commit();
-    constexpr bool QREG = DP <= 128;
-    uint32_t qf[QREG ? DP / 16 : 1][4];
+    constexpr bool QREG = DP * RB <= 128;
+    uint32_t qf[RB][QREG ? DP / 16 : 1][4];
     if constexpr (QREG) {
-        fa_cp_wait();
+        fa_cp_wait<1>(); /* Q and K 0 (V 0 may still fly) */
         __syncthreads();
-        for (int kk = 0; kk < DP / 16; kk++) fa_ldsm4<false>(qf[kk], qa + kk * 16);
+        for (int r = 0; r < RB; r++)
+            for (int kk = 0; kk < DP / 16; kk++) fa_ldsm4<false>(qf[r][kk], qa + r * 16 * LD + kk * 16);
     }
 
-    const int64_t row0 = q0 + warp * 16 + g, row1 = row0 + 8; /* this thread's two query rows */
-    const int64_t wfirst = q0 + warp * 16, wlast = wfirst + 15; /* the warp's first and last query */
-    float o[DP / 8][4];                                         /* O: 16 x DP, n-tiles of 8 channels */
-    for (int j = 0; j < DP / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY; /* running max (raw scores) of rows row0, row1 */
-    float l0 = 0.0f, l1 = 0.0f;           /* this thread's part of their running sums */
+    const int64_t wfirst = q0 + warp * 16 * RB, wlast = wfirst + 16 * RB - 1; /* the warp's first, last query */
+    /* row block r: this thread's query rows wfirst + 16 r + g (0) and + 8 (1) */
+    float o[RB][DP / 8][4]; /* O: 16 x DP per row block, n-tiles of 8 channels */
+    float m0[RB], m1[RB];   /* running max (raw scores) of the two rows */
+    float l0[RB], l1[RB];   /* this thread's part of their running sums */
+    for (int r = 0; r < RB; r++) {
+        for (int j = 0; j < DP / 8; j++) o[r][j][0] = o[r][j][1] = o[r][j][2] = o[r][j][3] = 0.0f;
+        m0[r] = m1[r] = -INFINITY;
+        l0[r] = l1[r] = 0.0f;
+    }
 
     for (int64_t k0 = 0, it = 0; k0 < kend; k0 += BK, it++) {
-        fa_cp_wait();    /* this thread's copies of tile it have landed */
-        __syncthreads(); /* everyone's have; and no warp still reads tile it - 1 */
-        if (k0 + BK < kend) { /* tile it + 1 into the other buffer, in flight during this one */
+        const bool more = k0 + BK < kend;
+        fa_cp_wait<1>(); /* this thread's copies of K tile it have landed (V tile it may fly) */
+        __syncthreads(); /* everyone's have; and no warp still reads K or V tile it - 1 */
+        if (more) { /* tile it + 1 into the other buffers, K then V (two groups), in flight meanwhile */
             const int nbuf = (int)((it + 1) & 1);
             fa_stage<DP, BK, THREADS>(ks + nbuf * BK * LD, kg, c, k0 + BK, nk, d, vec);
+            fa_cp_commit();
             fa_stage<DP, BK, THREADS>(vs + nbuf * BK * LD, vg, c, k0 + BK, nk, d, vec);
             fa_cp_commit();
         }
-        if (causal && k0 > wlast) continue; /* every key of the tile is past the warp's queries */
+        const bool active = !causal || k0 <= wlast; /* else every key of the tile is past the warp's queries */
         const uint16_t *kt = ks + (it & 1) * BK * LD, *vt = vs + (it & 1) * BK * LD;
 
-        /* S = Q K^T: 16 x BK, n-tile j holds keys k0 + 8j .. k0 + 8j + 7 */
-        float s[BK / 8][4];
-        for (int j = 0; j < BK / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-        for (int kk = 0; kk < DP / 16; kk++) {
-            uint32_t a[4]; /* rows g, g + 8 x channels 16kk + 2t (+1), and + 8 */
-            if constexpr (QREG)
-                a[0] = qf[kk][0], a[1] = qf[kk][1], a[2] = qf[kk][2], a[3] = qf[kk][3];
-            else
-                fa_ldsm4<false>(a, qa + kk * 16);
-            for (int jp = 0; jp < BK / 16; jp++) {
-                uint32_t bb[4]; /* b of n-tile 2jp, then of 2jp + 1 */
-                fa_ldsm4<false>(bb, kt + jp * 16 * LD + kk * 16 + koff);
-                F::mma(s[2 * jp], a, bb);
-                F::mma(s[2 * jp + 1], a, bb + 2);
+        /* S = Q K^T: 16 x BK per row block, n-tile j holds keys k0 + 8j .. k0 + 8j + 7; each K
+         * fragment feeds RB mma's */
+        float s[RB][BK / 8][4];
+        float u0[RB], u1[RB]; /* the exponents' offsets of the two rows, log2 units */
+        if (active) {
+            for (int r = 0; r < RB; r++)
+                for (int j = 0; j < BK / 8; j++) s[r][j][0] = s[r][j][1] = s[r][j][2] = s[r][j][3] = 0.0f;
+            for (int kk = 0; kk < DP / 16; kk++) {
+                uint32_t a[RB][4]; /* rows g, g + 8 x channels 16kk + 2t (+1), and + 8 */
+                for (int r = 0; r < RB; r++) {
+                    if constexpr (QREG)
+                        a[r][0] = qf[r][kk][0], a[r][1] = qf[r][kk][1], a[r][2] = qf[r][kk][2], a[r][3] = qf[r][kk][3];
+                    else
+                        fa_ldsm4<false>(a[r], qa + r * 16 * LD + kk * 16);
+                }
+                for (int jp = 0; jp < BK / 16; jp++) {
+                    uint32_t bb[4]; /* b of n-tile 2jp, then of 2jp + 1 */
+                    fa_ldsm4<false>(bb, kt + jp * 16 * LD + kk * 16 + koff);
+                    for (int r = 0; r < RB; r++) {
+                        F::mma(s[r][2 * jp], a[r], bb);
+                        F::mma(s[r][2 * jp + 1], a[r], bb + 2);
+                    }
+                }
             }
-        }
 
-        /* mask where some key of the tile is past nk or (causal) past one of the warp's queries */
-        if (k0 + BK > nk || (causal && k0 + BK - 1 > wfirst)) {
-            for (int j = 0; j < BK / 8; j++) {
-                for (int e = 0; e < 4; e++) {
-                    int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row0 : row1;
-                    if (key >= nk || (causal && key > row)) s[j][e] = -INFINITY;
+            /* mask where some key of the tile is past nk or (causal) past one of the warp's queries */
+            if (k0 + BK > nk || (causal && k0 + BK - 1 > wfirst)) {
+                for (int r = 0; r < RB; r++) {
+                    const int64_t row0 = wfirst + 16 * r + g;
+                    for (int j = 0; j < BK / 8; j++) {
+                        for (int e = 0; e < 4; e++) {
+                            int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row0 : row0 + 8;
+                            if (key >= nk || (causal && key > row)) s[r][j][e] = -INFINITY;
+                        }
+                    }
+                }
+            }
+            for (int r = 0; r < RB; r++) {
+                /* the new row max, over the old one and the tile (the 4 threads t = 0..3 share a row) */
+                float x0 = m0[r], x1 = m1[r];
+                for (int j = 0; j < BK / 8; j++) {
+                    x0 = fmaxf(x0, fmaxf(s[r][j][0], s[r][j][1]));
+                    x1 = fmaxf(x1, fmaxf(s[r][j][2], s[r][j][3]));
+                }
+                x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, 1));
+                x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, 2));
+                x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 1));
+                x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 2));
+                /* the offsets (0 while a row has seen nothing: exp2(-inf) = 0), the rescale of the
+                 * old sums and O (the old offset is computed as it was then) */
+                u0[r] = x0 == -INFINITY ? 0.0f : x0 * scale_log2;
+                u1[r] = x1 == -INFINITY ? 0.0f : x1 * scale_log2;
+                const float c0 = fa_exp2(m0[r] * scale_log2 - u0[r]), c1 = fa_exp2(m1[r] * scale_log2 - u1[r]);
+                m0[r] = x0;
+                m1[r] = x1;
+                l0[r] *= c0;
+                l1[r] *= c1;
+                for (int j = 0; j < DP / 8; j++) {
+                    o[r][j][0] *= c0;
+                    o[r][j][1] *= c0;
+                    o[r][j][2] *= c1;
+                    o[r][j][3] *= c1;
                 }
             }
         }
-        /* the new row max, over the old one and the tile (the 4 threads t = 0..3 share a row) */
-        float x0 = m0, x1 = m1;
-        for (int j = 0; j < BK / 8; j++) {
-            x0 = fmaxf(x0, fmaxf(s[j][0], s[j][1]));
-            x1 = fmaxf(x1, fmaxf(s[j][2], s[j][3]));
-        }
-        x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, 1));
-        x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, 2));
-        x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 1));
-        x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 2));
-        /* the exponents' offsets in log2 units (0 while a row has seen nothing: exp2(-inf) = 0),
-         * the rescale of the old sums and O (the old offset is computed as it was then) */
-        const float u0 = x0 == -INFINITY ? 0.0f : x0 * scale_log2, u1 = x1 == -INFINITY ? 0.0f : x1 * scale_log2;
-        const float c0 = fa_exp2(m0 * scale_log2 - u0), c1 = fa_exp2(m1 * scale_log2 - u1);
-        m0 = x0;
-        m1 = x1;
-        l0 *= c0;
-        l1 *= c1;
-        for (int j = 0; j < DP / 8; j++) {
-            o[j][0] *= c0;
-            o[j][1] *= c0;
-            o[j][2] *= c1;
-            o[j][3] *= c1;
-        }
 
-        /* O += P V, 16 keys at a time: n-tiles 2kk and 2kk + 1 of S are the A fragment */
+        if (more)
+            fa_cp_wait<2>(); /* V tile it has landed (tile it + 1 may fly) */
+        else
+            fa_cp_wait<0>();
+        __syncthreads(); /* everyone's V tile it has */
+        if (!active) continue;
+
+        /* O += P V, 16 keys at a time: n-tiles 2kk and 2kk + 1 of S are the A fragment; each V
+         * fragment feeds RB mma's */
         for (int kk = 0; kk < BK / 16; kk++) {
-            const float *sa = s[2 * kk], *sb = s[2 * kk + 1];
-            const float p0 = fa_exp2(fmaf(sa[0], scale_log2, -u0)), p1 = fa_exp2(fmaf(sa[1], scale_log2, -u0));
-            const float p2 = fa_exp2(fmaf(sa[2], scale_log2, -u1)), p3 = fa_exp2(fmaf(sa[3], scale_log2, -u1));
-            const float p4 = fa_exp2(fmaf(sb[0], scale_log2, -u0)), p5 = fa_exp2(fmaf(sb[1], scale_log2, -u0));
-            const float p6 = fa_exp2(fmaf(sb[2], scale_log2, -u1)), p7 = fa_exp2(fmaf(sb[3], scale_log2, -u1));
-            l0 += (p0 + p1) + (p4 + p5);
-            l1 += (p2 + p3) + (p6 + p7);
-            const uint32_t a[4] = {F::pack(p0, p1), F::pack(p2, p3), F::pack(p4, p5), F::pack(p6, p7)};
+            uint32_t a[RB][4];
+            for (int r = 0; r < RB; r++) {
+                const float *sa = s[r][2 * kk], *sb = s[r][2 * kk + 1];
+                const float v0 = u0[r], v1 = u1[r];
+                const float p0 = fa_exp2(fmaf(sa[0], scale_log2, -v0)), p1 = fa_exp2(fmaf(sa[1], scale_log2, -v0));
+                const float p2 = fa_exp2(fmaf(sa[2], scale_log2, -v1)), p3 = fa_exp2(fmaf(sa[3], scale_log2, -v1));
+                const float p4 = fa_exp2(fmaf(sb[0], scale_log2, -v0)), p5 = fa_exp2(fmaf(sb[1], scale_log2, -v0));
+                const float p6 = fa_exp2(fmaf(sb[2], scale_log2, -v1)), p7 = fa_exp2(fmaf(sb[3], scale_log2, -v1));
+                l0[r] += (p0 + p1) + (p4 + p5);
+                l1[r] += (p2 + p3) + (p6 + p7);
+                a[r][0] = F::pack(p0, p1);
+                a[r][1] = F::pack(p2, p3);
+                a[r][2] = F::pack(p4, p5);
+                a[r][3] = F::pack(p6, p7);
+            }
             for (int np = 0; np < DP / 16; np++) {
                 uint32_t bb[4]; /* b of channel n-tile 2np, then of 2np + 1 */
                 fa_ldsm4<true>(bb, vt + kk * 16 * LD + np * 16 + voff);
-                F::mma(o[2 * np], a, bb);
-                F::mma(o[2 * np + 1], a, bb + 2);
+                for (int r = 0; r < RB; r++) {
+                    F::mma(o[r][2 * np], a[r], bb);
+                    F::mma(o[r][2 * np + 1], a[r], bb + 2);
+                }
             }
         }
     }
-    fa_cp_wait(); /* nothing in flight at exit (no tile is issued past kend; cheap) */
+    fa_cp_wait<0>(); /* nothing in flight at exit (the last tile waited for everything; cheap) */
 
     /* the row sums over the group's 4 threads; O / l to T */
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
     T *og = out + b * nq * c + h * d;
-    for (int j = 0; j < DP / 8; j++) {
-        int col = j * 8 + 2 * t;
-        if (row0 < nq) {
-            if (col < d) og[row0 * c + col] = cuda_from_f32<T>(o[j][0] * i0);
-            if (col + 1 < d) og[row0 * c + col + 1] = cuda_from_f32<T>(o[j][1] * i0);
-        }
-        if (row1 < nq) {
-            if (col < d) og[row1 * c + col] = cuda_from_f32<T>(o[j][2] * i1);
-            if (col + 1 < d) og[row1 * c + col + 1] = cuda_from_f32<T>(o[j][3] * i1);
+    for (int r = 0; r < RB; r++) {
+        float s0 = l0[r], s1 = l1[r];
+        s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
+        s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
+        const float i0 = s0 > 0.0f ? 1.0f / s0 : 0.0f, i1 = s1 > 0.0f ? 1.0f / s1 : 0.0f;
+        const int64_t row0 = wfirst + 16 * r + g, row1 = row0 + 8;
+        for (int j = 0; j < DP / 8; j++) {
+            int col = j * 8 + 2 * t;
+            if (row0 < nq) {
+                if (col < d) og[row0 * c + col] = cuda_from_f32<T>(o[r][j][0] * i0);
+                if (col + 1 < d) og[row0 * c + col + 1] = cuda_from_f32<T>(o[r][j][1] * i0);
+            }
+            if (row1 < nq) {
+                if (col < d) og[row1 * c + col] = cuda_from_f32<T>(o[r][j][2] * i1);
+                if (col + 1 < d) og[row1 * c + col + 1] = cuda_from_f32<T>(o[r][j][3] * i1);
+            }
         }
     }
 }
@@ -340,25 +392,28 @@ __global__ void __launch_bounds__(32 * W, W == 8 && DP <= 64 ? 2 : 1) /* 2: 8 wa
 
 /* ===== Launchers ===== */
 
-template <typename T, int DP, int W>
+template <typename T, int DP, int W, int RB>
 static int attention_flash_launch(struct cuda_ctx *ctx, T *out, const T *q, const T *k, const T *v, int64_t nb,
                                   int64_t nq, int64_t nk, int64_t c, int heads, int d, bool causal, struct err *err) {
-    typedef fa_cfg<DP, W> C;
+    typedef fa_cfg<DP, W, RB> C;
     const int smem = C::SMEM;
     if (smem > 48 * 1024)
-        CUDA_TRY(cudaFuncSetAttribute(attention_flash<T, DP, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        CUDA_TRY(
+            cudaFuncSetAttribute(attention_flash<T, DP, W, RB>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     bool vec = d % 8 == 0 && c % 8 == 0 && ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 == 0;
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)d); /* log2(e) / sqrt(d) */
     dim3 grid((unsigned)((nq + C::BQ - 1) / C::BQ), (unsigned)heads, (unsigned)nb);
-    attention_flash<T, DP, W><<<grid, C::THREADS, smem, ctx->stream>>>(out, q, k, v, nq, nk, c, d, scale_log2,
-                                                                       causal ? 1 : 0, vec ? 1 : 0);
+    attention_flash<T, DP, W, RB><<<grid, C::THREADS, smem, ctx->stream>>>(out, q, k, v, nq, nk, c, d, scale_log2,
+                                                                           causal ? 1 : 0, vec ? 1 : 0);
     CUDA_TRY_LAUNCH();
     return 0;
 }
 
-/* The instantiated padded head sizes; d takes the smallest that holds it. Up to 128 with 4 or 8
- * warps per CTA, above with 4 (registers). */
-#define FA_SIZES_8(XX) XX(16) XX(32) XX(48) XX(64) XX(80) XX(96) XX(128)
+/* The instantiated padded head sizes; d takes the smallest that holds it. 128 queries per CTA
+ * (4 warps of two row blocks up to 64, 8 warps of one up to 128) when the grid of them still
+ * gives every SM a CTA, else 64 (4 warps of one); always 64 above 128 (registers). */
+#define FA_SIZES_RB2(XX) XX(16) XX(32) XX(48) XX(64)
+#define FA_SIZES_8(XX) XX(80) XX(96) XX(128)
 #define FA_SIZES_4(XX) XX(160) XX(192) XX(256)
 
 template <typename T>
@@ -368,19 +423,26 @@ static int attention_flash_cuda(struct cuda_ctx *ctx, T *out, const T *q, const 
     if (nb > 65535 || heads > 65535 || (nq + 63) / 64 > 0x7fffffff)
         return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda flash attention: %lld images x %d heads exceed the grid",
                        (long long)nb, heads);
-    /* 8 warps (128 queries) per CTA halve the key/value traffic per query, when the grid of them
-     * still gives every SM a CTA; else 4 (64 queries) */
+    /* 128 queries per CTA halve the key/value traffic per query, when the grid of them still gives
+     * every SM a CTA; else 64 */
     int sms = 0;
     CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx->device));
-    const bool w8 = (nq + 127) / 128 * heads * nb >= sms;
+    const bool big = (nq + 127) / 128 * heads * nb >= sms;
+#define FA_PICK_RB2(DP)                                                                                              \
+    if (d <= DP)                                                                                                     \
+        return big ? attention_flash_launch<T, DP, 4, 2>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err)   \
+                   : attention_flash_launch<T, DP, 4, 1>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err);
 #define FA_PICK8(DP)                                                                                                 \
     if (d <= DP)                                                                                                     \
-        return w8 ? attention_flash_launch<T, DP, 8>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err)       \
-                  : attention_flash_launch<T, DP, 4>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err);
-#define FA_PICK4(DP) \
-    if (d <= DP) return attention_flash_launch<T, DP, 4>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err);
+        return big ? attention_flash_launch<T, DP, 8, 1>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err)   \
+                   : attention_flash_launch<T, DP, 4, 1>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err);
+#define FA_PICK4(DP)                                                                                                 \
+    if (d <= DP)                                                                                                     \
+        return attention_flash_launch<T, DP, 4, 1>(ctx, out, q, k, v, nb, nq, nk, c, heads, d, causal, err);
+    FA_SIZES_RB2(FA_PICK_RB2)
     FA_SIZES_8(FA_PICK8)
     FA_SIZES_4(FA_PICK4)
+#undef FA_PICK_RB2
 #undef FA_PICK8
 #undef FA_PICK4
     return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda flash attention: head size %d above %d", d, CUDA_FLASH_DMAX);
@@ -392,8 +454,8 @@ bool cuda__attention_flash_covers(struct cuda_ctx *ctx, enum dtype dt, int d) {
     if ((dt != DTYPE_F16 && dt != DTYPE_BF16) || d < 1 || d > CUDA_FLASH_DMAX) return false;
     /* mma.sync m16n8k16 (bf16 above all) needs sm_80: the code the device runs must be built for it */
     cudaFuncAttributes fa;
-    cudaError_t e = dt == DTYPE_F16 ? cudaFuncGetAttributes(&fa, attention_flash<__half, 64, 4>)
-                                    : cudaFuncGetAttributes(&fa, attention_flash<__nv_bfloat16, 64, 4>);
+    cudaError_t e = dt == DTYPE_F16 ? cudaFuncGetAttributes(&fa, attention_flash<__half, 64, 4, 1>)
+                                    : cudaFuncGetAttributes(&fa, attention_flash<__nv_bfloat16, 64, 4, 1>);
     if (e != cudaSuccess) {
         (void)cudaGetLastError(); /* clear it: the caller takes another path */
         return false;
