@@ -21,9 +21,6 @@ static const struct node_output decode_outputs[] = {
     NODE_OUTPUTS_END,
 };
 
-/* Pixels decoded at once on a GPU: four 512x512 images (about 2 GB of bf16 activations). */
-#define VAE_DECODE_PIXELS ((int64_t)4 * 512 * 512)
-
 static int run_decode(struct node_run *ctx, const struct value *in, struct value *out, struct err *err) {
     struct engine *e = ctx->engine;
     const struct latent *lat = (const struct latent *)in[0].obj;
@@ -33,36 +30,28 @@ static int run_decode(struct node_run *ctx, const struct value *in, struct value
                        (long long)lat->c, vae->config.embed_dim);
     int64_t H = lat->h * 8, W = lat->w * 8, plane = H * W;
     struct image *img = image_new(lat->b, H, W, 3);
-    int rc = 0;
-    /* a few images at a time on a GPU (the decoder is a long chain of convolutions that a batch of
-       one leaves underused), one at a time on the CPU: activation memory grows with the chunk */
-    int64_t chunk = e->cuda_index >= 0 ? VAE_DECODE_PIXELS / (H * W) : 1;
-    if (chunk < 1) chunk = 1;
-    if (chunk > lat->b) chunk = lat->b;
-    float *raw = mem_try_alloc((size_t)(3 * plane * chunk) * sizeof(float));
+    float *raw = mem_try_alloc((size_t)(3 * plane) * sizeof(float));
     if (!raw) {
         gobj_unref(&img->obj);
         return err_set(err, STATUS_ERR_NOMEM, "VAEDecode: out of host memory for a %lldx%lld image", (long long)W,
                        (long long)H);
     }
-    for (int64_t b0 = 0; b0 < lat->b && !rc; b0 += chunk) {
-        int64_t n = lat->b - b0 < chunk ? lat->b - b0 : chunk;
-        rc = vae_decode(&e->tctx, vae, n, lat->h, lat->w, lat->samples + b0 * lat->c * lat->h * lat->w, raw);
+    int rc = 0;
+    /* one image at a time bounds activation memory */
+    for (int64_t b = 0; b < lat->b && !rc; b++) {
+        rc = vae_decode(&e->tctx, vae, 1, lat->h, lat->w, lat->samples + b * lat->c * lat->h * lat->w, raw);
         if (rc) {
             err_set(err, rc, "VAEDecode: %s", e->tctx.err.msg);
             break;
         }
-        for (int64_t i = 0; i < n; i++) {
-            /* clamp((x + 1) / 2, 0, 1), NCHW -> NHWC */
-            const float *src = raw + i * 3 * plane;
-            float *dst = img->data + (b0 + i) * plane * 3;
-            for (int64_t p = 0; p < plane; p++)
-                for (int ch = 0; ch < 3; ch++) {
-                    float v = (src[ch * plane + p] + 1.0f) / 2.0f;
-                    dst[p * 3 + ch] = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
-                }
-        }
-        rc = node_progress(ctx, b0 + n, lat->b, err);
+        /* clamp((x + 1) / 2, 0, 1), NCHW -> NHWC */
+        float *dst = img->data + b * plane * 3;
+        for (int64_t p = 0; p < plane; p++)
+            for (int ch = 0; ch < 3; ch++) {
+                float v = (raw[ch * plane + p] + 1.0f) / 2.0f;
+                dst[p * 3 + ch] = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
+            }
+        rc = node_progress(ctx, b + 1, lat->b, err);
     }
     mem_free(raw);
     if (rc) {
