@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "golden.h"
+
 #include "base/clock.h"
 #include "base/mem.h"
 #include "model/ckpt_gen.h"
@@ -60,17 +62,6 @@ static double bench(struct backend *be, const struct ckpt *ck, const struct nn_s
     return best[runs / 2];
 }
 
-/* max |a - b| / max |b| (NaN fails: it is never <= a tolerance) */
-static double rel_err(const float *a, const float *b, int64_t n) {
-    double m = 0, r = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= m)) m = d;
-        if (fabs(b[i]) > r) r = fabs(b[i]);
-    }
-    return r > 0 ? m / r : NAN;
-}
-
 static void test_sd15_unet(void **state) {
     if (!getenv("KILN_GPU_BENCH") || backend_cuda_count() <= 0) skip();
     struct err err = {0};
@@ -110,7 +101,7 @@ static void test_sd15_unet(void **state) {
     double c = bench(cpu, &ck, NULL, x, t, ctx, yc, 1, "cpu");
     backend_free(cpu);
 
-    double eg = rel_err(yg, yc, nx), eh = rel_err(yh, yc, nx);
+    double eg = golden_rel_err(yg, yc, (size_t)nx), eh = golden_rel_err(yh, yc, (size_t)nx);
     printf("  SD 1.5 UNet, batch 2, 64x64: cuda fp32 %.4f s, cuda fp16 %.4f s, cpu %.3f s per evaluation; "
            "vs cpu rel err fp32 %.3g, fp16 %.3g\n",
            g, h, c, eg, eh);
