@@ -598,6 +598,13 @@ int png_decode(const void *data, size_t len, struct png_image *img, struct err *
         rc = err_set(err, STATUS_ERR_FORMAT, "not a valid PNG: %s", spng_strerror(e));
         goto done;
     }
+    /* PIL's decompression-bomb limit (Image.open raises DecompressionBombError above twice
+     * MAX_IMAGE_PIXELS): a few bytes of header must not make us allocate gigabytes */
+    if ((uint64_t)ihdr.width * ihdr.height > PNG_MAX_PIXELS) {
+        rc = err_set(err, STATUS_ERR_FORMAT, "PNG: image size (%u x %u) exceeds the limit of %llu pixels",
+                     ihdr.width, ihdr.height, (unsigned long long)PNG_MAX_PIXELS);
+        goto done;
+    }
     size_t out_len;
     if ((e = spng_decoded_image_size(ctx, SPNG_FMT_RGBA8, &out_len))) {
         rc = err_set(err, STATUS_ERR_FORMAT, "PNG: %s", spng_strerror(e));

@@ -69,8 +69,12 @@ int png_write(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, i
 int png_write_new(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
                   const struct png_text *text, int n_text, int level, struct err *err);
 
+/* PIL's decompression-bomb limit: 2 * Image.MAX_IMAGE_PIXELS (= 2 * (1024^3 / 4 / 3)). */
+#define PNG_MAX_PIXELS 178956970u
+
 /* Decodes a PNG (any colour type and bit depth; 16-bit samples keep their high byte) into
- * 8-bit RGBA plus its text chunks. STATUS_ERR_FORMAT when the data is not a valid PNG. */
+ * 8-bit RGBA plus its text chunks. STATUS_ERR_FORMAT when the data is not a valid PNG or has
+ * more than PNG_MAX_PIXELS pixels (PIL refuses those too). */
 int png_decode(const void *data, size_t len, struct png_image *img, struct err *err);
 int png_read(const char *path, struct png_image *img, struct err *err);
 

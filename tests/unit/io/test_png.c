@@ -162,6 +162,26 @@ static void test_errors(void **s) {
     assert_int_equal(png_encode(px, 1, 1, 2, NULL, 0, 4, &buf, &len, &err), STATUS_ERR_INVALID);
 }
 
+/* A header announcing more pixels than PIL's decompression-bomb limit is refused before any
+ * pixel buffer is allocated (found by tests/fuzz/fuzz_png: a 100-byte file asked for 2.6 GB). */
+static void test_bomb_refused(void **s) {
+    struct err err = {0};
+    uint8_t px[3] = {0};
+    void *buf;
+    size_t len;
+    assert_int_equal(png_encode(px, 1, 1, 3, NULL, 0, 4, &buf, &len, &err), 0);
+    uint8_t *p = buf; /* IHDR: length 8..11, "IHDR" 12..15, width 16..19, height 20..23, CRC 29..32 */
+    assert_memory_equal(p + 12, "IHDR", 4);
+    const uint32_t w = 20000, h = PNG_MAX_PIXELS / 20000 + 1;
+    for (int i = 0; i < 4; i++) p[16 + i] = (uint8_t)(w >> (24 - 8 * i)), p[20 + i] = (uint8_t)(h >> (24 - 8 * i));
+    uint32_t crc = (uint32_t)crc32(0, p + 12, 17);
+    for (int i = 0; i < 4; i++) p[29 + i] = (uint8_t)(crc >> (24 - 8 * i));
+    struct png_image img;
+    assert_int_equal(png_decode(buf, len, &img, &err), STATUS_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "exceeds the limit"));
+    mem_free(buf);
+}
+
 /* Files written by PIL decode to what PIL's convert("RGB") gives; alpha only for LA/RGBA. */
 static void test_pil_files(void **s) {
     json_error_t je;
@@ -653,6 +673,7 @@ int main(void) {
         cmocka_unit_test(test_roundtrip_rgba_file),
         cmocka_unit_test(test_big_text),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_bomb_refused),
         cmocka_unit_test(test_pil_files),
         cmocka_unit_test(test_float_conversion),
         cmocka_unit_test(test_write_new_exclusive),
