@@ -1163,6 +1163,7 @@ static int make_chunks(struct tokenizer *tk, const struct ivec *ids, const struc
     } while (0)
     PUT(tk->start_id, 1.0f);
     for (size_t gi = 0; gi < g->n; gi++) {
+        if (g->v[gi].n == 0) continue; /* adds nothing (and ids->v may be NULL: no offset from it) */
         const int32_t *t = ids->v + g->v[gi].start;
         size_t left = g->v[gi].n;
         float w = g->v[gi].w;

@@ -268,6 +268,13 @@ static void test_weights(void **state) {
     expect_tail(&c, 0, end);
     assert_false(tokenizer_chunks_weighted(&c));
     tokenizer_chunks_deinit(&c);
+    /* only dropped characters: an empty group with no ids at all (tests/fuzz/fuzz_tokenizer
+     * found the offset taken from the NULL id vector) encodes as the empty prompt */
+    encode_ok("\x01", &c);
+    assert_int_equal(c.n_chunks, 1);
+    assert_int_equal(c.ids[0], START);
+    expect_tail(&c, 0, 1);
+    tokenizer_chunks_deinit(&c);
 
     encode_ok("(a:b)", &c); /* not a number: the colon stays, x1.1 applies */
     end = expect_run(&c, 0, 1, "a:b", 1.1f);
