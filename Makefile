@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 CMAKE ?= cmake
 DEMO_MODEL ?= models/checkpoints/kiln-demo-tiny.safetensors
 
-.PHONY: all kiln debug asan test test-gpu run setup demo clean
+.PHONY: all kiln debug asan test test-gpu fuzz-smoke run setup demo clean
 
 all: kiln
 
@@ -31,6 +31,15 @@ test-gpu:
 	$(CMAKE) -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCHS)" >/dev/null
 	$(CMAKE) --build build/cuda -j $(JOBS) --target gpu_tests
 	cd build/cuda && ctest -L gpu --output-on-failure
+
+# libFuzzer targets (tests/fuzz) built with clang in build/fuzz, each run FUZZ_SECONDS from its
+# seed corpus; fails on any crash, leak or UB (tests/fuzz/smoke.sh says which input).
+FUZZ_BUILD ?= build/fuzz
+FUZZ_SECONDS ?= 10
+fuzz-smoke:
+	CC=clang $(CMAKE) -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DKILN_FUZZ=ON >/dev/null
+	$(CMAKE) --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_targets
+	tests/fuzz/smoke.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 setup:
 	scripts/setup

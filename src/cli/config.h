@@ -176,4 +176,9 @@ void config_print(const struct config *c, FILE *f);
 /* Writes the usage text (every flag and its environment variable). */
 void config_usage(FILE *f);
 
+/* Test hook (tests/fuzz/fuzz_env.c): reads the .env file at path as config_load does (an
+ * explicit file: it must exist) and discards it; nothing is applied or exported. Returns 0 with
+ * the entries read in *n_entries (may be NULL), or config_load's .env errors. */
+int config__env_file_check(const char *path, int *n_entries, struct err *err);
+
 #endif
