@@ -1,5 +1,6 @@
 /* api/api.c -- the server: options, CivetWeb start and stop, the route table and the dispatcher
- * (/api prefix, HEAD, the loopback Origin check, CORS), the sched's event sink.
+ * (/api prefix, HEAD, the loopback Origin check, CORS, the --api-token check), the sched's event
+ * sink.
  * Owns: struct api_server and its CivetWeb context.
  * Must not: implement a route (routes_*.c do) or write to a socket outside http.c / ws.c.
  * Threads: api_server_* on the owner's thread; dispatch() on CivetWeb handler threads;
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 
 /* ===== Routes ===== */
@@ -91,8 +93,15 @@ static void route(void *arg) {
                          http_header(&r, "Host"));
         goto out;
     }
-    if (strcmp(r.method, "OPTIONS") == 0) { /* ComfyUI's middlewares answer every OPTIONS */
+    if (strcmp(r.method, "OPTIONS") == 0) { /* ComfyUI's middlewares answer every OPTIONS (a CORS
+                                                preflight carries no Authorization: it passes) */
         http_reply(&r, 200, NULL, NULL, 0, NULL);
+        goto out;
+    }
+    if (!api__authorized(srv, r.conn, strcmp(path, "/view") == 0)) {
+        log_warn("http: %s %s refused: missing or wrong API token (from %s)", ri->request_method, ri->local_uri,
+                 ri->remote_addr);
+        api__reply_unauthorized(&r);
         goto out;
     }
     bool path_known = false;
@@ -182,6 +191,51 @@ static int on_log(const struct mg_connection *conn, const char *msg) {
 }
 
 /* ===== Helpers shared by the routes ===== */
+
+/* Constant-time comparison of a client's token with the configured one: the time depends on
+ * the configured token's length only. */
+static bool token_equal(const char *want, const char *got) {
+    size_t n = strlen(want), m = strlen(got);
+    unsigned char d = (unsigned char)(n != m);
+    for (size_t i = 0; i < n; i++) d |= (unsigned char)(want[i] ^ (i < m ? got[i] : 0));
+    return d == 0;
+}
+
+bool api__authorized(const struct api_server *srv, const struct mg_connection *conn, bool allow_query) {
+    if (!srv->api_token[0]) return true;
+    const char *auth = mg_get_header(conn, "Authorization");
+    if (auth) {
+        while (*auth == ' ') auth++;
+        if (strncasecmp(auth, "Bearer ", 7) == 0) {
+            const char *t = auth + 7;
+            while (*t == ' ') t++;
+            char tok[sizeof srv->api_token];
+            snprintf(tok, sizeof tok, "%s", t);
+            for (size_t l = strlen(tok); l && (tok[l - 1] == ' ' || tok[l - 1] == '\t'); l--) tok[l - 1] = 0;
+            if (token_equal(srv->api_token, tok)) return true;
+        }
+    }
+    const char *q = mg_get_request_info(conn)->query_string;
+    if (allow_query && q) {
+        char tok[sizeof srv->api_token];
+        if (mg_get_var(q, strlen(q), "token", tok, sizeof tok) >= 0 && token_equal(srv->api_token, tok)) return true;
+    }
+    return false;
+}
+
+void api__reply_unauthorized(struct http_req *r) {
+    json_t *body = json_object();
+    json_object_set_new(body, "error",
+                        http_error_json("unauthorized", "Missing or wrong API token",
+                                        "Send the header 'Authorization: Bearer <token>' (or ?token=<token> on /ws "
+                                        "and /view); the server was started with --api-token"));
+    json_object_set_new(body, "node_errors", json_object());
+    char *s = graph_json_dumps(body, -1);
+    json_decref(body);
+    mg_disable_connection_keep_alive(r->conn);
+    http_reply(r, 401, "application/json; charset=utf-8", s, strlen(s), "WWW-Authenticate: Bearer realm=\"kiln\"\r\n");
+    mem_free(s);
+}
 
 /* Loopback as ComfyUI's is_loopback sees it, without DNS: 127.0.0.0/8, ::1, localhost. */
 static bool is_loopback(const char *host) {
@@ -420,6 +474,16 @@ struct api_server *api_server_new(const struct api_opts *opts, struct sched *sch
     srv->gpu_base = opts->gpu_ports_base;
     srv->max_upload = opts->max_upload_size ? opts->max_upload_size : API_DEFAULT_MAX_UPLOAD;
     srv->max_body = opts->max_body_size ? opts->max_body_size : srv->max_upload;
+    srv->max_nodes = opts->max_nodes > 0 ? opts->max_nodes : API_DEFAULT_MAX_NODES;
+    srv->max_pixels = opts->max_pixels ? opts->max_pixels : API_DEFAULT_MAX_PIXELS;
+    srv->max_batch = opts->max_batch > 0 ? opts->max_batch : API_DEFAULT_MAX_BATCH;
+    srv->max_ws = opts->max_ws > 0 ? opts->max_ws : API_DEFAULT_MAX_WS;
+    if (opts->api_token && strlen(opts->api_token) >= sizeof srv->api_token) {
+        err_set(err, STATUS_ERR_INVALID, "--api-token: at most %zu characters", sizeof srv->api_token - 1);
+        mem_free(srv);
+        return NULL;
+    }
+    snprintf(srv->api_token, sizeof srv->api_token, "%s", opts->api_token ? opts->api_token : "");
     snprintf(srv->cors_origin, sizeof srv->cors_origin, "%s",
              opts->cors_origin && *opts->cors_origin ? opts->cors_origin : "*");
     pthread_mutex_init(&srv->files_mu, NULL);
@@ -431,12 +495,17 @@ struct api_server *api_server_new(const struct api_opts *opts, struct sched *sch
     for (int i = 0; i < n_hosts; i++) ports_add(ports, sizeof ports, hosts[i].host, hosts[i].v6, hosts[i].port);
     for (int d = 0; srv->gpu_base && d < n_dev; d++)
         for (int i = 0; i < n_hosts; i++) ports_add(ports, sizeof ports, hosts[i].host, hosts[i].v6, srv->gpu_base + d);
-    char threads[16];
-    snprintf(threads, sizeof threads, "%d", opts->threads > 0 ? opts->threads : API_DEFAULT_THREADS);
+    char threads[16], timeout[16];
+    snprintf(timeout, sizeof timeout, "%d", opts->request_timeout_ms > 0 ? opts->request_timeout_ms : 30000);
+    /* a WebSocket holds a thread: by default there are enough for max_ws sockets and 64
+     * requests besides, so full sockets never starve plain HTTP */
+    snprintf(threads, sizeof threads, "%d", opts->threads > 0 ? opts->threads : srv->max_ws + 64);
     const char *options[] = {
         "listening_ports", ports,
         "num_threads", threads,
-        "request_timeout_ms", "30000",        /* also bounds a write to a client that stopped reading */
+        "request_timeout_ms", timeout,       /* bounds reading a request (headers and body: a stalled
+                                                 client holds its thread 30 s at most) and a write to
+                                                 a client that stopped reading */
         "websocket_timeout_ms", "30000",
         "enable_websocket_ping_pong", "yes",  /* finds dead peers of idle sockets */
         "enable_keep_alive", "yes",

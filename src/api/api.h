@@ -24,9 +24,13 @@
 #define API_DEFAULT_PORT 8188
 #define API_DEFAULT_LISTEN "127.0.0.1"
 #define API_DEFAULT_MAX_UPLOAD (100u * 1024u * 1024u) /* bytes: ComfyUI's --max-upload-size 100 */
-#define API_DEFAULT_THREADS 256                       /* CivetWeb handler threads (a socket holds one) */
 #define API_DEFAULT_WS_QUEUE 4096                     /* messages queued per socket */
 #define API_MAX_LISTEN 8                              /* listen addresses */
+#define API_DEFAULT_MAX_NODES 1000                    /* nodes in one prompt */
+#define API_DEFAULT_MAX_PIXELS (4096ull * 4096ull * 16ull) /* pixels a prompt's size inputs ask for, in all */
+#define API_DEFAULT_MAX_BATCH 64                      /* batch_size / amount of one node */
+#define API_DEFAULT_MAX_WS 256                        /* open WebSockets (more: 503) */
+#define API_WS_MAX_MESSAGE (64u * 1024u)              /* bytes of a client's WebSocket message */
 #define API_VERSION "0.1.0"                           /* kiln's own version, in /system_stats */
 #define API_COMFYUI_VERSION "0.3.64"                  /* the ComfyUI version whose API kiln speaks */
 
@@ -44,8 +48,15 @@ struct api_opts {
                                         limit for every request) */
     bool enable_cors;                /* --enable-cors-header: CORS headers on, Origin check off */
     const char *cors_origin;         /* its value; NULL = "*" */
-    int threads;                     /* CivetWeb handler threads (a WebSocket holds one); 0 = 256 */
+    int threads;                     /* CivetWeb handler threads (a WebSocket holds one); 0 = max_ws + 64 */
     int ws_queue_max;                /* messages waiting for one socket before it is dropped; 0 = 4096 */
+    int max_nodes;                   /* nodes of one prompt (400 past it); 0 = 1000 */
+    unsigned long long max_pixels;   /* width*height*batch summed over a prompt's size inputs; 0 = 4096^2*16 */
+    int max_batch;                   /* batch_size (or amount) of one node; 0 = 64 */
+    int max_ws;                      /* open WebSockets (503 past it); 0 = 256 */
+    int request_timeout_ms;          /* reading a request (headers + body) or writing a reply; 0 = 30000 */
+    const char *api_token;           /* NULL/"" = no access control; else every route needs
+                                        "Authorization: Bearer TOKEN" (or ?token= on /ws, /view) */
     int argc;                        /* the command line, for /system_stats system.argv ... */
     const char *const *argv;         /* ... (borrowed; NULL = ["kiln", "serve"]) */
 };

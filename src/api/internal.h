@@ -30,6 +30,9 @@ struct api_server {
     int gpu_base;                    /* first per-device port, 0 = none */
     size_t max_upload;               /* bytes */
     size_t max_body;                 /* bytes */
+    int max_nodes, max_batch, max_ws;  /* limits, defaults applied */
+    unsigned long long max_pixels;
+    char api_token[512];             /* "" = no access control */
     char cors_origin[256];           /* Access-Control-Allow-Origin value when CORS is on */
     char listen_text[512];           /* "127.0.0.1:8188, ..." */
     pthread_mutex_t files_mu;        /* serialises upload naming + writing (collision rule) */
@@ -130,6 +133,14 @@ void api__uuid4(char *out, bool hyphens);
 
 /* The device list as "0 (cpu:0 ...), 1 (cpu:1 ...)" for routing errors. */
 void api__device_list(const struct api_server *srv, char *buf, size_t n);
+
+/* True when the request may proceed under --api-token: no token configured, or
+ * "Authorization: Bearer TOKEN", or (allow_query: /ws, /view) ?token=TOKEN; compared in
+ * constant time. */
+bool api__authorized(const struct api_server *srv, const struct mg_connection *conn, bool allow_query);
+
+/* The 401 reply (ComfyUI's error shape, WWW-Authenticate: Bearer). */
+void api__reply_unauthorized(struct http_req *r);
 
 /* The device scope of a request: a valid X-TARGET-GPU header, else the port's device, else -1.
  * Returns -2 after replying 400 when the header names no device. */

@@ -1,6 +1,8 @@
 /* api/routes_queue.c -- the prompt routes: POST /prompt (parse, counter, validate, route,
  * submit), GET /prompt, GET/POST /queue, GET /queue/all, GET/POST /history, GET /history/{id},
- * POST /interrupt, POST /free (COMFY_API.md §1, §2, §3.5, §3.6).
+ * POST /interrupt, POST /free (COMFY_API.md §1, §2, §3.5, §3.6). POST /prompt also enforces
+ * kiln's limits (--max-nodes before validation; --max-batch and --max-pixels after it, on the
+ * coerced literals), each a 400 in validation's error shape.
  * Owns: nothing past one request; validated prompts pass to the sched.
  * Must not: run or reorder prompts (sched/ does), answer without a JSON body on an error.
  * Threads: CivetWeb handler threads. */
@@ -97,6 +99,79 @@ static char *py_str(const json_t *j) {
     return graph_json_py_str(j);
 }
 
+/* ===== Limits ===== */
+
+/* A 400 {"error": {type, message, details, extra_info}, "node_errors": {...}} for a prompt over
+ * a limit; node_errors names the node (when node_id is given) as validation errors do. */
+static void reply_limit(struct http_req *r, const char *type, const char *message, const char *details,
+                        const struct graph_node *node, const char *input) {
+    json_t *node_errors = json_object();
+    if (node) {
+        json_t *e = graph_error_new(type, message, details, input ? json_pack("{s:s}", "input_name", input) : NULL);
+        json_t *ne = json_pack("{s:[o],s:[],s:s}", "errors", e, "dependent_outputs", "class_type", node->cls->name);
+        json_object_set_new(node_errors, node->id, ne);
+    }
+    json_t *body = json_object();
+    json_object_set_new(body, "error", http_error_json(type, message, details));
+    json_object_set_new(body, "node_errors", node_errors);
+    http_reply_json(r, 400, body);
+}
+
+/* The literal INT input `name` of a node, when it has one. */
+static bool literal_int(const struct graph_node *node, const char *name, int64_t *out) {
+    for (int k = 0; k < node->n_inputs; k++) {
+        const struct node_input *in = node_class_input(node->cls, k, NULL);
+        if (!in || strcmp(in->name, name) != 0) continue;
+        const struct graph_input *gi = &node->inputs[k];
+        if (gi->kind != GRAPH_INPUT_LITERAL || gi->literal.kind != VALUE_INT) return false;
+        *out = gi->literal.i;
+        return true;
+    }
+    return false;
+}
+
+/* The size limits of a validated prompt: batch_size / amount <= max_batch per node, and
+ * width * height * batch_size summed over the nodes that ask for a size (EmptyLatentImage,
+ * EmptyImage, LatentUpscale, ImageScale, ...: literal width and height inputs, batch 1 when
+ * the node has no literal batch_size) <= max_pixels. Linked sizes are not known before the
+ * run and are not counted. Returns false after replying 400. */
+static bool check_sizes(struct http_req *r, const struct graph_prompt *gp) {
+    struct api_server *srv = r->srv;
+    unsigned long long total = 0;
+    char msg[256], details[512];
+    for (int i = 0; i < gp->n_nodes; i++) {
+        const struct graph_node *node = &gp->nodes[i];
+        if (!node->inputs) continue; /* not reached by an output: never runs */
+        static const char *const batch_names[] = {"batch_size", "amount"};
+        int64_t batch = 1, v;
+        for (size_t b = 0; b < sizeof batch_names / sizeof batch_names[0]; b++) {
+            if (!literal_int(node, batch_names[b], &v)) continue;
+            if (v > srv->max_batch) {
+                snprintf(msg, sizeof msg, "Batch too large");
+                snprintf(details, sizeof details, "%s %lld of node #%s (%s) is larger than the limit of %d (--max-batch)",
+                         batch_names[b], (long long)v, node->id, node->cls->name, srv->max_batch);
+                reply_limit(r, "batch_too_large", msg, details, node, batch_names[b]);
+                return false;
+            }
+            if (b == 0 && v > 0) batch = v;
+        }
+        int64_t w, h;
+        if (!literal_int(node, "width", &w) || !literal_int(node, "height", &h) || w <= 0 || h <= 0) continue;
+        /* w, h <= 16384 (MAX_RESOLUTION, checked by validation) and batch <= max_batch: no overflow */
+        total += (unsigned long long)w * (unsigned long long)h * (unsigned long long)batch;
+        if (total > srv->max_pixels) {
+            snprintf(msg, sizeof msg, "Image size too large");
+            snprintf(details, sizeof details,
+                     "The prompt asks for %llu pixels in all (node #%s (%s): %lldx%lld, batch %lld), more than the "
+                     "limit of %llu (--max-pixels)",
+                     total, node->id, node->cls->name, (long long)w, (long long)h, (long long)batch, srv->max_pixels);
+            reply_limit(r, "image_too_large", msg, details, node, "width");
+            return false;
+        }
+    }
+    return true;
+}
+
 /* ===== POST /prompt ===== */
 
 void api__post_prompt(struct http_req *r, const char *arg) {
@@ -170,6 +245,14 @@ void api__post_prompt(struct http_req *r, const char *arg) {
         goto done;
     }
 
+    if (json_is_object(prompt) && json_object_size(prompt) > (size_t)srv->max_nodes) {
+        char details[256];
+        snprintf(details, sizeof details, "The prompt has %zu nodes; the limit is %d (--max-nodes)",
+                 json_object_size(prompt), srv->max_nodes);
+        reply_limit(r, "too_many_nodes", "Prompt has too many nodes", details, NULL, NULL);
+        goto done;
+    }
+
     /* prompt_id: str() of what the client sent (null = absent), else a fresh uuid4 */
     prompt_id = py_str(json_object_get(body, "prompt_id"));
     if (prompt_id && (strlen(prompt_id) == 0 || strlen(prompt_id) >= sizeof ((struct sched_ticket *)0)->prompt_id)) {
@@ -192,6 +275,8 @@ void api__post_prompt(struct http_req *r, const char *arg) {
         http_reply_error(r, 500, "internal_error", "Validation failed: %s", err.msg);
         goto done;
     }
+
+    if (!check_sizes(r, gp)) goto done;
 
     extra = jextra && json_is_object(jextra) ? json_deep_copy(jextra) : json_object();
     if (client_id) json_object_set_new(extra, "client_id", json_string(client_id));

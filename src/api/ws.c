@@ -14,7 +14,14 @@
  * dropped: removed from the registry, its queue emptied, a close frame sent; CivetWeb's write
  * timeout (request_timeout_ms) bounds a write to a client that stopped reading. As in ComfyUI,
  * a new socket with an existing clientId replaces the old one in the registry without closing
- * it; the old one then receives nothing. */
+ * it; the old one then receives nothing.
+ *
+ * LIMITS. At most srv->max_ws sockets are open (counted from the accepted handshake to the
+ * close handler); one more is refused with a 503 before the handshake. A client message (one
+ * frame, or the fragments of one message) longer than API_WS_MAX_MESSAGE closes the socket
+ * with status 1009. CivetWeb has read the frame into memory by then: the limit bounds what
+ * kiln parses, not what CivetWeb buffers. With --api-token the upgrade needs the token
+ * (header or ?token=), else 401. */
 #include "api/internal.h"
 
 #include "base/log.h"
@@ -72,6 +79,7 @@ struct ws_conn {
     bool preview_metadata;           /* client announced supports_preview_metadata [socket thread] */
     bool registered;                 /* in hub->conns [hub->mu] */
     bool has_thread;                 /* the sender started [socket thread] */
+    size_t frag_len;                 /* bytes of the client message being received [socket thread] */
     pthread_t thread;                /* the sender */
 };
 
@@ -81,6 +89,7 @@ struct ws_hub {
     pthread_mutex_t mu;              /* guards conns */
     struct ws_conn **conns;          /* registered sockets */
     int n, cap;
+    atomic_int open;                 /* accepted handshakes not yet closed (the --max-ws count) */
 };
 
 /* Empties the queue. Caller holds c->mu. */
@@ -163,15 +172,6 @@ static void *conn_sender(void *arg) {
 
 /* ===== CivetWeb handlers ===== */
 
-static int on_connect(const struct mg_connection *conn, void *cbdata) {
-    struct ws_hub *h = cbdata;
-    if (!api__origin_ok(h->srv, conn)) {
-        log_warn("ws: refused a socket from a foreign Origin (%s) to a loopback Host", mg_get_header(conn, "Origin"));
-        return 1;
-    }
-    return 0;
-}
-
 /* Serialises {"type": type, "data": data} (steals data) into a message. */
 static struct ws_msg *event_msg(const char *type, json_t *data) {
     json_t *ev = json_object();
@@ -190,6 +190,62 @@ struct ws_call {
     const char *data;                /* on_data: the frame */
     size_t len;
 };
+
+/* Replies to a refused upgrade, written raw: CivetWeb's response-header functions refuse to
+ * run inside the connect handler. CivetWeb closes the connection after on_connect returns 1. */
+static void refuse(const struct mg_connection *cconn, int status, const char *type, const char *msg,
+                   const char *details) {
+    struct mg_connection *conn = (struct mg_connection *)cconn;
+    json_t *body = json_object();
+    json_object_set_new(body, "error", http_error_json(type, msg, details));
+    json_object_set_new(body, "node_errors", json_object());
+    char *s = graph_json_dumps(body, -1);
+    json_decref(body);
+    size_t len = strlen(s);
+    mg_printf(conn,
+              "HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %zu\r\n%s"
+              "Connection: close\r\n\r\n",
+              status, status == 401 ? "Unauthorized" : "Service Unavailable", len,
+              status == 401 ? "WWW-Authenticate: Bearer realm=\"kiln\"\r\n" : "");
+    mg_write(conn, s, len);
+    mem_free(s);
+}
+
+static int check_connect(const struct mg_connection *conn, struct ws_hub *h) {
+    if (!api__origin_ok(h->srv, conn)) {
+        log_warn("ws: refused a socket from a foreign Origin (%s) to a loopback Host", mg_get_header(conn, "Origin"));
+        return 1;
+    }
+    if (!api__authorized(h->srv, conn, true)) {
+        log_warn("ws: refused a socket from %s: missing or wrong API token", mg_get_request_info(conn)->remote_addr);
+        refuse(conn, 401, "unauthorized", "Missing or wrong API token",
+               "Open /ws?token=<token> or send 'Authorization: Bearer <token>'; the server was started with "
+               "--api-token");
+        return 1;
+    }
+    if (atomic_fetch_add(&h->open, 1) >= h->srv->max_ws) {
+        atomic_fetch_sub(&h->open, 1);
+        char msg[160];
+        snprintf(msg, sizeof msg, "Too many WebSocket connections (the limit is %d, --max-ws)", h->srv->max_ws);
+        log_warn("ws: refused a socket from %s: %s", mg_get_request_info(conn)->remote_addr, msg);
+        refuse(conn, 503, "too_many_websockets", msg, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/* on_connect's checks, on a big stack (logging and the refusal replies need more than
+ * CivetWeb's threads have); call->len gets 0 to accept, 1 to refuse. */
+static void connect_check(void *arg) {
+    struct ws_call *call = arg;
+    call->len = (size_t)check_connect(call->conn, call->hub);
+}
+
+static int on_connect(const struct mg_connection *conn, void *cbdata) {
+    struct ws_call call = {.conn = (struct mg_connection *)conn, .hub = cbdata};
+    api__call_big_stack(connect_check, &call);
+    return (int)call.len;
+}
 
 static void ready(void *arg) {
     struct ws_call *call = arg;
@@ -284,9 +340,29 @@ static void first_message(void *arg) {
     json_decref(j);
 }
 
+/* A client message over API_WS_MAX_MESSAGE: a close frame with status 1009. */
+static void too_big(void *arg) {
+    struct ws_call *call = arg;
+    struct ws_conn *c = mg_get_user_connection_data(call->conn);
+    log_warn("ws: client %s sent a message of more than %u bytes: closing its connection", c->sid, API_WS_MAX_MESSAGE);
+    static const char payload[] = "\x03\xf1message too big"; /* status 1009 */
+    mg_websocket_write(call->conn, MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE, payload, sizeof payload - 1);
+}
+
 static int on_data(struct mg_connection *conn, int bits, char *data, size_t len, void *cbdata) {
     struct ws_conn *c = mg_get_user_connection_data(conn);
-    if (!c || (bits & 0x0f) != MG_WEBSOCKET_OPCODE_TEXT) return 1;
+    if (!c) return 1;
+    int op = bits & 0x0f;
+    if (op == MG_WEBSOCKET_OPCODE_TEXT || op == MG_WEBSOCKET_OPCODE_BINARY || op == MG_WEBSOCKET_OPCODE_CONTINUATION) {
+        c->frag_len = op == MG_WEBSOCKET_OPCODE_CONTINUATION ? c->frag_len + len : len;
+        if (c->frag_len > API_WS_MAX_MESSAGE) {
+            struct ws_call call = {.conn = conn, .hub = cbdata};
+            api__call_big_stack(too_big, &call);
+            return 0; /* CivetWeb closes the connection */
+        }
+        if (bits & 0x80) c->frag_len = 0; /* FIN: the message is complete */
+    }
+    if (op != MG_WEBSOCKET_OPCODE_TEXT) return 1;
     bool first = !c->first_seen;
     c->first_seen = true;
     if (!first) return 1; /* ComfyUI ignores every other client message */
@@ -297,6 +373,7 @@ static int on_data(struct mg_connection *conn, int bits, char *data, size_t len,
 
 static void on_close(const struct mg_connection *conn, void *cbdata) {
     struct ws_hub *h = cbdata;
+    atomic_fetch_sub(&h->open, 1); /* every accepted handshake ends here */
     struct ws_conn *c = mg_get_user_connection_data(conn);
     if (!c) return;
     pthread_mutex_lock(&h->mu);
@@ -324,6 +401,7 @@ struct ws_hub *ws_hub_new(struct api_server *srv, int queue_max) {
     h->srv = srv;
     h->queue_max = queue_max <= 0 ? API_DEFAULT_WS_QUEUE : queue_max < 2 ? 2 : queue_max; /* status + executing */
     pthread_mutex_init(&h->mu, NULL);
+    atomic_init(&h->open, 0);
     return h;
 }
 

@@ -33,6 +33,9 @@
 _Static_assert(CONFIG_MAX_DEVICES == SCHED_MAX_DEVICES, "config and sched disagree on the device limit");
 _Static_assert(CONFIG_MAX_DEVICES <= PANEL_MAX_DEVICES, "the panel cannot show every device");
 _Static_assert(CONFIG_MAX_LISTEN <= API_MAX_LISTEN, "more listen addresses than the api accepts");
+_Static_assert(CONFIG_DEFAULT_MAX_NODES == API_DEFAULT_MAX_NODES && CONFIG_DEFAULT_MAX_BATCH == API_DEFAULT_MAX_BATCH &&
+                   CONFIG_DEFAULT_MAX_WS == API_DEFAULT_MAX_WS && CONFIG_DEFAULT_MAX_PIXELS == (long long)API_DEFAULT_MAX_PIXELS,
+               "config and api disagree on a default limit");
 
 /* ===== Folders ===== */
 
@@ -235,7 +238,12 @@ int cmd_serve(int argc, char **argv) {
     /* /system_stats shows the command line as ComfyUI's argv: "kiln", "serve", options... */
     const char **args = mem_alloc((size_t)(argc + 1) * sizeof *args);
     args[0] = "kiln";
-    for (int i = 0; i < argc; i++) args[i + 1] = argv[i];
+    for (int i = 0; i < argc; i++) {
+        /* the token never shows in /system_stats: "--api-token ***", "--api-token=***" */
+        args[i + 1] = argv[i];
+        if (i > 0 && strcmp(argv[i - 1], "--api-token") == 0) args[i + 1] = "***";
+        if (strncmp(argv[i], "--api-token=", 12) == 0) args[i + 1] = "--api-token=***";
+    }
     char listen[CONFIG_MAX_LISTEN * 48];
     listen_text(&cfg, listen, sizeof listen);
     struct api_opts ao = {
@@ -246,6 +254,11 @@ int cmd_serve(int argc, char **argv) {
         .max_upload_size = (size_t)cfg.max_upload_size,
         .enable_cors = cfg.cors_origin != NULL,
         .cors_origin = cfg.cors_origin,
+        .max_nodes = cfg.max_nodes,
+        .max_pixels = (unsigned long long)cfg.max_pixels,
+        .max_batch = cfg.max_batch,
+        .max_ws = cfg.max_ws,
+        .api_token = cfg.api_token,
         .argc = argc + 1,
         .argv = args,
     };
@@ -259,6 +272,10 @@ int cmd_serve(int argc, char **argv) {
     }
 
     print_panel(&cfg, sched, srv);
+    if (cfg.exposed)
+        log_warn("listening on %s without --api-token: anyone who can reach it can queue prompts and read outputs "
+                 "(set --api-token or KILN_API_TOKEN)",
+                 api_server_listen_text(srv));
     int rc = 0;
     if (sched_start(sched, &err)) {
         fprintf(stderr, "kiln serve: cannot start the workers: %s\n", err.msg);

@@ -96,6 +96,15 @@ static const struct flag_def FLAGS[] = {
      "send CORS headers for ORIGIN (bare: *)"},
     {"--max-upload-size", CONFIG_KEY_MAX_UPLOAD, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "MB",
      "largest accepted upload, in MiB (default 100)"},
+    {"--max-nodes", CONFIG_KEY_MAX_NODES, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "N",
+     "nodes in one prompt (default 1000; more: 400)"},
+    {"--max-pixels", CONFIG_KEY_MAX_PIXELS, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "N",
+     "width*height*batch a prompt asks for, in all (default 268435456)"},
+    {"--max-batch", CONFIG_KEY_MAX_BATCH, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "N", "batch size of one node (default 64)"},
+    {"--max-ws", CONFIG_KEY_MAX_WS, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "N",
+     "open WebSockets (default 256; more: 503)"},
+    {"--api-token", CONFIG_KEY_API_TOKEN, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "TOKEN",
+     "every route needs 'Authorization: Bearer TOKEN' (default off)"},
     {"--disable-metadata", CONFIG_KEY_DISABLE_METADATA, FLAG_ARG_NONE, "1", FLAG_HOW_PLAIN, "",
      "save PNGs without the prompt/workflow text chunks"},
     {"--force-fp32", CONFIG_KEY_FORCE_FP32, FLAG_ARG_NONE, "1", FLAG_HOW_PLAIN, "",
@@ -702,6 +711,10 @@ void config_init(struct config *c) {
     c->log_level = LOG_LEVEL_INFO;
     c->metrics_every = CONFIG_DEFAULT_METRICS_EVERY;
     c->max_upload_size = (uint64_t)(CONFIG_DEFAULT_UPLOAD_MB * 1024 * 1024);
+    c->max_nodes = CONFIG_DEFAULT_MAX_NODES;
+    c->max_pixels = CONFIG_DEFAULT_MAX_PIXELS;
+    c->max_batch = CONFIG_DEFAULT_MAX_BATCH;
+    c->max_ws = CONFIG_DEFAULT_MAX_WS;
     for (int k = 0; k < CONFIG_KEY_COUNT; k++) snprintf(c->values[k].origin, sizeof c->values[k].origin, "default");
 }
 
@@ -709,6 +722,7 @@ void config_deinit(struct config *c) {
     if (!c) return;
     for (int i = 0; i < c->n_listen; i++) mem_free(c->listen[i]);
     mem_free(c->cors_origin);
+    mem_free(c->api_token);
     mem_free(c->base_dir);
     mem_free(c->models_dir);
     mem_free(c->input_dir);
@@ -751,6 +765,43 @@ static int validate(struct config *c, struct err *err) {
             return bad(c, CONFIG_KEY_MAX_UPLOAD, err, "expected a size in MiB (> 0, at most 1048576)");
         c->max_upload_size = (uint64_t)llround(mb * 1024.0 * 1024.0);
         if (c->max_upload_size == 0) return bad(c, CONFIG_KEY_MAX_UPLOAD, err, "less than one byte");
+    }
+
+    /* limits and access */
+    if ((rc = int_setting(c, CONFIG_KEY_MAX_NODES, 1, 1000000, CONFIG_DEFAULT_MAX_NODES, "a node count", &c->max_nodes,
+                          err)))
+        return rc;
+    if ((t = c->values[CONFIG_KEY_MAX_PIXELS].text)) {
+        errno = 0;
+        char *end;
+        long long v = strtoll(t, &end, 10);
+        if (errno || end == t || *end || isspace((unsigned char)*t) || v < 1 || v > (1ll << 50))
+            return bad(c, CONFIG_KEY_MAX_PIXELS, err, "expected a pixel count (1-%lld)", 1ll << 50);
+        c->max_pixels = v;
+    }
+    if ((rc = int_setting(c, CONFIG_KEY_MAX_BATCH, 1, 4096, CONFIG_DEFAULT_MAX_BATCH, "a batch size", &c->max_batch,
+                          err)))
+        return rc;
+    if ((rc = int_setting(c, CONFIG_KEY_MAX_WS, 1, 4096, CONFIG_DEFAULT_MAX_WS, "a connection count", &c->max_ws,
+                          err)))
+        return rc;
+    if ((t = c->values[CONFIG_KEY_API_TOKEN].text)) {
+        size_t l = strlen(t);
+        if (l < 8 || l > 511) return bad(c, CONFIG_KEY_API_TOKEN, err, "a token has 8 to 511 characters");
+        for (const char *p = t; *p; p++)
+            if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+                return bad(c, CONFIG_KEY_API_TOKEN, err, "a token has no spaces or control characters");
+        c->api_token = mem_strdup(t);
+    }
+    if (!c->api_token) {
+        for (int i = 0; i < c->n_listen; i++) {
+            const char *h = c->listen[i];
+            if (strcmp(h, "localhost") == 0 || strcmp(h, "::1") == 0 || strncmp(h, "127.", 4) == 0) continue;
+            c->exposed = true;
+            add_note(c, "listening on %s without --api-token: anyone who can reach it can queue prompts and read "
+                        "outputs", h);
+            break;
+        }
     }
 
     /* behaviour */
@@ -867,6 +918,11 @@ static void effective(const struct config *c, enum config_key k, char *buf, size
     case CONFIG_KEY_TOKENIZER: snprintf(buf, n, "%s", c->tokenizer_dir ? c->tokenizer_dir : ""); break;
     case CONFIG_KEY_CORS: snprintf(buf, n, "%s", c->cors_origin ? c->cors_origin : "off"); break;
     case CONFIG_KEY_MAX_UPLOAD: snprintf(buf, n, "%g", (double)c->max_upload_size / (1024.0 * 1024.0)); break;
+    case CONFIG_KEY_MAX_NODES: snprintf(buf, n, "%d", c->max_nodes); break;
+    case CONFIG_KEY_MAX_PIXELS: snprintf(buf, n, "%lld", c->max_pixels); break;
+    case CONFIG_KEY_MAX_BATCH: snprintf(buf, n, "%d", c->max_batch); break;
+    case CONFIG_KEY_MAX_WS: snprintf(buf, n, "%d", c->max_ws); break;
+    case CONFIG_KEY_API_TOKEN: snprintf(buf, n, "%s", c->api_token ? "(set)" : "off"); break; /* never printed */
     case CONFIG_KEY_DISABLE_METADATA: snprintf(buf, n, "%d", c->disable_metadata); break;
     case CONFIG_KEY_FORCE_FP32: snprintf(buf, n, "%d", c->force_fp32); break;
     case CONFIG_KEY_LOG: {

@@ -28,6 +28,10 @@
 #define CONFIG_MAX_NOTES 16          /* notes for the panel */
 #define CONFIG_DEFAULT_PORT 8188
 #define CONFIG_DEFAULT_UPLOAD_MB 100.0 /* ComfyUI's --max-upload-size default, in MiB */
+#define CONFIG_DEFAULT_MAX_NODES 1000 /* = API_DEFAULT_MAX_NODES ... */
+#define CONFIG_DEFAULT_MAX_PIXELS (4096ll * 4096ll * 16ll)
+#define CONFIG_DEFAULT_MAX_BATCH 64
+#define CONFIG_DEFAULT_MAX_WS 256     /* ... = API_DEFAULT_MAX_WS (cli/cmd_serve.c checks they agree) */
 #define CONFIG_DEFAULT_METRICS_EVERY 10 /* prompts between two metrics log lines per device */
 
 /* ===== Settings ===== */
@@ -48,6 +52,11 @@
     XX(TOKENIZER, "tokenizer", "KILN_TOKENIZER")                        \
     XX(CORS, "cors_origin", "KILN_CORS_ORIGIN")                         \
     XX(MAX_UPLOAD, "max_upload_size_mb", "KILN_MAX_UPLOAD_SIZE")        \
+    XX(MAX_NODES, "max_nodes", "KILN_MAX_NODES")                        \
+    XX(MAX_PIXELS, "max_pixels", "KILN_MAX_PIXELS")                     \
+    XX(MAX_BATCH, "max_batch", "KILN_MAX_BATCH")                        \
+    XX(MAX_WS, "max_ws", "KILN_MAX_WS")                                 \
+    XX(API_TOKEN, "api_token", "KILN_API_TOKEN")                        \
     XX(DISABLE_METADATA, "disable_metadata", "KILN_DISABLE_METADATA")   \
     XX(FORCE_FP32, "force_fp32", "KILN_FORCE_FP32")                     \
     XX(LOG, "log", "KILN_LOG")                                          \
@@ -95,6 +104,12 @@ struct config {
     int gpu_ports;                   /* device i also listens on gpu_ports + i; 0 = off */
     char *cors_origin;               /* --enable-cors-header value ("*" when bare); NULL = off */
     uint64_t max_upload_size;        /* bytes (--max-upload-size is in MiB, like ComfyUI's) */
+    int max_nodes;                   /* nodes per prompt */
+    long long max_pixels;            /* width*height*batch per prompt */
+    int max_batch;                   /* batch_size of one node */
+    int max_ws;                      /* open WebSockets */
+    char *api_token;                 /* --api-token; NULL = no access control */
+    bool exposed;                    /* a listen address is not loopback and there is no token */
 
     /* devices */
     enum config_mode mode;

@@ -25,7 +25,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 # the caller's own settings must not leak into the checks
 unset KILN_LISTEN KILN_PORT KILN_GPU_PORTS KILN_CPU_WORKERS KILN_THREADS KILN_METRICS_EVERY KILN_BASE_DIR \
       KILN_MODELS_DIR KILN_INPUT_DIR KILN_OUTPUT_DIR KILN_TEMP_DIR KILN_TOKENIZER KILN_CORS_ORIGIN \
-      KILN_MAX_UPLOAD_SIZE KILN_DISABLE_METADATA KILN_LOG KILN_CPU KILN_GPUS KILN_ENV_FILE \
+      KILN_MAX_UPLOAD_SIZE KILN_MAX_NODES KILN_MAX_PIXELS KILN_MAX_BATCH KILN_MAX_WS KILN_API_TOKEN KILN_DISABLE_METADATA KILN_LOG KILN_CPU KILN_GPUS KILN_ENV_FILE \
       CUDA_VISIBLE_DEVICES COMFY_MULTI_GPU_SCHED COMFY_NUM_GPUS NO_COLOR CLICOLOR_FORCE
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
@@ -88,6 +88,12 @@ has defaults "temp_dir=temp${T}(default)"
 has defaults "cors_origin=off${T}(default)"
 has defaults "max_upload_size=104857600"
 has defaults "metrics_every=10${T}(default)"
+has defaults "max_nodes=1000${T}(default)"
+has defaults "max_pixels=268435456${T}(default)"
+has defaults "max_batch=64${T}(default)"
+has defaults "max_ws=256${T}(default)"
+has defaults "api_token=off${T}(default)"
+grep -q '^note=.*without --api-token' "$DIR/defaults.cfg" && fail "defaults: a loopback listener warns"
 if [ "$CUDA" = 0 ]; then
     has defaults "mode=cpu${T}(this build has no GPU backend)"
     has defaults "devices=1"
@@ -135,6 +141,22 @@ has envfile2 "port=9100${T}(.env other.env:1)"
 refused envfile_missing "cannot read the settings file nope.env" --env-file nope.env
 rm -f "$DIR/.env"
 passed "precedence"
+
+# ===== Limits and the API token =====
+KILN_MAX_NODES=50 KILN_MAX_WS=9 KILN_API_TOKEN=env-token-123 cfg limits --max-pixels 1000000 --max-batch 8
+has limits "max_nodes=50${T}(environment KILN_MAX_NODES)"
+has limits "max_pixels=1000000${T}(flag --max-pixels)"
+has limits "max_batch=8${T}(flag --max-batch)"
+has limits "max_ws=9${T}(environment KILN_MAX_WS)"
+has limits "api_token=(set)${T}(environment KILN_API_TOKEN)"
+grep -q 'env-token-123' "$DIR/limits.cfg" && fail "--print-config shows the token"
+cfg exposed --listen 0.0.0.0
+grep -qxF "note=listening on 0.0.0.0 without --api-token: anyone who can reach it can queue prompts and read outputs" \
+    "$DIR/exposed.cfg" || fail "exposed: no note in $(tr '\n' '|' <"$DIR/exposed.cfg")"
+cfg exposed_token --listen 127.0.0.1,0.0.0.0 --api-token flag-token-123
+grep -q 'without --api-token' "$DIR/exposed_token.cfg" && fail "exposed_token: a token still warns"
+has exposed_token "api_token=(set)${T}(flag --api-token)"
+passed "limits and the API token"
 
 # ===== ComfyUI's flag forms =====
 cfg listen_bare --listen
@@ -212,6 +234,12 @@ refused syntax "syntax.env:1: expected '=' after KILN" --env-file syntax.env
 refused workers0 "--cpu-workers 0: expected a CPU device count (1-16)" --cpu-workers 0
 refused workers17 "--cpu-workers 17: expected a CPU device count (1-16)" --cpu-workers 17
 refused threads "--threads -1: expected a thread count" --threads -1
+refused max_nodes "--max-nodes 0: expected a node count" --max-nodes 0
+refused max_pixels "--max-pixels 1e9: expected a pixel count" --max-pixels 1e9
+refused max_batch "--max-batch 4097: expected a batch size" --max-batch 4097
+KILN_MAX_WS=-1 refused max_ws "KILN_MAX_WS=-1 (environment): expected a connection count"
+refused token_short "--api-token short: a token has 8 to 511 characters" --api-token short
+refused token_space "a token has no spaces" --api-token "two words here"
 refused metrics "--metrics-every x: expected a prompt count" --metrics-every x
 refused listen "--listen 1.2.3: '1.2.3' is not an IP address" --listen 1.2.3
 refused listen_dup "--listen 127.0.0.1,127.0.0.1: 127.0.0.1 is listed twice" --listen 127.0.0.1,127.0.0.1
