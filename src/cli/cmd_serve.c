@@ -225,14 +225,18 @@ int cmd_serve(int argc, char **argv) {
         .tokenizer_dir = cfg.tokenizer_dir,
         .disable_metadata = cfg.disable_metadata,
         .metrics_log_every = cfg.metrics_every,
+        .history_max = cfg.history_max,
+        .db_path = cfg.db_path,
     };
     for (int i = 0; i < so.n_gpus; i++) so.gpus[i] = cfg.gpus[i];
     engine_set_gpu_fp32(cfg.force_fp32); /* before the devices start */
     struct sched *sched = sched_new(&so, &err);
     if (!sched) {
-        fprintf(stderr, "kiln serve: cannot create the devices: %s\n", err.msg);
+        bool db = err.code == STATUS_ERR_IO; /* the database (--db) cannot be opened or read */
+        fprintf(stderr, "kiln serve: %s: %s%s\n", db ? "cannot use the database" : "cannot create the devices", err.msg,
+                db ? " (--db PATH chooses another file; --db '' keeps nothing)" : "");
         config_deinit(&cfg);
-        return 1;
+        return db ? 2 : 1;
     }
 
     /* /system_stats shows the command line as ComfyUI's argv: "kiln", "serve", options... */

@@ -74,6 +74,10 @@ static const struct flag_def FLAGS[] = {
      "threads per CPU device (default: cores / devices)"},
     {"--metrics-every", CONFIG_KEY_METRICS_EVERY, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "N",
      "log each device's metrics line every N finished prompts (default 10, 0 = never)"},
+    {"--db", CONFIG_KEY_DB, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "PATH",
+     "SQLite file keeping the queue and history across restarts (default BASE/kiln.db; '' = none)"},
+    {"--history-max", CONFIG_KEY_HISTORY_MAX, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "N",
+     "history entries kept, in memory and in the database (default 10000)"},
     {"--cpu", CONFIG_KEY_CPU, FLAG_ARG_NONE, "1", FLAG_HOW_PLAIN, "", "CPU devices only (the default in a build without CUDA)"},
     {"--gpus", CONFIG_KEY_GPUS, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "LIST",
      "use these GPUs, in this order (e.g. 1,0; default every GPU); needs a CUDA build"},
@@ -710,6 +714,7 @@ void config_init(struct config *c) {
     c->multi_gpu_sched = -1;
     c->log_level = LOG_LEVEL_INFO;
     c->metrics_every = CONFIG_DEFAULT_METRICS_EVERY;
+    c->history_max = CONFIG_DEFAULT_HISTORY_MAX;
     c->max_upload_size = (uint64_t)(CONFIG_DEFAULT_UPLOAD_MB * 1024 * 1024);
     c->max_nodes = CONFIG_DEFAULT_MAX_NODES;
     c->max_pixels = CONFIG_DEFAULT_MAX_PIXELS;
@@ -727,6 +732,7 @@ void config_deinit(struct config *c) {
     mem_free(c->models_dir);
     mem_free(c->input_dir);
     mem_free(c->output_dir);
+    mem_free(c->db_path);
     mem_free(c->temp_dir);
     mem_free(c->tokenizer_dir);
     for (int k = 0; k < CONFIG_KEY_COUNT; k++) mem_free(c->values[k].text);
@@ -810,6 +816,9 @@ static int validate(struct config *c, struct err *err) {
     if ((rc = int_setting(c, CONFIG_KEY_METRICS_EVERY, 0, 1000000000, CONFIG_DEFAULT_METRICS_EVERY,
                           "a prompt count, 0 = never", &c->metrics_every, err)))
         return rc;
+    if ((rc = int_setting(c, CONFIG_KEY_HISTORY_MAX, 1, 100000000, CONFIG_DEFAULT_HISTORY_MAX,
+                          "an entry count, at least 1", &c->history_max, err)))
+        return rc;
     if ((rc = bool_setting(c, CONFIG_KEY_DISABLE_METADATA, &c->disable_metadata, err))) return rc;
     if ((rc = bool_setting(c, CONFIG_KEY_FORCE_FP32, &c->force_fp32, err))) return rc;
     if ((t = c->values[CONFIG_KEY_LOG].text) && !parse_level(t, &c->log_level))
@@ -828,6 +837,7 @@ static int validate(struct config *c, struct err *err) {
     c->input_dir = dir_setting(c, CONFIG_KEY_INPUT_DIR, "input");
     c->output_dir = dir_setting(c, CONFIG_KEY_OUTPUT_DIR, "output");
     c->temp_dir = dir_setting(c, CONFIG_KEY_TEMP_DIR, "temp");
+    c->db_path = dir_setting(c, CONFIG_KEY_DB, "kiln.db"); /* "" stays "": nothing persisted */
     if ((t = c->values[CONFIG_KEY_TOKENIZER].text)) {
         if (!is_dir(t)) return bad(c, CONFIG_KEY_TOKENIZER, err, "no such folder (it holds vocab.json and merges.txt)");
         c->tokenizer_dir = mem_strdup(t);
@@ -910,6 +920,10 @@ static void effective(const struct config *c, enum config_key k, char *buf, size
     case CONFIG_KEY_CPU_WORKERS: snprintf(buf, n, "%d", c->cpu_workers); break;
     case CONFIG_KEY_THREADS: snprintf(buf, n, "%d", c->threads); break;
     case CONFIG_KEY_METRICS_EVERY: snprintf(buf, n, "%d", c->metrics_every); break;
+    case CONFIG_KEY_DB:
+        snprintf(buf, n, "%s", c->db_path && *c->db_path && strcmp(c->db_path, ":memory:") ? c->db_path : "off");
+        break;
+    case CONFIG_KEY_HISTORY_MAX: snprintf(buf, n, "%d", c->history_max); break;
     case CONFIG_KEY_BASE_DIR: snprintf(buf, n, "%s", *c->base_dir ? c->base_dir : "."); break;
     case CONFIG_KEY_MODELS_DIR: snprintf(buf, n, "%s", c->models_dir); break;
     case CONFIG_KEY_INPUT_DIR: snprintf(buf, n, "%s", c->input_dir); break;

@@ -33,6 +33,7 @@
 #define CONFIG_DEFAULT_MAX_BATCH 64
 #define CONFIG_DEFAULT_MAX_WS 256     /* ... = API_DEFAULT_MAX_WS (cli/cmd_serve.c checks they agree) */
 #define CONFIG_DEFAULT_METRICS_EVERY 10 /* prompts between two metrics log lines per device */
+#define CONFIG_DEFAULT_HISTORY_MAX 10000 /* = SCHED_HISTORY_MAX, ComfyUI's MAXIMUM_HISTORY_SIZE */
 
 /* ===== Settings ===== */
 
@@ -44,6 +45,8 @@
     XX(CPU_WORKERS, "cpu_workers", "KILN_CPU_WORKERS")                  \
     XX(THREADS, "threads", "KILN_THREADS")                              \
     XX(METRICS_EVERY, "metrics_every", "KILN_METRICS_EVERY")            \
+    XX(DB, "db", "KILN_DB")                                             \
+    XX(HISTORY_MAX, "history_max", "KILN_HISTORY_MAX")                  \
     XX(BASE_DIR, "base_dir", "KILN_BASE_DIR")                           \
     XX(MODELS_DIR, "models_dir", "KILN_MODELS_DIR")                     \
     XX(INPUT_DIR, "input_dir", "KILN_INPUT_DIR")                        \
@@ -129,6 +132,9 @@ struct config {
     char *input_dir;
     char *output_dir;
     char *temp_dir;                  /* the folder itself (--temp-directory D gives D/temp, as ComfyUI) */
+    char *db_path;                   /* --db: SQLite file of the queue and history (default
+                                        base_dir/kiln.db); "" or ":memory:" = nothing persisted */
+    int history_max;                 /* --history-max: history entries kept (memory and file) */
     char *tokenizer_dir;             /* --tokenizer, or NULL: next to the checkpoint / models/tokenizers */
 
     /* behaviour */

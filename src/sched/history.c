@@ -6,7 +6,9 @@
  * Ownership: sched_history_json returns deep copies (new reference). */
 #include "sched/internal.h"
 
+#include "base/log.h"
 #include "base/mem.h"
+#include "sched/store.h"
 
 void sched__history_put(struct sched *s, const char *prompt_id, json_t *entry) {
     json_object_set_new(s->history, prompt_id, entry);
@@ -44,14 +46,19 @@ json_t *sched_history_json(struct sched *s, const char *prompt_id, int max_items
 }
 
 void sched_history_clear(struct sched *s) {
+    struct err err = {0};
     pthread_mutex_lock(&s->mu);
     json_object_clear(s->history);
+    if (s->store && store_history_clear(s->store, &err)) log_error("%s; the server goes on", err.msg);
     pthread_mutex_unlock(&s->mu);
 }
 
 void sched_history_delete(struct sched *s, const char *prompt_id) {
     if (!prompt_id) return;
+    struct err err = {0};
     pthread_mutex_lock(&s->mu);
     json_object_del(s->history, prompt_id);
+    if (s->store && store_history_delete(s->store, prompt_id, &err))
+        log_error("%s (prompt %s); the server goes on", err.msg, prompt_id);
     pthread_mutex_unlock(&s->mu);
 }

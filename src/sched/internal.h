@@ -15,6 +15,7 @@
 struct engine;
 struct graph_cache;
 struct node_host_i;
+struct store;
 struct vram_monitor;
 
 /* ===== One queued or running prompt ===== */
@@ -122,6 +123,7 @@ struct sched {
     int64_t counter;                     /* mu: PromptServer.number */
     bool stopping;                       /* mu: sched_free began */
     double t_start;                      /* clock_now() at sched_new, in s */
+    struct store *store;                 /* mu: the SQLite file, or NULL (nothing persisted) */
 };
 
 /* ===== Heap (heap.c); caller holds mu ===== */
@@ -149,6 +151,14 @@ int sched__remaining_locked(struct sched *s, int device);
 /* Stores a finished prompt's entry (steals it); evicts the oldest beyond history_max. Caller
  * holds mu. */
 void sched__history_put(struct sched *s, const char *prompt_id, json_t *entry);
+
+/* ===== Persistence (sched.c, PERSISTENCE in sched.h); caller holds mu, no-ops without a store;
+ * a failed write is logged with the prompt id and serving goes on ===== */
+
+void sched__store_start(struct sched *s, const struct sched_item *it);       /* a worker took it */
+void sched__store_requeue(struct sched *s, const struct sched_item *it);     /* stopped by sched_free */
+/* The prompt ended with `entry` (as put in the history). */
+void sched__store_finish(struct sched *s, const struct sched_item *it, const json_t *entry);
 
 /* The worker thread's body (worker.c). */
 void *sched__worker_main(void *device);

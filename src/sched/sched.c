@@ -9,7 +9,8 @@
  * prompt moves from a heap to `running` to history atomically. A change that broadcasts
  * "status" takes a second lock (emit_mu) first and holds it until the broadcast is out, so
  * the status messages reach the sink in the order of the changes, each with the count right
- * after its change. */
+ * after its change. The SQLite store (PERSISTENCE in sched.h) is written under the same lock,
+ * in the same step as the change it records. */
 #include "sched/internal.h"
 
 #include "base/base.h"
@@ -19,6 +20,8 @@
 #include "base/status.h"
 #include "graph/cache.h"
 #include "graph/engine.h"
+#include "graph/json.h"
+#include "sched/store.h"
 #include "vram/monitor.h"
 
 #include <limits.h>
@@ -34,6 +37,8 @@ static const char *const SENSITIVE_KEYS[] = {"auth_token_comfy_org", "api_key_co
 
 #define DEFAULT_EXEC_S 1.0  /* expected run time of a device without history, in s */
 #define ROUTE_SLACK 0.10    /* waits within 10% of the best count as equal for checkpoint reuse */
+
+static int route_auto(struct sched *s, char *const *ckpts, int n_ckpts);
 
 /* ===== Items ===== */
 
@@ -91,6 +96,210 @@ void sched__change_end(struct sched *s, bool report) {
     if (report)
         sched__emit(s, NULL, "status", json_pack("{s:{s:{s:i}}}", "status", "exec_info", "queue_remaining", n));
     pthread_mutex_unlock(&s->emit_mu);
+}
+
+/* ===== Persistence ===== */
+
+/* Seconds since the epoch (finished_at, message timestamps). */
+static double wall_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void store_logged(int rc, const struct err *err, const char *id) {
+    if (rc) log_error("%s (prompt %s); the server goes on, but this change is not saved", err->msg, id);
+}
+
+/* {"tuple": [5-tuple], "extra_data": {full}, "client_id": id|null}: what a restart needs. */
+static char *item_body(const struct sched_item *it) {
+    json_t *b = json_pack("{s:O,s:O,s:s?}", "tuple", it->tuple, "extra_data", it->extra_data, "client_id",
+                          it->client_id);
+    char *text = b ? graph_json_dumps(b, -1) : NULL;
+    json_decref(b);
+    return text;
+}
+
+/* Caller holds mu. */
+static void store_put(struct sched *s, const struct sched_item *it) {
+    if (!s->store) return;
+    struct err err = {0};
+    char *body = item_body(it);
+    int rc = body ? store_prompt_put(s->store, it->prompt_id, it->number, it->number_is_int, it->device, body,
+                                     it->t_queued, &err)
+                  : err_set(&err, STATUS_ERR_NOMEM, "out of host memory writing a prompt for the database");
+    mem_free(body);
+    store_logged(rc, &err, it->prompt_id);
+}
+
+static void store_delete(struct sched *s, const char *id) {
+    if (!s->store) return;
+    struct err err = {0};
+    store_logged(store_prompt_delete(s->store, id, &err), &err, id);
+}
+
+void sched__store_start(struct sched *s, const struct sched_item *it) {
+    if (!s->store) return;
+    struct err err = {0};
+    store_logged(store_prompt_start(s->store, it->prompt_id, &err), &err, it->prompt_id);
+}
+
+void sched__store_requeue(struct sched *s, const struct sched_item *it) {
+    if (!s->store) return;
+    struct err err = {0};
+    store_logged(store_prompt_requeue(s->store, it->prompt_id, &err), &err, it->prompt_id);
+}
+
+void sched__store_finish(struct sched *s, const struct sched_item *it, const json_t *entry) {
+    if (!s->store) return;
+    struct err err = {0};
+    char *text = graph_json_dumps(entry, -1);
+    int rc = text ? store_finish(s->store, it->prompt_id, it->number, text, wall_now(), &err)
+                  : err_set(&err, STATUS_ERR_NOMEM, "out of host memory writing a history entry for the database");
+    mem_free(text);
+    store_logged(rc, &err, it->prompt_id);
+}
+
+/* The history entry of a prompt that could not run again after a restart. */
+static json_t *failed_entry(json_t *tuple, const char *id, const char *type, const char *msg) {
+    json_t *data = json_pack("{s:s,s:s?,s:s?,s:[],s:s,s:s,s:[],s:{},s:{},s:I}", "prompt_id", id, "node_id", NULL,
+                             "node_type", NULL, "executed", "exception_message", msg, "exception_type", type,
+                             "traceback", "current_inputs", "current_outputs", "timestamp",
+                             (json_int_t)(wall_now() * 1000));
+    return json_pack("{s:o,s:{},s:{s:s,s:b,s:[[s,o]]},s:{}}", "prompt", tuple, "outputs", "status", "status_str",
+                     "error", "completed", false, "messages", "execution_error", data, "meta");
+}
+
+struct reload {
+    struct sched *s;
+    int64_t max_number;                  /* largest |number| seen */
+    int requeued, rerun, failed;
+    struct err *err;
+};
+
+static void see_number(struct reload *r, double n) {
+    double a = fabs(n);
+    if (a < 9e15 && (int64_t)a > r->max_number) r->max_number = (int64_t)a;
+}
+
+static int reload_history(void *user, const char *id, const char *text) {
+    struct reload *r = user;
+    json_t *entry = json_loads(text, 0, NULL);
+    if (!json_is_object(entry)) {
+        log_error("database %s: history entry %s is not JSON; skipped", r->s->opts.db_path, id);
+        json_decref(entry);
+        return 0;
+    }
+    json_t *num = json_array_get(json_object_get(entry, "prompt"), 0);
+    if (json_is_number(num)) see_number(r, json_number_value(num));
+    sched__history_put(r->s, id, entry);
+    return 0;
+}
+
+/* Ends a reloaded prompt that cannot run with an error entry (memory and database). */
+static void reload_fail(struct reload *r, const struct store_prompt *p, json_t *tuple, const char *type,
+                        const char *msg) {
+    struct sched *s = r->s;
+    log_error("prompt %s from the database cannot run: %s", p->id, msg);
+    json_t *entry = failed_entry(tuple ? json_incref(tuple) : json_pack("[f,s,{},{},[]]", p->number, p->id), p->id,
+                                 type, msg);
+    struct sched_item tmp = {.prompt_id = (char *)p->id, .number = p->number};
+    sched__store_finish(s, &tmp, entry);
+    sched__history_put(s, p->id, entry);
+    r->failed++;
+}
+
+static int reload_prompt(void *user, const struct store_prompt *p) {
+    struct reload *r = user;
+    struct sched *s = r->s;
+    see_number(r, p->number);
+    json_t *body = json_loads(p->body, 0, NULL);
+    json_t *tuple = json_object_get(body, "tuple");
+    json_t *prompt = json_array_get(tuple, 2), *outputs = json_array_get(tuple, 4);
+    json_t *extra = json_object_get(body, "extra_data");
+    const char *client = json_string_value(json_object_get(body, "client_id"));
+    if (!json_is_object(prompt) || !json_is_array(outputs)) {
+        reload_fail(r, p, NULL, "CorruptedEntry", "its stored prompt is not readable JSON");
+        json_decref(body);
+        return 0;
+    }
+    if (p->running && p->attempts >= 2) {
+        reload_fail(r, p, tuple, "ServerStopped", "failed twice: the server stopped while running it");
+        json_decref(body);
+        return 0;
+    }
+    struct graph_prompt *gp = NULL;
+    json_t *err_body = NULL;
+    struct err verr = {0};
+    int vrc = graph_prompt_validate(prompt, &s->opts.paths, outputs, &gp, &err_body, &verr);
+    json_decref(err_body);
+    if (vrc) {
+        char msg[1200];
+        snprintf(msg, sizeof msg, "it no longer validates after the restart: %s", verr.msg);
+        reload_fail(r, p, tuple, "PromptValidationError", msg);
+        json_decref(body);
+        return 0;
+    }
+    struct sched_item *it = mem_calloc(1, sizeof *it);
+    it->prompt_id = mem_strdup(p->id);
+    it->client_id = client ? mem_strdup(client) : NULL;
+    it->number = p->number;
+    it->number_is_int = p->number_is_int;
+    it->inumber = p->inumber;
+    it->prompt = gp;
+    it->extra_data = json_is_object(extra) ? json_deep_copy(extra) : json_object();
+    it->tuple = json_deep_copy(tuple);
+    it->t_queued = clock_now();
+    int di = p->device;
+    if (di < 0 || di >= s->n_dev) {
+        di = route_auto(s, NULL, 0);
+        log_warn("prompt %s was queued on device %d, which does not exist now; routed to device %d", p->id, p->device,
+                 di);
+    }
+    it->device = di;
+    struct sched_device *d = &s->dev[di];
+    d->m.submitted++;
+    sched__heap_push(d, it);
+    json_object_set_new(s->ids, it->prompt_id, json_integer(di));
+    if (p->running) {
+        r->rerun++;
+        log_warn("prompt %s was running when the server stopped; running it again on device %d", p->id, di);
+        struct err err = {0};
+        store_logged(store_prompt_reset(s->store, p->id, &err), &err, p->id);
+    } else {
+        r->requeued++;
+    }
+    if (di != p->device) { /* the row says where it is queued now */
+        char *text = item_body(it);
+        struct err err = {0};
+        if (text)
+            store_logged(store_prompt_put(s->store, p->id, it->number, it->number_is_int, di, text, it->t_queued, &err),
+                         &err, p->id);
+        mem_free(text);
+        if (p->running) {
+            struct err e2 = {0};
+            store_logged(store_prompt_start(s->store, p->id, &e2), &e2, p->id); /* keep the attempt counted */
+            store_logged(store_prompt_reset(s->store, p->id, &e2), &e2, p->id);
+        }
+    }
+    json_decref(body);
+    return 0;
+}
+
+/* Opens opts.db_path and reloads it (PERSISTENCE in sched.h). Before the workers start. */
+static int store_reload(struct sched *s, struct err *err) {
+    const char *path = s->opts.db_path;
+    if (!path || !path[0] || strcmp(path, ":memory:") == 0) return 0;
+    s->store = store_open(path, s->opts.history_max, err);
+    if (!s->store) return err->code;
+    struct reload r = {.s = s, .err = err};
+    int rc = store_history_load(s->store, reload_history, &r, err);
+    if (!rc) rc = store_prompts_load(s->store, reload_prompt, &r, err);
+    if (rc) return rc;
+    if (r.max_number >= s->counter) s->counter = r.max_number + 1;
+    log_info("database %s: %zu history entries, %d prompts queued again, %d running ones run again, %d failed",
+             path, json_object_size(s->history), r.requeued, r.rerun, r.failed);
+    return 0;
 }
 
 /* ===== Lifecycle ===== */
@@ -179,6 +388,10 @@ struct sched *sched_new(const struct sched_opts *opts, struct err *err) {
             return NULL;
         }
     }
+    if (store_reload(s, err)) {
+        sched_free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -220,7 +433,8 @@ void sched_free(struct sched *s) {
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < s->n_dev; i++)
         if (s->dev[i].started) pthread_join(s->dev[i].thread, NULL);
-    for (int i = 0; i < s->n_dev; i++) device_deinit(&s->dev[i]);
+    for (int i = 0; i < s->n_dev; i++) device_deinit(&s->dev[i]); /* their rows stay: queued again next start */
+    store_free(s->store);
     json_decref(s->ids);
     json_decref(s->history);
     vram_monitor_free(s->vram);
@@ -406,6 +620,7 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
         it->t_queued = clock_now();
         d->m.submitted++;
         d->m.depth_sum += d->n_heap + (d->running ? 1 : 0);
+        store_put(s, it); /* before the reply: nothing accepted is lost */
         sched__heap_push(d, it);
         json_object_set_new(s->ids, id, json_integer(di));
         pthread_cond_signal(&d->wake);
@@ -480,6 +695,7 @@ void sched_queue_clear(struct sched *s, int device) {
         gone = mem_realloc(gone, (size_t)(n_gone + d->n_heap) * sizeof *gone);
         for (int k = 0; k < d->n_heap; k++) {
             json_object_del(s->ids, d->heap[k]->prompt_id);
+            store_delete(s, d->heap[k]->prompt_id);
             gone[n_gone++] = d->heap[k];
         }
         d->n_heap = 0;
@@ -499,6 +715,7 @@ void sched_queue_delete(struct sched *s, const char *prompt_id) {
             if (strcmp(d->heap[k]->prompt_id, prompt_id) == 0) {
                 gone = sched__heap_remove_at(d, k);
                 json_object_del(s->ids, prompt_id);
+                store_delete(s, prompt_id);
                 break;
             }
     }

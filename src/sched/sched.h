@@ -32,7 +32,17 @@
  * restart; that GPU's worker budgets from them before each prompt), and GPUMemoryCleanup
  * clear_all_gpus asks every other device to clean up as /free does (idle ones at once, waited
  * for up to 5 s; busy ones after their current prompt). A GPU worker also warms its device up
- * (one tiny graph of every op kind) right after opening it. */
+ * (one tiny graph of every op kind) right after opening it.
+ *
+ * PERSISTENCE. With opts.db_path (sched/store.c), every accepted prompt is written to SQLite
+ * before sched_submit returns, marked running when a worker takes it, and replaced by its
+ * history entry in one transaction when it ends; queue and history deletes delete rows.
+ * sched_new reloads the newest history_max history entries and re-queues the prompts in number
+ * order on their devices (automatic routing when the device is gone), ids and numbers kept and
+ * the counter continuing after the largest. A prompt found running ran when the process died:
+ * it runs again once; found running a second time, it ends with an error entry ("failed
+ * twice: the server stopped while running it"). A prompt stopped by sched_free goes back to
+ * pending. Write failures at run time are logged; serving goes on. */
 #ifndef KILN_SCHED_H
 #define KILN_SCHED_H
 
@@ -63,6 +73,8 @@ struct sched_opts {
     int history_max;                 /* 0 = SCHED_HISTORY_MAX */
     bool disable_metadata;           /* --disable-metadata */
     int metrics_log_every;           /* log the per-device metrics line every N finished prompts; 0 = never */
+    const char *db_path;             /* SQLite file for the queue and history (PERSISTENCE); NULL, ""
+                                        or ":memory:" = nothing persisted (borrowed) */
 };
 
 /* What /system_stats, /queue/all, the start-up panel and routing errors show of a device. */
@@ -80,8 +92,9 @@ struct sched_device_info {
 
 /* Creates the devices (the GPUs of opts->gpus first, then the CPU devices) without starting
  * workers. CPU engines are made here; a GPU's engine is made by its worker thread at
- * sched_start (its CUDA stream and handles belong to that thread). Returns NULL with err
- * filled on failure. */
+ * sched_start (its CUDA stream and handles belong to that thread). Opens opts->db_path and
+ * reloads it (PERSISTENCE). Returns NULL with err filled on failure: STATUS_ERR_IO (err names
+ * the file and SQLite's reason) when the database cannot be opened, written or read. */
 struct sched *sched_new(const struct sched_opts *opts, struct err *err);
 
 /* The event sink: called for every WebSocket event, from worker threads and from sched_*

@@ -320,6 +320,8 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
     sched__change_begin(s);
     json_object_set_new(entry, "prompt", it->tuple);
     it->tuple = NULL;
+    if (s->stopping && rep.status == STATUS_ERR_INTERRUPTED) sched__store_requeue(s, it); /* runs at next start */
+    else sched__store_finish(s, it, entry);
     sched__history_put(s, it->prompt_id, entry);
     json_object_del(s->ids, it->prompt_id);
     d->running = NULL;
@@ -419,6 +421,7 @@ void *sched__worker_main(void *arg) {
             continue;
         }
         struct sched_item *it = sched__heap_pop(d);
+        sched__store_start(s, it);
         d->running = it;
         d->running_node[0] = 0;
         atomic_store(&d->interrupt, false); /* an interrupt sent while idle must not stop this one */
