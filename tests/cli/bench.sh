@@ -10,19 +10,11 @@
 set -u
 KILN=$(realpath "${1:?kiln binary}")
 SRC=$(realpath "${2:?source dir}")
-DIR=$(mktemp -d /tmp/kiln_cli_bench_XXXXXX)
-cleanup() {
-    if [ -n "${KILN_TEST_KEEP:-}" ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh"
+lib_tmpdir kiln_cli_bench
 cd "$DIR" || exit 1
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-unset CUDA_VISIBLE_DEVICES COMFY_MULTI_GPU_SCHED COMFY_NUM_GPUS KILN_ENV_FILE http_proxy HTTP_PROXY all_proxy
-export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
-command -v python3 >/dev/null || { echo "FAIL: bench.sh needs python3"; exit 1; }
-T0=$SECONDS
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+lib_env
+lib_need python3
 
 # ===== The run =====
 # bench.py kills its server on every path itself; timeout is the backstop for a hang
@@ -106,10 +98,7 @@ if bad:
 EOF
 log=$DIR/w/bench_server.log
 grep -q 'info  stopped$' "$log" || fail "the server did not stop cleanly"
-if grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$log"; then
-    fail "sanitizer report in the server log:"
-    grep -A 30 -E 'AddressSanitizer|LeakSanitizer|runtime error' "$log" | head -n 60
-fi
+lib_check_sanitizer "$log"
 [ "$fails" = 0 ] && echo "ok: bench.py --cpu 2 --quick, JSON checked ($((SECONDS - T0)) s)"
 
 # ===== A server that dies: exit status 1, the error in the JSON =====

@@ -18,55 +18,14 @@ set -u
 KILN=$(realpath "${1:?kiln binary}")
 SRC=$(realpath "${2:?source dir}")
 WSC=$SRC/tests/integration/ws_client.py
-DIR=$(mktemp -d /tmp/kiln_cli_serve_XXXXXX)
+. "$(dirname "$0")/lib.sh"
+lib_tmpdir kiln_cli_serve
 PID=
-cleanup() {
-    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill -KILL "$PID" 2>/dev/null; fi
-    if [ -n "${KILN_TEST_KEEP:-}" ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
 cd "$DIR" || exit 1
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-unset CUDA_VISIBLE_DEVICES COMFY_MULTI_GPU_SCHED COMFY_NUM_GPUS KILN_ENV_FILE http_proxy HTTP_PROXY all_proxy
-export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
-for tool in curl python3; do
-    command -v "$tool" >/dev/null || { echo "FAIL: serve.sh needs $tool (scripts/setup installs it)"; exit 1; }
-done
-T0=$SECONDS
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-mark=0
-# passed NAME: "ok: NAME (time)" when the checks since the last call all passed
-passed() {
-    if [ "$fails" = "$mark" ]; then echo "ok: $* ($((SECONDS - T0)) s)"; fi
-    mark=$fails
-}
+lib_env
+lib_need curl python3
 
 # ===== Helpers =====
-
-# js FILE EXPR: the Python expression EXPR over j = the JSON in FILE (strings bare, else JSON)
-js() {
-    python3 -c 'import json, sys
-j = json.load(open(sys.argv[1]))
-r = eval(sys.argv[2])
-print(r if isinstance(r, str) else json.dumps(r))' "$1" "$2"
-}
-
-# req NAME METHOD URL [CURL ARGS...]: body in NAME.body, headers in NAME.head; prints the status
-req() {
-    local name=$1 method=$2 url=$3
-    shift 3
-    curl -s -m 30 -o "$DIR/$name.body" -D "$DIR/$name.head" -w '%{http_code}' -X "$method" "$url" "$@"
-}
-
-# expect_code NAME WANT METHOD URL [CURL ARGS...]: the status must be WANT
-expect_code() {
-    local name=$1 want=$2
-    shift 2
-    local got
-    got=$(req "$name" "$@")
-    [ "$got" = "$want" ] || fail "$name: $1 $2 -> $got, expected $want: $(head -c 300 "$DIR/$name.body")"
-}
 
 # wf OUT SEED STEPS SIZE PREFIX [TARGET]: a POST /prompt body from examples/demo.json on the tiny
 # checkpoint (extra_data.target_gpu = TARGET when given)
@@ -99,39 +58,11 @@ submit() {
     js "$DIR/$name.body" 'j["prompt_id"]'
 }
 
-# wait_history ID [SECONDS]: polls /history/ID until it is there (ComfyUI's example scripts do
-# this); the entry is left in hist_ID.json
-wait_history() {
-    local id=$1 limit=${2:-60} i
-    for ((i = 0; i < limit * 10; i++)); do
-        curl -s -m 10 -o "$DIR/hist_$id.json" "$URL/history/$id"
-        if [ "$(head -c 2 "$DIR/hist_$id.json")" != "{}" ] && [ -s "$DIR/hist_$id.json" ]; then return 0; fi
-        sleep 0.1
-    done
-    fail "prompt $id not in /history after $limit s"
-    return 1
-}
-
-# status_of ID: status_str of a finished prompt
-status_of() { js "$DIR/hist_$1.json" "j['$1']['status']['status_str']"; }
-
 # tasks DEV: kiln_tasks_total of device DEV in /metrics
 tasks() {
     curl -s -m 10 "$URL/metrics" | sed -nE "s/^kiln_tasks_total\\{device=\"$1\",kind=\"cpu\"\\} ([0-9]+).*/\\1/p"
 }
 tasks_all() { echo "$(tasks 0) $(tasks 1) $(tasks 2)"; }
-
-# wait_running DEV ID: until /queue/all shows ID running on DEV (10 s at most)
-wait_running() {
-    local i
-    for ((i = 0; i < 100; i++)); do
-        curl -s -m 10 -o "$DIR/qa.json" "$URL/queue/all"
-        [ "$(js "$DIR/qa.json" "str(any(r[1] == '$2' for r in j['queues'][$1]['queue_running']))")" = True ] && return 0
-        sleep 0.1
-    done
-    fail "prompt $2 never ran on device $1"
-    return 1
-}
 
 # outputs PREFIX: how many files SaveImage wrote with this prefix
 outputs() { find "$DIR/output" -maxdepth 1 -name "$1_*.png" | wc -l; }
@@ -143,38 +74,12 @@ check_png() {
 
 # ===== Start the server =====
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-mkdir -p "$DIR/models/checkpoints"
-"$KILN" ckpt --tiny "$DIR/models/checkpoints/tiny.safetensors" >/dev/null 2>"$DIR/ckpt.err" ||
-    { echo "FAIL: kiln ckpt --tiny: $(cat "$DIR/ckpt.err")"; exit 1; }
-
+lib_tiny_ckpt "$DIR/models/checkpoints/tiny.safetensors"
 LOG=$DIR/server.log
-started=0
-for _ in 1 2 3 4 5 6 7 8; do
-    PORT=$((20000 + RANDOM % 30000))
-    GPORT=$((PORT + 1))
-    busy=0
-    for p in $PORT $GPORT $((GPORT + 1)) $((GPORT + 2)); do port_busy "$p" && busy=1; done
-    [ "$busy" = 1 ] && continue
-    "$KILN" serve --port "$PORT" --gpu-ports "$GPORT" --cpu-workers 3 --threads 1 --metrics-every 5 \
-        --models-dir "$DIR/models" --output-directory "$DIR/output" --input-directory "$DIR/input" \
-        --temp-dir "$DIR/temp" --max-upload-size 1 >"$LOG" 2>&1 &
-    PID=$!
-    URL=http://127.0.0.1:$PORT
-    for ((i = 0; i < 600; i++)); do
-        if curl -s -m 2 -o /dev/null "$URL/prompt" 2>/dev/null; then started=1; break; fi
-        kill -0 "$PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    [ "$started" = 1 ] && break
-    if kill -0 "$PID" 2>/dev/null; then
-        echo "FAIL: kiln serve does not answer after 60 s:"; cat "$LOG"; exit 1
-    fi
-    grep -qiE 'in use|bind' "$LOG" && continue # a port was taken meanwhile: try others
-    echo "FAIL: kiln serve exited:"; cat "$LOG"; exit 1
-done
-[ "$started" = 1 ] || { echo "FAIL: no free ports for kiln serve"; exit 1; }
+lib_serve "$LOG" 4 --cpu-workers 3 --threads 1 --metrics-every 5 --models-dir "$DIR/models" \
+    --output-directory "$DIR/output" --input-directory "$DIR/input" --temp-dir "$DIR/temp" --max-upload-size 1
+PID=$SPID
+GPORT=$((PORT + 1))
 dev_url() { echo "http://127.0.0.1:$((GPORT + $1))"; }
 
 # the start-up panel (ASCII: stderr is a file), one line per worker, ready
@@ -503,22 +408,13 @@ passed "metrics"
 # ===== SIGINT with a prompt running: graceful =====
 long=$(submit last "$URL" "$DIR/long.json" -H 'X-TARGET-GPU: 0')
 wait_running 0 "$long"
-kill -INT "$PID"
-for ((i = 0; i < 200; i++)); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$PID" 2>/dev/null; then
-    fail "still running 20 s after SIGINT"
-    kill -KILL "$PID"
-fi
-wait "$PID"
-rc=$?
+lib_stop_int "$PID" 20
+rc=$STOP_RC
 PID=
 [ "$rc" = 0 ] || fail "exit $rc after SIGINT, expected 0"
 grep -q 'SIGINT: shutting down' "$LOG" || fail "no shutdown line"
 grep -q 'info  stopped$' "$LOG" || fail "no 'stopped' line"
-if grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$LOG"; then
-    fail "sanitizer report in the server log:"
-    grep -A 30 -E 'AddressSanitizer|LeakSanitizer|runtime error' "$LOG" | head -n 60
-fi
+lib_check_sanitizer "$LOG"
 passed "SIGINT: graceful stop, no sanitizer report"
 
 if [ "$fails" -ne 0 ]; then

@@ -17,61 +17,23 @@
 set -u
 KILN=$(realpath "${1:?kiln binary}")
 SRC=$(realpath "${2:?source dir}")
-DIR=$(mktemp -d /tmp/kiln_cli_serve_limits_XXXXXX)
+. "$(dirname "$0")/lib.sh"
+lib_tmpdir kiln_cli_serve_limits
 PID= PID2=
-cleanup() {
-    local p
-    for p in $PID $PID2; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
-    if [ -n "${KILN_TEST_KEEP:-}" ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
 cd "$DIR" || exit 1
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-unset CUDA_VISIBLE_DEVICES COMFY_MULTI_GPU_SCHED COMFY_NUM_GPUS KILN_ENV_FILE KILN_API_TOKEN KILN_MAX_NODES \
-      KILN_MAX_PIXELS KILN_MAX_BATCH KILN_MAX_WS KILN_LISTEN http_proxy HTTP_PROXY all_proxy
-export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
-for tool in curl python3; do
-    command -v "$tool" >/dev/null || { echo "FAIL: serve_limits.sh needs $tool"; exit 1; }
-done
-T0=$SECONDS
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-mark=0
-passed() {
-    if [ "$fails" = "$mark" ]; then echo "ok: $* ($((SECONDS - T0)) s)"; fi
-    mark=$fails
-}
+lib_env KILN_API_TOKEN KILN_MAX_NODES KILN_MAX_PIXELS KILN_MAX_BATCH KILN_MAX_WS KILN_LISTEN
+lib_need curl python3
 TOKEN=limits-test-token-$RANDOM$RANDOM
 AUTH="Authorization: Bearer $TOKEN"
 CPUFLAG=()
 "$KILN" gpus 2>&1 | grep -q '^build: CUDA backend' && CPUFLAG=(--cpu)
-
-# js FILE EXPR: the Python expression EXPR over j = the JSON in FILE
-js() {
-    python3 -c 'import json, sys
-j = json.load(open(sys.argv[1]))
-r = eval(sys.argv[2])
-print(r if isinstance(r, str) else json.dumps(r))' "$1" "$2"
-}
-
-# req NAME METHOD URL [CURL ARGS...]: body in NAME.body, headers in NAME.head; prints the status
-req() {
-    local name=$1 method=$2 url=$3
-    shift 3
-    curl -s -m 30 -o "$DIR/$name.body" -D "$DIR/$name.head" -w '%{http_code}' -X "$method" "$url" "$@"
-}
 
 # expect NAME CODE TYPE METHOD URL [CURL ARGS...]: the status must be CODE and, when TYPE is
 # not -, the body ComfyUI's error shape with error.type TYPE
 expect() {
     local name=$1 want=$2 type=$3
     shift 3
-    local got
-    got=$(req "$name" "$@")
-    if [ "$got" != "$want" ]; then
-        fail "$name: $1 $2 -> $got, expected $want: $(head -c 300 "$DIR/$name.body")"
-        return 1
-    fi
+    expect_code "$name" "$want" "$@" || return 1
     [ "$type" = - ] && return 0
     local shape
     shape=$(js "$DIR/$name.body" "[j['error']['type'], sorted(j['error']), type(j['error']['message']).__name__]")
@@ -97,33 +59,14 @@ EOF
 }
 
 # start NAME ARGS...: kiln serve on a free port (PORT, URL set), log in NAME.log; PID of it in SPID
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 start() {
-    local name=$1 i
+    local name=$1
     shift
-    for _ in 1 2 3 4 5 6 7 8; do
-        PORT=$((20000 + RANDOM % 30000))
-        port_busy "$PORT" && continue
-        "$KILN" serve "${CPUFLAG[@]}" --port "$PORT" --cpu-workers 1 --threads 1 --models-dir "$DIR/models" \
-            --output-directory "$DIR/output" --input-directory "$DIR/input" --temp-dir "$DIR/temp" "$@" \
-            >"$DIR/$name.log" 2>&1 &
-        SPID=$!
-        URL=http://127.0.0.1:$PORT
-        for ((i = 0; i < 600; i++)); do
-            grep -q "ready: " "$DIR/$name.log" && return 0
-            kill -0 "$SPID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -0 "$SPID" 2>/dev/null && { echo "FAIL: kiln serve not ready after 60 s:"; cat "$DIR/$name.log"; exit 1; }
-        grep -qiE 'in use|bind' "$DIR/$name.log" && continue
-        echo "FAIL: kiln serve exited:"; cat "$DIR/$name.log"; exit 1
-    done
-    echo "FAIL: no free port for kiln serve"; exit 1
+    lib_serve "$DIR/$name.log" 1 "${CPUFLAG[@]}" --cpu-workers 1 --threads 1 --models-dir "$DIR/models" \
+        --output-directory "$DIR/output" --input-directory "$DIR/input" --temp-dir "$DIR/temp" "$@"
 }
 
-mkdir -p "$DIR/models/checkpoints"
-"$KILN" ckpt --tiny "$DIR/models/checkpoints/tiny.safetensors" >/dev/null 2>"$DIR/ckpt.err" ||
-    { echo "FAIL: kiln ckpt --tiny: $(cat "$DIR/ckpt.err")"; exit 1; }
+lib_tiny_ckpt "$DIR/models/checkpoints/tiny.safetensors"
 
 # ===== A token and small limits =====
 KILN_MAX_WS=2 start main --api-token "$TOKEN" --max-nodes 20
@@ -296,7 +239,7 @@ kill -TERM "$PID"
 wait "$PID"
 rc=$?
 [ "$rc" = 0 ] || fail "SIGTERM -> exit $rc: $(tail -5 "$DIR/main.log")"
-grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error' "$DIR/main.log" && fail "sanitizer report: $(grep -A5 Sanitizer "$DIR/main.log" | head -20)"
+lib_check_sanitizer "$DIR/main.log"
 PID=
 
 # ===== Exposed without a token: a warning =====

@@ -11,32 +11,12 @@
 set -u
 KILN=$(realpath "${1:?kiln binary}")
 SRC=$(realpath "${2:?source dir}")
-DIR=$(mktemp -d /tmp/kiln_cli_restart_XXXXXX)
+. "$(dirname "$0")/lib.sh"
+lib_tmpdir kiln_cli_restart
 PID=
-cleanup() {
-    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill -KILL "$PID" 2>/dev/null; fi
-    if [ -n "${KILN_TEST_KEEP:-}" ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
 cd "$DIR" || exit 1
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-unset CUDA_VISIBLE_DEVICES COMFY_MULTI_GPU_SCHED COMFY_NUM_GPUS KILN_ENV_FILE KILN_DB KILN_HISTORY_MAX http_proxy \
-    HTTP_PROXY all_proxy
-export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
-T0=$SECONDS
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-mark=0
-passed() {
-    if [ "$fails" = "$mark" ]; then echo "ok: $* ($((SECONDS - T0)) s)"; fi
-    mark=$fails
-}
-js() {
-    python3 -c 'import json, sys
-j = json.load(open(sys.argv[1]))
-r = eval(sys.argv[2])
-print(r if isinstance(r, str) else json.dumps(r))' "$1" "$2"
-}
+lib_env KILN_DB KILN_HISTORY_MAX
+lib_need curl python3
 DB=$DIR/kiln.db
 # sql QUERY: rows of the database, one per line, read with Python's sqlite3
 sql() { python3 -c 'import sqlite3, sys
@@ -62,29 +42,13 @@ submit() { # submit BODYFILE: POST /prompt, must be 200
         --data-binary "@$1" "$URL/prompt")
     [ "$code" = 200 ] || fail "POST /prompt $1 -> $code: $(cat "$DIR/sub.json")"
 }
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # start LOG [ARGS...]: kiln serve on a free port with this database; sets PID and URL
 start() {
-    local log=$1 ok=0
+    local log=$1
     shift
-    for _ in 1 2 3 4 5 6; do
-        PORT=$((20000 + RANDOM % 30000))
-        port_busy "$PORT" && continue
-        "$KILN" serve --port "$PORT" --cpu-workers 2 --threads 1 --db "$DB" --models-dir "$DIR/models" \
-            --output-directory "$DIR/output" --input-directory "$DIR/input" --temp-dir "$DIR/temp" "$@" >"$log" 2>&1 &
-        PID=$!
-        URL=http://127.0.0.1:$PORT
-        for ((i = 0; i < 300; i++)); do
-            curl -s -m 2 -o /dev/null "$URL/prompt" 2>/dev/null && { ok=1; break; }
-            kill -0 "$PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        [ "$ok" = 1 ] && return 0
-        kill -0 "$PID" 2>/dev/null && { echo "FAIL: kiln serve does not answer:"; cat "$log"; exit 1; }
-        grep -qiE 'in use|bind' "$log" && continue
-        echo "FAIL: kiln serve exited:"; cat "$log"; exit 1
-    done
-    echo "FAIL: no free port"; exit 1
+    lib_serve "$log" 1 --cpu-workers 2 --threads 1 --db "$DB" --models-dir "$DIR/models" \
+        --output-directory "$DIR/output" --input-directory "$DIR/input" --temp-dir "$DIR/temp" "$@"
+    PID=$SPID
 }
 # wait_done ID...: until every id is in /history (45 s at most); one Python process polls
 wait_done() {
@@ -98,9 +62,7 @@ for _ in range(450):
 sys.exit(1)
 PY
 }
-mkdir -p "$DIR/models/checkpoints"
-"$KILN" ckpt --tiny "$DIR/models/checkpoints/tiny.safetensors" >/dev/null 2>"$DIR/ckpt.err" ||
-    { echo "FAIL: kiln ckpt --tiny: $(cat "$DIR/ckpt.err")"; exit 1; }
+lib_tiny_ckpt "$DIR/models/checkpoints/tiny.safetensors"
 
 # ===== First run: 2 prompts finish, 10 are queued, SIGKILL while one runs =====
 B1=before-1 B2=before-2 N1=after-1

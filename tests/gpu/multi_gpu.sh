@@ -41,45 +41,16 @@ while [ $# -gt 0 ]; do
     esac
 done
 CKPT=${KILN_MG_CKPT:-tiny.safetensors}
-DIR=$(mktemp -d /tmp/kiln_multi_gpu_XXXXXX)
+. "$(dirname "$0")/../cli/lib.sh"
+lib_tmpdir kiln_multi_gpu
 PID=
-cleanup() {
-    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill -INT "$PID" 2>/dev/null; sleep 2; kill -KILL "$PID" 2>/dev/null; fi
-    if [ -n "${KILN_TEST_KEEP:-}" ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
-export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
-unset http_proxy HTTP_PROXY all_proxy COMFY_MULTI_GPU_SCHED COMFY_NUM_GPUS KILN_ENV_FILE
-for tool in curl python3; do command -v "$tool" >/dev/null || { echo "FAIL: needs $tool"; exit 1; }; done
+LIB_GRACE_S=2 LIB_REQ_S=60 LIB_HISTORY_S=600 LIB_RUNNING_S=60 # GPU prompts are slower
+lib_env --gpus
+lib_need curl python3
 
-T0=$SECONDS
-fails=0
-mark=0
-SUMMARY=()
-fail() { echo "FAIL: $*"; SUMMARY+=("FAIL: $*"); fails=$((fails + 1)); }
-# passed NAME: records "ok: NAME" when the checks since the last call all passed
-passed() {
-    if [ "$fails" = "$mark" ]; then echo "ok: $* ($((SECONDS - T0)) s)"; SUMMARY+=("ok: $*"); fi
-    mark=$fails
-}
 skipped() { echo "skipped: $*"; SUMMARY+=("skipped: $*"); }
 
 # ===== Helpers =====
-
-# js FILE EXPR: the Python expression EXPR over j = the JSON in FILE (strings bare, else JSON)
-js() {
-    python3 -c 'import json, sys
-j = json.load(open(sys.argv[1]))
-r = eval(sys.argv[2])
-print(r if isinstance(r, str) else json.dumps(r))' "$1" "$2"
-}
-
-# req NAME METHOD URL [CURL ARGS...]: body in NAME.body; prints the status
-req() {
-    local name=$1 method=$2 url=$3
-    shift 3
-    curl -s -m 60 -o "$DIR/$name.body" -w '%{http_code}' -X "$method" "$url" "$@"
-}
 
 # wf OUT SEED STEPS SIZE PREFIX [BATCH]: a POST /prompt body from examples/demo.json (txt2img:
 # KSampler, VAEDecode, SaveImage) on $CKPT
@@ -129,35 +100,10 @@ submit() {
     js "$DIR/$1.body" 'j["prompt_id"]'
 }
 
-# wait_history ID [SECONDS]: polls /history/ID until it is there; the entry is in hist_ID.json
-wait_history() {
-    local id=$1 limit=${2:-600} i
-    for ((i = 0; i < limit * 10; i++)); do
-        curl -s -m 10 -o "$DIR/hist_$id.json" "$URL/history/$id"
-        if [ -s "$DIR/hist_$id.json" ] && [ "$(head -c 2 "$DIR/hist_$id.json")" != "{}" ]; then return 0; fi
-        sleep 0.1
-    done
-    fail "prompt $id not in /history after $limit s"
-    return 1
-}
-
-status_of() { js "$DIR/hist_$1.json" "j['$1']['status']['status_str']"; }
 # stamp ID TYPE: the timestamp (ms) of the history message TYPE of a finished prompt ('' if none)
 stamp() { js "$DIR/hist_$1.json" "next((str(d['timestamp']) for t, d in j['$1']['status']['messages'] if t == '$2'), '')"; }
 # report ID NODE: the text report of a GPU memory node
 report() { js "$DIR/hist_$1.json" "j['$1']['outputs']['$2']['text'][0]"; }
-
-# wait_running DEV ID: until /queue/all shows ID running on DEV (60 s at most)
-wait_running() {
-    local i
-    for ((i = 0; i < 600; i++)); do
-        curl -s -m 10 -o "$DIR/qa.json" "$URL/queue/all"
-        [ "$(js "$DIR/qa.json" "str(any(r[1] == '$2' for r in j['queues'][$1]['queue_running']))")" = True ] && return 0
-        sleep 0.1
-    done
-    fail "prompt $2 never ran on device $1"
-    return 1
-}
 
 # ===== Process RSS (measured by the lead) =====
 # RSS MEASUREMENT HOOK: the lead's host-memory checks go here. rss_point LABEL is called at the
@@ -177,9 +123,7 @@ SRC_DEMO=$(dirname "$(realpath "$0")")/../../examples/demo.json
 [ -f "$SRC_DEMO" ] || { echo "FAIL: no examples/demo.json next to the script's tests/"; exit 1; }
 if [ -z "$MODELS" ]; then
     MODELS=$DIR/models
-    mkdir -p "$MODELS/checkpoints"
-    "$KILN" ckpt --tiny "$MODELS/checkpoints/$CKPT" >/dev/null 2>"$DIR/ckpt.err" ||
-        { echo "FAIL: kiln ckpt --tiny: $(cat "$DIR/ckpt.err")"; exit 1; }
+    lib_tiny_ckpt "$MODELS/checkpoints/$CKPT"
 fi
 MODELS=$(realpath "$MODELS")
 [ -f "$MODELS/checkpoints/$CKPT" ] || { echo "FAIL: no $MODELS/checkpoints/$CKPT"; exit 1; }
@@ -205,14 +149,12 @@ mkdir -p "$DIR/output" "$DIR/input" "$DIR/temp"
 "$KILN" serve --port 0 ${MODE_ARGS[@]+"${MODE_ARGS[@]}"} --models-dir "$MODELS" --output-directory "$DIR/output" \
     --input-directory "$DIR/input" --temp-dir "$DIR/temp" >"$LOG" 2>&1 &
 PID=$!
-URL=
-for ((i = 0; i < 1800; i++)); do # GPU workers warm up and open their devices first
-    URL=$(sed -nE 's/.*ready: (http:\/\/[0-9.]+:[0-9]+).*/\1/p' "$LOG" | head -n 1)
-    [ -n "$URL" ] && break
-    kill -0 "$PID" 2>/dev/null || { echo "FAIL: kiln serve exited:"; cat "$LOG"; exit 1; }
-    sleep 0.1
-done
-[ -n "$URL" ] || { echo "FAIL: kiln serve not ready after 180 s:"; cat "$LOG"; exit 1; }
+lib_wait_ready "$LOG" "$PID" 180 # GPU workers warm up and open their devices first
+case $? in
+    1) echo "FAIL: kiln serve exited:"; cat "$LOG"; exit 1 ;;
+    2) echo "FAIL: kiln serve not ready after 180 s:"; cat "$LOG"; exit 1 ;;
+esac
+URL=$READY_URL
 echo "server: $URL (log $LOG)"
 grep -E 'warm-up|opened' "$LOG" | sed 's/^/  /'
 rss_point "after start-up"
@@ -353,12 +295,9 @@ else
 fi
 
 # ===== Summary =====
-kill -INT "$PID" 2>/dev/null
-for ((i = 0; i < 300; i++)); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$PID" 2>/dev/null && fail "kiln serve did not exit on SIGINT"
-wait "$PID" 2>/dev/null
+lib_stop_int "$PID" 30
 PID=
-grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$LOG" && fail "sanitizer report in the server log"
+lib_check_sanitizer "$LOG"
 echo
 echo "===== multi_gpu.sh summary ($NDEV devices, $((SECONDS - T0)) s) ====="
 printf '%s\n' "${SUMMARY[@]}"
