@@ -44,8 +44,8 @@ static void find_tokenizer(struct engine *e, struct engine_checkpoint *ck) {
 
 static bool has_prefix(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
 
-/* Bytes of the networks' tensors stored as st says (F32 everywhere when st is NULL). */
-static int estimate(const char *path, const struct sd_storage *st, uint64_t *bytes, struct err *err) {
+int engine_checkpoint_estimate(const struct engine *e, const char *path, uint64_t *bytes, struct err *err) {
+    const struct sd_storage *st = e ? &e->storage : NULL;
     static const char *const NETWORKS[] = {"model.diffusion_model.", "first_stage_model.", "cond_stage_model."};
     struct ckpt ck;
     int rc = ckpt_open(&ck, path, err);
@@ -65,10 +65,6 @@ static int estimate(const char *path, const struct sd_storage *st, uint64_t *byt
     ckpt_close(&ck);
     *bytes = sum;
     return 0;
-}
-
-int engine_checkpoint_estimate(const char *path, uint64_t *bytes, struct err *err) {
-    return estimate(path, NULL, bytes, err);
 }
 
 uint64_t engine_weight_bytes(const struct engine *e) {
@@ -119,7 +115,7 @@ struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, 
     }
     uint64_t bytes = 0;
     struct err est_err = {0};
-    if (estimate(path, &e->storage, &bytes, &est_err) == 0 && e->budget && !make_room(e, bytes))
+    if (engine_checkpoint_estimate(e, path, &bytes, &est_err) == 0 && e->budget && !make_room(e, bytes))
         log_warn("loading %s (%.1f MiB) beyond the budget of %.1f MiB: the %.1f MiB resident are all in use", path,
                  (double)bytes / 1048576.0, (double)e->budget / 1048576.0, (double)engine_weight_bytes(e) / 1048576.0);
     /* (an unreadable file: sd_model_load below says why) */

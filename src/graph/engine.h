@@ -89,12 +89,13 @@ bool engine_has_checkpoint(const struct engine *e, const char *path);
  * with err filled. */
 struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, struct err *err);
 
-/* The bytes a checkpoint's networks take once loaded with every weight as fp32 (the CPU's
- * storage; other tensors at their stored size), read from the file's header only:
+/* The bytes a checkpoint's networks take once loaded on e, with each network's weights in e's
+ * storage dtype (e NULL: every weight as fp32, the CPU's storage; other tensors at their stored
+ * size), read from the file's header only:
  * the UNet, VAE and CLIP tensors (model.diffusion_model., first_stage_model.,
  * cond_stage_model.), not EMA copies or schedule buffers. Returns 0, or the ckpt_open error
  * (ERR_IO, ERR_FORMAT, ERR_NOMEM) with err naming the file. */
-int engine_checkpoint_estimate(const char *path, uint64_t *bytes, struct err *err);
+int engine_checkpoint_estimate(const struct engine *e, const char *path, uint64_t *bytes, struct err *err);
 
 /* Sum of the loaded checkpoints' bytes: the engine's resident weights. */
 uint64_t engine_weight_bytes(const struct engine *e);

@@ -467,12 +467,12 @@ static void test_engine_estimate(void **state) {
     (void)state;
     uint64_t est = 0;
     struct err err = {0};
-    assert_int_equal(engine_checkpoint_estimate(CKPT[0], &est, &err), 0);
+    assert_int_equal(engine_checkpoint_estimate(NULL, CKPT[0], &est, &err), 0);
     assert_true(est > 0);
     assert_int_equal(est, layout_estimate());
     char missing[420];
     snprintf(missing, sizeof missing, "%s/none.safetensors", DIR_MODELS);
-    assert_true(engine_checkpoint_estimate(missing, &est, &err) < 0);
+    assert_true(engine_checkpoint_estimate(NULL, missing, &est, &err) < 0);
     assert_non_null(strstr(err.msg, "none.safetensors"));
 
     struct engine *e = engine_new_cpu(1, DIR_MODELS, NULL);
