@@ -12,7 +12,7 @@
  * the plan is kept in the ctx. Asymmetric padding, sizes past int, or no algorithm
  * (CUDNN_STATUS_NOT_SUPPORTED*) take the im2col path;
  * 1x1 stride-1 convolutions take the direct GEMM path, and so do images of at most
- * conv_small_p() positions (im2col first): there cuDNN's kernels were slow. Both do every image
+ * ctx->conv_small_p positions (im2col first): there cuDNN's kernels were slow. Both do every image
  * of the batch in one strided-batched cuBLAS product when the columns fit CONV_WORK_MAX.
  * IM2COL: per image, y [O, P] = w [O, CK] x col [CK, P] (P = Ho * Wo output positions, CK = C
  * kh kw). The column matrix holds the storage type T (a copy of x's elements, no rounding) and
@@ -318,18 +318,6 @@ static int conv2d_dnn(struct cuda_ctx *ctx, struct tensor *dst, struct err *err)
 
 /* ===== im2col + gemm ===== */
 
-/* Output positions per image at or below which im2col + cuBLAS beats cuDNN (measured on an H100:
- * SD 1.5's 8x8 level, [2, 1280, 8, 8] 3x3, 0.12 ms on cuDNN, 0.04 ms here; with the 16x16 level
- * too (256) the UNet evaluation took 10.4 ms instead of 10.7). KILN_CONV_SMALL_P overrides. */
-static int64_t conv_small_p(void) {
-    static int64_t v = -1;
-    if (v < 0) {
-        const char *e = getenv("KILN_CONV_SMALL_P");
-        v = e && *e ? atoll(e) : 256;
-    }
-    return v;
-}
-
 template <typename T>
 static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
@@ -340,7 +328,7 @@ static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
     bool pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pt == 0 && g.pl == 0 && g.ho == g.h && g.wo == g.w;
     /* small images (the UNet's 8x8 level): cuDNN's kernels run at a fraction of the tensor cores'
        speed there, one batched cuBLAS product over im2col columns does much better */
-    bool small = p <= conv_small_p();
+    bool small = p <= ctx->conv_small_p;
 #ifdef KILN_HAVE_CUDNN
     if (ctx->cudnn && !pointwise && !small) { /* a 1x1 conv is one GEMM per image: cuBLAS does it best */
         int rc = conv2d_dnn<T>(ctx, dst, err);

@@ -62,6 +62,8 @@ struct cuda_ctx {
     struct err *err;        /* where graph_run's errors go, while it runs (else NULL) */
     struct cuda_profile *profile; /* per-op timing (KILN_CUDA_PROFILE=1), or NULL */
     struct cuda_graphs *graphs;   /* captured CUDA graphs of repeated node lists (graphs.cuh), or NULL */
+    int64_t conv_small_p;         /* output positions per image at or below which conv.cu uses im2col +
+                                     cuBLAS instead of cuDNN (KILN_CONV_SMALL_P, default 256) */
 #ifdef KILN_HAVE_CUDNN
     cudnnHandle_t cudnn;    /* bound to stream; NULL: no cuDNN at run time or KILN_CUDNN=0 (im2col only) */
     bool cudnn_find;        /* KILN_CUDNN=find: time the algorithms once per shape (else heuristics) */
