@@ -490,11 +490,6 @@ int png_write(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, i
     return encode_and_write(path, O_TRUNC, pixels, w, h, channels, text, n_text, level, err);
 }
 
-int png_write_new(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
-                  const struct png_text *text, int n_text, int level, struct err *err) {
-    return encode_and_write(path, O_EXCL, pixels, w, h, channels, text, n_text, level, err);
-}
-
 int png_save_new(const char *path, const void *data, size_t len, struct err *err) {
     return write_file(path, O_EXCL, data, len, err);
 }

@@ -56,18 +56,14 @@ int png_encode_many(const uint8_t *const *pixels, int n, uint32_t w, uint32_t h,
                     const struct png_text *text, int n_text, int level, int threads, void **outs, size_t *lens,
                     struct err *err);
 
-/* Writes already-encoded bytes to a new file at path: STATUS_ERR_EXISTS (err untouched) when it
- * exists, as png_write_new. */
+/* Writes already-encoded bytes to a new file at path; never replaces a file: returns
+ * STATUS_ERR_EXISTS (err untouched) when path exists, so concurrent writers (one per device)
+ * each claim their own name (SaveImage). */
 int png_save_new(const char *path, const void *data, size_t len, struct err *err);
 
 /* png_encode, then writes the file at path (replacing it). */
 int png_write(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
               const struct png_text *text, int n_text, int level, struct err *err);
-
-/* Like png_write, but never replaces a file: returns STATUS_ERR_EXISTS (err untouched) when
- * path exists, so concurrent writers (one per device) each claim their own name. */
-int png_write_new(const char *path, const uint8_t *pixels, uint32_t w, uint32_t h, int channels,
-                  const struct png_text *text, int n_text, int level, struct err *err);
 
 /* PIL's decompression-bomb limit: 2 * Image.MAX_IMAGE_PIXELS (= 2 * (1024^3 / 4 / 3)). */
 #define PNG_MAX_PIXELS 178956970u
