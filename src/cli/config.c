@@ -116,6 +116,15 @@ static const struct flag_def FLAGS[] = {
     {"--verbose", CONFIG_KEY_LOG, FLAG_ARG_OPTIONAL, "debug", FLAG_HOW_PLAIN, "[LEVEL]",
      "log level: debug, info, warning, error (bare: debug)"},
     {"--log", CONFIG_KEY_LOG, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, NULL, NULL},
+    {"--log-file", CONFIG_KEY_LOG_FILE, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "PATH",
+     "also write the log to PATH, rotated by size (default: stderr only)"},
+    {"--log-max-size", CONFIG_KEY_LOG_MAX_SIZE, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "MB",
+     "rotate the log file past this size, in MiB (default 64)"},
+    {"--log-keep", CONFIG_KEY_LOG_KEEP, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "N", "rotated log files kept (default 5)"},
+    {"--front-end-root", CONFIG_KEY_FRONT_END_ROOT, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "DIR",
+     "serve this frontend build at / instead of kiln's console"},
+    {"--weights-placement", CONFIG_KEY_WEIGHTS_PLACEMENT, FLAG_ARG_ONE, NULL, FLAG_HOW_PLAIN, "ALLOC",
+     "where model blocks live, e.g. cuda:0,8gb;cuda:1,*;cpu,* (default: automatic)"},
     {"--env-file", -1, FLAG_ARG_ONE, NULL, FLAG_HOW_ENV_FILE, "PATH", "read settings from PATH (default ./.env)"},
     {"--print-config", -1, FLAG_ARG_NONE, NULL, FLAG_HOW_PRINT_CONFIG, "",
      "print every setting and where it came from, then exit"},
@@ -720,6 +729,8 @@ void config_init(struct config *c) {
     c->max_pixels = CONFIG_DEFAULT_MAX_PIXELS;
     c->max_batch = CONFIG_DEFAULT_MAX_BATCH;
     c->max_ws = CONFIG_DEFAULT_MAX_WS;
+    c->log_max_size = (uint64_t)CONFIG_DEFAULT_LOG_MAX_MB * 1024 * 1024;
+    c->log_keep = CONFIG_DEFAULT_LOG_KEEP;
     for (int k = 0; k < CONFIG_KEY_COUNT; k++) snprintf(c->values[k].origin, sizeof c->values[k].origin, "default");
 }
 
@@ -735,6 +746,9 @@ void config_deinit(struct config *c) {
     mem_free(c->db_path);
     mem_free(c->temp_dir);
     mem_free(c->tokenizer_dir);
+    mem_free(c->log_file);
+    mem_free(c->front_end_root);
+    mem_free(c->weights_placement);
     for (int k = 0; k < CONFIG_KEY_COUNT; k++) mem_free(c->values[k].text);
     mem_free(c->env_file);
     for (int i = 0; i < c->n_notes; i++) mem_free(c->notes[i]);
@@ -823,6 +837,20 @@ static int validate(struct config *c, struct err *err) {
     if ((rc = bool_setting(c, CONFIG_KEY_FORCE_FP32, &c->force_fp32, err))) return rc;
     if ((t = c->values[CONFIG_KEY_LOG].text) && !parse_level(t, &c->log_level))
         return bad(c, CONFIG_KEY_LOG, err, "expected debug, info, warning or error");
+    if ((t = c->values[CONFIG_KEY_LOG_FILE].text) && *t) c->log_file = mem_strdup(t);
+    int log_mb = CONFIG_DEFAULT_LOG_MAX_MB;
+    if ((rc = int_setting(c, CONFIG_KEY_LOG_MAX_SIZE, 1, 1024 * 1024, CONFIG_DEFAULT_LOG_MAX_MB, "a size in MiB (>= 1)",
+                          &log_mb, err)))
+        return rc;
+    c->log_max_size = (uint64_t)log_mb * 1024 * 1024;
+    if ((rc = int_setting(c, CONFIG_KEY_LOG_KEEP, 0, 1000, CONFIG_DEFAULT_LOG_KEEP, "a file count",
+                          &c->log_keep, err)))
+        return rc;
+    if ((t = c->values[CONFIG_KEY_FRONT_END_ROOT].text) && *t) {
+        if (!is_dir(t)) return bad(c, CONFIG_KEY_FRONT_END_ROOT, err, "no such folder (a frontend build, with index.html)");
+        c->front_end_root = mem_strdup(t);
+    }
+    if ((t = c->values[CONFIG_KEY_WEIGHTS_PLACEMENT].text) && *t) c->weights_placement = mem_strdup(t);
 
     /* folders */
     if ((t = c->values[CONFIG_KEY_BASE_DIR].text)) {
@@ -944,6 +972,13 @@ static void effective(const struct config *c, enum config_key k, char *buf, size
         snprintf(buf, n, "%s", L[c->log_level]);
         break;
     }
+    case CONFIG_KEY_LOG_FILE: snprintf(buf, n, "%s", c->log_file ? c->log_file : "off"); break;
+    case CONFIG_KEY_LOG_MAX_SIZE: snprintf(buf, n, "%llu", (unsigned long long)(c->log_max_size >> 20)); break;
+    case CONFIG_KEY_LOG_KEEP: snprintf(buf, n, "%d", c->log_keep); break;
+    case CONFIG_KEY_FRONT_END_ROOT: snprintf(buf, n, "%s", c->front_end_root ? c->front_end_root : "(built-in console)"); break;
+    case CONFIG_KEY_WEIGHTS_PLACEMENT:
+        snprintf(buf, n, "%s", c->weights_placement ? c->weights_placement : "(automatic)");
+        break;
     case CONFIG_KEY_CPU: snprintf(buf, n, "%d", c->mode == CONFIG_MODE_CPU && c->values[k].text ? 1 : 0); break;
     case CONFIG_KEY_GPUS:
         for (int i = 0; i < c->n_gpus && used < n; i++)

@@ -32,6 +32,8 @@
 #define CONFIG_DEFAULT_MAX_PIXELS (4096ll * 4096ll * 16ll)
 #define CONFIG_DEFAULT_MAX_BATCH 64
 #define CONFIG_DEFAULT_MAX_WS 256     /* ... = API_DEFAULT_MAX_WS (cli/cmd_serve.c checks they agree) */
+#define CONFIG_DEFAULT_LOG_MAX_MB 64  /* --log-max-size */
+#define CONFIG_DEFAULT_LOG_KEEP 5     /* --log-keep */
 #define CONFIG_DEFAULT_METRICS_EVERY 10 /* prompts between two metrics log lines per device */
 #define CONFIG_DEFAULT_HISTORY_MAX 10000 /* = SCHED_HISTORY_MAX, ComfyUI's MAXIMUM_HISTORY_SIZE */
 
@@ -63,6 +65,11 @@
     XX(DISABLE_METADATA, "disable_metadata", "KILN_DISABLE_METADATA")   \
     XX(FORCE_FP32, "force_fp32", "KILN_FORCE_FP32")                     \
     XX(LOG, "log", "KILN_LOG")                                          \
+    XX(LOG_FILE, "log_file", "KILN_LOG_FILE")                           \
+    XX(LOG_MAX_SIZE, "log_max_size_mb", "KILN_LOG_MAX_SIZE")            \
+    XX(LOG_KEEP, "log_keep", "KILN_LOG_KEEP")                           \
+    XX(FRONT_END_ROOT, "front_end_root", "KILN_FRONT_END_ROOT")         \
+    XX(WEIGHTS_PLACEMENT, "weights_placement", "KILN_WEIGHTS_PLACEMENT") \
     XX(CPU, "cpu", "KILN_CPU")                                          \
     XX(GPUS, "gpus", "KILN_GPUS")                                       \
     XX(CUDA_VISIBLE, "cuda_visible_devices", "CUDA_VISIBLE_DEVICES")    \
@@ -142,6 +149,11 @@ struct config {
     bool force_fp32;             /* GPUs keep and compute weights in fp32 (engine_set_gpu_fp32) */
     enum log_level log_level;
     int metrics_every;               /* 0 = never */
+    char *log_file;                  /* --log-file: also log to this file; NULL = stderr only */
+    uint64_t log_max_size;           /* --log-max-size (MiB): rotate the log file past this many bytes */
+    int log_keep;                    /* --log-keep: rotated files kept (PATH.1 .. PATH.N) */
+    char *front_end_root;            /* --front-end-root: serve this folder at / instead of the console */
+    char *weights_placement;         /* --weights-placement: default allocation string; NULL = automatic */
 
     /* provenance */
     struct config_value values[CONFIG_KEY_COUNT];
