@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 CMAKE ?= cmake
 DEMO_MODEL ?= models/checkpoints/kiln-demo-tiny.safetensors
 
-.PHONY: all kiln debug asan test test-gpu fuzz-smoke run setup demo clean
+.PHONY: all kiln debug asan test test-gpu fuzz-smoke run setup setup-test demo clean
 
 all: kiln
 
@@ -20,7 +20,7 @@ asan:
 	$(CMAKE) -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null
 	$(CMAKE) --build build/asan -j $(JOBS)
 
-test: asan
+test: setup-test asan
 	cd build/asan && ctest --output-on-failure -j $(JOBS)
 
 # The CUDA backend's tests (tests/gpu, CTest label gpu) in build/cuda: needs the CUDA toolkit
@@ -43,6 +43,9 @@ fuzz-smoke:
 
 setup:
 	scripts/setup
+
+setup-test:
+	scripts/setup --test
 
 $(DEMO_MODEL): | kiln
 	mkdir -p $(dir $(DEMO_MODEL))
