@@ -57,6 +57,8 @@ struct api_opts {
     int request_timeout_ms;          /* reading a request (headers + body) or writing a reply; 0 = 30000 */
     const char *api_token;           /* NULL/"" = no access control; else every route needs
                                         "Authorization: Bearer TOKEN" (or ?token= on /ws, /view) */
+    const char *front_end_root;      /* --front-end-root: serve this folder's files at / instead of the
+                                        built-in console (borrowed); NULL = the console */
     int argc;                        /* the command line, for /system_stats system.argv ... */
     const char *const *argv;         /* ... (borrowed; NULL = ["kiln", "serve"]) */
 };
