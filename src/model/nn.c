@@ -25,6 +25,10 @@ struct nn_loader_entry {
 /* ===== Weights ===== */
 
 void nn_weights_deinit(struct nn_weights *w) {
+    for (int i = 0; i < w->stream.n_blocks; i++)
+        if (w->sblocks[i].home_device >= 0) backend_peer_free(w->backend, w->sblocks[i].home_device, (void *)w->sblocks[i].home);
+    mem_free(w->sblocks);
+    mem_free(w->blocks);
     if (w->buf) backend_buf_free(w->backend, w->buf);
     if (w->image) wstore_release(w->store, w->image);
     memset(w, 0, sizeof *w);
@@ -32,7 +36,9 @@ void nn_weights_deinit(struct nn_weights *w) {
 
 struct tensor *nn_w(struct tctx *c, const struct nn_weight *w) {
     if (!w->data) return NULL;
-    return tensor_weight(c, w->dtype, w->ndim, w->shape, w->data);
+    struct tensor *t = tensor_weight(c, w->dtype, w->ndim, w->shape, w->data);
+    if (t) t->stream_id = w->stream_id;
+    return t;
 }
 
 struct tensor *nn_w_as(struct tctx *c, const struct nn_weight *w, enum dtype as) {
@@ -48,7 +54,9 @@ struct tensor *nn_w_rows(struct tctx *c, const struct nn_weight *w, int64_t r0, 
     shape[0] = n;
     size_t row = dtype_size(w->dtype);
     for (int i = 1; i < w->ndim; i++) row *= (size_t)w->shape[i];
-    return tensor_weight(c, w->dtype, w->ndim, shape, (char *)w->data + (size_t)r0 * row);
+    struct tensor *t = tensor_weight(c, w->dtype, w->ndim, shape, (char *)w->data + (size_t)r0 * row);
+    if (t) t->stream_id = w->stream_id;
+    return t;
 }
 
 /* ===== Blocks ===== */
@@ -357,6 +365,171 @@ static int finish_direct(struct nn_loader *ld, struct nn_weights *out) {
     return rc;
 }
 
+/* ===== Placement ===== */
+
+void nn_block_name(const char *key, char *buf, size_t n) {
+    const char *dot = strchr(key, '.');
+    size_t len = dot ? (size_t)(dot - key) : strlen(key);
+    if (dot && len >= 6 && memcmp(dot - 6, "blocks", 6) == 0) {
+        const char *p = dot + 1;
+        while (*p >= '0' && *p <= '9') p++;
+        if (p > dot + 1 && (*p == '.' || *p == 0)) len = (size_t)(p - key);
+    }
+    if (len >= n) len = n - 1;
+    memcpy(buf, key, len);
+    buf[len] = 0;
+}
+
+/* The block name of entry i (its key without the loader's prefix). */
+static void entry_block(const struct nn_loader *ld, int i, char *buf, size_t n) {
+    const char *key = ld->entries[i].src->name;
+    size_t pl = strlen(ld->prefix);
+    if (strncmp(key, ld->prefix, pl) == 0) key += pl;
+    nn_block_name(key, buf, n);
+}
+
+/* Reorders the entries so that each block's are contiguous, blocks in order of first binding
+ * (stable: a network bound block by block keeps its order). Done for every load, so the host
+ * image has one layout whether or not a load places blocks elsewhere. */
+static void group_entries(struct nn_loader *ld) {
+    if (ld->n < 2) return;
+    char(*names)[NN_BLOCK_NAME_MAX] = mem_alloc((size_t)ld->n * sizeof *names);
+    int *rank = mem_alloc((size_t)ld->n * sizeof *rank);
+    int n_blocks = 0;
+    bool sorted = true;
+    for (int i = 0; i < ld->n; i++) {
+        entry_block(ld, i, names[i], sizeof names[i]);
+        rank[i] = -1;
+        for (int j = i - 1; j >= 0; j--) /* the block's rank: that of an earlier entry with the name */
+            if (strcmp(names[j], names[i]) == 0) { rank[i] = rank[j]; break; }
+        if (rank[i] < 0) rank[i] = n_blocks++;
+        if (i && rank[i] < rank[i - 1]) sorted = false;
+    }
+    if (!sorted) {
+        struct nn_loader_entry *out = mem_alloc((size_t)ld->n * sizeof *out);
+        int k = 0;
+        for (int r = 0; r < n_blocks; r++)
+            for (int i = 0; i < ld->n; i++)
+                if (rank[i] == r) out[k++] = ld->entries[i];
+        memcpy(ld->entries, out, (size_t)ld->n * sizeof *out);
+        mem_free(out);
+    }
+    mem_free(rank);
+    mem_free(names);
+}
+
+/* The blocks of the (grouped) entries, with their image ranges; *n_out of them. */
+static struct nn_block *list_blocks(const struct nn_loader *ld, size_t total, int *n_out) {
+    struct nn_block *b = mem_calloc((size_t)(ld->n ? ld->n : 1), sizeof *b);
+    int n = 0;
+    char name[NN_BLOCK_NAME_MAX];
+    for (int i = 0; i < ld->n; i++) {
+        entry_block(ld, i, name, sizeof name);
+        if (n == 0 || strcmp(b[n - 1].name, name) != 0) {
+            snprintf(b[n].name, sizeof b[n].name, "%s", name);
+            b[n].offset = ld->entries[i].offset;
+            b[n].home = NN_HOME_DEVICE;
+            b[n].peer_device = -1;
+            n++;
+        }
+    }
+    for (int i = 0; i < n; i++) b[i].bytes = (i + 1 < n ? b[i + 1].offset : total) - b[i].offset;
+    *n_out = n;
+    return b;
+}
+
+/* Index of the block holding image offset off (blocks sorted by offset). */
+static int block_of_offset(const struct nn_block *b, int n, size_t off) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (b[mid].offset <= off) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* The weights with some blocks elsewhere: buf = the resident blocks packed, then the staging
+ * slots; host blocks stream from the image, peer blocks from a copy on their GPU. */
+static int finish_placed(struct nn_loader *ld, struct nn_weights *out, struct nn_block *blocks, int nb) {
+    const char *path = ld->ck->path, *be_name = ld->backend->iface->name;
+    size_t resident = 0, slot = 0;
+    int n_streamed = 0;
+    for (int i = 0; i < nb; i++) {
+        if (blocks[i].home == NN_HOME_DEVICE) {
+            resident += blocks[i].bytes;
+            out->bytes_device += blocks[i].bytes;
+            continue;
+        }
+        if (blocks[i].home == NN_HOME_PEER) out->bytes_peer += blocks[i].bytes;
+        else out->bytes_host += blocks[i].bytes;
+        if (blocks[i].bytes > slot) slot = blocks[i].bytes;
+        n_streamed++;
+    }
+    int n_slots = n_streamed > 1 ? 2 : 1;
+    out->slot_bytes = slot;
+    out->blocks = blocks;
+    out->n_blocks = nb;
+    out->sblocks = mem_calloc((size_t)n_streamed, sizeof *out->sblocks);
+    size_t size = resident + (size_t)n_slots * slot;
+    int rc = backend_buf_alloc(ld->backend, size ? size : 1, &out->buf);
+    if (rc)
+        return err_set(ld->err, rc, "cannot allocate %.1f MiB for the resident weights and staging of %s on %s",
+                       (double)size / (1 << 20), path, be_name);
+    /* resident blocks packed at the start; where each block's bytes are read from */
+    size_t *base = mem_alloc((size_t)nb * sizeof *base); /* per block: its bytes' address - block offset */
+    size_t at = 0;
+    int k = 0;
+    for (int i = 0; i < nb && !rc; i++) {
+        const struct nn_block *b = &blocks[i];
+        const char *img = (const char *)out->image->buf + b->offset;
+        if (b->home == NN_HOME_DEVICE) {
+            struct tensor view = byte_view((char *)out->buf + at, b->bytes);
+            rc = backend_tensor_set(ld->backend, &view, img, 0, b->bytes);
+            if (rc) err_set(ld->err, rc, "uploading block %s of %s to %s failed", b->name, path, be_name);
+            base[i] = (size_t)((char *)out->buf + at) - b->offset;
+            at += b->bytes;
+            continue;
+        }
+        struct tstream_block *sb = &out->sblocks[k];
+        snprintf(sb->name, sizeof sb->name, "%s", b->name);
+        sb->bytes = b->bytes;
+        sb->slot_index = k % n_slots;
+        sb->slot = (char *)out->buf + resident + (size_t)sb->slot_index * slot;
+        sb->home = img;
+        sb->home_device = -1;
+        if (b->home == NN_HOME_PEER) {
+            void *peer = NULL;
+            rc = backend_peer_upload(ld->backend, b->peer_device, img, b->bytes, &peer);
+            if (rc) {
+                err_set(ld->err, rc, "cannot keep block %s of %s (%.1f MiB) on device %d for %s", b->name, path,
+                        (double)b->bytes / (1 << 20), b->peer_device, be_name);
+                break;
+            }
+            sb->home = peer;
+            sb->home_device = b->peer_device;
+        }
+        base[i] = (size_t)sb->slot - b->offset;
+        k++;
+        out->stream.n_blocks = k; /* deinit frees the peer copies made so far */
+    }
+    if (!rc) {
+        for (int i = 0; i < ld->n; i++) {
+            struct nn_loader_entry *e = &ld->entries[i];
+            int b = block_of_offset(blocks, nb, e->offset);
+            e->w->data = (void *)(base[b] + e->offset);
+            e->w->stream_id = 0;
+            if (blocks[b].home != NN_HOME_DEVICE) /* 1 + its index among the streamed blocks */
+                for (int j = 0; j < k; j++)
+                    if (strcmp(out->sblocks[j].name, blocks[b].name) == 0) e->w->stream_id = j + 1;
+        }
+        out->stream = (struct tstream){.blocks = out->sblocks, .n_blocks = k, .n_slots = n_slots,
+                                       .no_prefetch = ld->storage.no_prefetch};
+    }
+    mem_free(base);
+    return rc;
+}
+
 /* With a store: the shared image, used in place (host backends) or uploaded in one copy. */
 static int finish_stored(struct nn_loader *ld, struct nn_weights *out) {
     const struct ckpt *ck = ld->ck;
@@ -370,6 +543,19 @@ static int finish_stored(struct nn_loader *ld, struct nn_weights *out) {
     if (rc) return rc;
     out->store = ld->storage.store;
     out->read_file = ld->filled;
+    if (ld->storage.place) { /* the place function may move blocks off the device */
+        int nb = 0;
+        struct nn_block *blocks = list_blocks(ld, out->size, &nb);
+        rc = ld->storage.place(ld->storage.place_user, blocks, nb, out->size, ld->err);
+        bool moved = false;
+        for (int i = 0; i < nb && !rc; i++) moved |= blocks[i].home != NN_HOME_DEVICE;
+        if (rc || !moved) {
+            mem_free(blocks);
+            if (rc) return rc;
+        } else {
+            return finish_placed(ld, out, blocks, nb); /* out owns blocks now */
+        }
+    }
     if (host) {
         for (int i = 0; i < ld->n; i++) ld->entries[i].w->data = (char *)out->image->buf + ld->entries[i].offset;
         return 0;
@@ -393,6 +579,7 @@ int nn_loader_finish(struct nn_loader *ld, struct nn_weights *out) {
         nn_loader_deinit(ld);
         return ld->rc;
     }
+    group_entries(ld);
     size_t total = 0, esize = dtype_size(ld->storage.dtype);
     for (int i = 0; i < ld->n; i++) {
         ld->entries[i].offset = total;
@@ -401,7 +588,7 @@ int nn_loader_finish(struct nn_loader *ld, struct nn_weights *out) {
     out->size = total;
     out->n_tensors = ld->n;
     int rc = ld->storage.store ? finish_stored(ld, out) : finish_direct(ld, out);
-    if (!rc && out->buf)
+    if (!rc && out->buf && !out->blocks)
         for (int i = 0; i < ld->n; i++) ld->entries[i].w->data = (char *)out->buf + ld->entries[i].offset;
     nn_loader_deinit(ld);
     if (rc) {

@@ -16,6 +16,8 @@
 
 struct nn_weight {
     void *data;                     /* in the owning nn_weights buffer; NULL = absent (optional) */
+    int stream_id;                  /* streamed in before use: 1 + its block's index in the owning
+                                       nn_weights.stream (data then points into a staging slot); 0 = resident */
     enum dtype dtype;               /* storage dtype on the backend (struct nn_storage) */
     int ndim;
     int64_t shape[TENSOR_MAX_DIMS];
@@ -25,11 +27,43 @@ struct nn_linear { struct nn_weight w, b; };   /* w [N, K], b [N] */
 struct nn_conv { struct nn_weight w, b; };     /* w [O, C, kh, kw], b [O] */
 struct nn_norm { struct nn_weight w, b; };     /* [C], [C] */
 
+/* ===== Placement: blocks of a network that live elsewhere (tensor.h STREAMING) ===== */
+
+#define NN_BLOCK_NAME_MAX 48
+
+enum nn_home {
+    NN_HOME_DEVICE,  /* resident in the network's backend buffer (the default) */
+    NN_HOME_HOST,    /* in the shared host image (pinned), streamed in before use */
+    NN_HOME_PEER,    /* in a buffer on another device of the same kind, streamed in before use */
+};
+
+/* A block: the weights whose checkpoint keys share a name (nn_block_name), contiguous in the
+ * host image (the loader groups entries by block, in order of first binding). */
+struct nn_block {
+    char name[NN_BLOCK_NAME_MAX];   /* "input_blocks.4", "middle_block", "time_embed" */
+    size_t offset, bytes;           /* range in the host image */
+    enum nn_home home;              /* chosen by the place function */
+    int peer_device;                /* NN_HOME_PEER: the device ordinal */
+};
+
+/* Chooses every block's home (blocks[] in model order, homes preset to NN_HOME_DEVICE; total =
+ * the network's bytes). Returns 0 or a negative status with err set (the load fails with it). */
+typedef int (*nn_place_fn)(void *user, struct nn_block *blocks, int n, size_t total, struct err *err);
+
+/* The block a checkpoint key (without the network's prefix) belongs to, into buf: its first
+ * dotted component, plus the second when the first ends in "blocks" and the second is a number
+ * ("input_blocks.4.1.norm.weight" -> "input_blocks.4", "out.2.bias" -> "out"). */
+void nn_block_name(const char *key, char *buf, size_t n);
+
 /* How a network's weights are kept. */
 struct nn_storage {
     enum dtype dtype;        /* F32, F16 or BF16: every weight is converted to it at load time */
     struct wstore *store;    /* shared host images (model/wstore.h), or NULL: each load converts
                                 the checkpoint straight into its own backend buffer */
+    nn_place_fn place;       /* with a store: decides where each block lives (NULL: all resident);
+                                only the networks that support streaming use it (the UNet) */
+    void *place_user;
+    bool no_prefetch;        /* streamed blocks are copied only when needed (measurements) */
 };
 
 /* Every weight of a network: one backend buffer, or, on a backend whose buffers are host memory
@@ -45,6 +79,13 @@ struct nn_weights {
                                     the file; NULL without a store */
     bool read_file;              /* this load read the checkpoint's tensors (no shared image was
                                     live, or no store) */
+    /* placement (only when a place function moved a block off the device; else all zero) */
+    struct nn_block *blocks;     /* every block with its home, model order (owned) */
+    int n_blocks;
+    struct tstream_block *sblocks; /* the streamed blocks, model order (owned); stream points here */
+    struct tstream stream;       /* hand to the forward's tctx (tctx.stream) */
+    size_t slot_bytes;           /* size of one staging slot (stream.n_slots of them at the end of buf) */
+    size_t bytes_device, bytes_host, bytes_peer; /* where the weights live (staging not counted) */
 };
 
 void nn_weights_deinit(struct nn_weights *w);

@@ -282,6 +282,7 @@ static struct tensor *block_forward(struct tctx *c, const struct unet_block *b, 
 struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor *x, struct tensor *t_emb,
                             struct tensor *context) {
     if (!x || !t_emb || !context) return tctx_fail(c, STATUS_ERR_INVALID, "unet_forward: missing input");
+    if (m->weights.stream.n_blocks) c->stream = &m->weights.stream; /* blocks kept elsewhere stream in */
     /* computed in the weights' dtype: inputs cast to it (BaseModel._apply_model casts x, the
      * context and, in the UNet, the timestep embedding to the UNet's dtype) */
     x = op_cast(c, x, m->dtype);

@@ -46,3 +46,12 @@ void backend_free(struct backend *be) {
     if (be->iface->free) be->iface->free(be->ctx);
     mem_free(be);
 }
+
+int backend_peer_upload(struct backend *be, int device, const void *host, size_t size, void **out) {
+    if (!be->iface->peer_upload) return STATUS_ERR_UNSUPPORTED;
+    return be->iface->peer_upload(be->ctx, device, host, size, out);
+}
+
+void backend_peer_free(struct backend *be, int device, void *buf) {
+    if (buf && be->iface->peer_free) be->iface->peer_free(be->ctx, device, buf);
+}

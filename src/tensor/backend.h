@@ -36,6 +36,11 @@ struct backend_i {
      * memory may outlive the backend that pinned it. Returns 0 or a negative status. */
     int (*host_pin)(void *ptr, size_t size);
     void (*host_unpin)(void *ptr);
+    /* (optional) Allocates size bytes on another device `device` of this kind, copies host[0..size)
+     * into it and lets this backend's device read it (peer access where the hardware allows; else
+     * copies go through the host). For weights homed on another GPU (tensor.h STREAMING). */
+    int (*peer_upload)(void *ctx, int device, const void *host, size_t size, void **out);
+    void (*peer_free)(void *ctx, int device, void *buf);
 };
 
 struct backend {
@@ -57,6 +62,9 @@ bool backend_host_buffers(const struct backend *be);
  * the kind has no pinning). Undo with backend_host_unpin on the same iface. */
 int backend_host_pin(const struct backend_i *iface, void *ptr, size_t size);
 void backend_host_unpin(const struct backend_i *iface, void *ptr);
+/* backend_i.peer_upload / peer_free; STATUS_ERR_UNSUPPORTED when the backend has none. */
+int backend_peer_upload(struct backend *be, int device, const void *host, size_t size, void **out);
+void backend_peer_free(struct backend *be, int device, void *buf);
 /* Frees the backend and its context; NULL is a no-op. */
 void backend_free(struct backend *be);
 

@@ -8,6 +8,7 @@
 #include "base/mem.h"
 #include "base/status.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -177,6 +178,7 @@ void tctx_reset(struct tctx *c) {
     c->n_nodes = c->cap_nodes = 0;
     c->run = NULL;
     c->n_run = 0;
+    c->stream = NULL;
     c->rc = 0;
     err_clear(&c->err);
 }
@@ -340,6 +342,110 @@ static struct tensor *mem_owner(struct tensor *t) {
     return t;
 }
 
+/* ===== Streamed weights (tensor.h STREAMING) ===== */
+
+static struct tensor *stream_node(struct tctx *c, enum tstream_kind kind, int block) {
+    const struct tstream_block *b = &c->stream->blocks[block];
+    int64_t one = 1, words = (int64_t)(b->bytes / 4);
+    struct tensor *t = new_tensor(c, DTYPE_I32, 1, kind == TSTREAM_FETCH ? &words : &one);
+    t->op = OP_STREAM;
+    t->ip[0] = kind;
+    t->ip[1] = b->slot_index;
+    t->ip[2] = block;
+    if (kind == TSTREAM_FETCH) {
+        t->data = b->slot;
+        t->src[0] = tensor_weight(c, DTYPE_I32, 1, &words, (void *)b->home);
+    }
+    return t;
+}
+
+/* Adds FETCH / WAIT / DONE nodes for every streamed block that c->run reads. */
+static int plan_stream(struct tctx *c) {
+    const struct tstream *s = c->stream;
+    int nb = s->n_blocks;
+    if (s->n_slots < 1 || s->n_slots > TSTREAM_MAX_SLOTS)
+        return tctx_fail(c, STATUS_ERR_INVALID, "streamed weights with %d slots", s->n_slots), c->rc;
+    int *first = mem_alloc((size_t)nb * sizeof *first), *last = mem_alloc((size_t)nb * sizeof *last);
+    int *order = mem_alloc((size_t)nb * sizeof *order), *next = mem_alloc((size_t)nb * sizeof *next);
+    for (int b = 0; b < nb; b++) {
+        first[b] = INT_MAX;
+        last[b] = -1;
+        next[b] = -1;
+        const struct tstream_block *blk = &s->blocks[b];
+        if (blk->bytes % 4 || blk->slot_index < 0 || blk->slot_index >= s->n_slots) {
+            tctx_fail(c, STATUS_ERR_INVALID, "streamed block %s: %zu bytes in slot %d of %d", blk->name, blk->bytes,
+                      blk->slot_index, s->n_slots);
+            goto done;
+        }
+    }
+    for (int i = 0; i < c->n_run; i++)
+        for (int k = 0; k < TENSOR_MAX_SRC; k++) {
+            struct tensor *src = c->run[i]->src[k];
+            if (!src) continue;
+            int id = mem_owner(src)->stream_id;
+            if (id < 1 || id > nb) continue;
+            if (first[id - 1] == INT_MAX) first[id - 1] = i;
+            last[id - 1] = i;
+        }
+    /* the blocks read, by first use; per slot, each must be done before the next one starts */
+    int n_used = 0;
+    for (int b = 0; b < nb; b++)
+        if (last[b] >= 0) order[n_used++] = b;
+    for (int i = 1; i < n_used; i++) /* insertion sort by first use (n is small) */
+        for (int j = i; j > 0 && first[order[j]] < first[order[j - 1]]; j--) {
+            int tmp = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = tmp;
+        }
+    int prev_in_slot[TSTREAM_MAX_SLOTS], first_in_slot[TSTREAM_MAX_SLOTS];
+    for (int k = 0; k < TSTREAM_MAX_SLOTS; k++) prev_in_slot[k] = first_in_slot[k] = -1;
+    for (int i = 0; i < n_used; i++) {
+        int b = order[i], k = s->blocks[b].slot_index, p = prev_in_slot[k];
+        if (p >= 0) {
+            if (first[b] <= last[p]) {
+                tctx_fail(c, STATUS_ERR_INVALID,
+                          "streamed blocks %s and %s share slot %d but their weights are read interleaved",
+                          s->blocks[p].name, s->blocks[b].name, k);
+                goto done;
+            }
+            next[p] = b;
+        } else {
+            first_in_slot[k] = b;
+        }
+        prev_in_slot[k] = b;
+    }
+    struct tensor **run = arena_alloc(&c->arena, (size_t)(c->n_run + 3 * n_used + 1) * sizeof *run);
+    int n = 0;
+    if (!s->no_prefetch)
+        for (int k = 0; k < s->n_slots; k++)
+            if (first_in_slot[k] >= 0) run[n++] = stream_node(c, TSTREAM_FETCH, first_in_slot[k]);
+    for (int i = 0; i < c->n_run; i++) {
+        for (int j = 0; j < n_used; j++) {
+            int b = order[j];
+            if (first[b] != i) continue;
+            if (s->no_prefetch) run[n++] = stream_node(c, TSTREAM_FETCH, b);
+            run[n++] = stream_node(c, TSTREAM_WAIT, b);
+        }
+        run[n++] = c->run[i];
+        for (int j = 0; j < n_used; j++) {
+            int b = order[j];
+            if (last[b] != i) continue;
+            run[n++] = stream_node(c, TSTREAM_DONE, b);
+            if (!s->no_prefetch && next[b] >= 0) run[n++] = stream_node(c, TSTREAM_FETCH, next[b]);
+        }
+    }
+    if (!c->rc) {
+        c->run = run;
+        c->n_run = n;
+    }
+done:
+    mem_free(first);
+    mem_free(last);
+    mem_free(order);
+    mem_free(next);
+    return c->rc;
+}
+
 int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
     if (c->rc) return c->rc;
     /* a previous plan's nodes are ordered again (a graph extended after planning) */
@@ -438,6 +544,7 @@ int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
     c->n_run = 0;
     for (int i = 0; i < c->n_nodes; i++)
         if (c->nodes[i]->op != OP_NONE && c->nodes[i]->op != OP_RESHAPE) c->run[c->n_run++] = c->nodes[i];
+    if (c->stream && c->stream->n_blocks > 0) return plan_stream(c);
     return 0;
 }
 

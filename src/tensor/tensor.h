@@ -85,7 +85,8 @@ uint16_t f32_to_bf16(float f);
     XX(UPSAMPLE_NEAREST, 1)     \
     XX(CONCAT, 2)               \
     XX(GET_ROWS, 2)             \
-    XX(CAST, 1)
+    XX(CAST, 1)                 \
+    XX(STREAM, 1)
 
 enum op {
 #define XX(name, nsrc) OP_##name,
@@ -124,6 +125,8 @@ struct tensor {
     int last_use;                         /* id of the last node reading this tensor */
     size_t offset;                        /* byte offset in the scratch buffer */
     struct tensor *view_of;               /* RESHAPE: the tensor whose memory this aliases */
+    int stream_id;                        /* weight leaf of a streamed block: 1 + its index in the
+                                             tctx's stream table; 0 = resident (see STREAMING) */
 };
 
 int64_t tensor_numel(const struct tensor *t);
@@ -131,6 +134,41 @@ size_t tensor_nbytes(const struct tensor *t);
 bool tensor_same_shape(const struct tensor *a, const struct tensor *b);
 /* Writes "[2, 4, 64, 64]" into buf. */
 const char *tensor_shape_str(const struct tensor *t, char *buf, size_t n);
+
+/* ===== Streamed weights =====
+ *
+ * STREAMING. A model too large for its device keeps some blocks of weights elsewhere (host memory
+ * or another GPU: their "home") and copies each into a staging slot on the computing device just
+ * before use (ARCHITECTURE.md "weight placement"). The model's loader describes those blocks in a
+ * struct tstream and points their weight leaves into the slots (tensor.stream_id names the block);
+ * the forward pass hands the table to its tctx (tctx.stream). tctx_plan then adds OP_STREAM nodes
+ * to the run list: FETCH (copy a block from home into its slot, on a copy stream, after the slot's
+ * previous block is DONE), WAIT (the compute stream waits for that copy) before the first node that
+ * reads the block, DONE (the slot may be overwritten) after the last. With prefetch, the FETCH of
+ * the next block of a slot is issued as soon as the slot's previous block is DONE, so copies
+ * overlap the compute of the block in the other slot; without (no_prefetch), right before its WAIT.
+ * Kernels, their order and their inputs are the same as with the whole model resident: results are
+ * identical. Blocks sharing a slot must be used one after the other (the planner checks). */
+
+enum tstream_kind { TSTREAM_FETCH, TSTREAM_WAIT, TSTREAM_DONE };
+
+#define TSTREAM_MAX_SLOTS 4
+
+struct tstream_block {
+    const void *home;     /* the block's bytes where they live (pinned host memory or a GPU buffer) */
+    int home_device;      /* -1: host memory; else the GPU ordinal that holds `home` */
+    void *slot;           /* its staging slot on the computing device (the weights' data point here) */
+    size_t bytes;         /* size, a multiple of 4 */
+    int slot_index;       /* 0 .. n_slots-1 */
+    char name[48];        /* for logs ("input_blocks.4") */
+};
+
+struct tstream {
+    const struct tstream_block *blocks;  /* borrowed from the weights' owner */
+    int n_blocks;
+    int n_slots;          /* 1 .. TSTREAM_MAX_SLOTS */
+    bool no_prefetch;     /* copy each block only when it is needed (no overlap; for measurements) */
+};
 
 /* ===== Graph context ===== */
 
@@ -154,6 +192,7 @@ struct tctx {
     int cap_nodes;
     struct tensor **run;      /* the computed nodes of the plan, in order (tctx_plan builds it) */
     int n_run;
+    const struct tstream *stream; /* streamed weights of the graph's model (borrowed), or NULL */
     int rc;                   /* sticky status: 0 or the first failure */
     struct err err;           /* message for rc */
 };
@@ -233,5 +272,9 @@ struct tensor *op_get_rows(struct tctx *c, struct tensor *table, struct tensor *
 /* a converted to dtype ip[0] (F32, F16 or BF16; to F16/BF16 rounds to nearest even, as torch's
  * .to() does). Casting to a's own dtype returns a itself (no node). */
 struct tensor *op_cast(struct tctx *c, struct tensor *a, enum dtype to);
+
+/* OP_STREAM nodes are made by tctx_plan only (STREAMING above): ip[0] an enum tstream_kind, ip[1]
+ * the slot, ip[2] the block's index in tctx.stream; a FETCH's data is the slot and src[0] a leaf
+ * over the block's home bytes (I32, [bytes / 4]), and it copies src[0] into data. */
 
 #endif

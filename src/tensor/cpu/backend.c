@@ -30,7 +30,8 @@ static int cpu_tensor_get(void *ctx, const struct tensor *t, void *host, size_t 
 static bool is_float(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
 
 static bool cpu_op_supported(void *ctx, const struct tensor *node) {
-    /* CAST between any float dtypes; everything else fp32 (GET_ROWS reads I32 ids) */
+    /* CAST between any float dtypes; STREAM copies bytes; everything else fp32 (GET_ROWS reads I32 ids) */
+    if (node->op == OP_STREAM) return true;
     if (node->op == OP_CAST) return is_float(node->dtype) && is_float(node->src[0]->dtype);
     for (int i = 0; i < TENSOR_MAX_SRC; i++) {
         const struct tensor *s = node->src[i];
@@ -68,6 +69,10 @@ static int cpu_graph_run(void *vctx, struct tensor *const *nodes, int n, struct 
         case OP_CONCAT: rc = cpu_op_concat(ctx, t, err); break;
         case OP_GET_ROWS: rc = cpu_op_get_rows(ctx, t, err); break;
         case OP_CAST: rc = cpu_op_cast(ctx, t, err); break;
+        case OP_STREAM: /* host memory: a FETCH is a copy; WAIT and DONE have nothing to wait for */
+            if (t->ip[0] == TSTREAM_FETCH) memcpy(t->data, t->src[0]->data, tensor_nbytes(t));
+            rc = 0;
+            break;
         case OP_NONE:
         case OP_RESHAPE: rc = 0; break;
         default:

@@ -149,6 +149,7 @@ static int cuda_tensor_get(void *vctx, const struct tensor *t, void *host, size_
 
 static bool cuda_op_supported(void *vctx, const struct tensor *node) {
     if (node->op == OP_NONE || node->op == OP_RESHAPE) return true; /* no kernel: a leaf or a view */
+    if (node->op == OP_STREAM) return true;                          /* copies and events */
     /* CAST: between any two float dtypes */
     if (node->op == OP_CAST) return node->src[0] && cuda_is_float(node->src[0]->dtype) && cuda_is_float(node->dtype);
     /* every other op: dst and all its float sources in one float dtype; GET_ROWS reads I32 ids */
@@ -160,6 +161,33 @@ static bool cuda_op_supported(void *vctx, const struct tensor *node) {
         if (ids ? s->dtype != DTYPE_I32 : s->dtype != node->dtype) return false;
     }
     return true;
+}
+
+/* OP_STREAM (tensor.h STREAMING): a FETCH waits on the copy stream until the slot's previous block
+ * is done, copies the block from its home (pinned host memory or another GPU: cudaMemcpyDefault,
+ * peer to peer where enabled) and marks the slot ready; a WAIT makes the compute stream wait for
+ * that; a DONE marks the slot free once the compute stream has passed the block's last reader.
+ * A wait on an event never recorded returns at once (the first use of a slot). */
+static int cuda_op_stream(struct cuda_ctx *ctx, struct tensor *t, struct err *err) {
+    int slot = t->ip[1];
+    if (slot < 0 || slot >= TSTREAM_MAX_SLOTS) return err_set(err, STATUS_ERR_INVALID, "stream slot %d", slot);
+    if (!ctx->copy_stream) {
+        CUDA_TRY(cudaStreamCreateWithFlags(&ctx->copy_stream, cudaStreamNonBlocking));
+        for (int k = 0; k < TSTREAM_MAX_SLOTS; k++) {
+            CUDA_TRY(cudaEventCreateWithFlags(&ctx->stream_ready[k], cudaEventDisableTiming));
+            CUDA_TRY(cudaEventCreateWithFlags(&ctx->stream_free[k], cudaEventDisableTiming));
+        }
+    }
+    switch (t->ip[0]) {
+    case TSTREAM_FETCH:
+        CUDA_TRY(cudaStreamWaitEvent(ctx->copy_stream, ctx->stream_free[slot], 0));
+        CUDA_TRY(cudaMemcpyAsync(t->data, t->src[0]->data, tensor_nbytes(t), cudaMemcpyDefault, ctx->copy_stream));
+        CUDA_TRY(cudaEventRecord(ctx->stream_ready[slot], ctx->copy_stream));
+        return 0;
+    case TSTREAM_WAIT: CUDA_TRY(cudaStreamWaitEvent(ctx->stream, ctx->stream_ready[slot], 0)); return 0;
+    case TSTREAM_DONE: CUDA_TRY(cudaEventRecord(ctx->stream_free[slot], ctx->stream)); return 0;
+    default: return err_set(err, STATUS_ERR_INVALID, "stream node of kind %d", t->ip[0]);
+    }
 }
 
 /* Queues nodes[0..n) on the stream one by one (cuda_enqueue_fn: also what a CUDA graph captures).
@@ -190,6 +218,7 @@ static int enqueue_nodes(struct cuda_ctx *ctx, struct tensor *const *nodes, int 
         case OP_CONCAT: rc = cuda_op_concat(ctx, t, err); break;
         case OP_GET_ROWS: rc = cuda_op_get_rows(ctx, t, err); break;
         case OP_CAST: rc = cuda_op_cast(ctx, t, err); break;
+        case OP_STREAM: rc = cuda_op_stream(ctx, t, err); break;
         case OP_NONE:
         case OP_RESHAPE: rc = 0; break;
         default:
@@ -211,10 +240,15 @@ static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct
     struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
     CUDA_TRY(cudaSetDevice(ctx->device));
     int rc;
-    if (cuda__profile_whole(ctx->profile)) { /* the whole graph timed, CUDA graphs on */
+    bool streams = false; /* streamed weights: events on two streams, launched node by node */
+    for (int i = 0; i < n && !streams; i++) streams = nodes[i]->op == OP_STREAM;
+    if (streams && !ctx->profile) {
+        rc = enqueue_nodes(ctx, nodes, n, err);
+    } else if (cuda__profile_whole(ctx->profile)) { /* the whole graph timed, CUDA graphs on */
         rc = cuda__profile_begin(ctx->profile, nodes, n, err);
         if (!rc) cuda__profile_mark(ctx->profile, 0, ctx->stream);
-        if (!rc) rc = cuda__graphs_run(ctx->graphs, ctx, nodes, n, enqueue_nodes, err);
+        if (!rc) rc = streams ? enqueue_nodes(ctx, nodes, n, err)
+                              : cuda__graphs_run(ctx->graphs, ctx, nodes, n, enqueue_nodes, err);
         if (!rc) cuda__profile_mark(ctx->profile, 1, ctx->stream);
     } else if (ctx->profile) { /* every node timed on its own: no CUDA graphs */
         rc = cuda__profile_begin(ctx->profile, nodes, n, err);
@@ -244,6 +278,14 @@ static void cuda_free(void *vctx) {
     cudaSetDevice(cb->ctx.device);
     if (cb->ctx.stream) cudaStreamSynchronize(cb->ctx.stream);
     cuda_raw_free(cb, cb->ctx.work);
+    if (cb->ctx.copy_stream) {
+        cudaStreamSynchronize(cb->ctx.copy_stream);
+        for (int k = 0; k < TSTREAM_MAX_SLOTS; k++) {
+            if (cb->ctx.stream_ready[k]) cudaEventDestroy(cb->ctx.stream_ready[k]);
+            if (cb->ctx.stream_free[k]) cudaEventDestroy(cb->ctx.stream_free[k]);
+        }
+        cudaStreamDestroy(cb->ctx.copy_stream);
+    }
     cuda__profile_free(cb->ctx.profile, cb->ctx.device);
     if (cb->ctx.graphs) {
         long replays, captures, plain;
@@ -266,6 +308,61 @@ static void cuda_free(void *vctx) {
     if (cb->ctx.stream) cudaStreamDestroy(cb->ctx.stream);
     mem_free(cb->allocs);
     mem_free(cb);
+}
+
+/* ===== Weights on another GPU (tensor.h STREAMING) ===== */
+
+/* cudaMalloc on `device`, one synchronous upload, then peer access from ctx's device when the
+ * pair supports it (already enabled counts as success). The buffer is not in this backend's
+ * allocation list: it is the other device's memory, freed with cuda_peer_free. */
+static int cuda_peer_upload(void *vctx, int device, const void *host, size_t size, void **out) {
+    struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
+    struct err e = {};
+    struct err *err = &e;
+    *out = NULL;
+    int rc = 0;
+    if (device == ctx->device) return STATUS_ERR_INVALID;
+    CUDA_TRY(cudaSetDevice(device));
+    cudaError_t ce = cudaMalloc(out, size ? size : 1);
+    if (ce != cudaSuccess) {
+        (void)cudaGetLastError();
+        *out = NULL;
+        log_warn("cuda backend: %zu bytes on GPU %d for weights streamed to GPU %d: %s", size, device, ctx->device,
+                 cudaGetErrorString(ce));
+        rc = ce == cudaErrorMemoryAllocation ? STATUS_ERR_OOM_DEVICE : STATUS_ERR_DEVICE;
+    } else if ((ce = cudaMemcpy(*out, host, size, cudaMemcpyHostToDevice)) != cudaSuccess) {
+        log_warn("cuda backend: upload of %zu bytes to GPU %d failed: %s", size, device, cudaGetErrorString(ce));
+        cudaFree(*out);
+        *out = NULL;
+        rc = STATUS_ERR_DEVICE;
+    }
+    if (!rc) {
+        int can = 0;
+        cudaSetDevice(ctx->device);
+        if (cudaDeviceCanAccessPeer(&can, ctx->device, device) == cudaSuccess && can) {
+            ce = cudaDeviceEnablePeerAccess(device, 0);
+            if (ce == cudaErrorPeerAccessAlreadyEnabled) ce = cudaSuccess;
+            if (ce != cudaSuccess) log_warn("cuda backend: peer access GPU %d -> %d: %s", ctx->device, device,
+                                            cudaGetErrorString(ce));
+            (void)cudaGetLastError();
+        }
+    }
+    cudaSetDevice(ctx->device);
+    return rc;
+}
+
+static void cuda_peer_free(void *vctx, int device, void *buf) {
+    struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
+    if (!buf) return;
+    cudaSetDevice(ctx->device);
+    cudaStreamSynchronize(ctx->stream); /* queued copies may still read it */
+    if (ctx->copy_stream) cudaStreamSynchronize(ctx->copy_stream);
+    cudaSetDevice(device);
+    if (cudaFree(buf) != cudaSuccess) {
+        (void)cudaGetLastError();
+        log_warn("cuda backend: freeing weights on GPU %d failed", device);
+    }
+    cudaSetDevice(ctx->device);
 }
 
 /* ===== Pinned host memory ===== */
@@ -298,6 +395,8 @@ static struct backend_i cuda_backend_table(void) {
     t.op_supported = cuda_op_supported;
     t.graph_run = cuda_graph_run;
     t.sync = cuda_sync;
+    t.peer_upload = cuda_peer_upload;
+    t.peer_free = cuda_peer_free;
     t.free = cuda_free;
     t.host_buffers = false;
     t.host_pin = cuda_host_pin;

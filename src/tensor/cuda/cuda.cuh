@@ -62,6 +62,10 @@ struct cuda_ctx {
     struct err *err;        /* where graph_run's errors go, while it runs (else NULL) */
     struct cuda_profile *profile; /* per-op timing (KILN_CUDA_PROFILE=1), or NULL */
     struct cuda_graphs *graphs;   /* captured CUDA graphs of repeated node lists (graphs.cuh), or NULL */
+    cudaStream_t copy_stream;     /* streamed weights (tensor.h STREAMING): FETCH copies go here, or NULL
+                                     until the first OP_STREAM */
+    cudaEvent_t stream_ready[TSTREAM_MAX_SLOTS]; /* a slot's copy finished (recorded on copy_stream) */
+    cudaEvent_t stream_free[TSTREAM_MAX_SLOTS];  /* a slot's block is done (recorded on stream) */
     int64_t conv_small_p;         /* output positions per image at or below which conv.cu uses im2col +
                                      cuBLAS instead of cuDNN (KILN_CONV_SMALL_P, default 256) */
 #ifdef KILN_HAVE_CUDNN

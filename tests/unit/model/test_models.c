@@ -15,6 +15,7 @@
 #include "golden.h"
 
 #include "base/mem.h"
+#include "base/status.h"
 #include "model/ckpt_gen.h"
 #include "model/sd.h"
 #include "model/tokenizer.h"
@@ -178,6 +179,113 @@ static void test_unet_odd_size(void **state) {
     ckpt_close(&odd);
 }
 
+/* ===== Streamed blocks (tensor.h STREAMING) ===== */
+
+#ifndef MODELS_PEER_DEVICE
+#define MODELS_PEER_DEVICE(be) (-1) /* another device to keep blocks on, or -1 */
+#endif
+
+struct place_args {
+    int peer;      /* device for every third block, or -1 (host instead) */
+    int n_called;
+    int n_blocks;
+    char first[NN_BLOCK_NAME_MAX], last[NN_BLOCK_NAME_MAX];
+};
+
+/* Keeps blocks 1, 4, 7... in host memory and 2, 5, 8... on the peer device (or the host). */
+static int place_spread(void *user, struct nn_block *blocks, int n, size_t total, struct err *err) {
+    struct place_args *a = user;
+    a->n_called++;
+    a->n_blocks = n;
+    size_t sum = 0;
+    for (int i = 0; i < n; i++) {
+        sum += blocks[i].bytes;
+        if (i % 3 == 1) blocks[i].home = NN_HOME_HOST;
+        if (i % 3 == 2) {
+            blocks[i].home = a->peer >= 0 ? NN_HOME_PEER : NN_HOME_HOST;
+            blocks[i].peer_device = a->peer;
+        }
+    }
+    snprintf(a->first, sizeof a->first, "%s", blocks[0].name);
+    snprintf(a->last, sizeof a->last, "%s", blocks[n - 1].name);
+    if (sum != total) return err_set(err, STATUS_ERR_INTERNAL, "blocks cover %zu of %zu bytes", sum, total);
+    return 0;
+}
+
+static int place_fail(void *user, struct nn_block *blocks, int n, size_t total, struct err *err) {
+    (void)user, (void)blocks, (void)n;
+    return err_set(err, STATUS_ERR_OOM_DEVICE, "no room for %zu bytes", total);
+}
+
+/* The UNet with a third of its blocks in host memory and a third on another device (or the host)
+ * gives exactly the resident model's output, with and without prefetching. */
+static void test_unet_streamed(void **state) {
+    BACKEND_OR_SKIP();
+    struct err err = {0};
+    const struct sd_storage *all = MODELS_STORAGE;
+    struct nn_storage st = all ? all->unet : (struct nn_storage){.dtype = DTYPE_F32};
+    if (!st.store) st.store = wstore_global();
+    struct place_args args = {.peer = MODELS_PEER_DEVICE(be)};
+    st.place = place_spread;
+    st.place_user = &args;
+    size_t nx, nt, nc, no;
+    float *x = golden_read(&golden, "unet.x", &nx);
+    float *t = golden_read(&golden, "unet.timesteps", &nt);
+    float *c = golden_read(&golden, "unet.context", &nc);
+    float *want = golden_read(&golden, "unet.out", &no);
+    float *ref = mem_alloc(no * sizeof(float)), *out = mem_alloc(no * sizeof(float));
+    int rc = unet_eval(&ctx, &model->unet, 2, 8, 8, x, t, c, 77, ref);
+    if (rc) fail_msg("unet_eval (resident): %s", ctx.err.msg);
+
+    struct ckpt ck;
+    if (ckpt_open(&ck, ckpt_path, &err)) fail_msg("%s", err.msg);
+    for (int no_prefetch = 0; no_prefetch <= 1; no_prefetch++) {
+        struct unet *u = mem_calloc(1, sizeof *u);
+        st.no_prefetch = no_prefetch;
+        if (unet_load(u, &ck, be, &st, &err)) fail_msg("unet_load with blocks elsewhere: %s", err.msg);
+        assert_int_equal(args.n_called, no_prefetch + 1);
+        assert_string_equal(args.first, "time_embed"); /* bound first */
+        assert_string_equal(args.last, "out");
+        const struct nn_weights *w = &u->weights;
+        assert_int_equal(w->n_blocks, args.n_blocks);
+        assert_int_equal(w->stream.n_blocks, args.n_blocks - (args.n_blocks + 2) / 3);
+        assert_int_equal(w->stream.n_slots, 2);
+        assert_true(w->bytes_host > 0 && w->bytes_device > 0);
+        assert_true(args.peer >= 0 ? w->bytes_peer > 0 : w->bytes_peer == 0);
+        assert_int_equal(w->bytes_device + w->bytes_host + w->bytes_peer, w->size);
+        for (int i = 0; i < w->stream.n_blocks; i++) assert_true(w->sblocks[i].bytes <= w->slot_bytes);
+
+        rc = unet_eval(&ctx, u, 2, 8, 8, x, t, c, 77, out);
+        if (rc) fail_msg("unet_eval (streamed, prefetch %d): %s", !no_prefetch, ctx.err.msg);
+        /* every streamed block fetched, waited for and released once per evaluation */
+        int kinds[3] = {0, 0, 0};
+        for (int i = 0; i < ctx.n_run; i++)
+            if (ctx.run[i]->op == OP_STREAM) kinds[ctx.run[i]->ip[0]]++;
+        for (int k = 0; k < 3; k++) assert_int_equal(kinds[k], w->stream.n_blocks);
+        if (memcmp(out, ref, no * sizeof(float)) != 0) {
+            double m = 0;
+            for (size_t i = 0; i < no; i++) m = fmax(m, fabs((double)out[i] - ref[i]));
+            fail_msg("streamed output differs from the resident one (prefetch %d): max |diff| %g", !no_prefetch, m);
+        }
+        golden_check("unet eps, streamed", out, want, no, MODELS_TOL_UNET);
+        unet_deinit(u);
+        mem_free(u);
+    }
+    /* a place function's error fails the load with its message */
+    struct unet *u = mem_calloc(1, sizeof *u);
+    st.place = place_fail;
+    assert_int_not_equal(unet_load(u, &ck, be, &st, &err), 0);
+    assert_non_null(strstr(err.msg, "no room"));
+    mem_free(u);
+    ckpt_close(&ck);
+    mem_free(x);
+    mem_free(t);
+    mem_free(c);
+    mem_free(want);
+    mem_free(ref);
+    mem_free(out);
+}
+
 static void test_vae_decode(void **state) {
     BACKEND_OR_SKIP();
     size_t nz, nd;
@@ -212,6 +320,7 @@ int main(void) {
         cmocka_unit_test(test_clip),
         cmocka_unit_test(test_unet),
         cmocka_unit_test(test_unet_odd_size),
+        cmocka_unit_test(test_unet_streamed),
         cmocka_unit_test(test_vae_decode),
         cmocka_unit_test(test_vae_encode),
         MODELS_EXTRA_TESTS
