@@ -1,6 +1,6 @@
 /* api/api.c -- the server: options, CivetWeb start and stop, the route table and the dispatcher
- * (/api prefix, HEAD, the loopback Origin check, CORS, the --api-token check), the sched's event
- * sink.
+ * (/api prefix, HEAD, the loopback Origin check, CORS, the --api-token check, then the routes,
+ * then the browser's files of routes_web.c), the sched's event sink.
  * Owns: struct api_server and its CivetWeb context.
  * Must not: implement a route (routes_*.c do) or write to a socket outside http.c / ws.c.
  * Threads: api_server_* on the owner's thread; dispatch() on CivetWeb handler threads;
@@ -13,11 +13,13 @@
 #include "graph/json.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 
 /* ===== Routes ===== */
 
@@ -98,7 +100,10 @@ static void route(void *arg) {
         http_reply(&r, 200, NULL, NULL, 0, NULL);
         goto out;
     }
-    if (!api__authorized(srv, r.conn, strcmp(path, "/view") == 0)) {
+    /* the console's own files hold no data: they load without --api-token, and the console
+       asks for the token */
+    bool public_file = strcmp(r.method, "GET") == 0 && api__web_public(srv, ri->local_uri);
+    if (!public_file && !api__authorized(srv, r.conn, strcmp(path, "/view") == 0)) {
         log_warn("http: %s %s refused: missing or wrong API token (from %s)", ri->request_method, ri->local_uri,
                  ri->remote_addr);
         api__reply_unauthorized(&r);
@@ -134,6 +139,7 @@ static void route(void *arg) {
         mem_free(s);
         goto out;
     }
+    if (api__get_static(&r)) goto out; /* the console, or --front-end-root's files */
     http_reply_error(&r, 404, "not_found", "No route for %s %s", ri->request_method, ri->local_uri);
 out:
     rq->status = r.status;
@@ -484,6 +490,18 @@ struct api_server *api_server_new(const struct api_opts *opts, struct sched *sch
         return NULL;
     }
     snprintf(srv->api_token, sizeof srv->api_token, "%s", opts->api_token ? opts->api_token : "");
+    if (opts->front_end_root && *opts->front_end_root) {
+        struct stat st;
+        const char *why = NULL;
+        if (!realpath(opts->front_end_root, srv->front_root) || stat(srv->front_root, &st) != 0) why = strerror(errno);
+        else if (!S_ISDIR(st.st_mode)) why = "not a folder";
+        if (why) {
+            err_set(err, STATUS_ERR_INVALID, "--front-end-root %s: %s", opts->front_end_root, why);
+            mem_free(srv);
+            return NULL;
+        }
+        log_info("http: serving the frontend in %s at / (kiln's console stays at /kiln/console/)", srv->front_root);
+    }
     snprintf(srv->cors_origin, sizeof srv->cors_origin, "%s",
              opts->cors_origin && *opts->cors_origin ? opts->cors_origin : "*");
     pthread_mutex_init(&srv->files_mu, NULL);

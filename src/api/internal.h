@@ -10,6 +10,7 @@
 
 #include <civetweb.h>
 #include <jansson.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -35,6 +36,7 @@ struct api_server {
     char api_token[512];             /* "" = no access control */
     char cors_origin[256];           /* Access-Control-Allow-Origin value when CORS is on */
     char listen_text[512];           /* "127.0.0.1:8188, ..." */
+    char front_root[PATH_MAX];       /* --front-end-root, resolved by realpath; "" = the console */
     pthread_mutex_t files_mu;        /* serialises upload naming + writing (collision rule) */
     atomic_bool stopped;             /* api_server_stop ran: the sink drops events */
 };
@@ -100,7 +102,8 @@ struct ws_hub *ws_hub_new(struct api_server *srv, int queue_max);
 void ws_hub_install(struct ws_hub *h, struct mg_context *ctx);
 
 /* Queues a text frame for the socket registered under client_id, or for every socket when
- * client_id is NULL. Never blocks on a socket: a socket whose queue is full is dropped (sent
+ * client_id is NULL. A socket opened with ?watch=all (kiln's console) also gets every other
+ * client's frames. Never blocks on a socket: a socket whose queue is full is dropped (sent
  * a close frame, removed from the registry). [any thread] */
 void ws_hub_send(struct ws_hub *h, const char *client_id, const char *text, size_t len);
 
@@ -163,7 +166,6 @@ void api__get_view(struct http_req *r, const char *arg);
 void api__post_upload_image(struct http_req *r, const char *arg);
 void api__post_upload_mask(struct http_req *r, const char *arg);
 
-void api__get_index(struct http_req *r, const char *arg);
 void api__get_object_info(struct http_req *r, const char *arg);
 void api__get_object_info_class(struct http_req *r, const char *arg);
 void api__get_system_stats(struct http_req *r, const char *arg);
@@ -174,5 +176,28 @@ void api__get_models_folder(struct http_req *r, const char *arg);
 void api__get_features(struct http_req *r, const char *arg);
 void api__get_gpus(struct http_req *r, const char *arg);
 void api__get_metrics(struct http_req *r, const char *arg);
+
+/* ===== The browser's files (routes_web.c) ===== */
+
+/* One file of the built-in console (web/), compiled in by web/embed.cmake. */
+struct api_web_asset {
+    const char *name;                /* base name: "index.html", "app.js" */
+    const unsigned char *data;       /* its bytes (NUL-terminated) */
+    size_t len;                      /* bytes, the NUL not counted */
+};
+extern const struct api_web_asset api__web_assets[];
+extern const int api__web_n_assets;
+
+/* GET /: the console's index.html, or --front-end-root's. */
+void api__get_index(struct http_req *r, const char *arg);
+
+/* A GET that no route took: a console file, or a file of --front-end-root (never under
+ * /api/). Returns false, replying nothing, when the path is neither; true once replied (200,
+ * 301, 403 for a path leaving the folder, 404). */
+bool api__get_static(struct http_req *r);
+
+/* Whether the decoded URI names a console file: those load without --api-token (they hold
+ * no data; the console then asks for the token). */
+bool api__web_public(const struct api_server *srv, const char *uri);
 
 #endif

@@ -1,6 +1,6 @@
-/* api/routes_info.c -- what the server tells about itself: GET / (a small status page),
- * /object_info[/{class}], /system_stats, /embeddings, /extensions, /models[/{folder}],
- * /features, /metrics (COMFY_API.md §3.3, §3.4, §3.7).
+/* api/routes_info.c -- what the server tells about itself: /object_info[/{class}],
+ * /system_stats, /embeddings, /extensions, /models[/{folder}], /features, /gpus, /metrics
+ * (COMFY_API.md §3.3, §3.4, §3.7). GET / is routes_web.c's.
  * Owns: nothing past one request.
  * Must not: change any state.
  * Threads: CivetWeb handler threads. */
@@ -13,47 +13,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/sysinfo.h>
-
-/* ===== GET / ===== */
-
-/* Self-contained (no external assets): reads /system_stats and /queue/all every 2 s. */
-static const char INDEX_HTML[] =
-    "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>kiln</title>\n"
-    "<style>body{font:15px system-ui,sans-serif;margin:2em;max-width:60em;color:#222}"
-    "table{border-collapse:collapse;margin-top:1em}td,th{border:1px solid #ccc;padding:.3em .8em;text-align:left}"
-    "th{background:#f4f4f4}code{background:#f4f4f4;padding:0 .3em}.muted{color:#777}</style></head>\n"
-    "<body><h1>kiln</h1>\n"
-    "<p>A C server that runs Stable Diffusion workflows in ComfyUI's API format, with one queue and "
-    "one worker per device. Any ComfyUI client works against it: <code>POST /prompt</code>, "
-    "<code>/ws?clientId=</code>, <code>/history</code>, <code>/view</code>. Route a prompt to a device with "
-    "the header <code>X-TARGET-GPU: i</code>; all queues at <a href=\"queue/all\"><code>/queue/all</code></a>, "
-    "metrics at <a href=\"metrics\"><code>/metrics</code></a>.</p>\n"
-    "<p id=\"ver\" class=\"muted\"></p>\n"
-    "<table><thead><tr><th>device</th><th>name</th><th>memory free / total</th><th>running</th>"
-    "<th>pending</th></tr></thead><tbody id=\"devs\"><tr><td colspan=\"5\">loading...</td></tr></tbody></table>\n"
-    "<p id=\"tot\"></p>\n"
-    "<script>\n"
-    "function gib(b){return (b/1073741824).toFixed(1)+' GiB'}\n"
-    "function esc(s){return String(s).replace(/[&<>\"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','\"':'&quot;'}[c]))}\n"
-    "async function tick(){try{\n"
-    " const s=await (await fetch('system_stats')).json();\n"
-    " const q=await (await fetch('queue/all')).json();\n"
-    " document.getElementById('ver').textContent='kiln '+s.system.kiln_version+', ComfyUI API '"
-    "+s.system.comfyui_version+', RAM free '+gib(s.system.ram_free)+' of '+gib(s.system.ram_total);\n"
-    " let rows='';\n"
-    " s.devices.forEach((d,i)=>{const qq=q.queues[i]||{};rows+='<tr><td>'+i+'</td><td>'+esc(d.name)+'</td><td>'"
-    "+gib(d.vram_free)+' / '+gib(d.vram_total)+'</td><td>'+(qq.running_count||0)+'</td><td>'"
-    "+(qq.pending_count||0)+'</td></tr>'});\n"
-    " document.getElementById('devs').innerHTML=rows;\n"
-    " document.getElementById('tot').textContent='running '+q.total_running+', pending '+q.total_pending;\n"
-    "}catch(e){document.getElementById('tot').textContent='server unreachable: '+e}}\n"
-    "tick();setInterval(tick,2000);\n"
-    "</script></body></html>\n";
-
-void api__get_index(struct http_req *r, const char *arg) {
-    http_reply(r, 200, "text/html; charset=utf-8", INDEX_HTML, sizeof INDEX_HTML - 1,
-               "Cache-Control: no-cache\r\n");
-}
 
 /* ===== Nodes ===== */
 

@@ -16,6 +16,10 @@
  * a new socket with an existing clientId replaces the old one in the registry without closing
  * it; the old one then receives nothing.
  *
+ * WATCHERS. A kiln extension for the web console: a socket opened with ?watch=all also
+ * receives the events addressed to every other client (progress, executing, executed, ...),
+ * so it can show every prompt's progress. Without it delivery is exactly ComfyUI's.
+ *
  * LIMITS. At most srv->max_ws sockets are open (counted from the accepted handshake to the
  * close handler); one more is refused with a 503 before the handshake. A client message (one
  * frame, or the fragments of one message) longer than API_WS_MAX_MESSAGE closes the socket
@@ -78,6 +82,7 @@ struct ws_conn {
                                         honoured as the first) [socket thread only] */
     bool preview_metadata;           /* client announced supports_preview_metadata [socket thread] */
     bool registered;                 /* in hub->conns [hub->mu] */
+    bool watch_all;                  /* ?watch=all: every client's events (fixed before registration) */
     bool has_thread;                 /* the sender started [socket thread] */
     size_t frag_len;                 /* bytes of the client message being received [socket thread] */
     pthread_t thread;                /* the sender */
@@ -264,6 +269,8 @@ static void ready(void *arg) {
     size_t ql = q ? strlen(q) : 0;
     char *id = mem_alloc(ql + 1);
     bool given = q && mg_get_var(q, ql, "clientId", id, ql + 1) > 0;
+    char watch[8];
+    c->watch_all = q && mg_get_var(q, ql, "watch", watch, sizeof watch) > 0 && strcmp(watch, "all") == 0;
     if (given) {
         c->sid = id;
     } else {
@@ -413,12 +420,11 @@ void ws_hub_install(struct ws_hub *h, struct mg_context *ctx) {
 void ws_hub_send(struct ws_hub *h, const char *client_id, const char *text, size_t len) {
     struct ws_msg *m = msg_new(text, len);
     pthread_mutex_lock(&h->mu);
-    /* iterate backwards: a drop removes the current entry */
+    /* iterate backwards: a drop removes the current entry. One socket per sid, plus watchers. */
     for (int i = h->n - 1; i >= 0; i--) {
         struct ws_conn *c = h->conns[i];
-        if (client_id && strcmp(c->sid, client_id) != 0) continue;
+        if (client_id && !c->watch_all && strcmp(c->sid, client_id) != 0) continue;
         conn_push(h, c, m);
-        if (client_id) break; /* one socket per sid */
     }
     pthread_mutex_unlock(&h->mu);
     msg_unref(m);
