@@ -57,7 +57,7 @@ static uint64_t share_of(uint64_t total, uint64_t ppm) {
     return total / PLACEMENT_PPM * ppm + total % PLACEMENT_PPM * ppm / PLACEMENT_PPM;
 }
 
-/* "8.0 GiB (8589934592 bytes)" for messages. */
+/* "8.00 GiB" for messages (exact byte counts are added where they matter). */
 static const char *human(uint64_t bytes, char *buf, size_t n) {
     if (bytes == PLACEMENT_UNLIMITED) {
         snprintf(buf, n, "unlimited");
@@ -68,8 +68,18 @@ static const char *human(uint64_t bytes, char *buf, size_t n) {
         double v = (double)bytes / 1024.0;
         int u = 0;
         while (v >= 1024.0 && u < 5) v /= 1024.0, u++;
-        snprintf(buf, n, "%.2f %s (%llu bytes)", v, units[u], (unsigned long long)bytes);
+        snprintf(buf, n, "%.2f %s", v, units[u]);
     }
+    return buf;
+}
+
+/* "12.5" for 125000 millionths (a percentage, trailing zeros dropped). */
+static const char *percent_str(uint64_t ppm, char *buf, size_t n) {
+    uint64_t frac = ppm % 10000;
+    int digits = 4;
+    while (frac && frac % 10 == 0) frac /= 10, digits--;
+    if (frac) snprintf(buf, n, "%llu.%0*llu", (unsigned long long)(ppm / 10000), digits, (unsigned long long)frac);
+    else snprintf(buf, n, "%llu", (unsigned long long)(ppm / 10000));
     return buf;
 }
 
@@ -143,7 +153,7 @@ static const struct {
     {"g", 30},  {"gb", 30}, {"gib", 30}, {"t", 40},  {"tb", 40}, {"tib", 40},
 };
 
-#define UNITS_ALLOWED "b, kb, mb, gb, tb (also k, m, g, t and kib, mib, gib, tib; all 1024-based)"
+#define UNITS_ALLOWED "b, kb, mb, gb, tb, or k, m, g, t, or kib, mib, gib, tib; all 1024-based"
 #define AMOUNT_ALLOWED "a size like 8gb or 1.5gb, a percentage of the model like 25%%, or *"
 
 static int parse_amount(struct span t, int idx, struct span entry, struct placement_entry *e, struct err *err) {
@@ -266,9 +276,10 @@ int placement_parse(const char *text, struct placement *out, struct err *err) {
             return err_set(err, STATUS_ERR_INTERNAL, "weights placement: too many entries");
         if (e.kind == PLACEMENT_AMOUNT_SHARE) {
             ppm_sum += e.ppm;
+            char pct[32];
             if (ppm_sum > PLACEMENT_PPM)
-                return entry_err(err, idx, entry, "the percentages add up to %llu.%04llu%%, more than 100%%",
-                                 (unsigned long long)(ppm_sum / 10000), (unsigned long long)(ppm_sum % 10000));
+                return entry_err(err, idx, entry, "the percentages add up to %s%%, more than 100%%",
+                                 percent_str(ppm_sum, pct, sizeof pct));
         }
         p.entries[p.n++] = e;
     }
@@ -482,10 +493,10 @@ static int plan_explicit(const struct plan_in *in, const struct placement *p, in
                 snprintf(kept, sizeof kept, " (with %s kept on %s for staging streamed blocks)", human(s, h3, sizeof h3),
                          placement_device_str(b->compute, d, sizeof d));
             return err_set(err, STATUS_ERR_OOM_DEVICE,
-                           "weights placement '%s' holds %s of the model's %s%s: %s missing, from block '%s' on; "
-                           "end it with cpu,* to keep the rest in host memory",
+                           "weights placement '%s' holds %s of the model's %s%s: %s (%llu bytes) missing, from "
+                           "block '%s' on; end it with cpu,* to keep the rest in host memory",
                            text, human(in->total - missing, h1, sizeof h1), human(in->total, h2, sizeof h2), kept,
-                           human(missing, h3, sizeof h3), block_name(in, placed));
+                           human(missing, h3, sizeof h3), (unsigned long long)missing, block_name(in, placed));
         }
         need = staging_of(in, home, &largest);
         if (need <= s) break;
