@@ -1,0 +1,597 @@
+/* tests/unit/api/test_web.c -- the files a browser loads (api/routes_web.c) and the WebSocket
+ * extension the console uses (?watch=all, api/ws.c), on real servers in-process:
+ *  - the console: every file of web/ is compiled in and served byte for byte (compared with
+ *    the file on disk) with its Content-Type, at / and at /kiln/console/, HEAD included;
+ *    unknown names, other methods and /api/NAME are 404;
+ *  - --front-end-root: that folder's files with their types, index.html at /, API routes
+ *    still first, ".." and symlinks leading out refused (403), folders and missing files 404,
+ *    a folder that is not one refused at start;
+ *  - --api-token: the console's files load without the token, everything else needs it;
+ *  - watch=all: a watcher gets another client's events, each once; a plain socket does not;
+ *  - the path and type rules themselves (CivetWeb already removes dot segments from URLs, so
+ *    rel_path_ok is checked directly).
+ * Threads: assertions on the test thread; WebSocket callbacks only record. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "api/routes_web.c" /* its static helpers too (rel_path_ok, web_mime) */
+
+#include "api/api.h"
+#include "base/mem.h"
+#include "base/status.h"
+#include "graph/json.h"
+#include "sched/sched.h"
+
+#include <civetweb.h>
+#include <dirent.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WEB_DIR KILN_TEST_DATA "/../../web"
+
+static char ROOT[256], FE[300];
+static struct graph_paths PATHS;
+
+/* ===== A fake node: TSteps (output) reports `steps` progress steps ===== */
+
+static int run_steps(struct node_run *c, const struct value *in, struct value *out, struct err *e) {
+    for (int64_t i = 1; i <= in[0].i; i++) {
+        usleep(2000);
+        int rc = node_progress(c, i, in[0].i, e);
+        if (rc) return rc;
+    }
+    json_t *a = json_array();
+    json_array_append_new(a, json_string("done"));
+    json_object_set_new(c->ui, "text", a);
+    return 0;
+}
+
+static const struct node_class T_STEPS = {
+    .name = "TSteps", .output_node = true,
+    .required = (const struct node_input[]){{.name = "steps", .kind = NODE_INPUT_INT, .flags = NODE_IN_DEFAULT},
+                                            NODE_INPUTS_END},
+    .run = run_steps};
+
+/* ===== Servers ===== */
+
+struct server {
+    struct sched *sched;
+    struct api_server *srv;
+    int port;
+};
+
+/* A sched of n CPU devices and a server on a free loopback port; front_root / token may be NULL. */
+static struct server server_start(int n, const char *front_root, const char *token) {
+    struct server s = {0};
+    struct err err = {0};
+    struct sched_opts so = {.n_cpu_workers = n, .cpu_threads = 1, .paths = PATHS};
+    s.sched = sched_new(&so, &err);
+    if (!s.sched) fail_msg("sched_new: %s", err.msg);
+    struct api_opts ao = {.listen = "127.0.0.1", .port = -1, .paths = PATHS, .threads = 16,
+                          .front_end_root = front_root, .api_token = token};
+    s.srv = api_server_new(&ao, s.sched, &err);
+    if (!s.srv) fail_msg("api_server_new: %s", err.msg);
+    s.port = api_server_port(s.srv, 0);
+    if (sched_start(s.sched, &err)) fail_msg("sched_start: %s", err.msg);
+    return s;
+}
+
+static void server_stop(struct server *s) {
+    api_server_stop(s->srv);
+    sched_free(s->sched);
+    api_server_free(s->srv);
+}
+
+/* ===== HTTP client ===== */
+
+struct resp {
+    int status;
+    char *body;                      /* NUL-terminated */
+    size_t len;
+    char ctype[128], cache[128], location[256];
+    long content_length;             /* the header, -1 when absent */
+};
+
+static void resp_free(struct resp *r) {
+    free(r->body);
+    memset(r, 0, sizeof *r);
+}
+
+/* One request on a fresh connection; `path` is sent as it is (not normalised). */
+static struct resp request(int port, const char *method, const char *path, const char *headers) {
+    struct resp r = {.content_length = -1};
+    char eb[256] = "";
+    struct mg_connection *c = mg_connect_client("127.0.0.1", port, 0, eb, sizeof eb);
+    if (!c) fail_msg("connect to %d: %s", port, eb);
+    mg_printf(c, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%sContent-Length: 0\r\n\r\n", method, path,
+              port, headers ? headers : "");
+    if (mg_get_response(c, eb, sizeof eb, 10000) < 0) fail_msg("%s %s: no response: %s", method, path, eb);
+    const struct mg_response_info *ri = mg_get_response_info(c);
+    r.status = ri->status_code;
+    for (int i = 0; i < ri->num_headers; i++) {
+        const char *k = ri->http_headers[i].name, *v = ri->http_headers[i].value;
+        if (!strcasecmp(k, "Content-Type")) snprintf(r.ctype, sizeof r.ctype, "%s", v);
+        if (!strcasecmp(k, "Cache-Control")) snprintf(r.cache, sizeof r.cache, "%s", v);
+        if (!strcasecmp(k, "Location")) snprintf(r.location, sizeof r.location, "%s", v);
+        if (!strcasecmp(k, "Content-Length")) r.content_length = atol(v);
+    }
+    size_t cap = 65536;
+    r.body = malloc(cap);
+    for (;;) {
+        if (r.len + 4096 > cap) r.body = realloc(r.body, cap *= 2);
+        int n = mg_read(c, r.body + r.len, cap - r.len - 1);
+        if (n <= 0) break;
+        r.len += (size_t)n;
+    }
+    r.body[r.len] = 0;
+    mg_close_connection(c);
+    return r;
+}
+
+static struct resp get(int port, const char *path) { return request(port, "GET", path, NULL); }
+
+/* A whole file (malloc'd, NUL-terminated), or NULL. */
+static char *slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    *len = fread(buf, 1, (size_t)n, f);
+    buf[*len] = 0;
+    fclose(f);
+    return buf;
+}
+
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    if (!f) fail_msg("cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* GET port/path must be 200 with exactly the bytes of file `disk` and a type starting with `type`. */
+static void expect_file(int port, const char *path, const char *disk, const char *type) {
+    size_t want_len;
+    char *want = slurp(disk, &want_len);
+    if (!want) fail_msg("cannot read %s", disk);
+    struct resp r = get(port, path);
+    if (r.status != 200) fail_msg("GET %s: %d %s", path, r.status, r.body);
+    if (strncmp(r.ctype, type, strlen(type)) != 0) fail_msg("GET %s: Content-Type %s, want %s", path, r.ctype, type);
+    if (r.len != want_len || memcmp(r.body, want, want_len) != 0)
+        fail_msg("GET %s: %zu bytes differ from %s (%zu bytes)", path, r.len, disk, want_len);
+    free(want);
+    resp_free(&r);
+}
+
+/* GET must answer `status` with a JSON error body (ComfyUI clients call json() on errors). */
+static void expect_status(int port, const char *path, int status) {
+    struct resp r = get(port, path);
+    if (r.status != status) fail_msg("GET %s: %d, want %d: %s", path, r.status, status, r.body);
+    if (status >= 400 && !strstr(r.body, "\"error\"")) fail_msg("GET %s: no JSON error body: %s", path, r.body);
+    resp_free(&r);
+}
+
+/* ===== The console ===== */
+
+static const char *type_of(const char *name) {
+    const char *dot = strrchr(name, '.');
+    if (!strcmp(dot, ".html")) return "text/html";
+    if (!strcmp(dot, ".js")) return "text/javascript";
+    if (!strcmp(dot, ".css")) return "text/css";
+    if (!strcmp(dot, ".svg")) return "image/svg+xml";
+    return NULL;
+}
+
+static void test_console_files(void **state) {
+    struct server s = server_start(1, NULL, NULL);
+    /* every console file of web/ is compiled in, and served as it is on disk */
+    DIR *d = opendir(WEB_DIR);
+    assert_non_null(d);
+    int n_files = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        const char *dot = strrchr(e->d_name, '.');
+        if (!dot || !type_of(e->d_name)) continue;
+        n_files++;
+        char path[512], disk[512];
+        snprintf(disk, sizeof disk, "%s/%s", WEB_DIR, e->d_name);
+        snprintf(path, sizeof path, "/%s", e->d_name);
+        expect_file(s.port, path, disk, type_of(e->d_name));
+        snprintf(path, sizeof path, "/kiln/console/%s", e->d_name);
+        expect_file(s.port, path, disk, type_of(e->d_name));
+    }
+    closedir(d);
+    assert_true(n_files >= 3); /* index.html, app.js, style.css at least */
+    assert_int_equal(api__web_n_assets, n_files);
+
+    expect_file(s.port, "/", WEB_DIR "/index.html", "text/html");
+    expect_file(s.port, "/kiln/console/", WEB_DIR "/index.html", "text/html");
+    struct resp r = get(s.port, "/");
+    assert_string_equal(r.cache, "no-cache");
+    assert_non_null(strstr(r.body, "src=\"app.js\"")); /* relative: works under a path prefix */
+    resp_free(&r);
+    r = get(s.port, "/api/"); /* ComfyUI serves its index under /api/ too */
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+    r = get(s.port, "/kiln/console");
+    assert_int_equal(r.status, 301);
+    assert_string_equal(r.location, "/kiln/console/");
+    resp_free(&r);
+    r = request(s.port, "HEAD", "/app.js", NULL);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.len, 0);
+    size_t js_len;
+    free(slurp(WEB_DIR "/app.js", &js_len));
+    assert_int_equal(r.content_length, (long)js_len);
+    resp_free(&r);
+
+    /* nothing else is a file */
+    expect_status(s.port, "/nope.js", 404);
+    expect_status(s.port, "/api/app.js", 404);          /* the files are not under /api */
+    expect_status(s.port, "/kiln/console/nope.css", 404);
+    expect_status(s.port, "/kiln/console/x/app.js", 404);
+    expect_status(s.port, "/x/app.js", 404);
+    r = request(s.port, "POST", "/app.js", NULL);
+    assert_int_equal(r.status, 404);
+    resp_free(&r);
+    r = get(s.port, "/system_stats"); /* the API is untouched */
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.ctype, "application/json"));
+    resp_free(&r);
+    server_stop(&s);
+}
+
+/* ===== --front-end-root ===== */
+
+/* FE: a frontend build (index.html, assets/, a folder, symlinks in and out), and a secret
+ * file beside it that no URL may reach. */
+static void make_frontend(void) {
+    char p[512];
+    snprintf(FE, sizeof FE, "%s/frontend", ROOT);
+    const char *dirs[] = {"", "/assets", "/sub"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s%s", FE, dirs[i]);
+        if (mkdir(p, 0777)) fail_msg("mkdir %s", p);
+    }
+    const char *files[][2] = {
+        {"index.html", "<!doctype html><title>my frontend</title>\n"},
+        {"assets/index-1a2b.js", "console.log('frontend');\n"},
+        {"assets/index-1a2b.css", "body{margin:0}\n"},
+        {"logo.png", "\x89PNG\r\n\x1a\nnot really"},
+        {"data.blob", "opaque"},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", FE, files[i][0]);
+        write_file(p, files[i][1]);
+    }
+    snprintf(p, sizeof p, "%s/secret.txt", ROOT);
+    write_file(p, "SECRET outside the frontend\n");
+    snprintf(p, sizeof p, "%s/out.txt", FE);
+    if (symlink("../secret.txt", p)) fail_msg("symlink %s", p);          /* leads out: refused */
+    snprintf(p, sizeof p, "%s/same.js", FE);
+    if (symlink("assets/index-1a2b.js", p)) fail_msg("symlink %s", p);   /* stays inside: served */
+}
+
+static void test_front_end_root(void **state) {
+    char p[512];
+    char fe_arg[320];
+    snprintf(fe_arg, sizeof fe_arg, "%s/", FE); /* a trailing slash is fine */
+    struct server s = server_start(1, fe_arg, NULL);
+    char disk[512];
+    snprintf(disk, sizeof disk, "%s/index.html", FE);
+    expect_file(s.port, "/", disk, "text/html");
+    expect_file(s.port, "/index.html", disk, "text/html");
+    struct resp r = get(s.port, "/");
+    assert_string_equal(r.cache, "no-cache");
+    resp_free(&r);
+    snprintf(disk, sizeof disk, "%s/assets/index-1a2b.js", FE);
+    expect_file(s.port, "/assets/index-1a2b.js", disk, "text/javascript");
+    expect_file(s.port, "/same.js", disk, "text/javascript");
+    snprintf(disk, sizeof disk, "%s/assets/index-1a2b.css", FE);
+    expect_file(s.port, "/assets/index-1a2b.css", disk, "text/css");
+    snprintf(disk, sizeof disk, "%s/logo.png", FE);
+    expect_file(s.port, "/logo.png", disk, "image/png");
+    snprintf(disk, sizeof disk, "%s/data.blob", FE);
+    expect_file(s.port, "/data.blob", disk, "application/octet-stream");
+    /* the console keeps its second home; its files are no longer at the root */
+    expect_file(s.port, "/kiln/console/", WEB_DIR "/index.html", "text/html");
+    expect_file(s.port, "/kiln/console/app.js", WEB_DIR "/app.js", "text/javascript");
+    expect_status(s.port, "/app.js", 404);
+    /* API routes first, and the frontend's files are not under /api */
+    r = get(s.port, "/prompt");
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "queue_remaining"));
+    resp_free(&r);
+    expect_status(s.port, "/api/assets/index-1a2b.js", 404);
+
+    /* refused: out of the folder by a symlink or by "..", raw or percent-encoded */
+    expect_status(s.port, "/out.txt", 403);
+    const char *escapes[] = {"/../secret.txt", "/assets/../../secret.txt", "/%2e%2e/secret.txt",
+                             "/assets/%2E%2E/%2e%2e/secret.txt", "/..%2fsecret.txt", "/assets/..%2f..%2fsecret.txt"};
+    for (size_t i = 0; i < sizeof escapes / sizeof escapes[0]; i++) {
+        r = get(s.port, escapes[i]);
+        if (r.status == 200 || strstr(r.body, "SECRET")) fail_msg("GET %s escaped the folder: %d %s", escapes[i], r.status, r.body);
+        if (r.status != 403 && r.status != 404) fail_msg("GET %s: %d, want 403 or 404", escapes[i], r.status);
+        resp_free(&r);
+    }
+    /* folders and missing files */
+    expect_status(s.port, "/sub/", 404);
+    expect_status(s.port, "/sub", 404);
+    expect_status(s.port, "/assets/missing.js", 404);
+    server_stop(&s);
+
+    /* a root that is not a folder stops the start, naming it */
+    struct err err = {0};
+    struct sched_opts so = {.n_cpu_workers = 1, .cpu_threads = 1, .paths = PATHS};
+    struct sched *sc = sched_new(&so, &err);
+    assert_non_null(sc);
+    snprintf(p, sizeof p, "%s/no-such-folder", ROOT);
+    struct api_opts ao = {.listen = "127.0.0.1", .port = -1, .paths = PATHS, .front_end_root = p};
+    assert_null(api_server_new(&ao, sc, &err));
+    assert_non_null(strstr(err.msg, "no-such-folder"));
+    snprintf(p, sizeof p, "%s/index.html", FE);
+    err = (struct err){0};
+    assert_null(api_server_new(&ao, sc, &err));
+    assert_non_null(strstr(err.msg, "not a folder"));
+    sched_free(sc);
+}
+
+/* The checks under CivetWeb's own normalisation. */
+static void test_path_rules(void **state) {
+    const char *ok[] = {"index.html", "assets/index-1a2b.js", "a/b/c.css", "sub/", "..x", "x..", ".well-known/a"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        if (!rel_path_ok(ok[i])) fail_msg("'%s' refused", ok[i]);
+    const char *bad[] = {"", "/etc/passwd", "..", "../x", "a/../../x", "a/..", "./x", "a/./b", "a//b", "a/../b"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (rel_path_ok(bad[i])) fail_msg("'%s' accepted", bad[i]);
+    assert_string_equal(web_mime("assets/x.JS"), "text/javascript; charset=utf-8");
+    assert_string_equal(web_mime("x.woff2"), "font/woff2");
+    assert_string_equal(web_mime("x.wasm"), "application/wasm");
+    assert_string_equal(web_mime("dir.d/README"), "application/octet-stream"); /* the dot is the folder's */
+    assert_string_equal(web_mime("x.exe"), "application/octet-stream");
+}
+
+/* ===== --api-token ===== */
+
+static void test_token(void **state) {
+    struct server s = server_start(1, NULL, "s3cret");
+    expect_file(s.port, "/", WEB_DIR "/index.html", "text/html");
+    expect_file(s.port, "/app.js", WEB_DIR "/app.js", "text/javascript");
+    expect_file(s.port, "/kiln/console/style.css", WEB_DIR "/style.css", "text/css");
+    expect_status(s.port, "/system_stats", 401);
+    expect_status(s.port, "/queue/all", 401);
+    expect_status(s.port, "/api/", 401); /* only the console's own paths are public */
+    expect_status(s.port, "/nope.js", 401);
+    struct resp r = request(s.port, "GET", "/system_stats", "Authorization: Bearer s3cret\r\n");
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+    server_stop(&s);
+
+    /* with --front-end-root the frontend's files need the token as every route does */
+    s = server_start(1, FE, "s3cret");
+    expect_status(s.port, "/", 401);
+    expect_status(s.port, "/assets/index-1a2b.js", 401);
+    r = request(s.port, "GET", "/assets/index-1a2b.js", "Authorization: Bearer s3cret\r\n");
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+    expect_file(s.port, "/kiln/console/", WEB_DIR "/index.html", "text/html");
+    server_stop(&s);
+}
+
+/* ===== WebSocket: watch=all ===== */
+
+#define WS_MAX 512
+struct wsc {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    json_t *msg[WS_MAX];             /* text frames parsed */
+    int n;
+    bool closed;
+    struct mg_connection *conn;
+};
+
+static int ws_data(struct mg_connection *conn, int flags, char *data, size_t len, void *user) {
+    struct wsc *w = user;
+    if ((flags & 0x0f) == MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE) return 0;
+    if ((flags & 0x0f) != MG_WEBSOCKET_OPCODE_TEXT) return 1;
+    json_t *j = NULL;
+    if (graph_json_loads(data, len, &j, NULL)) j = NULL;
+    pthread_mutex_lock(&w->mu);
+    if (w->n < WS_MAX && j) w->msg[w->n++] = j;
+    else json_decref(j);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return 1;
+}
+
+static void ws_closed(const struct mg_connection *conn, void *user) {
+    struct wsc *w = user;
+    pthread_mutex_lock(&w->mu);
+    w->closed = true;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static struct wsc *ws_open(int port, const char *path) {
+    struct wsc *w = calloc(1, sizeof *w);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    char eb[256] = "";
+    w->conn = mg_connect_websocket_client("127.0.0.1", port, 0, eb, sizeof eb, path, NULL, ws_data, ws_closed, w);
+    if (!w->conn) fail_msg("ws connect %s: %s", path, eb);
+    return w;
+}
+
+static void ws_free(struct wsc *w) {
+    mg_websocket_client_write(w->conn, MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE, "\x03\xe8", 2);
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 3;
+    pthread_mutex_lock(&w->mu);
+    while (!w->closed && pthread_cond_timedwait(&w->cv, &w->mu, &dl) == 0) {
+    }
+    pthread_mutex_unlock(&w->mu);
+    mg_close_connection(w->conn);
+    for (int i = 0; i < w->n; i++) json_decref(w->msg[i]);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w);
+}
+
+static const char *msg_type(const json_t *m) { return json_string_value(json_object_get(m, "type")); }
+static json_t *msg_data(const json_t *m) { return json_object_get(m, "data"); }
+static const char *msg_pid(const json_t *m) { return json_string_value(json_object_get(msg_data(m), "prompt_id")); }
+
+/* Waits (10 s at most) for the first message of `type` (with `final`: executing, node null)
+ * about prompt id; its index, or -1. */
+static int ws_wait(struct wsc *w, const char *type, const char *id, bool final) {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 10;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        for (int i = 0; i < w->n; i++) {
+            const json_t *m = w->msg[i];
+            if (strcmp(msg_type(m), type) != 0) continue;
+            if (id && (!msg_pid(m) || strcmp(msg_pid(m), id) != 0)) continue;
+            if (final && !json_is_null(json_object_get(msg_data(m), "node"))) continue;
+            pthread_mutex_unlock(&w->mu);
+            return i;
+        }
+        if (pthread_cond_timedwait(&w->cv, &w->mu, &dl)) break;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return -1;
+}
+
+/* Messages of `type` (NULL: any) about prompt id; for progress, their values in order. */
+static int ws_count(struct wsc *w, const char *type, const char *id, int64_t *values) {
+    pthread_mutex_lock(&w->mu);
+    int k = 0;
+    for (int i = 0; i < w->n; i++) {
+        const json_t *m = w->msg[i];
+        if (!msg_pid(m) || strcmp(msg_pid(m), id) != 0 || (type && strcmp(msg_type(m), type) != 0)) continue;
+        if (values) values[k] = json_integer_value(json_object_get(msg_data(m), "value"));
+        k++;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return k;
+}
+
+/* POST /prompt of one TSteps node for client `client`; the prompt_id into id[64]. */
+static void queue_steps(int port, const char *client, int steps, char *id) {
+    char body[256];
+    snprintf(body, sizeof body,
+             "{\"prompt\": {\"1\": {\"class_type\": \"TSteps\", \"inputs\": {\"steps\": %d}}}, \"client_id\": \"%s\"}",
+             steps, client);
+    char eb[256] = "";
+    struct mg_connection *c = mg_connect_client("127.0.0.1", port, 0, eb, sizeof eb);
+    assert_non_null(c);
+    mg_printf(c, "POST /prompt HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
+              strlen(body), body);
+    assert_true(mg_get_response(c, eb, sizeof eb, 10000) >= 0);
+    assert_int_equal(mg_get_response_info(c)->status_code, 200);
+    char buf[1024];
+    int n = mg_read(c, buf, sizeof buf - 1);
+    buf[n > 0 ? n : 0] = 0;
+    mg_close_connection(c);
+    json_t *j = NULL;
+    assert_int_equal(graph_json_loads(buf, strlen(buf), &j, NULL), 0);
+    snprintf(id, 64, "%s", json_string_value(json_object_get(j, "prompt_id")));
+    json_decref(j);
+}
+
+static void test_watch_all(void **state) {
+    struct server s = server_start(2, NULL, NULL);
+    struct wsc *watcher = ws_open(s.port, "/ws?clientId=console&watch=all");
+    struct wsc *owner = ws_open(s.port, "/ws?clientId=owner");
+    struct wsc *other = ws_open(s.port, "/api/ws?clientId=other&watch=no");
+    assert_int_equal(ws_wait(watcher, "status", NULL, false), 0);
+    assert_int_equal(ws_wait(owner, "status", NULL, false), 0);
+    assert_int_equal(ws_wait(other, "status", NULL, false), 0);
+
+    enum { STEPS = 5 };
+    char id[64], mine[64];
+    queue_steps(s.port, "owner", STEPS, id);
+    assert_true(ws_wait(owner, "executing", id, true) > 0);
+    assert_true(ws_wait(watcher, "executing", id, true) > 0);
+    usleep(100000); /* anything misrouted would have arrived by now */
+
+    /* the watcher got exactly what the owner got about the prompt */
+    int64_t seen[WS_MAX], want[WS_MAX];
+    int np = ws_count(watcher, "progress", id, seen);
+    assert_int_equal(np, STEPS);
+    assert_int_equal(ws_count(owner, "progress", id, want), STEPS);
+    for (int i = 0; i < STEPS; i++) assert_int_equal(seen[i], i + 1);
+    assert_int_equal(ws_count(watcher, NULL, id, NULL), ws_count(owner, NULL, id, NULL));
+    assert_int_equal(ws_count(watcher, "execution_start", id, NULL), 1);
+    assert_int_equal(ws_count(watcher, "executed", id, NULL), 1);
+    assert_int_equal(ws_count(watcher, "execution_success", id, NULL), 1);
+    /* a socket without watch=all saw nothing of it (ComfyUI's rule) */
+    assert_int_equal(ws_count(other, NULL, id, NULL), 0);
+
+    /* the watcher's own prompt (other inputs: an identical one would come from the cache):
+     * each event once, not twice */
+    queue_steps(s.port, "console", STEPS + 2, mine);
+    assert_true(ws_wait(watcher, "executing", mine, true) > 0);
+    usleep(100000);
+    assert_int_equal(ws_count(watcher, "progress", mine, NULL), STEPS + 2);
+    assert_int_equal(ws_count(watcher, "execution_success", mine, NULL), 1);
+    assert_int_equal(ws_count(owner, NULL, mine, NULL), 0);
+    assert_int_equal(ws_count(other, NULL, mine, NULL), 0);
+
+    ws_free(watcher);
+    ws_free(owner);
+    ws_free(other);
+    server_stop(&s);
+}
+
+/* ===== Fixture ===== */
+
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw) { return remove(p); }
+
+static int group_setup(void **state) {
+    snprintf(ROOT, sizeof ROOT, "/tmp/kiln_web_XXXXXX");
+    if (!mkdtemp(ROOT)) return -1;
+    static char models[300], input[300], output[300], temp[300];
+    snprintf(models, sizeof models, "%s/models", ROOT);
+    snprintf(input, sizeof input, "%s/input", ROOT);
+    snprintf(output, sizeof output, "%s/output", ROOT);
+    snprintf(temp, sizeof temp, "%s/temp", ROOT);
+    mkdir(models, 0777);
+    mkdir(input, 0777);
+    mkdir(output, 0777);
+    mkdir(temp, 0777);
+    PATHS = (struct graph_paths){.models = models, .input = input, .output = output, .temp = temp};
+    graph_registry_add(&T_STEPS);
+    make_frontend();
+    return 0;
+}
+
+static int group_teardown(void **state) {
+    graph_registry_reset();
+    nftw(ROOT, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_console_files),
+        cmocka_unit_test(test_front_end_root),
+        cmocka_unit_test(test_path_rules),
+        cmocka_unit_test(test_token),
+        cmocka_unit_test(test_watch_all),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
