@@ -1,12 +1,14 @@
 /* cli/cmd_serve.c -- `kiln serve`: ComfyUI's API over one queue and one worker per device.
- * Owns: the process's start-up and shutdown order (config -> sched -> api -> panel -> workers ->
- * ready; signal -> api stop -> sched free -> api free), and the signal mask.
+ * Owns: the process's start-up and shutdown order (config -> log file -> sched -> api -> panel ->
+ * workers -> ready; signal -> api stop -> sched free -> api free -> log file closed), and the
+ * signal mask.
  * Must not: serve HTTP or run prompts itself (api/ and sched/ do).
  * Threads: the main thread only; it blocks SIGINT/SIGTERM before any other thread exists
  * (every thread inherits the mask) and waits for them with sigwait, so no code runs in a
  * signal handler.
  * Exit codes: 0 stopped by SIGINT/SIGTERM, 1 could not start (port in use, folder not
- * writable, ...), 2 invalid configuration (message names the flag or variable). */
+ * writable, ...), 2 invalid configuration (message names the flag or variable; also a --db or
+ * --log-file that cannot be opened). */
 #include "api/api.h"
 #include "base/log.h"
 #include "base/mem.h"
@@ -147,6 +149,12 @@ static void print_panel(const struct config *cfg, struct sched *sched, struct ap
     p.temp_dir = shown_path(cfg->temp_dir, dirs[3]);
     p.tokenizer_dir = cfg->tokenizer_dir ? shown_path(cfg->tokenizer_dir, tok) : NULL;
     for (int i = 0; i < cfg->n_notes && i < PANEL_MAX_LINES; i++) p.notes[p.n_notes++] = cfg->notes[i];
+    char log_note[PATH_MAX + 100];
+    if (cfg->log_file && p.n_notes < PANEL_MAX_LINES) {
+        snprintf(log_note, sizeof log_note, "log also in %s (rotated past %llu MiB, %d old file%s kept)", cfg->log_file,
+                 (unsigned long long)(cfg->log_max_size >> 20), cfg->log_keep, cfg->log_keep == 1 ? "" : "s");
+        p.notes[p.n_notes++] = log_note;
+    }
 
     char *text = panel_render(&p, panel_style_for(STDERR_FILENO));
     fputs(text, stderr);
@@ -156,55 +164,41 @@ static void print_panel(const struct config *cfg, struct sched *sched, struct ap
 
 /* ===== Command ===== */
 
-int cmd_serve(int argc, char **argv) {
-    struct config cfg;
-    config_init(&cfg);
+/* Everything after the configuration and the log file: devices, HTTP server, panel, workers,
+ * then the wait for SIGINT/SIGTERM and the shutdown. cfg stays the caller's. Returns the exit
+ * code (see the header). */
+static int serve(struct config *cfg, int argc, char **argv) {
     struct err err = {0};
-    if (config_load(&cfg, argc, argv, &err)) {
-        fprintf(stderr, "kiln serve: %s\n", err.msg);
-        config_deinit(&cfg);
-        return 2;
-    }
-    if (cfg.help || cfg.print_config) {
-        if (cfg.help) config_usage(stdout);
-        else config_print(&cfg, stdout);
-        config_deinit(&cfg);
-        return 0;
-    }
-    log_set_level(cfg.log_level);
-    if (cfg.mode == CONFIG_MODE_GPU) {
+    if (cfg->mode == CONFIG_MODE_GPU) {
 #ifdef KILN_HAVE_CUDA
         /* the runtime applies CUDA_VISIBLE_DEVICES: ordinals here are after it */
-        if (config_pick_gpus(&cfg, backend_cuda_count(), &err)) {
+        if (config_pick_gpus(cfg, backend_cuda_count(), &err)) {
             fprintf(stderr, "kiln serve: %s\n", err.msg);
-            config_deinit(&cfg);
             return 2;
         }
 #else
         fprintf(stderr,
                 "kiln serve: %s asks for GPU mode, but this kiln has no GPU backend (it is built for "
                 "CPU devices only; build with -DKILN_CUDA=ON); use --cpu [--cpu-workers N]\n",
-                cfg.mode_reason);
-        config_deinit(&cfg);
+                cfg->mode_reason);
         return 2;
 #endif
     }
 
     /* folders: ComfyUI creates output/, input/ and temp/ at start; models/ is only read */
-    const char *made[] = {cfg.output_dir, cfg.input_dir, cfg.temp_dir};
+    const char *made[] = {cfg->output_dir, cfg->input_dir, cfg->temp_dir};
     for (size_t i = 0; i < sizeof made / sizeof made[0]; i++) {
         char failed[PATH_MAX];
         int e = make_dirs(made[i], failed, sizeof failed);
         if (e) {
             fprintf(stderr, "kiln serve: cannot create the folder %s: %s\n", failed, strerror(-e));
-            config_deinit(&cfg);
             return 1;
         }
     }
     struct stat st;
-    if (stat(cfg.models_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+    if (stat(cfg->models_dir, &st) != 0 || !S_ISDIR(st.st_mode))
         log_warn("the models folder %s does not exist: no checkpoint can be loaded (--models-dir sets it)",
-                 cfg.models_dir);
+                 cfg->models_dir);
 
     /* Signals: blocked here, before any thread starts, so every thread inherits the mask and
      * only sigwait below sees them. A broken client connection must not kill the server. */
@@ -216,26 +210,25 @@ int cmd_serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
 
     struct graph_paths paths = {
-        .models = cfg.models_dir, .input = cfg.input_dir, .output = cfg.output_dir, .temp = cfg.temp_dir};
+        .models = cfg->models_dir, .input = cfg->input_dir, .output = cfg->output_dir, .temp = cfg->temp_dir};
     struct sched_opts so = {
-        .n_gpus = cfg.mode == CONFIG_MODE_GPU ? cfg.n_gpus : 0,
-        .n_cpu_workers = cfg.cpu_workers,
-        .cpu_threads = cfg.threads,
+        .n_gpus = cfg->mode == CONFIG_MODE_GPU ? cfg->n_gpus : 0,
+        .n_cpu_workers = cfg->cpu_workers,
+        .cpu_threads = cfg->threads,
         .paths = paths,
-        .tokenizer_dir = cfg.tokenizer_dir,
-        .disable_metadata = cfg.disable_metadata,
-        .metrics_log_every = cfg.metrics_every,
-        .history_max = cfg.history_max,
-        .db_path = cfg.db_path,
+        .tokenizer_dir = cfg->tokenizer_dir,
+        .disable_metadata = cfg->disable_metadata,
+        .metrics_log_every = cfg->metrics_every,
+        .history_max = cfg->history_max,
+        .db_path = cfg->db_path,
     };
-    for (int i = 0; i < so.n_gpus; i++) so.gpus[i] = cfg.gpus[i];
-    engine_set_gpu_fp32(cfg.force_fp32); /* before the devices start */
+    for (int i = 0; i < so.n_gpus; i++) so.gpus[i] = cfg->gpus[i];
+    engine_set_gpu_fp32(cfg->force_fp32); /* before the devices start */
     struct sched *sched = sched_new(&so, &err);
     if (!sched) {
         bool db = err.code == STATUS_ERR_IO; /* the database (--db) cannot be opened or read */
         fprintf(stderr, "kiln serve: %s: %s%s\n", db ? "cannot use the database" : "cannot create the devices", err.msg,
                 db ? " (--db PATH chooses another file; --db '' keeps nothing)" : "");
-        config_deinit(&cfg);
         return db ? 2 : 1;
     }
 
@@ -249,20 +242,21 @@ int cmd_serve(int argc, char **argv) {
         if (strncmp(argv[i], "--api-token=", 12) == 0) args[i + 1] = "--api-token=***";
     }
     char listen[CONFIG_MAX_LISTEN * 48];
-    listen_text(&cfg, listen, sizeof listen);
+    listen_text(cfg, listen, sizeof listen);
     struct api_opts ao = {
         .listen = listen,
-        .port = cfg.port ? cfg.port : -1,
-        .gpu_ports_base = cfg.gpu_ports,
+        .port = cfg->port ? cfg->port : -1,
+        .gpu_ports_base = cfg->gpu_ports,
         .paths = paths,
-        .max_upload_size = (size_t)cfg.max_upload_size,
-        .enable_cors = cfg.cors_origin != NULL,
-        .cors_origin = cfg.cors_origin,
-        .max_nodes = cfg.max_nodes,
-        .max_pixels = (unsigned long long)cfg.max_pixels,
-        .max_batch = cfg.max_batch,
-        .max_ws = cfg.max_ws,
-        .api_token = cfg.api_token,
+        .max_upload_size = (size_t)cfg->max_upload_size,
+        .enable_cors = cfg->cors_origin != NULL,
+        .cors_origin = cfg->cors_origin,
+        .max_nodes = cfg->max_nodes,
+        .max_pixels = (unsigned long long)cfg->max_pixels,
+        .max_batch = cfg->max_batch,
+        .max_ws = cfg->max_ws,
+        .api_token = cfg->api_token,
+        .front_end_root = cfg->front_end_root,
         .argc = argc + 1,
         .argv = args,
     };
@@ -271,12 +265,11 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "kiln serve: cannot start the HTTP server: %s\n", err.msg);
         sched_free(sched);
         mem_free(args);
-        config_deinit(&cfg);
         return 1;
     }
 
-    print_panel(&cfg, sched, srv);
-    if (cfg.exposed)
+    print_panel(cfg, sched, srv);
+    if (cfg->exposed)
         log_warn("listening on %s without --api-token: anyone who can reach it can queue prompts and read outputs "
                  "(set --api-token or KILN_API_TOKEN)",
                  api_server_listen_text(srv));
@@ -305,7 +298,35 @@ int cmd_serve(int argc, char **argv) {
     sched_free(sched);
     api_server_free(srv);
     mem_free(args);
-    config_deinit(&cfg);
     if (!rc) log_info("stopped");
+    return rc;
+}
+
+int cmd_serve(int argc, char **argv) {
+    struct config cfg;
+    config_init(&cfg);
+    struct err err = {0};
+    if (config_load(&cfg, argc, argv, &err)) {
+        fprintf(stderr, "kiln serve: %s\n", err.msg);
+        config_deinit(&cfg);
+        return 2;
+    }
+    if (cfg.help || cfg.print_config) {
+        if (cfg.help) config_usage(stdout);
+        else config_print(&cfg, stdout);
+        config_deinit(&cfg);
+        return 0;
+    }
+    log_set_level(cfg.log_level);
+    /* the log file before anything starts, so that every log line is in it (the panel and the
+     * start-up errors go to stderr only) */
+    if (cfg.log_file && log_open_file(cfg.log_file, cfg.log_max_size, cfg.log_keep, &err)) {
+        fprintf(stderr, "kiln serve: %s (--log-file / KILN_LOG_FILE)\n", err.msg);
+        config_deinit(&cfg);
+        return 2;
+    }
+    int rc = serve(&cfg, argc, argv);
+    log_close_file();
+    config_deinit(&cfg);
     return rc;
 }
