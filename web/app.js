@@ -219,6 +219,7 @@ function finished(pid) {
   delete progress[pid];
   queueSoon();
   historySoon();
+  metricsSoon();
 }
 
 /* ===== Devices ===== */
@@ -333,7 +334,7 @@ async function refreshQueue() {
   const all = await apiJson('queue/all');
   queues = all.queues || [];
   const running = new Set(queues.flatMap((q) => (q.queue_running || []).map((it) => it[1])));
-  for (const id of prevRunning) if (!running.has(id)) { delete progress[id]; historySoon(); }
+  for (const id of prevRunning) if (!running.has(id)) { delete progress[id]; historySoon(); metricsSoon(); }
   prevRunning = running;
   $('#queue-total').textContent = `${all.total_running} running · ${all.total_pending} pending`;
   renderDevices();
@@ -618,6 +619,7 @@ function openViewer(x, info) {
   const dlg = $('#viewer');
   const url = viewUrl(x.img);
   $('#viewer-img').src = url;
+  $('#viewer-img').classList.toggle('small', (info.width || 1024) < 256);
   $('#viewer-img').alt = info.positive ? clip(info.positive, 200) : x.img.filename;
   $('#viewer-link').href = url;
   $('#viewer-download').href = url;
@@ -627,7 +629,7 @@ function openViewer(x, info) {
     ['Prompt', info.positive], ['Negative', info.negative], ['Checkpoint', info.ckpt],
     ['Size', info.width && `${info.width} × ${info.height}${info.batch > 1 ? ` (batch ${info.batch})` : ''}`],
     ['Seed', info.seed], ['Steps', info.steps], ['CFG', info.cfg], ['Sampler', info.sampler], ['Scheduler', info.scheduler],
-    ['Status', x.e.status?.status_str], ['Run time', fmtSecs(runTime(x.e))], ['Prompt ID', x.id], ['Node', x.node],
+    ['Status', x.e.status?.status_str], ['Run time', fmtSecs(runTime(x.e))], ['Prompt ID', x.id], ['Output node', x.node],
   ];
   $('#viewer-meta').replaceChildren(...rows.filter(([, v]) => v !== undefined && v !== null && v !== '')
     .flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, String(v))]));
@@ -750,6 +752,8 @@ async function refreshMetrics() {
   execSamples = execSamples.filter((s) => now - s.t <= EXEC_WINDOW);
   drawExec();
 }
+
+const metricsSoon = later(() => refreshMetrics().catch(() => {}), 300);
 
 function drawExec() {
   const cv = $('#chart-exec');

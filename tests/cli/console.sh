@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# tests/cli/console.sh -- kiln's web console end to end in headless Chromium: kiln serve on a
+# random tiny checkpoint with two CPU devices, then tests/e2e/console.js (playwright-core
+# driving Debian's /usr/bin/chromium) loads the console, queues a txt2img through its form,
+# watches the progress bar move and the image reach the gallery, cancels a pending prompt and
+# stops a running one, and checks keyboard reachability. Screenshots (1280x800 and 390x844)
+# stay in BUILD/e2e/ as artefacts (their paths are printed). Bounded: about 30 s under ASan,
+# 150 s at most for the browser part.
+# Usage: console.sh KILN_BINARY SOURCE_DIR (as CTest calls it). Needs node, npm, chromium
+# (scripts/setup --test installs them); runs `npm ci` in tests/e2e when playwright-core is missing.
+set -u
+KILN=$(realpath "${1:?kiln binary}")
+SRC=$(realpath "${2:?source dir}")
+. "$(dirname "$0")/lib.sh"
+lib_tmpdir kiln_cli_console
+PID=
+cd "$DIR" || exit 1
+lib_env
+lib_need node npm curl
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+[ -x "$CHROMIUM" ] || { echo "FAIL: console.sh needs Chromium at $CHROMIUM (scripts/setup --test installs it)"; exit 1; }
+export CHROMIUM
+
+E2E=$SRC/tests/e2e
+if [ ! -f "$E2E/node_modules/playwright-core/package.json" ]; then
+    echo "console.sh: npm ci in $E2E (playwright-core)"
+    (cd "$E2E" && npm ci --no-audit --no-fund --loglevel=error) || { echo "FAIL: npm ci in $E2E"; exit 1; }
+fi
+ART=$(dirname "$KILN")/e2e
+mkdir -p "$ART" && rm -f "$ART"/console-*.png
+
+lib_tiny_ckpt "$DIR/models/checkpoints/tiny.safetensors"
+LOG=$DIR/server.log
+lib_serve "$LOG" 1 --cpu-workers 2 --models-dir "$DIR/models" --output-directory "$DIR/output" \
+    --input-directory "$DIR/input" --temp-dir "$DIR/temp"
+PID=$SPID
+
+timeout -k 5 150 node "$E2E/console.js" "$URL/" "$ART"
+rc=$?
+[ "$rc" = 0 ] || fail "the browser test failed (exit $rc); server log: $LOG"
+passed "web console in Chromium"
+
+lib_stop_int "$PID" 20
+PID=
+[ "$STOP_RC" = 0 ] || fail "kiln serve exited $STOP_RC after SIGINT"
+lib_check_sanitizer "$LOG"
+passed "graceful stop, no sanitizer report"
+
+if [ "$fails" -ne 0 ]; then
+    echo "console.sh: $fails failure(s); server log tail:"
+    tail -n 30 "$LOG"
+    exit 1
+fi
+echo "console.sh: all passed in $((SECONDS - T0)) s (screenshots in $ART)"
