@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 CMAKE ?= cmake
 DEMO_MODEL ?= models/checkpoints/kiln-demo-tiny.safetensors
 
-.PHONY: all kiln debug asan test test-gpu fuzz-smoke run setup setup-test demo clean
+.PHONY: all kiln debug asan test test-gpu fuzz-smoke run setup setup-test demo install uninstall clean
 
 all: kiln
 
@@ -58,6 +58,18 @@ demo: kiln $(DEMO_MODEL)
 SERVE_ARGS ?=
 run: setup demo
 	build/kiln serve --models-dir models $(SERVE_ARGS)
+
+# Release build, then the binary, the systemd unit and the examples under PREFIX (deploy/install.cmake
+# lists where); DESTDIR stages them elsewhere (packaging): make install PREFIX=/usr DESTDIR=/tmp/pkg
+PREFIX ?= /usr/local
+install: kiln
+	DESTDIR="$(DESTDIR)" $(CMAKE) --install build --prefix "$(PREFIX)"
+
+# Removes what the last `make install` wrote (build/install_manifest.txt lists it, without DESTDIR:
+# give the same DESTDIR). Stop the service first: systemctl disable --now kiln
+uninstall:
+	@test -f build/install_manifest.txt || { echo "build/install_manifest.txt missing: nothing installed from this tree"; exit 1; }
+	while IFS= read -r f || [ -n "$$f" ]; do rm -fv "$(DESTDIR)$$f"; done < build/install_manifest.txt
 
 clean:
 	rm -rf build
