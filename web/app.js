@@ -30,7 +30,8 @@ async function api(path, opts = {}) {
   if (token) headers.Authorization = 'Bearer ' + token;
   const res = await fetch(ROOT + path, Object.assign({}, opts, { headers }));
   if (res.status === 401) {
-    $('#token-bar').hidden = false;
+    const bar = $('#token-bar');
+    if (bar.hidden) { bar.hidden = false; $('#token-input').focus(); }
     throw new Error('the server needs its API token');
   }
   return res;
@@ -499,8 +500,10 @@ async function submitTxt2img(ev) {
   const bad = [...form.querySelectorAll('input, select')].find((el) => !el.checkValidity());
   const seedOk = /^\d{1,20}$/.test(v.seed) && BigInt(v.seed) <= SEED_MAX;
   if (bad || !seedOk || !v.ckpt) {
-    const what = !v.ckpt ? 'a checkpoint' : bad ? bad.closest('label').firstChild.textContent.trim() : 'Seed (0 to 2^64-1)';
-    formMsg(h('span', { class: 'bad' }, `Check ${what}.`));
+    const why = !v.ckpt ? 'Pick a checkpoint (models/checkpoints is empty?).'
+      : bad ? `${bad.closest('label').firstChild.textContent.trim()}: ${bad.validationMessage}`
+      : 'Seed: a whole number from 0 to 18446744073709551615.';
+    formMsg(h('span', { class: 'bad' }, why));
     (bad || (seedOk ? f.ckpt : f.seed)).focus();
     return;
   }
@@ -792,7 +795,7 @@ async function start() {
     await Promise.all([refreshQueue(), loadFormOptions(), refreshHistory(), refreshMetrics()]);
   } catch (e) {
     setConn('down', 'offline');
-    toast(`Cannot reach kiln: ${e.message}`, true);
+    if ($('#token-bar').hidden) toast(`Cannot reach kiln: ${e.message}`, true);
   }
   connectWs();
   if (started) return;
