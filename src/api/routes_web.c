@@ -118,7 +118,8 @@ static void reply_root_file(struct http_req *r, const char *rel) {
         return;
     }
     size_t rl = strlen(root);
-    if (strncmp(real, root, rl) != 0 || (real[rl] != '/' && real[rl] != 0)) {
+    bool inside = rl == 1 || (strncmp(real, root, rl) == 0 && (real[rl] == '/' || real[rl] == 0)); /* root "/" */
+    if (!inside) {
         log_warn("http: refused %s: it resolves to %s, outside --front-end-root %s", r->ri->local_uri, real, root);
         http_reply_error(r, 403, "forbidden", "Path '%s' leaves the frontend folder", r->ri->local_uri);
         return;
