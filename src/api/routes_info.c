@@ -80,6 +80,7 @@ void api__get_system_stats(struct http_req *r, const char *arg) {
         json_object_set_new(d, "vram_free", graph_json_u64(info.mem_free));
         json_object_set_new(d, "torch_vram_total", json_integer(0));
         json_object_set_new(d, "torch_vram_free", json_integer(0));
+        json_object_set_new(d, "models", sched_device_models_json(srv->sched, i)); /* kiln: where weights live */
         json_array_append_new(devices, d);
     }
     json_t *j = json_object();

@@ -224,6 +224,10 @@ static int serve(struct config *cfg, int argc, char **argv) {
     };
     for (int i = 0; i < so.n_gpus; i++) so.gpus[i] = cfg->gpus[i];
     engine_set_gpu_fp32(cfg->force_fp32); /* before the devices start */
+    if (engine_set_default_placement(cfg->weights_placement, &err)) { /* config.c checked it already */
+        fprintf(stderr, "kiln serve: --weights-placement: %s\n", err.msg);
+        return 2;
+    }
     struct sched *sched = sched_new(&so, &err);
     if (!sched) {
         bool db = err.code == STATUS_ERR_IO; /* the database (--db) cannot be opened or read */

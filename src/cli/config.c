@@ -8,6 +8,7 @@
 #include "base/base.h"
 #include "base/mem.h"
 #include "base/status.h"
+#include "vram/placement.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -850,7 +851,12 @@ static int validate(struct config *c, struct err *err) {
         if (!is_dir(t)) return bad(c, CONFIG_KEY_FRONT_END_ROOT, err, "no such folder (a frontend build, with index.html)");
         c->front_end_root = mem_strdup(t);
     }
-    if ((t = c->values[CONFIG_KEY_WEIGHTS_PLACEMENT].text) && *t) c->weights_placement = mem_strdup(t);
+    if ((t = c->values[CONFIG_KEY_WEIGHTS_PLACEMENT].text) && *t) {
+        struct placement p;
+        struct err perr = {0};
+        if (placement_parse(t, &p, &perr)) return bad(c, CONFIG_KEY_WEIGHTS_PLACEMENT, err, "%s", perr.msg);
+        c->weights_placement = mem_strdup(t);
+    }
 
     /* folders */
     if ((t = c->values[CONFIG_KEY_BASE_DIR].text)) {

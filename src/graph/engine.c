@@ -97,12 +97,98 @@ static bool make_room(struct engine *e, uint64_t need) {
     return true;
 }
 
+/* ===== Placement (vram/placement.h, tensor.h STREAMING) ===== */
+
+struct place_ctx {
+    struct engine *e;
+    const struct placement *p; /* explicit allocation, or NULL/empty: automatic */
+    uint64_t room;             /* bytes the checkpoint may take on the device; UINT64_MAX = no budget */
+    uint64_t estimate;         /* the whole checkpoint's bytes (engine_checkpoint_estimate) */
+    const char *path;
+};
+
+/* nn_place_fn for the UNet: nothing moves when it fits and no allocation was given; else the
+ * plan of vram/placement.c decides, for this GPU's room, the other GPUs' peer_free and host memory. */
+static int place_unet(void *user, struct nn_block *blocks, int n, size_t total, struct err *err) {
+    struct place_ctx *pc = user;
+    struct engine *e = pc->e;
+    bool explicit = pc->p && pc->p->n > 0;
+    uint64_t others = pc->estimate > total ? pc->estimate - total : 0; /* CLIP and VAE stay resident */
+    uint64_t gpu_room = pc->room == UINT64_MAX ? PLACEMENT_UNLIMITED : pc->room > others ? pc->room - others : 0;
+    if (!explicit && (pc->room == UINT64_MAX || total <= gpu_room)) return 0;
+    int n_cuda = e->n_cuda > e->cuda_index ? e->n_cuda : e->cuda_index + 1;
+    struct placement_budget b;
+    placement_budget_init(&b, e->cuda_index, n_cuda);
+    for (int j = 0; j < n_cuda && j < PLACEMENT_MAX_DEVICES; j++) b.cuda[j] = j == e->cuda_index ? gpu_room : e->peer_free[j];
+    struct placement_block *pb = mem_alloc((size_t)(n ? n : 1) * sizeof *pb);
+    for (int i = 0; i < n; i++) pb[i] = (struct placement_block){.name = blocks[i].name, .bytes = blocks[i].bytes};
+    struct placement_plan plan;
+    int rc = placement_plan_make(pb, n, &b, explicit ? pc->p : NULL, &plan, err);
+    if (rc) {
+        err_prefix(err, "placing the UNet of %s (%.1f MiB) from cuda:%d", pc->path, (double)total / 1048576.0,
+                   e->cuda_index);
+        mem_free(pb);
+        return rc;
+    }
+    for (int i = 0; i < n; i++) {
+        int h = plan.home[i];
+        blocks[i].home = h == e->cuda_index ? NN_HOME_DEVICE : h == PLACEMENT_CPU ? NN_HOME_HOST : NN_HOME_PEER;
+        blocks[i].peer_device = blocks[i].home == NN_HOME_PEER ? h : -1;
+    }
+    char line[1024];
+    placement_plan_describe(&plan, pb, line, sizeof line);
+    log_info("cuda:%d: UNet of %s placed (%s): %s", e->cuda_index, pc->path, explicit ? "as asked" : "does not fit",
+             line);
+    placement_plan_free(&plan);
+    mem_free(pb);
+    return 0;
+}
+
+/* "cuda:0 1.20 GiB, cuda:1 0.40 GiB, cpu 0.10 GiB" for a checkpoint loaded on e. */
+static void describe_where(const struct engine *e, const struct sd_model *sd, uint64_t bytes, char *buf, size_t n) {
+    const struct nn_weights *w = &sd->unet.weights;
+    char dev[16];
+    if (e->cuda_index < 0) snprintf(dev, sizeof dev, "cpu");
+    else snprintf(dev, sizeof dev, "cuda:%d", e->cuda_index);
+    size_t used = (size_t)snprintf(buf, n, "%s %.2f GiB", dev, (double)bytes / 1073741824.0);
+    if (!w->n_blocks) return;
+    uint64_t peer[PLACEMENT_MAX_DEVICES] = {0};
+    for (int i = 0; i < w->n_blocks; i++)
+        if (w->blocks[i].home == NN_HOME_PEER && w->blocks[i].peer_device >= 0 &&
+            w->blocks[i].peer_device < PLACEMENT_MAX_DEVICES)
+            peer[w->blocks[i].peer_device] += w->blocks[i].bytes;
+    for (int j = 0; j < PLACEMENT_MAX_DEVICES && used < n; j++)
+        if (peer[j]) used += (size_t)snprintf(buf + used, n - used, ", cuda:%d %.2f GiB", j, (double)peer[j] / 1073741824.0);
+    if (w->bytes_host && used < n) snprintf(buf + used, n - used, ", cpu %.2f GiB", (double)w->bytes_host / 1073741824.0);
+}
+
 /* ===== Loading ===== */
 
 struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, struct err *err) {
+    return engine_checkpoint_placed(e, path, NULL, true, err);
+}
+
+struct engine_checkpoint *engine_checkpoint_placed(struct engine *e, const char *path, const char *placement,
+                                                   bool prefetch, struct err *err) {
+    struct placement asked;
+    const struct placement *p = &e->placement;
+    if (placement) {
+        if (placement_parse(placement, &asked, err)) {
+            err_prefix(err, "weights placement");
+            return NULL;
+        }
+        p = &asked;
+    }
+    char key[sizeof ((struct engine_checkpoint *)0)->placement];
+    if (e->cuda_index < 0) { /* host memory already: nothing to place */
+        snprintf(key, sizeof key, "auto");
+    } else {
+        size_t l = placement_format(p, key, sizeof key);
+        if (!prefetch && l + 12 < sizeof key) snprintf(key + l, sizeof key - l, " noprefetch");
+    }
     e->tick++;
     for (int i = 0; i < e->n_loaded; i++) {
-        if (strcmp(e->loaded[i]->sd->path, path) == 0) {
+        if (strcmp(e->loaded[i]->sd->path, path) == 0 && strcmp(e->loaded[i]->placement, key) == 0) {
             e->loaded[i]->last_use = e->tick;
             return (struct engine_checkpoint *)gobj_ref(&e->loaded[i]->obj);
         }
@@ -115,20 +201,51 @@ struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, 
     }
     uint64_t bytes = 0;
     struct err est_err = {0};
-    if (engine_checkpoint_estimate(e, path, &bytes, &est_err) == 0 && e->budget && !make_room(e, bytes))
+    bool estimated = engine_checkpoint_estimate(e, path, &bytes, &est_err) == 0;
+    bool fits = !estimated || !e->budget || make_room(e, bytes);
+    struct place_ctx pc = {.e = e, .p = p, .room = UINT64_MAX, .estimate = bytes, .path = path};
+    if (e->budget && estimated) {
+        uint64_t in_use = engine_weight_bytes(e);
+        pc.room = e->budget > in_use ? e->budget - in_use : 0;
+    }
+    struct sd_storage st = e->storage;
+    if (e->cuda_index >= 0) {
+        st.unet.place = place_unet;
+        st.unet.place_user = &pc;
+        st.unet.no_prefetch = !prefetch;
+    }
+    /* (an unreadable file: sd_model_load below says why) */
+    struct sd_model *sd = sd_model_load(path, e->backend, &st, err);
+    if (!sd) return NULL;
+    const struct nn_weights *uw = &sd->unet.weights;
+    if (uw->n_blocks) /* the UNet streams: what stays on the device, and the staging slots */
+        bytes = bytes - uw->size + uw->bytes_device + (uint64_t)uw->stream.n_slots * uw->slot_bytes;
+    else if (!fits)
         log_warn("loading %s (%.1f MiB) beyond the budget of %.1f MiB: the %.1f MiB resident are all in use", path,
                  (double)bytes / 1048576.0, (double)e->budget / 1048576.0, (double)engine_weight_bytes(e) / 1048576.0);
-    /* (an unreadable file: sd_model_load below says why) */
-    struct sd_model *sd = sd_model_load(path, e->backend, &e->storage, err);
-    if (!sd) return NULL;
     struct engine_checkpoint *ck = mem_calloc(1, sizeof *ck);
     ck->obj = (struct gobj){.refs = 1, .type = "CHECKPOINT", .free = checkpoint_free};
     ck->sd = sd;
     ck->last_use = e->tick;
     ck->bytes = bytes;
+    snprintf(ck->placement, sizeof ck->placement, "%s", key);
+    describe_where(e, sd, uw->n_blocks ? bytes - (uint64_t)uw->stream.n_slots * uw->slot_bytes : bytes, ck->where,
+                   sizeof ck->where);
     find_tokenizer(e, ck);
     e->loaded[e->n_loaded++] = ck; /* the engine's reference */
     return (struct engine_checkpoint *)gobj_ref(&ck->obj);
+}
+
+int engine_loaded_info(const struct engine *e, struct engine_loaded_info *out, int max) {
+    int n = 0;
+    for (int i = 0; i < e->n_loaded && n < max; i++, n++) {
+        const struct engine_checkpoint *ck = e->loaded[i];
+        snprintf(out[n].path, sizeof out[n].path, "%s", ck->sd->path);
+        snprintf(out[n].placement, sizeof out[n].placement, "%s", ck->placement);
+        snprintf(out[n].where, sizeof out[n].where, "%s", ck->where);
+        out[n].bytes = ck->bytes;
+    }
+    return n;
 }
 
 void engine_unload_unused(struct engine *e) {
@@ -148,8 +265,16 @@ void engine_release_scratch(struct engine *e) {
 }
 
 static atomic_bool gpu_fp32; /* engine_set_gpu_fp32: a process setting, read when engines start */
+static struct placement default_placement; /* engine_set_default_placement: idem (set before any engine) */
 
 void engine_set_gpu_fp32(bool fp32) { gpu_fp32 = fp32; }
+
+int engine_set_default_placement(const char *text, struct err *err) {
+    struct placement p = {0};
+    if (text && placement_parse(text, &p, err)) return err->code;
+    default_placement = p;
+    return 0;
+}
 
 void engine_init(struct engine *e, struct backend *be, const char *models_dir, const char *tokenizer_dir) {
     memset(e, 0, sizeof *e);
@@ -158,6 +283,7 @@ void engine_init(struct engine *e, struct backend *be, const char *models_dir, c
     e->models_dir = models_dir;
     e->tokenizer_dir = tokenizer_dir;
     e->cuda_index = -1;
+    e->placement = default_placement;
     tscratch_init(&e->scratch, be);
     tctx_init(&e->tctx, be, &e->scratch);
 }

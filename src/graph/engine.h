@@ -10,6 +10,7 @@
 #include "graph/value.h"
 #include "model/sd.h"
 #include "tensor/backend.h"
+#include "vram/placement.h"
 
 #define ENGINE_MAX_CHECKPOINTS 4 /* kept loaded; the least recently used goes first */
 
@@ -22,7 +23,12 @@ struct engine_checkpoint {
     struct tokenizer *tok;        /* CLIP tokenizer found for it, or NULL ... */
     struct err tok_err;           /* ... and then why (names the places looked in) */
     uint64_t last_use;            /* engine tick of the last use (LRU) */
-    uint64_t bytes;               /* weights on the device as loaded (engine_checkpoint_estimate) */
+    uint64_t bytes;               /* bytes on the device as loaded: the weights kept there plus
+                                     the staging of streamed UNet blocks (engine_checkpoint_estimate
+                                     when nothing streams) */
+    char placement[96];           /* how it was asked for: "auto" or the canonical allocation
+                                     string, with " noprefetch" appended (the cache key with path) */
+    char where[256];              /* where its bytes live ("cuda:0 1.2 GiB, cuda:1 0.4 GiB, cpu 0.1 GiB") */
 };
 
 /* MODEL and VAE values: a reference to the checkpoint. */
@@ -52,12 +58,21 @@ struct engine {
     int cuda_index;               /* CUDA ordinal of the device (engine_new_cuda), -1 = CPU */
     struct sd_storage storage;    /* how checkpoints are kept on this device (sd_storage_for, with
                                      the process's weight store: one host copy for all devices) */
+    struct placement placement;   /* --weights-placement: the default allocation (n 0 = automatic) */
+    int n_cuda;                   /* GPUs kiln runs on (ordinals 0 .. n_cuda-1), for placement */
+    uint64_t peer_free[PLACEMENT_MAX_DEVICES]; /* bytes another GPU may hold of this engine's
+                                     streamed blocks (set by the worker; 0 = none) */
 };
 
 /* GPUs keep fp32 weights and compute in fp32 (--force-fp32) for engines created after this call;
  * default false (fp16 UNet and text encoder weights, bf16 VAE). A process setting: call it before
  * the devices start. */
 void engine_set_gpu_fp32(bool fp32);
+
+/* The default weights placement of engines created after this call (--weights-placement; NULL =
+ * automatic). A process setting: call it before the devices start. Returns 0, or
+ * STATUS_ERR_INVALID with err saying what is wrong with the string. */
+int engine_set_default_placement(const char *text, struct err *err);
 
 void engine_init(struct engine *e, struct backend *be, const char *models_dir, const char *tokenizer_dir);
 void engine_deinit(struct engine *e); /* unloads every checkpoint */
@@ -88,6 +103,27 @@ bool engine_has_checkpoint(const struct engine *e, const char *path);
 /* The checkpoint at path, loaded now or kept from before. Returns a new reference, or NULL
  * with err filled. */
 struct engine_checkpoint *engine_checkpoint(struct engine *e, const char *path, struct err *err);
+
+/* The same, with the UNet's blocks placed as `placement` says (vram/placement.h: NULL = the
+ * engine's default, "auto"/"" = automatic) and streamed with or without prefetching. On a GPU,
+ * automatic placement keeps everything on the device unless the checkpoint does not fit the
+ * budget left (engine_set_budget minus the checkpoints in use); then the UNet's blocks that do
+ * not fit live on other GPUs (peer_free) or in host memory and stream in before use. A CPU
+ * engine ignores placements (its weights are host memory already). The log says where each
+ * block lives. Errors: a bad string (STATUS_ERR_INVALID), a plan that does not fit (RANGE,
+ * OOM_DEVICE), or the load's. */
+struct engine_checkpoint *engine_checkpoint_placed(struct engine *e, const char *path, const char *placement,
+                                                   bool prefetch, struct err *err);
+
+/* What one loaded checkpoint is, for /system_stats and the VRAM monitor. */
+struct engine_loaded_info {
+    char path[4096];
+    char placement[96];           /* engine_checkpoint.placement */
+    char where[256];              /* engine_checkpoint.where */
+    uint64_t bytes;               /* on this device */
+};
+/* Fills out[0..max) with the loaded checkpoints; returns how many. */
+int engine_loaded_info(const struct engine *e, struct engine_loaded_info *out, int max);
 
 /* The bytes a checkpoint's networks take once loaded on e, with each network's weights in e's
  * storage dtype (e NULL: every weight as fp32, the CPU's storage; other tensors at their stored

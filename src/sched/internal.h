@@ -102,6 +102,8 @@ struct sched_device {
     struct sched_clean clean_result;     /* mu: what the last served request freed */
     char **ckpts;                        /* mu: checkpoint paths the engine holds (snapshot) */
     int n_ckpts;                         /* mu */
+    json_t *models;                      /* mu: [{path, placement, where, bytes}] of the loaded
+                                            checkpoints (snapshot; where their bytes live), or NULL */
     struct sched_metrics m;              /* mu */
     uint64_t since_log;                  /* worker: prompts since the last metrics line */
 };

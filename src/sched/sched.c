@@ -312,6 +312,7 @@ static void device_deinit(struct sched_device *d) {
     engine_free(d->engine);
     for (int i = 0; i < d->n_ckpts; i++) mem_free(d->ckpts[i]);
     mem_free(d->ckpts);
+    json_decref(d->models);
     pthread_cond_destroy(&d->wake);
 }
 
@@ -462,6 +463,14 @@ void sched_device_info(struct sched *s, int index, struct sched_device_info *out
     pthread_mutex_unlock(&s->mu);
 }
 
+json_t *sched_device_models_json(struct sched *s, int d) {
+    ASSERT(d >= 0 && d < s->n_dev);
+    pthread_mutex_lock(&s->mu);
+    json_t *j = s->dev[d].models ? json_deep_copy(s->dev[d].models) : json_array();
+    pthread_mutex_unlock(&s->mu);
+    return j;
+}
+
 json_t *sched_gpus_json(struct sched *s) {
     json_t *gpus = json_array();
     for (int i = 0; i < s->n_dev; i++) {
@@ -473,6 +482,7 @@ json_t *sched_gpus_json(struct sched *s) {
         json_t *o = json_object();
         json_object_set_new(o, "device", json_integer(i));
         json_object_set_new(o, "cuda_index", json_integer(d->cuda_ordinal));
+        json_object_set_new(o, "models", sched_device_models_json(s, i));
         json_object_set_new(o, "name", json_string(d->name));
         json_object_set_new(o, "pci_bus_id", known && g.pci_bus_id[0] ? json_string(g.pci_bus_id) : json_null());
         json_object_set_new(o, "memory_total", known ? json_integer((json_int_t)g.mem_total) : json_null());

@@ -209,6 +209,11 @@ void sched_history_delete(struct sched *s, const char *prompt_id);
  * are null. New reference. */
 json_t *sched_gpus_json(struct sched *s);
 
+/* The checkpoints device d holds, and where their bytes live (weights placement):
+ * [{"path", "placement" ("auto" or the allocation string), "where" ("cuda:0 1.20 GiB, cpu
+ * 0.40 GiB"), "bytes" (on the device)}], as of the worker's last prompt. A new reference. */
+json_t *sched_device_models_json(struct sched *s, int d);
+
 /* ===== Metrics ===== */
 
 /* GET /metrics: Prometheus text exposition (per-device tasks, successes, failures, OOMs,

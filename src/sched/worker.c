@@ -176,12 +176,23 @@ static json_t *history_entry(const struct exec_report *rep, json_t *messages) {
 static void snapshot_checkpoints(struct sched *s, struct sched_device *d) {
     char **paths = mem_calloc(ENGINE_MAX_CHECKPOINTS, sizeof *paths);
     int n = d->engine ? engine_loaded_paths(d->engine, paths, ENGINE_MAX_CHECKPOINTS) : 0;
+    struct engine_loaded_info *info = mem_calloc(ENGINE_MAX_CHECKPOINTS, sizeof *info);
+    int n_info = d->engine ? engine_loaded_info(d->engine, info, ENGINE_MAX_CHECKPOINTS) : 0;
+    json_t *models = json_array();
+    for (int i = 0; i < n_info; i++)
+        json_array_append_new(models, json_pack("{s:s,s:s,s:s,s:I}", "path", info[i].path, "placement",
+                                                info[i].placement, "where", info[i].where, "bytes",
+                                                (json_int_t)info[i].bytes));
+    mem_free(info);
     pthread_mutex_lock(&s->mu);
+    json_t *old_models = d->models;
+    d->models = models;
     char **old = d->ckpts;
     int n_old = d->n_ckpts;
     d->ckpts = paths;
     d->n_ckpts = n;
     pthread_mutex_unlock(&s->mu);
+    json_decref(old_models);
     for (int i = 0; i < n_old; i++) mem_free(old[i]);
     mem_free(old);
 }
@@ -223,6 +234,19 @@ static void update_budget(struct sched *s, struct sched_device *d) {
     b.total = d->mem_total;
     b.used = used > own ? used - own : 0;
     engine_set_budget(d->engine, vram_budget_bytes(&b));
+    /* what the other GPUs could hold of this engine's streamed blocks (weights placement): their
+     * free memory now, less the safe minimum reserve that their own workers keep */
+    struct engine *e = d->engine;
+    memset(e->peer_free, 0, sizeof e->peer_free);
+    e->n_cuda = 0;
+    for (int k = 0; k < s->n_dev; k++) {
+        const struct sched_device *o = &s->dev[k];
+        if (o->kind != SCHED_DEVICE_CUDA || o->cuda_ordinal < 0 || o->cuda_ordinal >= PLACEMENT_MAX_DEVICES) continue;
+        if (o->cuda_ordinal + 1 > e->n_cuda) e->n_cuda = o->cuda_ordinal + 1;
+        if (o == d) continue;
+        uint64_t f = sched__gpu_mem_free(s->vram, o->cuda_ordinal), keep = (uint64_t)(VRAM_DEFAULT_MIN_SAFE_RESERVE_GB * VRAM_GB);
+        e->peer_free[o->cuda_ordinal] = f > keep ? f - keep : 0;
+    }
 }
 
 /* ===== Clean-up asked by another device (GPUMemoryCleanup clear_all_gpus) ===== */

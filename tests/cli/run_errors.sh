@@ -115,6 +115,14 @@ cp "$BAD/load_image.json" load_image.json
 expect_fail image_missing "Invalid image file: picture.png" -- load_image.json
 
 # ---- execution ----
+# CheckpointLoaderPlaced (issue 7): a bad allocation string fails the node with the parser's words;
+# a good one on a CPU device is accepted and ignored (host memory already)
+variant placed_bad 's/"class_type": "CheckpointLoaderSimple",/"class_type": "CheckpointLoaderPlaced",/; s/"inputs": {"ckpt_name": "tiny.safetensors"}/"inputs": {"ckpt_name": "tiny.safetensors", "weights_placement": "cuda:0,8;cpu,*"}/'
+expect_fail placed_bad "node 4 (CheckpointLoaderPlaced) failed" "entry 1 'cuda:0,8'" "give one, as in 8gb" -- placed_bad.json
+variant placed_ok 's/"class_type": "CheckpointLoaderSimple",/"class_type": "CheckpointLoaderPlaced",/; s/"inputs": {"ckpt_name": "tiny.safetensors"}/"inputs": {"ckpt_name": "tiny.safetensors", "weights_placement": "cuda:0,25%;cpu,*", "prefetch": false}/'
+run_kiln placed_ok placed_ok.json
+[ "$rc" = 0 ] || { fail "placed_ok: exit $rc"; tail -n 5 "$DIR/placed_ok.err"; }
+rm -f output/ComfyUI_*.png # later cases count the saved files from 1
 variant sampler_sde 's/"sampler_name": "euler"/"sampler_name": "dpmpp_sde"/'
 expect_fail sampler_sde "node 3 (KSampler) failed" "'dpmpp_sde' is not supported yet" -- sampler_sde.json
 

@@ -154,6 +154,10 @@ if id=$(submit curl "$URL" "$DIR/curl.json") && wait_history "$id"; then
         check_png "$DIR/v.body"
         cmp -s "$DIR/v.body" "$DIR/output/$name" || fail "curl: /view $name differs from the file"
     done <"$DIR/imgs"
+    # /system_stats says which device holds the checkpoint and where its bytes live (issue 7)
+    expect_code stats 200 GET "$URL/system_stats"
+    where=$(js "$DIR/stats.body" "[m['where'] for d in j['devices'] for m in d['models'] if m['path'].endswith('.safetensors')]")
+    case "$where" in '["cpu '*' GiB"]') ;; *) fail "/system_stats devices[].models where: $where" ;; esac
 fi
 passed "txt2img with curl (poll /history, /view)"
 

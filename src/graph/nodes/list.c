@@ -16,7 +16,7 @@ extern const struct node_class NODE_ConditioningCombine, NODE_ConditioningZeroOu
 
 /* Model nodes (graph/nodes/loaders.c, text.c, sampling.c, vae.c). */
 extern const struct node_class NODE_CheckpointLoaderSimple, NODE_CLIPTextEncode, NODE_CLIPSetLastLayer,
-    NODE_KSampler, NODE_KSamplerAdvanced, NODE_VAEDecode, NODE_VAEEncode;
+    NODE_KSampler, NODE_KSamplerAdvanced, NODE_VAEDecode, NODE_VAEEncode, NODE_CheckpointLoaderPlaced;
 
 /* GPU memory nodes (graph/nodes/vram.c). */
 extern const struct node_class NODE_GPUMemoryReserve, NODE_GPUMemoryMonitor, NODE_GPUMemoryCleanup;
@@ -43,5 +43,6 @@ const struct node_class *const graph__builtin_classes[] = {
     &NODE_GPUMemoryReserve,
     &NODE_GPUMemoryMonitor,
     &NODE_GPUMemoryCleanup,
+    &NODE_CheckpointLoaderPlaced,
     NULL,
 };

@@ -1,4 +1,5 @@
-/* graph/nodes/loaders.c -- CheckpointLoaderSimple and CLIPSetLastLayer.
+/* graph/nodes/loaders.c -- CheckpointLoaderSimple, CheckpointLoaderPlaced (kiln: the UNet's
+ * blocks placed across GPUs and host memory, issue 7) and CLIPSetLastLayer.
  * Owns: nothing; loaded checkpoints belong to the engine (graph/engine.h).
  * Threads: the worker executing the prompt. */
 #include "base/status.h"
@@ -26,21 +27,27 @@ static const struct node_output ckpt_outputs[] = {
     NODE_OUTPUTS_END,
 };
 
-static int run_checkpoint_loader(struct node_run *ctx, const struct value *in, struct value *out, struct err *err) {
+/* Both loaders: placement NULL = the server's default (--weights-placement). */
+static int load_checkpoint(struct node_run *ctx, const char *name, const char *placement, bool prefetch,
+                           struct value *out, struct err *err) {
     struct engine *e = ctx->engine;
     char path[PATH_MAX];
-    int rc = graph_model_path(ctx->paths, "checkpoints", in[0].s, path, sizeof path, err);
+    int rc = graph_model_path(ctx->paths, "checkpoints", name, path, sizeof path, err);
     if (rc) {
         node_set_exception_type(ctx, "FileNotFoundError");
         return rc;
     }
-    struct engine_checkpoint *ck = engine_checkpoint(e, path, err);
+    struct engine_checkpoint *ck = engine_checkpoint_placed(e, path, placement, prefetch, err);
     if (!ck) return err->code ? err->code : STATUS_ERR_INTERNAL;
     out[0] = (struct value){.kind = VALUE_OBJECT, .obj = &model_value_new(ck, "MODEL")->obj};
     out[1] = (struct value){.kind = VALUE_OBJECT, .obj = &clip_value_new(ck, -1)->obj};
     out[2] = (struct value){.kind = VALUE_OBJECT, .obj = &model_value_new(ck, "VAE")->obj};
     gobj_unref(&ck->obj);
     return 0;
+}
+
+static int run_checkpoint_loader(struct node_run *ctx, const struct value *in, struct value *out, struct err *err) {
+    return load_checkpoint(ctx, in[0].s, NULL, true, out, err);
 }
 
 const struct node_class NODE_CheckpointLoaderSimple = {
@@ -51,6 +58,36 @@ const struct node_class NODE_CheckpointLoaderSimple = {
     .required = ckpt_inputs,
     .outputs = ckpt_outputs,
     .run = run_checkpoint_loader,
+};
+
+/* ===== CheckpointLoaderPlaced ===== */
+
+static const struct node_input placed_optional[] = {
+    {.name = "weights_placement", .kind = NODE_INPUT_STRING, .flags = NODE_IN_DEFAULT, .string_default = "auto",
+     .tooltip = "Where the UNet's blocks live, in order, e.g. cuda:0,8gb;cuda:1,*;cpu,* (sizes, N% of the model, or * "
+                "for what fits); blocks away from the running GPU are copied in before use. auto: only when the "
+                "model does not fit."},
+    {.name = "prefetch", .kind = NODE_INPUT_BOOLEAN, .flags = NODE_IN_DEFAULT, .bool_default = true,
+     .tooltip = "Copy the next block while the current one computes."},
+    NODE_INPUTS_END,
+};
+
+/* Absent inputs: the server's --weights-placement, and prefetching. */
+static int run_placed_loader(struct node_run *ctx, const struct value *in, struct value *out, struct err *err) {
+    const char *placement = in[1].kind == VALUE_STRING ? in[1].s : NULL;
+    bool prefetch = in[2].kind == VALUE_BOOL ? in[2].b : true;
+    return load_checkpoint(ctx, in[0].s, placement, prefetch, out, err);
+}
+
+const struct node_class NODE_CheckpointLoaderPlaced = {
+    .name = "CheckpointLoaderPlaced",
+    .display_name = "Load Checkpoint (weights placement)",
+    .category = "loaders",
+    .description = "Loads a checkpoint whose UNet may be split across GPUs and host memory (kiln).",
+    .required = ckpt_inputs,
+    .optional = placed_optional,
+    .outputs = ckpt_outputs,
+    .run = run_placed_loader,
 };
 
 /* ===== CLIPSetLastLayer ===== */
