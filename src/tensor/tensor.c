@@ -345,6 +345,12 @@ static struct tensor *mem_owner(struct tensor *t) {
 /* ===== Streamed weights (tensor.h STREAMING) ===== */
 
 static struct tensor *stream_node(struct tctx *c, enum tstream_kind kind, int block) {
+    if (kind == TSTREAM_BEGIN) {
+        struct tensor *t = new_tensor(c, DTYPE_I32, 1, (int64_t[]){1});
+        t->op = OP_STREAM;
+        t->ip[0] = kind;
+        return t;
+    }
     const struct tstream_block *b = &c->stream->blocks[block];
     int64_t one = 1, words = (int64_t)(b->bytes / 4);
     struct tensor *t = new_tensor(c, DTYPE_I32, 1, kind == TSTREAM_FETCH ? &words : &one);
@@ -414,16 +420,24 @@ static int plan_stream(struct tctx *c) {
         }
         prev_in_slot[k] = b;
     }
-    struct tensor **run = arena_alloc(&c->arena, (size_t)(c->n_run + 3 * n_used + 1) * sizeof *run);
+    struct tensor **run = arena_alloc(&c->arena, (size_t)(c->n_run + 3 * n_used + 2) * sizeof *run);
     int n = 0;
+    if (n_used) run[n++] = stream_node(c, TSTREAM_BEGIN, 0);
     if (!s->no_prefetch)
         for (int k = 0; k < s->n_slots; k++)
-            if (first_in_slot[k] >= 0) run[n++] = stream_node(c, TSTREAM_FETCH, first_in_slot[k]);
+            if (first_in_slot[k] >= 0) {
+                run[n] = stream_node(c, TSTREAM_FETCH, first_in_slot[k]);
+                run[n++]->ip[3] = 1;
+            }
     for (int i = 0; i < c->n_run; i++) {
         for (int j = 0; j < n_used; j++) {
             int b = order[j];
             if (first[b] != i) continue;
-            if (s->no_prefetch) run[n++] = stream_node(c, TSTREAM_FETCH, b);
+            if (s->no_prefetch) { /* the copy starts only when the compute gets here */
+                run[n] = stream_node(c, TSTREAM_FETCH, b);
+                run[n]->ip[3] = first_in_slot[s->blocks[b].slot_index] == b;
+                run[n++]->ip[4] = 1;
+            }
             run[n++] = stream_node(c, TSTREAM_WAIT, b);
         }
         run[n++] = c->run[i];

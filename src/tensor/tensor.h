@@ -144,13 +144,15 @@ const char *tensor_shape_str(const struct tensor *t, char *buf, size_t n);
  * the forward pass hands the table to its tctx (tctx.stream). tctx_plan then adds OP_STREAM nodes
  * to the run list: FETCH (copy a block from home into its slot, on a copy stream, after the slot's
  * previous block is DONE), WAIT (the compute stream waits for that copy) before the first node that
- * reads the block, DONE (the slot may be overwritten) after the last. With prefetch, the FETCH of
+ * reads the block, DONE (the slot may be overwritten) after the last, and one BEGIN first (the graph
+ * has started: a slot's first FETCH waits for it instead of an earlier run's DONE, so the whole run
+ * can be captured as one CUDA graph). With prefetch, the FETCH of
  * the next block of a slot is issued as soon as the slot's previous block is DONE, so copies
  * overlap the compute of the block in the other slot; without (no_prefetch), right before its WAIT.
  * Kernels, their order and their inputs are the same as with the whole model resident: results are
  * identical. Blocks sharing a slot must be used one after the other (the planner checks). */
 
-enum tstream_kind { TSTREAM_FETCH, TSTREAM_WAIT, TSTREAM_DONE };
+enum tstream_kind { TSTREAM_FETCH, TSTREAM_WAIT, TSTREAM_DONE, TSTREAM_BEGIN };
 
 #define TSTREAM_MAX_SLOTS 4
 
@@ -274,7 +276,9 @@ struct tensor *op_get_rows(struct tctx *c, struct tensor *table, struct tensor *
 struct tensor *op_cast(struct tctx *c, struct tensor *a, enum dtype to);
 
 /* OP_STREAM nodes are made by tctx_plan only (STREAMING above): ip[0] an enum tstream_kind, ip[1]
- * the slot, ip[2] the block's index in tctx.stream; a FETCH's data is the slot and src[0] a leaf
- * over the block's home bytes (I32, [bytes / 4]), and it copies src[0] into data. */
+ * the slot, ip[2] the block's index in tctx.stream, ip[3] 1 on a slot's first FETCH of the run
+ * (it waits for BEGIN, not for a DONE), ip[4] 1 on a FETCH that also waits until the compute has
+ * reached it (no_prefetch: a backend runs ahead of the host's order otherwise); a FETCH's data is the slot and src[0] a leaf over the
+ * block's home bytes (I32, [bytes / 4]), and it copies src[0] into data. */
 
 #endif

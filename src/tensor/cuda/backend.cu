@@ -166,8 +166,8 @@ static bool cuda_op_supported(void *vctx, const struct tensor *node) {
 /* OP_STREAM (tensor.h STREAMING): a FETCH waits on the copy stream until the slot's previous block
  * is done, copies the block from its home (pinned host memory or another GPU: cudaMemcpyDefault,
  * peer to peer where enabled) and marks the slot ready; a WAIT makes the compute stream wait for
- * that; a DONE marks the slot free once the compute stream has passed the block's last reader.
- * A wait on an event never recorded returns at once (the first use of a slot). */
+ * that; a DONE marks the slot free once the compute stream has passed the block's last reader;
+ * BEGIN marks the start of the run, which a slot's first FETCH waits for. */
 static int cuda_op_stream(struct cuda_ctx *ctx, struct tensor *t, struct err *err) {
     int slot = t->ip[1];
     if (slot < 0 || slot >= TSTREAM_MAX_SLOTS) return err_set(err, STATUS_ERR_INVALID, "stream slot %d", slot);
@@ -177,10 +177,17 @@ static int cuda_op_stream(struct cuda_ctx *ctx, struct tensor *t, struct err *er
             CUDA_TRY(cudaEventCreateWithFlags(&ctx->stream_ready[k], cudaEventDisableTiming));
             CUDA_TRY(cudaEventCreateWithFlags(&ctx->stream_free[k], cudaEventDisableTiming));
         }
+        CUDA_TRY(cudaEventCreateWithFlags(&ctx->stream_begin, cudaEventDisableTiming));
+        CUDA_TRY(cudaEventCreateWithFlags(&ctx->stream_reach, cudaEventDisableTiming));
     }
     switch (t->ip[0]) {
-    case TSTREAM_FETCH:
-        CUDA_TRY(cudaStreamWaitEvent(ctx->copy_stream, ctx->stream_free[slot], 0));
+    case TSTREAM_BEGIN: CUDA_TRY(cudaEventRecord(ctx->stream_begin, ctx->stream)); return 0;
+    case TSTREAM_FETCH: /* every event waited for is recorded in this run: capturable as one graph */
+        CUDA_TRY(cudaStreamWaitEvent(ctx->copy_stream, t->ip[3] ? ctx->stream_begin : ctx->stream_free[slot], 0));
+        if (t->ip[4]) { /* no prefetch: not before the compute stream gets here */
+            CUDA_TRY(cudaEventRecord(ctx->stream_reach, ctx->stream));
+            CUDA_TRY(cudaStreamWaitEvent(ctx->copy_stream, ctx->stream_reach, 0));
+        }
         CUDA_TRY(cudaMemcpyAsync(t->data, t->src[0]->data, tensor_nbytes(t), cudaMemcpyDefault, ctx->copy_stream));
         CUDA_TRY(cudaEventRecord(ctx->stream_ready[slot], ctx->copy_stream));
         return 0;
@@ -240,15 +247,15 @@ static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct
     struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
     CUDA_TRY(cudaSetDevice(ctx->device));
     int rc;
-    bool streams = false; /* streamed weights: events on two streams, launched node by node */
+    bool streams = false; /* streamed weights: KILN_CUDA_STREAM_GRAPHS=0 launches them node by node */
     for (int i = 0; i < n && !streams; i++) streams = nodes[i]->op == OP_STREAM;
-    if (streams && !ctx->profile) {
+    if (streams && !ctx->profile && !ctx->stream_graphs) {
         rc = enqueue_nodes(ctx, nodes, n, err);
     } else if (cuda__profile_whole(ctx->profile)) { /* the whole graph timed, CUDA graphs on */
         rc = cuda__profile_begin(ctx->profile, nodes, n, err);
         if (!rc) cuda__profile_mark(ctx->profile, 0, ctx->stream);
-        if (!rc) rc = streams ? enqueue_nodes(ctx, nodes, n, err)
-                              : cuda__graphs_run(ctx->graphs, ctx, nodes, n, enqueue_nodes, err);
+        if (!rc) rc = streams && !ctx->stream_graphs ? enqueue_nodes(ctx, nodes, n, err)
+                                                     : cuda__graphs_run(ctx->graphs, ctx, nodes, n, enqueue_nodes, err);
         if (!rc) cuda__profile_mark(ctx->profile, 1, ctx->stream);
     } else if (ctx->profile) { /* every node timed on its own: no CUDA graphs */
         rc = cuda__profile_begin(ctx->profile, nodes, n, err);
@@ -284,6 +291,8 @@ static void cuda_free(void *vctx) {
             if (cb->ctx.stream_ready[k]) cudaEventDestroy(cb->ctx.stream_ready[k]);
             if (cb->ctx.stream_free[k]) cudaEventDestroy(cb->ctx.stream_free[k]);
         }
+        if (cb->ctx.stream_begin) cudaEventDestroy(cb->ctx.stream_begin);
+        if (cb->ctx.stream_reach) cudaEventDestroy(cb->ctx.stream_reach);
         cudaStreamDestroy(cb->ctx.copy_stream);
     }
     cuda__profile_free(cb->ctx.profile, cb->ctx.device);
@@ -501,6 +510,8 @@ static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
        im2col + cuBLAS; with the 16x16 level too (256) the UNet evaluation took 10.4 ms, not 10.7 */
     const char *small = getenv("KILN_CONV_SMALL_P");
     cb->ctx.conv_small_p = small && *small ? atoll(small) : 256;
+    const char *sg = getenv("KILN_CUDA_STREAM_GRAPHS"); /* streamed weights inside CUDA graphs (default on) */
+    cb->ctx.stream_graphs = !(sg && strcmp(sg, "0") == 0);
     if (cb->ctx.profile) log_info("cuda backend: device %d times every op (KILN_CUDA_PROFILE=1)", device);
     return 0;
 }

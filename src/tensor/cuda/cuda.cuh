@@ -66,6 +66,10 @@ struct cuda_ctx {
                                      until the first OP_STREAM */
     cudaEvent_t stream_ready[TSTREAM_MAX_SLOTS]; /* a slot's copy finished (recorded on copy_stream) */
     cudaEvent_t stream_free[TSTREAM_MAX_SLOTS];  /* a slot's block is done (recorded on stream) */
+    cudaEvent_t stream_begin;     /* the run started (recorded on stream): first FETCH of each slot */
+    cudaEvent_t stream_reach;     /* no prefetch: the compute stream reached a FETCH */
+    bool stream_graphs;           /* runs with OP_STREAM are captured as CUDA graphs too
+                                     (KILN_CUDA_STREAM_GRAPHS=0: launched node by node) */
     int64_t conv_small_p;         /* output positions per image at or below which conv.cu uses im2col +
                                      cuBLAS instead of cuDNN (KILN_CONV_SMALL_P, default 256) */
 #ifdef KILN_HAVE_CUDNN

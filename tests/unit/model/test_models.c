@@ -258,10 +258,19 @@ static void test_unet_streamed(void **state) {
         rc = unet_eval(&ctx, u, 2, 8, 8, x, t, c, 77, out);
         if (rc) fail_msg("unet_eval (streamed, prefetch %d): %s", !no_prefetch, ctx.err.msg);
         /* every streamed block fetched, waited for and released once per evaluation */
-        int kinds[3] = {0, 0, 0};
+        int kinds[4] = {0, 0, 0, 0}, firsts = 0;
         for (int i = 0; i < ctx.n_run; i++)
-            if (ctx.run[i]->op == OP_STREAM) kinds[ctx.run[i]->ip[0]]++;
-        for (int k = 0; k < 3; k++) assert_int_equal(kinds[k], w->stream.n_blocks);
+            if (ctx.run[i]->op == OP_STREAM) {
+                assert_in_range(ctx.run[i]->ip[0], TSTREAM_FETCH, TSTREAM_BEGIN);
+                kinds[ctx.run[i]->ip[0]]++;
+                firsts += ctx.run[i]->ip[0] == TSTREAM_FETCH && ctx.run[i]->ip[3];
+                if (ctx.run[i]->ip[0] == TSTREAM_FETCH) assert_int_equal(ctx.run[i]->ip[4], no_prefetch);
+            }
+        for (int k = TSTREAM_FETCH; k <= TSTREAM_DONE; k++) assert_int_equal(kinds[k], w->stream.n_blocks);
+        assert_int_equal(kinds[TSTREAM_BEGIN], 1);
+        assert_int_equal(firsts, w->stream.n_slots); /* one first FETCH per slot waits for BEGIN */
+        assert_int_equal(ctx.run[0]->op, OP_STREAM);
+        assert_int_equal(ctx.run[0]->ip[0], TSTREAM_BEGIN);
         if (memcmp(out, ref, no * sizeof(float)) != 0) {
             double m = 0;
             for (size_t i = 0; i < no; i++) m = fmax(m, fabs((double)out[i] - ref[i]));
