@@ -5,6 +5,8 @@
 # that each accepted prompt has exactly one /history entry, each invalid one got a 4xx with an
 # error body, no 5xx, and prints p50/p99/max of the POST /prompt latency. Then SIGINT: graceful
 # exit 0, no sanitizer report in the server log.
+# LOAD_PROCS=K spreads the clients over K processes (load.py --procs; default 1); LOAD_RATE=R sends
+# at R requests per second in all, open loop (load.py --rate; default 0: closed loop).
 # Usage: load.sh KILN_BINARY SOURCE_DIR [PROMPTS [CLIENTS]] (as CTest calls it: 200 prompts from
 # 20 clients, ~50 s under ASan, where the 3 workers run ~4 prompts/s; docs/PERF.md has the 2,000 / 50 run).
 set -u
@@ -28,7 +30,8 @@ PID=$SPID
 
 # ===== The load =====
 python3 "$SRC/tests/load/load.py" 127.0.0.1 "$PORT" --prompts "$PROMPTS" --clients "$CLIENTS" \
-    --ws-clients 10 --max-body $((1 << 20)) --drain-timeout 300 --json "$DIR/figures.json" || fails=$((fails + 1))
+    --ws-clients 10 --max-body $((1 << 20)) --drain-timeout 300 --json "$DIR/figures.json" --procs "${LOAD_PROCS:-1}" --rate "${LOAD_RATE:-0}" ||
+    fails=$((fails + 1))
 kill -0 "$PID" 2>/dev/null || fail "kiln serve died under load"
 
 # ===== SIGINT: graceful, and no sanitizer report =====

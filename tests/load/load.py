@@ -19,7 +19,7 @@ Prints p50/p99/max of the POST /prompt latency (all requests, and valid ones alo
 throughput; exits 1 on any violation. Standard library only: threads, http.client, raw sockets.
 
 usage: load.py HOST PORT [--prompts P] [--clients N] [--ws-clients W] [--ckpt NAME]
-               [--max-body BYTES] [--drain-timeout S] [--seed S] [--json OUT]
+               [--max-body BYTES] [--drain-timeout S] [--seed S] [--json OUT] [--procs K] [--rate R]
 Threads: the client threads each own one keep-alive HTTPConnection; results go into per-thread
 lists, merged after join (no shared mutable state besides the work counter, under a lock).
 """
@@ -27,6 +27,7 @@ import argparse
 import base64
 import http.client
 import json
+import multiprocessing
 import os
 import random
 import socket
@@ -97,17 +98,37 @@ def invalid_request(kind, ckpt, seed, max_body):
 
 
 class Plan:
-    """Hands out request numbers 0..total-1 to the client threads."""
+    """Hands out request numbers 0..total-1 to the client threads (of every process: the counter
+    is a multiprocessing.Value when the clients are spread over processes)."""
 
-    def __init__(self, total):
-        self.total, self.next, self.lock = total, 0, threading.Lock()
+    def __init__(self, total, shared=None):
+        self.total, self.next, self.lock, self.shared = total, 0, threading.Lock(), shared
 
     def take(self):
+        if self.shared is not None:
+            with self.shared.get_lock():
+                if self.shared.value >= self.total:
+                    return None
+                self.shared.value += 1
+                return self.shared.value - 1
         with self.lock:
             if self.next >= self.total:
                 return None
             self.next += 1
             return self.next - 1
+
+
+def client_proc(k, n_threads, host, port, shared, args, out):
+    """One client process (--procs): n_threads client threads; their records go to out."""
+    plan = Plan(args.prompts, shared)
+    lists = [[] for _ in range(n_threads)]
+    ts = [threading.Thread(target=client_thread, args=(host, port, plan, args, lists[j], args.seed * 1000 + k * n_threads + j))
+          for j in range(n_threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.put([r for lst in lists for r in lst])
 
 
 def client_thread(host, port, plan, args, results, rng_seed):
@@ -117,6 +138,8 @@ def client_thread(host, port, plan, args, results, rng_seed):
         i = plan.take()
         if i is None:
             break
+        if args.rate:  # open loop: request i leaves at its time, whatever the earlier answers did
+            time.sleep(max(0.0, args.t_start + i / args.rate - time.time()))
         seed = 1000 + i  # distinct seeds: each valid prompt really runs
         if rnd.random() < 0.8:
             kind, want, shape, node = "valid", 200, None, None
@@ -296,6 +319,12 @@ def main():
     ap.add_argument("--drain-timeout", type=float, default=600)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument("--rate", type=float, default=0,
+                    help="open loop: send request i at start + i/RATE seconds (0: closed loop, each client sends "
+                         "its next request when the last one is answered)")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="spread the clients over this many processes (one Python process holds the GIL: on a "
+                         "machine with many cores its threads, not the server, bound the latency)")
     args = ap.parse_args()
     random.seed(args.seed)
     host, port = args.host, args.port
@@ -308,13 +337,23 @@ def main():
     ws_stats = [{"opened": 0, "upgraded": 0, "errors": []} for _ in range(args.ws_clients)]
     ws = [threading.Thread(target=ws_thread, args=(host, port, stop, ws_stats[k], 10000 + k), daemon=True)
           for k in range(args.ws_clients)]
-    cl = [threading.Thread(target=client_thread, args=(host, port, plan, args, per_thread[k], args.seed * 1000 + k),
-                           daemon=True) for k in range(args.clients)]
+    args.t_start = time.time() + 0.5  # open loop (--rate): the schedule's origin, after every client started
+    procs = max(1, min(args.procs, args.clients))
+    if procs > 1:  # each process runs its share of the client threads; they share the counter
+        mp = multiprocessing.get_context("fork")
+        shared, out = mp.Value("l", 0), mp.Queue()
+        cl = [mp.Process(target=client_proc, args=(k, args.clients // procs + (k < args.clients % procs), host, port,
+                                                   shared, args, out)) for k in range(procs)]
+    else:
+        cl = [threading.Thread(target=client_thread, args=(host, port, plan, args, per_thread[k], args.seed * 1000 + k),
+                               daemon=True) for k in range(args.clients)]
     for t in ws:
         t.start()
     t0 = time.perf_counter()
     for t in cl:
         t.start()
+    if procs > 1:
+        per_thread = [out.get() for _ in cl]  # before join: a full pipe would block the children
     for t in cl:
         t.join()
     t_submit = time.perf_counter() - t0
