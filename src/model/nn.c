@@ -2,6 +2,8 @@
  * Owns: a loader's entry list (until finish) and the weight buffer it fills.
  * Threads: one device worker. */
 #include "model/nn.h"
+#include "base/clock.h"
+#include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
 
@@ -25,6 +27,7 @@ struct nn_loader_entry {
 /* ===== Weights ===== */
 
 void nn_weights_deinit(struct nn_weights *w) {
+    if (w->published) wstore_unpublish(w->store, w->image, w->backend->device); /* before its memory goes */
     for (int i = 0; i < w->stream.n_blocks; i++)
         if (w->sblocks[i].home_device >= 0) backend_peer_free(w->backend, w->sblocks[i].home_device, (void *)w->sblocks[i].home);
     mem_free(w->sblocks);
@@ -530,7 +533,12 @@ static int finish_placed(struct nn_loader *ld, struct nn_weights *out, struct nn
     return rc;
 }
 
-/* With a store: the shared image, used in place (host backends) or uploaded in one copy. */
+/* wstore_borrow's filter: a device this backend reads directly. */
+static bool peer_usable(void *backend, int device) { return backend_peer_reachable(backend, device); }
+
+/* With a store: the shared image, used in place (host backends) or uploaded in one copy: from
+ * another device's copy of it when one is listed and directly reachable, else from host memory;
+ * the result is listed for the next device (wstore device copies). */
 static int finish_stored(struct nn_loader *ld, struct nn_weights *out) {
     const struct ckpt *ck = ld->ck;
     char key[WSTORE_KEY_MAX];
@@ -564,12 +572,33 @@ static int finish_stored(struct nn_loader *ld, struct nn_weights *out) {
     if (rc)
         return err_set(ld->err, rc, "cannot allocate %.1f MiB for the weights of %s on %s",
                        (double)out->size / (1 << 20), ck->path, ld->backend->iface->name);
-    struct tensor view = byte_view(out->buf, out->size);
-    rc = backend_tensor_set(ld->backend, &view, out->image->buf, 0, out->size);
-    if (rc)
-        err_set(ld->err, rc, "uploading %.1f MiB of weights of %s to %s failed", (double)out->size / (1 << 20),
-                ck->path, ld->backend->iface->name);
-    return rc;
+    /* another device's resident copy, when this one reads it directly (faster than host memory) */
+    int from = -1;
+    const void *src = NULL;
+    double t0 = clock_now();
+    if (!out->read_file && wstore_borrow(out->store, out->image, ld->backend->device, peer_usable, ld->backend, &from,
+                                         &src)) {
+        int prc = backend_peer_copy(ld->backend, out->buf, from, src, out->size);
+        wstore_return(out->store, out->image, from);
+        if (prc) {
+            log_warn("weights of %s: copy from device %d failed (%s); uploading from host memory", ck->path, from,
+                     status_str(prc));
+            from = -1;
+        } else {
+            log_info("%s %d: %.1f MiB of weights of %s (%s) copied from %s %d in %.3f s", ld->backend->iface->name,
+                     ld->backend->device, (double)out->size / (1 << 20), ck->path, ld->prefix, ld->backend->iface->name,
+                     from, clock_now() - t0);
+        }
+    }
+    if (from < 0) {
+        struct tensor view = byte_view(out->buf, out->size);
+        rc = backend_tensor_set(ld->backend, &view, out->image->buf, 0, out->size);
+        if (rc)
+            return err_set(ld->err, rc, "uploading %.1f MiB of weights of %s to %s failed", (double)out->size / (1 << 20),
+                           ck->path, ld->backend->iface->name);
+    }
+    if (wstore_publish(out->store, out->image, ld->backend->device, out->buf)) out->published = true;
+    return 0;
 }
 
 int nn_loader_finish(struct nn_loader *ld, struct nn_weights *out) {

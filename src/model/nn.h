@@ -79,6 +79,7 @@ struct nn_weights {
                                     the file; NULL without a store */
     bool read_file;              /* this load read the checkpoint's tensors (no shared image was
                                     live, or no store) */
+    bool published;              /* buf is listed as a device copy of image (wstore_publish) */
     /* placement (only when a place function moved a block off the device; else all zero) */
     struct nn_block *blocks;     /* every block with its home, model order (owned) */
     int n_blocks;

@@ -4,7 +4,8 @@
  * Threads: [any]; the mutex guards the list, refs and states; fills run outside it.
  * DESIGN. An image is listed as FILLING before its fill starts, so a second device asking for the
  * same key sleeps on the condition variable instead of reading the checkpoint again; when the
- * fill fails the image is unlisted and the sleepers retry (the next one fills). */
+ * fill fails the image is unlisted and the sleepers retry (the next one fills). The same condition
+ * variable wakes owners waiting in wstore_unpublish when a borrower returns a device copy. */
 #include "model/wstore.h"
 #include "base/log.h"
 #include "base/mem.h"
@@ -125,6 +126,53 @@ void wstore_release(struct wstore *s, struct wstore_image *img) {
     if (last) unlink_image(s, img);
     pthread_mutex_unlock(&s->mu);
     if (last) image_free(img);
+}
+
+/* ===== Device copies ===== */
+
+static struct wstore_copy *copy_of(struct wstore_image *img, int device) {
+    for (int i = 0; i < img->n_copies; i++)
+        if (img->copies[i].device == device) return &img->copies[i];
+    return NULL;
+}
+
+bool wstore_publish(struct wstore *s, struct wstore_image *img, int device, const void *ptr) {
+    pthread_mutex_lock(&s->mu);
+    bool ok = !copy_of(img, device) && img->n_copies < WSTORE_MAX_COPIES;
+    if (ok) img->copies[img->n_copies++] = (struct wstore_copy){.device = device, .ptr = ptr};
+    pthread_mutex_unlock(&s->mu);
+    return ok;
+}
+
+void wstore_unpublish(struct wstore *s, struct wstore_image *img, int device) {
+    pthread_mutex_lock(&s->mu);
+    struct wstore_copy *c;
+    while ((c = copy_of(img, device)) && c->borrowers > 0) pthread_cond_wait(&s->cv, &s->mu);
+    if (c) *c = img->copies[--img->n_copies];
+    pthread_mutex_unlock(&s->mu);
+}
+
+bool wstore_borrow(struct wstore *s, struct wstore_image *img, int self, bool (*usable)(void *user, int device),
+                   void *user, int *device, const void **ptr) {
+    pthread_mutex_lock(&s->mu);
+    struct wstore_copy *pick = NULL;
+    for (int i = 0; i < img->n_copies && !pick; i++)
+        if (img->copies[i].device != self && (!usable || usable(user, img->copies[i].device))) pick = &img->copies[i];
+    if (pick) {
+        pick->borrowers++;
+        *device = pick->device;
+        *ptr = pick->ptr;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return pick != NULL;
+}
+
+void wstore_return(struct wstore *s, struct wstore_image *img, int device) {
+    pthread_mutex_lock(&s->mu);
+    struct wstore_copy *c = copy_of(img, device);
+    if (c && c->borrowers > 0) c->borrowers--;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 void wstore_stats(struct wstore *s, struct wstore_stats *out) {

@@ -21,6 +21,14 @@
 #include <stdint.h>
 
 #define WSTORE_KEY_MAX 1024
+#define WSTORE_MAX_COPIES 16 /* device copies of one image that are listed (wstore_publish) */
+
+/* A whole copy of an image in some device's memory, listed so that another device can copy from it. */
+struct wstore_copy {
+    int device;                        /* the device ordinal (of the image's pinning kind) */
+    const void *ptr;                   /* image->size bytes there, laid out as the image */
+    int borrowers;                     /* copies from it in progress (under the store's mutex) */
+};
 
 /* One host image. Read-only once acquired. */
 struct wstore_image {
@@ -30,6 +38,8 @@ struct wstore_image {
     const struct backend_i *pinned_by; /* the backend kind that page-locked buf, or NULL */
     int refs;                          /* holders (under the store's mutex) */
     int state;                         /* store-private: filling, ready */
+    struct wstore_copy copies[WSTORE_MAX_COPIES]; /* store-private: published device copies */
+    int n_copies;
     struct wstore_image *next;         /* store-private list */
 };
 
@@ -61,6 +71,23 @@ int wstore_acquire(struct wstore *s, const char *key, size_t size, wstore_fill_f
 
 /* Gives back a reference; the last one frees the image. NULL is a no-op. [any] */
 void wstore_release(struct wstore *s, struct wstore_image *img);
+
+/* ===== Device copies (issue 7: warm a GPU from another GPU's resident copy) =====
+ * A device that holds the whole image in its memory publishes it; a device loading the same
+ * image later may borrow it and copy device to device (faster than from host memory where the two
+ * devices reach each other directly). An owner unpublishes before freeing its memory; that waits
+ * for the copies in progress from it. [any] */
+
+/* Lists ptr (img->size bytes on `device`) as a copy of img. False when the table is full (the
+ * copy then simply is not shared). */
+bool wstore_publish(struct wstore *s, struct wstore_image *img, int device, const void *ptr);
+/* Removes device's copy of img, after waiting for its borrowers. No-op when not listed. */
+void wstore_unpublish(struct wstore *s, struct wstore_image *img, int device);
+/* A listed copy on another device than `self` for which usable(user, device) says yes (NULL:
+ * any), marked borrowed: true with *device and *ptr set; give it back with wstore_return. */
+bool wstore_borrow(struct wstore *s, struct wstore_image *img, int self, bool (*usable)(void *user, int device),
+                   void *user, int *device, const void **ptr);
+void wstore_return(struct wstore *s, struct wstore_image *img, int device);
 
 /* A snapshot of the counters. [any] */
 void wstore_stats(struct wstore *s, struct wstore_stats *out);

@@ -55,3 +55,12 @@ int backend_peer_upload(struct backend *be, int device, const void *host, size_t
 void backend_peer_free(struct backend *be, int device, void *buf) {
     if (buf && be->iface->peer_free) be->iface->peer_free(be->ctx, device, buf);
 }
+
+bool backend_peer_reachable(struct backend *be, int device) {
+    return be->iface->peer_reachable && be->iface->peer_reachable(be->ctx, device);
+}
+
+int backend_peer_copy(struct backend *be, void *dst, int src_device, const void *src, size_t size) {
+    if (!be->iface->peer_copy) return STATUS_ERR_UNSUPPORTED;
+    return be->iface->peer_copy(be->ctx, dst, src_device, src, size);
+}

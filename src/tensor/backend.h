@@ -41,6 +41,10 @@ struct backend_i {
      * copies go through the host). For weights homed on another GPU (tensor.h STREAMING). */
     int (*peer_upload)(void *ctx, int device, const void *host, size_t size, void **out);
     void (*peer_free)(void *ctx, int device, void *buf);
+    /* (optional) Whether this backend's device reads device `device`'s memory directly (peer to
+     * peer), and a synchronous copy of size bytes from there into this device's memory. */
+    bool (*peer_reachable)(void *ctx, int device);
+    int (*peer_copy)(void *ctx, void *dst, int src_device, const void *src, size_t size);
 };
 
 struct backend {
@@ -65,6 +69,9 @@ void backend_host_unpin(const struct backend_i *iface, void *ptr);
 /* backend_i.peer_upload / peer_free; STATUS_ERR_UNSUPPORTED when the backend has none. */
 int backend_peer_upload(struct backend *be, int device, const void *host, size_t size, void **out);
 void backend_peer_free(struct backend *be, int device, void *buf);
+/* backend_i.peer_reachable (false without it) and peer_copy (STATUS_ERR_UNSUPPORTED without it). */
+bool backend_peer_reachable(struct backend *be, int device);
+int backend_peer_copy(struct backend *be, void *dst, int src_device, const void *src, size_t size);
 /* Frees the backend and its context; NULL is a no-op. */
 void backend_free(struct backend *be);
 

@@ -374,6 +374,32 @@ static void cuda_peer_free(void *vctx, int device, void *buf) {
     cudaSetDevice(ctx->device);
 }
 
+/* Peer access from ctx's device to `device`, enabled on first use; false when the pair has none. */
+static bool cuda_peer_reachable(void *vctx, int device) {
+    struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
+    int can = 0;
+    if (device == ctx->device || cudaDeviceCanAccessPeer(&can, ctx->device, device) != cudaSuccess || !can) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    cudaSetDevice(ctx->device);
+    cudaError_t e = cudaDeviceEnablePeerAccess(device, 0);
+    (void)cudaGetLastError();
+    return e == cudaSuccess || e == cudaErrorPeerAccessAlreadyEnabled;
+}
+
+/* A whole weight image from another GPU's copy (wstore device copies), on ctx's stream. */
+static int cuda_peer_copy(void *vctx, void *dst, int src_device, const void *src, size_t size) {
+    struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
+    struct err e = {};
+    struct err *err = &e;
+    if (!cuda_peer_reachable(vctx, src_device)) return STATUS_ERR_UNSUPPORTED;
+    CUDA_TRY(cudaSetDevice(ctx->device));
+    CUDA_TRY(cudaMemcpyPeerAsync(dst, ctx->device, src, src_device, size, ctx->stream));
+    CUDA_TRY(cudaStreamSynchronize(ctx->stream));
+    return 0;
+}
+
 /* ===== Pinned host memory ===== */
 
 /* Page-locks host memory for every device (portable), so uploads from it run at DMA speed. */
@@ -406,6 +432,8 @@ static struct backend_i cuda_backend_table(void) {
     t.sync = cuda_sync;
     t.peer_upload = cuda_peer_upload;
     t.peer_free = cuda_peer_free;
+    t.peer_reachable = cuda_peer_reachable;
+    t.peer_copy = cuda_peer_copy;
     t.free = cuda_free;
     t.host_buffers = false;
     t.host_pin = cuda_host_pin;

@@ -2,7 +2,8 @@
  * images are filled once and shared, a failed fill is retried by the next caller, concurrent
  * callers wait for one fill, sizes must agree; several CPU devices loading one checkpoint share
  * one image per network (same weight pointers, no second fill, outputs identical to a private
- * load); a changed file is a new image; fp16/bf16 storage holds the correctly rounded values. */
+ * load); a changed file is a new image; fp16/bf16 storage holds the correctly rounded values;
+ * device copies are borrowed by other devices only and outlive their borrowers. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,7 @@
 #include "model/wstore.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -257,6 +259,66 @@ static void test_half_storage_values(void **state) {
     ckpt_close(&ck);
 }
 
+/* ===== Device copies ===== */
+
+static bool odd_only(void *user, int device) {
+    (*(int *)user)++;
+    return device % 2 == 1;
+}
+
+struct unpublisher {
+    struct wstore_image *img;
+    atomic_int done;
+};
+
+static void *unpublish_run(void *p) {
+    struct unpublisher *u = p;
+    wstore_unpublish(wstore_global(), u->img, 3);
+    atomic_store(&u->done, 1);
+    return NULL;
+}
+
+/* Published copies are borrowed by other devices only, through the filter; unpublishing waits for
+ * the borrower to return the copy; then nothing is listed. */
+static void test_device_copies(void **state) {
+    struct wstore *s = wstore_global();
+    (void)state;
+    struct filler f = {0};
+    struct err err = {0};
+    struct wstore_image *img;
+    assert_int_equal(wstore_acquire(s, "test|copies", 256, fill_bytes, &f, NULL, &img, &err), 0);
+    char dev0[1], dev3[1];
+    int from = -1, asked = 0;
+    const void *ptr = NULL;
+    assert_false(wstore_borrow(s, img, 5, NULL, NULL, &from, &ptr)); /* nothing listed yet */
+    assert_true(wstore_publish(s, img, 0, dev0));
+    assert_false(wstore_publish(s, img, 0, dev0)); /* once per device */
+    assert_false(wstore_borrow(s, img, 0, NULL, NULL, &from, &ptr)); /* never its own copy */
+    assert_false(wstore_borrow(s, img, 5, odd_only, &asked, &from, &ptr)); /* device 0 is not usable */
+    assert_int_equal(asked, 1);
+    assert_true(wstore_publish(s, img, 3, dev3));
+    assert_true(wstore_borrow(s, img, 5, odd_only, &asked, &from, &ptr));
+    assert_int_equal(from, 3);
+    assert_ptr_equal(ptr, dev3);
+    /* the owner of device 3's copy unpublishes while it is borrowed: it waits for the return */
+    struct unpublisher u = {.img = img};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, unpublish_run, &u), 0);
+    usleep(100 * 1000);
+    assert_int_equal(atomic_load(&u.done), 0);
+    wstore_return(s, img, 3);
+    pthread_join(t, NULL);
+    assert_int_equal(atomic_load(&u.done), 1);
+    assert_false(wstore_borrow(s, img, 5, odd_only, &asked, &from, &ptr));
+    assert_true(wstore_borrow(s, img, 5, NULL, NULL, &from, &ptr));
+    assert_int_equal(from, 0);
+    wstore_return(s, img, 0);
+    wstore_unpublish(s, img, 0);
+    wstore_unpublish(s, img, 7); /* not listed: a no-op */
+    assert_false(wstore_borrow(s, img, 5, NULL, NULL, &from, &ptr));
+    wstore_release(s, img);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_acquire_release),
@@ -265,6 +327,7 @@ int main(void) {
         cmocka_unit_test(test_one_copy_for_all_devices),
         cmocka_unit_test(test_changed_file_is_new_image),
         cmocka_unit_test(test_half_storage_values),
+        cmocka_unit_test(test_device_copies),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
