@@ -1,0 +1,140 @@
+/* tests/gpu/test_engine_cuda.c -- weights placement through the engine on a CUDA device (issue 7):
+ * a budget below the checkpoint's size makes the engine place the UNet's blocks automatically
+ * (the rest in host memory: no other GPU is offered), an explicit allocation string is followed,
+ * and both give exactly the output of the whole model resident; bad strings are refused. Needs a
+ * CUDA device; without one every test is skipped. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "golden.h"
+
+#include "base/mem.h"
+#include "base/status.h"
+#include "graph/engine.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static char ckpt_path[256];
+static struct ckpt golden;
+static float *x, *t, *c, *ref;
+static size_t n_out;
+static uint64_t unet_bytes; /* the UNet's weights as stored on the GPU */
+
+static int setup(void **state) {
+    (void)state;
+    if (backend_cuda_count() < 1) return 0;
+    struct err err = {0};
+    snprintf(ckpt_path, sizeof ckpt_path, "/tmp/kiln_test_engine_cuda_%d.safetensors", (int)getpid());
+    if (golden_tiny_ckpt(ckpt_path, &err) || ckpt_open(&golden, KILN_TEST_DATA "/ref/tiny_golden.safetensors", &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    size_t n;
+    x = golden_read(&golden, "unet.x", &n);
+    t = golden_read(&golden, "unet.timesteps", &n);
+    c = golden_read(&golden, "unet.context", &n);
+    float *want = golden_read(&golden, "unet.out", &n_out);
+    mem_free(want);
+    ref = mem_alloc(n_out * sizeof(float));
+    /* the reference: the whole model resident on GPU 0 */
+    struct engine *e = engine_new_cuda(0, NULL, NULL, &err);
+    if (!e) return fprintf(stderr, "%s\n", err.msg), -1;
+    struct engine_checkpoint *ck = engine_checkpoint(e, ckpt_path, &err);
+    if (!ck) return fprintf(stderr, "%s\n", err.msg), -1;
+    if (ck->sd->unet.weights.n_blocks) return fprintf(stderr, "reference model streams\n"), -1;
+    unet_bytes = ck->sd->unet.weights.size;
+    if (unet_eval(&e->tctx, &ck->sd->unet, 2, 8, 8, x, t, c, 77, ref)) return fprintf(stderr, "%s\n", e->tctx.err.msg), -1;
+    gobj_unref(&ck->obj);
+    engine_free(e);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    if (!ref) return 0;
+    mem_free(x);
+    mem_free(t);
+    mem_free(c);
+    mem_free(ref);
+    ckpt_close(&golden);
+    unlink(ckpt_path);
+    return 0;
+}
+
+#define NEED_GPU()     \
+    do {               \
+        if (!ref) skip(); \
+    } while (0)
+
+/* The placed model's UNet output equals the resident one's, bit for bit. */
+static void check_same_output(struct engine *e, struct engine_checkpoint *ck) {
+    float *out = mem_alloc(n_out * sizeof(float));
+    if (unet_eval(&e->tctx, &ck->sd->unet, 2, 8, 8, x, t, c, 77, out)) fail_msg("unet_eval: %s", e->tctx.err.msg);
+    assert_memory_equal(out, ref, n_out * sizeof(float));
+    mem_free(out);
+}
+
+static void test_automatic_when_over_budget(void **state) {
+    (void)state;
+    NEED_GPU();
+    struct err err = {0};
+    struct engine *e = engine_new_cuda(0, NULL, NULL, &err);
+    assert_non_null(e);
+    uint64_t bytes = 0;
+    assert_int_equal(engine_checkpoint_estimate(e, ckpt_path, &bytes, &err), 0);
+    /* room for everything but a third of the UNet: it must give up some blocks */
+    uint64_t budget = bytes - unet_bytes / 3;
+    engine_set_budget(e, budget);
+    struct engine_checkpoint *ck = engine_checkpoint(e, ckpt_path, &err);
+    if (!ck) fail_msg("%s", err.msg);
+    const struct nn_weights *w = &ck->sd->unet.weights;
+    assert_true(w->n_blocks > 0 && w->stream.n_blocks > 0);
+    assert_true(w->bytes_host > 0);
+    assert_int_equal(w->bytes_peer, 0); /* no other GPU offered (peer_free is 0) */
+    assert_true(ck->bytes <= budget); /* within the budget, staging included */
+    assert_string_equal(ck->placement, "auto");
+    assert_non_null(strstr(ck->where, "cuda:0 "));
+    assert_non_null(strstr(ck->where, ", cpu "));
+    check_same_output(e, ck);
+    gobj_unref(&ck->obj);
+    engine_free(e);
+}
+
+static void test_explicit_placement(void **state) {
+    (void)state;
+    NEED_GPU();
+    struct err err = {0};
+    struct engine *e = engine_new_cuda(0, NULL, NULL, &err);
+    assert_non_null(e);
+    for (int prefetch = 0; prefetch <= 1; prefetch++) {
+        struct engine_checkpoint *ck = engine_checkpoint_placed(e, ckpt_path, "cuda:0,40%; cpu,*", prefetch, &err);
+        if (!ck) fail_msg("%s", err.msg);
+        assert_true(ck->sd->unet.weights.bytes_host > 0);
+        assert_string_equal(ck->placement, prefetch ? "cuda:0,40%;cpu,*" : "cuda:0,40%;cpu,* noprefetch");
+        check_same_output(e, ck);
+        gobj_unref(&ck->obj);
+    }
+    /* "auto" with no budget: everything resident */
+    struct engine_checkpoint *ck = engine_checkpoint_placed(e, ckpt_path, "auto", true, &err);
+    if (!ck) fail_msg("%s", err.msg);
+    assert_int_equal(ck->sd->unet.weights.n_blocks, 0);
+    gobj_unref(&ck->obj);
+    /* refused: a bad string, a GPU that does not exist */
+    assert_null(engine_checkpoint_placed(e, ckpt_path, "cuda:0,12", true, &err));
+    assert_non_null(strstr(err.msg, "weights placement"));
+    assert_null(engine_checkpoint_placed(e, ckpt_path, "cuda:0,1mb;cuda:40,*", true, &err));
+    assert_non_null(strstr(err.msg, "cuda:40"));
+    engine_free(e);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_automatic_when_over_budget),
+        cmocka_unit_test(test_explicit_placement),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
