@@ -20,6 +20,7 @@ static struct tensor *node(struct tctx *c, enum op op, enum dtype dt, int ndim, 
     t->src[1] = s1;
     t->src[2] = s2;
     t->id = -1;
+    t->seq = c->n_created++;
     return t;
 }
 

@@ -10,6 +10,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -179,6 +180,7 @@ void tctx_reset(struct tctx *c) {
     c->run = NULL;
     c->n_run = 0;
     c->stream = NULL;
+    c->n_created = 0;
     c->rc = 0;
     err_clear(&c->err);
 }
@@ -203,6 +205,7 @@ static struct tensor *new_tensor(struct tctx *c, enum dtype dt, int ndim, const 
     for (int i = 0; i < ndim; i++)
         if (shape[i] <= 0) return tctx_fail(c, STATUS_ERR_INVALID, "tensor dim %d has size %lld", i, (long long)shape[i]);
     t->id = -1;
+    t->seq = c->n_created++;
     return t;
 }
 
@@ -344,6 +347,11 @@ static struct tensor *mem_owner(struct tensor *t) {
 
 /* ===== Streamed weights (tensor.h STREAMING) ===== */
 
+static int by_seq(const void *a, const void *b) {
+    int x = (*(struct tensor *const *)a)->seq, y = (*(struct tensor *const *)b)->seq;
+    return (x > y) - (x < y);
+}
+
 static struct tensor *stream_node(struct tctx *c, enum tstream_kind kind, int block) {
     if (kind == TSTREAM_BEGIN) {
         struct tensor *t = new_tensor(c, DTYPE_I32, 1, (int64_t[]){1});
@@ -469,6 +477,10 @@ int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
         if (!outs[i]) return c->rc ? c->rc : (tctx_fail(c, STATUS_ERR_INVALID, "NULL graph output"), c->rc);
         outs[i]->flags |= TENSOR_FLAG_OUTPUT;
         visit(c, outs[i]);
+    }
+    if (c->stream && c->stream->n_blocks > 0) { /* streamed weights: the recorded order (STREAMING) */
+        qsort(c->nodes, (size_t)c->n_nodes, sizeof *c->nodes, by_seq);
+        for (int i = 0; i < c->n_nodes; i++) c->nodes[i]->id = i;
     }
     /* last use of each memory owner */
     for (int i = 0; i < c->n_nodes; i++) {

@@ -125,6 +125,7 @@ struct tensor {
     int last_use;                         /* id of the last node reading this tensor */
     size_t offset;                        /* byte offset in the scratch buffer */
     struct tensor *view_of;               /* RESHAPE: the tensor whose memory this aliases */
+    int seq;                              /* creation order in its tctx (a topological order) */
     int stream_id;                        /* weight leaf of a streamed block: 1 + its index in the
                                              tctx's stream table; 0 = resident (see STREAMING) */
 };
@@ -150,7 +151,10 @@ const char *tensor_shape_str(const struct tensor *t, char *buf, size_t n);
  * the next block of a slot is issued as soon as the slot's previous block is DONE, so copies
  * overlap the compute of the block in the other slot; without (no_prefetch), right before its WAIT.
  * Kernels, their order and their inputs are the same as with the whole model resident: results are
- * identical. Blocks sharing a slot must be used one after the other (the planner checks). */
+ * identical. Blocks sharing a slot must be used one after the other (the planner checks): with a
+ * stream table the graph runs in the order its ops were recorded, which keeps each block of a
+ * model written block by block together (the depth-first order would, for example, compute the
+ * UNet's time embedding inside its first ResBlock). */
 
 enum tstream_kind { TSTREAM_FETCH, TSTREAM_WAIT, TSTREAM_DONE, TSTREAM_BEGIN };
 
@@ -195,6 +199,7 @@ struct tctx {
     struct tensor **run;      /* the computed nodes of the plan, in order (tctx_plan builds it) */
     int n_run;
     const struct tstream *stream; /* streamed weights of the graph's model (borrowed), or NULL */
+    int n_created;            /* tensors made since the last reset (tensor.seq) */
     int rc;                   /* sticky status: 0 or the first failure */
     struct err err;           /* message for rc */
 };

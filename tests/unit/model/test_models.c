@@ -187,6 +187,7 @@ static void test_unet_odd_size(void **state) {
 
 struct place_args {
     int peer;      /* device for every third block, or -1 (host instead) */
+    bool all;      /* every block in host memory instead */
     int n_called;
     int n_blocks;
     char first[NN_BLOCK_NAME_MAX], last[NN_BLOCK_NAME_MAX];
@@ -200,8 +201,8 @@ static int place_spread(void *user, struct nn_block *blocks, int n, size_t total
     size_t sum = 0;
     for (int i = 0; i < n; i++) {
         sum += blocks[i].bytes;
-        if (i % 3 == 1) blocks[i].home = NN_HOME_HOST;
-        if (i % 3 == 2) {
+        if (i % 3 == 1 || a->all) blocks[i].home = NN_HOME_HOST;
+        if (i % 3 == 2 && !a->all) {
             blocks[i].home = a->peer >= 0 ? NN_HOME_PEER : NN_HOME_HOST;
             blocks[i].peer_device = a->peer;
         }
@@ -218,7 +219,8 @@ static int place_fail(void *user, struct nn_block *blocks, int n, size_t total, 
 }
 
 /* The UNet with a third of its blocks in host memory and a third on another device (or the host)
- * gives exactly the resident model's output, with and without prefetching. */
+ * gives exactly the resident model's output, with and without prefetching; so does the UNet with
+ * every block in host memory (two slots, the time embedding streamed too). */
 static void test_unet_streamed(void **state) {
     BACKEND_OR_SKIP();
     struct err err = {0};
@@ -239,19 +241,21 @@ static void test_unet_streamed(void **state) {
 
     struct ckpt ck;
     if (ckpt_open(&ck, ckpt_path, &err)) fail_msg("%s", err.msg);
-    for (int no_prefetch = 0; no_prefetch <= 1; no_prefetch++) {
+    for (int mode = 0; mode < 3; mode++) { /* prefetch, no prefetch, every block streamed */
+        int no_prefetch = mode == 1;
+        args.all = mode == 2;
         struct unet *u = mem_calloc(1, sizeof *u);
         st.no_prefetch = no_prefetch;
         if (unet_load(u, &ck, be, &st, &err)) fail_msg("unet_load with blocks elsewhere: %s", err.msg);
-        assert_int_equal(args.n_called, no_prefetch + 1);
+        assert_int_equal(args.n_called, mode + 1);
         assert_string_equal(args.first, "time_embed"); /* bound first */
         assert_string_equal(args.last, "out");
         const struct nn_weights *w = &u->weights;
         assert_int_equal(w->n_blocks, args.n_blocks);
-        assert_int_equal(w->stream.n_blocks, args.n_blocks - (args.n_blocks + 2) / 3);
+        assert_int_equal(w->stream.n_blocks, args.all ? args.n_blocks : args.n_blocks - (args.n_blocks + 2) / 3);
         assert_int_equal(w->stream.n_slots, 2);
-        assert_true(w->bytes_host > 0 && w->bytes_device > 0);
-        assert_true(args.peer >= 0 ? w->bytes_peer > 0 : w->bytes_peer == 0);
+        assert_true(w->bytes_host > 0 && (args.all ? w->bytes_device == 0 : w->bytes_device > 0));
+        assert_true(args.peer >= 0 && !args.all ? w->bytes_peer > 0 : w->bytes_peer == 0);
         assert_int_equal(w->bytes_device + w->bytes_host + w->bytes_peer, w->size);
         for (int i = 0; i < w->stream.n_blocks; i++) assert_true(w->sblocks[i].bytes <= w->slot_bytes);
 
