@@ -173,10 +173,7 @@ struct engine_checkpoint *engine_checkpoint_placed(struct engine *e, const char 
     struct placement asked;
     const struct placement *p = &e->placement;
     if (placement) {
-        if (placement_parse(placement, &asked, err)) {
-            err_prefix(err, "weights placement");
-            return NULL;
-        }
+        if (placement_parse(placement, &asked, err)) return NULL; /* the message names the setting */
         p = &asked;
     }
     char key[sizeof ((struct engine_checkpoint *)0)->placement];
