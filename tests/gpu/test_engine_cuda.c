@@ -1,6 +1,7 @@
 /* tests/gpu/test_engine_cuda.c -- weights placement through the engine on a CUDA device (issue 7):
  * a budget below the checkpoint's size makes the engine place the UNet's blocks automatically
- * (the rest in host memory: no other GPU is offered), an explicit allocation string is followed,
+ * (the rest in host memory when no other GPU is offered; with 2 GPUs, also on GPU 1 first), an
+ * explicit allocation string is followed,
  * and both give exactly the output of the whole model resident; bad strings are refused. Needs a
  * CUDA device; without one every test is skipped. */
 #include <setjmp.h>
@@ -104,6 +105,34 @@ static void test_automatic_when_over_budget(void **state) {
     engine_free(e);
 }
 
+/* With a second GPU offering room for part of what does not fit, the automatic plan puts blocks
+ * there first and the rest in host memory. */
+static void test_automatic_with_a_peer(void **state) {
+    (void)state;
+    NEED_GPU();
+    if (backend_cuda_count() < 2) skip();
+    struct err err = {0};
+    struct engine *e = engine_new_cuda(0, NULL, NULL, &err);
+    assert_non_null(e);
+    uint64_t bytes = 0;
+    assert_int_equal(engine_checkpoint_estimate(e, ckpt_path, &bytes, &err), 0);
+    uint64_t budget = bytes - unet_bytes / 2;
+    engine_set_budget(e, budget);
+    e->n_cuda = 2;                      /* what the worker sets from the devices kiln runs on */
+    e->peer_free[1] = unet_bytes / 6;   /* GPU 1 holds some of the rest */
+    struct engine_checkpoint *ck = engine_checkpoint(e, ckpt_path, &err);
+    if (!ck) fail_msg("%s", err.msg);
+    const struct nn_weights *w = &ck->sd->unet.weights;
+    assert_true(w->bytes_peer > 0 && w->bytes_peer <= unet_bytes / 6);
+    assert_true(w->bytes_host > 0);
+    assert_true(ck->bytes <= budget);
+    assert_non_null(strstr(ck->where, ", cuda:1 "));
+    assert_non_null(strstr(ck->where, ", cpu "));
+    check_same_output(e, ck);
+    gobj_unref(&ck->obj);
+    engine_free(e);
+}
+
 static void test_explicit_placement(void **state) {
     (void)state;
     NEED_GPU();
@@ -135,6 +164,7 @@ static void test_explicit_placement(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_automatic_when_over_budget),
+        cmocka_unit_test(test_automatic_with_a_peer),
         cmocka_unit_test(test_explicit_placement),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
