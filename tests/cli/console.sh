@@ -7,7 +7,7 @@
 # stay in BUILD/e2e/ as artefacts (their paths are printed). Bounded: about 30 s under ASan,
 # 150 s at most for the browser part.
 # Usage: console.sh KILN_BINARY SOURCE_DIR (as CTest calls it). Needs node, npm, chromium
-# (scripts/setup --test installs them); runs `npm ci` in tests/e2e when playwright-core is missing.
+# (scripts/setup --test installs them, and runs `npm ci` in tests/e2e: `make test` runs it).
 set -u
 KILN=$(realpath "${1:?kiln binary}")
 SRC=$(realpath "${2:?source dir}")
@@ -22,10 +22,8 @@ CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 export CHROMIUM
 
 E2E=$SRC/tests/e2e
-if [ ! -f "$E2E/node_modules/playwright-core/package.json" ]; then
-    echo "console.sh: npm ci in $E2E (playwright-core)"
-    (cd "$E2E" && npm ci --no-audit --no-fund --loglevel=error) || { echo "FAIL: npm ci in $E2E"; exit 1; }
-fi
+[ -f "$E2E/node_modules/playwright-core/package.json" ] ||
+    { echo "FAIL: playwright-core is not installed in $E2E (scripts/setup --test runs npm ci there)"; exit 1; }
 ART=$(dirname "$KILN")/e2e
 mkdir -p "$ART" && rm -f "$ART"/console-*.png
 
