@@ -11,6 +11,7 @@
 #include "base/mem.h"
 #include "base/status.h"
 #include "graph/json.h"
+#include "io/savepath.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -20,6 +21,7 @@
 #include <strings.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* ===== Routes ===== */
 
@@ -37,45 +39,74 @@ static void *big_stack_main(void *p) {
 
 typedef void (*route_fn)(struct http_req *r, const char *arg);
 
+/* How a route's path matches. */
+enum route_kind {
+    ROUTE_EXACT,                     /* the path itself */
+    ROUTE_SEGMENT,                   /* path + one non-empty segment: the arg */
+    ROUTE_REST,                      /* path + the non-empty rest of the raw path ('/' and dot
+                                        segments kept: the handler checks it) */
+};
+
 struct route {
-    const char *method;              /* "GET" or "POST" (HEAD is served as GET) */
+    const char *method;              /* "GET", "POST" or "DELETE" (HEAD is served as GET) */
     const char *path;                /* exact path, or the prefix of "prefix/{arg}" */
-    bool prefix;                     /* path + one non-empty segment */
+    enum route_kind match;
     route_fn fn;
 };
 
 /* Every route is served bare and under /api (the dispatcher strips the prefix). */
 static const struct route ROUTES[] = {
-    {"GET", "/", false, api__get_index},
-    {"GET", "/prompt", false, api__get_prompt},
-    {"POST", "/prompt", false, api__post_prompt},
-    {"GET", "/queue", false, api__get_queue},
-    {"POST", "/queue", false, api__post_queue},
-    {"GET", "/queue/all", false, api__get_queue_all},
-    {"GET", "/history", false, api__get_history},
-    {"POST", "/history", false, api__post_history},
-    {"GET", "/history/", true, api__get_history_id},
-    {"POST", "/interrupt", false, api__post_interrupt},
-    {"POST", "/free", false, api__post_free},
-    {"GET", "/view", false, api__get_view},
-    {"POST", "/upload/image", false, api__post_upload_image},
-    {"POST", "/upload/mask", false, api__post_upload_mask},
-    {"GET", "/object_info", false, api__get_object_info},
-    {"GET", "/object_info/", true, api__get_object_info_class},
-    {"GET", "/system_stats", false, api__get_system_stats},
-    {"GET", "/embeddings", false, api__get_embeddings},
-    {"GET", "/extensions", false, api__get_extensions},
-    {"GET", "/models", false, api__get_models},
-    {"GET", "/models/", true, api__get_models_folder},
-    {"GET", "/features", false, api__get_features},
-    {"GET", "/gpus", false, api__get_gpus},
-    {"GET", "/metrics", false, api__get_metrics},
+    {"GET", "/", ROUTE_EXACT, api__get_index},
+    {"GET", "/prompt", ROUTE_EXACT, api__get_prompt},
+    {"POST", "/prompt", ROUTE_EXACT, api__post_prompt},
+    {"GET", "/queue", ROUTE_EXACT, api__get_queue},
+    {"POST", "/queue", ROUTE_EXACT, api__post_queue},
+    {"GET", "/queue/all", ROUTE_EXACT, api__get_queue_all},
+    {"GET", "/history", ROUTE_EXACT, api__get_history},
+    {"POST", "/history", ROUTE_EXACT, api__post_history},
+    {"GET", "/history/", ROUTE_SEGMENT, api__get_history_id},
+    {"POST", "/interrupt", ROUTE_EXACT, api__post_interrupt},
+    {"POST", "/free", ROUTE_EXACT, api__post_free},
+    {"GET", "/view", ROUTE_EXACT, api__get_view},
+    {"POST", "/upload/image", ROUTE_EXACT, api__post_upload_image},
+    {"POST", "/upload/mask", ROUTE_EXACT, api__post_upload_mask},
+    {"GET", "/object_info", ROUTE_EXACT, api__get_object_info},
+    {"GET", "/object_info/", ROUTE_SEGMENT, api__get_object_info_class},
+    {"GET", "/system_stats", ROUTE_EXACT, api__get_system_stats},
+    {"GET", "/embeddings", ROUTE_EXACT, api__get_embeddings},
+    {"GET", "/extensions", ROUTE_EXACT, api__get_extensions},
+    {"GET", "/models", ROUTE_EXACT, api__get_models},
+    {"GET", "/models/", ROUTE_SEGMENT, api__get_models_folder},
+    {"GET", "/features", ROUTE_EXACT, api__get_features},
+    {"GET", "/gpus", ROUTE_EXACT, api__get_gpus},
+    {"GET", "/metrics", ROUTE_EXACT, api__get_metrics},
+    {"GET", "/users", ROUTE_EXACT, api__get_users},
+    {"GET", "/settings", ROUTE_EXACT, api__get_settings},
+    {"POST", "/settings", ROUTE_EXACT, api__post_settings},
+    {"GET", "/settings/", ROUTE_SEGMENT, api__get_setting},
+    {"POST", "/settings/", ROUTE_SEGMENT, api__post_setting},
+    {"GET", "/userdata", ROUTE_EXACT, api__get_userdata_list},
+    {"GET", "/userdata/", ROUTE_REST, api__get_userdata},
+    {"POST", "/userdata/", ROUTE_REST, api__post_userdata},
+    {"DELETE", "/userdata/", ROUTE_REST, api__delete_userdata},
+    {"GET", "/v2/userdata", ROUTE_EXACT, api__get_userdata_v2},
+    {"GET", "/i18n", ROUTE_EXACT, api__get_i18n},
+    {"GET", "/workflow_templates", ROUTE_EXACT, api__get_workflow_templates},
+    {"GET", "/experiment/models", ROUTE_EXACT, api__get_experiment_models},
+    {"GET", "/experiment/models/", ROUTE_SEGMENT, api__get_experiment_models_folder},
 };
 
-/* Matches path against a route; *arg gets the segment of a prefix route. */
-static bool route_match(const struct route *rt, const char *path, const char **arg) {
-    if (!rt->prefix) return strcmp(path, rt->path) == 0;
+/* Matches a request against a route; *arg gets the segment of a prefix route (the raw rest of
+ * the path for ROUTE_REST). */
+static bool route_match(const struct route *rt, const struct http_req *r, const char **arg) {
+    const char *path = r->path;
+    if (rt->match == ROUTE_EXACT) return strcmp(path, rt->path) == 0;
     size_t n = strlen(rt->path);
+    if (rt->match == ROUTE_REST) {
+        if (strncmp(r->raw_path, rt->path, n) != 0 || !r->raw_path[n]) return false;
+        *arg = r->raw_path + n;
+        return true;
+    }
     if (strncmp(path, rt->path, n) != 0 || !path[n] || strchr(path + n, '/')) return false;
     *arg = path + n;
     return true;
@@ -112,7 +143,7 @@ static void route(void *arg) {
     bool path_known = false;
     for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++) {
         const char *a = NULL;
-        if (!route_match(&ROUTES[i], path, &a)) continue;
+        if (!route_match(&ROUTES[i], &r, &a)) continue;
         path_known = true;
         if (strcmp(ROUTES[i].method, r.method) != 0) continue;
         ROUTES[i].fn(&r, a);
@@ -123,7 +154,7 @@ static void route(void *arg) {
         char allow[64] = "";
         for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++) {
             const char *a = NULL;
-            if (!route_match(&ROUTES[i], path, &a)) continue;
+            if (!route_match(&ROUTES[i], &r, &a)) continue;
             size_t l = strlen(allow);
             snprintf(allow + l, sizeof allow - l, "%s%s", l ? ", " : "", ROUTES[i].method);
         }
@@ -171,6 +202,9 @@ static int dispatch(struct mg_connection *conn, void *cbdata) {
     const char *path = ri->local_uri ? ri->local_uri : "/";
     if (strncmp(path, "/api", 4) == 0 && (path[4] == 0 || path[4] == '/')) path = path[4] ? path + 4 : "/";
     r.path = path;
+    const char *raw = ri->local_uri_raw ? ri->local_uri_raw : path;
+    if (strncmp(raw, "/api", 4) == 0 && (raw[4] == 0 || raw[4] == '/')) raw = raw[4] ? raw + 4 : "/";
+    r.raw_path = raw;
     if (strcmp(r.method, "HEAD") == 0) {
         r.head = true;
         r.method = "GET";
@@ -453,6 +487,23 @@ static int parse_listen(const struct api_opts *o, struct listen_host *hosts, str
 
 /* ===== Lifecycle ===== */
 
+/* ComfyUI's user folder: base/user/default, absolute (base resolved when it exists, else made
+ * absolute with the current directory). False when it does not fit in out[n]. */
+static bool user_dir_of(const char *base, char *out, size_t n) {
+    char abs[PATH_MAX], joined[PATH_MAX + 32];
+    if (!base || !*base) base = ".";
+    if (!realpath(base, abs)) {
+        char cwd[PATH_MAX] = "/";
+        if (base[0] != '/' && !getcwd(cwd, sizeof cwd)) snprintf(cwd, sizeof cwd, "/");
+        int w = base[0] == '/' ? snprintf(abs, sizeof abs, "%s", base) : snprintf(abs, sizeof abs, "%s/%s", cwd, base);
+        if (w < 0 || (size_t)w >= sizeof abs) return false;
+    }
+    int w = snprintf(joined, sizeof joined, "%s/user/default", abs);
+    if (w < 0 || (size_t)w >= n) return false;
+    io_normpath(joined, out, n);
+    return true;
+}
+
 struct api_server *api_server_new(const struct api_opts *opts, struct sched *sched, struct err *err) {
     struct listen_host hosts[API_MAX_LISTEN];
     int n_hosts = parse_listen(opts, hosts, err);
@@ -501,6 +552,11 @@ struct api_server *api_server_new(const struct api_opts *opts, struct sched *sch
             return NULL;
         }
         log_info("http: serving the frontend in %s at / (kiln's console stays at /kiln/console/)", srv->front_root);
+    }
+    if (!user_dir_of(opts->base_dir, srv->user_dir, sizeof srv->user_dir)) {
+        err_set(err, STATUS_ERR_INVALID, "--base-directory %s: the path is too long", opts->base_dir);
+        mem_free(srv);
+        return NULL;
     }
     snprintf(srv->cors_origin, sizeof srv->cors_origin, "%s",
              opts->cors_origin && *opts->cors_origin ? opts->cors_origin : "*");

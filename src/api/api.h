@@ -59,6 +59,9 @@ struct api_opts {
                                         "Authorization: Bearer TOKEN" (or ?token= on /ws, /view) */
     const char *front_end_root;      /* --front-end-root: serve this folder's files at / instead of the
                                         built-in console (borrowed); NULL = the console */
+    const char *base_dir;            /* --base-directory: the frontend's user data (settings, workflows)
+                                        lives in base_dir/user/default as ComfyUI's; NULL/"" = the
+                                        current directory */
     int argc;                        /* the command line, for /system_stats system.argv ... */
     const char *const *argv;         /* ... (borrowed; NULL = ["kiln", "serve"]) */
 };

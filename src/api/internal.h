@@ -37,7 +37,9 @@ struct api_server {
     char cors_origin[256];           /* Access-Control-Allow-Origin value when CORS is on */
     char listen_text[512];           /* "127.0.0.1:8188, ..." */
     char front_root[PATH_MAX];       /* --front-end-root, resolved by realpath; "" = the console */
-    pthread_mutex_t files_mu;        /* serialises upload naming + writing (collision rule) */
+    char user_dir[PATH_MAX];         /* base_dir/user/default, absolute (made on the first write) */
+    pthread_mutex_t files_mu;        /* serialises upload naming + writing (collision rule) and the
+                                        user data's check-then-write steps (routes_user.c) */
     atomic_bool stopped;             /* api_server_stop ran: the sink drops events */
 };
 
@@ -49,6 +51,7 @@ struct http_req {
     struct api_server *srv;
     const char *method;              /* "GET", "POST", ... ("GET" for a HEAD request) */
     const char *path;                /* decoded local path without the /api prefix */
+    const char *raw_path;            /* the same before CivetWeb removed dot segments ("..", ".") */
     bool head;                       /* HEAD: headers only */
     int port_device;                 /* device whose per-device port it arrived on, or -1 */
     int status;                      /* the status replied, 0 before */
@@ -176,6 +179,25 @@ void api__get_models_folder(struct http_req *r, const char *arg);
 void api__get_features(struct http_req *r, const char *arg);
 void api__get_gpus(struct http_req *r, const char *arg);
 void api__get_metrics(struct http_req *r, const char *arg);
+
+/* ===== The frontend's user data and helpers (routes_user.c) =====
+ * USER_DIR is srv->user_dir. `arg` of the /userdata/ routes is the rest of the raw path (it
+ * may hold '/': CivetWeb decodes %2F before kiln sees the URI). */
+
+void api__get_users(struct http_req *r, const char *arg);
+void api__get_settings(struct http_req *r, const char *arg);
+void api__post_settings(struct http_req *r, const char *arg);
+void api__get_setting(struct http_req *r, const char *arg);
+void api__post_setting(struct http_req *r, const char *arg);
+void api__get_userdata_list(struct http_req *r, const char *arg);
+void api__get_userdata_v2(struct http_req *r, const char *arg);
+void api__get_userdata(struct http_req *r, const char *arg);
+void api__post_userdata(struct http_req *r, const char *arg);    /* also .../move/{dest} */
+void api__delete_userdata(struct http_req *r, const char *arg);
+void api__get_i18n(struct http_req *r, const char *arg);
+void api__get_workflow_templates(struct http_req *r, const char *arg);
+void api__get_experiment_models(struct http_req *r, const char *arg);
+void api__get_experiment_models_folder(struct http_req *r, const char *arg);
 
 /* ===== The browser's files (routes_web.c) ===== */
 

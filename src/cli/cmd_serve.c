@@ -261,6 +261,7 @@ static int serve(struct config *cfg, int argc, char **argv) {
         .max_ws = cfg->max_ws,
         .api_token = cfg->api_token,
         .front_end_root = cfg->front_end_root,
+        .base_dir = cfg->base_dir, /* the frontend's user data: base_dir/user/default */
         .argc = argc + 1,
         .argv = args,
     };
