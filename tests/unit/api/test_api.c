@@ -107,54 +107,7 @@ static const struct node_class T_SEED = {
 
 /* ===== HTTP client ===== */
 
-struct resp {
-    int status;
-    char *body;                      /* NUL-terminated */
-    size_t len;
-    char ctype[128];
-    char disp[256];
-    char cors[128];                  /* Access-Control-Allow-Origin */
-    json_t *json;                    /* body parsed (jansson), when it is JSON */
-};
-
-static void resp_free(struct resp *r) {
-    free(r->body);
-    json_decref(r->json);
-    memset(r, 0, sizeof *r);
-}
-
-/* One request on a fresh connection. `headers` are extra "Name: value\r\n" lines. */
-static struct resp request(int port, const char *method, const char *path, const char *headers, const void *body,
-                           size_t len) {
-    struct resp r = {0};
-    char eb[256] = "";
-    struct mg_connection *c = mg_connect_client("127.0.0.1", port, 0, eb, sizeof eb);
-    if (!c) fail_msg("connect to %d: %s", port, eb);
-    mg_printf(c, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%sContent-Length: %zu\r\n\r\n", method,
-              path, port, headers ? headers : "", len);
-    if (len) mg_write(c, body, len);
-    if (mg_get_response(c, eb, sizeof eb, 10000) < 0) fail_msg("%s %s: no response: %s", method, path, eb);
-    const struct mg_response_info *ri = mg_get_response_info(c);
-    r.status = ri->status_code;
-    for (int i = 0; i < ri->num_headers; i++) {
-        const char *k = ri->http_headers[i].name, *v = ri->http_headers[i].value;
-        if (!strcasecmp(k, "Content-Type")) snprintf(r.ctype, sizeof r.ctype, "%s", v);
-        if (!strcasecmp(k, "Content-Disposition")) snprintf(r.disp, sizeof r.disp, "%s", v);
-        if (!strcasecmp(k, "Access-Control-Allow-Origin")) snprintf(r.cors, sizeof r.cors, "%s", v);
-    }
-    size_t cap = 4096;
-    r.body = malloc(cap);
-    for (;;) {
-        if (r.len + 1024 > cap) r.body = realloc(r.body, cap *= 2);
-        int n = mg_read(c, r.body + r.len, cap - r.len - 1);
-        if (n <= 0) break;
-        r.len += (size_t)n;
-    }
-    r.body[r.len] = 0;
-    mg_close_connection(c);
-    if (graph_json_loads(r.body, r.len, &r.json, NULL)) r.json = NULL; /* keeps 2^64-1 */
-    return r;
-}
+#include "unit/api/http_client.h"
 
 static struct resp get(const char *path) { return request(PORT, "GET", path, NULL, NULL, 0); }
 static struct resp post(const char *path, const char *body) {

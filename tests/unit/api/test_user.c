@@ -39,75 +39,15 @@ static struct graph_paths PATHS;
 
 /* ===== Servers ===== */
 
-struct server {
-    struct sched *sched;
-    struct api_server *srv;
-    int port;
-};
+#include "unit/api/test_server.h"
 
 static struct server server_start(const char *token, size_t max_body) {
-    struct server s = {0};
-    struct err err = {0};
-    struct sched_opts so = {.n_cpu_workers = 1, .cpu_threads = 1, .paths = PATHS};
-    s.sched = sched_new(&so, &err);
-    if (!s.sched) fail_msg("sched_new: %s", err.msg);
-    struct api_opts ao = {.listen = "127.0.0.1", .port = -1, .paths = PATHS, .threads = 16, .api_token = token,
-                          .base_dir = BASE, .max_body_size = max_body};
-    s.srv = api_server_new(&ao, s.sched, &err);
-    if (!s.srv) fail_msg("api_server_new: %s", err.msg);
-    s.port = api_server_port(s.srv, 0);
-    if (sched_start(s.sched, &err)) fail_msg("sched_start: %s", err.msg);
-    return s;
-}
-
-static void server_stop(struct server *s) {
-    api_server_stop(s->srv);
-    sched_free(s->sched);
-    api_server_free(s->srv);
+    return server_start_with(1, PATHS, (struct api_opts){.api_token = token, .base_dir = BASE, .max_body_size = max_body});
 }
 
 /* ===== HTTP client ===== */
 
-struct resp {
-    int status;
-    char *body;                      /* NUL-terminated (malloc'd) */
-    size_t len;
-    char ctype[128];
-};
-
-static void resp_free(struct resp *r) {
-    free(r->body);
-    memset(r, 0, sizeof *r);
-}
-
-/* One request on a fresh connection; `path` goes out as it is (not normalised). */
-static struct resp request(int port, const char *method, const char *path, const char *headers, const char *body,
-                           size_t len) {
-    struct resp r = {0};
-    char eb[256] = "";
-    struct mg_connection *c = mg_connect_client("127.0.0.1", port, 0, eb, sizeof eb);
-    if (!c) fail_msg("connect to %d: %s", port, eb);
-    mg_printf(c, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%sContent-Length: %zu\r\n\r\n", method,
-              path, port, headers ? headers : "", len);
-    if (len) mg_write(c, body, len);
-    if (mg_get_response(c, eb, sizeof eb, 10000) < 0) fail_msg("%s %s: no response: %s", method, path, eb);
-    const struct mg_response_info *ri = mg_get_response_info(c);
-    r.status = ri->status_code;
-    for (int i = 0; i < ri->num_headers; i++)
-        if (!strcasecmp(ri->http_headers[i].name, "Content-Type"))
-            snprintf(r.ctype, sizeof r.ctype, "%s", ri->http_headers[i].value);
-    size_t cap = 65536;
-    r.body = malloc(cap);
-    for (;;) {
-        if (r.len + 4096 > cap) r.body = realloc(r.body, cap *= 2);
-        int n = mg_read(c, r.body + r.len, cap - r.len - 1);
-        if (n <= 0) break;
-        r.len += (size_t)n;
-    }
-    r.body[r.len] = 0;
-    mg_close_connection(c);
-    return r;
-}
+#include "unit/api/http_client.h"
 
 static struct resp get(int port, const char *path) { return request(port, "GET", path, NULL, NULL, 0); }
 

@@ -64,81 +64,18 @@ static const struct node_class T_STEPS = {
 
 /* ===== Servers ===== */
 
-struct server {
-    struct sched *sched;
-    struct api_server *srv;
-    int port;
-};
+#include "unit/api/test_server.h"
 
 /* A sched of n CPU devices and a server on a free loopback port; front_root / token may be NULL. */
 static struct server server_start(int n, const char *front_root, const char *token) {
-    struct server s = {0};
-    struct err err = {0};
-    struct sched_opts so = {.n_cpu_workers = n, .cpu_threads = 1, .paths = PATHS};
-    s.sched = sched_new(&so, &err);
-    if (!s.sched) fail_msg("sched_new: %s", err.msg);
-    struct api_opts ao = {.listen = "127.0.0.1", .port = -1, .paths = PATHS, .threads = 16,
-                          .front_end_root = front_root, .api_token = token};
-    s.srv = api_server_new(&ao, s.sched, &err);
-    if (!s.srv) fail_msg("api_server_new: %s", err.msg);
-    s.port = api_server_port(s.srv, 0);
-    if (sched_start(s.sched, &err)) fail_msg("sched_start: %s", err.msg);
-    return s;
-}
-
-static void server_stop(struct server *s) {
-    api_server_stop(s->srv);
-    sched_free(s->sched);
-    api_server_free(s->srv);
+    return server_start_with(n, PATHS, (struct api_opts){.front_end_root = front_root, .api_token = token});
 }
 
 /* ===== HTTP client ===== */
 
-struct resp {
-    int status;
-    char *body;                      /* NUL-terminated */
-    size_t len;
-    char ctype[128], cache[128], location[256];
-    long content_length;             /* the header, -1 when absent */
-};
+#include "unit/api/http_client.h"
 
-static void resp_free(struct resp *r) {
-    free(r->body);
-    memset(r, 0, sizeof *r);
-}
-
-/* One request on a fresh connection; `path` is sent as it is (not normalised). */
-static struct resp request(int port, const char *method, const char *path, const char *headers) {
-    struct resp r = {.content_length = -1};
-    char eb[256] = "";
-    struct mg_connection *c = mg_connect_client("127.0.0.1", port, 0, eb, sizeof eb);
-    if (!c) fail_msg("connect to %d: %s", port, eb);
-    mg_printf(c, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%sContent-Length: 0\r\n\r\n", method, path,
-              port, headers ? headers : "");
-    if (mg_get_response(c, eb, sizeof eb, 10000) < 0) fail_msg("%s %s: no response: %s", method, path, eb);
-    const struct mg_response_info *ri = mg_get_response_info(c);
-    r.status = ri->status_code;
-    for (int i = 0; i < ri->num_headers; i++) {
-        const char *k = ri->http_headers[i].name, *v = ri->http_headers[i].value;
-        if (!strcasecmp(k, "Content-Type")) snprintf(r.ctype, sizeof r.ctype, "%s", v);
-        if (!strcasecmp(k, "Cache-Control")) snprintf(r.cache, sizeof r.cache, "%s", v);
-        if (!strcasecmp(k, "Location")) snprintf(r.location, sizeof r.location, "%s", v);
-        if (!strcasecmp(k, "Content-Length")) r.content_length = atol(v);
-    }
-    size_t cap = 65536;
-    r.body = malloc(cap);
-    for (;;) {
-        if (r.len + 4096 > cap) r.body = realloc(r.body, cap *= 2);
-        int n = mg_read(c, r.body + r.len, cap - r.len - 1);
-        if (n <= 0) break;
-        r.len += (size_t)n;
-    }
-    r.body[r.len] = 0;
-    mg_close_connection(c);
-    return r;
-}
-
-static struct resp get(int port, const char *path) { return request(port, "GET", path, NULL); }
+static struct resp get(int port, const char *path) { return request(port, "GET", path, NULL, NULL, 0); }
 
 /* A whole file (malloc'd, NUL-terminated), or NULL. */
 static char *slurp(const char *path, size_t *len) {
@@ -228,7 +165,7 @@ static void test_console_files(void **state) {
     assert_int_equal(r.status, 301);
     assert_string_equal(r.location, "/kiln/console/");
     resp_free(&r);
-    r = request(s.port, "HEAD", "/app.js", NULL);
+    r = request(s.port, "HEAD", "/app.js", NULL, NULL, 0);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.len, 0);
     size_t js_len;
@@ -242,7 +179,7 @@ static void test_console_files(void **state) {
     expect_status(s.port, "/kiln/console/nope.css", 404);
     expect_status(s.port, "/kiln/console/x/app.js", 404);
     expect_status(s.port, "/x/app.js", 404);
-    r = request(s.port, "POST", "/app.js", NULL);
+    r = request(s.port, "POST", "/app.js", NULL, NULL, 0);
     assert_int_equal(r.status, 404);
     resp_free(&r);
     r = get(s.port, "/system_stats"); /* the API is untouched */
@@ -373,7 +310,7 @@ static void test_token(void **state) {
     expect_status(s.port, "/queue/all", 401);
     expect_status(s.port, "/api/", 401); /* only the console's own paths are public */
     expect_status(s.port, "/nope.js", 401);
-    struct resp r = request(s.port, "GET", "/system_stats", "Authorization: Bearer s3cret\r\n");
+    struct resp r = request(s.port, "GET", "/system_stats", "Authorization: Bearer s3cret\r\n", NULL, 0);
     assert_int_equal(r.status, 200);
     resp_free(&r);
     server_stop(&s);
@@ -382,7 +319,7 @@ static void test_token(void **state) {
     s = server_start(1, FE, "s3cret");
     expect_status(s.port, "/", 401);
     expect_status(s.port, "/assets/index-1a2b.js", 401);
-    r = request(s.port, "GET", "/assets/index-1a2b.js", "Authorization: Bearer s3cret\r\n");
+    r = request(s.port, "GET", "/assets/index-1a2b.js", "Authorization: Bearer s3cret\r\n", NULL, 0);
     assert_int_equal(r.status, 200);
     resp_free(&r);
     expect_file(s.port, "/kiln/console/", WEB_DIR "/index.html", "text/html");
