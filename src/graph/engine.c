@@ -176,7 +176,7 @@ struct engine_checkpoint *engine_checkpoint_placed(struct engine *e, const char 
         if (placement_parse(placement, &asked, err)) return NULL; /* the message names the setting */
         p = &asked;
     }
-    char key[sizeof ((struct engine_checkpoint *)0)->placement];
+    char key[ENGINE_PLACEMENT_MAX];
     if (e->cuda_index < 0) { /* host memory already: nothing to place */
         snprintf(key, sizeof key, "auto");
     } else {
@@ -332,12 +332,6 @@ void engine_free(struct engine *e) {
     engine_deinit(e);
     backend_free(be);
     mem_free(e);
-}
-
-int engine_loaded_paths(const struct engine *e, char **out, int max) {
-    int n = 0;
-    for (int i = 0; i < e->n_loaded && n < max; i++) out[n++] = mem_strdup(e->loaded[i]->sd->path);
-    return n;
 }
 
 bool engine_has_checkpoint(const struct engine *e, const char *path) {

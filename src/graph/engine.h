@@ -12,7 +12,12 @@
 #include "tensor/backend.h"
 #include "vram/placement.h"
 
+#include <limits.h>
+
 #define ENGINE_MAX_CHECKPOINTS 4 /* kept loaded; the least recently used goes first */
+#define ENGINE_PLACEMENT_MAX 2048 /* engine_checkpoint.placement: "auto" or a canonical allocation string
+                                   (65 entries of at most ~25 characters fit whole: it is a cache key) */
+#define ENGINE_WHERE_MAX 256     /* engine_checkpoint.where */
 
 struct tokenizer;
 
@@ -26,9 +31,9 @@ struct engine_checkpoint {
     uint64_t bytes;               /* bytes on the device as loaded: the weights kept there plus
                                      the staging of streamed UNet blocks (engine_checkpoint_estimate
                                      when nothing streams) */
-    char placement[96];           /* how it was asked for: "auto" or the canonical allocation
+    char placement[ENGINE_PLACEMENT_MAX]; /* how it was asked for: "auto" or the canonical allocation
                                      string, with " noprefetch" appended (the cache key with path) */
-    char where[256];              /* where its bytes live ("cuda:0 1.2 GiB, cuda:1 0.4 GiB, cpu 0.1 GiB") */
+    char where[ENGINE_WHERE_MAX]; /* where its bytes live ("cuda:0 1.2 GiB, cuda:1 0.4 GiB, cpu 0.1 GiB") */
 };
 
 /* MODEL and VAE values: a reference to the checkpoint. */
@@ -93,10 +98,6 @@ void engine_free(struct engine *e); /* NULL is a no-op */
  * worker thread. Returns 0, or a negative status with err filled; the engine stays usable. */
 int engine_warmup(struct engine *e, struct err *err);
 
-/* The paths of the checkpoints loaded now, as mem_strdup'd strings in out[0..max) (the caller
- * frees each with mem_free); returns how many were written. */
-int engine_loaded_paths(const struct engine *e, char **out, int max);
-
 /* Whether a checkpoint with this path is loaded now (for routing). */
 bool engine_has_checkpoint(const struct engine *e, const char *path);
 
@@ -117,9 +118,9 @@ struct engine_checkpoint *engine_checkpoint_placed(struct engine *e, const char 
 
 /* What one loaded checkpoint is, for /system_stats and the VRAM monitor. */
 struct engine_loaded_info {
-    char path[4096];
-    char placement[96];           /* engine_checkpoint.placement */
-    char where[256];              /* engine_checkpoint.where */
+    char path[PATH_MAX];
+    char placement[ENGINE_PLACEMENT_MAX]; /* engine_checkpoint.placement */
+    char where[ENGINE_WHERE_MAX]; /* engine_checkpoint.where */
     uint64_t bytes;               /* on this device */
 };
 /* Fills out[0..max) with the loaded checkpoints; returns how many. */

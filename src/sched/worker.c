@@ -172,17 +172,19 @@ static json_t *history_entry(const struct exec_report *rep, json_t *messages) {
 
 /* ===== Engine snapshot and /free ===== */
 
-/* Copies the paths of the engine's loaded checkpoints into d->ckpts (for routing). */
+/* Copies what the engine holds into d->ckpts (the paths, for routing) and d->models (paths,
+ * placements and where their bytes live, for /system_stats and /gpus). */
 static void snapshot_checkpoints(struct sched *s, struct sched_device *d) {
     char **paths = mem_calloc(ENGINE_MAX_CHECKPOINTS, sizeof *paths);
-    int n = d->engine ? engine_loaded_paths(d->engine, paths, ENGINE_MAX_CHECKPOINTS) : 0;
     struct engine_loaded_info *info = mem_calloc(ENGINE_MAX_CHECKPOINTS, sizeof *info);
-    int n_info = d->engine ? engine_loaded_info(d->engine, info, ENGINE_MAX_CHECKPOINTS) : 0;
+    int n = d->engine ? engine_loaded_info(d->engine, info, ENGINE_MAX_CHECKPOINTS) : 0;
     json_t *models = json_array();
-    for (int i = 0; i < n_info; i++)
+    for (int i = 0; i < n; i++) {
+        paths[i] = mem_strdup(info[i].path);
         json_array_append_new(models, json_pack("{s:s,s:s,s:s,s:I}", "path", info[i].path, "placement",
                                                 info[i].placement, "where", info[i].where, "bytes",
                                                 (json_int_t)info[i].bytes));
+    }
     mem_free(info);
     pthread_mutex_lock(&s->mu);
     json_t *old_models = d->models;
