@@ -321,6 +321,20 @@ static void cuda_free(void *vctx) {
 
 /* ===== Weights on another GPU (tensor.h STREAMING) ===== */
 
+/* Peer access from ctx's device to `device`, enabled on first use; false when the pair has none. */
+static bool cuda_peer_reachable(void *vctx, int device) {
+    struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
+    int can = 0;
+    if (device == ctx->device || cudaDeviceCanAccessPeer(&can, ctx->device, device) != cudaSuccess || !can) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    cudaSetDevice(ctx->device);
+    cudaError_t e = cudaDeviceEnablePeerAccess(device, 0);
+    (void)cudaGetLastError();
+    return e == cudaSuccess || e == cudaErrorPeerAccessAlreadyEnabled;
+}
+
 /* cudaMalloc on `device`, one synchronous upload, then peer access from ctx's device when the
  * pair supports it (already enabled counts as success). The buffer is not in this backend's
  * allocation list: it is the other device's memory, freed with cuda_peer_free. */
@@ -345,18 +359,8 @@ static int cuda_peer_upload(void *vctx, int device, const void *host, size_t siz
         *out = NULL;
         rc = STATUS_ERR_DEVICE;
     }
-    if (!rc) {
-        int can = 0;
-        cudaSetDevice(ctx->device);
-        if (cudaDeviceCanAccessPeer(&can, ctx->device, device) == cudaSuccess && can) {
-            ce = cudaDeviceEnablePeerAccess(device, 0);
-            if (ce == cudaErrorPeerAccessAlreadyEnabled) ce = cudaSuccess;
-            if (ce != cudaSuccess) log_warn("cuda backend: peer access GPU %d -> %d: %s", ctx->device, device,
-                                            cudaGetErrorString(ce));
-            (void)cudaGetLastError();
-        }
-    }
     cudaSetDevice(ctx->device);
+    if (!rc) (void)cuda_peer_reachable(vctx, device); /* without peer access copies go through the host */
     return rc;
 }
 
@@ -372,20 +376,6 @@ static void cuda_peer_free(void *vctx, int device, void *buf) {
         log_warn("cuda backend: freeing weights on GPU %d failed", device);
     }
     cudaSetDevice(ctx->device);
-}
-
-/* Peer access from ctx's device to `device`, enabled on first use; false when the pair has none. */
-static bool cuda_peer_reachable(void *vctx, int device) {
-    struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
-    int can = 0;
-    if (device == ctx->device || cudaDeviceCanAccessPeer(&can, ctx->device, device) != cudaSuccess || !can) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    cudaSetDevice(ctx->device);
-    cudaError_t e = cudaDeviceEnablePeerAccess(device, 0);
-    (void)cudaGetLastError();
-    return e == cudaSuccess || e == cudaErrorPeerAccessAlreadyEnabled;
 }
 
 /* A whole weight image from another GPU's copy (wstore device copies), on ctx's stream. */
