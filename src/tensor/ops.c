@@ -11,16 +11,12 @@
 static struct tensor *node(struct tctx *c, enum op op, enum dtype dt, int ndim, const int64_t *shape,
                            struct tensor *s0, struct tensor *s1, struct tensor *s2) {
     if (c->rc) return NULL;
-    struct tensor *t = arena_alloc(&c->arena, sizeof *t);
+    struct tensor *t = tctx__new_tensor(c, dt, ndim, shape);
+    if (!t) return NULL;
     t->op = op;
-    t->dtype = dt;
-    t->ndim = ndim;
-    for (int i = 0; i < TENSOR_MAX_DIMS; i++) t->shape[i] = i < ndim ? shape[i] : 1;
     t->src[0] = s0;
     t->src[1] = s1;
     t->src[2] = s2;
-    t->id = -1;
-    t->seq = c->n_created++;
     return t;
 }
 

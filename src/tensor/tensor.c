@@ -196,7 +196,7 @@ struct tensor *tctx_fail(struct tctx *c, int rc, const char *fmt, ...) {
     return NULL;
 }
 
-static struct tensor *new_tensor(struct tctx *c, enum dtype dt, int ndim, const int64_t *shape) {
+struct tensor *tctx__new_tensor(struct tctx *c, enum dtype dt, int ndim, const int64_t *shape) {
     if (ndim < 1 || ndim > TENSOR_MAX_DIMS) return tctx_fail(c, STATUS_ERR_INVALID, "tensor with %d dims", ndim);
     struct tensor *t = arena_alloc(&c->arena, sizeof *t);
     t->dtype = dt;
@@ -211,14 +211,14 @@ static struct tensor *new_tensor(struct tctx *c, enum dtype dt, int ndim, const 
 
 struct tensor *tensor_input(struct tctx *c, enum dtype dt, int ndim, const int64_t *shape) {
     if (c->rc) return NULL;
-    struct tensor *t = new_tensor(c, dt, ndim, shape);
+    struct tensor *t = tctx__new_tensor(c, dt, ndim, shape);
     if (t) t->flags |= TENSOR_FLAG_INPUT;
     return t;
 }
 
 struct tensor *tensor_weight(struct tctx *c, enum dtype dt, int ndim, const int64_t *shape, void *data) {
     if (c->rc) return NULL;
-    struct tensor *t = new_tensor(c, dt, ndim, shape);
+    struct tensor *t = tctx__new_tensor(c, dt, ndim, shape);
     if (t) {
         t->flags |= TENSOR_FLAG_WEIGHT;
         t->data = data;
@@ -354,14 +354,14 @@ static int by_seq(const void *a, const void *b) {
 
 static struct tensor *stream_node(struct tctx *c, enum tstream_kind kind, int block) {
     if (kind == TSTREAM_BEGIN) {
-        struct tensor *t = new_tensor(c, DTYPE_I32, 1, (int64_t[]){1});
+        struct tensor *t = tctx__new_tensor(c, DTYPE_I32, 1, (int64_t[]){1});
         t->op = OP_STREAM;
         t->ip[0] = kind;
         return t;
     }
     const struct tstream_block *b = &c->stream->blocks[block];
     int64_t one = 1, words = (int64_t)(b->bytes / 4);
-    struct tensor *t = new_tensor(c, DTYPE_I32, 1, kind == TSTREAM_FETCH ? &words : &one);
+    struct tensor *t = tctx__new_tensor(c, DTYPE_I32, 1, kind == TSTREAM_FETCH ? &words : &one);
     t->op = OP_STREAM;
     t->ip[0] = kind;
     t->ip[1] = b->slot_index;

@@ -213,6 +213,11 @@ void tctx_reset(struct tctx *c);
 /* Records a failure (first one sticks) and returns NULL, for use in op constructors. */
 struct tensor *tctx_fail(struct tctx *c, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* tensor/ only (ops.c, tensor.c): a new tensor of c (zeroed, unplanned, numbered in creation
+ * order), or NULL with c->rc set for a bad rank or size. Everyone else calls tensor_input,
+ * tensor_weight or an op_* constructor. */
+struct tensor *tctx__new_tensor(struct tctx *c, enum dtype dt, int ndim, const int64_t *shape);
+
 /* A leaf whose memory comes from the plan; fill it with tctx_set after tctx_plan. */
 struct tensor *tensor_input(struct tctx *c, enum dtype dt, int ndim, const int64_t *shape);
 
