@@ -481,6 +481,7 @@ static int finish_placed(struct nn_loader *ld, struct nn_weights *out, struct nn
                        (double)size / (1 << 20), path, be_name);
     /* resident blocks packed at the start; where each block's bytes are read from */
     size_t *base = mem_alloc((size_t)nb * sizeof *base); /* per block: its bytes' address - block offset */
+    int *sid = mem_calloc((size_t)nb, sizeof *sid);       /* per block: its weights' stream_id (0 = resident) */
     size_t at = 0;
     int k = 0;
     for (int i = 0; i < nb && !rc; i++) {
@@ -513,7 +514,7 @@ static int finish_placed(struct nn_loader *ld, struct nn_weights *out, struct nn
             sb->home_device = b->peer_device;
         }
         base[i] = (size_t)sb->slot - b->offset;
-        k++;
+        sid[i] = ++k;
         out->stream.n_blocks = k; /* deinit frees the peer copies made so far */
     }
     if (!rc) {
@@ -521,15 +522,13 @@ static int finish_placed(struct nn_loader *ld, struct nn_weights *out, struct nn
             struct nn_loader_entry *e = &ld->entries[i];
             int b = block_of_offset(blocks, nb, e->offset);
             e->w->data = (void *)(base[b] + e->offset);
-            e->w->stream_id = 0;
-            if (blocks[b].home != NN_HOME_DEVICE) /* 1 + its index among the streamed blocks */
-                for (int j = 0; j < k; j++)
-                    if (strcmp(out->sblocks[j].name, blocks[b].name) == 0) e->w->stream_id = j + 1;
+            e->w->stream_id = sid[b];
         }
         out->stream = (struct tstream){.blocks = out->sblocks, .n_blocks = k, .n_slots = n_slots,
                                        .no_prefetch = ld->storage.no_prefetch};
     }
     mem_free(base);
+    mem_free(sid);
     return rc;
 }
 
