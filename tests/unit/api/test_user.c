@@ -83,25 +83,7 @@ static void expect_json(struct resp r, int status, const char *want) {
 
 /* ===== Files ===== */
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    *len = fread(buf, 1, (size_t)n, f);
-    buf[*len] = 0;
-    fclose(f);
-    return buf;
-}
 
-static void put_file(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    if (!f) fail_msg("cannot write %s", path);
-    fputs(text, f);
-    fclose(f);
-}
 
 static bool exists(const char *path) {
     struct stat st;
@@ -129,13 +111,11 @@ static void expect_no_temp(const char *folder) {
     closedir(d);
 }
 
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw) { return remove(p); }
-
 /* Removes USER_DIR and base/user: the next test starts with no user data. */
 static void user_clear(void) {
     char p[400];
     snprintf(p, sizeof p, "%s/user", BASE);
-    nftw(p, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    rm_tree(p);
 }
 
 /* ===== Small routes ===== */
@@ -503,16 +483,10 @@ static int group_setup(void **state) {
     snprintf(OUTSIDE, sizeof OUTSIDE, "%s/outside", ROOT);
     mkdir(BASE, 0777);
     mkdir(OUTSIDE, 0777);
-    static char models[320], input[320], output[320], temp[320];
-    snprintf(models, sizeof models, "%s/models", BASE);
-    snprintf(input, sizeof input, "%s/input", BASE);
-    snprintf(output, sizeof output, "%s/output", BASE);
-    snprintf(temp, sizeof temp, "%s/temp", BASE);
-    mkdir(models, 0777);
-    mkdir(input, 0777);
-    mkdir(output, 0777);
-    mkdir(temp, 0777);
-    char p[400];
+    static struct test_dirs dirs;
+    PATHS = test_dirs_make(&dirs, BASE);
+    const char *models = dirs.models;
+    char p[700];
     snprintf(p, sizeof p, "%s/checkpoints", models);
     mkdir(p, 0777);
     snprintf(p, sizeof p, "%s/checkpoints/sub", models);
@@ -523,12 +497,11 @@ static int group_setup(void **state) {
     put_file(p, "b");
     snprintf(p, sizeof p, "%s/checkpoints/notes.txt", models);
     put_file(p, "n");
-    PATHS = (struct graph_paths){.models = models, .input = input, .output = output, .temp = temp};
     return 0;
 }
 
 static int group_teardown(void **state) {
-    nftw(ROOT, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    rm_tree(ROOT);
     return 0;
 }
 

@@ -77,26 +77,7 @@ static struct server server_start(int n, const char *front_root, const char *tok
 
 static struct resp get(int port, const char *path) { return request(port, "GET", path, NULL, NULL, 0); }
 
-/* A whole file (malloc'd, NUL-terminated), or NULL. */
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    *len = fread(buf, 1, (size_t)n, f);
-    buf[*len] = 0;
-    fclose(f);
-    return buf;
-}
 
-static void write_file(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    if (!f) fail_msg("cannot write %s", path);
-    fputs(text, f);
-    fclose(f);
-}
 
 /* GET port/path must be 200 with exactly the bytes of file `disk` and a type starting with `type`. */
 static void expect_file(int port, const char *path, const char *disk, const char *type) {
@@ -210,10 +191,10 @@ static void make_frontend(void) {
     };
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(p, sizeof p, "%s/%s", FE, files[i][0]);
-        write_file(p, files[i][1]);
+        put_file(p, files[i][1]);
     }
     snprintf(p, sizeof p, "%s/secret.txt", ROOT);
-    write_file(p, "SECRET outside the frontend\n");
+    put_file(p, "SECRET outside the frontend\n");
     snprintf(p, sizeof p, "%s/out.txt", FE);
     if (symlink("../secret.txt", p)) fail_msg("symlink %s", p);          /* leads out: refused */
     snprintf(p, sizeof p, "%s/same.js", FE);
@@ -414,21 +395,12 @@ static void test_watch_all(void **state) {
 
 /* ===== Fixture ===== */
 
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw) { return remove(p); }
 
 static int group_setup(void **state) {
     snprintf(ROOT, sizeof ROOT, "/tmp/kiln_web_XXXXXX");
     if (!mkdtemp(ROOT)) return -1;
-    static char models[300], input[300], output[300], temp[300];
-    snprintf(models, sizeof models, "%s/models", ROOT);
-    snprintf(input, sizeof input, "%s/input", ROOT);
-    snprintf(output, sizeof output, "%s/output", ROOT);
-    snprintf(temp, sizeof temp, "%s/temp", ROOT);
-    mkdir(models, 0777);
-    mkdir(input, 0777);
-    mkdir(output, 0777);
-    mkdir(temp, 0777);
-    PATHS = (struct graph_paths){.models = models, .input = input, .output = output, .temp = temp};
+    static struct test_dirs dirs;
+    PATHS = test_dirs_make(&dirs, ROOT);
     graph_registry_add(&T_STEPS);
     make_frontend();
     return 0;
@@ -436,7 +408,7 @@ static int group_setup(void **state) {
 
 static int group_teardown(void **state) {
     graph_registry_reset();
-    nftw(ROOT, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    rm_tree(ROOT);
     return 0;
 }
 
