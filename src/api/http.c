@@ -15,6 +15,21 @@
 
 /* ===== Replies ===== */
 
+#define FILE_CHUNK (64u * 1024u) /* bytes of a file read and written at a time (http_reply_file) */
+
+void http_reply_file(struct http_req *r, const char *content_type, FILE *f, size_t size, const char *extra) {
+    http_reply_head(r, 200, content_type, size, extra);
+    if (r->head) return;
+    _Static_assert(FILE_CHUNK <= API_HANDLER_STACK / 4, "the chunk lives on the handler's stack");
+    char buf[FILE_CHUNK];
+    size_t left = size, got;
+    /* the length is sent: a file that shrinks meanwhile ends the connection short */
+    while (left && (got = fread(buf, 1, left < sizeof buf ? left : sizeof buf, f)) > 0) {
+        if (mg_write(r->conn, buf, got) <= 0) break;
+        left -= got;
+    }
+}
+
 void http_reply_head(struct http_req *r, int status, const char *content_type, size_t len, const char *extra) {
     r->status = status;
     mg_response_header_start(r->conn, status);

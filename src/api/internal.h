@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 struct ws_hub;
 
@@ -66,6 +67,12 @@ void http_reply(struct http_req *r, int status, const char *content_type, const 
 /* The header part of http_reply alone: the caller then mg_writes exactly len bytes (unless
  * r->head). */
 void http_reply_head(struct http_req *r, int status, const char *content_type, size_t len, const char *extra);
+/* Reads a whole file into *out (mem_alloc'd, one spare byte at the end; *len bytes). Returns 0,
+ * or -1 with errno (ENOMEM when it does not fit in memory). */
+int api__read_file(const char *path, char **out, size_t *len);
+/* A 200 with `size` bytes of f as the body (not read for HEAD), streamed in chunks; the caller
+ * opened f and closes it. */
+void http_reply_file(struct http_req *r, const char *content_type, FILE *f, size_t size, const char *extra);
 
 /* Replies with graph_json_dumps(j) as application/json; steals j. */
 void http_reply_json(struct http_req *r, int status, json_t *j);

@@ -93,8 +93,7 @@ static const char *mime_of(const char *name) {
     return "application/octet-stream";
 }
 
-/* Reads a whole file (mem_alloc'd). Returns 0, or -1 with errno. */
-static int read_file(const char *path, char **out, size_t *len) {
+int api__read_file(const char *path, char **out, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return -1;
     struct stat st;
@@ -229,13 +228,7 @@ void api__get_view(struct http_req *r, const char *arg) {
     }
     char extra[1200];
     snprintf(extra, sizeof extra, "Content-Disposition: filename=\"%s\"\r\n", name);
-    http_reply_head(r, 200, mime_of(name), (size_t)st.st_size, extra);
-    if (!r->head) {
-        char buf[65536];
-        size_t n;
-        while ((n = fread(buf, 1, sizeof buf, f)) > 0)
-            if (mg_write(r->conn, buf, n) <= 0) break;
-    }
+    http_reply_file(r, mime_of(name), f, (size_t)st.st_size, extra);
     fclose(f);
 }
 
@@ -344,7 +337,7 @@ static bool same_content(const char *path, const char *data, size_t len) {
     if (stat(path, &st) != 0 || (size_t)st.st_size != len) return false;
     char *buf;
     size_t n;
-    if (read_file(path, &buf, &n)) return false;
+    if (api__read_file(path, &buf, &n)) return false;
     bool same = n == len && memcmp(buf, data, len) == 0;
     mem_free(buf);
     return same;

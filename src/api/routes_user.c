@@ -28,7 +28,6 @@
 
 #define SETTINGS_FILE "comfy.settings.json" /* in USER_DIR (CO:app/app_settings.py) */
 #define WALK_MAX_DEPTH 32                   /* folders deep a listing descends */
-#define USER_CHUNK (64u * 1024u)            /* bytes streamed at a time */
 
 /* ===== Paths inside USER_DIR ===== */
 
@@ -197,8 +196,9 @@ void api__get_workflow_templates(struct http_req *r, const char *arg) { http_rep
 static int settings_load(struct http_req *r, json_t **out) {
     char path[PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/%s", r->srv->user_dir, SETTINGS_FILE);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    char *buf = NULL;
+    size_t len = 0;
+    if (api__read_file(path, &buf, &len)) {
         if (errno == ENOENT) {
             *out = json_object();
             return 0;
@@ -206,21 +206,9 @@ static int settings_load(struct http_req *r, json_t **out) {
         http_reply_error(r, 500, "read_failed", "Cannot read %s: %s", path, strerror(errno));
         return -1;
     }
-    char *buf = NULL;
-    size_t len = 0, cap = 0, n;
-    char chunk[8192];
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        if (len + n + 1 > cap) {
-            cap = (len + n + 1) * 2;
-            buf = mem_realloc(buf, cap);
-        }
-        memcpy(buf + len, chunk, n);
-        len += n;
-    }
-    fclose(f);
     json_t *j = NULL;
     struct err err = {0};
-    int rc = graph_json_loads(buf ? buf : "", len, &j, &err);
+    int rc = graph_json_loads(buf, len, &j, &err);
     mem_free(buf);
     if (rc || !json_is_object(j)) {
         json_decref(j);
@@ -464,18 +452,9 @@ void api__get_userdata(struct http_req *r, const char *arg) {
     const char *dot = strrchr(rel, '.');
     bool css = strcmp(rel, "user.css") == 0;
     const char *type = css ? "text/css" : dot && !strcasecmp(dot, ".json") ? "application/json" : "application/octet-stream";
-    http_reply_head(r, 200, type, (size_t)st.st_size,
+    http_reply_file(r, type, f, (size_t)st.st_size,
                     css ? "X-Content-Type-Options: nosniff\r\nContent-Disposition: inline\r\n"
                         : "X-Content-Type-Options: nosniff\r\nContent-Disposition: attachment\r\n");
-    if (!r->head) {
-        _Static_assert(USER_CHUNK <= API_HANDLER_STACK / 4, "the chunk lives on the handler's stack");
-        char buf[USER_CHUNK];
-        size_t left = (size_t)st.st_size, got;
-        while (left && (got = fread(buf, 1, left < sizeof buf ? left : sizeof buf, f)) > 0) {
-            if (mg_write(r->conn, buf, got) <= 0) break;
-            left -= got;
-        }
-    }
     fclose(f);
 }
 

@@ -19,7 +19,6 @@
 #include <sys/stat.h>
 
 #define CONSOLE_PREFIX "/kiln/console"   /* the console's second home (always the console) */
-#define WEB_CHUNK (64u * 1024u)           /* bytes read and written at a time */
 
 /* ===== Types ===== */
 
@@ -132,18 +131,8 @@ static void reply_root_file(struct http_req *r, const char *rel) {
         return;
     }
     const char *base = strrchr(rel, '/') ? strrchr(rel, '/') + 1 : rel;
-    http_reply_head(r, 200, web_mime(base), (size_t)st.st_size,
+    http_reply_file(r, web_mime(base), f, (size_t)st.st_size,
                     strcmp(base, "index.html") == 0 ? "Cache-Control: no-cache\r\n" : NULL);
-    if (!r->head) {
-        _Static_assert(WEB_CHUNK <= API_HANDLER_STACK / 4, "the chunk lives on the handler's stack");
-        char buf[WEB_CHUNK];
-        size_t left = (size_t)st.st_size, got;
-        /* the length is sent: a file that shrinks meanwhile ends the connection short */
-        while (left && (got = fread(buf, 1, left < sizeof buf ? left : sizeof buf, f)) > 0) {
-            if (mg_write(r->conn, buf, got) <= 0) break;
-            left -= got;
-        }
-    }
     fclose(f);
 }
 
