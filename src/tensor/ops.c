@@ -102,6 +102,15 @@ struct tensor *op_upsample_nearest_to(struct tctx *c, struct tensor *a, int64_t 
     return node(c, OP_UPSAMPLE_NEAREST, a->dtype, 4, s, a, NULL, NULL);
 }
 
+struct tensor *op_upsample_nearest_nhwc_to(struct tctx *c, struct tensor *a, int64_t h, int64_t w) {
+    NEED(c, a);
+    if (a->ndim != 4 || h < 1 || w < 1) return tctx_fail(c, STATUS_ERR_INVALID, "upsample needs NHWC and a size >= 1");
+    int64_t s[4] = {a->shape[0], h, w, a->shape[3]};
+    struct tensor *t = node(c, OP_UPSAMPLE_NEAREST, a->dtype, 4, s, a, NULL, NULL);
+    if (t) t->ip[0] = 1;
+    return t;
+}
+
 struct tensor *op_upsample_nearest(struct tctx *c, struct tensor *a, int factor) {
     NEED(c, a);
     if (factor < 1) return tctx_fail(c, STATUS_ERR_INVALID, "upsample factor %d", factor);
@@ -208,6 +217,29 @@ struct tensor *op_conv2d(struct tctx *c, struct tensor *x, struct tensor *w, str
     return op_conv2d_pad(c, x, w, b, stride, pad, pad, pad, pad);
 }
 
+struct tensor *op_conv2d_nhwc(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
+                              int pad) {
+    NEED(c, x, w);
+    if (x->ndim != 4 || w->ndim != 4 || w->shape[3] != x->shape[3] || stride < 1 || pad < 0 ||
+        (b && tensor_numel(b) != w->shape[0])) {
+        char s1[64], s2[64];
+        return tctx_fail(c, STATUS_ERR_INVALID, "conv2d (channels last): x %s, weight %s", SHAPE(x, s1),
+                         SHAPE(w, s2));
+    }
+    int64_t ho = (x->shape[1] + 2 * pad - w->shape[1]) / stride + 1;
+    int64_t wo = (x->shape[2] + 2 * pad - w->shape[2]) / stride + 1;
+    if (ho < 1 || wo < 1) return tctx_fail(c, STATUS_ERR_INVALID, "conv2d: empty output");
+    int64_t s[4] = {x->shape[0], ho, wo, w->shape[0]};
+    if (!same_dtype(c, "conv2d", x, w, b)) return NULL;
+    struct tensor *t = node(c, OP_CONV2D, x->dtype, 4, s, x, w, b);
+    if (t) {
+        t->ip[0] = stride;
+        t->ip[1] = t->ip[2] = t->ip[3] = t->ip[4] = pad;
+        t->ip[5] = 1;
+    }
+    return t;
+}
+
 struct tensor *op_attention(struct tctx *c, struct tensor *q, struct tensor *k, struct tensor *v, int heads,
                             bool causal) {
     NEED(c, q, k, v);
@@ -230,22 +262,34 @@ struct tensor *op_attention(struct tctx *c, struct tensor *q, struct tensor *k, 
 
 /* ===== Normalisation ===== */
 
-struct tensor *op_group_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int groups,
-                             float eps, bool silu) {
+static struct tensor *group_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int groups,
+                                 float eps, bool silu, bool nhwc) {
     NEED(c, x);
-    if (x->ndim < 2 || groups < 1 || x->shape[1] % groups || (w && tensor_numel(w) != x->shape[1]) ||
-        (b && tensor_numel(b) != x->shape[1])) {
+    int64_t ch = x->shape[nhwc ? x->ndim - 1 : 1];
+    if (x->ndim < 2 || groups < 1 || ch % groups || (w && tensor_numel(w) != ch) || (b && tensor_numel(b) != ch)) {
         char s1[64];
-        return tctx_fail(c, STATUS_ERR_INVALID, "group_norm: x %s with %d groups", SHAPE(x, s1), groups);
+        return tctx_fail(c, STATUS_ERR_INVALID, "group_norm%s: x %s with %d groups", nhwc ? " (channels last)" : "",
+                         SHAPE(x, s1), groups);
     }
     if (!same_dtype(c, "group_norm", x, w, b)) return NULL;
     struct tensor *t = node(c, OP_GROUP_NORM, x->dtype, x->ndim, x->shape, x, w, b);
     if (t) {
         t->ip[0] = groups;
         t->ip[1] = silu;
+        t->ip[2] = nhwc;
         t->fp[0] = eps;
     }
     return t;
+}
+
+struct tensor *op_group_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int groups,
+                             float eps, bool silu) {
+    return group_norm(c, x, w, b, groups, eps, silu, false);
+}
+
+struct tensor *op_group_norm_nhwc(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int groups,
+                                  float eps, bool silu) {
+    return group_norm(c, x, w, b, groups, eps, silu, true);
 }
 
 struct tensor *op_layer_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, float eps) {

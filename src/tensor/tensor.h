@@ -7,7 +7,10 @@
  * shape[ndim-1] the innermost. Data is always contiguous and row-major, so the element
  * (i0, i1, i2, i3) of a 4-d tensor sits at ((i0*shape[1] + i1)*shape[2] + i2)*shape[3] + i3.
  * There are no strides: an op that needs another layout (NCHW -> [B, HW, C]) is an explicit
- * OP_TRANSPOSE. Images and latents are NCHW; token sequences are [B, N, C].
+ * OP_TRANSPOSE. Images and latents are NCHW; token sequences are [B, N, C]. CHANNELS-LAST:
+ * CONV2D, GROUP_NORM and UPSAMPLE_NEAREST also take images as [B, H, W, C] (op_*_nhwc; the flag
+ * is a param), which is what tensor cores want: a UNet computed that way needs no transposes
+ * around its attention blocks and none inside the convolution library (docs/DECISIONS.md).
  *
  * GRAPHS. Model code never computes directly. Each op_* call records one node (a tensor whose
  * `op` says how to compute it from `src[]` and the params) in a struct tctx and returns it.
@@ -259,10 +262,18 @@ struct tensor *op_linear(struct tctx *c, struct tensor *x, struct tensor *w, str
 struct tensor *op_conv2d(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride, int pad);
 struct tensor *op_conv2d_pad(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
                              int pad_top, int pad_left, int pad_bottom, int pad_right);
+/* Channels-last: x [B, H, W, C] * w [O, kh, kw, C] + b [O] -> [B, H', W', O]; ip[0] = stride,
+ * ip[1..4] = pad (all four equal), ip[5] = 1 (the layout flag). */
+struct tensor *op_conv2d_nhwc(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
+                              int pad);
 /* GroupNorm over x [B, C, ...] with per-channel affine w, b [C]. ip[0] = groups,
  * ip[1] = 1 to apply SiLU after the affine (fused), fp[0] = eps. */
 struct tensor *op_group_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int groups,
                              float eps, bool silu);
+/* The same over channels-last x [B, ..., C] (every dim between the first and the last is
+ * spatial); ip[2] = 1 (the layout flag). */
+struct tensor *op_group_norm_nhwc(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int groups,
+                                  float eps, bool silu);
 /* LayerNorm over the last dim of x [..., C] with affine w, b [C]. fp[0] = eps. */
 struct tensor *op_layer_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, float eps);
 /* Multi-head scaled dot-product attention. q [B, Nq, C], k and v [B, Nk, C]; C = heads * d.
@@ -277,6 +288,8 @@ struct tensor *op_transpose(struct tctx *c, struct tensor *a);
  * only parameter. op_upsample_nearest scales by an integer factor. */
 struct tensor *op_upsample_nearest_to(struct tctx *c, struct tensor *a, int64_t h, int64_t w);
 struct tensor *op_upsample_nearest(struct tctx *c, struct tensor *a, int factor);
+/* The same resize of channels-last [B, H, W, C] to [B, h, w, C]; ip[0] = 1 (the layout flag). */
+struct tensor *op_upsample_nearest_nhwc_to(struct tctx *c, struct tensor *a, int64_t h, int64_t w);
 /* Concatenates a and b along dim ip[0] (all other dims equal). */
 struct tensor *op_concat(struct tctx *c, struct tensor *a, struct tensor *b, int dim);
 /* Rows of table [V, C] picked by ids (I32, shape [...]) -> [..., C], in the table's dtype. */

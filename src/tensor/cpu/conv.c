@@ -13,7 +13,8 @@
  *    [O, wave] buffer and is copied out per image (with the bias).
  * A wave's product is cut into an O x columns grid (cpu__gemm_grid) that repacks the least.
  * A 1x1, stride-1, unpadded conv of large images needs no col at all: out_b = w x x_b.
- * Large 3x3 stride-1 convs go to conv_winograd.c instead (2.25x less arithmetic). */
+ * Large 3x3 stride-1 convs go to conv_winograd.c instead (2.25x less arithmetic).
+ * Channels-last convs (ip[5]) take a direct reference loop (conv2d_nhwc). */
 #include "tensor/cpu/cpu.h"
 #include "base/base.h"
 #include "base/status.h"
@@ -144,7 +145,42 @@ static bool use_winograd(const struct tensor *dst) {
     return x->shape[1] >= WINO_MIN_C && w->shape[0] >= WINO_MIN_C && tiles >= WINO_MIN_TILES;
 }
 
+/* Channels-last (ip[5]): y [B, Ho, Wo, O] from x [B, H, W, C] and w [O, kh, kw, C], one dot
+ * product over C per (tap, output), float accumulation. A reference for the GPU's channels-last
+ * path (the CPU computes its UNet NCHW), not a fast path. */
+static int conv2d_nhwc(const struct tensor *dst) {
+    const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
+    const float *x = tx->data, *w = tw->data, *bias = tb ? tb->data : NULL;
+    float *y = dst->data;
+    int64_t nb = tx->shape[0], h = tx->shape[1], wd = tx->shape[2], c = tx->shape[3];
+    int64_t o = tw->shape[0], kh = tw->shape[1], kw = tw->shape[2], ho = dst->shape[1], wo = dst->shape[2];
+    int64_t s = dst->ip[0], pt = dst->ip[1], pl = dst->ip[2];
+#pragma omp parallel for schedule(static) if (nb * ho * wo * o * c * kh * kw >= CPU_PAR_MIN)
+    for (int64_t r = 0; r < nb * ho; r++) {
+        int64_t b = r / ho, oy = r % ho;
+        for (int64_t ox = 0; ox < wo; ox++) {
+            float *yp = y + (r * wo + ox) * o;
+            for (int64_t oc = 0; oc < o; oc++) {
+                float acc = 0.0f;
+                for (int64_t i = 0; i < kh; i++) {
+                    int64_t iy = oy * s - pt + i;
+                    if (iy < 0 || iy >= h) continue;
+                    for (int64_t j = 0; j < kw; j++) {
+                        int64_t ix = ox * s - pl + j;
+                        if (ix < 0 || ix >= wd) continue;
+                        const float *xp = x + ((b * h + iy) * wd + ix) * c, *wp = w + ((oc * kh + i) * kw + j) * c;
+                        for (int64_t k = 0; k < c; k++) acc += xp[k] * wp[k];
+                    }
+                }
+                yp[oc] = acc + (bias ? bias[oc] : 0.0f);
+            }
+        }
+    }
+    return 0;
+}
+
 int cpu_op_conv2d(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
+    if (dst->ip[5]) return conv2d_nhwc(dst);
     if (use_winograd(dst)) return cpu__conv_winograd(ctx, dst, err);
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
     const float *x = tx->data, *w = tw->data, *bias = tb ? tb->data : NULL;

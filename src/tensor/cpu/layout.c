@@ -49,7 +49,31 @@ int cpu_op_transpose(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
 
 /* ===== UPSAMPLE_NEAREST: [B, C, H, W] -> [B, C, H*f, W*f] ===== */
 
+/* Channels-last [B, H, W, C] -> [B, h, w, C] (ip[0]): whole pixels copied, the same source
+ * index rule as below. */
+static int upsample_nearest_nhwc(const struct tensor *dst) {
+    const struct tensor *ta = dst->src[0];
+    const float *a = ta->data;
+    float *y = dst->data;
+    int64_t nb = ta->shape[0], h = ta->shape[1], w = ta->shape[2], c = ta->shape[3];
+    int64_t ho = dst->shape[1], wo = dst->shape[2];
+    float sh = (float)h / (float)ho, sw = (float)w / (float)wo;
+#pragma omp parallel for schedule(static) if (nb * ho * wo * c >= CPU_PAR_MIN)
+    for (int64_t r = 0; r < nb * ho; r++) {
+        int64_t b = r / ho, oy = r % ho;
+        int64_t iy = (int64_t)floorf((float)oy * sh);
+        if (iy > h - 1) iy = h - 1;
+        for (int64_t ox = 0; ox < wo; ox++) {
+            int64_t ix = (int64_t)floorf((float)ox * sw);
+            if (ix > w - 1) ix = w - 1;
+            memcpy(y + (r * wo + ox) * c, a + ((b * h + iy) * w + ix) * c, (size_t)c * sizeof(float));
+        }
+    }
+    return 0;
+}
+
 int cpu_op_upsample_nearest(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
+    if (dst->ip[0]) return upsample_nearest_nhwc(dst);
     const struct tensor *ta = dst->src[0];
     const float *a = ta->data;
     float *y = dst->data;

@@ -4,7 +4,8 @@
  * NUMERICS. Like torch.nn.GroupNorm / LayerNorm: biased variance, (x - mean) / sqrt(var + eps)
  * then the per-channel affine. Statistics take two passes accumulated in double (the mean, then
  * the squared deviations from it), so a group of 16 channels x 512 x 512 positions stays within
- * float rounding of a double reference, even with a large mean. */
+ * float rounding of a double reference, even with a large mean. Channels-last input (ip[2])
+ * takes a plain strided reference loop. */
 #include "tensor/cpu/cpu.h"
 #include "base/base.h"
 #include "base/status.h"
@@ -25,7 +26,49 @@ static void moments(const float *x, int64_t n, double eps, double *mean, double 
 
 /* x [B, C, *] -> same; group g of image b is the contiguous block of channels
  * [g*C/G, (g+1)*C/G) x all positions. */
+/* Channels-last x [B, P, C] (ip[2]): the same statistics in the same two passes, strided
+ * (group g of image b is channels [g*C/G, (g+1)*C/G) of every position). A reference for the
+ * GPU's channels-last path, not a fast path. */
+static int group_norm_nhwc(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
+    const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
+    const float *x = tx->data, *w = tw ? tw->data : NULL, *b = tb ? tb->data : NULL;
+    float *y = dst->data;
+    int64_t nb = tx->shape[0], c = tx->shape[tx->ndim - 1], groups = dst->ip[0];
+    int64_t p = tensor_numel(tx) / (nb * c), cpg = c / groups;
+    const bool silu = dst->ip[1] != 0;
+    const double eps = dst->fp[0], n = (double)(p * cpg);
+    double *stats = cpu__work(ctx, (size_t)(nb * groups) * 2 * sizeof(double), "group_norm statistics", err);
+    if (!stats) return err->code;
+#pragma omp parallel for schedule(dynamic, 1) if (nb * c * p >= CPU_PAR_MIN)
+    for (int64_t bg = 0; bg < nb * groups; bg++) {
+        const float *xg = x + (bg / groups) * p * c + (bg % groups) * cpg;
+        double sum = 0, sq = 0;
+        for (int64_t i = 0; i < p; i++)
+            for (int64_t k = 0; k < cpg; k++) sum += xg[i * c + k];
+        double mean = sum / n;
+        for (int64_t i = 0; i < p; i++)
+            for (int64_t k = 0; k < cpg; k++) {
+                double d = xg[i * c + k] - mean;
+                sq += d * d;
+            }
+        stats[2 * bg] = mean;
+        stats[2 * bg + 1] = 1.0 / sqrt(sq / n + eps);
+    }
+#pragma omp parallel for schedule(static) if (nb * c * p >= CPU_PAR_MIN)
+    for (int64_t r = 0; r < nb * p; r++) {
+        const double *st = stats + 2 * (r / p) * groups;
+        for (int64_t ch = 0; ch < c; ch++) {
+            double mean = st[2 * (ch / cpg)], rstd = st[2 * (ch / cpg) + 1];
+            double scale = rstd * (w ? w[ch] : 1.0);
+            float v = x[r * c + ch] * (float)scale + (float)((b ? b[ch] : 0.0) - mean * scale);
+            y[r * c + ch] = silu ? v / (1.0f + expf(-v)) : v;
+        }
+    }
+    return 0;
+}
+
 int cpu_op_group_norm(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
+    if (dst->ip[2]) return group_norm_nhwc(ctx, dst, err);
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
     const float *x = tx->data, *w = tw ? tw->data : NULL, *b = tb ? tb->data : NULL;
     float *y = dst->data;
