@@ -22,6 +22,8 @@ struct nn_loader_entry {
     struct nn_weight *w;            /* destination field */
     const struct ckpt_tensor *src;  /* checkpoint tensor */
     size_t offset;                  /* byte offset in the weight buffer */
+    int64_t perm_c, perm_kk;        /* > 0: a conv weight [O, C, kh, kw] stored [O, kh, kw, C]
+                                       (C channels, kk = kh kw taps) */
 };
 
 /* ===== Weights ===== */
@@ -72,12 +74,26 @@ struct tensor *nn_linear(struct tctx *c, const struct nn_linear *l, struct tenso
 }
 
 struct tensor *nn_conv(struct tctx *c, const struct nn_conv *l, struct tensor *x, int stride, int pad) {
-    return op_conv2d(c, x, nn_w_as(c, &l->w, dt(x)), nn_w_as(c, &l->b, dt(x)), stride, pad);
+    if (!l->w.channels_last)
+        return op_conv2d(c, x, nn_w_as(c, &l->w, dt(x)), nn_w_as(c, &l->b, dt(x)), stride, pad);
+    const struct nn_weight *w = &l->w;
+    if (w->shape[1] == 1 && w->shape[2] == 1 && stride == 1 && pad == 0 && w->data) {
+        /* a pointwise conv over channels-last pixels is a linear over the last dim */
+        struct tensor *wt = tensor_weight(c, w->dtype, 2, (int64_t[]){w->shape[0], w->shape[3]}, w->data);
+        if (wt) wt->stream_id = w->stream_id;
+        return op_linear(c, x, op_cast(c, wt, dt(x)), nn_w_as(c, &l->b, dt(x)));
+    }
+    return op_conv2d_nhwc(c, x, nn_w_as(c, w, dt(x)), nn_w_as(c, &l->b, dt(x)), stride, pad);
 }
 
 struct tensor *nn_group_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, int groups, float eps,
                              bool silu) {
     return op_group_norm(c, x, nn_w_as(c, &n->w, dt(x)), nn_w_as(c, &n->b, dt(x)), groups, eps, silu);
+}
+
+struct tensor *nn_group_norm_nhwc(struct tctx *c, const struct nn_norm *n, struct tensor *x, int groups, float eps,
+                                  bool silu) {
+    return op_group_norm_nhwc(c, x, nn_w_as(c, &n->w, dt(x)), nn_w_as(c, &n->b, dt(x)), groups, eps, silu);
 }
 
 struct tensor *nn_layer_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, float eps) {
@@ -203,6 +219,19 @@ void nn_bind_conv(struct nn_loader *ld, struct nn_conv *l, int64_t c_in, int64_t
     va_end(ap);
     bind_suffix(ld, &l->w, true, 4, (int64_t[]){c_out, c_in, k, k}, base, "weight");
     bind_suffix(ld, &l->b, true, 1, (int64_t[]){c_out}, base, "bias");
+    struct nn_loader_entry *e = NULL;
+    for (int i = ld->n - 1; i >= 0 && !e && l->w.ndim == 4; i--)
+        if (ld->entries[i].w == &l->w) e = &ld->entries[i];
+    if (ld->storage.channels_last && e) {
+        l->w.channels_last = true;
+        l->w.shape[1] = k;
+        l->w.shape[2] = k;
+        l->w.shape[3] = c_in;
+        if (k > 1) {
+            e->perm_c = c_in;
+            e->perm_kk = (int64_t)k * k;
+        }
+    }
 }
 
 void nn_bind_norm(struct nn_loader *ld, struct nn_norm *n, int64_t ch, const char *fmt, ...) {
@@ -256,6 +285,41 @@ static int convert_tensor(const struct ckpt_tensor *src, enum dtype to, void *ds
     return 0;
 }
 
+/* Reorders a converted conv weight [O, C, kk] (2- or 4-byte elements) to [O, kk, C] in place,
+ * one output channel at a time through a temporary of C kk elements. */
+static int permute_conv(void *data, size_t esize, int64_t numel, int64_t c, int64_t kk, const char *name,
+                        struct err *err) {
+    size_t slab = (size_t)(c * kk) * esize;
+    char *tmp = mem_try_alloc(slab);
+    if (!tmp) return err_set(err, STATUS_ERR_NOMEM, "out of host memory reordering '%s'", name);
+    for (int64_t o = 0; o < numel / (c * kk); o++) {
+        char *w = (char *)data + (size_t)o * slab;
+        memcpy(tmp, w, slab);
+        if (esize == 2) {
+            uint16_t *d = (uint16_t *)w;
+            const uint16_t *s = (const uint16_t *)tmp;
+            for (int64_t ch = 0; ch < c; ch++)
+                for (int64_t t = 0; t < kk; t++) d[t * c + ch] = s[ch * kk + t];
+        } else {
+            uint32_t *d = (uint32_t *)w;
+            const uint32_t *s = (const uint32_t *)tmp;
+            for (int64_t ch = 0; ch < c; ch++)
+                for (int64_t t = 0; t < kk; t++) d[t * c + ch] = s[ch * kk + t];
+        }
+    }
+    mem_free(tmp);
+    return 0;
+}
+
+/* convert_tensor for entry e, then the channels-last reorder it asks for. */
+static int convert_entry(const struct nn_loader *ld, const struct nn_loader_entry *e, void *dst, float *stage, int fd,
+                         struct err *err) {
+    int rc = convert_tensor(e->src, ld->storage.dtype, dst, stage, fd, ld->ck->map, err);
+    if (rc || e->perm_c <= 0) return rc;
+    return permute_conv(dst, dtype_size(ld->storage.dtype), ckpt_tensor_numel(e->src), e->perm_c, e->perm_kk,
+                        e->src->name, err);
+}
+
 /* Elements of the largest tensor that needs a conversion through fp32 (the staging size). */
 static size_t stage_elems(const struct nn_loader *ld) {
     size_t m = 0;
@@ -288,8 +352,7 @@ static void *fill_part_run(void *p) {
         return NULL;
     }
     for (int i = f->first; i < ld->n && !f->rc; i += f->step)
-        f->rc = convert_tensor(ld->entries[i].src, ld->storage.dtype, f->image + ld->entries[i].offset, stage, f->fd,
-                               ld->ck->map, &f->err);
+        f->rc = convert_entry(ld, &ld->entries[i], f->image + ld->entries[i].offset, stage, f->fd, &f->err);
     mem_free(stage);
     return NULL;
 }
@@ -356,8 +419,7 @@ static int finish_direct(struct nn_loader *ld, struct nn_weights *out) {
                 break;
             }
         }
-        rc = convert_tensor(e->src, ld->storage.dtype, stage, (float *)((char *)stage + stage_n), -1, ld->ck->map,
-                            ld->err);
+        rc = convert_entry(ld, e, stage, (float *)((char *)stage + stage_n), -1, ld->err);
         if (rc) break;
         size_t nbytes = n * dtype_size(ld->storage.dtype);
         struct tensor view = byte_view((char *)out->buf + e->offset, (nbytes + 3) & ~(size_t)3);
@@ -544,6 +606,8 @@ static int finish_stored(struct nn_loader *ld, struct nn_weights *out) {
     snprintf(key, sizeof key, "%s|dev %llu ino %llu mtime %lld size %zu|%s|%s|%d tensors", ck->path,
              (unsigned long long)ck->file_dev, (unsigned long long)ck->file_ino, (long long)ck->file_mtime_ns,
              ck->map_size, ld->prefix, dtype_name(ld->storage.dtype), ld->n);
+    if (ld->storage.channels_last) /* another byte order: another image */
+        snprintf(key + strlen(key), sizeof key - strlen(key), "|channels last");
     bool host = backend_host_buffers(ld->backend);
     int rc = wstore_acquire(ld->storage.store, key, out->size, fill_image, ld, host ? NULL : ld->backend->iface,
                             &out->image, ld->err);

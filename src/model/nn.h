@@ -19,12 +19,14 @@ struct nn_weight {
     int stream_id;                  /* streamed in before use: 1 + its block's index in the owning
                                        nn_weights.stream (data then points into a staging slot); 0 = resident */
     enum dtype dtype;               /* storage dtype on the backend (struct nn_storage) */
+    bool channels_last;             /* a conv weight stored [O, kh, kw, C] (shape says so), for
+                                       channels-last activations (nn_storage.channels_last) */
     int ndim;
     int64_t shape[TENSOR_MAX_DIMS];
 };
 
 struct nn_linear { struct nn_weight w, b; };   /* w [N, K], b [N] */
-struct nn_conv { struct nn_weight w, b; };     /* w [O, C, kh, kw], b [O] */
+struct nn_conv { struct nn_weight w, b; };     /* w [O, C, kh, kw] or [O, kh, kw, C], b [O] */
 struct nn_norm { struct nn_weight w, b; };     /* [C], [C] */
 
 /* ===== Placement: blocks of a network that live elsewhere (tensor.h STREAMING) ===== */
@@ -64,6 +66,8 @@ struct nn_storage {
                                 only the networks that support streaming use it (the UNet) */
     void *place_user;
     bool no_prefetch;        /* streamed blocks are copied only when needed (measurements) */
+    bool channels_last;      /* conv weights are stored [O, kh, kw, C] and nn_conv takes and gives
+                                channels-last images [B, H, W, C] (the UNet on a GPU) */
 };
 
 /* Every weight of a network: one backend buffer, or, on a backend whose buffers are host memory
@@ -102,9 +106,13 @@ struct tensor *nn_w_as(struct tctx *c, const struct nn_weight *w, enum dtype as)
 struct tensor *nn_w_rows(struct tctx *c, const struct nn_weight *w, int64_t r0, int64_t n);
 
 struct tensor *nn_linear(struct tctx *c, const struct nn_linear *l, struct tensor *x);
+/* x [B, C, H, W], or [B, H, W, C] when the weight is channels_last (a 1x1 conv is then a linear). */
 struct tensor *nn_conv(struct tctx *c, const struct nn_conv *l, struct tensor *x, int stride, int pad);
 struct tensor *nn_group_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, int groups, float eps,
                              bool silu);
+/* The same over channels-last x [B, ..., C]. */
+struct tensor *nn_group_norm_nhwc(struct tctx *c, const struct nn_norm *n, struct tensor *x, int groups, float eps,
+                                  bool silu);
 struct tensor *nn_layer_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, float eps);
 
 /* NCHW [B, C, H, W] -> tokens [B, H*W, C], and back. */

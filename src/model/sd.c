@@ -5,13 +5,18 @@
 #include "base/mem.h"
 #include "base/status.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 struct sd_storage sd_storage_for(const struct backend *be, bool fp32, struct wstore *store) {
     struct sd_storage st;
     bool low = !backend_host_buffers(be) && !fp32; /* a device that computes in 16 bits */
     st.clip = (struct nn_storage){.dtype = low ? DTYPE_F16 : DTYPE_F32, .store = store};
-    st.unet = (struct nn_storage){.dtype = low ? DTYPE_F16 : DTYPE_F32, .store = store};
+    /* a GPU's UNet computes channels-last (tensor-core convolutions' own layout); KILN_CHANNELS_LAST=0
+       keeps it NCHW, for comparisons */
+    const char *cl = getenv("KILN_CHANNELS_LAST");
+    st.unet = (struct nn_storage){
+        .dtype = low ? DTYPE_F16 : DTYPE_F32, .store = store, .channels_last = low && !(cl && strcmp(cl, "0") == 0)};
     st.vae = (struct nn_storage){.dtype = low ? DTYPE_BF16 : DTYPE_F32, .store = store};
     return st;
 }

@@ -1,6 +1,9 @@
 /* model/unet.c -- SD UNet: configuration from shapes, weight binding, forward pass.
  * The block walk in unet_load mirrors openaimodel.UNetModel.__init__, so the same code binds
- * SD 1.x, SD 2.x and the tiny test model; the forward pass mirrors UNetModel.forward.
+ * SD 1.x, SD 2.x and the tiny test model; the forward pass mirrors UNetModel.forward, with the
+ * activations NCHW or, when the weights were stored for it (unet.nhwc), channels-last [B, H, W, C]
+ * between the first and the last convolution (the same function; no transposes around the
+ * attention blocks, and tensor-core convolutions in their native layout).
  * Threads: one device worker. */
 #include "model/unet.h"
 #include "base/mem.h"
@@ -130,6 +133,7 @@ int unet_load(struct unet *m, const struct ckpt *ck, struct backend *be, const s
     struct nn_loader ld;
     nn_loader_init(&ld, ck, be, UNET_PREFIX, st, err);
     m->dtype = ld.storage.dtype;
+    m->nhwc = ld.storage.channels_last;
     nn_bind_linear(&ld, &m->time_embed_0, mc, T, true, "time_embed.0");
     nn_bind_linear(&ld, &m->time_embed_2, T, T, true, "time_embed.2");
     nn_bind_conv(&ld, &m->conv_in, cf->in_channels, mc, 3, "input_blocks.0.0");
@@ -213,15 +217,22 @@ void unet_timestep_embedding(float t, int dim, float *out) {
     if (dim % 2) out[dim - 1] = 0.0f;
 }
 
+/* GroupNorm in the forward's layout (unet.nhwc). */
+static struct tensor *group_norm(struct tctx *c, bool nhwc, const struct nn_norm *n, struct tensor *x, float eps,
+                                 bool silu) {
+    return nhwc ? nn_group_norm_nhwc(c, n, x, GROUPS, eps, silu) : nn_group_norm(c, n, x, GROUPS, eps, silu);
+}
+
 /* ResBlock.forward: h = in_layers(x) + emb_layers(emb); h = out_layers(h); skip(x) + h */
-static struct tensor *res_forward(struct tctx *c, const struct unet_res *r, struct tensor *x,
+static struct tensor *res_forward(struct tctx *c, bool nhwc, const struct unet_res *r, struct tensor *x,
                                   struct tensor *emb_silu) {
-    struct tensor *h = nn_group_norm(c, &r->in_norm, x, GROUPS, RES_EPS, true);
+    struct tensor *h = group_norm(c, nhwc, &r->in_norm, x, RES_EPS, true);
     h = nn_conv(c, &r->in_conv, h, 1, 1);                                    // [B, c_out, H, W]
     struct tensor *e = nn_linear(c, &r->emb, emb_silu);                      // [B, c_out]
-    if (e) e = op_reshape(c, e, 4, (int64_t[]){e->shape[0], e->shape[1], 1, 1}); // [B, c_out, 1, 1]
+    if (e && nhwc) e = op_reshape(c, e, 4, (int64_t[]){e->shape[0], 1, 1, e->shape[1]}); // [B, 1, 1, c_out]
+    else if (e) e = op_reshape(c, e, 4, (int64_t[]){e->shape[0], e->shape[1], 1, 1});    // [B, c_out, 1, 1]
     h = op_add(c, h, e);
-    h = nn_group_norm(c, &r->out_norm, h, GROUPS, RES_EPS, true);
+    h = group_norm(c, nhwc, &r->out_norm, h, RES_EPS, true);
     h = nn_conv(c, &r->out_conv, h, 1, 1);
     struct tensor *s = r->skip.w.data ? nn_conv(c, &r->skip, x, 1, 0) : x;
     return op_add(c, s, h);
@@ -238,11 +249,15 @@ static struct tensor *attn_forward(struct tctx *c, const struct nn_linear *wq, c
 }
 
 /* SpatialTransformer.forward */
-static struct tensor *st_forward(struct tctx *c, const struct unet_st *st, struct tensor *x, struct tensor *context) {
+static struct tensor *st_forward(struct tctx *c, bool nhwc, const struct unet_st *st, struct tensor *x,
+                                 struct tensor *context) {
     if (!x) return NULL;
-    int64_t H = x->shape[2], W = x->shape[3];
-    struct tensor *h = nn_group_norm(c, &st->norm, x, GROUPS, ST_EPS, false);
-    if (st->proj_in_conv.w.data) {
+    int64_t B = x->shape[0], H = x->shape[nhwc ? 1 : 2], W = x->shape[nhwc ? 2 : 3], C = x->shape[nhwc ? 3 : 1];
+    struct tensor *h = group_norm(c, nhwc, &st->norm, x, ST_EPS, false);
+    if (nhwc) { /* pixels are tokens already: proj_in (1x1 conv or linear) is a linear over C */
+        h = st->proj_in_conv.w.data ? nn_conv(c, &st->proj_in_conv, h, 1, 0) : nn_linear(c, &st->proj_in_lin, h);
+        h = op_reshape(c, h, 3, (int64_t[]){B, H * W, C}); // [B, HW, C]
+    } else if (st->proj_in_conv.w.data) {
         h = nn_nchw_to_tokens(c, nn_conv(c, &st->proj_in_conv, h, 1, 0)); // [B, HW, C]
     } else {
         h = nn_linear(c, &st->proj_in_lin, nn_nchw_to_tokens(c, h));
@@ -257,7 +272,10 @@ static struct tensor *st_forward(struct tctx *c, const struct unet_st *st, struc
         n = op_geglu(c, nn_linear(c, &b->ff_in, n)); // [B, HW, 4C]
         h = op_add(c, nn_linear(c, &b->ff_out, n), h);
     }
-    if (st->proj_out_conv.w.data) {
+    if (nhwc) {
+        h = op_reshape(c, h, 4, (int64_t[]){B, H, W, C}); // [B, H, W, C]
+        h = st->proj_out_conv.w.data ? nn_conv(c, &st->proj_out_conv, h, 1, 0) : nn_linear(c, &st->proj_out_lin, h);
+    } else if (st->proj_out_conv.w.data) {
         h = nn_conv(c, &st->proj_out_conv, nn_tokens_to_nchw(c, h, H, W), 1, 0); // [B, C, H, W]
     } else {
         h = nn_tokens_to_nchw(c, nn_linear(c, &st->proj_out_lin, h), H, W);
@@ -267,12 +285,15 @@ static struct tensor *st_forward(struct tctx *c, const struct unet_st *st, struc
 
 /* One TimestepEmbedSequential. An Upsample resizes to `up_to` (the skip tensor it will be
  * concatenated with next, as ComfyUI passes output_shape), so any latent size works. */
-static struct tensor *block_forward(struct tctx *c, const struct unet_block *b, struct tensor *h,
+static struct tensor *block_forward(struct tctx *c, bool nhwc, const struct unet_block *b, struct tensor *h,
                                     struct tensor *emb_silu, struct tensor *context, const struct tensor *up_to) {
-    if (b->has_res) h = res_forward(c, &b->res, h, emb_silu);
-    if (b->has_st) h = st_forward(c, &b->st, h, context);
+    if (b->has_res) h = res_forward(c, nhwc, &b->res, h, emb_silu);
+    if (b->has_st) h = st_forward(c, nhwc, &b->st, h, context);
     if (b->has_down) h = nn_conv(c, &b->down, h, 2, 1);
-    if (b->has_up && h) {
+    if (b->has_up && h && nhwc) {
+        int64_t ho = up_to ? up_to->shape[1] : 2 * h->shape[1], wo = up_to ? up_to->shape[2] : 2 * h->shape[2];
+        h = nn_conv(c, &b->up, op_upsample_nearest_nhwc_to(c, h, ho, wo), 1, 1);
+    } else if (b->has_up && h) {
         h = up_to ? op_upsample_nearest_to(c, h, up_to->shape[2], up_to->shape[3]) : op_upsample_nearest(c, h, 2);
         h = nn_conv(c, &b->up, h, 1, 1);
     }
@@ -283,6 +304,7 @@ struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor 
                             struct tensor *context) {
     if (!x || !t_emb || !context) return tctx_fail(c, STATUS_ERR_INVALID, "unet_forward: missing input");
     if (m->weights.stream.n_blocks) c->stream = &m->weights.stream; /* blocks kept elsewhere stream in */
+    const int64_t B = x->shape[0], C_in = x->shape[1], H = x->shape[2], W = x->shape[3];
     /* computed in the weights' dtype: inputs cast to it (BaseModel._apply_model casts x, the
      * context and, in the UNet, the timestep embedding to the UNet's dtype) */
     x = op_cast(c, x, m->dtype);
@@ -295,21 +317,24 @@ struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor 
 
     struct tensor *hs[2 * UNET_MAX_BLOCKS];
     int n_hs = 0;
+    const bool nhwc = m->nhwc;
+    if (nhwc) x = op_reshape(c, nn_nchw_to_tokens(c, x), 4, (int64_t[]){B, H, W, C_in}); // [B, H, W, in]
     struct tensor *h = nn_conv(c, &m->conv_in, x, 1, 1); // [B, mc, H, W]
     hs[n_hs++] = h;
     for (int i = 0; i < m->n_in; i++) {
-        h = block_forward(c, &m->in[i], h, emb_silu, context, NULL);
+        h = block_forward(c, nhwc, &m->in[i], h, emb_silu, context, NULL);
         hs[n_hs++] = h;
     }
-    h = res_forward(c, &m->mid_res1, h, emb_silu);
-    h = st_forward(c, &m->mid_st, h, context);
-    h = res_forward(c, &m->mid_res2, h, emb_silu);
+    h = res_forward(c, nhwc, &m->mid_res1, h, emb_silu);
+    h = st_forward(c, nhwc, &m->mid_st, h, context);
+    h = res_forward(c, nhwc, &m->mid_res2, h, emb_silu);
     for (int i = 0; i < m->n_out; i++) {
-        h = op_concat(c, h, hs[--n_hs], 1); // [B, ch + skip, H, W]
-        h = block_forward(c, &m->out[i], h, emb_silu, context, n_hs > 0 ? hs[n_hs - 1] : NULL);
+        h = op_concat(c, h, hs[--n_hs], nhwc ? 3 : 1); // [B, ch + skip, H, W]
+        h = block_forward(c, nhwc, &m->out[i], h, emb_silu, context, n_hs > 0 ? hs[n_hs - 1] : NULL);
     }
-    h = nn_group_norm(c, &m->out_norm, h, GROUPS, RES_EPS, true);
-    return op_cast(c, nn_conv(c, &m->out_conv, h, 1, 1), DTYPE_F32); // [B, out, H, W], fp32 as ComfyUI's .float()
+    h = nn_conv(c, &m->out_conv, group_norm(c, nhwc, &m->out_norm, h, RES_EPS, true), 1, 1);
+    if (nhwc && h) h = nn_tokens_to_nchw(c, op_reshape(c, h, 3, (int64_t[]){B, H * W, h->shape[3]}), H, W);
+    return op_cast(c, h, DTYPE_F32); // [B, out, H, W], fp32 as ComfyUI's .float()
 }
 
 int unet_eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_t w, const float *x,

@@ -66,6 +66,8 @@ struct unet {
     struct nn_conv out_conv;                       /* out.2 [out, mc, 3, 3] */
     struct nn_weights weights;
     enum dtype dtype;                              /* storage = compute dtype (F32 on the CPU; F16 on GPUs) */
+    bool nhwc;                                     /* activations channels-last [B, H, W, C] inside the
+                                                      forward (nn_storage.channels_last; in and out stay NCHW) */
 };
 
 #define UNET_PREFIX "model.diffusion_model."

@@ -60,7 +60,7 @@ static int group_norm_nhwc(struct cpu_ctx *ctx, struct tensor *dst, struct err *
         for (int64_t ch = 0; ch < c; ch++) {
             double mean = st[2 * (ch / cpg)], rstd = st[2 * (ch / cpg) + 1];
             double scale = rstd * (w ? w[ch] : 1.0);
-            float v = x[r * c + ch] * (float)scale + (float)((b ? b[ch] : 0.0) - mean * scale);
+            float v = (float)((double)x[r * c + ch] * scale + ((b ? b[ch] : 0.0) - mean * scale));
             y[r * c + ch] = silu ? v / (1.0f + expf(-v)) : v;
         }
     }

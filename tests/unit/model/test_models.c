@@ -299,6 +299,107 @@ static void test_unet_streamed(void **state) {
     mem_free(out);
 }
 
+/* ===== Activation layout (unet.nhwc) ===== */
+
+/* u against both golden references: the 8x8 batch of 2 and the odd 12x10 latent. */
+static void unet_check_golden(struct unet *u, const char *what) {
+    struct err err = {0};
+    size_t nx, nt, nc, no;
+    float *x = golden_read(&golden, "unet.x", &nx);
+    float *t = golden_read(&golden, "unet.timesteps", &nt);
+    float *c = golden_read(&golden, "unet.context", &nc);
+    float *want = golden_read(&golden, "unet.out", &no);
+    float *out = mem_alloc(no * sizeof(float));
+    if (unet_eval(&ctx, u, 2, 8, 8, x, t, c, 77, out)) fail_msg("unet_eval (%s): %s", what, ctx.err.msg);
+    golden_check(what, out, want, no, MODELS_TOL_UNET);
+    mem_free(x);
+    mem_free(t);
+    mem_free(c);
+    mem_free(want);
+    mem_free(out);
+
+    struct ckpt odd;
+    if (ckpt_open(&odd, KILN_TEST_DATA "/ref/unet_odd.safetensors", &err)) fail_msg("%s", err.msg);
+    float *v[4];
+    const char *names[4] = {"unet.x", "unet.context", "unet.timesteps", "unet.out"};
+    size_t n[4];
+    for (int i = 0; i < 4; i++) {
+        const struct ckpt_tensor *ct = ckpt_find(&odd, names[i]);
+        assert_non_null(ct);
+        n[i] = (size_t)ckpt_tensor_numel(ct);
+        v[i] = mem_alloc(n[i] * sizeof(float));
+        assert_int_equal(ckpt_tensor_read_f32(ct, v[i], &err), 0);
+    }
+    out = mem_alloc(n[3] * sizeof(float));
+    if (unet_eval(&ctx, u, 1, 12, 10, v[0], v[2], v[1], 77, out)) fail_msg("unet_eval 12x10 (%s): %s", what, ctx.err.msg);
+    golden_check(what, out, v[3], n[3], MODELS_TOL_UNET);
+    for (int i = 0; i < 4; i++) mem_free(v[i]);
+    mem_free(out);
+    ckpt_close(&odd);
+}
+
+/* The UNet computed in the other activation layout (channels-last where the storage keeps NCHW,
+ * as the CPU does; NCHW where it asks for channels-last, as GPUs do) is the same function: both
+ * golden references, resident and with every block streamed from host memory. The conv weights
+ * are stored reordered: [O, kh, kw, C], read back here from the backend. */
+static void test_unet_other_layout(void **state) {
+    BACKEND_OR_SKIP();
+    struct err err = {0};
+    const struct sd_storage *all = MODELS_STORAGE;
+    struct nn_storage st = all ? all->unet : (struct nn_storage){.dtype = DTYPE_F32};
+    st.channels_last = !st.channels_last;
+    assert_true(model->unet.nhwc != st.channels_last);
+    struct ckpt ck;
+    if (ckpt_open(&ck, ckpt_path, &err)) fail_msg("%s", err.msg);
+    for (int streamed = 0; streamed < 2; streamed++) {
+        struct place_args args = {.peer = -1, .all = true};
+        struct nn_storage s2 = st;
+        if (streamed) {
+            if (!s2.store) s2.store = wstore_global();
+            s2.place = place_spread;
+            s2.place_user = &args;
+        }
+        struct unet *u = mem_calloc(1, sizeof *u);
+        if (unet_load(u, &ck, be, &s2, &err)) fail_msg("unet_load (channels last %d): %s", st.channels_last, err.msg);
+        assert_int_equal(u->nhwc, st.channels_last);
+        assert_int_equal(u->conv_in.w.channels_last, st.channels_last);
+        if (st.channels_last && !streamed) { /* conv_in's weight [O, 3, 3, C] = the file's [O, C, 3, 3] reordered */
+            const struct ckpt_tensor *ft = ckpt_find(&ck, "model.diffusion_model.input_blocks.0.0.weight");
+            assert_non_null(ft);
+            int64_t o = ft->shape[0], ci = ft->shape[1], n = ckpt_tensor_numel(ft);
+            assert_int_equal(u->conv_in.w.shape[1], 3);
+            assert_int_equal(u->conv_in.w.shape[3], ci);
+            float *file = mem_alloc((size_t)n * sizeof(float));
+            assert_int_equal(ckpt_tensor_read_f32(ft, file, &err), 0);
+            size_t es = dtype_size(u->conv_in.w.dtype);
+            unsigned char *dev = mem_alloc((size_t)n * es);
+            struct tensor view = {.dtype = u->conv_in.w.dtype, .ndim = 1, .shape = {n, 1, 1, 1}, .data = u->conv_in.w.data};
+            assert_int_equal(backend_tensor_get(be, &view, dev, 0, (size_t)n * es), 0);
+            for (int64_t oc = 0; oc < o; oc++)
+                for (int64_t ch = 0; ch < ci; ch++)
+                    for (int64_t k = 0; k < 9; k++) {
+                        size_t at = (size_t)((oc * 9 + k) * ci + ch);
+                        float got = es == 4 ? ((float *)dev)[at] : u->conv_in.w.dtype == DTYPE_F16
+                                                                        ? f16_to_f32(((uint16_t *)dev)[at])
+                                                                        : bf16_to_f32(((uint16_t *)dev)[at]);
+                        float exp = file[(oc * ci + ch) * 9 + k];
+                        float expr = es == 4 ? exp : u->conv_in.w.dtype == DTYPE_F16 ? f16_to_f32(f32_to_f16(exp))
+                                                                                     : bf16_to_f32(f32_to_bf16(exp));
+                        if (got != expr) fail_msg("conv_in weight [%lld, %lld, tap %lld]: %g, expected %g",
+                                                  (long long)oc, (long long)ch, (long long)k, got, expr);
+                    }
+            mem_free(file);
+            mem_free(dev);
+        }
+        unet_check_golden(u, st.channels_last ? (streamed ? "unet channels last, streamed" : "unet channels last")
+                                              : (streamed ? "unet NCHW, streamed" : "unet NCHW"));
+        if (streamed) assert_int_equal(u->weights.stream.n_blocks, args.n_blocks);
+        unet_deinit(u);
+        mem_free(u);
+    }
+    ckpt_close(&ck);
+}
+
 static void test_vae_decode(void **state) {
     BACKEND_OR_SKIP();
     size_t nz, nd;
@@ -334,6 +435,7 @@ int main(void) {
         cmocka_unit_test(test_unet),
         cmocka_unit_test(test_unet_odd_size),
         cmocka_unit_test(test_unet_streamed),
+        cmocka_unit_test(test_unet_other_layout),
         cmocka_unit_test(test_vae_decode),
         cmocka_unit_test(test_vae_encode),
         MODELS_EXTRA_TESTS

@@ -614,6 +614,119 @@ static void test_transpose(void **state) {
     transpose_case(f, SH(1, 1));
 }
 
+/* ===== Channels-last variants (op_*_nhwc) ===== */
+
+/* op_conv2d_nhwc: x [B, H, W, C], w [O, kh, kw, C] against a double loop in that layout. */
+static void conv_nhwc_case(struct fx *f, const int64_t *xs, int64_t o, int64_t k, int s, int pad, bool bias) {
+    begin(f);
+    int64_t bn = xs[0], h = xs[1], w = xs[2], c = xs[3];
+    float *x, *wt, *b = NULL;
+    struct tensor *tx = in_rand(f, &x, 4, xs, -1, 1);
+    struct tensor *tw = in_rand(f, &wt, SH(o, k, k, c), -0.5, 0.5);
+    struct tensor *tb = bias ? in_rand(f, &b, SH(o), -1, 1) : NULL;
+    struct tensor *y = op_conv2d_nhwc(&f->c, tx, tw, tb, s, pad);
+    assert_non_null(y);
+    int64_t ho = (h + 2 * pad - k) / s + 1, wo = (w + 2 * pad - k) / s + 1;
+    assert_int_equal(y->shape[1], ho);
+    assert_int_equal(y->shape[2], wo);
+    assert_int_equal(y->shape[3], o);
+    float *got = run(f, y);
+    double *ref = ref_buf(f, bn * ho * wo * o);
+    for (int64_t ib = 0; ib < bn; ib++)
+        for (int64_t oy = 0; oy < ho; oy++)
+            for (int64_t ox = 0; ox < wo; ox++)
+                for (int64_t oc = 0; oc < o; oc++) {
+                    double acc = bias ? b[oc] : 0;
+                    for (int64_t i = 0; i < k; i++)
+                        for (int64_t j = 0; j < k; j++) {
+                            int64_t iy = oy * s - pad + i, ix = ox * s - pad + j;
+                            if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+                            for (int64_t ic = 0; ic < c; ic++)
+                                acc += (double)x[((ib * h + iy) * w + ix) * c + ic] * wt[((oc * k + i) * k + j) * c + ic];
+                        }
+                    ref[((ib * ho + oy) * wo + ox) * o + oc] = acc;
+                }
+    check_close("conv2d_nhwc", got, ref, bn * ho * wo * o, 1e-5);
+}
+
+/* op_group_norm_nhwc over x [B, ..., C]: groups are runs of C/G channels of every position. */
+static void group_norm_nhwc_case(struct fx *f, int xn, const int64_t *xs, int groups, bool silu, bool affine, double lo,
+                                 double hi) {
+    begin(f);
+    const float eps = 1e-5f;
+    int64_t bn = xs[0], c = xs[xn - 1], p = numel_of(xn, xs) / (bn * c), cpg = c / groups;
+    float *x, *w = NULL, *b = NULL;
+    struct tensor *tx = in_rand(f, &x, xn, xs, lo, hi);
+    struct tensor *tw = affine ? in_rand(f, &w, SH(c), 0.5, 1.5) : NULL;
+    struct tensor *tb = affine ? in_rand(f, &b, SH(c), -1, 1) : NULL;
+    float *got = run(f, op_group_norm_nhwc(&f->c, tx, tw, tb, groups, eps, silu));
+    double *ref = ref_buf(f, bn * p * c);
+    for (int64_t ib = 0; ib < bn; ib++)
+        for (int64_t g = 0; g < groups; g++) {
+            double mean = 0, var = 0, n = (double)(p * cpg);
+            for (int64_t i = 0; i < p; i++)
+                for (int64_t k = 0; k < cpg; k++) mean += x[(ib * p + i) * c + g * cpg + k];
+            mean /= n;
+            for (int64_t i = 0; i < p; i++)
+                for (int64_t k = 0; k < cpg; k++) {
+                    double d = x[(ib * p + i) * c + g * cpg + k] - mean;
+                    var += d * d;
+                }
+            var /= n;
+            for (int64_t i = 0; i < p; i++)
+                for (int64_t k = 0; k < cpg; k++) {
+                    int64_t at = (ib * p + i) * c + g * cpg + k;
+                    double v = (x[at] - mean) / sqrt(var + eps);
+                    if (affine) v = v * w[g * cpg + k] + b[g * cpg + k];
+                    ref[at] = silu ? ref_silu(v) : v;
+                }
+        }
+    check_close("group_norm_nhwc", got, ref, bn * p * c, 1e-5);
+}
+
+static void test_channels_last(void **state) {
+    struct fx *f = *state;
+    conv_nhwc_case(f, (int64_t[]){2, 9, 11, 5}, 7, 3, 1, 1, true);  /* ResBlock conv, odd sizes */
+    conv_nhwc_case(f, (int64_t[]){1, 9, 7, 6}, 5, 3, 2, 1, false);  /* downsample, odd input */
+    conv_nhwc_case(f, (int64_t[]){2, 5, 6, 8}, 3, 1, 1, 0, true);   /* 1x1 */
+    conv_nhwc_case(f, (int64_t[]){1, 4, 4, 3}, 2, 3, 3, 2, true);   /* stride 3, rows entirely padding */
+    group_norm_nhwc_case(f, SH(2, 5, 7, 6), 3, false, true, -2, 2);
+    group_norm_nhwc_case(f, SH(2, 5, 7, 6), 3, true, true, -2, 2);   /* fused SiLU */
+    group_norm_nhwc_case(f, SH(2, 6, 6), 6, false, false, -2, 2);    /* 3-d [B, P, C], 1 channel per group */
+    group_norm_nhwc_case(f, SH(2, 16, 16, 320), 32, true, true, 99, 101); /* SD's 10 channels per group, mean 100 */
+    /* upsample: integer and non-integer factors against torch's index rule */
+    const int64_t shapes[][4] = {{2, 5, 7, 3}, {1, 3, 4, 2}, {1, 5, 7, 4}};
+    const int64_t outs[][2] = {{10, 14}, {9, 12}, {7, 9}};
+    for (int k = 0; k < 3; k++) {
+        begin(f);
+        float *x;
+        const int64_t *xs = shapes[k];
+        int64_t ho = outs[k][0], wo = outs[k][1], c = xs[3];
+        struct tensor *a = in_rand(f, &x, 4, xs, -1, 1);
+        float *got = run(f, op_upsample_nearest_nhwc_to(&f->c, a, ho, wo));
+        double *ref = ref_buf(f, xs[0] * ho * wo * c);
+        for (int64_t ib = 0; ib < xs[0]; ib++)
+            for (int64_t y = 0; y < ho; y++)
+                for (int64_t xx = 0; xx < wo; xx++) {
+                    int64_t iy = (int64_t)floorf((float)y * ((float)xs[1] / (float)ho));
+                    int64_t ix = (int64_t)floorf((float)xx * ((float)xs[2] / (float)wo));
+                    iy = iy < xs[1] ? iy : xs[1] - 1;
+                    ix = ix < xs[2] ? ix : xs[2] - 1;
+                    for (int64_t ch = 0; ch < c; ch++)
+                        ref[((ib * ho + y) * wo + xx) * c + ch] = x[((ib * xs[1] + iy) * xs[2] + ix) * c + ch];
+                }
+        check_close("upsample_nearest_nhwc", got, ref, xs[0] * ho * wo * c, 0);
+    }
+    /* shape errors are reported, not run */
+    begin(f);
+    struct tensor *x = in_rand(f, NULL, SH(1, 4, 4, 3), -1, 1), *w = in_rand(f, NULL, SH(2, 3, 3, 4), -1, 1);
+    assert_null(op_conv2d_nhwc(&f->c, x, w, NULL, 1, 1)); /* C 3 vs 4 */
+    assert_non_null(strstr(f->c.err.msg, "channels last"));
+    begin(f);
+    x = in_rand(f, NULL, SH(1, 4, 4, 6), -1, 1);
+    assert_null(op_group_norm_nhwc(&f->c, x, NULL, NULL, 4, 1e-5f, false)); /* 6 channels in 4 groups */
+}
+
 static void test_upsample(void **state) {
     struct fx *f = *state;
     const int64_t shapes[][4] = {{2, 3, 5, 7}, {1, 2, 3, 4}, {2, 64, 16, 16}};
@@ -906,6 +1019,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_attention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transpose, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upsample, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_channels_last, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_get_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conv_scratch_oom, setup, teardown),
