@@ -233,9 +233,8 @@ static struct tensor *res_forward(struct tctx *c, bool nhwc, const struct unet_r
     else if (e) e = op_reshape(c, e, 4, (int64_t[]){e->shape[0], e->shape[1], 1, 1});    // [B, c_out, 1, 1]
     h = op_add(c, h, e);
     h = group_norm(c, nhwc, &r->out_norm, h, RES_EPS, true);
-    h = nn_conv(c, &r->out_conv, h, 1, 1);
-    struct tensor *s = r->skip.w.data ? nn_conv(c, &r->skip, x, 1, 0) : x;
-    return op_add(c, s, h);
+    struct tensor *s = r->skip.w.data ? nn_conv(c, &r->skip, x, 1, 0) : x; /* before out_conv: its add fuses */
+    return op_add_fused(c, nn_conv(c, &r->out_conv, h, 1, 1), s);
 }
 
 /* CrossAttention: softmax(q k^T / sqrt(d)) v over heads, then to_out.0 */
@@ -245,7 +244,7 @@ static struct tensor *attn_forward(struct tctx *c, const struct nn_linear *wq, c
     struct tensor *q = nn_linear(c, wq, x);   // [B, N, C]
     struct tensor *k = nn_linear(c, wk, ctx); // [B, M, C]
     struct tensor *v = nn_linear(c, wv, ctx); // [B, M, C]
-    return nn_linear(c, wo, op_attention(c, q, k, v, heads, false));
+    return nn_linear(c, wo, op_attention(c, q, k, v, heads, false)); /* made last: op_add_fused fuses */
 }
 
 /* SpatialTransformer.forward */
@@ -265,12 +264,13 @@ static struct tensor *st_forward(struct tctx *c, bool nhwc, const struct unet_st
     for (int d = 0; d < st->depth; d++) {
         const struct unet_tblock *b = &st->blocks[d];
         struct tensor *n = nn_layer_norm(c, &b->norm1, h, LN_EPS);
-        h = op_add(c, attn_forward(c, &b->attn1_q, &b->attn1_k, &b->attn1_v, &b->attn1_out, n, n, st->heads), h);
+        h = op_add_fused(c, attn_forward(c, &b->attn1_q, &b->attn1_k, &b->attn1_v, &b->attn1_out, n, n, st->heads), h);
         n = nn_layer_norm(c, &b->norm2, h, LN_EPS);
-        h = op_add(c, attn_forward(c, &b->attn2_q, &b->attn2_k, &b->attn2_v, &b->attn2_out, n, context, st->heads), h);
+        h = op_add_fused(c, attn_forward(c, &b->attn2_q, &b->attn2_k, &b->attn2_v, &b->attn2_out, n, context, st->heads),
+                         h);
         n = nn_layer_norm(c, &b->norm3, h, LN_EPS);
         n = op_geglu(c, nn_linear(c, &b->ff_in, n)); // [B, HW, 4C]
-        h = op_add(c, nn_linear(c, &b->ff_out, n), h);
+        h = op_add_fused(c, nn_linear(c, &b->ff_out, n), h);
     }
     if (nhwc) {
         h = op_reshape(c, h, 4, (int64_t[]){B, H, W, C}); // [B, H, W, C]
@@ -280,7 +280,7 @@ static struct tensor *st_forward(struct tctx *c, bool nhwc, const struct unet_st
     } else {
         h = nn_tokens_to_nchw(c, nn_linear(c, &st->proj_out_lin, h), H, W);
     }
-    return op_add(c, h, x);
+    return op_add_fused(c, h, x); /* fuses into proj_out where that was made last */
 }
 
 /* One TimestepEmbedSequential. An Upsample resizes to `up_to` (the skip tensor it will be

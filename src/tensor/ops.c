@@ -175,6 +175,15 @@ struct tensor *op_geglu(struct tctx *c, struct tensor *a) {
 
 /* ===== Matrix products ===== */
 
+struct tensor *op_add_fused(struct tctx *c, struct tensor *y, struct tensor *r) {
+    NEED(c, y, r);
+    bool fusable = (y->op == OP_LINEAR || y->op == OP_CONV2D) && !y->src[3] && y != r &&
+                   y->seq == c->n_created - 1 && tensor_same_shape(y, r) && y->dtype == r->dtype;
+    if (!fusable) return op_add(c, y, r);
+    y->src[3] = r;
+    return y;
+}
+
 struct tensor *op_linear(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b) {
     NEED(c, x, w);
     int64_t k = x->shape[x->ndim - 1];

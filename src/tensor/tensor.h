@@ -102,7 +102,7 @@ const char *op_name(enum op op);
 int op_nsrc(enum op op);
 
 #define TENSOR_MAX_DIMS 4
-#define TENSOR_MAX_SRC 3
+#define TENSOR_MAX_SRC 4 /* the fourth: a LINEAR's or CONV2D's residual (op_add_fused) */
 #define TENSOR_MAX_PARAMS 8
 
 struct backend;
@@ -247,6 +247,11 @@ struct tensor *op_reshape(struct tctx *c, struct tensor *a, int ndim, const int6
 /* a + b and a * b; b broadcasts to a numpy-style (right-aligned, dims of 1 or missing). */
 struct tensor *op_add(struct tctx *c, struct tensor *a, struct tensor *b);
 struct tensor *op_mul(struct tctx *c, struct tensor *a, struct tensor *b);
+/* y + r with r of y's shape and dtype. When y is a LINEAR or CONV2D node recorded last (so nothing
+ * reads it yet) without a residual, r becomes its src[3] and the kernel adds it to its output
+ * (one pass over memory less; on a GPU one rounding of (product + bias + r) instead of two) and y
+ * itself is returned; otherwise this is op_add(y, r). */
+struct tensor *op_add_fused(struct tctx *c, struct tensor *y, struct tensor *r);
 /* a * s + t. fp[0] = s, fp[1] = t. */
 struct tensor *op_scale(struct tctx *c, struct tensor *a, float s, float t);
 /* x * sigmoid(x); GELU with erf; x * sigmoid(1.702 x). */

@@ -20,7 +20,7 @@
  * are taken in chunks so the column matrix stays under CONV_WORK_MAX bytes; a 1x1 conv with
  * stride 1 and no padding reads x directly. Zero padding on each side (ip[1..4]).
  * Bias (both paths): y is filled with b first and the convolution added with beta = 1, so each
- * output is rounded once.
+ * output is rounded once. A fused residual (src[3], op_add_fused) is added to that fill.
  * CHANNELS LAST (ip[5]; x [B, H, W, C], w [O, kh, kw, C], y [B, Ho, Wo, O]): cuDNN with NHWC
  * descriptors (its tensor-core kernels' native layout: NCHW costs a transpose in and out of
  * every call, 2.8x the time of one UNet's convolutions at batch 2 on the H100, bench/
@@ -69,19 +69,34 @@ static int im2col_cuda(T *col, const T *x, const struct conv_geom *g, int64_t p0
     return 0;
 }
 
-/* y [B, O, P] = b[O] (the products are added to it) */
+/* y [B, O, P] = b[O] + r (either may be NULL; the products are added to it). NHWC: p = 1. */
 template <typename T>
-__global__ void conv_fill_bias(T *y, const T *b, int64_t o, int64_t p, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = b[(i / p) % o];
+__global__ void conv_fill_bias(T *y, const T *b, const T *r, int64_t o, int64_t p, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float v = b ? cuda_to_f32(b[(i / p) % o]) : 0.0f;
+        if (r) v += cuda_to_f32(r[i]);
+        y[i] = cuda_from_f32<T>(v);
+    }
 }
 
+/* The start of y for the products' beta = 1 (bias and/or residual), or nothing when neither:
+ * *beta is then 0. */
 template <typename T>
-static int conv_fill_bias_cuda(T *y, const T *b, int64_t o, int64_t p, int64_t n, cudaStream_t stream,
-                               struct err *err) {
-    conv_fill_bias<T><<<grid_for(n), THREADS, 0, stream>>>(y, b, o, p, n);
+static int conv_fill_bias_cuda(T *y, const T *b, const T *r, int64_t o, int64_t p, int64_t n, float *beta,
+                               cudaStream_t stream, struct err *err) {
+    *beta = b || r ? 1.0f : 0.0f;
+    if (!b && !r) return 0;
+    conv_fill_bias<T><<<grid_for(n), THREADS, 0, stream>>>(y, b, r, o, p, n);
     CUDA_TRY_LAUNCH();
     return 0;
+}
+
+/* dst's bias and residual (op_add_fused), typed */
+template <typename T> static const T *bias_of(const struct tensor *dst) {
+    return dst->src[2] ? (const T *)dst->src[2]->data : NULL;
+}
+template <typename T> static const T *residual_of(const struct tensor *dst) {
+    return dst->src[3] ? (const T *)dst->src[3]->data : NULL;
 }
 
 /* ===== cuDNN ===== */
@@ -281,7 +296,7 @@ static int plan_get(struct cuda_ctx *ctx, const struct tensor *dst, const int *k
  * does not overwrite), or a negative status. */
 template <typename T>
 static int conv2d_dnn(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
-    const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
+    const struct tensor *tx = dst->src[0], *tw = dst->src[1];
     if (dst->ip[1] != dst->ip[3] || dst->ip[2] != dst->ip[4]) return 1; /* asymmetric padding */
     const bool nhwc = dst->ip[5] != 0;
     /* n, c, h, w of x; o, kh, kw of w, whatever the layout */
@@ -313,12 +328,10 @@ static int conv2d_dnn(struct cuda_ctx *ctx, struct tensor *dst, struct err *err)
         if (!ws) return rc;
     }
     float alpha = 1.0f, beta = 0.0f; /* cuDNN's scaling factors are float for F32, F16 and BF16 data */
-    if (tb) {
-        int64_t o = tw->shape[0], p = nhwc ? 1 : dst->shape[2] * dst->shape[3];
-        rc = conv_fill_bias_cuda<T>((T *)dst->data, (const T *)tb->data, o, p, cuda_numel(dst), ctx->stream, err);
-        if (rc) return rc;
-        beta = 1.0f;
-    }
+    int64_t o = tw->shape[0], p = nhwc ? 1 : dst->shape[2] * dst->shape[3];
+    rc = conv_fill_bias_cuda<T>((T *)dst->data, bias_of<T>(dst), residual_of<T>(dst), o, p, cuda_numel(dst), &beta,
+                                ctx->stream, err);
+    if (rc) return rc;
     cudnnStatus_t s = cudnnConvolutionForward(ctx->cudnn, &alpha, plan->xd, tx->data, plan->wd, tw->data, plan->cd,
                                               plan->algo, ws, plan->ws, &beta, plan->yd, dst->data);
     if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED) { /* once per plan: then im2col for good */
@@ -339,7 +352,7 @@ static int conv2d_dnn(struct cuda_ctx *ctx, struct tensor *dst, struct err *err)
 
 template <typename T>
 static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
-    const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
+    const struct tensor *tx = dst->src[0], *tw = dst->src[1];
     struct conv_geom g = {tx->shape[1], tx->shape[2], tx->shape[3], tw->shape[2], tw->shape[3],
                           dst->shape[2], dst->shape[3], dst->ip[0], dst->ip[1], dst->ip[2]};
     int64_t nb = tx->shape[0], o = tw->shape[0], p = g.ho * g.wo, ck = g.c * g.kh * g.kw;
@@ -372,11 +385,8 @@ static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
         if (!col) return rc;
     }
     float beta = 0.0f;
-    if (tb) {
-        int rc = conv_fill_bias_cuda<T>(y, (const T *)tb->data, o, p, nb * o * p, ctx->stream, err);
-        if (rc) return rc;
-        beta = 1.0f;
-    }
+    int rc0 = conv_fill_bias_cuda<T>(y, bias_of<T>(dst), residual_of<T>(dst), o, p, nb * o * p, &beta, ctx->stream, err);
+    if (rc0) return rc0;
     size_t whole = (size_t)nb * (size_t)p * (size_t)ck * sizeof(T);
     if (nb > 1 && nb <= INT_MAX && (direct || whole <= CONV_WORK_MAX)) {
         /* every image in one batched product: column-major y_i^T [P, O] = src_i^T [P, CK] . w^T [CK, O],
@@ -438,7 +448,7 @@ __global__ void im2col_nhwc(T *col, const T *x, struct conv_geom g, int64_t p0, 
  * i.e. column-major y^T [O, P] = w^T . col^T (a 1x1 unpadded stride-1 conv reads x as col). */
 template <typename T>
 static int conv2d_nhwc_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
-    const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
+    const struct tensor *tx = dst->src[0], *tw = dst->src[1];
     struct conv_geom g = {tx->shape[3], tx->shape[1], tx->shape[2], tw->shape[1], tw->shape[2],
                           dst->shape[1], dst->shape[2], dst->ip[0], dst->ip[1], dst->ip[2]};
     int64_t o = tw->shape[0], p = tx->shape[0] * g.ho * g.wo, k = g.c * g.kh * g.kw;
@@ -454,11 +464,8 @@ static int conv2d_nhwc_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err
         return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda conv2d: sizes exceed cuBLAS's int range");
     T *y = (T *)dst->data;
     float beta = 0.0f;
-    if (tb) {
-        int rc = conv_fill_bias_cuda<T>(y, (const T *)tb->data, o, 1, p * o, ctx->stream, err);
-        if (rc) return rc;
-        beta = 1.0f;
-    }
+    int rc0 = conv_fill_bias_cuda<T>(y, bias_of<T>(dst), residual_of<T>(dst), o, 1, p * o, &beta, ctx->stream, err);
+    if (rc0) return rc0;
     int64_t chunk = pointwise ? p : (int64_t)(CONV_WORK_MAX / ((size_t)k * sizeof(T)));
     if (chunk < 1) chunk = 1;
     if (chunk > INT_MAX) chunk = INT_MAX;

@@ -10,7 +10,9 @@
  * row-major y = x w^T is computed as the column-major y^T = w^T(op T of w's [K, N]) x^T.
  * Bias: CUBLASLT_EPILOGUE_BIAS adds it to the fp32 sum before the one rounding to T. The
  * fallback first fills y with the broadcast bias and adds the product with beta = 1 (as torch's
- * addmm): also one rounding of (product + bias) in fp32. */
+ * addmm): also one rounding of (product + bias) in fp32. A fused residual r (src[3],
+ * op_add_fused) is Lt's C with beta = 1 (D = product + bias + r, one rounding), or part of the
+ * fallback's fill. */
 #include "tensor/cuda/cuda.cuh"
 
 extern "C" {
@@ -56,17 +58,22 @@ int cuda__gemm_batched(struct cuda_ctx *ctx, enum dtype dt, int m, int n, int k,
 }
 
 /* y [rows, n] = b [n] broadcast over rows (the gemm then adds the product) */
+/* y [total / n, n] = b [n] (broadcast) + r (either may be NULL, not both) */
 template <typename T>
-__global__ void fill_bias(T *y, const T *b, int64_t total, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = b[i % n];
+__global__ void fill_bias(T *y, const T *b, const T *r, int64_t total, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        float v = b ? cuda_to_f32(b[i % n]) : 0.0f;
+        if (r) v += cuda_to_f32(r[i]);
+        y[i] = cuda_from_f32<T>(v);
+    }
 }
 
 template <typename T>
-static int fill_bias_cuda(T *y, const T *b, int64_t total, int64_t n, cudaStream_t stream, struct err *err) {
+static int fill_bias_cuda(T *y, const T *b, const T *r, int64_t total, int64_t n, cudaStream_t stream,
+                          struct err *err) {
     if (total == 0) return 0;
     unsigned g = cuda_blocks(total, 256);
-    fill_bias<T><<<g < 65535u * 8u ? g : 65535u * 8u, 256, 0, stream>>>(y, b, total, n);
+    fill_bias<T><<<g < 65535u * 8u ? g : 65535u * 8u, 256, 0, stream>>>(y, b, r, total, n);
     CUDA_TRY_LAUNCH();
     return 0;
 }
@@ -81,15 +88,16 @@ static int fill_bias_cuda(T *y, const T *b, int64_t total, int64_t n, cudaStream
  * kernels' scratch) moves when another op grows it, and freeing it synchronises the stream
  * (not allowed while capturing); lt_ws never moves, so captured graphs keep a valid pointer. */
 
-#define LT_PLAN_KEY 9 /* ints in a plan's key */
+#define LT_PLAN_KEY 11 /* ints in a plan's key */
 
 struct cuda_lt_plan {
-    int key[LT_PLAN_KEY];       /* dtype, m, n, k, bias?, alignment (bytes, <= 256) of A, B, D, bias */
+    int key[LT_PLAN_KEY];       /* dtype, m, n, k, bias?, alignment (bytes, <= 256) of A, B, D, bias;
+                                   residual? (C = r, beta = 1), alignment of C */
     bool usable;                /* false: Lt has no algorithm for it (cublasGemmEx) */
     cublasLtMatmulDesc_t op;    /* fp32 compute and scale, TRANSA = T, epilogue DEFAULT or BIAS */
     cublasLtMatrixLayout_t a;   /* w: column-major [k, m], ld k (op T: [m, k]) */
     cublasLtMatrixLayout_t b;   /* x: column-major [k, n], ld k */
-    cublasLtMatrixLayout_t d;   /* y: column-major [m, n], ld m (also C; beta = 0) */
+    cublasLtMatrixLayout_t d;   /* y: column-major [m, n], ld m (also C's: the residual, beta = 1) */
     cublasLtMatmulAlgo_t algo;  /* the heuristic's first choice */
     size_t ws;                  /* bytes of workspace algo needs (<= ctx->lt_ws_size) */
 };
@@ -144,6 +152,7 @@ static int lt_plan_init(struct cuda_ctx *ctx, struct cuda_lt_plan *p, const void
     uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
     /* the pointers' real alignments (default: 256 assumed) */
     uint32_t al_a = (uint32_t)key[5], al_b = (uint32_t)key[6], al_d = (uint32_t)key[7];
+    uint32_t al_c = key[9] ? (uint32_t)key[10] : al_d;
     cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_max,
                                                             sizeof ws_max);
     if (s == CUBLAS_STATUS_SUCCESS)
@@ -154,7 +163,7 @@ static int lt_plan_init(struct cuda_ctx *ctx, struct cuda_lt_plan *p, const void
     if (s == CUBLAS_STATUS_SUCCESS)
         s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
     if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d);
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c);
     if (s == CUBLAS_STATUS_SUCCESS)
         s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d);
     cublasLtMatmulHeuristicResult_t r;
@@ -221,21 +230,23 @@ static int lt_plan_get(struct cuda_ctx *ctx, const int *key, const void *bias, s
     return 0;
 }
 
-/* y [M, N] = x [M, K] w [N, K]^T (+ b [N]) through cuBLASLt, as the column-major
- * y^T [m = N, n = M] = w^T x^T (+ b along m, EPILOGUE_BIAS's "rows of D"), k = K.
- * Returns 0 when queued, 1 when the caller must use cublasGemmEx (nothing queued), or a
+/* y [M, N] = x [M, K] w [N, K]^T (+ b [N]) (+ r [M, N]) through cuBLASLt, as the column-major
+ * y^T [m = N, n = M] = w^T x^T (+ b along m, EPILOGUE_BIAS's "rows of D") (+ C = r^T, beta 1),
+ * k = K. Returns 0 when queued, 1 when the caller must use cublasGemmEx (nothing queued), or a
  * negative status. */
 static int linear_lt(struct cuda_ctx *ctx, enum dtype dt, int m, int n, int k, const void *w, const void *x,
-                     const void *b, void *y, struct err *err) {
-    int key[LT_PLAN_KEY] = {(int)dt, m, n, k, b != NULL, lt_align(w), lt_align(x), lt_align(y), b ? lt_align(b) : 0};
+                     const void *b, const void *r, void *y, struct err *err) {
+    int key[LT_PLAN_KEY] = {(int)dt,      m,           n,           k,
+                            b != NULL,    lt_align(w), lt_align(x), lt_align(y),
+                            b ? lt_align(b) : 0, r != NULL, r ? lt_align(r) : 0};
     struct cuda_lt_plan *p = NULL;
     int rc = lt_plan_get(ctx, key, b, &p, err);
     if (rc) return rc;
     if (!p->usable) return 1;
     if (b) CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
-    const float one = 1.0f, zero = 0.0f;
-    cublasStatus_t s = cublasLtMatmul(ctx->lt, p->op, &one, w, p->a, x, p->b, &zero, y, p->d, y, p->d, &p->algo,
-                                      ctx->lt_ws, ctx->lt_ws_size, ctx->stream);
+    const float one = 1.0f, beta = r ? 1.0f : 0.0f;
+    cublasStatus_t s = cublasLtMatmul(ctx->lt, p->op, &one, w, p->a, x, p->b, &beta, r ? r : y, p->d, y, p->d,
+                                      &p->algo, ctx->lt_ws, ctx->lt_ws_size, ctx->stream);
     if (s == CUBLAS_STATUS_SUCCESS) return 0;
     /* refused before launching anything: the key runs through cublasGemmEx from now on */
     if (s != CUBLAS_STATUS_NOT_SUPPORTED && s != CUBLAS_STATUS_INVALID_VALUE && s != CUBLAS_STATUS_ARCH_MISMATCH)
@@ -250,7 +261,7 @@ static int linear_lt(struct cuda_ctx *ctx, enum dtype dt, int m, int n, int k, c
 
 template <typename T>
 static int linear_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
-    const struct tensor *x = dst->src[0], *w = dst->src[1], *b = dst->src[2];
+    const struct tensor *x = dst->src[0], *w = dst->src[1], *b = dst->src[2], *r = dst->src[3];
     int64_t k = x->shape[x->ndim - 1], n = w->shape[0], m = cuda_numel(x) / (k ? k : 1);
     if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
         return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda linear: %lld x %lld x %lld exceeds cuBLAS's int sizes",
@@ -258,16 +269,17 @@ static int linear_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
     if (m == 0 || n == 0) return 0;
     /* column-major: y^T [n, m] = (w [k, n] col-major)^T [n, k] x (x^T [k, m]) (+ bias [n] per column) */
     if (dst->dtype != DTYPE_F32 && ctx->lt && k > 0) {
-        int rc = linear_lt(ctx, dst->dtype, (int)n, (int)m, (int)k, w->data, x->data, b ? b->data : NULL, dst->data,
-                           err);
+        int rc = linear_lt(ctx, dst->dtype, (int)n, (int)m, (int)k, w->data, x->data, b ? b->data : NULL,
+                           r ? r->data : NULL, dst->data, err);
         if (rc <= 0) return rc;
     }
-    if (b) {
-        int rc = fill_bias_cuda<T>((T *)dst->data, (const T *)b->data, m * n, n, ctx->stream, err);
+    if (b || r) {
+        int rc = fill_bias_cuda<T>((T *)dst->data, b ? (const T *)b->data : NULL, r ? (const T *)r->data : NULL,
+                                   m * n, n, ctx->stream, err);
         if (rc) return rc;
     }
     return cuda__gemm(ctx, dst->dtype, true, false, (int)n, (int)m, (int)k, w->data, (int)k, x->data, (int)k,
-                      b ? 1.0f : 0.0f, dst->data, (int)n, err);
+                      b || r ? 1.0f : 0.0f, dst->data, (int)n, err);
 }
 
 int cuda_op_linear(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {

@@ -727,6 +727,67 @@ static void test_channels_last(void **state) {
     assert_null(op_group_norm_nhwc(&f->c, x, NULL, NULL, 4, 1e-5f, false)); /* 6 channels in 4 groups */
 }
 
+/* op_add_fused: fused into a LINEAR or CONV2D recorded last (the residual becomes its src[3]),
+ * a plain ADD otherwise; the values are y + r either way. */
+static void test_add_fused(void **state) {
+    struct fx *f = *state;
+    for (int kind = 0; kind < 3; kind++) { /* linear, conv NCHW, conv NHWC */
+        for (int last = 0; last < 2; last++) {
+            begin(f);
+            float *x, *w, *b, *r;
+            struct tensor *y;
+            int64_t n;
+            double *ref;
+            if (kind == 0) {
+                struct tensor *tx = in_rand(f, &x, SH(2, 3, 5), -1, 1), *tw = in_rand(f, &w, SH(4, 5), -1, 1);
+                struct tensor *tb = in_rand(f, &b, SH(4), -1, 1), *tr = in_rand(f, &r, SH(2, 3, 4), -1, 1);
+                y = op_linear(&f->c, tx, tw, tb);
+                if (!last) op_scale(&f->c, tx, 2.0f, 0.0f); /* another node after y: no fusion */
+                struct tensor *out = op_add_fused(&f->c, y, tr);
+                assert_true(last ? out == y && y->src[3] == tr : out != y && out->op == OP_ADD);
+                n = 24;
+                ref = ref_buf(f, n);
+                for (int64_t i = 0; i < 6; i++)
+                    for (int64_t j = 0; j < 4; j++) {
+                        double acc = b[j] + r[i * 4 + j];
+                        for (int64_t k = 0; k < 5; k++) acc += (double)x[i * 5 + k] * w[j * 5 + k];
+                        ref[i * 4 + j] = acc;
+                    }
+                check_close("linear + fused residual", run(f, out), ref, n, 1e-5);
+                continue;
+            }
+            bool nhwc = kind == 2; /* a 1x1 conv, so the reference is the same loop in both layouts */
+            const int64_t xs[2][4] = {{1, 6, 3, 4}, {1, 3, 4, 6}}, ws[2][4] = {{5, 6, 1, 1}, {5, 1, 1, 6}};
+            const int64_t rs[2][4] = {{1, 5, 3, 4}, {1, 3, 4, 5}};
+            struct tensor *tx = in_rand(f, &x, 4, xs[nhwc], -1, 1);
+            struct tensor *tw = in_rand(f, &w, 4, ws[nhwc], -1, 1);
+            struct tensor *tb = in_rand(f, &b, SH(5), -1, 1);
+            struct tensor *tr = in_rand(f, &r, 4, rs[nhwc], -1, 1);
+            y = nhwc ? op_conv2d_nhwc(&f->c, tx, tw, tb, 1, 0) : op_conv2d(&f->c, tx, tw, tb, 1, 0);
+            if (!last) op_scale(&f->c, tx, 2.0f, 0.0f);
+            struct tensor *out = op_add_fused(&f->c, y, tr);
+            assert_true(last ? out == y && y->src[3] == tr : out != y && out->op == OP_ADD);
+            n = 60;
+            ref = ref_buf(f, n);
+            for (int64_t p = 0; p < 12; p++)
+                for (int64_t o = 0; o < 5; o++) {
+                    int64_t at = nhwc ? p * 5 + o : o * 12 + p;
+                    double acc = b[o] + r[at];
+                    for (int64_t ch = 0; ch < 6; ch++) acc += (double)x[nhwc ? p * 6 + ch : ch * 12 + p] * w[o * 6 + ch];
+                    ref[at] = acc;
+                }
+            check_close(nhwc ? "conv nhwc + fused residual" : "conv + fused residual", run(f, out), ref, n, 1e-5);
+        }
+    }
+    /* a residual of another shape is a plain (broadcasting) ADD */
+    begin(f);
+    struct tensor *tx = in_rand(f, NULL, SH(2, 3), -1, 1), *tw = in_rand(f, NULL, SH(3, 3), -1, 1);
+    struct tensor *tr = in_rand(f, NULL, SH(3), -1, 1);
+    struct tensor *y = op_linear(&f->c, tx, tw, NULL);
+    struct tensor *out = op_add_fused(&f->c, y, tr);
+    assert_true(out != y && out->op == OP_ADD && y->src[3] == NULL);
+}
+
 static void test_upsample(void **state) {
     struct fx *f = *state;
     const int64_t shapes[][4] = {{2, 3, 5, 7}, {1, 2, 3, 4}, {2, 64, 16, 16}};
@@ -1020,6 +1081,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_transpose, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upsample, setup, teardown),
         cmocka_unit_test_setup_teardown(test_channels_last, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_add_fused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_get_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conv_scratch_oom, setup, teardown),
