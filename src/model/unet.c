@@ -226,12 +226,11 @@ static struct tensor *group_norm(struct tctx *c, bool nhwc, const struct nn_norm
 /* ResBlock.forward: h = in_layers(x) + emb_layers(emb); h = out_layers(h); skip(x) + h */
 static struct tensor *res_forward(struct tctx *c, bool nhwc, const struct unet_res *r, struct tensor *x,
                                   struct tensor *emb_silu) {
-    struct tensor *h = group_norm(c, nhwc, &r->in_norm, x, RES_EPS, true);
-    h = nn_conv(c, &r->in_conv, h, 1, 1);                                    // [B, c_out, H, W]
     struct tensor *e = nn_linear(c, &r->emb, emb_silu);                      // [B, c_out]
     if (e && nhwc) e = op_reshape(c, e, 4, (int64_t[]){e->shape[0], 1, 1, e->shape[1]}); // [B, 1, 1, c_out]
     else if (e) e = op_reshape(c, e, 4, (int64_t[]){e->shape[0], e->shape[1], 1, 1});    // [B, c_out, 1, 1]
-    h = op_add(c, h, e);
+    struct tensor *h = group_norm(c, nhwc, &r->in_norm, x, RES_EPS, true);
+    h = op_add_fused(c, nn_conv(c, &r->in_conv, h, 1, 1), e); // [B, c_out, H, W] + e (fused channels-last)
     h = group_norm(c, nhwc, &r->out_norm, h, RES_EPS, true);
     struct tensor *s = r->skip.w.data ? nn_conv(c, &r->skip, x, 1, 0) : x; /* before out_conv: its add fuses */
     return op_add_fused(c, nn_conv(c, &r->out_conv, h, 1, 1), s);

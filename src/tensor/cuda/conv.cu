@@ -69,35 +69,32 @@ static int im2col_cuda(T *col, const T *x, const struct conv_geom *g, int64_t p0
     return 0;
 }
 
-/* y [B, O, P] = b[O] + r (either may be NULL; the products are added to it). NHWC: p = 1. */
+/* y [B, O, P] = b[O] + r (either may be NULL; the products are added to it). NHWC: p = 1.
+ * r_per > 0: r is [B, O] (one value per image and channel), y has r_per elements per image. */
 template <typename T>
-__global__ void conv_fill_bias(T *y, const T *b, const T *r, int64_t o, int64_t p, int64_t n) {
+__global__ void conv_fill_bias(T *y, const T *b, const T *r, int64_t o, int64_t p, int64_t n, int64_t r_per) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float v = b ? cuda_to_f32(b[(i / p) % o]) : 0.0f;
-        if (r) v += cuda_to_f32(r[i]);
+        if (r) v += cuda_to_f32(r[r_per ? i / r_per * o + i % o : i]);
         y[i] = cuda_from_f32<T>(v);
     }
 }
 
-/* The start of y for the products' beta = 1 (bias and/or residual), or nothing when neither:
- * *beta is then 0. */
+/* The start of dst's y for the products' beta = 1 (bias and/or residual, op_add_fused), or
+ * nothing when it has neither: *beta is then 0. p: positions per channel plane (1 for NHWC). */
 template <typename T>
-static int conv_fill_bias_cuda(T *y, const T *b, const T *r, int64_t o, int64_t p, int64_t n, float *beta,
-                               cudaStream_t stream, struct err *err) {
+static int conv_fill_bias_cuda(const struct tensor *dst, int64_t o, int64_t p, float *beta, cudaStream_t stream,
+                               struct err *err) {
+    const T *b = dst->src[2] ? (const T *)dst->src[2]->data : NULL;
+    const T *r = dst->src[3] ? (const T *)dst->src[3]->data : NULL;
+    int64_t n = cuda_numel(dst), r_per = r && dst->ip[6] ? n / dst->shape[0] : 0;
     *beta = b || r ? 1.0f : 0.0f;
     if (!b && !r) return 0;
-    conv_fill_bias<T><<<grid_for(n), THREADS, 0, stream>>>(y, b, r, o, p, n);
+    conv_fill_bias<T><<<grid_for(n), THREADS, 0, stream>>>((T *)dst->data, b, r, o, p, n, r_per);
     CUDA_TRY_LAUNCH();
     return 0;
 }
 
-/* dst's bias and residual (op_add_fused), typed */
-template <typename T> static const T *bias_of(const struct tensor *dst) {
-    return dst->src[2] ? (const T *)dst->src[2]->data : NULL;
-}
-template <typename T> static const T *residual_of(const struct tensor *dst) {
-    return dst->src[3] ? (const T *)dst->src[3]->data : NULL;
-}
 
 /* ===== cuDNN ===== */
 #ifdef KILN_HAVE_CUDNN
@@ -329,8 +326,7 @@ static int conv2d_dnn(struct cuda_ctx *ctx, struct tensor *dst, struct err *err)
     }
     float alpha = 1.0f, beta = 0.0f; /* cuDNN's scaling factors are float for F32, F16 and BF16 data */
     int64_t o = tw->shape[0], p = nhwc ? 1 : dst->shape[2] * dst->shape[3];
-    rc = conv_fill_bias_cuda<T>((T *)dst->data, bias_of<T>(dst), residual_of<T>(dst), o, p, cuda_numel(dst), &beta,
-                                ctx->stream, err);
+    rc = conv_fill_bias_cuda<T>(dst, o, p, &beta, ctx->stream, err);
     if (rc) return rc;
     cudnnStatus_t s = cudnnConvolutionForward(ctx->cudnn, &alpha, plan->xd, tx->data, plan->wd, tw->data, plan->cd,
                                               plan->algo, ws, plan->ws, &beta, plan->yd, dst->data);
@@ -385,7 +381,7 @@ static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
         if (!col) return rc;
     }
     float beta = 0.0f;
-    int rc0 = conv_fill_bias_cuda<T>(y, bias_of<T>(dst), residual_of<T>(dst), o, p, nb * o * p, &beta, ctx->stream, err);
+    int rc0 = conv_fill_bias_cuda<T>(dst, o, p, &beta, ctx->stream, err);
     if (rc0) return rc0;
     size_t whole = (size_t)nb * (size_t)p * (size_t)ck * sizeof(T);
     if (nb > 1 && nb <= INT_MAX && (direct || whole <= CONV_WORK_MAX)) {
@@ -464,7 +460,7 @@ static int conv2d_nhwc_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err
         return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda conv2d: sizes exceed cuBLAS's int range");
     T *y = (T *)dst->data;
     float beta = 0.0f;
-    int rc0 = conv_fill_bias_cuda<T>(y, bias_of<T>(dst), residual_of<T>(dst), o, 1, p * o, &beta, ctx->stream, err);
+    int rc0 = conv_fill_bias_cuda<T>(dst, o, 1, &beta, ctx->stream, err);
     if (rc0) return rc0;
     int64_t chunk = pointwise ? p : (int64_t)(CONV_WORK_MAX / ((size_t)k * sizeof(T)));
     if (chunk < 1) chunk = 1;

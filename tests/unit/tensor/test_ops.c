@@ -779,6 +779,28 @@ static void test_add_fused(void **state) {
             check_close(nhwc ? "conv nhwc + fused residual" : "conv + fused residual", run(f, out), ref, n, 1e-5);
         }
     }
+    /* channels-last conv + r [B, 1, 1, O] (the ResBlock's time embedding): fused, broadcast */
+    for (int nhwc = 0; nhwc < 2; nhwc++) {
+        begin(f);
+        float *x, *w, *r;
+        const int64_t xs[2][4] = {{2, 3, 2, 2}, {2, 2, 2, 3}}, ws[2][4] = {{4, 3, 1, 1}, {4, 1, 1, 3}};
+        const int64_t rs[2][4] = {{2, 4, 1, 1}, {2, 1, 1, 4}};
+        struct tensor *tx = in_rand(f, &x, 4, xs[nhwc], -1, 1), *tw = in_rand(f, &w, 4, ws[nhwc], -1, 1);
+        struct tensor *tr = in_rand(f, &r, 4, rs[nhwc], -1, 1);
+        struct tensor *y = nhwc ? op_conv2d_nhwc(&f->c, tx, tw, NULL, 1, 0) : op_conv2d(&f->c, tx, tw, NULL, 1, 0);
+        struct tensor *out = op_add_fused(&f->c, y, tr);
+        assert_true(nhwc ? out == y && y->ip[6] == 1 : out != y && out->op == OP_ADD); /* NCHW: a broadcasting ADD */
+        double *ref = ref_buf(f, 32);
+        for (int64_t ib = 0; ib < 2; ib++)
+            for (int64_t p = 0; p < 4; p++)
+                for (int64_t o = 0; o < 4; o++) {
+                    double acc = r[ib * 4 + o];
+                    for (int64_t ch = 0; ch < 3; ch++)
+                        acc += (double)x[nhwc ? (ib * 4 + p) * 3 + ch : (ib * 3 + ch) * 4 + p] * w[o * 3 + ch];
+                    ref[nhwc ? (ib * 4 + p) * 4 + o : (ib * 4 + o) * 4 + p] = acc;
+                }
+        check_close("conv + per-image residual", run(f, out), ref, 32, 1e-5);
+    }
     /* a residual of another shape is a plain (broadcasting) ADD */
     begin(f);
     struct tensor *tx = in_rand(f, NULL, SH(2, 3), -1, 1), *tw = in_rand(f, NULL, SH(3, 3), -1, 1);
