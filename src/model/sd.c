@@ -12,12 +12,12 @@ struct sd_storage sd_storage_for(const struct backend *be, bool fp32, struct wst
     struct sd_storage st;
     bool low = !backend_host_buffers(be) && !fp32; /* a device that computes in 16 bits */
     st.clip = (struct nn_storage){.dtype = low ? DTYPE_F16 : DTYPE_F32, .store = store};
-    /* a GPU's UNet computes channels-last (tensor-core convolutions' own layout); KILN_CHANNELS_LAST=0
-       keeps it NCHW, for comparisons */
+    /* a GPU's UNet and VAE compute channels-last (tensor-core convolutions' own layout);
+       KILN_CHANNELS_LAST=0 keeps them NCHW, for comparisons */
     const char *cl = getenv("KILN_CHANNELS_LAST");
-    st.unet = (struct nn_storage){
-        .dtype = low ? DTYPE_F16 : DTYPE_F32, .store = store, .channels_last = low && !(cl && strcmp(cl, "0") == 0)};
-    st.vae = (struct nn_storage){.dtype = low ? DTYPE_BF16 : DTYPE_F32, .store = store};
+    bool nhwc = low && !(cl && strcmp(cl, "0") == 0);
+    st.unet = (struct nn_storage){.dtype = low ? DTYPE_F16 : DTYPE_F32, .store = store, .channels_last = nhwc};
+    st.vae = (struct nn_storage){.dtype = low ? DTYPE_BF16 : DTYPE_F32, .store = store, .channels_last = nhwc};
     return st;
 }
 

@@ -64,6 +64,7 @@ int vae_load(struct vae *m, const struct ckpt *ck, struct backend *be, const str
     struct nn_loader ld;
     nn_loader_init(&ld, ck, be, VAE_PREFIX, st, err);
     m->dtype = ld.storage.dtype;
+    m->nhwc = ld.storage.channels_last;
     char name[96];
 
     /* encoder */
@@ -118,62 +119,101 @@ void vae_deinit(struct vae *m) { nn_weights_deinit(&m->weights); }
 
 /* ===== Blocks ===== */
 
-static struct tensor *res_forward(struct tctx *c, const struct vae_res *r, struct tensor *x) {
-    struct tensor *h = nn_group_norm(c, &r->norm1, x, GROUPS, EPS, true);
-    h = nn_conv(c, &r->conv1, h, 1, 1);
-    h = nn_group_norm(c, &r->norm2, h, GROUPS, EPS, true);
-    h = nn_conv(c, &r->conv2, h, 1, 1);
-    struct tensor *s = r->shortcut.w.data ? nn_conv(c, &r->shortcut, x, 1, 0) : x;
-    return op_add(c, s, h);
+/* GroupNorm in the forward's layout (vae.nhwc). */
+static struct tensor *group_norm(struct tctx *c, bool nhwc, const struct nn_norm *n, struct tensor *x, bool silu) {
+    return nhwc ? nn_group_norm_nhwc(c, n, x, GROUPS, EPS, silu) : nn_group_norm(c, n, x, GROUPS, EPS, silu);
 }
 
-static struct tensor *attn_forward(struct tctx *c, const struct vae_attn *a, struct tensor *x) {
+static struct tensor *res_forward(struct tctx *c, bool nhwc, const struct vae_res *r, struct tensor *x) {
+    struct tensor *h = group_norm(c, nhwc, &r->norm1, x, true);
+    h = nn_conv(c, &r->conv1, h, 1, 1);
+    h = group_norm(c, nhwc, &r->norm2, h, true);
+    struct tensor *s = r->shortcut.w.data ? nn_conv(c, &r->shortcut, x, 1, 0) : x; /* before conv2: its add fuses */
+    return op_add_fused(c, nn_conv(c, &r->conv2, h, 1, 1), s);
+}
+
+static struct tensor *attn_forward(struct tctx *c, bool nhwc, const struct vae_attn *a, struct tensor *x) {
     if (!x) return NULL;
-    int64_t H = x->shape[2], W = x->shape[3];
-    struct tensor *h = nn_group_norm(c, &a->norm, x, GROUPS, EPS, false);
+    int64_t B = x->shape[0], H = x->shape[nhwc ? 1 : 2], W = x->shape[nhwc ? 2 : 3], C = x->shape[nhwc ? 3 : 1];
+    struct tensor *h = group_norm(c, nhwc, &a->norm, x, false);
+    if (nhwc) { /* pixels are tokens already; the 1x1 convs are linears */
+        int64_t tok[3] = {B, H * W, C};
+        struct tensor *q = op_reshape(c, nn_conv(c, &a->q, h, 1, 0), 3, tok); // [B, HW, C]
+        struct tensor *k = op_reshape(c, nn_conv(c, &a->k, h, 1, 0), 3, tok);
+        struct tensor *v = op_reshape(c, nn_conv(c, &a->v, h, 1, 0), 3, tok);
+        h = op_reshape(c, op_attention(c, q, k, v, 1, false), 4, (int64_t[]){B, H, W, C});
+        return op_add_fused(c, nn_conv(c, &a->proj_out, h, 1, 0), x);
+    }
     struct tensor *q = nn_nchw_to_tokens(c, nn_conv(c, &a->q, h, 1, 0)); // [B, HW, C]
     struct tensor *k = nn_nchw_to_tokens(c, nn_conv(c, &a->k, h, 1, 0));
     struct tensor *v = nn_nchw_to_tokens(c, nn_conv(c, &a->v, h, 1, 0));
     h = nn_tokens_to_nchw(c, op_attention(c, q, k, v, 1, false), H, W); // [B, C, H, W]
-    return op_add(c, x, nn_conv(c, &a->proj_out, h, 1, 0));
+    return op_add_fused(c, nn_conv(c, &a->proj_out, h, 1, 0), x);
+}
+
+/* NCHW [B, C, H, W] <-> channels-last [B, H, W, C] at the networks' ends */
+static struct tensor *to_nhwc(struct tctx *c, struct tensor *x) {
+    if (!x) return NULL;
+    int64_t s[4] = {x->shape[0], x->shape[2], x->shape[3], x->shape[1]};
+    return op_reshape(c, nn_nchw_to_tokens(c, x), 4, s);
+}
+
+static struct tensor *to_nchw(struct tctx *c, struct tensor *x) {
+    if (!x) return NULL;
+    int64_t s[3] = {x->shape[0], x->shape[1] * x->shape[2], x->shape[3]};
+    return nn_tokens_to_nchw(c, op_reshape(c, x, 3, s), x->shape[1], x->shape[2]);
 }
 
 /* ===== Decoder / encoder ===== */
 
 struct tensor *vae_decode_forward(struct tctx *c, const struct vae *m, struct tensor *z) {
     const struct vae_config *cf = &m->config;
+    const bool nhwc = m->nhwc;
     z = op_cast(c, z, m->dtype); /* computed in the weights' dtype */
+    if (nhwc) z = to_nhwc(c, z);
     struct tensor *h = nn_conv(c, &m->post_quant_conv, z, 1, 0); // [B, z, h, w]
     h = nn_conv(c, &m->dec_conv_in, h, 1, 1);                     // [B, C, h, w]
-    h = res_forward(c, &m->dec_mid1, h);
-    h = attn_forward(c, &m->dec_attn, h);
-    h = res_forward(c, &m->dec_mid2, h);
+    h = res_forward(c, nhwc, &m->dec_mid1, h);
+    h = attn_forward(c, nhwc, &m->dec_attn, h);
+    h = res_forward(c, nhwc, &m->dec_mid2, h);
     for (int l = cf->n_levels - 1; l >= 0; l--) {
-        for (int r = 0; r <= cf->num_res_blocks; r++) h = res_forward(c, &m->dec[l].blocks[r], h);
-        if (m->dec[l].has_resample) h = nn_conv(c, &m->dec[l].resample, op_upsample_nearest(c, h, 2), 1, 1); // x2
+        for (int r = 0; r <= cf->num_res_blocks; r++) h = res_forward(c, nhwc, &m->dec[l].blocks[r], h);
+        if (m->dec[l].has_resample && nhwc && h)
+            h = nn_conv(c, &m->dec[l].resample, op_upsample_nearest_nhwc_to(c, h, 2 * h->shape[1], 2 * h->shape[2]), 1, 1);
+        else if (m->dec[l].has_resample)
+            h = nn_conv(c, &m->dec[l].resample, op_upsample_nearest(c, h, 2), 1, 1); // x2
     }
-    h = nn_group_norm(c, &m->dec_norm_out, h, GROUPS, EPS, true);
-    return op_cast(c, nn_conv(c, &m->dec_conv_out, h, 1, 1), DTYPE_F32); // [B, 3, 8h, 8w]
+    h = nn_conv(c, &m->dec_conv_out, group_norm(c, nhwc, &m->dec_norm_out, h, true), 1, 1);
+    if (nhwc) h = to_nchw(c, h);
+    return op_cast(c, h, DTYPE_F32); // [B, 3, 8h, 8w]
 }
 
 struct tensor *vae_encode_forward(struct tctx *c, const struct vae *m, struct tensor *x) {
     const struct vae_config *cf = &m->config;
+    const bool nhwc = m->nhwc;
     x = op_cast(c, x, m->dtype);
+    if (nhwc) x = to_nhwc(c, x);
     struct tensor *h = nn_conv(c, &m->enc_conv_in, x, 1, 1); // [B, ch, H, W]
     for (int l = 0; l < cf->n_levels; l++) {
-        for (int r = 0; r < cf->num_res_blocks; r++) h = res_forward(c, &m->enc[l].blocks[r], h);
-        if (m->enc[l].has_resample) /* Downsample: pad right and bottom by one, conv stride 2 */
-            h = op_conv2d_pad(c, h, nn_w_as(c, &m->enc[l].resample.w, m->dtype), nn_w_as(c, &m->enc[l].resample.b, m->dtype),
-                              2, 0, 0, 1, 1);
+        for (int r = 0; r < cf->num_res_blocks; r++) h = res_forward(c, nhwc, &m->enc[l].blocks[r], h);
+        if (m->enc[l].has_resample) { /* Downsample: pad right and bottom by one, conv stride 2 */
+            struct tensor *w = nn_w_as(c, &m->enc[l].resample.w, m->dtype), *b = nn_w_as(c, &m->enc[l].resample.b, m->dtype);
+            h = nhwc ? op_conv2d_nhwc_pad(c, h, w, b, 2, 0, 0, 1, 1) : op_conv2d_pad(c, h, w, b, 2, 0, 0, 1, 1);
+        }
     }
-    h = res_forward(c, &m->enc_mid1, h);
-    h = attn_forward(c, &m->enc_attn, h);
-    h = res_forward(c, &m->enc_mid2, h);
-    h = nn_group_norm(c, &m->enc_norm_out, h, GROUPS, EPS, true);
+    h = res_forward(c, nhwc, &m->enc_mid1, h);
+    h = attn_forward(c, nhwc, &m->enc_attn, h);
+    h = res_forward(c, nhwc, &m->enc_mid2, h);
+    h = group_norm(c, nhwc, &m->enc_norm_out, h, true);
     h = nn_conv(c, &m->enc_conv_out, h, 1, 1); // [B, 2z, H/8, W/8]
     /* quant_conv, keeping only the mean half of its output channels */
     int64_t e = cf->embed_dim;
-    h = op_conv2d(c, h, nn_w_rows(c, &m->quant_conv.w, 0, e), nn_w_rows(c, &m->quant_conv.b, 0, e), 1, 0);
+    struct tensor *qw = nn_w_rows(c, &m->quant_conv.w, 0, e), *qb = nn_w_rows(c, &m->quant_conv.b, 0, e);
+    if (nhwc && qw) { /* a 1x1 conv over channels-last pixels: a linear */
+        h = to_nchw(c, op_linear(c, h, op_reshape(c, qw, 2, (int64_t[]){e, qw->shape[3]}), qb));
+    } else {
+        h = op_conv2d(c, h, qw, qb, 1, 0);
+    }
     return op_cast(c, h, DTYPE_F32); // [B, z, H/8, W/8]
 }
 

@@ -52,6 +52,7 @@ struct vae {
     struct nn_conv dec_conv_out;                 /* [in, ch, 3, 3] */
     struct nn_weights weights;
     enum dtype dtype;                            /* storage = compute dtype (F32 on the CPU; BF16 on GPUs) */
+    bool nhwc;                                   /* channels-last activations inside (nn_storage.channels_last) */
 };
 
 #define VAE_PREFIX "first_stage_model."

@@ -231,22 +231,30 @@ struct tensor *op_conv2d(struct tctx *c, struct tensor *x, struct tensor *w, str
 
 struct tensor *op_conv2d_nhwc(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
                               int pad) {
+    return op_conv2d_nhwc_pad(c, x, w, b, stride, pad, pad, pad, pad);
+}
+
+struct tensor *op_conv2d_nhwc_pad(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
+                                  int pt, int pl, int pb, int pr) {
     NEED(c, x, w);
-    if (x->ndim != 4 || w->ndim != 4 || w->shape[3] != x->shape[3] || stride < 1 || pad < 0 ||
+    if (x->ndim != 4 || w->ndim != 4 || w->shape[3] != x->shape[3] || stride < 1 || (pt | pl | pb | pr) < 0 ||
         (b && tensor_numel(b) != w->shape[0])) {
         char s1[64], s2[64];
         return tctx_fail(c, STATUS_ERR_INVALID, "conv2d (channels last): x %s, weight %s", SHAPE(x, s1),
                          SHAPE(w, s2));
     }
-    int64_t ho = (x->shape[1] + 2 * pad - w->shape[1]) / stride + 1;
-    int64_t wo = (x->shape[2] + 2 * pad - w->shape[2]) / stride + 1;
+    int64_t ho = (x->shape[1] + pt + pb - w->shape[1]) / stride + 1;
+    int64_t wo = (x->shape[2] + pl + pr - w->shape[2]) / stride + 1;
     if (ho < 1 || wo < 1) return tctx_fail(c, STATUS_ERR_INVALID, "conv2d: empty output");
     int64_t s[4] = {x->shape[0], ho, wo, w->shape[0]};
     if (!same_dtype(c, "conv2d", x, w, b)) return NULL;
     struct tensor *t = node(c, OP_CONV2D, x->dtype, 4, s, x, w, b);
     if (t) {
         t->ip[0] = stride;
-        t->ip[1] = t->ip[2] = t->ip[3] = t->ip[4] = pad;
+        t->ip[1] = pt;
+        t->ip[2] = pl;
+        t->ip[3] = pb;
+        t->ip[4] = pr;
         t->ip[5] = 1;
     }
     return t;

@@ -269,9 +269,11 @@ struct tensor *op_conv2d(struct tctx *c, struct tensor *x, struct tensor *w, str
 struct tensor *op_conv2d_pad(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
                              int pad_top, int pad_left, int pad_bottom, int pad_right);
 /* Channels-last: x [B, H, W, C] * w [O, kh, kw, C] + b [O] -> [B, H', W', O]; ip[0] = stride,
- * ip[1..4] = pad (all four equal), ip[5] = 1 (the layout flag). */
+ * ip[1..4] = padding top, left, bottom, right, ip[5] = 1 (the layout flag). */
 struct tensor *op_conv2d_nhwc(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
                               int pad);
+struct tensor *op_conv2d_nhwc_pad(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
+                                  int pad_top, int pad_left, int pad_bottom, int pad_right);
 /* GroupNorm over x [B, C, ...] with per-channel affine w, b [C]. ip[0] = groups,
  * ip[1] = 1 to apply SiLU after the affine (fused), fp[0] = eps. */
 struct tensor *op_group_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int groups,

@@ -400,32 +400,61 @@ static void test_unet_other_layout(void **state) {
     ckpt_close(&ck);
 }
 
-static void test_vae_decode(void **state) {
-    BACKEND_OR_SKIP();
+static void vae_check_decode(const struct vae *v, const char *what) {
     size_t nz, nd;
     float *z = golden_read(&golden, "vae.z", &nz);
     float *want = golden_read(&golden, "vae.dec_raw", &nd);
     float *out = mem_alloc(nd * sizeof(float));
-    int rc = vae_decode(&ctx, &model->vae, 1, 8, 8, z, out);
-    if (rc) fail_msg("vae_decode: %s", ctx.err.msg);
-    golden_check("vae decode", out, want, nd, MODELS_TOL_VAE);
+    int rc = vae_decode(&ctx, v, 1, 8, 8, z, out);
+    if (rc) fail_msg("vae_decode (%s): %s", what, ctx.err.msg);
+    golden_check(what, out, want, nd, MODELS_TOL_VAE);
     mem_free(z);
+    mem_free(want);
+    mem_free(out);
+}
+
+static void test_vae_decode(void **state) {
+    BACKEND_OR_SKIP();
+    vae_check_decode(&model->vae, "vae decode");
+}
+
+static void vae_check_encode(const struct vae *v, const char *what) {
+    size_t ni, nm;
+    float *in = golden_read(&golden, "vae.enc_in", &ni);
+    float *want = golden_read(&golden, "vae.enc_mean", &nm);
+    float *out = mem_alloc(nm * sizeof(float));
+    int rc = vae_encode(&ctx, v, 1, 64, 64, in, out);
+    if (rc) fail_msg("vae_encode (%s): %s", what, ctx.err.msg);
+    golden_check(what, out, want, nm, MODELS_TOL_VAE);
+    mem_free(in);
     mem_free(want);
     mem_free(out);
 }
 
 static void test_vae_encode(void **state) {
     BACKEND_OR_SKIP();
-    size_t ni, nm;
-    float *in = golden_read(&golden, "vae.enc_in", &ni);
-    float *want = golden_read(&golden, "vae.enc_mean", &nm);
-    float *out = mem_alloc(nm * sizeof(float));
-    int rc = vae_encode(&ctx, &model->vae, 1, 64, 64, in, out);
-    if (rc) fail_msg("vae_encode: %s", ctx.err.msg);
-    golden_check("vae encode mean", out, want, nm, MODELS_TOL_VAE);
-    mem_free(in);
-    mem_free(want);
-    mem_free(out);
+    vae_check_encode(&model->vae, "vae encode mean");
+}
+
+/* The VAE in the other activation layout (as test_unet_other_layout): decode and encode (its
+ * downsampling pads only right and bottom) against the golden reference. */
+static void test_vae_other_layout(void **state) {
+    BACKEND_OR_SKIP();
+    struct err err = {0};
+    const struct sd_storage *all = MODELS_STORAGE;
+    struct nn_storage st = all ? all->vae : (struct nn_storage){.dtype = DTYPE_F32};
+    st.channels_last = !st.channels_last;
+    assert_true(model->vae.nhwc != st.channels_last);
+    struct ckpt ck;
+    if (ckpt_open(&ck, ckpt_path, &err)) fail_msg("%s", err.msg);
+    struct vae *v = mem_calloc(1, sizeof *v);
+    if (vae_load(v, &ck, be, &st, &err)) fail_msg("vae_load (channels last %d): %s", st.channels_last, err.msg);
+    assert_int_equal(v->nhwc, st.channels_last);
+    vae_check_decode(v, st.channels_last ? "vae decode, channels last" : "vae decode, NCHW");
+    vae_check_encode(v, st.channels_last ? "vae encode, channels last" : "vae encode, NCHW");
+    vae_deinit(v);
+    mem_free(v);
+    ckpt_close(&ck);
 }
 
 int main(void) {
@@ -438,6 +467,7 @@ int main(void) {
         cmocka_unit_test(test_unet_other_layout),
         cmocka_unit_test(test_vae_decode),
         cmocka_unit_test(test_vae_encode),
+        cmocka_unit_test(test_vae_other_layout),
         MODELS_EXTRA_TESTS
     };
     return cmocka_run_group_tests(tests, setup, teardown);
