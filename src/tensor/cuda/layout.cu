@@ -1,6 +1,8 @@
 /* tensor/cuda/layout.cu -- data movement on CUDA: TRANSPOSE, UPSAMPLE_NEAREST, CONCAT, GET_ROWS
  * (copies of the storage type T, no conversion), and CAST between F32, F16 and BF16 (bit-equal
  * to the CPU's cpu_op_cast: round to nearest even, NaNs made quiet the same way).
+ * UPSAMPLE_NEAREST takes NCHW or, with ip[0], channels-last [B, H, W, C]: whole pixels copied,
+ * 16 bytes at a time when a pixel is a multiple of 16 bytes and both buffers are aligned.
  * Owns: nothing; reads dst->src[], writes dst->data.
  * Threads: the backend's worker; kernels on ctx->stream. GET_ROWS synchronises once to report
  * an id outside the table (the check needs the ids, which live on the device). */
@@ -87,7 +89,49 @@ static int upsample_nearest_cuda(struct cuda_ctx *ctx, struct tensor *dst, struc
     return 0;
 }
 
+/* ===== UPSAMPLE_NEAREST, channels last: [B, h, w, C] -> [B, ho, wo, C], whole pixels =====
+ * The same source index rule; element i of y is unit k of pixel i / cu, where a pixel is cu
+ * units U: 16-byte vectors (uint4) when a pixel's bytes are a multiple of 16 and both buffers
+ * are 16-byte aligned, else single elements of T. */
+
+template <typename U>
+__global__ void upsample_nearest_nhwc(U *y, const U *a, int64_t h, int64_t w, int64_t ho, int64_t wo, int64_t cu,
+                                      float sh, float sw, int64_t n) {
+    GRID_STRIDE(i, n) {
+        int64_t pix = i / cu, k = i - pix * cu;
+        int64_t ox = pix % wo, oy = (pix / wo) % ho, img = pix / (wo * ho);
+        int64_t iy = (int64_t)floorf((float)oy * sh), ix = (int64_t)floorf((float)ox * sw);
+        if (iy > h - 1) iy = h - 1;
+        if (ix > w - 1) ix = w - 1;
+        y[i] = a[((img * h + iy) * w + ix) * cu + k];
+    }
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+template <typename T>
+static int upsample_nearest_nhwc_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
+    const struct tensor *ta = dst->src[0];
+    int64_t h = ta->shape[1], w = ta->shape[2], c = ta->shape[3], ho = dst->shape[1], wo = dst->shape[2];
+    int64_t n = cuda_numel(dst);
+    if (n == 0) return 0;
+    float sh = (float)h / (float)ho, sw = (float)w / (float)wo;
+    if ((c * (int64_t)sizeof(T)) % 16 == 0 && aligned16(dst->data) && aligned16(ta->data)) {
+        int64_t cu = c * (int64_t)sizeof(T) / 16, nu = n / c * cu;
+        upsample_nearest_nhwc<uint4><<<grid_for(nu), THREADS, 0, ctx->stream>>>(
+            (uint4 *)dst->data, (const uint4 *)ta->data, h, w, ho, wo, cu, sh, sw, nu);
+    } else {
+        upsample_nearest_nhwc<T><<<grid_for(n), THREADS, 0, ctx->stream>>>((T *)dst->data, (const T *)ta->data, h, w,
+                                                                           ho, wo, c, sh, sw, n);
+    }
+    CUDA_TRY_LAUNCH();
+    return 0;
+}
+
 int cuda_op_upsample_nearest(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
+    if (dst->ip[0]) {
+        CUDA_DISPATCH(dst->dtype, upsample_nearest_nhwc_cuda<T>(ctx, dst, err));
+    }
     CUDA_DISPATCH(dst->dtype, upsample_nearest_cuda<T>(ctx, dst, err));
 }
 

@@ -16,7 +16,13 @@
  * partials itself in a fixed order (deterministic, no atomics) and writes
  * y = (x - mean) * rstd * w + b (SiLU optional). LayerNorm when C % 8 == 0, C <= 2048 and
  * every pointer is 16-byte aligned: one warp per row, the row held in registers, mean then
- * squared deviations from it (two passes over registers, one read of global memory). */
+ * squared deviations from it (two passes over registers, one read of global memory).
+ * CHANNELS LAST (ip[2]: x [B, ..., C], groups split the last dim): any dtype or shape takes the
+ * chunked double-precision path with a strided index (three launches). F16/BF16 with C % 8 == 0,
+ * C <= 4096 and x, y 16-byte aligned take a vector path over a grid (chunk of positions, image):
+ * per-channel Welford in registers (a vector may straddle two groups), merged in fixed orders
+ * into per-(group, chunk) partials; a small finalize launch turns them into (mean, rstd) per
+ * group; the apply streams 128-bit vectors with per-thread per-channel scale and shift. */
 #include "tensor/cuda/cuda.cuh"
 
 #include <type_traits>
@@ -430,7 +436,346 @@ static int group_norm_entry(struct cuda_ctx *ctx, struct tensor *dst, struct err
     return group_norm_cuda<T>(y, x, w, b, nb, c, groups, spatial, dst->fp[0], dst->ip[1] != 0, ctx->stream, err);
 }
 
+/* ===== GroupNorm, channels last: x [B, P, C], group g = channels [g*cpg, (g+1)*cpg) of every position =====
+ * Any dtype and shape (F32 always): the chunked double-precision path above with a strided
+ * index -- element i of a group is channel i % cpg of position i / cpg. Grid (chunk, b * G):
+ * partial sums, partial squared deviations from the mean, then y; one chunk for small groups. */
+
+/* Offset of element i of a group from the group's first channel at position 0. */
+__device__ __forceinline__ int64_t nhwc_offset(int64_t i, int64_t cpg, int64_t c) {
+    int64_t pos = i / cpg;
+    return pos * c + (i - pos * cpg);
+}
+
+/* pass 0: sum of the chunk -> psum; pass 1: sum of (x - mean_f)^2 -> psq */
+template <typename T, int PASS>
+__global__ void group_norm_nhwc_partial(const T *x, double *psum, double *psq, int64_t p, int64_t c, int64_t groups,
+                                        int chunks) {
+    const int64_t bg = blockIdx.y, img = bg / groups, g = bg % groups, cpg = c / groups, gsize = p * cpg;
+    const int chunk = blockIdx.x;
+    const int64_t per = (gsize + chunks - 1) / chunks, i0 = chunk * per, i1 = i0 + per < gsize ? i0 + per : gsize;
+    const T *xg = x + img * p * c + g * cpg;
+    float mf = 0.0f;
+    if (PASS == 1) mf = (float)(block_ordered_sum(psum + bg * chunks, chunks) / (double)gsize);
+    double s = 0;
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+        float v = cuda_to_f32(xg[nhwc_offset(i, cpg, c)]);
+        if (PASS == 0) {
+            s += v;
+        } else {
+            double d = (double)(v - mf);
+            s += d * d;
+        }
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) (PASS == 0 ? psum : psq)[bg * chunks + chunk] = s;
+}
+
+template <typename T>
+__global__ void group_norm_nhwc_apply(T *y, const T *x, const T *w, const T *b, const double *psum,
+                                      const double *psq, int64_t p, int64_t c, int64_t groups, int chunks, double eps,
+                                      int silu) {
+    const int64_t bg = blockIdx.y, img = bg / groups, g = bg % groups, cpg = c / groups, gsize = p * cpg;
+    const int chunk = blockIdx.x;
+    double m = block_ordered_sum(psum + bg * chunks, chunks) / (double)gsize;
+    float mf = (float)m;
+    double var = block_ordered_sum(psq + bg * chunks, chunks) / (double)gsize - (m - mf) * (m - mf);
+    double rstd = 1.0 / sqrt((var > 0 ? var : 0) + eps);
+    const int64_t per = (gsize + chunks - 1) / chunks, i0 = chunk * per, i1 = i0 + per < gsize ? i0 + per : gsize;
+    const T *xg = x + img * p * c + g * cpg;
+    T *yg = y + img * p * c + g * cpg;
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+        const int64_t pos = i / cpg, k = i - pos * cpg, off = pos * c + k;
+        /* scale and shift in double, as the NCHW path and the CPU */
+        double scale = rstd * (w ? (double)cuda_to_f32(w[g * cpg + k]) : 1.0);
+        double shift = (b ? (double)cuda_to_f32(b[g * cpg + k]) : 0.0) - m * scale;
+        float v = cuda_to_f32(xg[off]) * (float)scale + (float)shift;
+        if (silu) v = v / (1.0f + expf(-v));
+        yg[off] = cuda_from_f32<T>(v);
+    }
+}
+
+template <typename T>
+static int group_norm_nhwc_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T *w, const T *b, int64_t nb,
+                                int64_t p, int64_t c, int64_t groups, float eps, bool silu, struct err *err) {
+    const int64_t nbg = nb * groups, gsize = c / groups * p;
+    int chunks = (int)((gsize + GN_CHUNK_MIN - 1) / GN_CHUNK_MIN);
+    if (chunks > GN_CHUNKS_MAX) chunks = GN_CHUNKS_MAX;
+    if (chunks < 1) chunks = 1;
+    int rc = 0;
+    double *part = (double *)cuda__work(ctx, (size_t)(2 * nbg * chunks) * sizeof(double),
+                                        "group_norm (channels last) statistics", &rc, err);
+    if (!part) return rc;
+    double *psum = part, *psq = part + nbg * chunks;
+    dim3 grid((unsigned)chunks, (unsigned)nbg);
+    group_norm_nhwc_partial<T, 0><<<grid, GN_THREADS, 0, ctx->stream>>>(x, psum, psq, p, c, groups, chunks);
+    CUDA_TRY_LAUNCH();
+    group_norm_nhwc_partial<T, 1><<<grid, GN_THREADS, 0, ctx->stream>>>(x, psum, psq, p, c, groups, chunks);
+    CUDA_TRY_LAUNCH();
+    group_norm_nhwc_apply<T><<<grid, GN_THREADS, 0, ctx->stream>>>(y, x, w, b, psum, psq, p, c, groups, chunks, eps,
+                                                                  silu ? 1 : 0);
+    CUDA_TRY_LAUNCH();
+    return 0;
+}
+
+/* ===== GroupNorm, channels last, F16/BF16: per-channel statistics, groups, then apply =====
+ * x [B, P, C] with C % 8 == 0 is P rows of nv = C / 8 vectors; a vector (8 channels) may
+ * straddle two groups, so statistics are kept per channel and only then merged into groups.
+ * A block of the grid (chunk, B) owns rows [chunk * per, min((chunk + 1) * per, P)) of its
+ * image. Its threads form `lanes` row lanes of nv columns: thread t owns vector column t % nv
+ * and rows r0 + t / nv, + lanes, ... (a block's loads and stores are contiguous).
+ * 1. stats: per-thread Welford per channel (8 (mean, M2) and one count) in registers; lane 0
+ *    merges the other lanes' states (Chan, in lane order, through shared memory); the block's
+ *    per-channel (mean, M2) go to shared memory and S lanes of a warp merge group g's channels
+ *    (equal counts: the mean of the means, then sum M2 + rows * sum (mean_ch - mean_g)^2; fixed
+ *    xor trees) into one (n, mean, M2) per (image, group, chunk) in ctx->work.
+ * 2. finalize: one warp per (image, group) merges its chunks (lane-strided, then a fixed
+ *    shuffle tree) into (mean, rstd). A launch of its own, so that the apply blocks do not each
+ *    re-read every partial (B * G * chunks^2 reads).
+ * 3. apply: each thread takes mean, scale = rstd * w and shift = b for its 8 channels once,
+ *    then streams its rows: y = (x - mean) * scale + shift (SiLU optional).
+ * No atomics: the result does not depend on scheduling. */
+
+#define GNN_THREADS 256        /* threads per block when a row has fewer vectors (else one per vector) */
+#define GNN_C_MAX 4096         /* channels at most (one row's vectors fit one block; shared memory) */
+#define GNN_BLOCK_MAX 512      /* = GNN_C_MAX / VEC: the largest block */
+#define GNN_UNROLL 4           /* rows each thread loads before it uses them */
+#define GNN_TARGET_BLOCKS 264  /* two blocks per SM of an H100 (132 SMs) */
+#define GNN_ROWS_MIN 8         /* rows per chunk at least */
+#define GNN_CHUNKS_MAX 1024
+#define GNN_FIN_WARPS 8        /* groups per finalize block */
+
+extern __shared__ float gnn_smem[]; /* the stats kernel's dynamic shared memory */
+
+template <typename T>
+__global__ void __launch_bounds__(GNN_BLOCK_MAX)
+    group_norm_nhwc_stats_vec(const T *__restrict__ x, float *__restrict__ part, int p, int nv, int lanes, int per,
+                              int chunks, int groups, int cpg) {
+    const int t = threadIdx.x, tb = blockDim.x, col = t % nv, lane = t / nv;
+    const int chunk = blockIdx.x, img = blockIdx.y;
+    const int r0 = chunk * per, r1 = min(r0 + per, p);
+    const uint4 *xv = reinterpret_cast<const uint4 *>(x) + (int64_t)img * p * nv + col;
+    float n = 0.0f, m[VEC], q[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; e++) m[e] = q[e] = 0.0f;
+    if (lane < lanes) {
+        for (int r = r0 + lane; r < r1; r += lanes * GNN_UNROLL) {
+            uint4 u[GNN_UNROLL];
+#pragma unroll
+            for (int k = 0; k < GNN_UNROLL; k++)
+                if (r + k * lanes < r1) u[k] = __ldg(xv + (int64_t)(r + k * lanes) * nv);
+#pragma unroll
+            for (int k = 0; k < GNN_UNROLL; k++) {
+                if (r + k * lanes < r1) {
+                    float f[VEC];
+                    vec_to_f32(u[k], T(), f);
+                    n += 1.0f;
+                    const float inv = __frcp_rn(n);
+#pragma unroll
+                    for (int e = 0; e < VEC; e++) {
+                        const float d = f[e] - m[e];
+                        m[e] = fmaf(d, inv, m[e]);
+                        q[e] = fmaf(d, f[e] - m[e], q[e]);
+                    }
+                }
+            }
+        }
+    }
+    if (lanes > 1) {
+        /* [tb] counts, then [VEC][tb] means and [VEC][tb] M2s: 17 * tb floats */
+        float *sn = gnn_smem, *sm = gnn_smem + tb, *sq = gnn_smem + (1 + VEC) * tb;
+        sn[t] = n;
+#pragma unroll
+        for (int e = 0; e < VEC; e++) {
+            sm[e * tb + t] = m[e];
+            sq[e * tb + t] = q[e];
+        }
+        __syncthreads();
+        if (lane == 0) {
+            for (int l = 1; l < lanes; l++) {
+                const int s = l * nv + col;
+                const float nb = sn[s], nn = n + nb, f = nb > 0.0f ? nb / nn : 0.0f;
+#pragma unroll
+                for (int e = 0; e < VEC; e++) {
+                    const float d = sm[e * tb + s] - m[e];
+                    m[e] += d * f;
+                    q[e] += sq[e * tb + s] + d * d * n * f;
+                }
+                n = nn;
+            }
+        }
+        __syncthreads(); /* the states are read: the channels reuse the memory */
+    }
+    /* per channel: mean [C], then M2 [C], every channel over the chunk's r1 - r0 rows */
+    float *cm = gnn_smem, *cq = gnn_smem + nv * VEC;
+    if (lane == 0) {
+#pragma unroll
+        for (int e = 0; e < VEC; e++) {
+            cm[col * VEC + e] = m[e];
+            cq[col * VEC + e] = q[e];
+        }
+    }
+    __syncthreads();
+    /* groups: S lanes of one warp per group (S a power of two, S * groups <= tb where it can be),
+     * each summing channels j, j + S, ..; an xor tree gives all S lanes the same sums */
+    int S = 1;
+    while (S < 32 && 2 * S * groups <= tb) S *= 2;
+    const float rows = (float)(r1 - r0);
+    for (int i0 = 0; i0 < groups * S; i0 += tb) { /* block-uniform: whole warps shuffle */
+        const int i = i0 + t, g = i / S, j = i % S;
+        const bool ok = g < groups;
+        const float *gm = cm + g * cpg, *gq = cq + g * cpg;
+        float s = 0.0f;
+        if (ok)
+            for (int k = j; k < cpg; k += S) s += gm[k];
+        for (int o = 1; o < S; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        const float mean = s / (float)cpg;
+        float m2 = 0.0f, dev = 0.0f;
+        if (ok) {
+            for (int k = j; k < cpg; k += S) {
+                const float d = gm[k] - mean;
+                dev += d * d;
+                m2 += gq[k];
+            }
+        }
+        for (int o = 1; o < S; o <<= 1) {
+            dev += __shfl_xor_sync(0xffffffffu, dev, o);
+            m2 += __shfl_xor_sync(0xffffffffu, m2, o);
+        }
+        if (ok && j == 0) {
+            float *out = part + (((int64_t)img * groups + g) * chunks + chunk) * 3;
+            out[0] = rows * (float)cpg;
+            out[1] = mean;
+            out[2] = m2 + rows * dev;
+        }
+    }
+}
+
+/* stat [B, G, 2] = (mean, rstd) from part [B, G, chunks, 3]; grid (ceil(G / 8), B), a warp per group. */
+__global__ void __launch_bounds__(GNN_FIN_WARPS * 32)
+    group_norm_nhwc_finalize(const float *__restrict__ part, float *__restrict__ stat, int groups, int chunks,
+                             float eps) {
+    const int g = blockIdx.x * GNN_FIN_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (g >= groups) return; /* the whole warp */
+    const int64_t bg = (int64_t)blockIdx.y * groups + g;
+    const float *pp = part + bg * chunks * 3;
+    float n = 0.0f, m = 0.0f, q = 0.0f;
+    for (int i = lane; i < chunks; i += 32) welford_merge(n, m, q, pp[3 * i], pp[3 * i + 1], pp[3 * i + 2]);
+    welford_warp(n, m, q);
+    if (lane == 0) {
+        const float var = n > 0.0f ? q / n : 0.0f;
+        stat[2 * bg] = m;
+        stat[2 * bg + 1] = 1.0f / sqrtf((var > 0.0f ? var : 0.0f) + eps);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GNN_BLOCK_MAX)
+    group_norm_nhwc_apply_vec(T *y, const T *x, const T *w, const T *b, const float *__restrict__ stat, int p, int nv,
+                              int lanes, int per, int groups, int cpg, int silu) {
+    const int t = threadIdx.x, col = t % nv, lane = t / nv;
+    if (lane >= lanes) return; /* padding threads of the last warp (no barrier below) */
+    const int chunk = blockIdx.x, img = blockIdx.y;
+    const int r0 = chunk * per, r1 = min(r0 + per, p);
+    const float *st = stat + (int64_t)img * groups * 2;
+    float mean[VEC], scale[VEC], shift[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; e++) {
+        const int ch = col * VEC + e, g = ch / cpg;
+        mean[e] = st[2 * g];
+        scale[e] = st[2 * g + 1] * (w ? cuda_to_f32(w[ch]) : 1.0f);
+        shift[e] = b ? cuda_to_f32(b[ch]) : 0.0f;
+    }
+    const int64_t base = (int64_t)img * p * nv + col;
+    const uint4 *xv = reinterpret_cast<const uint4 *>(x) + base;
+    uint4 *yv = reinterpret_cast<uint4 *>(y) + base;
+    for (int r = r0 + lane; r < r1; r += lanes * GNN_UNROLL) {
+        uint4 u[GNN_UNROLL];
+#pragma unroll
+        for (int k = 0; k < GNN_UNROLL; k++)
+            if (r + k * lanes < r1) u[k] = xv[(int64_t)(r + k * lanes) * nv];
+#pragma unroll
+        for (int k = 0; k < GNN_UNROLL; k++) {
+            if (r + k * lanes < r1) {
+                float f[VEC];
+                vec_to_f32(u[k], T(), f);
+#pragma unroll
+                for (int e = 0; e < VEC; e++) {
+                    const float v = (f[e] - mean[e]) * scale[e] + shift[e];
+                    f[e] = silu ? silu_fast(v) : v;
+                }
+                yv[(int64_t)(r + k * lanes) * nv] = vec_from_f32(f, T());
+            }
+        }
+    }
+}
+
+/* True when the channels-last fast path takes this GroupNorm (T is F16 or BF16). */
+static bool group_norm_nhwc_vec_ok(const void *y, const void *x, int64_t nb, int64_t p, int64_t c) {
+    return c % VEC == 0 && c <= GNN_C_MAX && p < ((int64_t)1 << 30) && nb <= 65535 && is_aligned16(x) &&
+           is_aligned16(y);
+}
+
+template <typename T>
+static int group_norm_nhwc_vec_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T *w, const T *b, int64_t nb,
+                                    int64_t p, int64_t c, int64_t groups, float eps, bool silu, struct err *err) {
+    const int nv = (int)(c / VEC), cpg = (int)(c / groups);
+    const int lanes = nv >= GNN_THREADS ? 1 : GNN_THREADS / nv;
+    const int tb = (nv * lanes + 31) / 32 * 32; /* <= GNN_BLOCK_MAX: nv <= 512, or nv * lanes <= 256 */
+    /* about GNN_TARGET_BLOCKS blocks in all, of GNN_ROWS_MIN rows at least */
+    int64_t chunks = (GNN_TARGET_BLOCKS + nb - 1) / nb;
+    const int64_t by_rows = (p + GNN_ROWS_MIN - 1) / GNN_ROWS_MIN;
+    if (chunks > by_rows) chunks = by_rows;
+    if (chunks > GNN_CHUNKS_MAX) chunks = GNN_CHUNKS_MAX;
+    if (chunks < 1) chunks = 1;
+    const int per = (int)((p + chunks - 1) / chunks);
+    chunks = (p + per - 1) / per; /* no empty chunk */
+    const int64_t nbg = nb * groups;
+    const size_t stat_floats = (size_t)(2 * nbg), part_floats = (size_t)(3 * nbg * chunks);
+    int rc = 0;
+    float *stat = (float *)cuda__work(ctx, (stat_floats + part_floats) * sizeof(float),
+                                      "group_norm (channels last) statistics", &rc, err);
+    if (!stat) return rc;
+    float *part = stat + stat_floats;
+    /* shared memory: the lanes' states (17 floats a thread) or the channels' (mean, M2) */
+    const size_t states = lanes > 1 ? (size_t)(1 + 2 * VEC) * tb : 0, channels = (size_t)2 * c;
+    const size_t smem = (states > channels ? states : channels) * sizeof(float); /* <= 32 KiB */
+    const dim3 grid((unsigned)chunks, (unsigned)nb);
+    group_norm_nhwc_stats_vec<T><<<grid, tb, smem, ctx->stream>>>(x, part, (int)p, nv, lanes, per, (int)chunks,
+                                                                   (int)groups, cpg);
+    CUDA_TRY_LAUNCH();
+    const dim3 fgrid((unsigned)((groups + GNN_FIN_WARPS - 1) / GNN_FIN_WARPS), (unsigned)nb);
+    group_norm_nhwc_finalize<<<fgrid, GNN_FIN_WARPS * 32, 0, ctx->stream>>>(part, stat, (int)groups, (int)chunks, eps);
+    CUDA_TRY_LAUNCH();
+    group_norm_nhwc_apply_vec<T><<<grid, tb, 0, ctx->stream>>>(y, x, w, b, stat, (int)p, nv, lanes, per, (int)groups,
+                                                               cpg, silu ? 1 : 0);
+    CUDA_TRY_LAUNCH();
+    return 0;
+}
+
+template <typename T>
+static int group_norm_nhwc_entry(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
+    const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
+    int64_t nb = tx->shape[0], c = tx->shape[tx->ndim - 1], groups = dst->ip[0];
+    int64_t p = nb * c != 0 ? cuda_numel(tx) / (nb * c) : 0;
+    if (nb * groups == 0 || c * p == 0) return 0;
+    if (nb * groups > 65535)
+        return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda group_norm (channels last): %lld groups exceed the grid",
+                       (long long)(nb * groups));
+    T *y = (T *)dst->data;
+    const T *x = (const T *)tx->data, *w = tw ? (const T *)tw->data : NULL;
+    const T *b = tb ? (const T *)tb->data : NULL;
+    if constexpr (!std::is_same<T, float>::value) {
+        if (group_norm_nhwc_vec_ok(y, x, nb, p, c))
+            return group_norm_nhwc_vec_cuda<T>(ctx, y, x, w, b, nb, p, c, groups, dst->fp[0], dst->ip[1] != 0, err);
+    }
+    return group_norm_nhwc_cuda<T>(ctx, y, x, w, b, nb, p, c, groups, dst->fp[0], dst->ip[1] != 0, err);
+}
+
 int cuda_op_group_norm(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
+    if (dst->ip[2]) {
+        CUDA_DISPATCH(dst->dtype, group_norm_nhwc_entry<T>(ctx, dst, err));
+    }
     CUDA_DISPATCH(dst->dtype, group_norm_entry<T>(ctx, dst, err));
 }
 
