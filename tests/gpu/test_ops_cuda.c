@@ -6,6 +6,8 @@
  * random inputs, and checks max |cuda - cpu| / max |cpu| against the case's tolerance.
  * Shapes are SD1.5 layers at small spatial sizes plus edge cases (odd sizes, asymmetric
  * padding, broadcasting, causal masks, query counts that are not a multiple of a block).
+ * The channels-last ops (op_conv2d_nhwc, op_group_norm_nhwc, op_upsample_nearest_nhwc_to:
+ * the UNet's layout on CUDA) have tables of their own (test_*_nhwc).
  * test_sd_scale adds full SD1.5 sizes (skipped when KILN_GPU_SKIP_LARGE is set).
  * DTYPES. Every case runs in F32, F16 and BF16. For T = F16/BF16 the CUDA graph casts the F32
  * inputs to T on the device (op_cast), runs the op in T and casts the output to F32; the CPU
@@ -274,8 +276,14 @@ static struct tensor *b_linear(struct tctx *c, struct tensor **in, const struct 
 static struct tensor *b_conv(struct tctx *c, struct tensor **in, const struct ocase *k) {
     return op_conv2d_pad(c, in[0], in[1], in[2], k->ip[0], k->ip[1], k->ip[2], k->ip[3], k->ip[4]);
 }
+static struct tensor *b_conv_nhwc(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_conv2d_nhwc(c, in[0], in[1], in[2], k->ip[0], k->ip[1]);
+}
 static struct tensor *b_gn(struct tctx *c, struct tensor **in, const struct ocase *k) {
     return op_group_norm(c, in[0], in[1], in[2], k->ip[0], k->fp[0], k->ip[1] != 0);
+}
+static struct tensor *b_gn_nhwc(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_group_norm_nhwc(c, in[0], in[1], in[2], k->ip[0], k->fp[0], k->ip[1] != 0);
 }
 static struct tensor *b_ln(struct tctx *c, struct tensor **in, const struct ocase *k) {
     return op_layer_norm(c, in[0], in[1], in[2], k->fp[0]);
@@ -288,6 +296,9 @@ static struct tensor *b_transpose(struct tctx *c, struct tensor **in, const stru
 }
 static struct tensor *b_upsample(struct tctx *c, struct tensor **in, const struct ocase *k) {
     return op_upsample_nearest_to(c, in[0], k->ip[0], k->ip[1]);
+}
+static struct tensor *b_up_nhwc(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_upsample_nearest_nhwc_to(c, in[0], k->ip[0], k->ip[1]);
 }
 static struct tensor *b_concat(struct tctx *c, struct tensor **in, const struct ocase *k) {
     return op_concat(c, in[0], in[1], k->ip[0]);
@@ -358,6 +369,23 @@ static void test_conv2d(void **state) {
     run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
 }
 
+/* Channels last: x [B, H, W, C], w [O, kh, kw, C] -> [B, H', W', O] (the UNet's layout on CUDA):
+ * SD's 3x3 and 1x1 convs, the 4-channel input conv, a stride-2 downsample of odd size, no bias,
+ * and the widest up-block input (2560 channels). */
+static void test_conv2d_nhwc(void **state) {
+    GPU_OR_SKIP();
+    /* ip: stride, pad (all sides) */
+    const struct ocase ks[] = {
+        {"conv nhwc [2,16,16,320] 3x3 ->320", b_conv_nhwc, 3, {IN(2, 16, 16, 320), IN(320, 3, 3, 320), IN(320)}, -1, 1, {1, 1}, {0}},
+        {"conv nhwc down [1,17,15,64] 3x3 s2", b_conv_nhwc, 3, {IN(1, 17, 15, 64), IN(64, 3, 3, 64), IN(64)}, -1, 1, {2, 1}, {0}},
+        {"conv nhwc in [2,16,16,4] 3x3 ->320", b_conv_nhwc, 3, {IN(2, 16, 16, 4), IN(320, 3, 3, 4), IN(320)}, -1, 1, {1, 1}, {0}},
+        {"conv nhwc 1x1 [2,8,8,320] ->640", b_conv_nhwc, 3, {IN(2, 8, 8, 320), IN(640, 1, 1, 320), IN(640)}, -1, 1, {1, 0}, {0}},
+        {"conv nhwc odd [1,13,11,3] 3x3 ->5 no bias", b_conv_nhwc, 3, {IN(1, 13, 11, 3), IN(5, 3, 3, 3), NOIN}, -1, 1, {1, 1}, {0}},
+        {"conv nhwc [2,8,8,2560] 3x3 ->1280", b_conv_nhwc, 3, {IN(2, 8, 8, 2560), IN(1280, 3, 3, 2560), IN(1280)}, -1, 1, {1, 1}, {0}},
+    };
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
+}
+
 static void test_norms(void **state) {
     GPU_OR_SKIP();
     /* group norm ip: groups, silu; fp: eps */
@@ -392,6 +420,31 @@ static void test_norms(void **state) {
         {"layer_norm C 2048 [2,3,2048]", b_ln, 3, {IN(2, 3, 2048), IN(2048), IN(2048)}, -2, 3, {0}, {1e-5f}},
         {"layer_norm odd C [3,17,100]", b_ln, 3, {IN(3, 17, 100), IN(100), IN(100)}, -2, 3, {0}, {1e-5f}},
         {"layer_norm C 2560 [2,5,2560]", b_ln, 3, {IN(2, 5, 2560), IN(2560), IN(2560)}, -2, 3, {0}, {1e-5f}},
+    };
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_MAP);
+}
+
+/* GroupNorm over channels-last x [B, ..., C]. F16/BF16 take the vector path when C % 8 == 0:
+ * SD widths with 10..80 channels per group (a vector of 8 channels straddles two groups when
+ * C / 32 is not a multiple of 8), chunks of positions at B = 1 and 2, a mean of 100, 3-d x,
+ * odd positions, no affine; C % 8 != 0 and F32 take the double-precision path (one chunk, and
+ * several for a large group). */
+static void test_norms_nhwc(void **state) {
+    GPU_OR_SKIP();
+    /* ip: groups, silu; fp: eps */
+    const struct ocase ks[] = {
+        {"gn nhwc [2,64,64,320] g32+silu", b_gn_nhwc, 3, {IN(2, 64, 64, 320), IN(320), IN(320)}, -2, 3, {32, 1}, {1e-5f}},
+        {"gn nhwc [1,16,16,640] g32", b_gn_nhwc, 3, {IN(1, 16, 16, 640), IN(640), IN(640)}, -2, 3, {32, 0}, {1e-5f}},
+        {"gn nhwc concat [2,8,8,2560] g32+silu", b_gn_nhwc, 3, {IN(2, 8, 8, 2560), IN(2560), IN(2560)}, -2, 3, {32, 1}, {1e-5f}},
+        {"gn nhwc odd [1,7,5,32] g8", b_gn_nhwc, 3, {IN(1, 7, 5, 32), IN(32), IN(32)}, -2, 3, {8, 0}, {1e-5f}},
+        {"gn nhwc no affine [2,6,6,64] g32", b_gn_nhwc, 3, {IN(2, 6, 6, 64), NOIN, NOIN}, -2, 3, {32, 0}, {1e-5f}},
+        {"gn nhwc offset mean [1,32,32,64] g32", b_gn_nhwc, 3, {IN(1, 32, 32, 64), IN(64), IN(64)}, 99, 101, {32, 0}, {1e-5f}},
+        {"gn nhwc offset mean [2,32,32,320] g32+silu", b_gn_nhwc, 3, {IN(2, 32, 32, 320), IN(320), IN(320)}, 99, 101, {32, 1}, {1e-5f}},
+        {"gn nhwc [1,32,32,1920] g32", b_gn_nhwc, 3, {IN(1, 32, 32, 1920), IN(1920), IN(1920)}, -2, 3, {32, 0}, {1e-5f}},
+        {"gn nhwc 3-d [1,4096,320] g32", b_gn_nhwc, 3, {IN(1, 4096, 320), IN(320), IN(320)}, -2, 3, {32, 0}, {1e-6f}},
+        {"gn nhwc C%8 [2,9,7,36] g6+silu", b_gn_nhwc, 3, {IN(2, 9, 7, 36), IN(36), IN(36)}, -2, 3, {6, 1}, {1e-5f}},
+        {"gn nhwc C%8 chunked [1,64,64,36] g6 w only", b_gn_nhwc, 3, {IN(1, 64, 64, 36), IN(36), NOIN}, -2, 3, {6, 0}, {1e-5f}},
+        {"gn nhwc C 8 g1 b only [3,5,8]", b_gn_nhwc, 3, {IN(3, 5, 8), NOIN, IN(8)}, -2, 3, {1, 0}, {1e-5f}},
     };
     run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_MAP);
 }
@@ -492,6 +545,21 @@ static void test_layout(void **state) {
         {"concat dim1 [2,77,768]+[2,5,768]", b_concat, 2, {IN(2, 77, 768), IN(2, 5, 768)}, -1, 1, {1}, {0}},
         {"concat dim3 [2,3,4,5]+[2,3,4,2]", b_concat, 2, {IN(2, 3, 4, 5), IN(2, 3, 4, 2)}, -1, 1, {3}, {0}},
         {"get_rows [1000,128] by [2,77]", b_get_rows, 2, {IN(1000, 128), {DTYPE_I32, 2, {2, 77}, 1000}}, -1, 1, {0}, {0}},
+    };
+    run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_COPY);
+}
+
+/* Channels-last nearest resize [B, H, W, C] -> [B, h, w, C]: 16-byte pixels (every dtype at
+ * C = 1280; F16/BF16 only at C = 8) and element copies (C = 6 and 3), integer and
+ * non-integer factors. */
+static void test_layout_nhwc(void **state) {
+    GPU_OR_SKIP();
+    /* ip: output height, width */
+    const struct ocase ks[] = {
+        {"upsample nhwc x2 [2,8,8,1280]", b_up_nhwc, 1, {IN(2, 8, 8, 1280)}, -1, 1, {16, 16}, {0}},
+        {"upsample nhwc x2 [1,5,7,6]", b_up_nhwc, 1, {IN(1, 5, 7, 6)}, -1, 1, {10, 14}, {0}},
+        {"upsample nhwc to 7x9 [1,5,7,3]", b_up_nhwc, 1, {IN(1, 5, 7, 3)}, -1, 1, {7, 9}, {0}},
+        {"upsample nhwc to 7x9 [1,5,7,8]", b_up_nhwc, 1, {IN(1, 5, 7, 8)}, -1, 1, {7, 9}, {0}},
     };
     run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_COPY);
 }
@@ -702,9 +770,11 @@ static void test_device_errors(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_elementwise),   cmocka_unit_test(test_linear),
-        cmocka_unit_test(test_conv2d),        cmocka_unit_test(test_norms),
+        cmocka_unit_test(test_conv2d),        cmocka_unit_test(test_conv2d_nhwc),
+        cmocka_unit_test(test_norms),         cmocka_unit_test(test_norms_nhwc),
         cmocka_unit_test(test_attention),     cmocka_unit_test(test_attention_flash),
         cmocka_unit_test(test_attention_flash_sd), cmocka_unit_test(test_layout),
+        cmocka_unit_test(test_layout_nhwc),
         cmocka_unit_test(test_sd_scale),      cmocka_unit_test(test_cast),
         cmocka_unit_test(test_get_rows_bad_id), cmocka_unit_test(test_device_errors),
     };
