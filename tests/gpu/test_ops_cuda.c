@@ -279,6 +279,21 @@ static struct tensor *b_conv(struct tctx *c, struct tensor **in, const struct oc
 static struct tensor *b_conv_nhwc(struct tctx *c, struct tensor **in, const struct ocase *k) {
     return op_conv2d_nhwc(c, in[0], in[1], in[2], k->ip[0], k->ip[1]);
 }
+static struct tensor *b_conv_nhwc_pad(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_conv2d_nhwc_pad(c, in[0], in[1], in[2], k->ip[0], k->ip[1], k->ip[2], k->ip[3], k->ip[4]);
+}
+/* op_add_fused: the residual in[3] rides on the product recorded just before (the kernels' own
+ * path, checked against the CPU's product + separate add) */
+static struct tensor *b_linear_res(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    struct tensor *y = op_linear(c, in[0], in[1], in[2]), *r = op_add_fused(c, y, in[3]);
+    return r == y && y->src[3] == in[3] ? r : tctx_fail(c, STATUS_ERR_INTERNAL, "residual not fused");
+}
+static struct tensor *b_conv_res(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    struct tensor *y = k->ip[5] ? op_conv2d_nhwc(c, in[0], in[1], in[2], k->ip[0], k->ip[1])
+                                : op_conv2d(c, in[0], in[1], in[2], k->ip[0], k->ip[1]);
+    struct tensor *r = op_add_fused(c, y, in[3]);
+    return r == y && y->src[3] == in[3] ? r : tctx_fail(c, STATUS_ERR_INTERNAL, "residual not fused");
+}
 static struct tensor *b_gn(struct tctx *c, struct tensor **in, const struct ocase *k) {
     return op_group_norm(c, in[0], in[1], in[2], k->ip[0], k->fp[0], k->ip[1] != 0);
 }
@@ -382,6 +397,16 @@ static void test_conv2d_nhwc(void **state) {
         {"conv nhwc 1x1 [2,8,8,320] ->640", b_conv_nhwc, 3, {IN(2, 8, 8, 320), IN(640, 1, 1, 320), IN(640)}, -1, 1, {1, 0}, {0}},
         {"conv nhwc odd [1,13,11,3] 3x3 ->5 no bias", b_conv_nhwc, 3, {IN(1, 13, 11, 3), IN(5, 3, 3, 3), NOIN}, -1, 1, {1, 1}, {0}},
         {"conv nhwc [2,8,8,2560] 3x3 ->1280", b_conv_nhwc, 3, {IN(2, 8, 8, 2560), IN(1280, 3, 3, 2560), IN(1280)}, -1, 1, {1, 1}, {0}},
+        /* ip: stride, pad top, left, bottom, right (the VAE encoder's downsampling: im2col, not cuDNN) */
+        {"conv nhwc vae down [1,16,16,32] s2 pad 0,0,1,1", b_conv_nhwc_pad, 3, {IN(1, 16, 16, 32), IN(32, 3, 3, 32), IN(32)}, -1, 1, {2, 0, 0, 1, 1}, {0}},
+        /* fused residuals (op_add_fused); ip: stride, pad, -, -, -, channels last */
+        {"conv nhwc + residual [2,16,16,320]", b_conv_res, 4, {IN(2, 16, 16, 320), IN(320, 3, 3, 320), IN(320), IN(2, 16, 16, 320)}, -1, 1, {1, 1, 0, 0, 0, 1}, {0}},
+        {"conv nhwc + per-image residual [2,8,8,640]", b_conv_res, 4, {IN(2, 8, 8, 320), IN(640, 3, 3, 320), IN(640), IN(2, 1, 1, 640)}, -1, 1, {1, 1, 0, 0, 0, 1}, {0}},
+        {"conv nhwc 1x1 + residual, no bias", b_conv_res, 4, {IN(2, 8, 8, 64), IN(32, 1, 1, 64), NOIN, IN(2, 8, 8, 32)}, -1, 1, {1, 0, 0, 0, 0, 1}, {0}},
+        {"conv nchw + residual [2,64,16,16]", b_conv_res, 4, {IN(2, 64, 16, 16), IN(64, 64, 3, 3), IN(64), IN(2, 64, 16, 16)}, -1, 1, {1, 1, 0, 0, 0, 0}, {0}},
+        {"linear + residual [2,256,320]", b_linear_res, 4, {IN(2, 256, 320), IN(320, 320), IN(320), IN(2, 256, 320)}, -1, 1, {0}, {0}},
+        {"linear + residual, no bias [2,77,1280]", b_linear_res, 4, {IN(2, 77, 1280), IN(640, 1280), NOIN, IN(2, 77, 640)}, -1, 1, {0}, {0}},
+        {"linear + residual odd [3,5,7]", b_linear_res, 4, {IN(3, 5, 7), IN(9, 7), IN(9), IN(3, 5, 9)}, -1, 1, {0}, {0}},
     };
     run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_PRODUCT);
 }
