@@ -7,6 +7,7 @@
  * fill fails the image is unlisted and the sleepers retry (the next one fills). The same condition
  * variable wakes owners waiting in wstore_unpublish when a borrower returns a device copy. */
 #include "model/wstore.h"
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
@@ -89,7 +90,9 @@ int wstore_acquire(struct wstore *s, const char *key, size_t size, wstore_fill_f
     s->images = img;
     pthread_mutex_unlock(&s->mu);
 
+    double t0 = clock_now();
     int rc = fill(user, buf, size, err);
+    double t1 = clock_now();
     if (!rc && pin_for && pin_for->host_pin) {
         int prc = backend_host_pin(pin_for, buf, size);
         if (prc == 0) {
@@ -105,6 +108,10 @@ int wstore_acquire(struct wstore *s, const char *key, size_t size, wstore_fill_f
                          (double)size / 1048576.0, pin_for->name, status_str(prc));
         }
     }
+    if (!rc) /* the phases of a cold load, for docs/PERF.md's first-image figure */
+        log_info("weight store: %.1f MiB filled in %.2f s (%.0f MiB/s)%s%.2f s (%s)", (double)size / 1048576.0,
+                 t1 - t0, (double)size / 1048576.0 / (t1 - t0 > 1e-9 ? t1 - t0 : 1e-9),
+                 img->pinned_by ? ", page-locked in " : ", not page-locked, ", clock_now() - t1, key);
     pthread_mutex_lock(&s->mu);
     if (rc) {
         unlink_image(s, img);

@@ -4,7 +4,11 @@
  * each and compares the outputs with the CPU's. Opt-in (it writes a 2 GB random checkpoint and takes a while):
  * runs only when KILN_GPU_BENCH is set in the environment, else it is skipped.
  * The checkpoint is ckpt_gen's random SD 1.5 layout (sd_config_sd15), so the figures are the
- * real model's cost; the values mean nothing beyond cross-backend agreement. */
+ * real model's cost; the values mean nothing beyond cross-backend agreement.
+ * The fp16 run uses kiln's GPU storage as the server does (sd_storage_for: channels-last unless
+ * KILN_CHANNELS_LAST=0). KILN_GPU_BENCH_BATCH=N evaluates batch N instead of 2 (2 x the images of
+ * a CFG step); KILN_GPU_BENCH_F16_ONLY=1 runs the fp16 evaluation alone (profiles, other batch
+ * sizes: no fp32 or CPU run to compare with). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +20,7 @@
 #include "base/mem.h"
 #include "model/ckpt_gen.h"
 #include "model/safetensors.h"
+#include "model/sd.h"
 #include "model/unet.h"
 #include "model/wstore.h"
 #include "tensor/backend.h"
@@ -27,8 +32,8 @@
 
 /* Loads the UNet of ck on be, runs 1 warm-up + runs evaluations; returns the median seconds
  * and leaves the last output in out. */
-static double bench(struct backend *be, const struct ckpt *ck, const struct nn_storage *st, const float *x,
-                    const float *t, const float *ctx, float *out, int runs, const char *name) {
+static double bench(struct backend *be, const struct ckpt *ck, const struct nn_storage *st, int64_t batch,
+                    const float *x, const float *t, const float *ctx, float *out, int runs, const char *name) {
     struct err err = {0};
     struct unet *u = mem_calloc(1, sizeof *u);
     double l0 = clock_now();
@@ -41,7 +46,7 @@ static double bench(struct backend *be, const struct ckpt *ck, const struct nn_s
     double best[8];
     for (int r = 0; r <= runs; r++) {
         double a = clock_now();
-        if (unet_eval(&c, u, 2, 64, 64, x, t, ctx, 77, out)) fail_msg("%s: %s", name, c.err.msg);
+        if (unet_eval(&c, u, batch, 64, 64, x, t, ctx, 77, out)) fail_msg("%s: %s", name, c.err.msg);
         double s = clock_now() - a;
         printf("  %s %s: %.3f s\n", name, r ? "run" : "warm-up", s);
         if (r) best[r - 1] = s;
@@ -75,10 +80,14 @@ static void test_sd15_unet(void **state) {
     struct ckpt ck;
     if (ckpt_open(&ck, path, &err)) fail_msg("%s", err.msg);
 
-    int64_t nx = 2 * 4 * 64 * 64, nc = 2 * 77 * 768;
+    const char *bs = getenv("KILN_GPU_BENCH_BATCH"), *only = getenv("KILN_GPU_BENCH_F16_ONLY");
+    int64_t nb = bs && atoi(bs) > 0 && atoi(bs) <= 64 ? atoi(bs) : 2;
+    bool f16_only = only && only[0] == '1';
+    int64_t nx = nb * 4 * 64 * 64, nc = nb * 77 * 768;
     float *x = mem_alloc((size_t)nx * sizeof(float)), *ctx = mem_alloc((size_t)nc * sizeof(float));
     float *yg = mem_alloc((size_t)nx * sizeof(float)), *yc = mem_alloc((size_t)nx * sizeof(float));
-    float t[2] = {500.0f, 500.0f};
+    float t[64];
+    for (int i = 0; i < 64; i++) t[i] = 500.0f;
     uint64_t s = 12345;
     for (int64_t i = 0; i < nx; i++) x[i] = (float)((s = s * 6364136223846793005ULL + 1) >> 40) / (1 << 24) - 0.5f;
     for (int64_t i = 0; i < nc; i++) ctx[i] = (float)((s = s * 6364136223846793005ULL + 1) >> 40) / (1 << 24) - 0.5f;
@@ -86,25 +95,40 @@ static void test_sd15_unet(void **state) {
     struct backend *gpu = backend_cuda_new(0, &err);
     if (!gpu) fail_msg("%s", err.msg);
     float *yh = mem_alloc((size_t)nx * sizeof(float));
-    double g = bench(gpu, &ck, NULL, x, t, ctx, yg, 5, "cuda fp32");
+    double g = f16_only ? 0 : bench(gpu, &ck, NULL, nb, x, t, ctx, yg, 5, "cuda fp32");
     /* the GPU's storage: fp16 weights and activations, through the shared host store (pinned) */
-    struct nn_storage f16 = {.dtype = DTYPE_F16, .store = wstore_global()};
+    struct nn_storage f16 = sd_storage_for(gpu, false, wstore_global()).unet;
+    assert_int_equal(f16.dtype, DTYPE_F16);
     struct backend *cpu = backend_cpu_new(0);
     struct unet *keeper = mem_calloc(1, sizeof *keeper); /* holds the host image: file -> fp16 image */
     double l0 = clock_now();
     if (unet_load(keeper, &ck, cpu, &f16, &err)) fail_msg("%s", err.msg);
     printf("  file -> fp16 host image: %.2f s\n", clock_now() - l0);
-    double h = bench(gpu, &ck, &f16, x, t, ctx, yh, 5, "cuda fp16 (from the host copy)");
+    double h = bench(gpu, &ck, &f16, nb, x, t, ctx, yh, 5,
+                     f16.channels_last ? "cuda fp16 channels-last (from the host copy)" : "cuda fp16 (from the host copy)");
     unet_deinit(keeper);
     mem_free(keeper);
     backend_free(gpu);
-    double c = bench(cpu, &ck, NULL, x, t, ctx, yc, 1, "cpu");
+    if (f16_only) {
+        printf("  SD 1.5 UNet, batch %lld, 64x64: cuda fp16 %.4f s per evaluation (%s)\n", (long long)nb, h,
+               f16.channels_last ? "channels-last" : "NCHW");
+        backend_free(cpu);
+        mem_free(yh);
+        ckpt_close(&ck);
+        unlink(path);
+        mem_free(x);
+        mem_free(ctx);
+        mem_free(yg);
+        mem_free(yc);
+        return;
+    }
+    double c = bench(cpu, &ck, NULL, nb, x, t, ctx, yc, 1, "cpu");
     backend_free(cpu);
 
     double eg = golden_rel_err(yg, yc, (size_t)nx), eh = golden_rel_err(yh, yc, (size_t)nx);
-    printf("  SD 1.5 UNet, batch 2, 64x64: cuda fp32 %.4f s, cuda fp16 %.4f s, cpu %.3f s per evaluation; "
+    printf("  SD 1.5 UNet, batch %lld, 64x64: cuda fp32 %.4f s, cuda fp16 %.4f s (%s), cpu %.3f s per evaluation; "
            "vs cpu rel err fp32 %.3g, fp16 %.3g\n",
-           g, h, c, eg, eh);
+           (long long)nb, g, h, f16.channels_last ? "channels-last" : "NCHW", c, eg, eh);
     /* fp32 on both sides agrees to ~1e-6; TF32 products (KILN_CUDA_TF32=1) to ~1e-3; fp16 weights
      * and activations (11-bit mantissa) through ~70 layers to ~1e-2 */
     const char *tf32 = getenv("KILN_CUDA_TF32");

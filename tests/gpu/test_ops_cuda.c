@@ -569,6 +569,8 @@ static void test_layout(void **state) {
         {"concat dim0 [1,77,768]+[2,77,768]", b_concat, 2, {IN(1, 77, 768), IN(2, 77, 768)}, -1, 1, {0}, {0}},
         {"concat dim1 [2,77,768]+[2,5,768]", b_concat, 2, {IN(2, 77, 768), IN(2, 5, 768)}, -1, 1, {1}, {0}},
         {"concat dim3 [2,3,4,5]+[2,3,4,2]", b_concat, 2, {IN(2, 3, 4, 5), IN(2, 3, 4, 2)}, -1, 1, {3}, {0}},
+        /* channels-last skip concatenation: 16-byte units in every dtype */
+        {"concat dim3 [2,8,8,1280]+[2,8,8,640]", b_concat, 2, {IN(2, 8, 8, 1280), IN(2, 8, 8, 640)}, -1, 1, {3}, {0}},
         {"get_rows [1000,128] by [2,77]", b_get_rows, 2, {IN(1000, 128), {DTYPE_I32, 2, {2, 77}, 1000}}, -1, 1, {0}, {0}},
     };
     run_cases(ks, (int)(sizeof ks / sizeof ks[0]), &TOL_COPY);
