@@ -86,6 +86,9 @@ static void warm_record(struct warm *w) {
     struct tensor *lb = warm_input(w, DTYPE_F32, 1, vec);      // [128]
     struct tensor *tab = warm_input(w, DTYPE_F32, 2, table);   // [64, 128]
     struct tensor *ids = warm_input(w, DTYPE_I32, 2, ids_shape); // [1, 8]
+    const int64_t img_cl[4] = {1, WARM_HW, WARM_HW, WARM_C}, k3_cl[4] = {WARM_C, 3, 3, WARM_C};
+    struct tensor *xc = warm_input(w, DTYPE_F32, 4, img_cl);   // [1, 8, 8, 32] channels-last
+    struct tensor *k3c = warm_input(w, DTYPE_F32, 4, k3_cl);   // [32, 3, 3, 32]
 
     /* image ops: ResBlock and Upsample pieces */
     warm_keep(w, op_conv2d(c, x, k3w, cb, 1, 1));              // [1, 32, 8, 8]
@@ -93,6 +96,11 @@ static void warm_record(struct warm *w) {
     warm_keep(w, op_group_norm(c, x, cb, cb, 32, 1e-5f, true)); // [1, 32, 8, 8]
     warm_keep(w, op_upsample_nearest(c, x, 2));                // [1, 32, 16, 16]
     warm_keep(w, op_concat(c, x, x, 1));                       // [1, 64, 8, 8]
+    /* the same channels-last (a GPU's UNet and VAE), a residual fused into the conv */
+    warm_keep(w, op_add_fused(c, op_conv2d_nhwc(c, xc, k3c, cb, 1, 1), xc)); // [1, 8, 8, 32]
+    warm_keep(w, op_group_norm_nhwc(c, xc, cb, cb, 32, 1e-5f, true));        // [1, 8, 8, 32]
+    warm_keep(w, op_upsample_nearest_nhwc_to(c, xc, 16, 16));                // [1, 16, 16, 32]
+    warm_keep(w, op_concat(c, xc, xc, 3));                                   // [1, 8, 8, 64]
     /* token ops: transformer block pieces */
     warm_keep(w, op_linear(c, h, lw, lb));                     // [1, 16, 128]
     warm_keep(w, op_layer_norm(c, h, lb, lb, 1e-5f));          // [1, 16, 128]
@@ -161,7 +169,7 @@ static int warm_pass(struct backend *be, enum dtype dt, int *n_run, struct err *
 }
 
 int backend_warmup(struct backend *be, struct err *err) {
-    static const enum dtype DTYPES[] = {DTYPE_F32, DTYPE_F16};
+    static const enum dtype DTYPES[] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16}; /* BF16: a GPU's VAE */
     for (size_t i = 0; i < sizeof DTYPES / sizeof DTYPES[0]; i++) {
         int n_run;
         int rc = warm_pass(be, DTYPES[i], &n_run, err);

@@ -10,9 +10,11 @@
 
 struct backend;
 
-/* Records and runs, in F32 and then in F16, one node of each op kind the models use: linear,
- * conv2d 3x3 and 1x1, group_norm with fused SiLU, layer_norm, attention causal and not, geglu,
- * gelu, add, mul, scale, transpose, upsample, concat, get_rows and cast, on tiny shapes. A node
+/* Records and runs, in F32, then F16, then BF16 (a GPU's VAE), one node of each op kind the
+ * models use: linear, conv2d 3x3 and 1x1, group_norm with fused SiLU, layer_norm, attention
+ * causal and not, geglu, gelu, add, mul, scale, transpose, upsample, concat, get_rows and cast,
+ * plus the channels-last conv2d (with a fused residual), group_norm, upsample and concat, on tiny
+ * shapes. A node
  * the backend does not support (backend_op_supported: the CPU backend computes F32 only) is
  * left out of the graph, so on a backend without F16 kernels the F16 part runs nothing but
  * casts, or nothing at all. Waits for the device to finish. Returns 0, or the negative status

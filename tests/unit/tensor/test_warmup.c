@@ -167,6 +167,7 @@ static void test_f16_when_supported(void **state) {
     assert_int_equal(backend_warmup(&be, &err), 0);
     expect_all_kinds(s, DTYPE_F32);
     expect_all_kinds(s, DTYPE_F16);
+    expect_all_kinds(s, DTYPE_BF16);
     assert_true(count(s, OP_CAST, DTYPE_F32, -1, 0) >= 1); /* F16 -> F32 at the end of the F16 pass */
     assert_int_equal(s->live_bufs, 0);
     backend_free(s->cpu);
