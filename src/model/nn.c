@@ -12,7 +12,6 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -338,21 +337,10 @@ struct fill_part {
     struct nn_loader *ld;
     char *image;
     int fd;              /* the checkpoint, opened for pread, or -1 */
-    const struct fill_order *order; /* the entries by file offset (owned by fill_image) */
-    int lo, hi;          /* this part's range of order: a contiguous stretch of the file */
+    int first, step;     /* the entries first, first + step, ... */
     int rc;
     struct err err;
 };
-
-struct fill_order {
-    const char *at; /* the tensor's bytes in the mapping: its place in the file */
-    int entry;      /* index in ld->entries */
-};
-
-static int by_file_offset(const void *a, const void *b) {
-    const char *x = ((const struct fill_order *)a)->at, *y = ((const struct fill_order *)b)->at;
-    return x < y ? -1 : x > y;
-}
 
 static void *fill_part_run(void *p) {
     struct fill_part *f = p;
@@ -363,16 +351,14 @@ static void *fill_part_run(void *p) {
         f->rc = err_set(&f->err, STATUS_ERR_NOMEM, "out of host memory converting the weights of %s", ld->ck->path);
         return NULL;
     }
-    for (int k = f->lo; k < f->hi && !f->rc; k++) {
-        const struct nn_loader_entry *e = &ld->entries[f->order[k].entry];
-        f->rc = convert_entry(ld, e, f->image + e->offset, stage, f->fd, &f->err);
-    }
+    for (int i = f->first; i < ld->n && !f->rc; i += f->step)
+        f->rc = convert_entry(ld, &ld->entries[i], f->image + ld->entries[i].offset, stage, f->fd, &f->err);
     mem_free(stage);
     return NULL;
 }
 
 /* Writes every entry, converted, at its offset of image (total bytes), on up to FILL_THREADS
- * threads, each taking a contiguous stretch of the file in file order. wstore_fill_fn. */
+ * threads (entries dealt round-robin). wstore_fill_fn. */
 static int fill_image(void *user, void *image, size_t total, struct err *err) {
     struct nn_loader *ld = user;
     ld->filled = true;
@@ -387,29 +373,11 @@ static int fill_image(void *user, void *image, size_t total, struct err *err) {
         close(fd);
         fd = -1;
     }
-    /* each thread reads one contiguous stretch of the file, in file order (of about equal bytes):
-       sequential streams that the kernel reads ahead, instead of jumps between blocks */
-    struct fill_order *order = mem_try_alloc((size_t)(ld->n > 0 ? ld->n : 1) * sizeof *order);
-    if (!order) {
-        if (fd >= 0) close(fd);
-        return err_set(err, STATUS_ERR_NOMEM, "out of host memory loading %s", ld->ck->path);
-    }
-    size_t bytes = 0;
-    for (int i = 0; i < ld->n; i++) {
-        order[i] = (struct fill_order){.at = ld->entries[i].src->data, .entry = i};
-        bytes += ld->entries[i].src->nbytes;
-    }
-    qsort(order, (size_t)ld->n, sizeof *order, by_file_offset);
     struct fill_part parts[FILL_THREADS];
     pthread_t tid[FILL_THREADS];
     bool started[FILL_THREADS] = {false};
-    size_t acc = 0;
-    int k = 0;
     for (int t = 0; t < n; t++) {
-        int lo = k;
-        size_t goal = bytes / (size_t)n * (size_t)(t + 1);
-        while (k < ld->n && (t == n - 1 || acc < goal)) acc += ld->entries[order[k++].entry].src->nbytes;
-        parts[t] = (struct fill_part){.ld = ld, .image = image, .fd = fd, .order = order, .lo = lo, .hi = k};
+        parts[t] = (struct fill_part){.ld = ld, .image = image, .fd = fd, .first = t, .step = n};
         if (t > 0) started[t] = pthread_create(&tid[t], NULL, fill_part_run, &parts[t]) == 0;
     }
     fill_part_run(&parts[0]);
@@ -418,7 +386,6 @@ static int fill_image(void *user, void *image, size_t total, struct err *err) {
         else fill_part_run(&parts[t]); /* no thread: do its share here */
     }
     if (fd >= 0) close(fd);
-    mem_free(order);
     for (int t = 0; t < n; t++) {
         if (!parts[t].rc) continue;
         *err = parts[t].err;
