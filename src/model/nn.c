@@ -362,7 +362,6 @@ static void *fill_part_run(void *p) {
 static int fill_image(void *user, void *image, size_t total, struct err *err) {
     struct nn_loader *ld = user;
     ld->filled = true;
-    ckpt_will_need(ld->ck); /* the whole file: the networks loaded after this one read from the cache */
     memset(image, 0, total); /* alignment gaps: deterministic bytes */
     int n = ld->n < FILL_THREADS ? (ld->n > 0 ? ld->n : 1) : FILL_THREADS;
     /* the same file as the mapping (same device and inode), else the mapping is read */

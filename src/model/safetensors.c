@@ -311,10 +311,6 @@ int ckpt_open(struct ckpt *ck, const char *path, struct err *err) {
     return rc;
 }
 
-void ckpt_will_need(const struct ckpt *ck) {
-    if (ck->map && ck->map_size) (void)madvise(ck->map, ck->map_size, MADV_WILLNEED); /* advisory */
-}
-
 void ckpt_release_pages(struct ckpt *ck) {
     if (ck->map && ck->map_size) (void)madvise(ck->map, ck->map_size, MADV_DONTNEED); /* advisory: errors are harmless */
 }

@@ -63,11 +63,6 @@ int ckpt_open(struct ckpt *ck, const char *path, struct err *err);
  * from the ckpt (tensor data, names, metadata values) become invalid. NULL is a no-op. */
 void ckpt_close(struct ckpt *ck);
 
-/* Asks the kernel to read the whole file into the page cache in the background (madvise
- * WILLNEED; advisory, no error): a cold load then streams at the disk's sequential speed while the
- * loader converts what has arrived. Cheap when the pages are cached already. */
-void ckpt_will_need(const struct ckpt *ck);
-
 /* Drops this process's resident pages of the mapping (madvise MADV_DONTNEED; the file's page
  * cache stays): after the weights were converted, they would otherwise count toward RSS a
  * second time. Tensor data stays readable (it is read from the file again if touched). */
