@@ -126,7 +126,20 @@ struct sched {
     bool stopping;                       /* mu: sched_free began */
     double t_start;                      /* clock_now() at sched_new, in s */
     struct store *store;                 /* mu: the SQLite file, or NULL (nothing persisted) */
+    struct sched_prefetch *prefetch;     /* reads accepted prompts' checkpoints ahead (own lock) */
 };
+
+/* ===== Checkpoint read-ahead (prefetch.c) ===== */
+
+struct sched_prefetch;
+struct sched_prefetch *sched__prefetch_new(void);
+void sched__prefetch_free(struct sched_prefetch *p); /* stops and joins the reader; NULL is a no-op */
+/* Queues path for reading into the page cache unless it was queued in the last minute or the
+ * queue is full; true when queued. */
+bool sched__prefetch_file(struct sched_prefetch *p, const char *path);
+/* Waits until `files` files have been read in all (or timeout_s passed); *bytes (optional) gets
+ * the bytes read so far. True when they have. For tests. */
+bool sched__prefetch_wait(struct sched_prefetch *p, uint64_t files, double timeout_s, uint64_t *bytes);
 
 /* ===== Heap (heap.c); caller holds mu ===== */
 

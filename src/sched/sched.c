@@ -347,6 +347,7 @@ struct sched *sched_new(const struct sched_opts *opts, struct err *err) {
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->emit_mu, NULL);
     pthread_cond_init(&s->ready, NULL);
+    s->prefetch = sched__prefetch_new();
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -435,6 +436,7 @@ void sched_free(struct sched *s) {
     for (int i = 0; i < s->n_dev; i++)
         if (s->dev[i].started) pthread_join(s->dev[i].thread, NULL);
     for (int i = 0; i < s->n_dev; i++) device_deinit(&s->dev[i]); /* their rows stay: queued again next start */
+    sched__prefetch_free(s->prefetch);
     store_free(s->store);
     json_decref(s->ids);
     json_decref(s->history);
@@ -615,7 +617,8 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
         json_object_set_new(it->extra_data, "client_id", json_string(it->client_id));
     it->tuple = item_tuple(it);
     char *ckpts[8];
-    int n_ckpts = sub->target < 0 ? prompt_checkpoints(s, sub->prompt, ckpts, 8) : 0;
+    int n_ckpts = prompt_checkpoints(s, sub->prompt, ckpts, 8);
+    bool held[8] = {false}; /* by some device: its host copy exists, no file read ahead */
 
     sched__change_begin(s);
     int rc = 0;
@@ -625,6 +628,8 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
         rc = err_set(err, STATUS_ERR_EXISTS, "prompt_id %s is already queued or running", id);
     } else {
         int di = sub->target >= 0 ? sub->target : route_auto(s, ckpts, n_ckpts);
+        for (int i = 0; i < n_ckpts; i++)
+            for (int k = 0; k < s->n_dev && !held[i]; k++) held[i] = device_holds(&s->dev[k], &ckpts[i], 1);
         struct sched_device *d = &s->dev[di];
         it->device = di;
         it->t_queued = clock_now();
@@ -638,7 +643,10 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
         snprintf(out->prompt_id, sizeof out->prompt_id, "%s", id);
     }
     sched__change_end(s, rc == 0);
-    for (int i = 0; i < n_ckpts; i++) mem_free(ckpts[i]);
+    for (int i = 0; i < n_ckpts; i++) {
+        if (!rc && !held[i]) sched__prefetch_file(s->prefetch, ckpts[i]); /* the load will read memory */
+        mem_free(ckpts[i]);
+    }
     if (rc) {
         it->prompt = NULL; /* stays the caller's */
         sched__item_free(it);

@@ -642,6 +642,49 @@ static void test_route_prefers_checkpoint(void **state) {
     unlink(ck);
 }
 
+/* An accepted prompt's checkpoint is read ahead into the page cache (prefetch.c) unless a device
+ * holds it already (its host copy exists) or it was read in the last minute. */
+static void test_prefetch_on_submit(void **state) {
+    char ck[PATH_MAX], ck2[PATH_MAX];
+    snprintf(ck, sizeof ck, "%s/checkpoints/pre.safetensors", DIR_MODELS);
+    snprintf(ck2, sizeof ck2, "%s/checkpoints/held.safetensors", DIR_MODELS);
+    const size_t size = (size_t)3 << 20; /* one chunk and a bit more: two reads */
+    char *zeros = mem_calloc(1, size + 4096);
+    FILE *f = fopen(ck, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(zeros, 1, size + 4096, f), size + 4096);
+    fclose(f);
+    f = fopen(ck2, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(zeros, 1, 4096, f), 4096);
+    fclose(f);
+    mem_free(zeros);
+    graph_registry_add(&T_USE_MODEL);
+    char held_path[PATH_MAX];
+    struct err err = {0};
+    assert_int_equal(graph_model_path(&PATHS, "checkpoints", "held.safetensors", held_path, sizeof held_path, &err), 0);
+    const char *held[] = {held_path};
+    const char *fmt = "{\"1\": {\"class_type\": \"CheckpointLoaderSimple\", \"inputs\": {\"ckpt_name\": "
+                      "\"%s\"}}, \"2\": {\"class_type\": \"TUseModel\", \"inputs\": {\"model\": [\"1\", 0], "
+                      "\"k\": 1}}}";
+    char text[512];
+    struct sched *s = new_sched(2, 0);
+    sched__device_set_checkpoints(s, 1, held, 1);
+    snprintf(text, sizeof text, fmt, "pre.safetensors");
+    submit(s, text, NULL, -1);
+    uint64_t bytes = 0;
+    assert_true(sched__prefetch_wait(s->prefetch, 1, 10.0, &bytes));
+    assert_int_equal(bytes, size + 4096); /* the whole file */
+    submit(s, text, NULL, 0); /* read a moment ago: not again */
+    snprintf(text, sizeof text, fmt, "held.safetensors");
+    submit(s, text, NULL, 0); /* device 1 holds it: its host copy exists, nothing to read */
+    assert_false(sched__prefetch_wait(s->prefetch, 2, 0.5, &bytes));
+    assert_int_equal(bytes, size + 4096);
+    done(s);
+    unlink(ck);
+    unlink(ck2);
+}
+
 /* ===== Isolation and concurrency ===== */
 
 static void test_isolation(void **state) {
@@ -1259,6 +1302,7 @@ int main(void) {
         cmocka_unit_test(test_route_target_and_errors),
         cmocka_unit_test(test_route_auto_least_wait),
         cmocka_unit_test(test_route_prefers_checkpoint),
+        cmocka_unit_test(test_prefetch_on_submit),
         cmocka_unit_test(test_isolation),
         cmocka_unit_test(test_concurrent_submissions),
         cmocka_unit_test(test_events_with_client),
