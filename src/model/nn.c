@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #define NN_NAME_MAX 256
+#define NN_PAD 256 /* each weight starts at a multiple of this many bytes of its buffer */
 
 struct nn_loader_entry {
     struct nn_weight *w;            /* destination field */
@@ -351,8 +352,14 @@ static void *fill_part_run(void *p) {
         f->rc = err_set(&f->err, STATUS_ERR_NOMEM, "out of host memory converting the weights of %s", ld->ck->path);
         return NULL;
     }
-    for (int i = f->first; i < ld->n && !f->rc; i += f->step)
-        f->rc = convert_entry(ld, &ld->entries[i], f->image + ld->entries[i].offset, stage, f->fd, &f->err);
+    size_t esize = dtype_size(ld->storage.dtype);
+    for (int i = f->first; i < ld->n && !f->rc; i += f->step) {
+        const struct nn_loader_entry *e = &ld->entries[i];
+        f->rc = convert_entry(ld, e, f->image + e->offset, stage, f->fd, &f->err);
+        /* the alignment gap after it (nn_loader_finish pads entries to NN_PAD): deterministic bytes */
+        size_t bytes = (size_t)ckpt_tensor_numel(e->src) * esize;
+        memset(f->image + e->offset + bytes, 0, ((bytes + NN_PAD - 1) & ~(size_t)(NN_PAD - 1)) - bytes);
+    }
     mem_free(stage);
     return NULL;
 }
@@ -362,7 +369,8 @@ static void *fill_part_run(void *p) {
 static int fill_image(void *user, void *image, size_t total, struct err *err) {
     struct nn_loader *ld = user;
     ld->filled = true;
-    memset(image, 0, total); /* alignment gaps: deterministic bytes */
+    (void)total; /* every byte is written by the parts: the entries and their gaps (no first pass over
+                    fresh memory: its page faults then happen in parallel, in the reads) */
     int n = ld->n < FILL_THREADS ? (ld->n > 0 ? ld->n : 1) : FILL_THREADS;
     /* the same file as the mapping (same device and inode), else the mapping is read */
     int fd = open(ld->ck->path, O_RDONLY | O_CLOEXEC);
@@ -675,7 +683,7 @@ int nn_loader_finish(struct nn_loader *ld, struct nn_weights *out) {
     size_t total = 0, esize = dtype_size(ld->storage.dtype);
     for (int i = 0; i < ld->n; i++) {
         ld->entries[i].offset = total;
-        total += ((size_t)ckpt_tensor_numel(ld->entries[i].src) * esize + 255) & ~(size_t)255;
+        total += ((size_t)ckpt_tensor_numel(ld->entries[i].src) * esize + NN_PAD - 1) & ~(size_t)(NN_PAD - 1);
     }
     out->size = total;
     out->n_tensors = ld->n;
