@@ -201,6 +201,22 @@ struct tensor *op_linear(struct tctx *c, struct tensor *x, struct tensor *w, str
     return node(c, OP_LINEAR, x->dtype, x->ndim, s, x, w, b);
 }
 
+/* The CONV2D node of output shape s (checked by the caller): stride, the four paddings, layout. */
+static struct tensor *conv_node(struct tctx *c, const int64_t *s, struct tensor *x, struct tensor *w,
+                                struct tensor *b, int stride, int pt, int pl, int pb, int pr, bool nhwc) {
+    if (!same_dtype(c, "conv2d", x, w, b)) return NULL;
+    struct tensor *t = node(c, OP_CONV2D, x->dtype, 4, s, x, w, b);
+    if (t) {
+        t->ip[0] = stride;
+        t->ip[1] = pt;
+        t->ip[2] = pl;
+        t->ip[3] = pb;
+        t->ip[4] = pr;
+        t->ip[5] = nhwc;
+    }
+    return t;
+}
+
 struct tensor *op_conv2d_pad(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride,
                              int pt, int pl, int pb, int pr) {
     NEED(c, x, w);
@@ -213,16 +229,7 @@ struct tensor *op_conv2d_pad(struct tctx *c, struct tensor *x, struct tensor *w,
     int64_t wo = (x->shape[3] + pl + pr - w->shape[3]) / stride + 1;
     if (ho < 1 || wo < 1) return tctx_fail(c, STATUS_ERR_INVALID, "conv2d: empty output");
     int64_t s[4] = {x->shape[0], w->shape[0], ho, wo};
-    if (!same_dtype(c, "conv2d", x, w, b)) return NULL;
-    struct tensor *t = node(c, OP_CONV2D, x->dtype, 4, s, x, w, b);
-    if (t) {
-        t->ip[0] = stride;
-        t->ip[1] = pt;
-        t->ip[2] = pl;
-        t->ip[3] = pb;
-        t->ip[4] = pr;
-    }
-    return t;
+    return conv_node(c, s, x, w, b, stride, pt, pl, pb, pr, false);
 }
 
 struct tensor *op_conv2d(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int stride, int pad) {
@@ -247,17 +254,7 @@ struct tensor *op_conv2d_nhwc_pad(struct tctx *c, struct tensor *x, struct tenso
     int64_t wo = (x->shape[2] + pl + pr - w->shape[2]) / stride + 1;
     if (ho < 1 || wo < 1) return tctx_fail(c, STATUS_ERR_INVALID, "conv2d: empty output");
     int64_t s[4] = {x->shape[0], ho, wo, w->shape[0]};
-    if (!same_dtype(c, "conv2d", x, w, b)) return NULL;
-    struct tensor *t = node(c, OP_CONV2D, x->dtype, 4, s, x, w, b);
-    if (t) {
-        t->ip[0] = stride;
-        t->ip[1] = pt;
-        t->ip[2] = pl;
-        t->ip[3] = pb;
-        t->ip[4] = pr;
-        t->ip[5] = 1;
-    }
-    return t;
+    return conv_node(c, s, x, w, b, stride, pt, pl, pb, pr, true);
 }
 
 struct tensor *op_attention(struct tctx *c, struct tensor *q, struct tensor *k, struct tensor *v, int heads,

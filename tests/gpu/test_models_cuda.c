@@ -44,11 +44,10 @@ static double time_unet(struct tctx *c, const struct unet *u, const float *x, co
  * and out, run); the CPU result is checked against the golden too. */
 static void test_unet_timing(void **state) {
     BACKEND_OR_SKIP();
-    size_t nx, nt, nc, no;
-    float *x = golden_read(&golden, "unet.x", &nx);
-    float *t = golden_read(&golden, "unet.timesteps", &nt);
-    float *c = golden_read(&golden, "unet.context", &nc);
-    float *want = golden_read(&golden, "unet.out", &no);
+    struct unet_golden g;
+    unet_golden_read(&g);
+    float *x = g.x, *t = g.t, *c = g.c, *want = g.want;
+    size_t no = g.n_out;
     float *out = mem_alloc(no * sizeof(float));
     double gpu_ms = time_unet(&ctx, &model->unet, x, t, c, out, 20);
     golden_check("cuda unet eps (timed)", out, want, no, 1e-4);
@@ -67,9 +66,6 @@ static void test_unet_timing(void **state) {
     tscratch_deinit(&s_cpu);
     sd_model_free(m_cpu);
     backend_free(cpu);
-    mem_free(x);
-    mem_free(t);
-    mem_free(c);
-    mem_free(want);
+    unet_golden_free(&g);
     mem_free(out);
 }

@@ -135,28 +135,41 @@ static void test_clip(void **state) {
     mem_free(out);
 }
 
-static void test_unet(void **state) {
-    BACKEND_OR_SKIP();
-    size_t nx, nt, nc, no;
-    float *x = golden_read(&golden, "unet.x", &nx);
-    float *t = golden_read(&golden, "unet.timesteps", &nt);
-    float *c = golden_read(&golden, "unet.context", &nc);
-    float *want = golden_read(&golden, "unet.out", &no);
-    float *out = mem_alloc(no * sizeof(float));
-    int rc = unet_eval(&ctx, &model->unet, 2, 8, 8, x, t, c, 77, out);
-    if (rc) fail_msg("unet_eval: %s", ctx.err.msg);
-    golden_check("unet eps", out, want, no, MODELS_TOL_UNET);
-    mem_free(x);
-    mem_free(t);
-    mem_free(c);
-    mem_free(want);
+/* The UNet golden case (batch 2, 8x8 latent): inputs and the reference output. */
+struct unet_golden {
+    float *x, *t, *c, *want;
+    size_t n_out;
+};
+
+static void unet_golden_read(struct unet_golden *g) {
+    size_t nx, nt, nc;
+    g->x = golden_read(&golden, "unet.x", &nx);
+    g->t = golden_read(&golden, "unet.timesteps", &nt);
+    g->c = golden_read(&golden, "unet.context", &nc);
+    g->want = golden_read(&golden, "unet.out", &g->n_out);
+}
+
+static void unet_golden_free(struct unet_golden *g) {
+    mem_free(g->x);
+    mem_free(g->t);
+    mem_free(g->c);
+    mem_free(g->want);
+}
+
+/* u against the golden case. */
+static void unet_check_8x8(const struct unet *u, const char *what) {
+    struct unet_golden g;
+    unet_golden_read(&g);
+    float *out = mem_alloc(g.n_out * sizeof(float));
+    if (unet_eval(&ctx, u, 2, 8, 8, g.x, g.t, g.c, 77, out)) fail_msg("unet_eval (%s): %s", what, ctx.err.msg);
+    golden_check(what, out, g.want, g.n_out, MODELS_TOL_UNET);
+    unet_golden_free(&g);
     mem_free(out);
 }
 
-/* A 12x10 latent (96x80 pixels): downsampling rounds up, upsampling resizes to the skip
+/* u on a 12x10 latent (96x80 pixels): downsampling rounds up, upsampling resizes to the skip
  * tensor (tests/ref/make_golden_odd.py made the reference). */
-static void test_unet_odd_size(void **state) {
-    BACKEND_OR_SKIP();
+static void unet_check_odd(const struct unet *u, const char *what) {
     struct err err = {0};
     struct ckpt odd;
     if (ckpt_open(&odd, KILN_TEST_DATA "/ref/unet_odd.safetensors", &err)) fail_msg("%s", err.msg);
@@ -171,12 +184,21 @@ static void test_unet_odd_size(void **state) {
         assert_int_equal(ckpt_tensor_read_f32(t, v[i], &err), 0);
     }
     float *out = mem_alloc(n[3] * sizeof(float));
-    int rc = unet_eval(&ctx, &model->unet, 1, 12, 10, v[0], v[2], v[1], 77, out);
-    if (rc) fail_msg("unet_eval: %s", ctx.err.msg);
-    golden_check("unet eps 12x10 latent", out, v[3], n[3], MODELS_TOL_UNET);
+    if (unet_eval(&ctx, u, 1, 12, 10, v[0], v[2], v[1], 77, out)) fail_msg("unet_eval 12x10 (%s): %s", what, ctx.err.msg);
+    golden_check(what, out, v[3], n[3], MODELS_TOL_UNET);
     for (int i = 0; i < 4; i++) mem_free(v[i]);
     mem_free(out);
     ckpt_close(&odd);
+}
+
+static void test_unet(void **state) {
+    BACKEND_OR_SKIP();
+    unet_check_8x8(&model->unet, "unet eps");
+}
+
+static void test_unet_odd_size(void **state) {
+    BACKEND_OR_SKIP();
+    unet_check_odd(&model->unet, "unet eps 12x10 latent");
 }
 
 /* ===== Streamed blocks (tensor.h STREAMING) ===== */
@@ -230,11 +252,10 @@ static void test_unet_streamed(void **state) {
     struct place_args args = {.peer = MODELS_PEER_DEVICE(be)};
     st.place = place_spread;
     st.place_user = &args;
-    size_t nx, nt, nc, no;
-    float *x = golden_read(&golden, "unet.x", &nx);
-    float *t = golden_read(&golden, "unet.timesteps", &nt);
-    float *c = golden_read(&golden, "unet.context", &nc);
-    float *want = golden_read(&golden, "unet.out", &no);
+    struct unet_golden g;
+    unet_golden_read(&g);
+    float *x = g.x, *t = g.t, *c = g.c, *want = g.want;
+    size_t no = g.n_out;
     float *ref = mem_alloc(no * sizeof(float)), *out = mem_alloc(no * sizeof(float));
     int rc = unet_eval(&ctx, &model->unet, 2, 8, 8, x, t, c, 77, ref);
     if (rc) fail_msg("unet_eval (resident): %s", ctx.err.msg);
@@ -291,10 +312,7 @@ static void test_unet_streamed(void **state) {
     assert_non_null(strstr(err.msg, "no room"));
     mem_free(u);
     ckpt_close(&ck);
-    mem_free(x);
-    mem_free(t);
-    mem_free(c);
-    mem_free(want);
+    unet_golden_free(&g);
     mem_free(ref);
     mem_free(out);
 }
@@ -303,39 +321,8 @@ static void test_unet_streamed(void **state) {
 
 /* u against both golden references: the 8x8 batch of 2 and the odd 12x10 latent. */
 static void unet_check_golden(struct unet *u, const char *what) {
-    struct err err = {0};
-    size_t nx, nt, nc, no;
-    float *x = golden_read(&golden, "unet.x", &nx);
-    float *t = golden_read(&golden, "unet.timesteps", &nt);
-    float *c = golden_read(&golden, "unet.context", &nc);
-    float *want = golden_read(&golden, "unet.out", &no);
-    float *out = mem_alloc(no * sizeof(float));
-    if (unet_eval(&ctx, u, 2, 8, 8, x, t, c, 77, out)) fail_msg("unet_eval (%s): %s", what, ctx.err.msg);
-    golden_check(what, out, want, no, MODELS_TOL_UNET);
-    mem_free(x);
-    mem_free(t);
-    mem_free(c);
-    mem_free(want);
-    mem_free(out);
-
-    struct ckpt odd;
-    if (ckpt_open(&odd, KILN_TEST_DATA "/ref/unet_odd.safetensors", &err)) fail_msg("%s", err.msg);
-    float *v[4];
-    const char *names[4] = {"unet.x", "unet.context", "unet.timesteps", "unet.out"};
-    size_t n[4];
-    for (int i = 0; i < 4; i++) {
-        const struct ckpt_tensor *ct = ckpt_find(&odd, names[i]);
-        assert_non_null(ct);
-        n[i] = (size_t)ckpt_tensor_numel(ct);
-        v[i] = mem_alloc(n[i] * sizeof(float));
-        assert_int_equal(ckpt_tensor_read_f32(ct, v[i], &err), 0);
-    }
-    out = mem_alloc(n[3] * sizeof(float));
-    if (unet_eval(&ctx, u, 1, 12, 10, v[0], v[2], v[1], 77, out)) fail_msg("unet_eval 12x10 (%s): %s", what, ctx.err.msg);
-    golden_check(what, out, v[3], n[3], MODELS_TOL_UNET);
-    for (int i = 0; i < 4; i++) mem_free(v[i]);
-    mem_free(out);
-    ckpt_close(&odd);
+    unet_check_8x8(u, what);
+    unet_check_odd(u, what);
 }
 
 /* The UNet computed in the other activation layout (channels-last where the storage keeps NCHW,
