@@ -267,13 +267,19 @@ static void *encode_strips(void *p) {
     return NULL;
 }
 
-/* The default number of threads for one image: the CPUs we may run on, at most ENC_MAX_THREADS. */
-static int encode_threads_default(void) {
+/* The CPUs we may run on (at least 1). */
+static int cpus_usable(void) {
     int n = 0;
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
     if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > ENC_MAX_THREADS ? ENC_MAX_THREADS : n;
+    return n < 1 ? 1 : n;
+}
+
+/* The default number of threads for one image: the CPUs we may run on, at most ENC_MAX_THREADS. */
+static int encode_threads_default(void) {
+    int n = cpus_usable();
+    return n > ENC_MAX_THREADS ? ENC_MAX_THREADS : n;
 }
 
 /* libspng's keyword rule (and the PNG spec's): 1..79 printable Latin-1 characters, no leading,
@@ -532,9 +538,10 @@ int png_encode_many(const uint8_t *const *pixels, int n, uint32_t w, uint32_t h,
     if (threads > n) threads = n;
     if (threads > 16) threads = 16;
     if (threads < 1) threads = 1;
-    /* images at once share png_encode's threads (a batch of one gets them all); the bytes of
+    /* images at once share the CPUs (a batch of one gets png_encode's default); the bytes of
        each image do not depend on it */
-    j.inner = encode_threads_default() / threads;
+    j.inner = cpus_usable() / threads;
+    if (j.inner > ENC_MAX_THREADS) j.inner = ENC_MAX_THREADS;
     if (j.inner < 1) j.inner = 1;
     pthread_t tid[16];
     int started = 0;
