@@ -49,9 +49,9 @@ int png_encode_threads(const uint8_t *pixels, uint32_t w, uint32_t h, int channe
 
 /* png_encode of n images (pixels[i], all w x h x channels, the same text chunks and level), up
  * to `threads` images at once (a batch's PNGs are independent); the images at once share the
- * usable CPUs for their strips (up to png_encode's 8 each; one image gets png_encode's default). Each image's bytes
- * are png_encode's. On success outs[i] / lens[i] hold each PNG (mem_alloc'd; the caller frees
- * them); on failure nothing is left allocated and err says which image failed. */
+ * usable CPUs for their strips (up to 8 each; one image gets png_encode's default). Each image's
+ * bytes are png_encode's. On success outs[i] / lens[i] hold each PNG (mem_alloc'd; the caller
+ * frees them); on failure nothing is left allocated and err says which image failed. */
 int png_encode_many(const uint8_t *const *pixels, int n, uint32_t w, uint32_t h, int channels,
                     const struct png_text *text, int n_text, int level, int threads, void **outs, size_t *lens,
                     struct err *err);
