@@ -710,71 +710,6 @@ __global__ void __launch_bounds__(GNN_BLOCK_MAX)
     }
 }
 
-/* ===== GroupNorm, channels last, F16/BF16, small groups: one block per (group, image) =====
- * The 8x8 and 16x16 levels' groups (at most GNS_MAX elements) are too small for three launches
- * to pay: one block loads its group's channel pairs (2 channels in 4 bytes: cpg is even, so a
- * pair never straddles two groups) into registers, takes the mean and then the squared
- * deviations from it (two passes over registers, fp32 values, block sums in double in a fixed
- * order), and writes y = (x - mean) * rstd * w + b (SiLU optional). One launch, no scratch. */
-
-#define GNS_THREADS 512
-#define GNS_PAIRS 16                                /* channel pairs per thread, at most */
-#define GNS_MAX (2 * GNS_PAIRS * GNS_THREADS)       /* elements per group, at most */
-
-template <typename T>
-__global__ void __launch_bounds__(GNS_THREADS)
-    group_norm_nhwc_small(T *y, const T *x, const T *w, const T *b, int p, int c, int cpg, float eps, int silu) {
-    const int g = blockIdx.x, hp = cpg / 2, npairs = p * hp;
-    const int64_t base = (int64_t)blockIdx.y * p * c + (int64_t)g * cpg;
-    float v[2 * GNS_PAIRS];
-    double s = 0.0;
-#pragma unroll
-    for (int k = 0; k < GNS_PAIRS; k++) {
-        const int i = threadIdx.x + k * GNS_THREADS;
-        v[2 * k] = v[2 * k + 1] = 0.0f;
-        if (i < npairs) {
-            const int pos = i / hp, pr = i - pos * hp;
-            T e[2];
-            memcpy(e, x + base + (int64_t)pos * c + 2 * pr, sizeof e);
-            v[2 * k] = cuda_to_f32(e[0]);
-            v[2 * k + 1] = cuda_to_f32(e[1]);
-            s += (double)v[2 * k] + (double)v[2 * k + 1];
-        }
-    }
-    const double n = (double)npairs * 2.0;
-    const float mean = (float)(block_sum(s) / n);
-    double q = 0.0;
-#pragma unroll
-    for (int k = 0; k < GNS_PAIRS; k++) {
-        if (threadIdx.x + k * GNS_THREADS < npairs) {
-            const float d0 = v[2 * k] - mean, d1 = v[2 * k + 1] - mean;
-            q += (double)(d0 * d0) + (double)(d1 * d1);
-        }
-    }
-    const float rstd = (float)(1.0 / sqrt(block_sum(q) / n + (double)eps));
-#pragma unroll
-    for (int k = 0; k < GNS_PAIRS; k++) {
-        const int i = threadIdx.x + k * GNS_THREADS;
-        if (i >= npairs) continue;
-        const int pos = i / hp, pr = i - pos * hp, ch = g * cpg + 2 * pr;
-        T e[2];
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-            const float scale = rstd * (w ? cuda_to_f32(w[ch + j]) : 1.0f), shift = b ? cuda_to_f32(b[ch + j]) : 0.0f;
-            const float t = (v[2 * k + j] - mean) * scale + shift;
-            e[j] = cuda_from_f32<T>(silu ? silu_fast(t) : t);
-        }
-        memcpy(y + base + (int64_t)pos * c + 2 * pr, e, sizeof e);
-    }
-}
-
-/* True when the small-group kernel takes this channels-last GroupNorm (T is F16 or BF16). */
-static bool group_norm_nhwc_small_ok(const void *y, const void *x, int64_t nb, int64_t p, int64_t c, int64_t groups) {
-    const int64_t cpg = c / groups;
-    return cpg % 2 == 0 && p * cpg <= GNS_MAX && nb <= 65535 && groups <= 65535 && c <= INT32_MAX / 2 &&
-           ((uintptr_t)x & 3u) == 0 && ((uintptr_t)y & 3u) == 0;
-}
-
 /* True when the channels-last fast path takes this GroupNorm (T is F16 or BF16). */
 static bool group_norm_nhwc_vec_ok(const void *y, const void *x, int64_t nb, int64_t p, int64_t c) {
     return c % VEC == 0 && c <= GNN_C_MAX && p < ((int64_t)1 << 30) && nb <= 65535 && is_aligned16(x) &&
@@ -831,14 +766,6 @@ static int group_norm_nhwc_entry(struct cuda_ctx *ctx, struct tensor *dst, struc
     const T *x = (const T *)tx->data, *w = tw ? (const T *)tw->data : NULL;
     const T *b = tb ? (const T *)tb->data : NULL;
     if constexpr (!std::is_same<T, float>::value) {
-        if (group_norm_nhwc_small_ok(y, x, nb, p, c, groups)) {
-            const dim3 grid((unsigned)groups, (unsigned)nb);
-            group_norm_nhwc_small<T><<<grid, GNS_THREADS, 0, ctx->stream>>>(y, x, w, b, (int)p, (int)c,
-                                                                            (int)(c / groups), dst->fp[0],
-                                                                            dst->ip[1] != 0 ? 1 : 0);
-            CUDA_TRY_LAUNCH();
-            return 0;
-        }
         if (group_norm_nhwc_vec_ok(y, x, nb, p, c))
             return group_norm_nhwc_vec_cuda<T>(ctx, y, x, w, b, nb, p, c, groups, dst->fp[0], dst->ip[1] != 0, err);
     }
