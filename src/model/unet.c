@@ -336,13 +336,18 @@ struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor 
     return op_cast(c, h, DTYPE_F32); // [B, out, H, W], fp32 as ComfyUI's .float()
 }
 
-int unet_eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_t w, const float *x,
-              const float *timesteps, const float *context, int64_t n_tokens, float *out) {
+/* unet_eval and unet_eval_dev: the context from host memory (context) or from the backend's
+ * (context_dev). */
+static int eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_t w, const float *x,
+                const float *timesteps, const float *context, const void *context_dev, int64_t n_tokens,
+                float *out) {
     const struct unet_config *cf = &m->config;
     tctx_reset(c);
     struct tensor *tx = tensor_input(c, DTYPE_F32, 4, (int64_t[]){b, cf->in_channels, h, w});
     struct tensor *tt = tensor_input(c, DTYPE_F32, 2, (int64_t[]){b, cf->model_channels});
-    struct tensor *tc = tensor_input(c, DTYPE_F32, 3, (int64_t[]){b, n_tokens, cf->context_dim});
+    const int64_t cs[3] = {b, n_tokens, cf->context_dim};
+    struct tensor *tc = context_dev ? tensor_weight(c, DTYPE_F32, 3, cs, (void *)context_dev)
+                                    : tensor_input(c, DTYPE_F32, 3, cs);
     struct tensor *y = unet_forward(c, m, tx, tt, tc);
     int rc = tctx_plan(c, &y, 1);
     if (rc) return rc;
@@ -351,9 +356,20 @@ int unet_eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_
     for (int64_t i = 0; i < b; i++) unet_timestep_embedding(timesteps[i], cf->model_channels, temb + i * cf->model_channels);
     rc = tctx_set(c, tx, x);
     if (!rc) rc = tctx_set(c, tt, temb);
-    if (!rc) rc = tctx_set(c, tc, context);
+    if (!rc && !context_dev) rc = tctx_set(c, tc, context);
     mem_free(temb);
     if (!rc) rc = tctx_run(c);
     if (!rc) rc = tctx_get(c, y, out);
     return rc;
+}
+
+int unet_eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_t w, const float *x,
+              const float *timesteps, const float *context, int64_t n_tokens, float *out) {
+    return eval(c, m, b, h, w, x, timesteps, context, NULL, n_tokens, out);
+}
+
+int unet_eval_dev(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_t w, const float *x,
+                  const float *timesteps, const void *context_dev, int64_t n_tokens, float *out) {
+    if (!context_dev) return tctx_fail(c, STATUS_ERR_INVALID, "unet_eval_dev: no context"), c->rc;
+    return eval(c, m, b, h, w, x, timesteps, NULL, context_dev, n_tokens, out);
 }

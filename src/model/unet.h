@@ -94,5 +94,10 @@ struct tensor *unet_forward(struct tctx *c, const struct unet *m, struct tensor 
  * [b, n_tokens, context_dim] -> out [b, out, h, w]. Resets c before use. */
 int unet_eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_t w, const float *x,
               const float *timesteps, const float *context, int64_t n_tokens, float *out);
+/* The same with the context [b, n_tokens, context_dim] (F32) already in the backend's memory at
+ * context_dev (a buffer of c's backend, borrowed): a sampler uploads its conditioning once, not
+ * every step. */
+int unet_eval_dev(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_t w, const float *x,
+                  const float *timesteps, const void *context_dev, int64_t n_tokens, float *out);
 
 #endif

@@ -39,6 +39,9 @@ struct cfg_denoiser {
     /* scratch, sized for every entry in one batch */
     float *x_in, *timesteps, *context, *eps;
     float *side_sum;              /* [2, b*c*h*w] */
+    /* the context of the all-entries batch in the device's memory, uploaded at the first step
+       (it does not change between steps); NULL on host-memory backends or before */
+    void *ctx_dev;
 };
 
 static int64_t gcd64(int64_t a, int64_t b) {
@@ -63,18 +66,32 @@ static int eval_entries(struct cfg_denoiser *d, int first, int n, const float *x
     /* c_in: x / sqrt(sigma^2 + 1), float32 as torch does it */
     float c_in = sqrtf(sigma * sigma + 1.0f);
     float t = (float)schedule_timestep(d->schedule, sigma);
+    struct engine *e = d->engine;
+    /* the all-entries batch keeps its context on a device from the first step on */
+    bool keep = first == 0 && n == d->n_entries && !backend_host_buffers(e->backend);
     for (int i = 0; i < n; i++) {
         const struct cond_item *it = d->entries[first + i].item;
         for (int64_t k = 0; k < lat; k++) d->x_in[i * lat + k] = x[k] / c_in;
         for (int64_t bb = 0; bb < d->b; bb++) {
             d->timesteps[i * d->b + bb] = t;
+            if (keep && d->ctx_dev) continue;
             float *dst = d->context + (i * d->b + bb) * L * dim;
             for (int64_t r = 0; r < L / it->n_tokens; r++) /* tile to the common length */
                 memcpy(dst + r * it->n_tokens * dim, it->context, (size_t)(it->n_tokens * dim) * sizeof(float));
         }
     }
-    struct engine *e = d->engine;
-    int rc = unet_eval(&e->tctx, d->unet, n * d->b, d->h, d->w, d->x_in, d->timesteps, d->context, L, d->eps);
+    if (keep && !d->ctx_dev) {
+        size_t bytes = (size_t)(n * d->b * L * dim) * sizeof(float);
+        void *buf = NULL;
+        if (backend_buf_alloc(e->backend, bytes, &buf) == 0) {
+            struct tensor view = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(bytes / 4), 1, 1, 1}, .data = buf};
+            if (backend_tensor_set(e->backend, &view, d->context, 0, bytes) == 0) d->ctx_dev = buf;
+            else backend_buf_free(e->backend, buf); /* no room: the host copy every step, as before */
+        }
+    }
+    int rc = keep && d->ctx_dev
+                 ? unet_eval_dev(&e->tctx, d->unet, n * d->b, d->h, d->w, d->x_in, d->timesteps, d->ctx_dev, L, d->eps)
+                 : unet_eval(&e->tctx, d->unet, n * d->b, d->h, d->w, d->x_in, d->timesteps, d->context, L, d->eps);
     if (rc) return err_set(err, rc, "UNet: %s", e->tctx.err.msg);
     for (int i = 0; i < n; i++) {
         float *sum = d->side_sum + d->entries[first + i].side * lat;
@@ -194,6 +211,7 @@ static int common_ksampler(struct node_run *ctx, const struct model_value *model
         rc = ksampler_run(&sched, &fn, &p, in->b, in->c * in->h * in->w, in->samples, res->samples,
                           forward_progress, &pf, err);
     }
+    if (d.ctx_dev) backend_buf_free(d.engine->backend, d.ctx_dev);
     mem_free(d.entries);
     mem_free(d.x_in);
     mem_free(d.eps);

@@ -201,6 +201,31 @@ static void test_unet_odd_size(void **state) {
     unet_check_odd(&model->unet, "unet eps 12x10 latent");
 }
 
+/* unet_eval_dev (the context already in the backend's memory, as a sampler keeps it) gives
+ * exactly unet_eval's output, twice in a row (the second evaluation reuses the same buffer). */
+static void test_unet_context_on_device(void **state) {
+    BACKEND_OR_SKIP();
+    struct unet_golden g;
+    unet_golden_read(&g);
+    size_t bytes = (size_t)2 * 77 * model->unet.config.context_dim * sizeof(float);
+    void *dev = NULL;
+    assert_int_equal(backend_buf_alloc(be, bytes, &dev), 0);
+    struct tensor view = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(bytes / 4), 1, 1, 1}, .data = dev};
+    assert_int_equal(backend_tensor_set(be, &view, g.c, 0, bytes), 0);
+    float *ref = mem_alloc(g.n_out * sizeof(float)), *out = mem_alloc(g.n_out * sizeof(float));
+    if (unet_eval(&ctx, &model->unet, 2, 8, 8, g.x, g.t, g.c, 77, ref)) fail_msg("unet_eval: %s", ctx.err.msg);
+    for (int run = 0; run < 2; run++) {
+        memset(out, 0, g.n_out * sizeof(float));
+        if (unet_eval_dev(&ctx, &model->unet, 2, 8, 8, g.x, g.t, dev, 77, out))
+            fail_msg("unet_eval_dev: %s", ctx.err.msg);
+        assert_memory_equal(out, ref, g.n_out * sizeof(float));
+    }
+    backend_buf_free(be, dev);
+    unet_golden_free(&g);
+    mem_free(ref);
+    mem_free(out);
+}
+
 /* ===== Streamed blocks (tensor.h STREAMING) ===== */
 
 #ifndef MODELS_PEER_DEVICE
@@ -450,6 +475,7 @@ int main(void) {
         cmocka_unit_test(test_clip),
         cmocka_unit_test(test_unet),
         cmocka_unit_test(test_unet_odd_size),
+        cmocka_unit_test(test_unet_context_on_device),
         cmocka_unit_test(test_unet_streamed),
         cmocka_unit_test(test_unet_other_layout),
         cmocka_unit_test(test_vae_decode),
