@@ -98,10 +98,12 @@ pending=$(sql "SELECT COUNT(*) FROM prompts WHERE state = 'pending'")
 [ "$(sql 'SELECT COUNT(*) FROM history')" = $((12 - running - pending)) ] ||
     fail "history rows $(sql 'SELECT COUNT(*) FROM history') + prompt rows $((running + pending)) != 12"
 passed "killed with $running running and $pending pending"
+sql "SELECT id, state, attempts FROM prompts ORDER BY number" >"$DIR/rows_after_kill.txt" # for a failure's report
 
 # ===== Restart on the same file: everything completes exactly once =====
 start "$DIR/run2.log"
-grep -q "running it again" "$DIR/run2.log" || fail "no 'running it again' line after the restart"
+grep -q "running it again" "$DIR/run2.log" ||
+    fail "no 'running it again' line after the restart (rows after the kill: $(tr '\n' ' ' <"$DIR/rows_after_kill.txt"); $(head -1 "$DIR/run2.log"))"
 wait_done "${IDS[@]}"
 curl -s -m 10 -o "$DIR/after.json" "$URL/history"
 [ "$(js "$DIR/after.json" 'len(j)')" = 12 ] || fail "/history has $(js "$DIR/after.json" 'len(j)') entries, expected 12"
