@@ -91,9 +91,9 @@ check(j["t_alone_s"] > 0 and j["t_all_s"] > 0 and abs(j["speedup"] - j["t_alone_
 check(all(t["met"] is None for t in j["targets"].values()), "targets judged on the tiny workflow")
 check(j["targets"]["s_per_image_b1"]["comfyui_h100"] == "0.89", "reference figure")
 # the prompts it says it ran: first + (warm-up + 2) at b1 + (warm-up + 2) x 4 images at b4
-# + 3 alone + 1 on device 1 + 3 x 2 devices = 26 images
+# + 3 alone + 1 on device 1 (load) + 1 more on device 1 (steady state) + 3 x 2 devices = 27 images
 pngs = [f for f in os.listdir(os.path.join(work, "output")) if f.endswith(".png")]
-check(len(pngs) == 26, f"{len(pngs)} PNGs in the output folder, expected 26")
+check(len(pngs) == 27, f"{len(pngs)} PNGs in the output folder, expected 27")
 if bad:
     print("\n".join(bad)); sys.exit(1)
 EOF
