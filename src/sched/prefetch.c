@@ -1,12 +1,14 @@
 /* sched/prefetch.c -- reads the checkpoint files of accepted prompts into the page cache in the
  * background, so that a device's load, when the prompt's turn comes, reads from memory: a cold
  * checkpoint's disk read overlaps the device's warm-up and whatever runs before the prompt.
- * Owns: struct sched_prefetch (one thread, a small queue of paths, the recently read ones).
+ * Owns: struct sched_prefetch (one reader thread, a small queue of paths, the recently read ones);
+ * while it reads a file, PREFETCH_STREAMS - 1 helper threads and their buffers.
  * Threads: sched__prefetch_file from any thread (submits); the reader thread; new/free from the
  * thread that owns the sched.
- * The reads are plain sequential preads into one throwaway buffer (the page cache keeps the
- * data); a file already read in the last PREFETCH_FRESH_S seconds is not read again, and at most
- * PREFETCH_QUEUE paths wait (more are dropped: the loads then read the disk themselves). */
+ * The reads are plain preads into throwaway buffers (the page cache keeps the data), a file as
+ * PREFETCH_STREAMS contiguous stretches read at once; a file already read in the last
+ * PREFETCH_FRESH_S seconds is not read again, and at most PREFETCH_QUEUE paths wait (more are
+ * dropped: the loads then read the disk themselves). */
 #include "sched/internal.h"
 
 #include "base/clock.h"
@@ -24,6 +26,7 @@
 #define PREFETCH_RECENT 8
 #define PREFETCH_FRESH_S 60.0
 #define PREFETCH_CHUNK ((size_t)16 << 20) /* bytes per read */
+#define PREFETCH_STREAMS 4                  /* stretches of a file read at once */
 
 struct sched_prefetch {
     pthread_mutex_t mu;
@@ -38,32 +41,70 @@ struct sched_prefetch {
     uint64_t files, bytes;                  /* mu: read so far (tests, log) */
 };
 
-/* Reads path sequentially to its end (or until stopping); returns the bytes read. */
-static uint64_t read_file(struct sched_prefetch *p, const char *path, char *buf) {
+/* One stretch of a file, read by one thread. */
+struct stretch {
+    struct sched_prefetch *p;
+    int fd;
+    uint64_t from, to; /* byte range */
+    char *buf;         /* PREFETCH_CHUNK bytes (owned by read_file) */
+    uint64_t got;      /* bytes read */
+};
+
+static void *read_stretch(void *arg) {
+    struct stretch *r = arg;
+    for (uint64_t at = r->from; at < r->to;) {
+        pthread_mutex_lock(&r->p->mu);
+        bool stop = r->p->stopping;
+        pthread_mutex_unlock(&r->p->mu);
+        if (stop) break;
+        size_t want = r->to - at < PREFETCH_CHUNK ? (size_t)(r->to - at) : PREFETCH_CHUNK;
+        ssize_t n = pread(r->fd, r->buf, want, (off_t)at);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        at += (uint64_t)n;
+        r->got += (uint64_t)n;
+    }
+    return NULL;
+}
+
+/* Reads path to its end (or until stopping) as PREFETCH_STREAMS contiguous stretches at once (a
+ * disk serves several sequential streams faster than one); returns the bytes read. */
+static uint64_t read_file(struct sched_prefetch *p, const char *path) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         log_debug("prefetch: cannot open %s: %s", path, strerror(errno));
         return 0;
     }
-    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    uint64_t total = 0;
-    for (;;) {
-        pthread_mutex_lock(&p->mu);
-        bool stop = p->stopping;
-        pthread_mutex_unlock(&p->mu);
-        if (stop) break;
-        ssize_t n = pread(fd, buf, PREFETCH_CHUNK, (off_t)total);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        total += (uint64_t)n;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+        close(fd);
+        return 0;
     }
+    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    uint64_t size = (uint64_t)st.st_size, part = (size + PREFETCH_STREAMS - 1) / PREFETCH_STREAMS;
+    struct stretch r[PREFETCH_STREAMS];
+    pthread_t tid[PREFETCH_STREAMS];
+    bool started[PREFETCH_STREAMS] = {false};
+    for (int i = 0; i < PREFETCH_STREAMS; i++) {
+        uint64_t from = part * (uint64_t)i, to = from + part < size ? from + part : size;
+        r[i] = (struct stretch){.p = p, .fd = fd, .from = from < size ? from : size, .to = to,
+                                .buf = mem_try_alloc(PREFETCH_CHUNK)};
+        if (r[i].buf && i > 0) started[i] = pthread_create(&tid[i], NULL, read_stretch, &r[i]) == 0;
+    }
+    if (r[0].buf) read_stretch(&r[0]);
+    uint64_t total = r[0].got;
+    for (int i = 1; i < PREFETCH_STREAMS; i++) {
+        if (started[i]) pthread_join(tid[i], NULL);
+        else if (r[i].buf) read_stretch(&r[i]); /* no thread: read it here */
+        total += r[i].got;
+    }
+    for (int i = 0; i < PREFETCH_STREAMS; i++) mem_free(r[i].buf);
     close(fd);
     return total;
 }
 
 static void *reader(void *arg) {
     struct sched_prefetch *p = arg;
-    char *buf = mem_try_alloc(PREFETCH_CHUNK);
     pthread_mutex_lock(&p->mu);
     for (;;) {
         while (!p->stopping && p->n_queue == 0) pthread_cond_wait(&p->cv, &p->mu);
@@ -73,7 +114,7 @@ static void *reader(void *arg) {
         p->n_queue--;
         pthread_mutex_unlock(&p->mu);
         double t0 = clock_now();
-        uint64_t n = buf ? read_file(p, path, buf) : 0;
+        uint64_t n = read_file(p, path);
         if (n)
             log_info("prefetch: %s read into the page cache in %.2f s (%.0f MiB/s)", path, clock_now() - t0,
                      (double)n / 1048576.0 / (clock_now() - t0 > 1e-9 ? clock_now() - t0 : 1e-9));
@@ -84,7 +125,6 @@ static void *reader(void *arg) {
         pthread_cond_broadcast(&p->cv); /* sched__prefetch_wait */
     }
     pthread_mutex_unlock(&p->mu);
-    mem_free(buf);
     return NULL;
 }
 
