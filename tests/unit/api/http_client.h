@@ -1,7 +1,7 @@
 /* tests/unit/api/http_client.h -- a blocking HTTP/1.1 test client (CivetWeb's client API) for the
  * api tests: one request per connection, the reply's status, body, the headers the tests look at,
  * and the body parsed as JSON when it is JSON. Header-only (static functions), included by
- * test_api.c, test_web.c and test_user.c after cmocka.h.
+ * test_api.c, test_web.c, test_user.c and test_limits.c after cmocka.h.
  * Threads: the calling test thread.
  * Ownership: a struct resp owns its body and JSON; free them with resp_free. */
 #ifndef KILN_TESTS_API_HTTP_CLIENT_H
@@ -21,6 +21,7 @@ struct resp {
     size_t len;
     char ctype[128], cache[128], location[256], disp[256];
     char cors[128];                  /* Access-Control-Allow-Origin */
+    char www_auth[128];              /* WWW-Authenticate */
     long content_length;             /* the header, -1 when absent */
     json_t *json;                    /* the body parsed (graph_json_loads: keeps 2^64-1), or NULL */
 };
@@ -52,6 +53,7 @@ static struct resp request(int port, const char *method, const char *path, const
         if (!strcasecmp(k, "Location")) snprintf(r.location, sizeof r.location, "%s", v);
         if (!strcasecmp(k, "Content-Disposition")) snprintf(r.disp, sizeof r.disp, "%s", v);
         if (!strcasecmp(k, "Access-Control-Allow-Origin")) snprintf(r.cors, sizeof r.cors, "%s", v);
+        if (!strcasecmp(k, "WWW-Authenticate")) snprintf(r.www_auth, sizeof r.www_auth, "%s", v);
         if (!strcasecmp(k, "Content-Length")) r.content_length = atol(v);
     }
     size_t cap = 65536;

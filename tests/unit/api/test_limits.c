@@ -49,44 +49,12 @@ static const struct node_class T_SIZE = {
     .required = (const struct node_input[]){INT_IN("width"), INT_IN("height"), INT_IN("batch_size"), NODE_INPUTS_END},
     .run = run_size};
 
-/* ===== HTTP client ===== */
+/* ===== HTTP client (http_client.h) on this test's server ===== */
 
-struct resp {
-    int status;
-    char *body;
-    char www_auth[128];
-    json_t *json;
-};
+#include "unit/api/http_client.h"
 
-static void resp_free(struct resp *r) {
-    free(r->body);
-    json_decref(r->json);
-    memset(r, 0, sizeof *r);
-}
-
-static struct resp request(const char *method, const char *path, const char *headers, const char *body) {
-    struct resp r = {0};
-    char eb[256] = "";
-    size_t len = body ? strlen(body) : 0;
-    struct mg_connection *c = mg_connect_client("127.0.0.1", PORT, 0, eb, sizeof eb);
-    if (!c) fail_msg("connect: %s", eb);
-    mg_printf(c, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%sContent-Length: %zu\r\n\r\n", method,
-              path, PORT, headers ? headers : "", len);
-    if (len) mg_write(c, body, len);
-    if (mg_get_response(c, eb, sizeof eb, 10000) < 0) fail_msg("%s %s: no response: %s", method, path, eb);
-    const struct mg_response_info *ri = mg_get_response_info(c);
-    r.status = ri->status_code;
-    for (int i = 0; i < ri->num_headers; i++)
-        if (!strcasecmp(ri->http_headers[i].name, "WWW-Authenticate"))
-            snprintf(r.www_auth, sizeof r.www_auth, "%s", ri->http_headers[i].value);
-    size_t cap = 65536, n = 0;
-    r.body = malloc(cap);
-    int k;
-    while (n + 1 < cap && (k = mg_read(c, r.body + n, cap - n - 1)) > 0) n += (size_t)k;
-    r.body[n] = 0;
-    mg_close_connection(c);
-    if (graph_json_loads(r.body, n, &r.json, NULL)) r.json = NULL;
-    return r;
+static struct resp req(const char *method, const char *path, const char *headers, const char *body) {
+    return request(PORT, method, path, headers, body, body ? strlen(body) : 0);
 }
 
 static const char *err_type(const struct resp *r) {
@@ -120,59 +88,25 @@ static int raw_connect(void) {
     return fd;
 }
 
-/* ===== WebSocket client ===== */
+/* ===== WebSocket client (ws_client.h) on this test's server ===== */
 
-struct wsc {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int n_text;
-    bool closed;
-    struct mg_connection *conn;
-};
-
-static int ws_data(struct mg_connection *conn, int flags, char *data, size_t len, void *user) {
-    struct wsc *w = user;
-    if ((flags & 0x0f) == MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE) return 0;
-    pthread_mutex_lock(&w->mu);
-    if ((flags & 0x0f) == MG_WEBSOCKET_OPCODE_TEXT) w->n_text++;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    return 1;
-}
-
-static void ws_closed(const struct mg_connection *conn, void *user) {
-    struct wsc *w = user;
-    pthread_mutex_lock(&w->mu);
-    w->closed = true;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
+#include "unit/api/ws_client.h"
 
 static int upgrade_status(const char *path);
 
 /* Opens a socket; NULL when the upgrade is refused (*status then gets the status of a raw
  * upgrade request to the same path, with CivetWeb's client out of the way). */
-static struct wsc *ws_open(const char *path, int *status) {
-    struct wsc *w = calloc(1, sizeof *w);
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, NULL);
-    char eb[256] = "";
-    w->conn = mg_connect_websocket_client("127.0.0.1", PORT, 0, eb, sizeof eb, path, NULL, ws_data, ws_closed, w);
-    if (status) *status = w->conn ? 101 : upgrade_status(path);
-    if (!w->conn) {
-        pthread_mutex_destroy(&w->mu);
-        pthread_cond_destroy(&w->cv);
-        free(w);
-        return NULL;
-    }
+static struct wsc *ws_open_to(const char *path, int *status) {
+    struct wsc *w = ws_try_open(PORT, path, NULL, 0);
+    if (status) *status = w ? 101 : upgrade_status(path);
     return w;
 }
 
-/* ws_open, retried for a second while earlier sockets finish closing on the server. */
+/* ws_open_to, retried for a second while earlier sockets finish closing on the server. */
 static struct wsc *ws_open_retry(const char *path) {
     struct wsc *w = NULL;
     for (int i = 0; i < 50 && !w; i++) {
-        w = ws_open(path, NULL);
+        w = ws_open_to(path, NULL);
         if (!w) usleep(20000);
     }
     if (!w) fail_msg("ws %s: refused for 1 s", path);
@@ -180,7 +114,7 @@ static struct wsc *ws_open_retry(const char *path) {
 }
 
 /* Waits (5 s at most) until the socket got `n` text messages or closed; true when closed. */
-static bool ws_wait(struct wsc *w, int n) {
+static bool ws_wait_count(struct wsc *w, int n) {
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
     dl.tv_sec += 5;
@@ -190,22 +124,6 @@ static bool ws_wait(struct wsc *w, int n) {
     bool closed = w->closed;
     pthread_mutex_unlock(&w->mu);
     return closed;
-}
-
-static void ws_free(struct wsc *w) {
-    if (!w) return;
-    mg_websocket_client_write(w->conn, MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE, "\x03\xe8", 2);
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += 3;
-    pthread_mutex_lock(&w->mu);
-    while (!w->closed && pthread_cond_timedwait(&w->cv, &w->mu, &dl) == 0) {
-    }
-    pthread_mutex_unlock(&w->mu);
-    mg_close_connection(w->conn);
-    pthread_mutex_destroy(&w->mu);
-    pthread_cond_destroy(&w->cv);
-    free(w);
 }
 
 /* ===== Fixture ===== */
@@ -249,32 +167,32 @@ static int group_teardown(void **state) {
 /* ===== Access control ===== */
 
 static void test_token(void **state) {
-    struct resp r = request("GET", "/queue", NULL, NULL);
+    struct resp r = req("GET", "/queue", NULL, NULL);
     assert_int_equal(r.status, 401);
     assert_true(strncasecmp(r.www_auth, "Bearer", 6) == 0);
     assert_non_null(json_object_get(r.json, "node_errors"));
     expect(r, 401, "unauthorized");
-    expect(request("GET", "/queue", "Authorization: Bearer wrong-token-42\r\n", NULL), 401, "unauthorized");
-    expect(request("GET", "/queue", "Authorization: Bearer " TOKEN "x\r\n", NULL), 401, "unauthorized");
-    expect(request("GET", "/queue", "Authorization: Bearer s3cret-token-4\r\n", NULL), 401, "unauthorized");
-    expect(request("GET", "/queue", "Authorization: Basic " TOKEN "\r\n", NULL), 401, "unauthorized");
-    expect(request("GET", "/queue", AUTH, NULL), 200, NULL);
-    expect(request("GET", "/api/system_stats", AUTH, NULL), 200, NULL);
-    expect(request("POST", "/prompt", NULL, "{}"), 401, "unauthorized");
-    expect(request("GET", "/no/such/route", NULL, NULL), 401, "unauthorized"); /* nothing is revealed */
+    expect(req("GET", "/queue", "Authorization: Bearer wrong-token-42\r\n", NULL), 401, "unauthorized");
+    expect(req("GET", "/queue", "Authorization: Bearer " TOKEN "x\r\n", NULL), 401, "unauthorized");
+    expect(req("GET", "/queue", "Authorization: Bearer s3cret-token-4\r\n", NULL), 401, "unauthorized");
+    expect(req("GET", "/queue", "Authorization: Basic " TOKEN "\r\n", NULL), 401, "unauthorized");
+    expect(req("GET", "/queue", AUTH, NULL), 200, NULL);
+    expect(req("GET", "/api/system_stats", AUTH, NULL), 200, NULL);
+    expect(req("POST", "/prompt", NULL, "{}"), 401, "unauthorized");
+    expect(req("GET", "/no/such/route", NULL, NULL), 401, "unauthorized"); /* nothing is revealed */
     /* ?token= is honoured on /view (404: no such file, past the check) and nowhere else */
-    expect(request("GET", "/view?filename=none.png", NULL, NULL), 401, "unauthorized");
-    expect(request("GET", "/view?filename=none.png&token=" TOKEN, NULL, NULL), 404, NULL);
-    expect(request("GET", "/view?filename=none.png&token=nope", NULL, NULL), 401, "unauthorized");
-    expect(request("GET", "/queue?token=" TOKEN, NULL, NULL), 401, "unauthorized");
+    expect(req("GET", "/view?filename=none.png", NULL, NULL), 401, "unauthorized");
+    expect(req("GET", "/view?filename=none.png&token=" TOKEN, NULL, NULL), 404, NULL);
+    expect(req("GET", "/view?filename=none.png&token=nope", NULL, NULL), 401, "unauthorized");
+    expect(req("GET", "/queue?token=" TOKEN, NULL, NULL), 401, "unauthorized");
     /* WebSocket upgrades: ?token= or the header */
     int st;
-    assert_null(ws_open("/ws", &st));
+    assert_null(ws_open_to("/ws", &st));
     assert_int_equal(st, 401);
-    assert_null(ws_open("/ws?token=wrong", &st));
-    struct wsc *w = ws_open("/ws?clientId=a&token=" TOKEN, &st);
+    assert_null(ws_open_to("/ws?token=wrong", &st));
+    struct wsc *w = ws_open_to("/ws?clientId=a&token=" TOKEN, &st);
     assert_non_null(w);
-    assert_false(ws_wait(w, 1)); /* the status message arrives */
+    assert_false(ws_wait_count(w, 1)); /* the status message arrives */
     ws_free(w);
 }
 
@@ -284,7 +202,7 @@ static void test_nodes(void **state) {
     const char *four = "{\"prompt\": {\"1\": {\"class_type\": \"TSize\", \"inputs\": {\"width\": 1, \"height\": 1, "
                        "\"batch_size\": 1}}, \"2\": {\"class_type\": \"TSize\", \"inputs\": {}}, \"3\": {\"class_type\": "
                        "\"TSize\", \"inputs\": {}}, \"4\": {\"class_type\": \"TSize\", \"inputs\": {}}}}";
-    struct resp r = request("POST", "/prompt", AUTH, four);
+    struct resp r = req("POST", "/prompt", AUTH, four);
     assert_true(strstr(r.body, "4 nodes") != NULL);
     assert_true(json_is_object(json_object_get(r.json, "node_errors")));
     expect(r, 400, "too_many_nodes");
@@ -293,7 +211,7 @@ static void test_nodes(void **state) {
                         "\"batch_size\": 1}}, \"2\": {\"class_type\": \"TSize\", \"inputs\": {\"width\": 1, \"height\": "
                         "1, \"batch_size\": 1}}, \"3\": {\"class_type\": \"TSize\", \"inputs\": {\"width\": 1, "
                         "\"height\": 1, \"batch_size\": 1}}}}";
-    expect(request("POST", "/prompt", AUTH, three), 200, NULL);
+    expect(req("POST", "/prompt", AUTH, three), 200, NULL);
 }
 
 /* POST /prompt with TSize nodes of the given (w, h, b) triples. */
@@ -306,7 +224,7 @@ static struct resp sizes(int n, const int (*whb)[3]) {
                  i ? ", " : "", i + 1, whb[i][0], whb[i][1], whb[i][2]);
     }
     strcat(body, "}}");
-    return request("POST", "/prompt", AUTH, body);
+    return req("POST", "/prompt", AUTH, body);
 }
 
 static void test_sizes(void **state) {
@@ -339,15 +257,15 @@ static void test_sizes(void **state) {
 static void test_ws_cap(void **state) {
     int st;
     struct wsc *a = ws_open_retry("/ws?clientId=a&token=" TOKEN), *b = ws_open_retry("/ws?clientId=b&token=" TOKEN);
-    assert_false(ws_wait(a, 1));
-    assert_false(ws_wait(b, 1));
-    struct wsc *c = ws_open("/ws?clientId=c&token=" TOKEN, &st);
+    assert_false(ws_wait_count(a, 1));
+    assert_false(ws_wait_count(b, 1));
+    struct wsc *c = ws_open_to("/ws?clientId=c&token=" TOKEN, &st);
     assert_null(c);
     assert_int_equal(st, 503);
     /* refusals do not leak slots: free one, and exactly one more fits again */
     ws_free(b);
     struct wsc *d = ws_open_retry("/ws?clientId=d&token=" TOKEN); /* the close handler runs shortly after */
-    assert_null(ws_open("/ws?clientId=e&token=" TOKEN, &st));
+    assert_null(ws_open_to("/ws?clientId=e&token=" TOKEN, &st));
     assert_int_equal(st, 503);
     ws_free(a);
     ws_free(d);
@@ -355,11 +273,11 @@ static void test_ws_cap(void **state) {
 
 static void test_ws_message_size(void **state) {
     struct wsc *w = ws_open_retry("/ws?clientId=big&token=" TOKEN);
-    assert_false(ws_wait(w, 1));
+    assert_false(ws_wait_count(w, 1));
     /* a small message (the first: feature_flags) is answered */
     const char *ff = "{\"type\": \"feature_flags\", \"data\": {\"supports_preview_metadata\": true}}";
     mg_websocket_client_write(w->conn, MG_WEBSOCKET_OPCODE_TEXT, ff, strlen(ff));
-    assert_false(ws_wait(w, 2));
+    assert_false(ws_wait_count(w, 2));
     /* exactly the limit is kept, one byte more closes the socket */
     size_t n = API_WS_MAX_MESSAGE + 1;
     char *big = malloc(n);
@@ -371,7 +289,7 @@ static void test_ws_message_size(void **state) {
     pthread_mutex_unlock(&w->mu);
     mg_websocket_client_write(w->conn, MG_WEBSOCKET_OPCODE_TEXT, big, n);
     free(big);
-    assert_true(ws_wait(w, 1000));
+    assert_true(ws_wait_count(w, 1000));
     ws_free(w);
 }
 
@@ -421,7 +339,7 @@ static void test_stalled_client(void **state) {
     assert_int_equal(write(head_fd, head, strlen(head)), (ssize_t)strlen(head));
     /* others are served meanwhile, at once */
     double t0 = now_s();
-    for (int i = 0; i < 5; i++) expect(request("GET", "/queue", AUTH, NULL), 200, NULL);
+    for (int i = 0; i < 5; i++) expect(req("GET", "/queue", AUTH, NULL), 200, NULL);
     assert_true(now_s() - t0 < 0.9);
     /* both stalled connections end around the 1 s request timeout, not at 10 s */
     char got[4096];
