@@ -108,6 +108,7 @@ static const struct node_class T_SEED = {
 /* ===== HTTP client ===== */
 
 #include "unit/api/http_client.h"
+#include "unit/api/test_files.h"
 
 static struct resp get(const char *path) { return request(PORT, "GET", path, NULL, NULL, 0); }
 static struct resp post(const char *path, const char *body) {
@@ -210,8 +211,6 @@ static int ws_count_about(struct wsc *w, const char *id) {
 
 /* ===== Fixture ===== */
 
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw) { return remove(p); }
-
 /* A base port whose next port is free too (both bound and released at once). */
 static int free_port_pair(void) {
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
@@ -268,7 +267,7 @@ static int group_teardown(void **state) {
     sched_free(g_sched);
     api_server_free(g_srv);
     graph_registry_reset();
-    nftw(ROOT, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    rm_tree(ROOT);
     return 0;
 }
 
@@ -819,18 +818,6 @@ static void write_png(const char *path, uint32_t w, uint32_t h, int ch, uint8_t 
     struct err err = {0};
     if (png_write(path, px, w, h, ch, t, nt, 4, &err)) fail_msg("png_write %s: %s", path, err.msg);
     free(px);
-}
-
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    *len = fread(b, 1, (size_t)n, f);
-    fclose(f);
-    return b;
 }
 
 static void test_view(void **state) {
