@@ -96,6 +96,13 @@ static int conv_fill_bias_cuda(const struct tensor *dst, int64_t o, int64_t p, f
 }
 
 
+/* The error of a convolution whose sizes pass cuBLAS's int range (names its shapes). */
+static int conv_too_large(const struct tensor *dst, struct err *err) {
+    char x[64], w[64];
+    return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda conv2d: x %s * w %s exceeds cuBLAS's int sizes",
+                   tensor_shape_str(dst->src[0], x, sizeof x), tensor_shape_str(dst->src[1], w, sizeof w));
+}
+
 /* ===== cuDNN ===== */
 #ifdef KILN_HAVE_CUDNN
 
@@ -364,7 +371,7 @@ static int conv2d_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err *err
     }
 #endif
     if (p > INT_MAX || ck > INT_MAX || o > INT_MAX)
-        return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda conv2d: sizes exceed cuBLAS's int range");
+        return conv_too_large(dst, err);
     const T *x = (const T *)tx->data, *w = (const T *)tw->data;
     T *y = (T *)dst->data;
     enum dtype dt = dst->dtype;
@@ -457,7 +464,7 @@ static int conv2d_nhwc_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err
     }
 #endif
     if (k > INT_MAX || o > INT_MAX)
-        return err_set(err, STATUS_ERR_UNSUPPORTED, "cuda conv2d: sizes exceed cuBLAS's int range");
+        return conv_too_large(dst, err);
     T *y = (T *)dst->data;
     float beta = 0.0f;
     int rc0 = conv_fill_bias_cuda<T>(dst, o, 1, &beta, ctx->stream, err);
