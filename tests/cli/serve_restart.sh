@@ -72,7 +72,7 @@ wf "$DIR/n.json" $N1 7 1 new
 IDS=()
 for i in 0 1 2 3 4 5 6 7 8 9; do
     IDS+=("restart-$i")
-    wf "$DIR/r$i.json" "restart-$i" $((100 + i)) 24 "r$i" # long enough to kill mid-queue
+    wf "$DIR/r$i.json" "restart-$i" $((100 + i)) 6 "r$i"
 done
 start "$DIR/run1.log"
 submit "$DIR/b1.json"
