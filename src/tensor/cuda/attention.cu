@@ -18,7 +18,9 @@
  * cublasSgemmStridedBatched as before); for F16/BF16 the products are
  * cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F (Q, K in T -> S fp32; P, V in T -> O in
  * T) and P is a second buffer of T after S. bq is sized so S and P fit ATT_WORK_MAX together.
- * F16/BF16 with heads of up to CUDA_FLASH_DMAX (256) channels take neither: they go to the
+ * F16/BF16 go first to cuDNN's fused attention where it takes them (attention_dnn.cu: non-causal,
+ * d a multiple of 8; faster on Hopper). Others with heads of up to CUDA_FLASH_DMAX (256) channels
+ * take neither (1) nor (2): they go to the
  * tensor-core flash kernel of attention_flash.cu (mma.sync, online softmax, no scratch); the
  * two paths above remain for F32 (exact to 1e-5), the VAE's d = 512 and devices before sm_80. */
 #include "tensor/cuda/attention_flash.cuh"
@@ -251,6 +253,10 @@ static int attention_entry(struct cuda_ctx *ctx, struct tensor *dst, struct err 
     if (nb * nq * c == 0) return 0;
     T *out = (T *)dst->data;
     const T *q = (const T *)tq->data, *k = (const T *)tk->data, *v = (const T *)tv->data;
+#ifdef KILN_HAVE_CUDNN
+    int rc = cuda__attention_dnn(ctx, dst->dtype, out, q, k, v, nb, nq, nk, c, heads, causal, err);
+    if (rc <= 0) return rc; /* done, or failed; 1: cuDNN does not take it */
+#endif
     if (nb <= 65535 && heads <= 65535 && cuda__attention_flash_covers(ctx, dst->dtype, (int)(c / heads)))
         return cuda__attention_flash(ctx, dst->dtype, out, q, k, v, nb, nq, nk, c, heads, causal, err);
     if (nq * nk >= ATT_BLAS_MIN && nq <= INT_MAX && nk <= INT_MAX && c <= INT_MAX)

@@ -305,6 +305,7 @@ static void cuda_free(void *vctx) {
     }
 #ifdef KILN_HAVE_CUDNN
     cuda__conv_plans_free(&cb->ctx);
+    cuda__sdpa_plans_free(&cb->ctx);
     if (cb->ctx.cudnn) cudnnDestroy(cb->ctx.cudnn);
 #endif
     cuda__lt_plans_free(&cb->ctx);
@@ -470,8 +471,14 @@ static void cuda_dnn_open(struct cuda_ctx *ctx) {
     }
     ctx->cudnn = h;
     ctx->cudnn_find = env && strcmp(env, "find") == 0;
-    log_info("cuda backend: device %d: convolutions on cuDNN %zu (built with %d), algorithms by %s", ctx->device,
-             version, CUDNN_VERSION, ctx->cudnn_find ? "timing, once per shape (KILN_CUDNN=find)" : "heuristics");
+    const char *sdpa = getenv("KILN_CUDNN_SDPA");
+    ctx->sdpa_on = version >= 91301 && !(sdpa && strcmp(sdpa, "0") == 0);
+    log_info("cuda backend: device %d: convolutions on cuDNN %zu (built with %d), algorithms by %s; attention %s",
+             ctx->device, version, CUDNN_VERSION,
+             ctx->cudnn_find ? "timing, once per shape (KILN_CUDNN=find)" : "heuristics",
+             ctx->sdpa_on ? "on cuDNN's fused kernels where they take the shape"
+             : version < 91301 ? "on kiln's kernels (cuDNN's fused attention needs 9.13.1)"
+                               : "on kiln's kernels (KILN_CUDNN_SDPA=0)");
 }
 #endif
 

@@ -10,8 +10,9 @@
  * with cuda_from_f32<T> (round to nearest even). Each entry picks T with CUDA_DISPATCH.
  * Files: elementwise.cu (add .. geglu), matmul.cu (linear: cuBLASLt with the bias in its epilogue,
  * else cuBLAS), conv.cu (cuDNN, else im2col + gemm), norm.cu (group/layer norm), attention.cu
- * (F32: blocked online softmax or cuBLAS blocks; F16/BF16: attention_flash.cu's tensor-core
- * kernel for d <= 256), layout.cu (transpose, upsample, concat, get_rows, cast), backend.cu
+ * (F32: blocked online softmax or cuBLAS blocks; F16/BF16: cuDNN's fused attention through
+ * attention_dnn.cu where it takes the shape, else attention_flash.cu's tensor-core kernel for
+ * d <= 256), layout.cu (transpose, upsample, concat, get_rows, cast), backend.cu
  * (the table, memory, the op switch, errors), graphs.cu (replaying repeated graphs as CUDA
  * graphs), profile.cu (KILN_CUDA_PROFILE=1 per-op timing).
  * cuDNN is optional: KILN_HAVE_CUDNN (set by CMake when cuDNN 9 is found) adds the handle, the
@@ -41,6 +42,7 @@ extern "C" {
 struct cuda_profile;
 struct cuda_graphs;
 struct cuda_conv_plan;
+struct cuda_sdpa_plan;
 struct cuda_lt_plan;
 
 /* Bytes of the cuBLASLt workspace (ctx->lt_ws): what NVIDIA recommends for Hopper. */
@@ -77,6 +79,10 @@ struct cuda_ctx {
     bool cudnn_find;        /* KILN_CUDNN=find: time the algorithms once per shape (else heuristics) */
     struct cuda_conv_plan *conv_plans; /* one per distinct conv shape and dtype (conv.cu), mem_ owned */
     int n_conv_plans, cap_conv_plans;  /* used and allocated entries of conv_plans */
+    bool sdpa_on;           /* attention through cuDNN's fused SDPA (attention_dnn.cu): cuDNN >= 9.13.1
+                               at run time, unless KILN_CUDNN_SDPA=0 */
+    struct cuda_sdpa_plan *sdpa_plans; /* one per distinct attention shape and dtype, mem_ owned */
+    int n_sdpa_plans, cap_sdpa_plans;  /* used and allocated entries of sdpa_plans */
 #endif
 };
 
@@ -137,6 +143,15 @@ int cuda_dnn_error(struct err *err, cudnnStatus_t s, const char *stmt, const cha
 
 /* Frees ctx's conv plans (their cuDNN descriptors) and the table; the handle stays (conv.cu). */
 void cuda__conv_plans_free(struct cuda_ctx *ctx);
+/* out = softmax(q k^T / sqrt(d)) v through cuDNN's fused attention (attention_dnn.cu), q, out
+ * [nb, nq, c], k, v [nb, nk, c], c = heads * d, storage dtype dt, on ctx->stream. Returns 0 when
+ * done, 1 when cuDNN does not take it (off, causal, not F16/BF16, d or c not a multiple of 8, a
+ * pointer not 16-byte aligned, no engine for the shape: nothing written), or a negative status
+ * with the message in err. */
+int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const void *q, const void *k, const void *v,
+                        int64_t nb, int64_t nq, int64_t nk, int64_t c, int heads, bool causal, struct err *err);
+/* Frees ctx's SDPA plans (their cuDNN descriptors) and the table (attention_dnn.cu). */
+void cuda__sdpa_plans_free(struct cuda_ctx *ctx);
 #endif
 
 /* ===== Helpers ===== */

@@ -1,0 +1,259 @@
+/* tensor/cuda/attention_dnn.cu -- ATTENTION through cuDNN's fused scaled-dot-product attention:
+ * the graph API with one OPERATION_SDPA_FWD node (cuDNN 9.13.1 and later at run time).
+ * Owns: the ctx's SDPA plan table (backend descriptors and the execution plan per distinct
+ * shape and dtype; freed by cuda__sdpa_plans_free from cuda_free); borrows ctx->work for cuDNN's
+ * workspace. Threads: the backend's worker; cuDNN runs on ctx->stream through ctx->cudnn.
+ * Why: on the H100 cuDNN's Hopper kernels take SD 1.5's batch-8 attentions 2.2-8x faster than
+ * attention_flash.cu's mma.sync kernel (4096-token self-attention, 8 heads of 40: 0.58 against
+ * 1.31 ms; 1024 tokens, heads of 80: 0.06 against 0.30 ms; cross-attention over 77 keys: 0.04
+ * against 0.33 ms; bench/attention_torch.py and gpu_test_attention_bench_cuda, docs/PERF.md).
+ * DESIGN. kiln's q, k, v and out are [nb, n, c] with c = heads * d; cuDNN's tensors are
+ * [b, h, s, d], so each is described with strides (n c, d, c, 1): no copies. The scale
+ * 1/sqrt(d) is a by-value scalar (its host address goes in the variant pack). The first call
+ * of each (dtype, nb, nq, nk, c, heads) builds the operation graph, asks the heuristics (mode
+ * A, then the fallback list) for engine configurations and keeps the first whose execution
+ * plan finalizes; a shape with none is remembered as unusable and attention.cu's own kernels
+ * take it. Non-causal F16/BF16 only, rows of 16-byte-aligned multiples of 8 elements (cuDNN's
+ * flash kernels' condition); arithmetic: fp32 scores and softmax, probabilities rounded to the
+ * storage type for the second product, fp32 accumulation, as the flash kernel does.
+ * KILN_CUDNN_SDPA=0 turns the path off (A/B comparisons). */
+#include "tensor/cuda/cuda.cuh"
+
+#ifdef KILN_HAVE_CUDNN
+
+extern "C" {
+#include "base/log.h"
+#include "base/mem.h"
+}
+
+#include <math.h>
+#include <string.h>
+
+#define SDPA_MIN_VERSION 91301 /* the OPERATION_SDPA_FWD node (cudnn_graph.h) */
+#define SDPA_MAX_DESCS 12      /* descriptors a plan keeps alive: 5 tensors, op, graph, configs, plan */
+#define SDPA_MAX_CFGS 8        /* engine configurations tried per heuristics mode */
+
+/* unique ids of the graph's tensors, the variant pack's keys */
+enum { SDPA_UID_Q = 1, SDPA_UID_K, SDPA_UID_V, SDPA_UID_O, SDPA_UID_SCALE };
+
+struct cuda_sdpa_plan {
+    int64_t key[6];        /* dtype, nb, nq, nk, c, heads */
+    bool usable;           /* false: no engine takes it (attention.cu's kernels do) */
+    cudnnBackendDescriptor_t descs[SDPA_MAX_DESCS]; /* every descriptor made for it, destroyed together */
+    int n_descs;
+    cudnnBackendDescriptor_t plan; /* the execution plan (one of descs) */
+    int64_t ws;                    /* bytes of workspace it needs */
+    float scale;                   /* 1 / sqrt(d), passed by value */
+};
+
+/* ===== Plans ===== */
+
+static void plan_deinit(struct cuda_sdpa_plan *p) {
+    for (int i = p->n_descs - 1; i >= 0; i--) cudnnBackendDestroyDescriptor(p->descs[i]);
+    memset(p, 0, sizeof *p);
+}
+
+void cuda__sdpa_plans_free(struct cuda_ctx *ctx) {
+    for (int i = 0; i < ctx->n_sdpa_plans; i++) plan_deinit(&ctx->sdpa_plans[i]);
+    mem_free(ctx->sdpa_plans);
+    ctx->sdpa_plans = NULL;
+    ctx->n_sdpa_plans = ctx->cap_sdpa_plans = 0;
+}
+
+/* A new descriptor of the given type, kept in p (destroyed with it). */
+static int plan_desc(struct cuda_sdpa_plan *p, cudnnBackendDescriptorType_t type, cudnnBackendDescriptor_t *out,
+                     struct err *err) {
+    if (p->n_descs == SDPA_MAX_DESCS)
+        return err_set(err, STATUS_ERR_INTERNAL, "cuda sdpa: more than %d cuDNN descriptors for one plan",
+                       SDPA_MAX_DESCS);
+    CUDNN_TRY(cudnnBackendCreateDescriptor(type, out));
+    p->descs[p->n_descs++] = *out;
+    return 0;
+}
+
+/* One attribute of n values of the given type. */
+#define SDPA_SET(desc, name, type, n, ptr) CUDNN_TRY(cudnnBackendSetAttribute(desc, name, type, n, ptr))
+
+/* A finalized tensor descriptor: [b, h, s, d] with strides, or a by-value fp32 scalar. */
+static int plan_tensor(struct cuda_sdpa_plan *p, int64_t uid, cudnnDataType_t ty, const int64_t dims[4],
+                       const int64_t strides[4], bool by_value, cudnnBackendDescriptor_t *out, struct err *err) {
+    int rc = plan_desc(p, CUDNN_BACKEND_TENSOR_DESCRIPTOR, out, err);
+    if (rc) return rc;
+    int64_t align = 16;
+    SDPA_SET(*out, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &ty);
+    SDPA_SET(*out, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims);
+    SDPA_SET(*out, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides);
+    SDPA_SET(*out, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
+    SDPA_SET(*out, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align);
+    if (by_value) {
+        bool yes = true;
+        SDPA_SET(*out, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &yes);
+    }
+    CUDNN_TRY(cudnnBackendFinalize(*out));
+    return 0;
+}
+
+/* The engine configurations heuristics mode `mode` proposes for graph, best first, appended to
+ * p (at most SDPA_MAX_CFGS): their count in *n (0 when the mode has none). */
+static int plan_configs(struct cuda_sdpa_plan *p, cudnnBackendDescriptor_t graph, cudnnBackendHeurMode_t mode,
+                        cudnnBackendDescriptor_t *cfgs, int64_t *n, struct err *err) {
+    *n = 0;
+    cudnnBackendDescriptor_t heur;
+    int rc = plan_desc(p, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, &heur, err);
+    if (rc) return rc;
+    SDPA_SET(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
+    SDPA_SET(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+    cudnnStatus_t s = cudnnBackendFinalize(heur);
+    if (s != CUDNN_STATUS_SUCCESS) return 0; /* this mode has nothing for the graph */
+    int64_t avail = 0;
+    CUDNN_TRY(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &avail,
+                                       NULL));
+    int64_t want = avail < SDPA_MAX_CFGS ? avail : SDPA_MAX_CFGS;
+    if (want < 1) return 0;
+    for (int64_t i = 0; i < want; i++) {
+        rc = plan_desc(p, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfgs[i], err);
+        if (rc) return rc;
+    }
+    CUDNN_TRY(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, want, n,
+                                       cfgs));
+    return 0;
+}
+
+/* Fills p (key set) for its shape: the graph and an execution plan, or usable = false when no
+ * engine takes it. Returns 0 or a negative status (p is then deinited by the caller). */
+static int plan_init(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p, struct err *err) {
+    const int64_t nb = p->key[1], nq = p->key[2], nk = p->key[3], c = p->key[4], heads = p->key[5], d = c / heads;
+    cudnnDataType_t ty = (enum dtype)p->key[0] == DTYPE_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF;
+    p->scale = 1.0f / sqrtf((float)d);
+    const int64_t qdims[4] = {nb, heads, nq, d}, qstr[4] = {nq * c, d, c, 1};
+    const int64_t kdims[4] = {nb, heads, nk, d}, kstr[4] = {nk * c, d, c, 1};
+    const int64_t one[4] = {1, 1, 1, 1};
+    cudnnBackendDescriptor_t tq, tk, tv, to, ts, op, graph;
+    int rc = plan_tensor(p, SDPA_UID_Q, ty, qdims, qstr, false, &tq, err);
+    if (!rc) rc = plan_tensor(p, SDPA_UID_K, ty, kdims, kstr, false, &tk, err);
+    if (!rc) rc = plan_tensor(p, SDPA_UID_V, ty, kdims, kstr, false, &tv, err);
+    if (!rc) rc = plan_tensor(p, SDPA_UID_O, ty, qdims, qstr, false, &to, err);
+    if (!rc) rc = plan_tensor(p, SDPA_UID_SCALE, CUDNN_DATA_FLOAT, one, one, true, &ts, err);
+    if (!rc) rc = plan_desc(p, CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, &op, err);
+    if (rc) return rc;
+    SDPA_SET(op, CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &tq);
+    SDPA_SET(op, CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &tk);
+    SDPA_SET(op, CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &tv);
+    SDPA_SET(op, CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &to);
+    SDPA_SET(op, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &ts);
+    cudnnStatus_t s = cudnnBackendFinalize(op);
+    if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED || CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_BAD_PARAM)
+        return 0; /* this cuDNN does not describe the shape: usable stays false */
+    if (s != CUDNN_STATUS_SUCCESS)
+        return cuda_dnn_error(err, s, "cudnnBackendFinalize(SDPA_FWD)", __func__, __FILE__, __LINE__);
+    rc = plan_desc(p, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, &graph, err);
+    if (rc) return rc;
+    SDPA_SET(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op);
+    SDPA_SET(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &ctx->cudnn);
+    s = cudnnBackendFinalize(graph);
+    if (s != CUDNN_STATUS_SUCCESS) return 0;
+
+    const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
+    for (int m = 0; m < 2 && !p->usable; m++) {
+        cudnnBackendDescriptor_t cfgs[SDPA_MAX_CFGS];
+        int64_t n = 0;
+        int keep = p->n_descs; /* this mode's descriptors go once it has failed */
+        rc = plan_configs(p, graph, modes[m], cfgs, &n, err);
+        if (rc) return rc;
+        for (int64_t i = 0; i < n && !p->usable; i++) {
+            cudnnBackendDescriptor_t plan;
+            rc = plan_desc(p, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan, err);
+            if (rc) return rc;
+            SDPA_SET(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &ctx->cudnn);
+            SDPA_SET(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]);
+            if (cudnnBackendFinalize(plan) != CUDNN_STATUS_SUCCESS) {
+                cudnnBackendDestroyDescriptor(p->descs[--p->n_descs]); /* the plan, last made */
+                continue;
+            }
+            int64_t got = 0;
+            CUDNN_TRY(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
+                                               &got, &p->ws));
+            p->plan = plan;
+            p->usable = true;
+        }
+        if (!p->usable)
+            while (p->n_descs > keep) cudnnBackendDestroyDescriptor(p->descs[--p->n_descs]);
+    }
+    (void)cudaGetLastError(); /* a rejected configuration must not leave a CUDA error behind */
+    return 0;
+}
+
+/* The plan for key, made on first use: 0 with *out set, or a status. */
+static int plan_get(struct cuda_ctx *ctx, const int64_t key[6], struct cuda_sdpa_plan **out, struct err *err) {
+    for (int i = 0; i < ctx->n_sdpa_plans; i++)
+        if (memcmp(ctx->sdpa_plans[i].key, key, sizeof ctx->sdpa_plans[i].key) == 0) {
+            *out = &ctx->sdpa_plans[i];
+            return 0;
+        }
+    if (ctx->n_sdpa_plans == ctx->cap_sdpa_plans) {
+        int cap = ctx->cap_sdpa_plans ? ctx->cap_sdpa_plans * 2 : 16;
+        struct cuda_sdpa_plan *a = (struct cuda_sdpa_plan *)mem_try_realloc(ctx->sdpa_plans, (size_t)cap * sizeof *a);
+        if (!a) return err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory for the cuDNN plan table");
+        ctx->sdpa_plans = a;
+        ctx->cap_sdpa_plans = cap;
+    }
+    struct cuda_sdpa_plan p;
+    memset(&p, 0, sizeof p);
+    memcpy(p.key, key, sizeof p.key);
+    int rc = plan_init(ctx, &p, err);
+    if (rc) {
+        plan_deinit(&p);
+        return rc;
+    }
+    if (!p.usable) { /* keep only the key */
+        plan_deinit(&p);
+        memcpy(p.key, key, sizeof p.key);
+    }
+    log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld], %lld heads: %s (%lld bytes of workspace)",
+              dtype_name((enum dtype)key[0]), (long long)key[1], (long long)key[2], (long long)key[4],
+              (long long)key[3], (long long)key[4], (long long)key[5],
+              p.usable ? "cuDNN fused attention" : "no cuDNN engine, own kernels", (long long)p.ws);
+    ctx->sdpa_plans[ctx->n_sdpa_plans] = p;
+    *out = &ctx->sdpa_plans[ctx->n_sdpa_plans++];
+    return 0;
+}
+
+/* ===== Entry (cuda.cuh) ===== */
+
+int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const void *q, const void *k, const void *v,
+                        int64_t nb, int64_t nq, int64_t nk, int64_t c, int heads, bool causal, struct err *err) {
+    if (!ctx->cudnn || !ctx->sdpa_on || causal || (dt != DTYPE_F16 && dt != DTYPE_BF16) || heads < 1 ||
+        c % heads != 0)
+        return 1;
+    const int64_t d = c / heads;
+    if (d % 8 != 0 || c % 8 != 0 || ((uintptr_t)out | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 != 0)
+        return 1;
+    const int64_t key[6] = {(int64_t)dt, nb, nq, nk, c, heads};
+    struct cuda_sdpa_plan *p = NULL;
+    int rc = plan_get(ctx, key, &p, err);
+    if (rc) return rc;
+    if (!p->usable) return 1;
+    void *ws = NULL;
+    if (p->ws > 0) { /* taken now: cuda__work may move the scratch */
+        ws = cuda__work(ctx, (size_t)p->ws, "cuDNN attention workspace", &rc, err);
+        if (!ws) return rc;
+    }
+    float scale = p->scale;
+    int64_t uids[5] = {SDPA_UID_Q, SDPA_UID_K, SDPA_UID_V, SDPA_UID_O, SDPA_UID_SCALE};
+    void *ptrs[5] = {(void *)q, (void *)k, (void *)v, out, &scale};
+    cudnnBackendDescriptor_t pack = NULL;
+    CUDNN_TRY(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
+    cudnnStatus_t s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 5, uids);
+    if (s == CUDNN_STATUS_SUCCESS)
+        s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 5, ptrs);
+    if (s == CUDNN_STATUS_SUCCESS)
+        s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
+    if (s == CUDNN_STATUS_SUCCESS) s = cudnnBackendFinalize(pack);
+    if (s == CUDNN_STATUS_SUCCESS) s = cudnnBackendExecute(ctx->cudnn, p->plan, pack);
+    cudnnBackendDestroyDescriptor(pack);
+    if (s != CUDNN_STATUS_SUCCESS)
+        return cuda_dnn_error(err, s, "cudnnBackendExecute(SDPA_FWD)", __func__, __FILE__, __LINE__);
+    return 0;
+}
+
+#endif /* KILN_HAVE_CUDNN */
