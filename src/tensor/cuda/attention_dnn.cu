@@ -11,9 +11,10 @@
  * [b, h, s, d], so each is described with strides (n c, d, c, 1): no copies. The scale
  * 1/sqrt(d) is a by-value scalar (its host address goes in the variant pack). The first call
  * of each (dtype, nb, nq, nk, c, heads) builds the operation graph, asks the heuristics (mode
- * A, then the fallback list) for engine configurations and keeps the first whose execution
- * plan finalizes; a shape with none is remembered as unusable and attention.cu's own kernels
- * take it. Non-causal F16/BF16 only, rows of 16-byte-aligned multiples of 8 elements (cuDNN's
+ * A; the fallback list if A has none) for engine configurations and keeps every one whose
+ * execution plan finalizes; the first run times them on its operands and keeps the fastest
+ * (outside a CUDA graph capture; inside one, the heuristics' first). A shape with none is
+ * remembered as unusable and attention.cu's own kernels take it. Non-causal F16/BF16 only, rows of 16-byte-aligned multiples of 8 elements (cuDNN's
  * flash kernels' condition); arithmetic: fp32 scores and softmax, probabilities rounded to the
  * storage type for the second product, fp32 accumulation, as the flash kernel does.
  * KILN_CUDNN_SDPA=0 turns the path off (A/B comparisons). */
@@ -30,7 +31,7 @@ extern "C" {
 #include <string.h>
 
 #define SDPA_MIN_VERSION 91301 /* the OPERATION_SDPA_FWD node (cudnn_graph.h) */
-#define SDPA_MAX_DESCS 12      /* descriptors a plan keeps alive: 5 tensors, op, graph, configs, plan */
+#define SDPA_MAX_DESCS 40 /* descriptors a plan keeps alive: 5 tensors, op, graph, heuristics, configs, plans */
 #define SDPA_MAX_CFGS 8        /* engine configurations tried per heuristics mode */
 
 /* unique ids of the graph's tensors, the variant pack's keys */
@@ -41,9 +42,11 @@ struct cuda_sdpa_plan {
     bool usable;           /* false: no engine takes it (attention.cu's kernels do) */
     cudnnBackendDescriptor_t descs[SDPA_MAX_DESCS]; /* every descriptor made for it, destroyed together */
     int n_descs;
-    cudnnBackendDescriptor_t plan; /* the execution plan (one of descs) */
-    int64_t ws;                    /* bytes of workspace it needs */
-    float scale;                   /* 1 / sqrt(d), passed by value */
+    cudnnBackendDescriptor_t cand[SDPA_MAX_CFGS]; /* execution plans that finalized, the heuristics' order */
+    int64_t cand_ws[SDPA_MAX_CFGS];               /* bytes of workspace each needs */
+    int n_cand;
+    int pick;              /* the candidate in use; -1 until the first call has timed them */
+    float scale;           /* 1 / sqrt(d), passed by value */
 };
 
 /* ===== Plans ===== */
@@ -153,14 +156,16 @@ static int plan_init(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p, struct err 
     s = cudnnBackendFinalize(graph);
     if (s != CUDNN_STATUS_SUCCESS) return 0;
 
+    /* every configuration of the first mode that has any whose plan finalizes: the first call
+     * times them (sdpa_pick) */
     const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
-    for (int m = 0; m < 2 && !p->usable; m++) {
+    for (int m = 0; m < 2 && p->n_cand == 0; m++) {
         cudnnBackendDescriptor_t cfgs[SDPA_MAX_CFGS];
         int64_t n = 0;
-        int keep = p->n_descs; /* this mode's descriptors go once it has failed */
+        int keep = p->n_descs; /* this mode's descriptors go if none of its plans finalizes */
         rc = plan_configs(p, graph, modes[m], cfgs, &n, err);
         if (rc) return rc;
-        for (int64_t i = 0; i < n && !p->usable; i++) {
+        for (int64_t i = 0; i < n; i++) {
             cudnnBackendDescriptor_t plan;
             rc = plan_desc(p, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan, err);
             if (rc) return rc;
@@ -172,13 +177,14 @@ static int plan_init(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p, struct err 
             }
             int64_t got = 0;
             CUDNN_TRY(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
-                                               &got, &p->ws));
-            p->plan = plan;
-            p->usable = true;
+                                               &got, &p->cand_ws[p->n_cand]));
+            p->cand[p->n_cand++] = plan;
         }
-        if (!p->usable)
+        if (p->n_cand == 0)
             while (p->n_descs > keep) cudnnBackendDestroyDescriptor(p->descs[--p->n_descs]);
     }
+    p->usable = p->n_cand > 0;
+    p->pick = p->n_cand == 1 ? 0 : -1;
     (void)cudaGetLastError(); /* a rejected configuration must not leave a CUDA error behind */
     return 0;
 }
@@ -209,12 +215,80 @@ static int plan_get(struct cuda_ctx *ctx, const int64_t key[6], struct cuda_sdpa
         plan_deinit(&p);
         memcpy(p.key, key, sizeof p.key);
     }
-    log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld], %lld heads: %s (%lld bytes of workspace)",
+    log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld], %lld heads: %d cuDNN plan(s)%s",
               dtype_name((enum dtype)key[0]), (long long)key[1], (long long)key[2], (long long)key[4],
-              (long long)key[3], (long long)key[4], (long long)key[5],
-              p.usable ? "cuDNN fused attention" : "no cuDNN engine, own kernels", (long long)p.ws);
+              (long long)key[3], (long long)key[4], (long long)key[5], p.n_cand,
+              p.usable ? "" : ": kiln's own kernels take it");
     ctx->sdpa_plans[ctx->n_sdpa_plans] = p;
     *out = &ctx->sdpa_plans[ctx->n_sdpa_plans++];
+    return 0;
+}
+
+/* ===== Running ===== */
+
+/* Runs candidate i of p once on ctx->stream with the given pointers and workspace. */
+static cudnnStatus_t sdpa_exec(struct cuda_ctx *ctx, const struct cuda_sdpa_plan *p, int i, void *const ptrs[4],
+                               void *ws) {
+    float scale = p->scale; /* read by cuDNN during the call */
+    int64_t uids[5] = {SDPA_UID_Q, SDPA_UID_K, SDPA_UID_V, SDPA_UID_O, SDPA_UID_SCALE};
+    void *all[5] = {ptrs[0], ptrs[1], ptrs[2], ptrs[3], &scale};
+    cudnnBackendDescriptor_t pack = NULL;
+    cudnnStatus_t s = cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
+    if (s != CUDNN_STATUS_SUCCESS) return s;
+    s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 5, uids);
+    if (s == CUDNN_STATUS_SUCCESS)
+        s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 5, all);
+    if (s == CUDNN_STATUS_SUCCESS)
+        s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
+    if (s == CUDNN_STATUS_SUCCESS) s = cudnnBackendFinalize(pack);
+    if (s == CUDNN_STATUS_SUCCESS) s = cudnnBackendExecute(ctx->cudnn, p->cand[i], pack);
+    cudnnBackendDestroyDescriptor(pack);
+    return s;
+}
+
+/* Sets p->pick to the fastest candidate on these operands (each run once to warm up, then
+ * SDPA_TIMED_RUNS times between two events; one that fails to run is skipped), or to the
+ * heuristics' first while the stream is being captured (no synchronisation allowed there).
+ * The output is overwritten; the caller runs the pick afterwards. */
+#define SDPA_TIMED_RUNS 3
+static int sdpa_pick(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p, void *const ptrs[4], void *ws,
+                     struct err *err) { /* ws: the largest candidate's workspace */
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    CUDA_TRY(cudaStreamIsCapturing(ctx->stream, &cap));
+    if (cap != cudaStreamCaptureStatusNone) {
+        p->pick = 0;
+        return 0;
+    }
+    cudaEvent_t e[2];
+    CUDA_TRY(cudaEventCreate(&e[0]));
+    if (cudaEventCreate(&e[1]) != cudaSuccess) {
+        cudaEventDestroy(e[0]);
+        return err_set(err, STATUS_ERR_DEVICE, "cuda sdpa: cannot create timing events");
+    }
+    float best = INFINITY, ms[SDPA_MAX_CFGS];
+    int rc = 0;
+    for (int i = 0; i < p->n_cand && !rc; i++) {
+        ms[i] = INFINITY;
+        bool ok = sdpa_exec(ctx, p, i, ptrs, ws) == CUDNN_STATUS_SUCCESS;
+        if (ok && cudaEventRecord(e[0], ctx->stream) != cudaSuccess) ok = false;
+        for (int r = 0; ok && r < SDPA_TIMED_RUNS; r++) ok = sdpa_exec(ctx, p, i, ptrs, ws) == CUDNN_STATUS_SUCCESS;
+        if (ok && cudaEventRecord(e[1], ctx->stream) != cudaSuccess) ok = false;
+        cudaError_t ce = cudaEventSynchronize(e[1]);
+        if (ce != cudaSuccess) rc = cuda_error(err, ce, "cudaEventSynchronize", __func__, __FILE__, __LINE__);
+        if (ok && !rc && cudaEventElapsedTime(&ms[i], e[0], e[1]) == cudaSuccess) ms[i] /= SDPA_TIMED_RUNS;
+        if (ms[i] < best) {
+            best = ms[i];
+            p->pick = i;
+        }
+    }
+    cudaEventDestroy(e[0]);
+    cudaEventDestroy(e[1]);
+    (void)cudaGetLastError(); /* a candidate that failed must not leave an error behind */
+    if (rc) return rc;
+    if (p->pick < 0) p->pick = 0; /* none ran: the heuristics' first reports its error below */
+    log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld]: plan %d of %d, %.3f ms (first %.3f ms)",
+              dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2], (long long)p->key[4],
+              (long long)p->key[3], (long long)p->key[4], p->pick, p->n_cand, (double)best, (double)ms[0]);
     return 0;
 }
 
@@ -233,24 +307,17 @@ int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const vo
     int rc = plan_get(ctx, key, &p, err);
     if (rc) return rc;
     if (!p->usable) return 1;
+    int64_t need = 0; /* the workspace of the pick, or of every candidate before it is made */
+    for (int i = 0; i < p->n_cand; i++)
+        if ((p->pick < 0 || i == p->pick) && p->cand_ws[i] > need) need = p->cand_ws[i];
     void *ws = NULL;
-    if (p->ws > 0) { /* taken now: cuda__work may move the scratch */
-        ws = cuda__work(ctx, (size_t)p->ws, "cuDNN attention workspace", &rc, err);
+    if (need > 0) { /* taken now: cuda__work may move the scratch */
+        ws = cuda__work(ctx, (size_t)need, "cuDNN attention workspace", &rc, err);
         if (!ws) return rc;
     }
-    float scale = p->scale;
-    int64_t uids[5] = {SDPA_UID_Q, SDPA_UID_K, SDPA_UID_V, SDPA_UID_O, SDPA_UID_SCALE};
-    void *ptrs[5] = {(void *)q, (void *)k, (void *)v, out, &scale};
-    cudnnBackendDescriptor_t pack = NULL;
-    CUDNN_TRY(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
-    cudnnStatus_t s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 5, uids);
-    if (s == CUDNN_STATUS_SUCCESS)
-        s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 5, ptrs);
-    if (s == CUDNN_STATUS_SUCCESS)
-        s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
-    if (s == CUDNN_STATUS_SUCCESS) s = cudnnBackendFinalize(pack);
-    if (s == CUDNN_STATUS_SUCCESS) s = cudnnBackendExecute(ctx->cudnn, p->plan, pack);
-    cudnnBackendDestroyDescriptor(pack);
+    void *const ptrs[4] = {(void *)q, (void *)k, (void *)v, out};
+    if (p->pick < 0 && (rc = sdpa_pick(ctx, p, ptrs, ws, err))) return rc;
+    cudnnStatus_t s = sdpa_exec(ctx, p, p->pick, ptrs, ws);
     if (s != CUDNN_STATUS_SUCCESS)
         return cuda_dnn_error(err, s, "cudnnBackendExecute(SDPA_FWD)", __func__, __FILE__, __LINE__);
     return 0;
