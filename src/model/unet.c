@@ -9,6 +9,7 @@
 #include "base/mem.h"
 #include "base/status.h"
 
+#include <stdatomic.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -123,9 +124,13 @@ static void bind_st(struct nn_loader *ld, struct unet_st *st, const struct unet_
     }
 }
 
+/* unet_load's counter for load_id (any thread). */
+static atomic_uint_fast64_t unet_loads;
+
 int unet_load(struct unet *m, const struct ckpt *ck, struct backend *be, const struct nn_storage *st,
               struct err *err) {
     memset(m, 0, sizeof *m);
+    m->load_id = atomic_fetch_add(&unet_loads, 1) + 1;
     int rc = unet_config_detect(ck, UNET_PREFIX, &m->config, err);
     if (rc) return rc;
     const struct unet_config *cf = &m->config;
@@ -342,15 +347,24 @@ static int eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int6
                 const float *timesteps, const float *context, const void *context_dev, int64_t n_tokens,
                 float *out) {
     const struct unet_config *cf = &m->config;
-    tctx_reset(c);
-    struct tensor *tx = tensor_input(c, DTYPE_F32, 4, (int64_t[]){b, cf->in_channels, h, w});
-    struct tensor *tt = tensor_input(c, DTYPE_F32, 2, (int64_t[]){b, cf->model_channels});
-    const int64_t cs[3] = {b, n_tokens, cf->context_dim};
-    struct tensor *tc = context_dev ? tensor_weight(c, DTYPE_F32, 3, cs, (void *)context_dev)
-                                    : tensor_input(c, DTYPE_F32, 3, cs);
-    struct tensor *y = unet_forward(c, m, tx, tt, tc);
-    int rc = tctx_plan(c, &y, 1);
-    if (rc) return rc;
+    /* the sampler evaluates one graph every step: record and plan it once (tctx_memo_*) */
+    const uint64_t key[TCTX_MEMO_KEY] = {0x756e6574 /* "unet" */, (uint64_t)(uintptr_t)m, m->load_id, (uint64_t)b,
+                                         (uint64_t)h, (uint64_t)w, (uint64_t)n_tokens, (uint64_t)(uintptr_t)context_dev};
+    struct tensor *io[4]; /* x, timestep embedding, context, output */
+    if (!tctx_memo_get(c, key, io, 4)) {
+        tctx_reset(c);
+        io[0] = tensor_input(c, DTYPE_F32, 4, (int64_t[]){b, cf->in_channels, h, w});
+        io[1] = tensor_input(c, DTYPE_F32, 2, (int64_t[]){b, cf->model_channels});
+        const int64_t cs[3] = {b, n_tokens, cf->context_dim};
+        io[2] = context_dev ? tensor_weight(c, DTYPE_F32, 3, cs, (void *)context_dev)
+                            : tensor_input(c, DTYPE_F32, 3, cs);
+        io[3] = unet_forward(c, m, io[0], io[1], io[2]);
+        int rc = tctx_plan(c, &io[3], 1);
+        if (rc) return rc;
+        tctx_memo_set(c, key, io, 4);
+    }
+    struct tensor *tx = io[0], *tt = io[1], *tc = io[2], *y = io[3];
+    int rc;
     float *temb = mem_try_alloc((size_t)(b * cf->model_channels) * sizeof(float));
     if (!temb) return tctx_fail(c, STATUS_ERR_NOMEM, "out of host memory"), c->rc;
     for (int64_t i = 0; i < b; i++) unet_timestep_embedding(timesteps[i], cf->model_channels, temb + i * cf->model_channels);

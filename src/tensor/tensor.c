@@ -183,6 +183,7 @@ void tctx_reset(struct tctx *c) {
     c->n_created = 0;
     c->rc = 0;
     err_clear(&c->err);
+    c->memo_valid = false;
 }
 
 struct tensor *tctx_fail(struct tctx *c, int rc, const char *fmt, ...) {
@@ -587,6 +588,30 @@ int tctx_get(struct tctx *c, const struct tensor *t, void *host) {
     int rc = backend_tensor_get(c->backend, t, host, 0, tensor_nbytes(t));
     if (rc) tctx_fail(c, rc, "copy from %s failed: %s", c->backend->iface->name, status_str(rc));
     return c->rc;
+}
+
+void tctx_memo_set(struct tctx *c, const uint64_t key[TCTX_MEMO_KEY], struct tensor *const *io, int n_io) {
+    ASSERT(n_io >= 0 && n_io <= TCTX_MEMO_IO);
+    if (c->rc || !c->run) return;
+    memcpy(c->memo_key, key, sizeof c->memo_key);
+    memset(c->memo_io, 0, sizeof c->memo_io);
+    memcpy(c->memo_io, io, (size_t)n_io * sizeof *io);
+    c->memo_buf = c->scratch->buf;
+    c->memo_valid = true;
+}
+
+bool tctx_memo_get(struct tctx *c, const uint64_t key[TCTX_MEMO_KEY], struct tensor **io, int n_io) {
+    ASSERT(n_io >= 0 && n_io <= TCTX_MEMO_IO);
+    static int reuse = -1; /* KILN_GRAPH_REUSE, read once */
+    if (reuse < 0) {
+        const char *e = getenv("KILN_GRAPH_REUSE");
+        reuse = !(e && strcmp(e, "0") == 0);
+    }
+    if (!reuse || !c->memo_valid || c->rc || c->memo_buf != c->scratch->buf ||
+        memcmp(c->memo_key, key, sizeof c->memo_key) != 0)
+        return false;
+    memcpy(io, c->memo_io, (size_t)n_io * sizeof *io);
+    return true;
 }
 
 int tctx_run(struct tctx *c) {

@@ -192,6 +192,9 @@ struct tscratch {
 void tscratch_init(struct tscratch *s, struct backend *be);
 void tscratch_deinit(struct tscratch *s); /* frees buf on its backend */
 
+#define TCTX_MEMO_KEY 8 /* words describing a memoised graph */
+#define TCTX_MEMO_IO 4  /* tensors remembered with it */
+
 struct tctx {
     struct backend *backend;  /* runs the graph */
     struct tscratch *scratch; /* activations (borrowed) */
@@ -205,6 +208,12 @@ struct tctx {
     int n_created;            /* tensors made since the last reset (tensor.seq) */
     int rc;                   /* sticky status: 0 or the first failure */
     struct err err;           /* message for rc */
+    /* what the planned graph computes, as its builder described it (tctx_memo_set; cleared by
+       tctx_reset): lets a caller that runs the same graph again only set new inputs */
+    bool memo_valid;
+    uint64_t memo_key[TCTX_MEMO_KEY];
+    struct tensor *memo_io[TCTX_MEMO_IO]; /* the builder's inputs and outputs */
+    void *memo_buf;                       /* the scratch buffer the plan placed its nodes in */
 };
 
 /* Storage is the caller's; the scratch is borrowed and must outlive the context. */
@@ -239,6 +248,16 @@ int tctx_get(struct tctx *c, const struct tensor *t, void *host);
 
 /* Runs the planned graph on the backend. */
 int tctx_run(struct tctx *c);
+
+/* Graph reuse. A caller that runs one graph many times with new inputs (the sampler's UNet
+ * evaluations: recording and planning ~2000 nodes is host time the GPU waits for) describes it
+ * with key[TCTX_MEMO_KEY] after tctx_plan (tctx_memo_set, io: up to TCTX_MEMO_IO of its tensors)
+ * and asks before recording again (tctx_memo_get): true, with io filled, when the planned graph
+ * is still that one (no reset, no failure, the scratch not moved); then only tctx_set, tctx_run
+ * and tctx_get are needed. KILN_GRAPH_REUSE=0 in the environment makes tctx_memo_get always
+ * false. */
+void tctx_memo_set(struct tctx *c, const uint64_t key[TCTX_MEMO_KEY], struct tensor *const *io, int n_io);
+bool tctx_memo_get(struct tctx *c, const uint64_t key[TCTX_MEMO_KEY], struct tensor **io, int n_io);
 
 /* ===== Op constructors (record one node; see the sticky-error rule above) ===== */
 

@@ -8,7 +8,8 @@
  * The fp16 run uses kiln's GPU storage as the server does (sd_storage_for: channels-last unless
  * KILN_CHANNELS_LAST=0). KILN_GPU_BENCH_BATCH=N evaluates batch N instead of 2 (2 x the images of
  * a CFG step); KILN_GPU_BENCH_F16_ONLY=1 runs the fp16 evaluation alone (profiles, other batch
- * sizes: no fp32 or CPU run to compare with). */
+ * sizes: no fp32 or CPU run to compare with) and then times the VAE decode of the step's images
+ * (half the batch) in the GPU's storage. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +23,7 @@
 #include "model/safetensors.h"
 #include "model/sd.h"
 #include "model/unet.h"
+#include "model/vae.h"
 #include "model/wstore.h"
 #include "tensor/backend.h"
 
@@ -29,6 +31,42 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+
+/* Loads the VAE of ck on be in storage st, decodes b latents of 64x64 (512x512 images) once to
+ * warm up and `runs` times more; returns the median seconds. */
+static double bench_vae(struct backend *be, const struct ckpt *ck, const struct nn_storage *st, int64_t b, int runs) {
+    struct err err = {0};
+    struct vae *m = mem_calloc(1, sizeof *m);
+    if (vae_load(m, ck, be, st, &err)) fail_msg("vae: %s", err.msg);
+    struct tscratch scratch;
+    struct tctx c;
+    tscratch_init(&scratch, be);
+    tctx_init(&c, be, &scratch);
+    int64_t nz = b * 4 * 64 * 64, ni = b * 3 * 512 * 512;
+    float *z = mem_alloc((size_t)nz * sizeof(float)), *img = mem_alloc((size_t)ni * sizeof(float));
+    uint64_t s = 777;
+    for (int64_t i = 0; i < nz; i++) z[i] = (float)((s = s * 6364136223846793005ULL + 1) >> 40) / (1 << 23) - 1.0f;
+    double t[8];
+    for (int r = 0; r <= runs && r <= 8; r++) {
+        double a = clock_now();
+        if (vae_decode(&c, m, b, 64, 64, z, img)) fail_msg("vae: %s", c.err.msg);
+        if (r) t[r - 1] = clock_now() - a;
+    }
+    for (int i = 0; i < runs; i++)
+        for (int j = i + 1; j < runs; j++)
+            if (t[j] < t[i]) {
+                double tmp = t[i];
+                t[i] = t[j];
+                t[j] = tmp;
+            }
+    mem_free(z);
+    mem_free(img);
+    tctx_deinit(&c);
+    tscratch_deinit(&scratch);
+    vae_deinit(m);
+    mem_free(m);
+    return t[runs / 2];
+}
 
 /* Loads the UNet of ck on be, runs 1 warm-up + runs evaluations; returns the median seconds
  * and leaves the last output in out. */
@@ -108,10 +146,15 @@ static void test_sd15_unet(void **state) {
                      f16.channels_last ? "cuda fp16 channels-last (from the host copy)" : "cuda fp16 (from the host copy)");
     unet_deinit(keeper);
     mem_free(keeper);
+    int64_t images = nb / 2 > 0 ? nb / 2 : 1;
+    struct nn_storage vst = sd_storage_for(gpu, false, wstore_global()).vae;
+    double v = bench_vae(gpu, &ck, &vst, images, 5);
     backend_free(gpu);
     if (f16_only) {
         printf("  SD 1.5 UNet, batch %lld, 64x64: cuda fp16 %.4f s per evaluation (%s)\n", (long long)nb, h,
                f16.channels_last ? "channels-last" : "NCHW");
+        printf("  SD 1.5 VAE decode, %lld images of 512x512: cuda %s %.4f s\n", (long long)images,
+               dtype_name(vst.dtype), v);
     } else {
         double c = bench(cpu, &ck, NULL, nb, x, t, ctx, yc, 1, "cpu");
         double eg = golden_rel_err(yg, yc, (size_t)nx), eh = golden_rel_err(yh, yc, (size_t)nx);

@@ -208,8 +208,12 @@ static int common_ksampler(struct node_run *ctx, const struct model_value *model
         p.batch_index = in->batch_index;
         struct denoise_fn fn = {.fn = cfg_denoise, .user = &d};
         struct progress_fwd pf = {.run = ctx, .err = err};
+        /* the UNet's graph is recorded once and run every step (unet.c, tctx_memo_*): only within
+           this run, while the model and d.ctx_dev are sure to stay where they are */
+        tctx_reset(&d.engine->tctx);
         rc = ksampler_run(&sched, &fn, &p, in->b, in->c * in->h * in->w, in->samples, res->samples,
                           forward_progress, &pf, err);
+        tctx_reset(&d.engine->tctx);
     }
     if (d.ctx_dev) backend_buf_free(d.engine->backend, d.ctx_dev);
     mem_free(d.entries);

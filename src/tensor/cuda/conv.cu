@@ -24,8 +24,8 @@
  * CHANNELS LAST (ip[5]; x [B, H, W, C], w [O, kh, kw, C], y [B, Ho, Wo, O]): cuDNN with NHWC
  * descriptors (its tensor-core kernels' native layout: NCHW costs a transpose in and out of
  * every call, 2.8x the time of one UNet's convolutions at batch 2 on the H100, bench/
- * conv_layout.cu), plans keyed by layout too; 1x1 unpadded stride-1 convs and the fallback are one
- * product per chunk of positions over the whole batch, y [P, O] = col [P, K] . w [O, K]^T. */
+ * conv_layout.cu), plans keyed by layout too; 1x1 unpadded stride-1 convs, inputs of fewer than 8
+ * channels and the fallback are one product per chunk of positions over the whole batch, y [P, O] = col [P, K] . w [O, K]^T. */
 #include "tensor/cuda/cuda.cuh"
 
 #include <limits.h>
@@ -457,8 +457,12 @@ static int conv2d_nhwc_cuda(struct cuda_ctx *ctx, struct tensor *dst, struct err
     int64_t o = tw->shape[0], p = tx->shape[0] * g.ho * g.wo, k = g.c * g.kh * g.kw;
     if (p * o == 0) return 0;
     bool pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pt == 0 && g.pl == 0;
+    /* fewer than 8 input channels (the UNet's and the VAE decoder's 4-channel latent in): cuDNN's
+       channels-last kernels want C a multiple of 8 and took 0.19 ms for the UNet's conv_in at
+       batch 8 on the H100, one product over im2col columns (K = 9 C) does it directly */
+    bool narrow = g.c < 8;
 #ifdef KILN_HAVE_CUDNN
-    if (ctx->cudnn && !pointwise) {
+    if (ctx->cudnn && !pointwise && !narrow) {
         int rc = conv2d_dnn<T>(ctx, dst, err);
         if (rc <= 0) return rc;
     }
