@@ -1,66 +1,94 @@
 /* tensor/cuda/attention_dnn.cu -- ATTENTION through cuDNN's fused scaled-dot-product attention:
  * the graph API with one OPERATION_SDPA_FWD node (cuDNN 9.13.1 and later at run time).
- * Owns: the ctx's SDPA plan table (backend descriptors and the execution plan per distinct
- * shape and dtype; freed by cuda__sdpa_plans_free from cuda_free); borrows ctx->work for cuDNN's
- * workspace. Threads: the backend's worker; cuDNN runs on ctx->stream through ctx->cudnn.
- * Why: on the H100 cuDNN's Hopper kernels take SD 1.5's batch-8 attentions 2.2-8x faster than
- * attention_flash.cu's mma.sync kernel (4096-token self-attention, 8 heads of 40: 0.58 against
- * 1.31 ms; 1024 tokens, heads of 80: 0.06 against 0.30 ms; cross-attention over 77 keys: 0.04
- * against 0.33 ms; bench/attention_torch.py and gpu_test_attention_bench_cuda, docs/PERF.md).
+ * Owns: the ctx's SDPA state (struct cuda_sdpa: the plan table, each plan's backend descriptors,
+ * the background builder thread and its cuDNN handle; freed by cuda__sdpa_free from cuda_free);
+ * borrows ctx->work for cuDNN's workspace.
+ * Threads: cuda__attention_dnn runs on the backend's worker (cuDNN on ctx->stream through
+ * ctx->cudnn); the builder thread only makes plans (no launches) with a handle of its own.
+ * Why: on the H100 cuDNN's Hopper kernels take SD 1.5's batch-8 attentions 2.3-5x faster than
+ * attention_flash.cu's mma.sync kernel (4096-token self-attention, 8 heads of 40: 0.57 against
+ * 1.31 ms; 1024 tokens, heads of 80: 0.06 against 0.30 ms; bench/attention_torch.py and
+ * gpu_test_bench_cuda, docs/PERF.md).
  * DESIGN. kiln's q, k, v and out are [nb, n, c] with c = heads * d; cuDNN's tensors are
  * [b, h, s, d], so each is described with strides (n c, d, c, 1): no copies. The scale
- * 1/sqrt(d) is a by-value scalar (its host address goes in the variant pack). The first call
- * of each (dtype, nb, nq, nk, c, heads) builds the operation graph, asks the heuristics (mode
- * A; the fallback list if A has none) for engine configurations and keeps every one whose
- * execution plan finalizes; the first run times them on its operands and keeps the fastest
- * (outside a CUDA graph capture; inside one, the heuristics' first). A shape with none is
- * remembered as unusable and attention.cu's own kernels take it. Non-causal F16/BF16 only, rows of 16-byte-aligned multiples of 8 elements (cuDNN's
- * flash kernels' condition); arithmetic: fp32 scores and softmax, probabilities rounded to the
- * storage type for the second product, fp32 accumulation, as the flash kernel does.
- * KILN_CUDNN_SDPA=0 turns the path off (A/B comparisons). */
+ * 1/sqrt(d) is a by-value scalar (its host address goes in the variant pack). A plan per
+ * (dtype, nb, nq, nk, c, heads): the operation graph, the heuristics' engine configurations
+ * (mode A; the fallback list if A has none) and every execution plan of them that finalizes.
+ * cuDNN's SDPA engines are all compiled at run time (NVRTC): 0.5-1.2 s per plan on the H100's
+ * host, 2-3 plans per shape, ~17 s for the 8 shapes of one SD 1.5 image size, seconds that a
+ * first prompt must not wait for. So by default the first call of a shape queues its plan for
+ * the builder thread and returns 1 (attention.cu's own kernels run it); once the plan is made,
+ * the ctx's epoch moves (cuda__sdpa_epoch, part of graphs.cu's signatures, so CUDA graphs
+ * captured with the old kernels are not replayed) and the next call times the plans on its
+ * operands and keeps the fastest (outside a CUDA graph capture; inside one, the heuristics'
+ * first). KILN_CUDNN_SDPA=sync builds on the worker at first use instead (measurements), =0
+ * turns the path off. A shape no engine takes is remembered and left to the own kernels.
+ * Non-causal F16/BF16 only, rows of 16-byte-aligned multiples of 8 elements; arithmetic: fp32
+ * scores and softmax, probabilities rounded to the storage type for the second product, fp32
+ * accumulation, as the flash kernel does. The log says when background builds start and when
+ * all queued ones are ready (bench.py waits for that before timing). */
 #include "tensor/cuda/cuda.cuh"
 
 #ifdef KILN_HAVE_CUDNN
 
 extern "C" {
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/mem.h"
 }
 
+#include <atomic>
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #define SDPA_MIN_VERSION 91301 /* the OPERATION_SDPA_FWD node (cudnn_graph.h) */
-#define SDPA_MAX_DESCS 40 /* descriptors a plan keeps alive: 5 tensors, op, graph, heuristics, configs, plans */
-#define SDPA_MAX_CFGS 8        /* engine configurations tried per heuristics mode */
+#define SDPA_MAX_DESCS 48 /* descriptors a plan keeps alive: 5 tensors, op, graph, heuristics, configs, plans */
+#define SDPA_MAX_CFGS 4        /* engine configurations tried per heuristics mode */
 
 /* unique ids of the graph's tensors, the variant pack's keys */
 enum { SDPA_UID_Q = 1, SDPA_UID_K, SDPA_UID_V, SDPA_UID_O, SDPA_UID_SCALE };
 
+enum sdpa_state { SDPA_QUEUED, SDPA_READY, SDPA_UNUSABLE };
+
 struct cuda_sdpa_plan {
     int64_t key[6];        /* dtype, nb, nq, nk, c, heads */
-    bool usable;           /* false: no engine takes it (attention.cu's kernels do) */
+    std::atomic<int> state; /* enum sdpa_state: the builder sets READY or UNUSABLE (release), after
+                              which only the worker touches the plan */
     cudnnBackendDescriptor_t descs[SDPA_MAX_DESCS]; /* every descriptor made for it, destroyed together */
     int n_descs;
     cudnnBackendDescriptor_t cand[SDPA_MAX_CFGS]; /* execution plans that finalized, the heuristics' order */
     int64_t cand_ws[SDPA_MAX_CFGS];               /* bytes of workspace each needs */
     int n_cand;
-    int pick;              /* the candidate in use; -1 until the first call has timed them */
+    int pick;              /* the candidate in use; -1 until a call has timed them (worker) */
     float scale;           /* 1 / sqrt(d), passed by value */
+    double built_s;        /* seconds the plans took */
+};
+
+struct cuda_sdpa {
+    int device;
+    bool sync;                     /* KILN_CUDNN_SDPA=sync: plans made on the worker at first use */
+    struct cuda_sdpa_plan **plans; /* every shape seen (the worker appends; pointers stay put) */
+    int n_plans, cap_plans;
+    pthread_mutex_t mu;            /* guards the queue, pending, batch_*, stop, started, handle */
+    pthread_cond_t cv;             /* the builder waits on it for work or stop */
+    struct cuda_sdpa_plan **queue; /* FIFO of plans to build: queue[head .. n_queue) */
+    int head, n_queue, cap_queue;
+    int pending;                   /* queued or being built */
+    double batch_t0;               /* when pending last rose from 0 */
+    int batch_n;                   /* plans built since then */
+    bool started, stop;
+    pthread_t thread;
+    cudnnHandle_t handle;          /* the builder's (made on its thread), or NULL */
+    std::atomic<uint64_t> epoch;   /* +1 per plan that became ready */
 };
 
 /* ===== Plans ===== */
 
-static void plan_deinit(struct cuda_sdpa_plan *p) {
+/* Destroys p's descriptors (its key and state stay). */
+static void plan_release(struct cuda_sdpa_plan *p) {
     for (int i = p->n_descs - 1; i >= 0; i--) cudnnBackendDestroyDescriptor(p->descs[i]);
-    memset(p, 0, sizeof *p);
-}
-
-void cuda__sdpa_plans_free(struct cuda_ctx *ctx) {
-    for (int i = 0; i < ctx->n_sdpa_plans; i++) plan_deinit(&ctx->sdpa_plans[i]);
-    mem_free(ctx->sdpa_plans);
-    ctx->sdpa_plans = NULL;
-    ctx->n_sdpa_plans = ctx->cap_sdpa_plans = 0;
+    p->n_descs = p->n_cand = 0;
 }
 
 /* A new descriptor of the given type, kept in p (destroyed with it). */
@@ -122,9 +150,9 @@ static int plan_configs(struct cuda_sdpa_plan *p, cudnnBackendDescriptor_t graph
     return 0;
 }
 
-/* Fills p (key set) for its shape: the graph and an execution plan, or usable = false when no
+/* Fills p (key set) for its shape with handle: the graph and its execution plans (none when no
  * engine takes it. Returns 0 or a negative status (p is then deinited by the caller). */
-static int plan_init(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p, struct err *err) {
+static int plan_init(cudnnHandle_t handle, struct cuda_sdpa_plan *p, struct err *err) {
     const int64_t nb = p->key[1], nq = p->key[2], nk = p->key[3], c = p->key[4], heads = p->key[5], d = c / heads;
     cudnnDataType_t ty = (enum dtype)p->key[0] == DTYPE_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF;
     p->scale = 1.0f / sqrtf((float)d);
@@ -146,13 +174,13 @@ static int plan_init(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p, struct err 
     SDPA_SET(op, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &ts);
     cudnnStatus_t s = cudnnBackendFinalize(op);
     if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED || CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_BAD_PARAM)
-        return 0; /* this cuDNN does not describe the shape: usable stays false */
+        return 0; /* this cuDNN does not describe the shape: no candidates */
     if (s != CUDNN_STATUS_SUCCESS)
         return cuda_dnn_error(err, s, "cudnnBackendFinalize(SDPA_FWD)", __func__, __FILE__, __LINE__);
     rc = plan_desc(p, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, &graph, err);
     if (rc) return rc;
     SDPA_SET(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op);
-    SDPA_SET(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &ctx->cudnn);
+    SDPA_SET(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
     s = cudnnBackendFinalize(graph);
     if (s != CUDNN_STATUS_SUCCESS) return 0;
 
@@ -166,16 +194,27 @@ static int plan_init(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p, struct err 
         rc = plan_configs(p, graph, modes[m], cfgs, &n, err);
         if (rc) return rc;
         for (int64_t i = 0; i < n; i++) {
+            /* the engine behind the configuration, for the log */
+            cudnnBackendDescriptor_t eng;
+            rc = plan_desc(p, CUDNN_BACKEND_ENGINE_DESCRIPTOR, &eng, err);
+            if (rc) return rc;
+            int64_t got = 0, gidx = -1;
+            if (cudnnBackendGetAttribute(cfgs[i], CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &got,
+                                         &eng) == CUDNN_STATUS_SUCCESS)
+                (void)cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &got, &gidx);
             cudnnBackendDescriptor_t plan;
             rc = plan_desc(p, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan, err);
             if (rc) return rc;
-            SDPA_SET(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &ctx->cudnn);
+            SDPA_SET(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
             SDPA_SET(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]);
-            if (cudnnBackendFinalize(plan) != CUDNN_STATUS_SUCCESS) {
+            double t0 = clock_now();
+            cudnnStatus_t fs = cudnnBackendFinalize(plan);
+            log_debug("cuda sdpa: engine %lld: plan %s in %.3f s", (long long)gidx,
+                      fs == CUDNN_STATUS_SUCCESS ? "made" : "refused", clock_now() - t0);
+            if (fs != CUDNN_STATUS_SUCCESS) {
                 cudnnBackendDestroyDescriptor(p->descs[--p->n_descs]); /* the plan, last made */
                 continue;
             }
-            int64_t got = 0;
             CUDNN_TRY(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
                                                &got, &p->cand_ws[p->n_cand]));
             p->cand[p->n_cand++] = plan;
@@ -183,45 +222,131 @@ static int plan_init(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p, struct err 
         if (p->n_cand == 0)
             while (p->n_descs > keep) cudnnBackendDestroyDescriptor(p->descs[--p->n_descs]);
     }
-    p->usable = p->n_cand > 0;
     p->pick = p->n_cand == 1 ? 0 : -1;
     (void)cudaGetLastError(); /* a rejected configuration must not leave a CUDA error behind */
     return 0;
 }
 
-/* The plan for key, made on first use: 0 with *out set, or a status. */
+/* Makes p's plans with handle (on the builder thread, or the worker in sync mode) and publishes
+ * the result: READY with candidates, else UNUSABLE (a failure is logged, not returned: the own
+ * kernels take the shape). */
+static void plan_build(struct cuda_sdpa *s, cudnnHandle_t handle, struct cuda_sdpa_plan *p) {
+    struct err err;
+    memset(&err, 0, sizeof err);
+    double t0 = clock_now();
+    int rc = plan_init(handle, p, &err);
+    p->built_s = clock_now() - t0;
+    if (rc) {
+        log_warn("cuda sdpa: device %d: %s [%lld, %lld, %lld] x [%lld, %lld]: no cuDNN plan (%s): kiln's kernels "
+                 "take it",
+                 s->device, dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2],
+                 (long long)p->key[4], (long long)p->key[3], (long long)p->key[4], err.msg);
+        plan_release(p);
+    }
+    (void)cudaGetLastError(); /* a rejected configuration must not leave a CUDA error behind */
+    log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld], %lld heads: %d cuDNN plan(s) in %.3f s%s",
+              dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2], (long long)p->key[4],
+              (long long)p->key[3], (long long)p->key[4], (long long)p->key[5], p->n_cand, p->built_s,
+              p->n_cand ? "" : ": kiln's own kernels take it");
+    bool ready = p->n_cand > 0;
+    p->state.store(ready ? SDPA_READY : SDPA_UNUSABLE, std::memory_order_release);
+    if (ready) s->epoch.fetch_add(1);
+}
+
+/* ===== The builder thread ===== */
+
+static void *sdpa_builder(void *arg) {
+    struct cuda_sdpa *s = (struct cuda_sdpa *)arg;
+    cudnnHandle_t h = NULL;
+    bool ok = cudaSetDevice(s->device) == cudaSuccess && cudnnCreate(&h) == CUDNN_STATUS_SUCCESS;
+    if (!ok) {
+        log_warn("cuda sdpa: device %d: no cuDNN handle for the plan builder: attention stays on kiln's kernels",
+                 s->device);
+        (void)cudaGetLastError();
+    }
+    pthread_mutex_lock(&s->mu);
+    s->handle = h;
+    for (;;) {
+        while (!s->stop && s->head == s->n_queue) pthread_cond_wait(&s->cv, &s->mu);
+        if (s->stop) break;
+        struct cuda_sdpa_plan *p = s->queue[s->head++];
+        pthread_mutex_unlock(&s->mu);
+        if (ok) plan_build(s, h, p);
+        else p->state.store(SDPA_UNUSABLE, std::memory_order_release);
+        pthread_mutex_lock(&s->mu);
+        s->batch_n++;
+        if (--s->pending == 0) {
+            s->head = s->n_queue = 0;
+            log_info("cuda sdpa: device %d: cuDNN attention plans ready (%d shape(s) in %.1f s)", s->device,
+                     s->batch_n, clock_now() - s->batch_t0);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Queues p for the builder, starting it on first use. 0 or a status. */
+static int sdpa_enqueue(struct cuda_sdpa *s, struct cuda_sdpa_plan *p, struct err *err) {
+    pthread_mutex_lock(&s->mu);
+    int rc = 0;
+    if (s->n_queue == s->cap_queue) {
+        int cap = s->cap_queue ? 2 * s->cap_queue : 16;
+        struct cuda_sdpa_plan **q = (struct cuda_sdpa_plan **)mem_try_realloc(s->queue, (size_t)cap * sizeof *q);
+        if (q) {
+            s->queue = q;
+            s->cap_queue = cap;
+        } else {
+            rc = err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory for the plan queue");
+        }
+    }
+    if (!rc && !s->started) {
+        if (pthread_create(&s->thread, NULL, sdpa_builder, s) == 0) s->started = true;
+        else rc = err_set(err, STATUS_ERR_INTERNAL, "cuda sdpa: cannot start the plan builder thread");
+    }
+    if (!rc) {
+        s->queue[s->n_queue++] = p;
+        if (s->pending++ == 0) {
+            s->batch_t0 = clock_now();
+            s->batch_n = 0;
+            log_info("cuda sdpa: device %d: building cuDNN attention plans in the background (kiln's kernels "
+                     "meanwhile)",
+                     s->device);
+        }
+        pthread_cond_signal(&s->cv);
+    } else {
+        p->state.store(SDPA_UNUSABLE, std::memory_order_release);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* The plan for key: found, or made (sync) or queued now. 0 with *out set, or a status. */
 static int plan_get(struct cuda_ctx *ctx, const int64_t key[6], struct cuda_sdpa_plan **out, struct err *err) {
-    for (int i = 0; i < ctx->n_sdpa_plans; i++)
-        if (memcmp(ctx->sdpa_plans[i].key, key, sizeof ctx->sdpa_plans[i].key) == 0) {
-            *out = &ctx->sdpa_plans[i];
+    struct cuda_sdpa *s = ctx->sdpa;
+    for (int i = 0; i < s->n_plans; i++)
+        if (memcmp(s->plans[i]->key, key, sizeof s->plans[i]->key) == 0) {
+            *out = s->plans[i];
             return 0;
         }
-    if (ctx->n_sdpa_plans == ctx->cap_sdpa_plans) {
-        int cap = ctx->cap_sdpa_plans ? ctx->cap_sdpa_plans * 2 : 16;
-        struct cuda_sdpa_plan *a = (struct cuda_sdpa_plan *)mem_try_realloc(ctx->sdpa_plans, (size_t)cap * sizeof *a);
-        if (!a) return err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory for the cuDNN plan table");
-        ctx->sdpa_plans = a;
-        ctx->cap_sdpa_plans = cap;
+    if (s->n_plans == s->cap_plans) {
+        int cap = s->cap_plans ? s->cap_plans * 2 : 16;
+        struct cuda_sdpa_plan **a = (struct cuda_sdpa_plan **)mem_try_realloc(s->plans, (size_t)cap * sizeof *a);
+        if (!a) return err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory for the plan table");
+        s->plans = a;
+        s->cap_plans = cap;
     }
-    struct cuda_sdpa_plan p;
-    memset(&p, 0, sizeof p);
-    memcpy(p.key, key, sizeof p.key);
-    int rc = plan_init(ctx, &p, err);
-    if (rc) {
-        plan_deinit(&p);
-        return rc;
+    struct cuda_sdpa_plan *p = (struct cuda_sdpa_plan *)mem_try_calloc(1, sizeof *p);
+    if (!p) return err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory for a plan");
+    memcpy(p->key, key, sizeof p->key);
+    p->pick = -1;
+    p->state.store((int)SDPA_QUEUED);
+    s->plans[s->n_plans++] = p;
+    *out = p;
+    if (s->sync) {
+        plan_build(s, ctx->cudnn, p);
+        return 0;
     }
-    if (!p.usable) { /* keep only the key */
-        plan_deinit(&p);
-        memcpy(p.key, key, sizeof p.key);
-    }
-    log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld], %lld heads: %d cuDNN plan(s)%s",
-              dtype_name((enum dtype)key[0]), (long long)key[1], (long long)key[2], (long long)key[4],
-              (long long)key[3], (long long)key[4], (long long)key[5], p.n_cand,
-              p.usable ? "" : ": kiln's own kernels take it");
-    ctx->sdpa_plans[ctx->n_sdpa_plans] = p;
-    *out = &ctx->sdpa_plans[ctx->n_sdpa_plans++];
-    return 0;
+    return sdpa_enqueue(s, p, err);
 }
 
 /* ===== Running ===== */
@@ -296,7 +421,7 @@ static int sdpa_pick(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p, void *const
 
 int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const void *q, const void *k, const void *v,
                         int64_t nb, int64_t nq, int64_t nk, int64_t c, int heads, bool causal, struct err *err) {
-    if (!ctx->cudnn || !ctx->sdpa_on || causal || (dt != DTYPE_F16 && dt != DTYPE_BF16) || heads < 1 ||
+    if (!ctx->cudnn || !ctx->sdpa || causal || (dt != DTYPE_F16 && dt != DTYPE_BF16) || heads < 1 ||
         c % heads != 0)
         return 1;
     const int64_t d = c / heads;
@@ -306,7 +431,7 @@ int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const vo
     struct cuda_sdpa_plan *p = NULL;
     int rc = plan_get(ctx, key, &p, err);
     if (rc) return rc;
-    if (!p->usable) return 1;
+    if (p->state.load(std::memory_order_acquire) != SDPA_READY) return 1; /* queued, or none */
     int64_t need = 0; /* the workspace of the pick, or of every candidate before it is made */
     for (int i = 0; i < p->n_cand; i++)
         if ((p->pick < 0 || i == p->pick) && p->cand_ws[i] > need) need = p->cand_ws[i];
@@ -321,6 +446,46 @@ int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const vo
     if (s != CUDNN_STATUS_SUCCESS)
         return cuda_dnn_error(err, s, "cudnnBackendExecute(SDPA_FWD)", __func__, __FILE__, __LINE__);
     return 0;
+}
+
+/* ===== Lifecycle (cuda.cuh) ===== */
+
+int cuda__sdpa_open(struct cuda_ctx *ctx, bool sync, struct err *err) {
+    struct cuda_sdpa *s = (struct cuda_sdpa *)mem_try_calloc(1, sizeof *s);
+    if (!s) return err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory");
+    s->device = ctx->device;
+    s->sync = sync;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->epoch.store((uint64_t)0);
+    ctx->sdpa = s;
+    return 0;
+}
+
+uint64_t cuda__sdpa_epoch(const struct cuda_ctx *ctx) {
+    return ctx->sdpa ? ctx->sdpa->epoch.load(std::memory_order_relaxed) : 0;
+}
+
+void cuda__sdpa_free(struct cuda_ctx *ctx) {
+    struct cuda_sdpa *s = ctx->sdpa;
+    if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_signal(&s->cv);
+    bool started = s->started;
+    pthread_mutex_unlock(&s->mu);
+    if (started) pthread_join(s->thread, NULL); /* a plan being built is finished first */
+    for (int i = 0; i < s->n_plans; i++) {
+        plan_release(s->plans[i]);
+        mem_free(s->plans[i]);
+    }
+    if (s->handle) cudnnDestroy(s->handle);
+    mem_free(s->plans);
+    mem_free(s->queue);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    mem_free(s);
+    ctx->sdpa = NULL;
 }
 
 #endif /* KILN_HAVE_CUDNN */

@@ -305,7 +305,7 @@ static void cuda_free(void *vctx) {
     }
 #ifdef KILN_HAVE_CUDNN
     cuda__conv_plans_free(&cb->ctx);
-    cuda__sdpa_plans_free(&cb->ctx);
+    cuda__sdpa_free(&cb->ctx); /* before the handle: its builder may still be using cuDNN */
     if (cb->ctx.cudnn) cudnnDestroy(cb->ctx.cudnn);
 #endif
     cuda__lt_plans_free(&cb->ctx);
@@ -472,11 +472,16 @@ static void cuda_dnn_open(struct cuda_ctx *ctx) {
     ctx->cudnn = h;
     ctx->cudnn_find = env && strcmp(env, "find") == 0;
     const char *sdpa = getenv("KILN_CUDNN_SDPA");
-    ctx->sdpa_on = version >= 91301 && !(sdpa && strcmp(sdpa, "0") == 0);
+    bool sdpa_off = sdpa && strcmp(sdpa, "0") == 0, sdpa_sync = sdpa && strcmp(sdpa, "sync") == 0;
+    struct err serr;
+    memset(&serr, 0, sizeof serr);
+    if (version >= 91301 && !sdpa_off && cuda__sdpa_open(ctx, sdpa_sync, &serr) != 0)
+        log_warn("cuda backend: device %d: %s: attention stays on kiln's kernels", ctx->device, serr.msg);
     log_info("cuda backend: device %d: convolutions on cuDNN %zu (built with %d), algorithms by %s; attention %s",
              ctx->device, version, CUDNN_VERSION,
              ctx->cudnn_find ? "timing, once per shape (KILN_CUDNN=find)" : "heuristics",
-             ctx->sdpa_on ? "on cuDNN's fused kernels where they take the shape"
+             ctx->sdpa ? (sdpa_sync ? "on cuDNN's fused kernels, planned at first use (KILN_CUDNN_SDPA=sync)"
+                                    : "on cuDNN's fused kernels once planned in the background")
              : version < 91301 ? "on kiln's kernels (cuDNN's fused attention needs 9.13.1)"
                                : "on kiln's kernels (KILN_CUDNN_SDPA=0)");
 }

@@ -42,7 +42,7 @@ extern "C" {
 struct cuda_profile;
 struct cuda_graphs;
 struct cuda_conv_plan;
-struct cuda_sdpa_plan;
+struct cuda_sdpa;
 struct cuda_lt_plan;
 
 /* Bytes of the cuBLASLt workspace (ctx->lt_ws): what NVIDIA recommends for Hopper. */
@@ -79,10 +79,8 @@ struct cuda_ctx {
     bool cudnn_find;        /* KILN_CUDNN=find: time the algorithms once per shape (else heuristics) */
     struct cuda_conv_plan *conv_plans; /* one per distinct conv shape and dtype (conv.cu), mem_ owned */
     int n_conv_plans, cap_conv_plans;  /* used and allocated entries of conv_plans */
-    bool sdpa_on;           /* attention through cuDNN's fused SDPA (attention_dnn.cu): cuDNN >= 9.13.1
-                               at run time, unless KILN_CUDNN_SDPA=0 */
-    struct cuda_sdpa_plan *sdpa_plans; /* one per distinct attention shape and dtype, mem_ owned */
-    int n_sdpa_plans, cap_sdpa_plans;  /* used and allocated entries of sdpa_plans */
+    struct cuda_sdpa *sdpa; /* attention through cuDNN's fused SDPA (attention_dnn.cu): plans, their
+                               builder thread; NULL: cuDNN < 9.13.1 at run time, or KILN_CUDNN_SDPA=0 */
 #endif
 };
 
@@ -146,12 +144,17 @@ void cuda__conv_plans_free(struct cuda_ctx *ctx);
 /* out = softmax(q k^T / sqrt(d)) v through cuDNN's fused attention (attention_dnn.cu), q, out
  * [nb, nq, c], k, v [nb, nk, c], c = heads * d, storage dtype dt, on ctx->stream. Returns 0 when
  * done, 1 when cuDNN does not take it (off, causal, not F16/BF16, d or c not a multiple of 8, a
- * pointer not 16-byte aligned, no engine for the shape: nothing written), or a negative status
- * with the message in err. */
+ * pointer not 16-byte aligned, no engine for the shape, its plan still being made: nothing
+ * written), or a negative status with the message in err. */
 int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const void *q, const void *k, const void *v,
                         int64_t nb, int64_t nq, int64_t nk, int64_t c, int heads, bool causal, struct err *err);
-/* Frees ctx's SDPA plans (their cuDNN descriptors) and the table (attention_dnn.cu). */
-void cuda__sdpa_plans_free(struct cuda_ctx *ctx);
+/* Gives ctx its SDPA state (attention_dnn.cu); sync: plans made on the worker at first use
+ * instead of by the background builder. 0 or a status. */
+int cuda__sdpa_open(struct cuda_ctx *ctx, bool sync, struct err *err);
+/* Stops the builder (after the plan it is making) and frees every plan. NULL state: no-op. */
+void cuda__sdpa_free(struct cuda_ctx *ctx);
+/* Moves each time a plan becomes ready (graphs.cu mixes it into its signatures). */
+uint64_t cuda__sdpa_epoch(const struct cuda_ctx *ctx);
 #endif
 
 /* ===== Helpers ===== */
