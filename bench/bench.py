@@ -566,6 +566,8 @@ class Bench:
         r["load_from_host_s"] = None
         r["load_from_host_how"] = None
         r["load_from_gpu_s"] = None  # no GPU-to-GPU loading yet
+        if a.first_only:
+            return
 
         # 3. steady state on device 0, GPU memory polled meanwhile
         self.ws = WebSocket("127.0.0.1", int(self.url.rsplit(":", 1)[1]), f"/ws?clientId={self.client_id}")
@@ -715,6 +717,8 @@ def main(argv):
     ap.add_argument("--gpus", default="all", help="all (default) or N: the first N GPUs")
     ap.add_argument("--cpu", type=int, default=0, metavar="N", help="N CPU devices instead of GPUs")
     ap.add_argument("--quick", action="store_true", help="tiny checkpoint, 64x64, 4 steps, 2 prompts each")
+    ap.add_argument("--first-only", action="store_true",
+                    help="stop after the start-up figures (ready, first image with a cold cache)")
     ap.add_argument("--ckpt", choices=["sd15", "tiny"], help="default: tiny with --quick or --cpu, else sd15")
     ap.add_argument("--size", type=int, help="image side (default 512; 64 with --quick)")
     ap.add_argument("--steps", type=int, help="sampler steps (default 20; 4 with --quick)")

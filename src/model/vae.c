@@ -4,6 +4,7 @@
 #include "model/vae.h"
 #include "base/status.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -55,9 +56,13 @@ static void bind_attn(struct nn_loader *ld, struct vae_attn *a, int ch, const ch
     nn_bind_conv(ld, &a->proj_out, ch, ch, 1, "%s.proj_out", name);
 }
 
+/* vae_load's counter for load_id (any thread). */
+static atomic_uint_fast64_t vae_loads;
+
 int vae_load(struct vae *m, const struct ckpt *ck, struct backend *be, const struct nn_storage *st,
              struct err *err) {
     memset(m, 0, sizeof *m);
+    m->load_id = atomic_fetch_add(&vae_loads, 1) + 1;
     int rc = vae_config_detect(ck, VAE_PREFIX, &m->config, err);
     if (rc) return rc;
     const struct vae_config *cf = &m->config;
@@ -226,9 +231,22 @@ static int run_one(struct tctx *c, struct tensor *in, struct tensor *y, const fl
 }
 
 int vae_decode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *z, float *out) {
-    tctx_reset(c);
-    struct tensor *in = tensor_input(c, DTYPE_F32, 4, (int64_t[]){b, m->config.embed_dim, h, w});
-    return run_one(c, in, vae_decode_forward(c, m, in), z, out);
+    /* VAEDecode decodes a batch one image at a time: record and plan the graph once (tctx_memo_*) */
+    const uint64_t key[TCTX_MEMO_KEY] = {0x76616564 /* "vaed" */, (uint64_t)(uintptr_t)m, m->load_id, (uint64_t)b,
+                                         (uint64_t)h, (uint64_t)w, 0, 0};
+    struct tensor *io[2]; /* latent in, image out */
+    if (!tctx_memo_get(c, key, io, 2)) {
+        tctx_reset(c);
+        io[0] = tensor_input(c, DTYPE_F32, 4, (int64_t[]){b, m->config.embed_dim, h, w});
+        io[1] = vae_decode_forward(c, m, io[0]);
+        int rc = tctx_plan(c, &io[1], 1);
+        if (rc) return rc;
+        tctx_memo_set(c, key, io, 2);
+    }
+    int rc = tctx_set(c, io[0], z);
+    if (!rc) rc = tctx_run(c);
+    if (!rc) rc = tctx_get(c, io[1], out);
+    return rc;
 }
 
 int vae_encode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *x, float *out) {

@@ -53,6 +53,8 @@ struct vae {
     struct nn_weights weights;
     enum dtype dtype;                            /* storage = compute dtype (F32 on the CPU; BF16 on GPUs) */
     bool nhwc;                                   /* channels-last activations inside (nn_storage.channels_last) */
+    uint64_t load_id;                            /* unique per vae_load in the process (vae_decode's
+                                                    recorded graph is never run for another model) */
 };
 
 #define VAE_PREFIX "first_stage_model."
@@ -72,7 +74,8 @@ struct tensor *vae_decode_forward(struct tctx *c, const struct vae *m, struct te
 /* Records the encoder: x [B, 3, H, W] in [-1, 1] -> the posterior mean [B, e, H/8, W/8]. */
 struct tensor *vae_encode_forward(struct tctx *c, const struct vae *m, struct tensor *x);
 
-/* Host conveniences (reset c before use). decode: z [b, e, h, w] -> out [b, 3, 8h, 8w];
+/* Host conveniences (each resets c, except that vae_decode runs the graph it planned last time
+ * again while c still holds it: tctx_memo_*). decode: z [b, e, h, w] -> out [b, 3, 8h, 8w];
  * encode: x [b, 3, h, w] -> out [b, e, h/8, w/8]. */
 int vae_decode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *z, float *out);
 int vae_encode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *x, float *out);

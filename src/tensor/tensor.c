@@ -470,6 +470,7 @@ done:
 }
 
 int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
+    c->memo_valid = false; /* a new plan: what was memoised no longer describes the graph */
     if (c->rc) return c->rc;
     /* a previous plan's nodes are ordered again (a graph extended after planning) */
     for (int i = 0; i < c->n_nodes; i++) c->nodes[i]->id = -1;
@@ -597,6 +598,7 @@ void tctx_memo_set(struct tctx *c, const uint64_t key[TCTX_MEMO_KEY], struct ten
     memset(c->memo_io, 0, sizeof c->memo_io);
     memcpy(c->memo_io, io, (size_t)n_io * sizeof *io);
     c->memo_buf = c->scratch->buf;
+    c->memo_buf_size = c->scratch->size;
     c->memo_valid = true;
 }
 
@@ -607,7 +609,7 @@ bool tctx_memo_get(struct tctx *c, const uint64_t key[TCTX_MEMO_KEY], struct ten
         const char *e = getenv("KILN_GRAPH_REUSE");
         reuse = !(e && strcmp(e, "0") == 0);
     }
-    if (!reuse || !c->memo_valid || c->rc || c->memo_buf != c->scratch->buf ||
+    if (!reuse || !c->memo_valid || c->rc || c->memo_buf != c->scratch->buf || c->memo_buf_size != c->scratch->size ||
         memcmp(c->memo_key, key, sizeof c->memo_key) != 0)
         return false;
     memcpy(io, c->memo_io, (size_t)n_io * sizeof *io);

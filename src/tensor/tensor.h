@@ -214,6 +214,7 @@ struct tctx {
     uint64_t memo_key[TCTX_MEMO_KEY];
     struct tensor *memo_io[TCTX_MEMO_IO]; /* the builder's inputs and outputs */
     void *memo_buf;                       /* the scratch buffer the plan placed its nodes in */
+    size_t memo_buf_size;                 /* and its size */
 };
 
 /* Storage is the caller's; the scratch is borrowed and must outlive the context. */

@@ -430,6 +430,49 @@ static void test_vae_decode(void **state) {
     vae_check_decode(&model->vae, "vae decode");
 }
 
+/* Graph reuse (tctx_memo_*): a UNet evaluation and a VAE decode run again with new inputs on the
+ * graph they recorded give exactly what a freshly recorded graph gives, and the first inputs
+ * again still match the golden files. */
+static void test_graph_reuse(void **state) {
+    BACKEND_OR_SKIP();
+    struct unet_golden g;
+    unet_golden_read(&g);
+    size_t nx = (size_t)2 * model->unet.config.in_channels * 8 * 8;
+    float *x2 = mem_alloc(nx * sizeof(float)), *out = mem_alloc(g.n_out * sizeof(float));
+    float *ref = mem_alloc(g.n_out * sizeof(float)), t2[2] = {g.t[0] * 0.5f + 3.0f, g.t[1] + 11.0f};
+    for (size_t i = 0; i < nx; i++) x2[i] = g.x[i] * 0.75f - 0.1f;
+    if (unet_eval(&ctx, &model->unet, 2, 8, 8, g.x, g.t, g.c, 77, out)) fail_msg("unet_eval: %s", ctx.err.msg);
+    golden_check("unet, recorded", out, g.want, g.n_out, MODELS_TOL_UNET);
+    if (unet_eval(&ctx, &model->unet, 2, 8, 8, x2, t2, g.c, 77, out)) fail_msg("unet_eval: %s", ctx.err.msg);
+    tctx_reset(&ctx); /* the reference records the graph anew */
+    if (unet_eval(&ctx, &model->unet, 2, 8, 8, x2, t2, g.c, 77, ref)) fail_msg("unet_eval: %s", ctx.err.msg);
+    assert_memory_equal(out, ref, g.n_out * sizeof(float));
+    if (unet_eval(&ctx, &model->unet, 2, 8, 8, g.x, g.t, g.c, 77, out)) fail_msg("unet_eval: %s", ctx.err.msg);
+    golden_check("unet, reused", out, g.want, g.n_out, MODELS_TOL_UNET);
+    unet_golden_free(&g);
+    mem_free(x2);
+    mem_free(out);
+    mem_free(ref);
+
+    size_t nz, nd;
+    float *z = golden_read(&golden, "vae.z", &nz), *want = golden_read(&golden, "vae.dec_raw", &nd);
+    float *z2 = mem_alloc(nz * sizeof(float)), *img = mem_alloc(nd * sizeof(float));
+    float *img_ref = mem_alloc(nd * sizeof(float));
+    for (size_t i = 0; i < nz; i++) z2[i] = -z[i] * 0.5f;
+    if (vae_decode(&ctx, &model->vae, 1, 8, 8, z, img)) fail_msg("vae_decode: %s", ctx.err.msg);
+    if (vae_decode(&ctx, &model->vae, 1, 8, 8, z2, img)) fail_msg("vae_decode: %s", ctx.err.msg);
+    tctx_reset(&ctx);
+    if (vae_decode(&ctx, &model->vae, 1, 8, 8, z2, img_ref)) fail_msg("vae_decode: %s", ctx.err.msg);
+    assert_memory_equal(img, img_ref, nd * sizeof(float));
+    if (vae_decode(&ctx, &model->vae, 1, 8, 8, z, img)) fail_msg("vae_decode: %s", ctx.err.msg);
+    golden_check("vae decode, reused", img, want, nd, MODELS_TOL_VAE);
+    mem_free(z);
+    mem_free(z2);
+    mem_free(want);
+    mem_free(img);
+    mem_free(img_ref);
+}
+
 static void vae_check_encode(const struct vae *v, const char *what) {
     size_t ni, nm;
     float *in = golden_read(&golden, "vae.enc_in", &ni);
@@ -480,6 +523,7 @@ int main(void) {
         cmocka_unit_test(test_unet_other_layout),
         cmocka_unit_test(test_vae_decode),
         cmocka_unit_test(test_vae_encode),
+        cmocka_unit_test(test_graph_reuse),
         cmocka_unit_test(test_vae_other_layout),
         MODELS_EXTRA_TESTS
     };

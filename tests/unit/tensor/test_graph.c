@@ -254,6 +254,62 @@ static void test_rerun_and_reset(void **state) {
     expect_close(got, ref, N / 2, 1e-6);
 }
 
+/* tctx_memo_*: the planned graph is found again by its key until a reset, a failure, a new plan
+ * or a moved scratch; its tensors come back and run again with new inputs. */
+static void test_memo(void **state) {
+    struct fx *f = *state;
+    struct tctx *c = &f->c;
+    enum { N = 256 };
+    static float x[N], got[N];
+    static double ref[N];
+    const uint64_t key[TCTX_MEMO_KEY] = {1, 2, 3, 4, 5, 6, 7, 8};
+    uint64_t other[TCTX_MEMO_KEY];
+    memcpy(other, key, sizeof other);
+    other[7] = 9;
+    struct tensor *io[2] = {0};
+    assert_false(tctx_memo_get(c, key, io, 2)); /* nothing memoised yet */
+    io[0] = tensor_input(c, DTYPE_F32, SH(N));
+    io[1] = op_silu(c, io[0]);
+    assert_int_equal(tctx_plan(c, &io[1], 1), 0);
+    tctx_memo_set(c, key, io, 2);
+    struct tensor *back[2] = {0};
+    assert_false(tctx_memo_get(c, other, back, 2));
+    for (int round = 0; round < 3; round++) {
+        assert_true(tctx_memo_get(c, key, back, 2));
+        assert_ptr_equal(back[0], io[0]);
+        assert_ptr_equal(back[1], io[1]);
+        fill(x, N, 40 + round);
+        assert_int_equal(tctx_set(c, back[0], x), 0);
+        assert_int_equal(tctx_run(c), 0);
+        assert_int_equal(tctx_get(c, back[1], got), 0);
+        for (int j = 0; j < N; j++) ref[j] = silu(x[j]);
+        expect_close(got, ref, N, 1e-6);
+    }
+    /* a moved (regrown) scratch: the plan's addresses are stale */
+    void *buf = f->scratch.buf;
+    size_t size = f->scratch.size;
+    f->scratch.size = size + 1;
+    assert_false(tctx_memo_get(c, key, back, 2));
+    f->scratch.size = size;
+    assert_true(tctx_memo_get(c, key, back, 2));
+    assert_ptr_equal(f->scratch.buf, buf);
+    /* a new plan of the same context forgets it, and so does a reset */
+    struct tensor *more = op_silu(c, io[1]);
+    assert_int_equal(tctx_plan(c, &more, 1), 0);
+    assert_false(tctx_memo_get(c, key, back, 2));
+    tctx_memo_set(c, key, io, 2);
+    assert_true(tctx_memo_get(c, key, back, 2));
+    tctx_reset(c);
+    assert_false(tctx_memo_get(c, key, back, 2));
+    /* a failed context is never reused */
+    io[0] = tensor_input(c, DTYPE_F32, SH(N));
+    io[1] = op_silu(c, io[0]);
+    assert_int_equal(tctx_plan(c, &io[1], 1), 0);
+    tctx_memo_set(c, key, io, 2);
+    tctx_fail(c, STATUS_ERR_DEVICE, "a device error");
+    assert_false(tctx_memo_get(c, key, back, 2));
+}
+
 /* Weights take no scratch memory. */
 static void test_weights_not_planned(void **state) {
     struct fx *f = *state;
@@ -390,6 +446,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_outputs_survive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_late_input_not_clobbered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rerun_and_reset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_weights_not_planned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replan_extended_graph, setup, teardown),
         cmocka_unit_test_setup_teardown(test_null_input_is_sticky, setup, teardown),
