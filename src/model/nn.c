@@ -275,6 +275,10 @@ static int convert_tensor(const struct ckpt_tensor *src, enum dtype to, void *ds
         return 0;
     }
     size_t n = (size_t)ckpt_tensor_numel(src);
+    if (src->dtype == DTYPE_F16 && to == DTYPE_BF16) { /* the GPUs' VAE: no fp32 detour */
+        f16_to_bf16_n(src->data, dst, n);
+        return 0;
+    }
     float *f = to == DTYPE_F32 ? dst : stage;
     int rc = ckpt_tensor_read_f32(src, f, err);
     if (rc || to == DTYPE_F32) return rc;

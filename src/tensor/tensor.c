@@ -104,6 +104,23 @@ uint16_t f32_to_bf16(float f) {
     return (uint16_t)(x >> 16);
 }
 
+uint16_t f16_to_bf16(uint16_t h) {
+    uint32_t exp = (h >> 10) & 0x1f;
+    if (exp == 0 || exp == 31) return f32_to_bf16(f16_to_f32(h)); /* zero, subnormal, inf, nan */
+    uint32_t x = (uint32_t)(h & 0x8000) << 16 | (exp + 127 - 15) << 23 | (uint32_t)(h & 0x3ff) << 13;
+    x += 0x7fff + ((x >> 16) & 1); /* round to nearest even, as f32_to_bf16 */
+    return (uint16_t)(x >> 16);
+}
+
+void f16_to_bf16_n(const void *src, uint16_t *dst, size_t n) {
+    const unsigned char *p = src;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        dst[i] = f16_to_bf16(h);
+    }
+}
+
 /* ===== Op names ===== */
 
 static const char *const OP_NAMES[] = {

@@ -65,6 +65,10 @@ float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 float bf16_to_f32(uint16_t h);
 uint16_t f32_to_bf16(float f);
+/* f32_to_bf16(f16_to_f32(h)) for every h, without the detour for normal numbers (loaders). */
+uint16_t f16_to_bf16(uint16_t h);
+/* n of them from src (2-byte aligned or not) to dst. */
+void f16_to_bf16_n(const void *src, uint16_t *dst, size_t n);
 
 /* ===== Ops ===== */
 
