@@ -2,8 +2,8 @@
  * flash kernel, attention_flash.cu) and in F32 (the cuBLAS path), and checks that the two agree.
  * Opt-in (a measurement): runs only when KILN_GPU_BENCH is set, else it is skipped.
  * Figures: milliseconds per call (20 calls after a warm-up, one graph run each) and the effective
- * TFLOP/s (4 nq nk d per head and image: QK^T and PV). The F16 figures are kiln's flash kernel's
- * unless KILN_CUDNN_SDPA=sync (cuDNN's fused attention, planned at first use; attention_dnn.cu). */
+ * TFLOP/s (4 nq nk d per head and image: QK^T and PV). The F16 figures are cuDNN's fused
+ * attention's (attention_dnn.cu), kiln's flash kernel's with KILN_CUDNN_SDPA=0. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

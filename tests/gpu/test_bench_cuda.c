@@ -9,9 +9,8 @@
  * KILN_CHANNELS_LAST=0). KILN_GPU_BENCH_BATCH=N evaluates batch N instead of 2 (2 x the images of
  * a CFG step); KILN_GPU_BENCH_F16_ONLY=1 runs the fp16 evaluation alone (profiles, other batch
  * sizes: no fp32 or CPU run to compare with) and then times the VAE decode of the step's images
- * (half the batch) in the GPU's storage. Attention plans of cuDNN are made in the background by
- * default (attention_dnn.cu): KILN_CUDNN_SDPA=sync makes them at first use, so that the timed runs
- * all use them (=0: kiln's own kernels only). */
+ * (half the batch) in the GPU's storage. KILN_CUDNN_SDPA=0: attention on kiln's own kernels
+ * instead of cuDNN's (attention_dnn.cu). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -9,9 +9,8 @@
  * The channels-last ops (op_conv2d_nhwc, op_group_norm_nhwc, op_upsample_nearest_nhwc_to:
  * the UNet's layout on CUDA) have tables of their own (test_*_nhwc).
  * test_sd_scale adds full SD1.5 sizes (skipped when KILN_GPU_SKIP_LARGE is set).
- * ATTENTION: each case's checked run is the first of its shape, which by default runs kiln's own
- * kernels while cuDNN's plan is made in the background (attention_dnn.cu); run the binary again
- * with KILN_CUDNN_SDPA=sync to check cuDNN's fused attention on the same cases.
+ * ATTENTION: F16/BF16 cases that cuDNN's fused attention takes run there (attention_dnn.cu); run
+ * the binary again with KILN_CUDNN_SDPA=0 to check kiln's own kernels on the same cases.
  * DTYPES. Every case runs in F32, F16 and BF16. For T = F16/BF16 the CUDA graph casts the F32
  * inputs to T on the device (op_cast), runs the op in T and casts the output to F32; the CPU
  * graph casts the same inputs to T and straight back to F32 (the same rounding of the inputs,

@@ -13,20 +13,24 @@
  * [b, h, s, d], so each is described with strides (n c, d, c, 1): no copies. The scale
  * 1/sqrt(d) is a by-value scalar (its host address goes in the variant pack). A plan per
  * (dtype, nb, nq, nk, c, heads): the operation graph, the heuristics' engine configurations
- * (mode A; the fallback list if A has none) and every execution plan of them that finalizes.
- * cuDNN's SDPA engines are all compiled at run time (NVRTC): 0.5-1.2 s per plan on the H100's
- * host, 2-3 plans per shape, ~17 s for the 8 shapes of one SD 1.5 image size, seconds that a
- * first prompt must not wait for. So by default the first call of a shape queues its plan for
- * the builder thread and returns 1 (attention.cu's own kernels run it); once the plan is made,
- * the ctx's epoch moves (cuda__sdpa_epoch, part of graphs.cu's signatures, so CUDA graphs
- * captured with the old kernels are not replayed) and the next call times the plans on its
- * operands and keeps the fastest (outside a CUDA graph capture; inside one, the heuristics'
- * first). KILN_CUDNN_SDPA=sync builds on the worker at first use instead (measurements), =0
- * turns the path off. A shape no engine takes is remembered and left to the own kernels.
+ * (mode A; the fallback list if A has none) and the first of them whose execution plan
+ * finalizes. Not the fastest by timing: which kernels run must not depend on timing noise, or
+ * one seed could give two slightly different images on one server (the 2-3 configurations of
+ * a shape differed by < 0.1 ms at batch 8 anyway). cuDNN's SDPA engines are all compiled at run
+ * time (NVRTC, then the driver's JIT, whose on-disk cache makes later builds of the same
+ * kernels ~50 ms): up to ~1 s per plan on a machine that never built them, ~8 plans per image
+ * size. By default the first call of a shape makes its plan then and there, so a prompt's
+ * attention never changes kernels half-way and every run of a seed gives the same image. With
+ * KILN_CUDNN_SDPA=background the first call queues the plan for a builder thread instead and
+ * returns 1 (attention.cu's own kernels run the shape meanwhile, so the first prompts at a new
+ * size may differ from later ones within fp16 rounding); a plan made there moves the ctx's
+ * epoch (cuda__sdpa_epoch, part of graphs.cu's signatures, so CUDA graphs captured with the old
+ * kernels are not replayed), and the log says when background builds start and when all
+ * queued ones are ready (bench.py waits for that). KILN_CUDNN_SDPA=0 turns the path off. A
+ * shape no engine takes is remembered and left to the own kernels.
  * Non-causal F16/BF16 only, rows of 16-byte-aligned multiples of 8 elements; arithmetic: fp32
  * scores and softmax, probabilities rounded to the storage type for the second product, fp32
- * accumulation, as the flash kernel does. The log says when background builds start and when
- * all queued ones are ready (bench.py waits for that before timing). */
+ * accumulation, as the flash kernel does. */
 #include "tensor/cuda/cuda.cuh"
 
 #ifdef KILN_HAVE_CUDNN
@@ -57,17 +61,16 @@ struct cuda_sdpa_plan {
                               which only the worker touches the plan */
     cudnnBackendDescriptor_t descs[SDPA_MAX_DESCS]; /* every descriptor made for it, destroyed together */
     int n_descs;
-    cudnnBackendDescriptor_t cand[SDPA_MAX_CFGS]; /* execution plans that finalized, the heuristics' order */
-    int64_t cand_ws[SDPA_MAX_CFGS];               /* bytes of workspace each needs */
-    int n_cand;
-    int pick;              /* the candidate in use; -1 until a call has timed them (worker) */
+    cudnnBackendDescriptor_t plan; /* the heuristics' first configuration whose plan finalizes, or NULL */
+    int64_t ws;            /* bytes of workspace it needs */
     float scale;           /* 1 / sqrt(d), passed by value */
     double built_s;        /* seconds the plans took */
 };
 
 struct cuda_sdpa {
     int device;
-    bool sync;                     /* KILN_CUDNN_SDPA=sync: plans made on the worker at first use */
+    bool sync;                     /* plans made on the worker at first use (the default; else
+                                      KILN_CUDNN_SDPA=background: by the builder thread) */
     struct cuda_sdpa_plan **plans; /* every shape seen (the worker appends; pointers stay put) */
     int n_plans, cap_plans;
     pthread_mutex_t mu;            /* guards the queue, pending, batch_*, stop, started, handle */
@@ -88,7 +91,8 @@ struct cuda_sdpa {
 /* Destroys p's descriptors (its key and state stay). */
 static void plan_release(struct cuda_sdpa_plan *p) {
     for (int i = p->n_descs - 1; i >= 0; i--) cudnnBackendDestroyDescriptor(p->descs[i]);
-    p->n_descs = p->n_cand = 0;
+    p->n_descs = 0;
+    p->plan = NULL;
 }
 
 /* A new descriptor of the given type, kept in p (destroyed with it). */
@@ -174,7 +178,7 @@ static int plan_init(cudnnHandle_t handle, struct cuda_sdpa_plan *p, struct err 
     SDPA_SET(op, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &ts);
     cudnnStatus_t s = cudnnBackendFinalize(op);
     if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED || CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_BAD_PARAM)
-        return 0; /* this cuDNN does not describe the shape: no candidates */
+        return 0; /* this cuDNN does not describe the shape: no plan */
     if (s != CUDNN_STATUS_SUCCESS)
         return cuda_dnn_error(err, s, "cudnnBackendFinalize(SDPA_FWD)", __func__, __FILE__, __LINE__);
     rc = plan_desc(p, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, &graph, err);
@@ -184,16 +188,16 @@ static int plan_init(cudnnHandle_t handle, struct cuda_sdpa_plan *p, struct err 
     s = cudnnBackendFinalize(graph);
     if (s != CUDNN_STATUS_SUCCESS) return 0;
 
-    /* every configuration of the first mode that has any whose plan finalizes: the first call
-     * times them (sdpa_pick) */
+    /* the first configuration whose plan finalizes, in the heuristics' order (not the fastest by
+     * timing: the choice must not depend on timing noise, or one seed could give two images) */
     const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
-    for (int m = 0; m < 2 && p->n_cand == 0; m++) {
+    for (int m = 0; m < 2 && !p->plan; m++) {
         cudnnBackendDescriptor_t cfgs[SDPA_MAX_CFGS];
         int64_t n = 0;
         int keep = p->n_descs; /* this mode's descriptors go if none of its plans finalizes */
         rc = plan_configs(p, graph, modes[m], cfgs, &n, err);
         if (rc) return rc;
-        for (int64_t i = 0; i < n; i++) {
+        for (int64_t i = 0; i < n && !p->plan; i++) {
             /* the engine behind the configuration, for the log */
             cudnnBackendDescriptor_t eng;
             rc = plan_desc(p, CUDNN_BACKEND_ENGINE_DESCRIPTOR, &eng, err);
@@ -216,19 +220,18 @@ static int plan_init(cudnnHandle_t handle, struct cuda_sdpa_plan *p, struct err 
                 continue;
             }
             CUDNN_TRY(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
-                                               &got, &p->cand_ws[p->n_cand]));
-            p->cand[p->n_cand++] = plan;
+                                               &got, &p->ws));
+            p->plan = plan;
         }
-        if (p->n_cand == 0)
+        if (!p->plan)
             while (p->n_descs > keep) cudnnBackendDestroyDescriptor(p->descs[--p->n_descs]);
     }
-    p->pick = p->n_cand == 1 ? 0 : -1;
     (void)cudaGetLastError(); /* a rejected configuration must not leave a CUDA error behind */
     return 0;
 }
 
 /* Makes p's plans with handle (on the builder thread, or the worker in sync mode) and publishes
- * the result: READY with candidates, else UNUSABLE (a failure is logged, not returned: the own
+ * the result: READY with a plan, else UNUSABLE (a failure is logged, not returned: the own
  * kernels take the shape). */
 static void plan_build(struct cuda_sdpa *s, cudnnHandle_t handle, struct cuda_sdpa_plan *p) {
     struct err err;
@@ -244,11 +247,11 @@ static void plan_build(struct cuda_sdpa *s, cudnnHandle_t handle, struct cuda_sd
         plan_release(p);
     }
     (void)cudaGetLastError(); /* a rejected configuration must not leave a CUDA error behind */
-    log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld], %lld heads: %d cuDNN plan(s) in %.3f s%s",
+    log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld], %lld heads: %s in %.3f s",
               dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2], (long long)p->key[4],
-              (long long)p->key[3], (long long)p->key[4], (long long)p->key[5], p->n_cand, p->built_s,
-              p->n_cand ? "" : ": kiln's own kernels take it");
-    bool ready = p->n_cand > 0;
+              (long long)p->key[3], (long long)p->key[4], (long long)p->key[5],
+              p->plan ? "cuDNN plan made" : "no cuDNN plan, kiln's own kernels take it", p->built_s);
+    bool ready = p->plan != NULL;
     p->state.store(ready ? SDPA_READY : SDPA_UNUSABLE, std::memory_order_release);
     if (ready) s->epoch.fetch_add(1);
 }
@@ -338,7 +341,6 @@ static int plan_get(struct cuda_ctx *ctx, const int64_t key[6], struct cuda_sdpa
     struct cuda_sdpa_plan *p = (struct cuda_sdpa_plan *)mem_try_calloc(1, sizeof *p);
     if (!p) return err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory for a plan");
     memcpy(p->key, key, sizeof p->key);
-    p->pick = -1;
     p->state.store((int)SDPA_QUEUED);
     s->plans[s->n_plans++] = p;
     *out = p;
@@ -351,8 +353,8 @@ static int plan_get(struct cuda_ctx *ctx, const int64_t key[6], struct cuda_sdpa
 
 /* ===== Running ===== */
 
-/* Runs candidate i of p once on ctx->stream with the given pointers and workspace. */
-static cudnnStatus_t sdpa_exec(struct cuda_ctx *ctx, const struct cuda_sdpa_plan *p, int i, void *const ptrs[4],
+/* Runs p's plan once on ctx->stream with the given pointers and workspace. */
+static cudnnStatus_t sdpa_exec(struct cuda_ctx *ctx, const struct cuda_sdpa_plan *p, void *const ptrs[4],
                                void *ws) {
     float scale = p->scale; /* read by cuDNN during the call */
     int64_t uids[5] = {SDPA_UID_Q, SDPA_UID_K, SDPA_UID_V, SDPA_UID_O, SDPA_UID_SCALE};
@@ -366,55 +368,9 @@ static cudnnStatus_t sdpa_exec(struct cuda_ctx *ctx, const struct cuda_sdpa_plan
     if (s == CUDNN_STATUS_SUCCESS)
         s = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
     if (s == CUDNN_STATUS_SUCCESS) s = cudnnBackendFinalize(pack);
-    if (s == CUDNN_STATUS_SUCCESS) s = cudnnBackendExecute(ctx->cudnn, p->cand[i], pack);
+    if (s == CUDNN_STATUS_SUCCESS) s = cudnnBackendExecute(ctx->cudnn, p->plan, pack);
     cudnnBackendDestroyDescriptor(pack);
     return s;
-}
-
-/* Sets p->pick to the fastest candidate on these operands (each run once to warm up, then
- * SDPA_TIMED_RUNS times between two events; one that fails to run is skipped), or to the
- * heuristics' first while the stream is being captured (no synchronisation allowed there).
- * The output is overwritten; the caller runs the pick afterwards. */
-#define SDPA_TIMED_RUNS 3
-static int sdpa_pick(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p, void *const ptrs[4], void *ws,
-                     struct err *err) { /* ws: the largest candidate's workspace */
-    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    CUDA_TRY(cudaStreamIsCapturing(ctx->stream, &cap));
-    if (cap != cudaStreamCaptureStatusNone) {
-        p->pick = 0;
-        return 0;
-    }
-    cudaEvent_t e[2];
-    CUDA_TRY(cudaEventCreate(&e[0]));
-    if (cudaEventCreate(&e[1]) != cudaSuccess) {
-        cudaEventDestroy(e[0]);
-        return err_set(err, STATUS_ERR_DEVICE, "cuda sdpa: cannot create timing events");
-    }
-    float best = INFINITY, ms[SDPA_MAX_CFGS];
-    int rc = 0;
-    for (int i = 0; i < p->n_cand && !rc; i++) {
-        ms[i] = INFINITY;
-        bool ok = sdpa_exec(ctx, p, i, ptrs, ws) == CUDNN_STATUS_SUCCESS;
-        if (ok && cudaEventRecord(e[0], ctx->stream) != cudaSuccess) ok = false;
-        for (int r = 0; ok && r < SDPA_TIMED_RUNS; r++) ok = sdpa_exec(ctx, p, i, ptrs, ws) == CUDNN_STATUS_SUCCESS;
-        if (ok && cudaEventRecord(e[1], ctx->stream) != cudaSuccess) ok = false;
-        cudaError_t ce = cudaEventSynchronize(e[1]);
-        if (ce != cudaSuccess) rc = cuda_error(err, ce, "cudaEventSynchronize", __func__, __FILE__, __LINE__);
-        if (ok && !rc && cudaEventElapsedTime(&ms[i], e[0], e[1]) == cudaSuccess) ms[i] /= SDPA_TIMED_RUNS;
-        if (ms[i] < best) {
-            best = ms[i];
-            p->pick = i;
-        }
-    }
-    cudaEventDestroy(e[0]);
-    cudaEventDestroy(e[1]);
-    (void)cudaGetLastError(); /* a candidate that failed must not leave an error behind */
-    if (rc) return rc;
-    if (p->pick < 0) p->pick = 0; /* none ran: the heuristics' first reports its error below */
-    log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld]: plan %d of %d, %.3f ms (first %.3f ms)",
-              dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2], (long long)p->key[4],
-              (long long)p->key[3], (long long)p->key[4], p->pick, p->n_cand, (double)best, (double)ms[0]);
-    return 0;
 }
 
 /* ===== Entry (cuda.cuh) ===== */
@@ -432,17 +388,13 @@ int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const vo
     int rc = plan_get(ctx, key, &p, err);
     if (rc) return rc;
     if (p->state.load(std::memory_order_acquire) != SDPA_READY) return 1; /* queued, or none */
-    int64_t need = 0; /* the workspace of the pick, or of every candidate before it is made */
-    for (int i = 0; i < p->n_cand; i++)
-        if ((p->pick < 0 || i == p->pick) && p->cand_ws[i] > need) need = p->cand_ws[i];
     void *ws = NULL;
-    if (need > 0) { /* taken now: cuda__work may move the scratch */
-        ws = cuda__work(ctx, (size_t)need, "cuDNN attention workspace", &rc, err);
+    if (p->ws > 0) { /* taken now: cuda__work may move the scratch */
+        ws = cuda__work(ctx, (size_t)p->ws, "cuDNN attention workspace", &rc, err);
         if (!ws) return rc;
     }
     void *const ptrs[4] = {(void *)q, (void *)k, (void *)v, out};
-    if (p->pick < 0 && (rc = sdpa_pick(ctx, p, ptrs, ws, err))) return rc;
-    cudnnStatus_t s = sdpa_exec(ctx, p, p->pick, ptrs, ws);
+    cudnnStatus_t s = sdpa_exec(ctx, p, ptrs, ws);
     if (s != CUDNN_STATUS_SUCCESS)
         return cuda_dnn_error(err, s, "cudnnBackendExecute(SDPA_FWD)", __func__, __FILE__, __LINE__);
     return 0;

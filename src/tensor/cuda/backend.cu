@@ -472,7 +472,7 @@ static void cuda_dnn_open(struct cuda_ctx *ctx) {
     ctx->cudnn = h;
     ctx->cudnn_find = env && strcmp(env, "find") == 0;
     const char *sdpa = getenv("KILN_CUDNN_SDPA");
-    bool sdpa_off = sdpa && strcmp(sdpa, "0") == 0, sdpa_sync = sdpa && strcmp(sdpa, "sync") == 0;
+    bool sdpa_off = sdpa && strcmp(sdpa, "0") == 0, sdpa_sync = !(sdpa && strcmp(sdpa, "background") == 0);
     struct err serr;
     memset(&serr, 0, sizeof serr);
     if (version >= 91301 && !sdpa_off && cuda__sdpa_open(ctx, sdpa_sync, &serr) != 0)
@@ -480,8 +480,9 @@ static void cuda_dnn_open(struct cuda_ctx *ctx) {
     log_info("cuda backend: device %d: convolutions on cuDNN %zu (built with %d), algorithms by %s; attention %s",
              ctx->device, version, CUDNN_VERSION,
              ctx->cudnn_find ? "timing, once per shape (KILN_CUDNN=find)" : "heuristics",
-             ctx->sdpa ? (sdpa_sync ? "on cuDNN's fused kernels, planned at first use (KILN_CUDNN_SDPA=sync)"
-                                    : "on cuDNN's fused kernels once planned in the background")
+             ctx->sdpa ? (sdpa_sync ? "on cuDNN's fused kernels, planned at each shape's first use"
+                                    : "on cuDNN's fused kernels once planned in the background "
+                                      "(KILN_CUDNN_SDPA=background)")
              : version < 91301 ? "on kiln's kernels (cuDNN's fused attention needs 9.13.1)"
                                : "on kiln's kernels (KILN_CUDNN_SDPA=0)");
 }

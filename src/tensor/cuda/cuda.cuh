@@ -144,12 +144,13 @@ void cuda__conv_plans_free(struct cuda_ctx *ctx);
 /* out = softmax(q k^T / sqrt(d)) v through cuDNN's fused attention (attention_dnn.cu), q, out
  * [nb, nq, c], k, v [nb, nk, c], c = heads * d, storage dtype dt, on ctx->stream. Returns 0 when
  * done, 1 when cuDNN does not take it (off, causal, not F16/BF16, d or c not a multiple of 8, a
- * pointer not 16-byte aligned, no engine for the shape, its plan still being made: nothing
+ * pointer not 16-byte aligned, no engine for the shape, its plan still being made in the
+ * background: nothing
  * written), or a negative status with the message in err. */
 int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const void *q, const void *k, const void *v,
                         int64_t nb, int64_t nq, int64_t nk, int64_t c, int heads, bool causal, struct err *err);
-/* Gives ctx its SDPA state (attention_dnn.cu); sync: plans made on the worker at first use
- * instead of by the background builder. 0 or a status. */
+/* Gives ctx its SDPA state (attention_dnn.cu); sync: plans made on the worker at first use (the
+ * default), else by the background builder (KILN_CUDNN_SDPA=background). 0 or a status. */
 int cuda__sdpa_open(struct cuda_ctx *ctx, bool sync, struct err *err);
 /* Stops the builder (after the plan it is making) and frees every plan. NULL state: no-op. */
 void cuda__sdpa_free(struct cuda_ctx *ctx);
