@@ -171,7 +171,9 @@ static struct tensor *to_nchw(struct tctx *c, struct tensor *x) {
 
 /* ===== Decoder / encoder ===== */
 
-struct tensor *vae_decode_forward(struct tctx *c, const struct vae *m, struct tensor *z) {
+/* The decoder up to its last convolution, in the model's layout and dtype: [B, 3, 8h, 8w], or
+ * [B, 8h, 8w, 3] when channels-last. */
+static struct tensor *decode_body(struct tctx *c, const struct vae *m, struct tensor *z) {
     const struct vae_config *cf = &m->config;
     const bool nhwc = m->nhwc;
     z = op_cast(c, z, m->dtype); /* computed in the weights' dtype */
@@ -188,9 +190,20 @@ struct tensor *vae_decode_forward(struct tctx *c, const struct vae *m, struct te
         else if (m->dec[l].has_resample)
             h = nn_conv(c, &m->dec[l].resample, op_upsample_nearest(c, h, 2), 1, 1); // x2
     }
-    h = nn_conv(c, &m->dec_conv_out, group_norm(c, nhwc, &m->dec_norm_out, h, true), 1, 1);
-    if (nhwc) h = to_nchw(c, h);
+    return nn_conv(c, &m->dec_conv_out, group_norm(c, nhwc, &m->dec_norm_out, h, true), 1, 1);
+}
+
+struct tensor *vae_decode_forward(struct tctx *c, const struct vae *m, struct tensor *z) {
+    struct tensor *h = decode_body(c, m, z);
+    if (m->nhwc) h = to_nchw(c, h);
     return op_cast(c, h, DTYPE_F32); // [B, 3, 8h, 8w]
+}
+
+struct tensor *vae_decode_image_forward(struct tctx *c, const struct vae *m, struct tensor *z) {
+    struct tensor *h = decode_body(c, m, z);
+    if (!m->nhwc) h = to_nhwc(c, h);
+    /* (x + 1) / 2 in fp32: x 0.5 + 0.5 rounds the same exact value once */
+    return op_scale(c, op_cast(c, h, DTYPE_F32), 0.5f, 0.5f); // [B, 8h, 8w, 3]
 }
 
 struct tensor *vae_encode_forward(struct tctx *c, const struct vae *m, struct tensor *x) {
@@ -230,15 +243,19 @@ static int run_one(struct tctx *c, struct tensor *in, struct tensor *y, const fl
     return rc;
 }
 
-int vae_decode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *z, float *out) {
-    /* VAEDecode decodes a batch one image at a time: record and plan the graph once (tctx_memo_*) */
-    const uint64_t key[TCTX_MEMO_KEY] = {0x76616564 /* "vaed" */, (uint64_t)(uintptr_t)m, m->load_id, (uint64_t)b,
-                                         (uint64_t)h, (uint64_t)w, 0, 0};
-    struct tensor *io[2]; /* latent in, image out */
+/* vae_decode and vae_decode_image: the graph of `build` for z [b, e, h, w], recorded and planned
+ * once per (model, size) while c holds it (tctx_memo_*; VAEDecode decodes a batch one image at a
+ * time), run on z into out. */
+static int decode_run(struct tctx *c, const struct vae *m, uint64_t kind,
+                      struct tensor *(*build)(struct tctx *, const struct vae *, struct tensor *), int64_t b,
+                      int64_t h, int64_t w, const float *z, float *out) {
+    const uint64_t key[TCTX_MEMO_KEY] = {kind, (uint64_t)(uintptr_t)m, m->load_id, (uint64_t)b, (uint64_t)h,
+                                         (uint64_t)w, 0, 0};
+    struct tensor *io[2]; /* latent in, pixels out */
     if (!tctx_memo_get(c, key, io, 2)) {
         tctx_reset(c);
         io[0] = tensor_input(c, DTYPE_F32, 4, (int64_t[]){b, m->config.embed_dim, h, w});
-        io[1] = vae_decode_forward(c, m, io[0]);
+        io[1] = build(c, m, io[0]);
         int rc = tctx_plan(c, &io[1], 1);
         if (rc) return rc;
         tctx_memo_set(c, key, io, 2);
@@ -247,6 +264,15 @@ int vae_decode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_
     if (!rc) rc = tctx_run(c);
     if (!rc) rc = tctx_get(c, io[1], out);
     return rc;
+}
+
+int vae_decode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *z, float *out) {
+    return decode_run(c, m, 0x76616564 /* "vaed" */, vae_decode_forward, b, h, w, z, out);
+}
+
+int vae_decode_image(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *z,
+                     float *out) {
+    return decode_run(c, m, 0x76616569 /* "vaei" */, vae_decode_image_forward, b, h, w, z, out);
 }
 
 int vae_encode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *x, float *out) {

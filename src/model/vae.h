@@ -70,14 +70,21 @@ void vae_deinit(struct vae *m);
 /* Records the decoder: z [B, z, h, w] (the latent as the sampler returns it, unscaled)
  * -> [B, 3, 8h, 8w] in about [-1, 1] (before ComfyUI's clamp((x+1)/2)). */
 struct tensor *vae_decode_forward(struct tctx *c, const struct vae *m, struct tensor *z);
+/* The same decoder, then ComfyUI's image layout and scale: -> [B, 8h, 8w, 3] = (x + 1) / 2 in
+ * fp32, not yet clamped to [0, 1] (the caller clamps while it holds the pixels). On GPUs the
+ * channels-last decoder ends in that layout: no transpose. */
+struct tensor *vae_decode_image_forward(struct tctx *c, const struct vae *m, struct tensor *z);
 
 /* Records the encoder: x [B, 3, H, W] in [-1, 1] -> the posterior mean [B, e, H/8, W/8]. */
 struct tensor *vae_encode_forward(struct tctx *c, const struct vae *m, struct tensor *x);
 
-/* Host conveniences (each resets c, except that vae_decode runs the graph it planned last time
+/* Host conveniences (each resets c, except that the decoders run the graph they planned last time
  * again while c still holds it: tctx_memo_*). decode: z [b, e, h, w] -> out [b, 3, 8h, 8w];
- * encode: x [b, 3, h, w] -> out [b, e, h/8, w/8]. */
+ * decode_image: -> out [b, 8h, 8w, 3] as vae_decode_image_forward; encode: x [b, 3, h, w] ->
+ * out [b, e, h/8, w/8]. */
 int vae_decode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *z, float *out);
+int vae_decode_image(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *z,
+                     float *out);
 int vae_encode(struct tctx *c, const struct vae *m, int64_t b, int64_t h, int64_t w, const float *x, float *out);
 
 #endif

@@ -10,6 +10,19 @@
 
 /* ===== VAEDecode ===== */
 
+/* torch.clamp(x, 0, 1) in place: NaN stays NaN. A contiguous loop of selects (GCC vectorises it at
+ * -O3 only, hence the attribute). */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("O3")))
+#endif
+static void clamp01(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        v = v < 0.0f ? 0.0f : v;
+        x[i] = v > 1.0f ? 1.0f : v;
+    }
+}
+
 static const struct node_input decode_inputs[] = {
     {.name = "samples", .kind = NODE_INPUT_OBJECT, .type = "LATENT", .tooltip = "The latent to be decoded."},
     {.name = "vae", .kind = NODE_INPUT_OBJECT, .type = "VAE", .tooltip = "The VAE model used for decoding the latent."},
@@ -30,30 +43,19 @@ static int run_decode(struct node_run *ctx, const struct value *in, struct value
                        (long long)lat->c, vae->config.embed_dim);
     int64_t H = lat->h * 8, W = lat->w * 8, plane = H * W;
     struct image *img = image_new(lat->b, H, W, 3);
-    float *raw = mem_try_alloc((size_t)(3 * plane) * sizeof(float));
-    if (!raw) {
-        gobj_unref(&img->obj);
-        return err_set(err, STATUS_ERR_NOMEM, "VAEDecode: out of host memory for a %lldx%lld image", (long long)W,
-                       (long long)H);
-    }
     int rc = 0;
-    /* one image at a time bounds activation memory */
+    /* one image at a time bounds activation memory; each comes back as (x + 1) / 2 in the
+       IMAGE layout [H, W, 3] (vae_decode_image: on GPUs the decoder's own layout), clamped here */
     for (int64_t b = 0; b < lat->b && !rc; b++) {
-        rc = vae_decode(&e->tctx, vae, 1, lat->h, lat->w, lat->samples + b * lat->c * lat->h * lat->w, raw);
+        float *dst = img->data + b * plane * 3;
+        rc = vae_decode_image(&e->tctx, vae, 1, lat->h, lat->w, lat->samples + b * lat->c * lat->h * lat->w, dst);
         if (rc) {
             err_set(err, rc, "VAEDecode: %s", e->tctx.err.msg);
             break;
         }
-        /* clamp((x + 1) / 2, 0, 1), NCHW -> NHWC */
-        float *dst = img->data + b * plane * 3;
-        for (int64_t p = 0; p < plane; p++)
-            for (int ch = 0; ch < 3; ch++) {
-                float v = (raw[ch * plane + p] + 1.0f) / 2.0f;
-                dst[p * 3 + ch] = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
-            }
+        clamp01(dst, (size_t)(plane * 3));
         rc = node_progress(ctx, b + 1, lat->b, err);
     }
-    mem_free(raw);
     if (rc) {
         gobj_unref(&img->obj);
         return rc;

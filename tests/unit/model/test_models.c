@@ -430,6 +430,28 @@ static void test_vae_decode(void **state) {
     vae_check_decode(&model->vae, "vae decode");
 }
 
+/* vae_decode_image is vae_decode's output as (x + 1) / 2 in [b, H, W, 3], bit for bit (the
+ * layout the VAEDecode node returns, before its clamp). */
+static void test_vae_decode_image(void **state) {
+    BACKEND_OR_SKIP();
+    size_t nz, nd;
+    float *z = golden_read(&golden, "vae.z", &nz), *want = golden_read(&golden, "vae.dec_raw", &nd);
+    float *raw = mem_alloc(nd * sizeof(float)), *img = mem_alloc(nd * sizeof(float));
+    if (vae_decode(&ctx, &model->vae, 1, 8, 8, z, raw)) fail_msg("vae_decode: %s", ctx.err.msg);
+    if (vae_decode_image(&ctx, &model->vae, 1, 8, 8, z, img)) fail_msg("vae_decode_image: %s", ctx.err.msg);
+    size_t plane = nd / 3;
+    for (size_t p = 0; p < plane; p++)
+        for (size_t ch = 0; ch < 3; ch++) {
+            float v = (raw[ch * plane + p] + 1.0f) / 2.0f;
+            if (memcmp(&v, &img[p * 3 + ch], sizeof v) != 0)
+                fail_msg("pixel %zu channel %zu: %.9g, want %.9g", p, ch, img[p * 3 + ch], v);
+        }
+    mem_free(z);
+    mem_free(want);
+    mem_free(raw);
+    mem_free(img);
+}
+
 /* Graph reuse (tctx_memo_*): a UNet evaluation and a VAE decode run again with new inputs on the
  * graph they recorded give exactly what a freshly recorded graph gives, and the first inputs
  * again still match the golden files. */
@@ -522,6 +544,7 @@ int main(void) {
         cmocka_unit_test(test_unet_streamed),
         cmocka_unit_test(test_unet_other_layout),
         cmocka_unit_test(test_vae_decode),
+        cmocka_unit_test(test_vae_decode_image),
         cmocka_unit_test(test_vae_encode),
         cmocka_unit_test(test_graph_reuse),
         cmocka_unit_test(test_vae_other_layout),
