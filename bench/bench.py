@@ -315,6 +315,8 @@ def free_port():
 
 LOAD_RE = re.compile(r"loaded (.+?) on (cuda|cpu) (\d+) in ([0-9.]+) s \(([^)]*)\)")
 # attention_dnn.cu's log lines around a batch of background cuDNN plans, per device
+# sd_model_prefill's line: the worker filled the first prompt's host copy during its warm-up
+PREFILL_RE = re.compile(r"host copy of (.+?) for (cuda|cpu) (\d+) (filled from the file|already there) in ([0-9.]+) s")
 PLANS_START_RE = re.compile(r"cuda sdpa: device (\d+): building cuDNN attention plans in the background")
 PLANS_READY_RE = re.compile(r"cuda sdpa: device (\d+): cuDNN attention plans ready")
 
@@ -560,6 +562,8 @@ class Bench:
         names = [g.get("name") for g in gpus] or ([] if a.cpu else nvidia_smi_names())
         r["machine"] = {"gpus": names, "cpu": cpu_model(), "cores": os.cpu_count(),
                         "devices_used": [d.get("name") for d in devs]}
+        pre = PREFILL_RE.search(self.log_text())
+        r["prefill_s"] = float(pre.group(5)) if pre else None  # the host copy, filled during the warm-up
         loads = self.load_lines()
         r["load_from_disk_s"] = loads[0][2] if loads else None
         r["load_from_disk_how"] = loads[0][3] if loads else None

@@ -326,6 +326,19 @@ struct engine *engine_new_cuda(int device, const char *models_dir, const char *t
 
 int engine_warmup(struct engine *e, struct err *err) { return backend_warmup(e->backend, err); }
 
+struct sd_model *engine_prefill(struct engine *e, const char *path, struct err *err) {
+    if (e->cuda_index < 0 || !e->storage.unet.store) {
+        err_set(err, STATUS_ERR_UNSUPPORTED, "prefilling host copies is for GPU engines with the shared store");
+        return NULL;
+    }
+    int rc = backend_bind_thread(e->backend);
+    if (rc) {
+        err_set(err, rc, "cannot bind the prefill thread to cuda:%d", e->cuda_index);
+        return NULL;
+    }
+    return sd_model_prefill(path, e->backend, &e->storage, err);
+}
+
 void engine_free(struct engine *e) {
     if (!e) return;
     struct backend *be = e->backend;

@@ -97,6 +97,12 @@ void engine_free(struct engine *e); /* NULL is a no-op */
  * (tensor/warmup.h), so kernels are loaded and libraries initialised at start-up. The engine's
  * worker thread. Returns 0, or a negative status with err filled; the engine stays usable. */
 int engine_warmup(struct engine *e, struct err *err);
+/* The host copy of checkpoint `path` as this GPU's loads keep it (e->storage), filled now
+ * (sd_model_prefill) on the calling thread, which it binds to e's device: a later load of path
+ * only uploads. Reads only e's fixed fields, so another thread may run it while the device's
+ * own thread works (the worker's warm-up). NULL with err set, or a model to sd_model_free once
+ * the load has taken its own references. CUDA engines only (STATUS_ERR_UNSUPPORTED else). [any] */
+struct sd_model *engine_prefill(struct engine *e, const char *path, struct err *err);
 
 /* Whether a checkpoint with this path is loaded now (for routing). */
 bool engine_has_checkpoint(const struct engine *e, const char *path);

@@ -626,6 +626,7 @@ static int finish_stored(struct nn_loader *ld, struct nn_weights *out) {
     if (rc) return rc;
     out->store = ld->storage.store;
     out->read_file = ld->filled;
+    if (ld->storage.fill_only) return 0; /* the reference is what the caller wanted */
     if (ld->storage.place) { /* the place function may move blocks off the device */
         int nb = 0;
         struct nn_block *blocks = list_blocks(ld, out->size, &nb);

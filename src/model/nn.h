@@ -66,6 +66,9 @@ struct nn_storage {
                                 only the networks that support streaming use it (the UNet) */
     void *place_user;
     bool no_prefetch;        /* streamed blocks are copied only when needed (measurements) */
+    bool fill_only;          /* with a store: the host image only, filled (or shared) and kept in
+                                the weights (a reference), nothing on the backend; the weights
+                                cannot be computed with (sd_model_prefill) */
     bool channels_last;      /* conv weights are stored [O, kh, kw, C] and nn_conv takes and gives
                                 channels-last images [B, H, W, C] (the UNet on a GPU) */
 };

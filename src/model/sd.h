@@ -36,6 +36,12 @@ struct sd_model {
  * stored as st says (NULL: F32 everywhere, no shared store). Returns NULL with err filled on
  * failure. */
 struct sd_model *sd_model_load(const char *path, struct backend *be, const struct sd_storage *st, struct err *err);
+/* The host copies sd_model_load(path, be, st) would use (st must have a store), filled now from
+ * the file (or found), with nothing put on be: the result holds a reference to each until
+ * sd_model_free, so that a load of the same file for be a little later only uploads. Its weights
+ * cannot be computed with. Any thread (it only reads be's kind; pinning uses the calling
+ * thread's device: backend_bind_thread first). */
+struct sd_model *sd_model_prefill(const char *path, struct backend *be, const struct sd_storage *st, struct err *err);
 void sd_model_free(struct sd_model *m); /* NULL is a no-op */
 
 #endif

@@ -129,6 +129,10 @@ struct sched {
     struct sched_prefetch *prefetch;     /* reads accepted prompts' checkpoints ahead (own lock) */
 };
 
+/* The checkpoint files of prompt p's CheckpointLoaderSimple nodes (literal names that resolve),
+ * at most max, each a mem_strdup'd path for the caller to free. (sched.c) */
+int sched__prompt_checkpoints(const struct sched *s, const struct graph_prompt *p, char **out, int max);
+
 /* ===== Checkpoint read-ahead (prefetch.c) ===== */
 
 struct sched_prefetch;

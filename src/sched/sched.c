@@ -518,7 +518,7 @@ static int bad_target(struct sched *s, int target, struct err *err) {
 }
 
 /* Paths of the checkpoints the prompt's CheckpointLoaderSimple nodes load (mem_free each). */
-static int prompt_checkpoints(const struct sched *s, const struct graph_prompt *p, char **out, int max) {
+int sched__prompt_checkpoints(const struct sched *s, const struct graph_prompt *p, char **out, int max) {
     int n = 0;
     for (int i = 0; i < p->n_nodes && n < max; i++) {
         const struct graph_node *g = &p->nodes[i];
@@ -617,7 +617,7 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
         json_object_set_new(it->extra_data, "client_id", json_string(it->client_id));
     it->tuple = item_tuple(it);
     char *ckpts[8];
-    int n_ckpts = prompt_checkpoints(s, sub->prompt, ckpts, 8);
+    int n_ckpts = sched__prompt_checkpoints(s, sub->prompt, ckpts, 8);
     bool held[8] = {false}; /* by some device: its host copy exists, no file read ahead */
 
     sched__change_begin(s);

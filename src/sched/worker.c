@@ -1,11 +1,12 @@
 /* sched/worker.c -- one thread per device: pops the device's own heap, runs the prompt on the
  * device's engine with its output cache, turns executor callbacks into ComfyUI's WebSocket
  * events, writes the history entry, acts on /free and on other devices' GPUMemoryCleanup
- * requests (host.c), and warms a GPU up once its engine exists.
+ * requests (host.c), and warms a GPU up once its engine exists (while a helper thread fills the
+ * host copy of the first queued prompt's checkpoint: HOST COPY AHEAD below).
  * Owns: the running item while it runs, the device's engine and cache (only this thread
  * touches them once started).
  * Must not: touch sockets (events leave through the sink) or another device's queue.
- * Threads: everything here runs on the device's worker thread.
+ * Threads: everything here runs on the device's worker thread, except prefill_run (its helper).
  *
  * DESIGN. ComfyUI's event rules (COMFY_API.md §4.3-4.4): execution_start, execution_cached,
  * execution_success and execution_error go to the prompt's client only, and into the history
@@ -32,8 +33,10 @@
 #include "graph/cache.h"
 #include "graph/engine.h"
 #include "graph/exec.h"
+#include "model/sd.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* wire types of values that hold a loaded checkpoint (dropped from the cache by unload_models) */
@@ -389,11 +392,63 @@ static void run_item(struct sched *s, struct sched_device *d, struct sched_item 
     }
 }
 
+/* ===== Host copy ahead of the first load (HOST COPY AHEAD) =====
+ * On a cold start the first prompt is usually queued before the device has opened. Its
+ * checkpoint's host copy (the file read, converted and page-locked: most of a cold load) does
+ * not need the device, so a helper thread fills it while the worker warms the device up; the
+ * prompt's load then only uploads. The helper's references go once that prompt has run. */
+
+struct prefill {
+    struct engine *e;
+    char *path;           /* owned */
+    struct sd_model *m;   /* the helper's result (references to the host copies), or NULL */
+    struct err err;
+    pthread_t thread;
+    bool started;
+};
+
+static void *prefill_run(void *arg) {
+    struct prefill *p = arg;
+    p->m = engine_prefill(p->e, p->path, &p->err);
+    return NULL;
+}
+
+/* Starts the helper for the checkpoint of the prompt first in d's queue, if any. */
+static void prefill_start(struct sched *s, struct sched_device *d, struct prefill *p) {
+    memset(p, 0, sizeof *p);
+    char *paths[1];
+    int n = 0;
+    pthread_mutex_lock(&s->mu);
+    if (d->n_heap > 0) n = sched__prompt_checkpoints(s, d->heap[0]->prompt, paths, 1);
+    pthread_mutex_unlock(&s->mu);
+    if (n == 0) return;
+    p->e = d->engine;
+    p->path = paths[0];
+    p->started = pthread_create(&p->thread, NULL, prefill_run, p) == 0;
+    if (!p->started) {
+        mem_free(p->path);
+        p->path = NULL;
+    }
+}
+
+/* Waits for the helper and drops its references (a load that happened keeps its own). */
+static void prefill_end(struct sched_device *d, struct prefill *p) {
+    if (!p->started) return;
+    pthread_join(p->thread, NULL);
+    if (!p->m && p->err.code != STATUS_ERR_UNSUPPORTED)
+        log_warn("[%s %d] host copy of %s ahead of its load: %s (the load reads it itself)", kind_label(d), d->index,
+                 p->path, p->err.msg);
+    sd_model_free(p->m);
+    mem_free(p->path);
+    memset(p, 0, sizeof *p);
+}
+
 /* ===== The thread ===== */
 
 void *sched__worker_main(void *arg) {
     struct sched_device *d = arg;
     struct sched *s = d->s;
+    struct prefill pf = {0};
     log_info("[%s %d] worker started on %s", kind_label(d), d->index, d->name);
     if (d->kind == SCHED_DEVICE_CUDA && !d->engine) { /* the backend's stream and handles are this thread's */
         struct err err = {0};
@@ -412,6 +467,7 @@ void *sched__worker_main(void *arg) {
         }
         log_info("[%s %d] CUDA device %d opened in %.2f s", kind_label(d), d->index, d->cuda_ordinal,
                  clock_now() - t0);
+        if (!getenv("KILN_NO_PREFILL")) prefill_start(s, d, &pf); /* overlaps the warm-up below */
         /* load the kernels and initialise cuBLAS now rather than in the first prompt */
         t0 = clock_now();
         struct err werr = {0};
@@ -456,9 +512,11 @@ void *sched__worker_main(void *arg) {
 
         run_item(s, d, it);
         sched__item_free(it);
+        prefill_end(d, &pf); /* the first prompt has loaded what it needed */
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
+    prefill_end(d, &pf);
     log_info("[%s %d] worker stopped", kind_label(d), d->index);
     return NULL;
 }

@@ -64,3 +64,5 @@ int backend_peer_copy(struct backend *be, void *dst, int src_device, const void 
     if (!be->iface->peer_copy) return STATUS_ERR_UNSUPPORTED;
     return be->iface->peer_copy(be->ctx, dst, src_device, src, size);
 }
+
+int backend_bind_thread(struct backend *be) { return be->iface->bind_thread ? be->iface->bind_thread(be->ctx) : 0; }

@@ -45,6 +45,9 @@ struct backend_i {
      * peer), and a synchronous copy of size bytes from there into this device's memory. */
     bool (*peer_reachable)(void *ctx, int device);
     int (*peer_copy)(void *ctx, void *dst, int src_device, const void *src, size_t size);
+    /* (optional) Makes the calling thread's device this backend's (CUDA: cudaSetDevice), for a
+     * helper thread that pins host memory for it (host_pin would otherwise use device 0). */
+    int (*bind_thread)(void *ctx);
 };
 
 struct backend {
@@ -72,6 +75,8 @@ void backend_peer_free(struct backend *be, int device, void *buf);
 /* backend_i.peer_reachable (false without it) and peer_copy (STATUS_ERR_UNSUPPORTED without it). */
 bool backend_peer_reachable(struct backend *be, int device);
 int backend_peer_copy(struct backend *be, void *dst, int src_device, const void *src, size_t size);
+/* backend_i.bind_thread; 0 (nothing to do) without it. [any thread: the caller's] */
+int backend_bind_thread(struct backend *be);
 /* Frees the backend and its context; NULL is a no-op. */
 void backend_free(struct backend *be);
 

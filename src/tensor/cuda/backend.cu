@@ -408,6 +408,13 @@ static void cuda_host_unpin(void *ptr) {
     }
 }
 
+static int cuda_bind_thread(void *vctx) {
+    struct err e = {};
+    struct err *err = &e;
+    CUDA_TRY(cudaSetDevice(((struct cuda_ctx *)vctx)->device));
+    return 0;
+}
+
 /* C++17 has no designated initializers: the table is zeroed, then filled by field name, so
  * slots added to struct backend_i later start out NULL/false here (optional) until set. */
 static struct backend_i cuda_backend_table(void) {
@@ -429,6 +436,7 @@ static struct backend_i cuda_backend_table(void) {
     t.host_buffers = false;
     t.host_pin = cuda_host_pin;
     t.host_unpin = cuda_host_unpin;
+    t.bind_thread = cuda_bind_thread;
     return t;
 }
 

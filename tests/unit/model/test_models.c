@@ -226,6 +226,36 @@ static void test_unet_context_on_device(void **state) {
     mem_free(out);
 }
 
+/* sd_model_prefill fills the host copies that a load with the same storage then shares: the load
+ * reads nothing, and its model computes the golden outputs after the prefill's references are
+ * gone (the worker's host copy ahead of a cold start's first load). */
+static void test_prefill(void **state) {
+    BACKEND_OR_SKIP();
+    struct err err = {0};
+    const struct sd_storage *all = MODELS_STORAGE;
+    struct sd_storage st = all ? *all : sd_storage_for(be, true, wstore_global());
+    if (!st.clip.store) st.clip.store = st.unet.store = st.vae.store = wstore_global();
+    char path[256]; /* a file of its own: its own host copies (those of `model` would be found) */
+    snprintf(path, sizeof path, "/tmp/kiln_test_prefill_%d.safetensors", (int)getpid());
+    if (golden_tiny_ckpt(path, &err)) fail_msg("%s", err.msg);
+    struct sd_model *pre = sd_model_prefill(path, be, &st, &err);
+    if (!pre) fail_msg("sd_model_prefill: %s", err.msg);
+    assert_true(pre->clip.weights.read_file && pre->unet.weights.read_file && pre->vae.weights.read_file);
+    assert_null(pre->unet.weights.buf); /* nothing on the backend */
+    struct sd_model *m = sd_model_load(path, be, &st, &err);
+    if (!m) fail_msg("sd_model_load: %s", err.msg);
+    assert_false(m->clip.weights.read_file || m->unet.weights.read_file || m->vae.weights.read_file);
+    sd_model_free(pre);
+    unet_check_8x8(&m->unet, "unet loaded after a prefill");
+    sd_model_free(m);
+    unlink(path);
+    /* without a store there is nothing to fill ahead */
+    struct sd_storage bare = st;
+    bare.clip.store = bare.unet.store = bare.vae.store = NULL;
+    assert_null(sd_model_prefill(path, be, &bare, &err));
+    assert_int_equal(err.code, STATUS_ERR_INVALID);
+}
+
 /* ===== Streamed blocks (tensor.h STREAMING) ===== */
 
 #ifndef MODELS_PEER_DEVICE
@@ -541,6 +571,7 @@ int main(void) {
         cmocka_unit_test(test_unet),
         cmocka_unit_test(test_unet_odd_size),
         cmocka_unit_test(test_unet_context_on_device),
+        cmocka_unit_test(test_prefill),
         cmocka_unit_test(test_unet_streamed),
         cmocka_unit_test(test_unet_other_layout),
         cmocka_unit_test(test_vae_decode),
