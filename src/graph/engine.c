@@ -339,6 +339,8 @@ struct sd_model *engine_prefill(struct engine *e, const char *path, struct err *
     return sd_model_prefill(path, e->backend, &e->storage, err);
 }
 
+void engine_prefill_free(struct sd_model *m) { sd_model_free(m); }
+
 void engine_free(struct engine *e) {
     if (!e) return;
     struct backend *be = e->backend;

@@ -103,6 +103,8 @@ int engine_warmup(struct engine *e, struct err *err);
  * own thread works (the worker's warm-up). NULL with err set, or a model to sd_model_free once
  * the load has taken its own references. CUDA engines only (STATUS_ERR_UNSUPPORTED else). [any] */
 struct sd_model *engine_prefill(struct engine *e, const char *path, struct err *err);
+/* Drops engine_prefill's references (sd_model_free). NULL is a no-op. [any] */
+void engine_prefill_free(struct sd_model *m);
 
 /* Whether a checkpoint with this path is loaded now (for routing). */
 bool engine_has_checkpoint(const struct engine *e, const char *path);

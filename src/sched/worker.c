@@ -33,7 +33,6 @@
 #include "graph/cache.h"
 #include "graph/engine.h"
 #include "graph/exec.h"
-#include "model/sd.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -438,7 +437,7 @@ static void prefill_end(struct sched_device *d, struct prefill *p) {
     if (!p->m && p->err.code != STATUS_ERR_UNSUPPORTED)
         log_warn("[%s %d] host copy of %s ahead of its load: %s (the load reads it itself)", kind_label(d), d->index,
                  p->path, p->err.msg);
-    sd_model_free(p->m);
+    engine_prefill_free(p->m);
     mem_free(p->path);
     memset(p, 0, sizeof *p);
 }

@@ -1,6 +1,7 @@
 /* graph/nodes/vae.c -- VAEDecode and VAEEncode.
  * Owns: the LATENT/IMAGE objects it creates (handed to the executor).
  * Threads: the worker executing the prompt. */
+#include "base/base.h"
 #include "base/mem.h"
 #include "base/status.h"
 #include "graph/engine.h"
@@ -10,12 +11,8 @@
 
 /* ===== VAEDecode ===== */
 
-/* torch.clamp(x, 0, 1) in place: NaN stays NaN. A contiguous loop of selects (GCC vectorises it at
- * -O3 only, hence the attribute). */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("O3")))
-#endif
-static void clamp01(float *x, size_t n) {
+/* torch.clamp(x, 0, 1) in place: NaN stays NaN. A contiguous loop of selects, vectorised. */
+KILN_VECTORIZE static void clamp01(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         v = v < 0.0f ? 0.0f : v;

@@ -46,7 +46,6 @@ extern "C" {
 #include <pthread.h>
 #include <string.h>
 
-#define SDPA_MIN_VERSION 91301 /* the OPERATION_SDPA_FWD node (cudnn_graph.h) */
 #define SDPA_MAX_DESCS 48 /* descriptors a plan keeps alive: 5 tensors, op, graph, heuristics, configs, plans */
 #define SDPA_MAX_CFGS 4        /* engine configurations tried per heuristics mode */
 
@@ -154,8 +153,8 @@ static int plan_configs(struct cuda_sdpa_plan *p, cudnnBackendDescriptor_t graph
     return 0;
 }
 
-/* Fills p (key set) for its shape with handle: the graph and its execution plans (none when no
- * engine takes it. Returns 0 or a negative status (p is then deinited by the caller). */
+/* Fills p (key set) for its shape with handle: the graph and its execution plan (none when no
+ * engine takes it). Returns 0 or a negative status (the caller then releases p's descriptors). */
 static int plan_init(cudnnHandle_t handle, struct cuda_sdpa_plan *p, struct err *err) {
     const int64_t nb = p->key[1], nq = p->key[2], nk = p->key[3], c = p->key[4], heads = p->key[5], d = c / heads;
     cudnnDataType_t ty = (enum dtype)p->key[0] == DTYPE_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF;

@@ -483,7 +483,7 @@ static void cuda_dnn_open(struct cuda_ctx *ctx) {
     bool sdpa_off = sdpa && strcmp(sdpa, "0") == 0, sdpa_sync = !(sdpa && strcmp(sdpa, "background") == 0);
     struct err serr;
     memset(&serr, 0, sizeof serr);
-    if (version >= 91301 && !sdpa_off && cuda__sdpa_open(ctx, sdpa_sync, &serr) != 0)
+    if (version >= CUDA_SDPA_MIN_VERSION && !sdpa_off && cuda__sdpa_open(ctx, sdpa_sync, &serr) != 0)
         log_warn("cuda backend: device %d: %s: attention stays on kiln's kernels", ctx->device, serr.msg);
     log_info("cuda backend: device %d: convolutions on cuDNN %zu (built with %d), algorithms by %s; attention %s",
              ctx->device, version, CUDNN_VERSION,
@@ -491,7 +491,7 @@ static void cuda_dnn_open(struct cuda_ctx *ctx) {
              ctx->sdpa ? (sdpa_sync ? "on cuDNN's fused kernels, planned at each shape's first use"
                                     : "on cuDNN's fused kernels once planned in the background "
                                       "(KILN_CUDNN_SDPA=background)")
-             : version < 91301 ? "on kiln's kernels (cuDNN's fused attention needs 9.13.1)"
+             : version < CUDA_SDPA_MIN_VERSION ? "on kiln's kernels (cuDNN's fused attention needs 9.13.1)"
                                : "on kiln's kernels (KILN_CUDNN_SDPA=0)");
 }
 #endif

@@ -141,6 +141,8 @@ int cuda_dnn_error(struct err *err, cudnnStatus_t s, const char *stmt, const cha
 
 /* Frees ctx's conv plans (their cuDNN descriptors) and the table; the handle stays (conv.cu). */
 void cuda__conv_plans_free(struct cuda_ctx *ctx);
+/* The oldest cuDNN at run time with the OPERATION_SDPA_FWD node attention_dnn.cu builds. */
+#define CUDA_SDPA_MIN_VERSION 91301
 /* out = softmax(q k^T / sqrt(d)) v through cuDNN's fused attention (attention_dnn.cu), q, out
  * [nb, nq, c], k, v [nb, nk, c], c = heads * d, storage dtype dt, on ctx->stream. Returns 0 when
  * done, 1 when cuDNN does not take it (off, causal, not F16/BF16, d or c not a multiple of 8, a
