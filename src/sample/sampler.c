@@ -124,7 +124,7 @@ static void ancestral_step(float s, float sn, float *sigma_down, float *sigma_up
 /* ===== The samplers ===== */
 
 /* Euler (Karras et al. 2022 alg. 2 with s_churn = 0): x += d * (sn - s). */
-KILN_VECTORIZE static int sample_euler(struct run *r) {
+static int sample_euler(struct run *r) {
     float *x = r->x, *den = run_buf(r);
     if (!den) return STATUS_ERR_NOMEM;
     for (int i = 0; i < r->steps; i++) {

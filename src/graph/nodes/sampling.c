@@ -2,7 +2,6 @@
  * engine's UNet, with classifier-free guidance as comfy/samplers.py computes it.
  * Owns: the LATENT it outputs; the denoiser's scratch buffers while sampling.
  * Threads: the worker executing the prompt. */
-#include "base/base.h"
 #include "base/mem.h"
 #include "base/status.h"
 #include "graph/engine.h"
@@ -56,9 +55,7 @@ static int64_t gcd64(int64_t a, int64_t b) {
 
 /* Runs entries [first, first + n) as one UNet batch, adding each one's denoised estimate to its
  * side's sum. */
-/* (vectorised: its per-element loops run every step on the latent) */
-KILN_VECTORIZE static int eval_entries(struct cfg_denoiser *d, int first, int n, const float *x, float sigma,
-                                       struct err *err) {
+static int eval_entries(struct cfg_denoiser *d, int first, int n, const float *x, float sigma, struct err *err) {
     int64_t per = d->c * d->h * d->w, lat = d->b * per, dim = d->entries[first].item->dim;
     int64_t L = d->entries[first].item->n_tokens, min_len = L;
     for (int i = 1; i < n; i++) {
@@ -104,7 +101,7 @@ KILN_VECTORIZE static int eval_entries(struct cfg_denoiser *d, int first, int n,
     return 0;
 }
 
-KILN_VECTORIZE static int cfg_denoise(void *user, const float *x, float sigma, float *denoised, struct err *err) {
+static int cfg_denoise(void *user, const float *x, float sigma, float *denoised, struct err *err) {
     struct cfg_denoiser *d = user;
     int64_t lat = d->b * d->c * d->h * d->w;
     memset(d->side_sum, 0, (size_t)(2 * lat) * sizeof(float));
@@ -206,12 +203,6 @@ static int common_ksampler(struct node_run *ctx, const struct model_value *model
     if (!d.x_in || !d.eps || !d.timesteps || !d.context || !d.side_sum)
         rc = err_set(err, STATUS_ERR_NOMEM, "out of host memory for sampling a %lldx%lld batch of %lld",
                      (long long)(in->w * 8), (long long)(in->h * 8), (long long)in->b);
-    /* the latent goes up and the prediction comes down every step: page-locked, those copies run
-       at DMA speed (a GPU; nothing to do on the CPU backend) */
-    const struct backend_i *pin = backend_host_buffers(d.engine->backend) ? NULL : d.engine->backend->iface;
-    size_t lat_bytes = (size_t)(n_items * lat) * sizeof(float);
-    bool pinned_x = !rc && pin && backend_host_pin(pin, d.x_in, lat_bytes) == 0;
-    bool pinned_eps = !rc && pin && backend_host_pin(pin, d.eps, lat_bytes) == 0;
     if (!rc) {
         struct ksampler_params p = *kp;
         p.batch_index = in->batch_index;
@@ -225,8 +216,6 @@ static int common_ksampler(struct node_run *ctx, const struct model_value *model
         tctx_reset(&d.engine->tctx);
     }
     if (d.ctx_dev) backend_buf_free(d.engine->backend, d.ctx_dev);
-    if (pinned_x) backend_host_unpin(pin, d.x_in);
-    if (pinned_eps) backend_host_unpin(pin, d.eps);
     mem_free(d.entries);
     mem_free(d.x_in);
     mem_free(d.eps);
