@@ -25,8 +25,8 @@ bool backend_op_supported(struct backend *be, const struct tensor *node) {
     return be->iface->op_supported ? be->iface->op_supported(be->ctx, node) : true;
 }
 
-int backend_graph_run(struct backend *be, struct tensor *const *nodes, int n, uint64_t plan, struct err *err) {
-    return be->iface->graph_run(be->ctx, nodes, n, plan, err);
+int backend_graph_run(struct backend *be, struct tensor *const *nodes, int n, struct err *err) {
+    return be->iface->graph_run(be->ctx, nodes, n, err);
 }
 
 int backend_sync(struct backend *be) { return be->iface->sync ? be->iface->sync(be->ctx) : 0; }

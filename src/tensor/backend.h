@@ -22,10 +22,8 @@ struct backend_i {
     int (*tensor_get)(void *ctx, const struct tensor *t, void *host, size_t off, size_t size);
     /* (optional) Whether this backend can compute node (dtype, shapes). NULL means all ops. */
     bool (*op_supported)(void *ctx, const struct tensor *node);
-    /* Computes nodes[0..n) in order; every input of a node is computed or a leaf. plan: a number
-     * naming this exact node list (tctx_plan numbers each plan once in the process: the same
-     * number means the same nodes, shapes, parameters and addresses), or 0 when unknown. */
-    int (*graph_run)(void *ctx, struct tensor *const *nodes, int n, uint64_t plan, struct err *err);
+    /* Computes nodes[0..n) in order; every input of a node is computed or a leaf. */
+    int (*graph_run)(void *ctx, struct tensor *const *nodes, int n, struct err *err);
     /* (optional) Waits for queued work. */
     int (*sync)(void *ctx);
     /* (optional) Frees ctx and everything the backend owns. */
@@ -63,7 +61,7 @@ void backend_buf_free(struct backend *be, void *buf);
 int backend_tensor_set(struct backend *be, struct tensor *t, const void *host, size_t off, size_t size);
 int backend_tensor_get(struct backend *be, const struct tensor *t, void *host, size_t off, size_t size);
 bool backend_op_supported(struct backend *be, const struct tensor *node);
-int backend_graph_run(struct backend *be, struct tensor *const *nodes, int n, uint64_t plan, struct err *err);
+int backend_graph_run(struct backend *be, struct tensor *const *nodes, int n, struct err *err);
 int backend_sync(struct backend *be);
 /* Whether be's buffers are host memory (backend_i.host_buffers). */
 bool backend_host_buffers(const struct backend *be);

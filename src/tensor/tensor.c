@@ -12,7 +12,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -199,7 +198,6 @@ void tctx_reset(struct tctx *c) {
     c->n_run = 0;
     c->stream = NULL;
     c->n_created = 0;
-    c->plan_id = 0;
     c->rc = 0;
     err_clear(&c->err);
     c->memo_valid = false;
@@ -488,12 +486,8 @@ done:
     return c->rc;
 }
 
-/* tctx_plan's counter for plan_id (any thread). */
-static atomic_uint_fast64_t tctx_plans;
-
 int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
     c->memo_valid = false; /* a new plan: what was memoised no longer describes the graph */
-    c->plan_id = 0;
     if (c->rc) return c->rc;
     /* a previous plan's nodes are ordered again (a graph extended after planning) */
     for (int i = 0; i < c->n_nodes; i++) c->nodes[i]->id = -1;
@@ -595,9 +589,8 @@ int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
     c->n_run = 0;
     for (int i = 0; i < c->n_nodes; i++)
         if (c->nodes[i]->op != OP_NONE && c->nodes[i]->op != OP_RESHAPE) c->run[c->n_run++] = c->nodes[i];
-    int rc = c->stream && c->stream->n_blocks > 0 ? plan_stream(c) : 0;
-    if (!rc) c->plan_id = atomic_fetch_add(&tctx_plans, 1) + 1; /* numbers the final node list */
-    return rc;
+    if (c->stream && c->stream->n_blocks > 0) return plan_stream(c);
+    return 0;
 }
 
 int tctx_set(struct tctx *c, struct tensor *t, const void *host) {
@@ -642,7 +635,7 @@ bool tctx_memo_get(struct tctx *c, const uint64_t key[TCTX_MEMO_KEY], struct ten
 
 int tctx_run(struct tctx *c) {
     if (c->rc) return c->rc;
-    int rc = backend_graph_run(c->backend, c->run, c->n_run, c->plan_id, &c->err);
+    int rc = backend_graph_run(c->backend, c->run, c->n_run, &c->err);
     if (rc) {
         c->rc = rc;
         if (!c->err.code) err_set(&c->err, rc, "graph failed on %s: %s", c->backend->iface->name, status_str(rc));

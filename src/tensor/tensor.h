@@ -210,8 +210,6 @@ struct tctx {
     int n_run;
     const struct tstream *stream; /* streamed weights of the graph's model (borrowed), or NULL */
     int n_created;            /* tensors made since the last reset (tensor.seq) */
-    uint64_t plan_id;         /* this plan's number, unique in the process (0: none yet): what
-                                 backend_graph_run is told, so a backend may cache per plan */
     int rc;                   /* sticky status: 0 or the first failure */
     struct err err;           /* message for rc */
     /* what the planned graph computes, as its builder described it (tctx_memo_set; cleared by

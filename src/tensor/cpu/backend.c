@@ -41,8 +41,7 @@ static bool cpu_op_supported(void *ctx, const struct tensor *node) {
     return node->dtype == DTYPE_F32;
 }
 
-static int cpu_graph_run(void *vctx, struct tensor *const *nodes, int n, uint64_t plan, struct err *err) {
-    (void)plan; /* nothing is cached per plan here */
+static int cpu_graph_run(void *vctx, struct tensor *const *nodes, int n, struct err *err) {
     struct cpu_ctx *ctx = vctx;
     omp_set_num_threads(ctx->n_threads);
     cpu__blas_threads(1); /* kernels split products into OpenMP tasks (THREADING in cpu.h) */

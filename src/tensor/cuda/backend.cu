@@ -243,7 +243,7 @@ static int enqueue_nodes(struct cuda_ctx *ctx, struct tensor *const *nodes, int 
     return 0;
 }
 
-static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, uint64_t plan, struct err *err) {
+static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, struct err *err) {
     struct cuda_ctx *ctx = (struct cuda_ctx *)vctx;
     CUDA_TRY(cudaSetDevice(ctx->device));
     int rc;
@@ -255,14 +255,14 @@ static int cuda_graph_run(void *vctx, struct tensor *const *nodes, int n, uint64
         rc = cuda__profile_begin(ctx->profile, nodes, n, err);
         if (!rc) cuda__profile_mark(ctx->profile, 0, ctx->stream);
         if (!rc) rc = streams && !ctx->stream_graphs ? enqueue_nodes(ctx, nodes, n, err)
-                                                     : cuda__graphs_run(ctx->graphs, ctx, nodes, n, plan, enqueue_nodes, err);
+                                                     : cuda__graphs_run(ctx->graphs, ctx, nodes, n, enqueue_nodes, err);
         if (!rc) cuda__profile_mark(ctx->profile, 1, ctx->stream);
     } else if (ctx->profile) { /* every node timed on its own: no CUDA graphs */
         rc = cuda__profile_begin(ctx->profile, nodes, n, err);
         if (!rc) rc = enqueue_nodes(ctx, nodes, n, err);
         if (!rc) cuda__profile_mark(ctx->profile, n, ctx->stream);
     } else {
-        rc = cuda__graphs_run(ctx->graphs, ctx, nodes, n, plan, enqueue_nodes, err);
+        rc = cuda__graphs_run(ctx->graphs, ctx, nodes, n, enqueue_nodes, err);
     }
     if (rc) return rc;
     CUDA_TRY(cudaStreamSynchronize(ctx->stream));

@@ -25,18 +25,7 @@ struct graph_slot {
     bool uncapturable;       /* capture failed once: run it plainly from now on */
 };
 
-/* A numbered plan's signature (signature_of). */
-struct plan_sig {
-    uint64_t plan, epoch;
-    int n;
-    uint64_t sig;
-    bool capturable;
-};
-#define GRAPHS_PLANS 8 /* plans remembered */
-
 struct cuda_graphs {
-    struct plan_sig plans[GRAPHS_PLANS]; /* ring */
-    int next_plan;
     struct graph_slot slots[GRAPHS_MAX];
     uint64_t tick;
     long replays, captures, plain;
@@ -149,34 +138,11 @@ static int capture(struct graph_slot *s, struct cuda_ctx *ctx, struct tensor *co
     return 0;
 }
 
-/* The signature of nodes: remembered per numbered plan (see graphs.cuh) and attention-plan epoch,
- * so a plan run again (the sampler's UNet, every step) is not hashed again; computed otherwise.
- * Keys stay content hashes, so a graph planned anew with the same content still finds its
- * capture. */
-static uint64_t signature_of(struct cuda_graphs *g, const struct cuda_ctx *ctx, uint64_t plan,
-                             struct tensor *const *nodes, int n, bool *capturable) {
-    uint64_t epoch = 0;
-#ifdef KILN_HAVE_CUDNN
-    epoch = cuda__sdpa_epoch(ctx);
-#endif
-    if (plan)
-        for (int i = 0; i < GRAPHS_PLANS; i++) {
-            const struct plan_sig *m = &g->plans[i];
-            if (m->plan == plan && m->epoch == epoch && m->n == n) {
-                *capturable = m->capturable;
-                return m->sig;
-            }
-        }
-    uint64_t sig = signature(ctx, nodes, n, capturable);
-    if (plan) g->plans[g->next_plan++ % GRAPHS_PLANS] = (struct plan_sig){plan, epoch, n, sig, *capturable};
-    return sig;
-}
-
-int cuda__graphs_run(struct cuda_graphs *g, struct cuda_ctx *ctx, struct tensor *const *nodes, int n, uint64_t plan,
+int cuda__graphs_run(struct cuda_graphs *g, struct cuda_ctx *ctx, struct tensor *const *nodes, int n,
                      cuda_enqueue_fn enqueue, struct err *err) {
     if (!g || n == 0) return enqueue(ctx, nodes, n, err);
     bool capturable;
-    uint64_t sig = signature_of(g, ctx, plan, nodes, n, &capturable);
+    uint64_t sig = signature(ctx, nodes, n, &capturable);
     struct graph_slot *s = slot_for(g, sig);
     s->last_use = ++g->tick;
     s->runs++;

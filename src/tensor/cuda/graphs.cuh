@@ -12,11 +12,7 @@
  * made in the background changes which kernels a node runs), every node's op, dtype, shape, parameters and the
  * addresses of its output and sources, so a replay reads and writes exactly what a normal run
  * would. Graphs with an op that synchronises inside (GET_ROWS reads its ids back) are never
- * captured. KILN_CUDA_GRAPHS=0 disables capture (A/B timing); profiling disables it too.
- * A node list that comes with a plan number (tctx_plan's, unique in the process: the same number is
- * the same nodes, shapes, parameters and addresses) is hashed once: its signature is remembered
- * by number and epoch (hashing ~2000 nodes costs ~0.1-0.2 ms of host time per UNet evaluation,
- * and the sampler runs one plan every step). */
+ * captured. KILN_CUDA_GRAPHS=0 disables capture (A/B timing); profiling disables it too. */
 #ifndef KILN_CUDA_GRAPHS_CUH
 #define KILN_CUDA_GRAPHS_CUH
 
@@ -35,7 +31,7 @@ void cuda__graphs_free(struct cuda_graphs *g); /* NULL is a no-op */
 /* Enqueues nodes[0..n) on ctx->stream: as a replay of a captured graph when this signature ran
  * before, else through enqueue (capturing it the second time). Does not synchronise. Returns 0 or
  * a negative status with err set. g may be NULL (then it is just enqueue). */
-int cuda__graphs_run(struct cuda_graphs *g, struct cuda_ctx *ctx, struct tensor *const *nodes, int n, uint64_t plan,
+int cuda__graphs_run(struct cuda_graphs *g, struct cuda_ctx *ctx, struct tensor *const *nodes, int n,
                      cuda_enqueue_fn enqueue, struct err *err);
 
 /* Counters for logs and tests: launches by replay, captures made, normal runs. */

@@ -66,7 +66,7 @@ static bool spy_supported(void *ctx, const struct tensor *node) {
     return s->claim_all || backend_op_supported(s->cpu, node);
 }
 
-static int spy_run(void *ctx, struct tensor *const *nodes, int n, uint64_t plan, struct err *err) {
+static int spy_run(void *ctx, struct tensor *const *nodes, int n, struct err *err) {
     struct spy *s = ctx;
     for (int i = 0; i < n && s->n < SPY_MAX; i++) {
         const struct tensor *t = nodes[i];
@@ -76,7 +76,7 @@ static int spy_run(void *ctx, struct tensor *const *nodes, int n, uint64_t plan,
     }
     if (s->fail_status) return err_set(err, s->fail_status, "spy refuses %d nodes", n);
     if (s->claim_all) return 0;
-    return backend_graph_run(s->cpu, nodes, n, plan, err);
+    return backend_graph_run(s->cpu, nodes, n, err);
 }
 
 static int spy_sync(void *ctx) { return backend_sync(((struct spy *)ctx)->cpu); }
