@@ -15,7 +15,6 @@ something broke (a prompt failed, the server died or did not stop cleanly, a wai
 """
 import argparse
 import base64
-import collections
 import datetime
 import hashlib
 import json
@@ -314,11 +313,6 @@ def free_port():
 # ===== The benchmark =====
 
 LOAD_RE = re.compile(r"loaded (.+?) on (cuda|cpu) (\d+) in ([0-9.]+) s \(([^)]*)\)")
-# attention_dnn.cu's log lines around a batch of background cuDNN plans, per device
-# sd_model_prefill's line: the worker filled the first prompt's host copy during its warm-up
-PREFILL_RE = re.compile(r"host copy of (.+?) for (cuda|cpu) (\d+) (filled from the file|already there) in ([0-9.]+) s")
-PLANS_START_RE = re.compile(r"cuda sdpa: device (\d+): building cuDNN attention plans in the background")
-PLANS_READY_RE = re.compile(r"cuda sdpa: device (\d+): cuDNN attention plans ready")
 
 
 class Bench:
@@ -496,20 +490,6 @@ class Bench:
         new, self.log_at = text[self.log_at:], len(text)
         return [(m.group(2), int(m.group(3)), float(m.group(4)), m.group(5)) for m in LOAD_RE.finditer(new)]
 
-    def wait_plans(self, timeout=300.0):
-        """Waits until every device's background cuDNN attention plans are made (kiln logs when a
-        batch of them starts and when all queued ones are ready: attention_dnn.cu), so that the
-        timed prompts run the kernels a long-running server would. Returns the seconds waited."""
-        t0 = now()
-        while now() - t0 < timeout:
-            text = self.log_text()
-            started = collections.Counter(PLANS_START_RE.findall(text))
-            ready = collections.Counter(PLANS_READY_RE.findall(text))
-            if all(ready[d] >= c for d, c in started.items()):
-                return now() - t0
-            time.sleep(0.25)
-        raise BenchError(f"cuDNN attention plans still being made after {timeout:.0f} s")
-
     # ----- the phases -----
 
     def run(self):
@@ -591,14 +571,8 @@ class Bench:
         poller = threading.Thread(target=poll_vram, daemon=True)
         poller.start()
         try:
-            r["plans_wait_s"] = 0.0
             for b in (1, 4):
                 self.run_one(b)  # warm-up at this batch size (activation plan, kernels)
-                waited = self.wait_plans()  # attention plans for this size, made in the background
-                r["plans_wait_s"] += waited
-                if waited > 0.01:  # the new kernels: a run to time their plans, a run to capture the graph
-                    self.run_one(b)
-                    self.run_one(b)
                 runs = [self.run_one(b) for _ in range(a.repeats)]
                 r[f"runs_b{b}"] = runs
                 r[f"s_per_image_b{b}"] = median(x["wall_s"] for x in runs) / b
@@ -632,9 +606,6 @@ class Bench:
             # a second prompt on each: the first run of a graph records it, the second captures it as a
             # CUDA graph; GPU 0 is past both, so the others must be too (steady state on every GPU)
             self.run_many({d: 1 for d in range(1, n)})
-            if self.wait_plans() > 0.01:  # their attention plans, then the same two warm-up runs
-                self.run_many({d: 1 for d in range(1, n)})
-                self.run_many({d: 1 for d in range(1, n)})
             r["t_all_s"] = self.run_many({d: m for d in range(n)})
             r["speedup"] = r["t_alone_s"] * n / r["t_all_s"]
             time.sleep(0.3)

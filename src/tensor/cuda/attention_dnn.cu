@@ -1,10 +1,8 @@
 /* tensor/cuda/attention_dnn.cu -- ATTENTION through cuDNN's fused scaled-dot-product attention:
  * the graph API with one OPERATION_SDPA_FWD node (cuDNN 9.13.1 and later at run time).
- * Owns: the ctx's SDPA state (struct cuda_sdpa: the plan table, each plan's backend descriptors,
- * the background builder thread and its cuDNN handle; freed by cuda__sdpa_free from cuda_free);
- * borrows ctx->work for cuDNN's workspace.
- * Threads: cuda__attention_dnn runs on the backend's worker (cuDNN on ctx->stream through
- * ctx->cudnn); the builder thread only makes plans (no launches) with a handle of its own.
+ * Owns: the ctx's SDPA state (struct cuda_sdpa: the plan table and each plan's backend
+ * descriptors; freed by cuda__sdpa_free from cuda_free); borrows ctx->work for cuDNN's workspace.
+ * Threads: the backend's worker; cuDNN runs on ctx->stream through ctx->cudnn.
  * Why: on the H100 cuDNN's Hopper kernels take SD 1.5's batch-8 attentions 2.3-5x faster than
  * attention_flash.cu's mma.sync kernel (4096-token self-attention, 8 heads of 40: 0.57 against
  * 1.31 ms; 1024 tokens, heads of 80: 0.06 against 0.30 ms; bench/attention_torch.py and
@@ -19,15 +17,11 @@
  * a shape differed by < 0.1 ms at batch 8 anyway). cuDNN's SDPA engines are all compiled at run
  * time (NVRTC, then the driver's JIT, whose on-disk cache makes later builds of the same
  * kernels ~50 ms): up to ~1 s per plan on a machine that never built them, ~8 plans per image
- * size. By default the first call of a shape makes its plan then and there, so a prompt's
- * attention never changes kernels half-way and every run of a seed gives the same image. With
- * KILN_CUDNN_SDPA=background the first call queues the plan for a builder thread instead and
- * returns 1 (attention.cu's own kernels run the shape meanwhile, so the first prompts at a new
- * size may differ from later ones within fp16 rounding); a plan made there moves the ctx's
- * epoch (cuda__sdpa_epoch, part of graphs.cu's signatures, so CUDA graphs captured with the old
- * kernels are not replayed), and the log says when background builds start and when all
- * queued ones are ready (bench.py waits for that). KILN_CUDNN_SDPA=0 turns the path off. A
- * shape no engine takes is remembered and left to the own kernels.
+ * size. The first call of a shape makes its plan then and there, so a prompt's attention never
+ * changes kernels half-way and every run of a seed gives the same image (a background builder
+ * with kiln's kernels running the shape meanwhile was tried and dropped for that reason:
+ * docs/DECISIONS.md). KILN_CUDNN_SDPA=0 turns the path off. A shape no engine takes is
+ * remembered and left to the own kernels.
  * Non-causal F16/BF16 only, rows of 16-byte-aligned multiples of 8 elements; arithmetic: fp32
  * scores and softmax, probabilities rounded to the storage type for the second product, fp32
  * accumulation, as the flash kernel does. */
@@ -41,9 +35,7 @@ extern "C" {
 #include "base/mem.h"
 }
 
-#include <atomic>
 #include <math.h>
-#include <pthread.h>
 #include <string.h>
 
 #define SDPA_MAX_DESCS 48 /* descriptors a plan keeps alive: 5 tensors, op, graph, heuristics, configs, plans */
@@ -52,12 +44,8 @@ extern "C" {
 /* unique ids of the graph's tensors, the variant pack's keys */
 enum { SDPA_UID_Q = 1, SDPA_UID_K, SDPA_UID_V, SDPA_UID_O, SDPA_UID_SCALE };
 
-enum sdpa_state { SDPA_QUEUED, SDPA_READY, SDPA_UNUSABLE };
-
 struct cuda_sdpa_plan {
     int64_t key[6];        /* dtype, nb, nq, nk, c, heads */
-    std::atomic<int> state; /* enum sdpa_state: the builder sets READY or UNUSABLE (release), after
-                              which only the worker touches the plan */
     cudnnBackendDescriptor_t descs[SDPA_MAX_DESCS]; /* every descriptor made for it, destroyed together */
     int n_descs;
     cudnnBackendDescriptor_t plan; /* the heuristics' first configuration whose plan finalizes, or NULL */
@@ -67,27 +55,13 @@ struct cuda_sdpa_plan {
 };
 
 struct cuda_sdpa {
-    int device;
-    bool sync;                     /* plans made on the worker at first use (the default; else
-                                      KILN_CUDNN_SDPA=background: by the builder thread) */
-    struct cuda_sdpa_plan **plans; /* every shape seen (the worker appends; pointers stay put) */
+    struct cuda_sdpa_plan **plans; /* every shape seen, plan or not */
     int n_plans, cap_plans;
-    pthread_mutex_t mu;            /* guards the queue, pending, batch_*, stop, started, handle */
-    pthread_cond_t cv;             /* the builder waits on it for work or stop */
-    struct cuda_sdpa_plan **queue; /* FIFO of plans to build: queue[head .. n_queue) */
-    int head, n_queue, cap_queue;
-    int pending;                   /* queued or being built */
-    double batch_t0;               /* when pending last rose from 0 */
-    int batch_n;                   /* plans built since then */
-    bool started, stop;
-    pthread_t thread;
-    cudnnHandle_t handle;          /* the builder's (made on its thread), or NULL */
-    std::atomic<uint64_t> epoch;   /* +1 per plan that became ready */
 };
 
 /* ===== Plans ===== */
 
-/* Destroys p's descriptors (its key and state stay). */
+/* Destroys p's descriptors (its key stays). */
 static void plan_release(struct cuda_sdpa_plan *p) {
     for (int i = p->n_descs - 1; i >= 0; i--) cudnnBackendDestroyDescriptor(p->descs[i]);
     p->n_descs = 0;
@@ -229,19 +203,18 @@ static int plan_init(cudnnHandle_t handle, struct cuda_sdpa_plan *p, struct err 
     return 0;
 }
 
-/* Makes p's plans with handle (on the builder thread, or the worker in sync mode) and publishes
- * the result: READY with a plan, else UNUSABLE (a failure is logged, not returned: the own
- * kernels take the shape). */
-static void plan_build(struct cuda_sdpa *s, cudnnHandle_t handle, struct cuda_sdpa_plan *p) {
+/* Makes p's plan on ctx's handle; a failure is logged, not returned (the own kernels take the
+ * shape, p->plan stays NULL). */
+static void plan_build(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p) {
     struct err err;
     memset(&err, 0, sizeof err);
     double t0 = clock_now();
-    int rc = plan_init(handle, p, &err);
+    int rc = plan_init(ctx->cudnn, p, &err);
     p->built_s = clock_now() - t0;
     if (rc) {
         log_warn("cuda sdpa: device %d: %s [%lld, %lld, %lld] x [%lld, %lld]: no cuDNN plan (%s): kiln's kernels "
                  "take it",
-                 s->device, dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2],
+                 ctx->device, dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2],
                  (long long)p->key[4], (long long)p->key[3], (long long)p->key[4], err.msg);
         plan_release(p);
     }
@@ -250,79 +223,9 @@ static void plan_build(struct cuda_sdpa *s, cudnnHandle_t handle, struct cuda_sd
               dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2], (long long)p->key[4],
               (long long)p->key[3], (long long)p->key[4], (long long)p->key[5],
               p->plan ? "cuDNN plan made" : "no cuDNN plan, kiln's own kernels take it", p->built_s);
-    bool ready = p->plan != NULL;
-    p->state.store(ready ? SDPA_READY : SDPA_UNUSABLE, std::memory_order_release);
-    if (ready) s->epoch.fetch_add(1);
 }
 
-/* ===== The builder thread ===== */
-
-static void *sdpa_builder(void *arg) {
-    struct cuda_sdpa *s = (struct cuda_sdpa *)arg;
-    cudnnHandle_t h = NULL;
-    bool ok = cudaSetDevice(s->device) == cudaSuccess && cudnnCreate(&h) == CUDNN_STATUS_SUCCESS;
-    if (!ok) {
-        log_warn("cuda sdpa: device %d: no cuDNN handle for the plan builder: attention stays on kiln's kernels",
-                 s->device);
-        (void)cudaGetLastError();
-    }
-    pthread_mutex_lock(&s->mu);
-    s->handle = h;
-    for (;;) {
-        while (!s->stop && s->head == s->n_queue) pthread_cond_wait(&s->cv, &s->mu);
-        if (s->stop) break;
-        struct cuda_sdpa_plan *p = s->queue[s->head++];
-        pthread_mutex_unlock(&s->mu);
-        if (ok) plan_build(s, h, p);
-        else p->state.store(SDPA_UNUSABLE, std::memory_order_release);
-        pthread_mutex_lock(&s->mu);
-        s->batch_n++;
-        if (--s->pending == 0) {
-            s->head = s->n_queue = 0;
-            log_info("cuda sdpa: device %d: cuDNN attention plans ready (%d shape(s) in %.1f s)", s->device,
-                     s->batch_n, clock_now() - s->batch_t0);
-        }
-    }
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
-}
-
-/* Queues p for the builder, starting it on first use. 0 or a status. */
-static int sdpa_enqueue(struct cuda_sdpa *s, struct cuda_sdpa_plan *p, struct err *err) {
-    pthread_mutex_lock(&s->mu);
-    int rc = 0;
-    if (s->n_queue == s->cap_queue) {
-        int cap = s->cap_queue ? 2 * s->cap_queue : 16;
-        struct cuda_sdpa_plan **q = (struct cuda_sdpa_plan **)mem_try_realloc(s->queue, (size_t)cap * sizeof *q);
-        if (q) {
-            s->queue = q;
-            s->cap_queue = cap;
-        } else {
-            rc = err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory for the plan queue");
-        }
-    }
-    if (!rc && !s->started) {
-        if (pthread_create(&s->thread, NULL, sdpa_builder, s) == 0) s->started = true;
-        else rc = err_set(err, STATUS_ERR_INTERNAL, "cuda sdpa: cannot start the plan builder thread");
-    }
-    if (!rc) {
-        s->queue[s->n_queue++] = p;
-        if (s->pending++ == 0) {
-            s->batch_t0 = clock_now();
-            s->batch_n = 0;
-            log_info("cuda sdpa: device %d: building cuDNN attention plans in the background (kiln's kernels "
-                     "meanwhile)",
-                     s->device);
-        }
-        pthread_cond_signal(&s->cv);
-    } else {
-        p->state.store(SDPA_UNUSABLE, std::memory_order_release);
-    }
-    pthread_mutex_unlock(&s->mu);
-    return rc;
-}
-
-/* The plan for key: found, or made (sync) or queued now. 0 with *out set, or a status. */
+/* The plan for key: found, or made now. 0 with *out set, or a status. */
 static int plan_get(struct cuda_ctx *ctx, const int64_t key[6], struct cuda_sdpa_plan **out, struct err *err) {
     struct cuda_sdpa *s = ctx->sdpa;
     for (int i = 0; i < s->n_plans; i++)
@@ -340,14 +243,10 @@ static int plan_get(struct cuda_ctx *ctx, const int64_t key[6], struct cuda_sdpa
     struct cuda_sdpa_plan *p = (struct cuda_sdpa_plan *)mem_try_calloc(1, sizeof *p);
     if (!p) return err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory for a plan");
     memcpy(p->key, key, sizeof p->key);
-    p->state.store((int)SDPA_QUEUED);
     s->plans[s->n_plans++] = p;
+    plan_build(ctx, p);
     *out = p;
-    if (s->sync) {
-        plan_build(s, ctx->cudnn, p);
-        return 0;
-    }
-    return sdpa_enqueue(s, p, err);
+    return 0;
 }
 
 /* ===== Running ===== */
@@ -386,7 +285,7 @@ int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const vo
     struct cuda_sdpa_plan *p = NULL;
     int rc = plan_get(ctx, key, &p, err);
     if (rc) return rc;
-    if (p->state.load(std::memory_order_acquire) != SDPA_READY) return 1; /* queued, or none */
+    if (!p->plan) return 1; /* no engine takes the shape */
     void *ws = NULL;
     if (p->ws > 0) { /* taken now: cuda__work may move the scratch */
         ws = cuda__work(ctx, (size_t)p->ws, "cuDNN attention workspace", &rc, err);
@@ -401,40 +300,19 @@ int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const vo
 
 /* ===== Lifecycle (cuda.cuh) ===== */
 
-int cuda__sdpa_open(struct cuda_ctx *ctx, bool sync, struct err *err) {
-    struct cuda_sdpa *s = (struct cuda_sdpa *)mem_try_calloc(1, sizeof *s);
-    if (!s) return err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory");
-    s->device = ctx->device;
-    s->sync = sync;
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
-    s->epoch.store((uint64_t)0);
-    ctx->sdpa = s;
-    return 0;
-}
-
-uint64_t cuda__sdpa_epoch(const struct cuda_ctx *ctx) {
-    return ctx->sdpa ? ctx->sdpa->epoch.load(std::memory_order_relaxed) : 0;
+int cuda__sdpa_open(struct cuda_ctx *ctx, struct err *err) {
+    ctx->sdpa = (struct cuda_sdpa *)mem_try_calloc(1, sizeof *ctx->sdpa);
+    return ctx->sdpa ? 0 : err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory");
 }
 
 void cuda__sdpa_free(struct cuda_ctx *ctx) {
     struct cuda_sdpa *s = ctx->sdpa;
     if (!s) return;
-    pthread_mutex_lock(&s->mu);
-    s->stop = true;
-    pthread_cond_signal(&s->cv);
-    bool started = s->started;
-    pthread_mutex_unlock(&s->mu);
-    if (started) pthread_join(s->thread, NULL); /* a plan being built is finished first */
     for (int i = 0; i < s->n_plans; i++) {
         plan_release(s->plans[i]);
         mem_free(s->plans[i]);
     }
-    if (s->handle) cudnnDestroy(s->handle);
     mem_free(s->plans);
-    mem_free(s->queue);
-    pthread_mutex_destroy(&s->mu);
-    pthread_cond_destroy(&s->cv);
     mem_free(s);
     ctx->sdpa = NULL;
 }

@@ -305,7 +305,7 @@ static void cuda_free(void *vctx) {
     }
 #ifdef KILN_HAVE_CUDNN
     cuda__conv_plans_free(&cb->ctx);
-    cuda__sdpa_free(&cb->ctx); /* before the handle: its builder may still be using cuDNN */
+    cuda__sdpa_free(&cb->ctx);
     if (cb->ctx.cudnn) cudnnDestroy(cb->ctx.cudnn);
 #endif
     cuda__lt_plans_free(&cb->ctx);
@@ -480,19 +480,17 @@ static void cuda_dnn_open(struct cuda_ctx *ctx) {
     ctx->cudnn = h;
     ctx->cudnn_find = env && strcmp(env, "find") == 0;
     const char *sdpa = getenv("KILN_CUDNN_SDPA");
-    bool sdpa_off = sdpa && strcmp(sdpa, "0") == 0, sdpa_sync = !(sdpa && strcmp(sdpa, "background") == 0);
+    bool sdpa_off = sdpa && strcmp(sdpa, "0") == 0;
     struct err serr;
     memset(&serr, 0, sizeof serr);
-    if (version >= CUDA_SDPA_MIN_VERSION && !sdpa_off && cuda__sdpa_open(ctx, sdpa_sync, &serr) != 0)
+    if (version >= CUDA_SDPA_MIN_VERSION && !sdpa_off && cuda__sdpa_open(ctx, &serr) != 0)
         log_warn("cuda backend: device %d: %s: attention stays on kiln's kernels", ctx->device, serr.msg);
     log_info("cuda backend: device %d: convolutions on cuDNN %zu (built with %d), algorithms by %s; attention %s",
              ctx->device, version, CUDNN_VERSION,
              ctx->cudnn_find ? "timing, once per shape (KILN_CUDNN=find)" : "heuristics",
-             ctx->sdpa ? (sdpa_sync ? "on cuDNN's fused kernels, planned at each shape's first use"
-                                    : "on cuDNN's fused kernels once planned in the background "
-                                      "(KILN_CUDNN_SDPA=background)")
+             ctx->sdpa ? "on cuDNN's fused kernels, planned at each shape's first use"
              : version < CUDA_SDPA_MIN_VERSION ? "on kiln's kernels (cuDNN's fused attention needs 9.13.1)"
-                               : "on kiln's kernels (KILN_CUDNN_SDPA=0)");
+                                               : "on kiln's kernels (KILN_CUDNN_SDPA=0)");
 }
 #endif
 

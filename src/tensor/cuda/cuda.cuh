@@ -79,8 +79,8 @@ struct cuda_ctx {
     bool cudnn_find;        /* KILN_CUDNN=find: time the algorithms once per shape (else heuristics) */
     struct cuda_conv_plan *conv_plans; /* one per distinct conv shape and dtype (conv.cu), mem_ owned */
     int n_conv_plans, cap_conv_plans;  /* used and allocated entries of conv_plans */
-    struct cuda_sdpa *sdpa; /* attention through cuDNN's fused SDPA (attention_dnn.cu): plans, their
-                               builder thread; NULL: cuDNN < 9.13.1 at run time, or KILN_CUDNN_SDPA=0 */
+    struct cuda_sdpa *sdpa; /* attention through cuDNN's fused SDPA (attention_dnn.cu): its plans;
+                               NULL: cuDNN < 9.13.1 at run time, or KILN_CUDNN_SDPA=0 */
 #endif
 };
 
@@ -146,18 +146,14 @@ void cuda__conv_plans_free(struct cuda_ctx *ctx);
 /* out = softmax(q k^T / sqrt(d)) v through cuDNN's fused attention (attention_dnn.cu), q, out
  * [nb, nq, c], k, v [nb, nk, c], c = heads * d, storage dtype dt, on ctx->stream. Returns 0 when
  * done, 1 when cuDNN does not take it (off, causal, not F16/BF16, d or c not a multiple of 8, a
- * pointer not 16-byte aligned, no engine for the shape, its plan still being made in the
- * background: nothing
+ * pointer not 16-byte aligned, no engine for the shape: nothing
  * written), or a negative status with the message in err. */
 int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const void *q, const void *k, const void *v,
                         int64_t nb, int64_t nq, int64_t nk, int64_t c, int heads, bool causal, struct err *err);
-/* Gives ctx its SDPA state (attention_dnn.cu); sync: plans made on the worker at first use (the
- * default), else by the background builder (KILN_CUDNN_SDPA=background). 0 or a status. */
-int cuda__sdpa_open(struct cuda_ctx *ctx, bool sync, struct err *err);
-/* Stops the builder (after the plan it is making) and frees every plan. NULL state: no-op. */
+/* Gives ctx its SDPA state (attention_dnn.cu). 0 or a status. */
+int cuda__sdpa_open(struct cuda_ctx *ctx, struct err *err);
+/* Frees every plan and the state. NULL state: no-op. */
 void cuda__sdpa_free(struct cuda_ctx *ctx);
-/* Moves each time a plan becomes ready (graphs.cu mixes it into its signatures). */
-uint64_t cuda__sdpa_epoch(const struct cuda_ctx *ctx);
 #endif
 
 /* ===== Helpers ===== */

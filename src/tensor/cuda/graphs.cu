@@ -58,11 +58,8 @@ static uint64_t mix(uint64_t h, uint64_t v) {
 }
 
 /* FNV-style hash of everything a kernel launch depends on; 0 is reserved for "empty". */
-static uint64_t signature(const struct cuda_ctx *ctx, struct tensor *const *nodes, int n, bool *capturable) {
+static uint64_t signature(struct tensor *const *nodes, int n, bool *capturable) {
     uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)n;
-#ifdef KILN_HAVE_CUDNN
-    h = mix(h, cuda__sdpa_epoch(ctx)); /* a new attention plan: the kernels a capture holds changed */
-#endif
     *capturable = true;
     for (int i = 0; i < n; i++) {
         const struct tensor *t = nodes[i];
@@ -142,7 +139,7 @@ int cuda__graphs_run(struct cuda_graphs *g, struct cuda_ctx *ctx, struct tensor 
                      cuda_enqueue_fn enqueue, struct err *err) {
     if (!g || n == 0) return enqueue(ctx, nodes, n, err);
     bool capturable;
-    uint64_t sig = signature(ctx, nodes, n, &capturable);
+    uint64_t sig = signature(nodes, n, &capturable);
     struct graph_slot *s = slot_for(g, sig);
     s->last_use = ++g->tick;
     s->runs++;

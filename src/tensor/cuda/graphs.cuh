@@ -8,8 +8,7 @@
  * CUDA graph costs one launch. cuda_graph_run asks cuda__graphs_run first: the first time a
  * signature is seen the nodes run normally (buffers settle: work space, algorithm caches); the
  * second time they are captured into a CUDA graph (stream capture) and launched; afterwards the
- * graph is replayed. The signature covers the ctx's attention-plan epoch (a cuDNN attention plan
- * made in the background changes which kernels a node runs), every node's op, dtype, shape, parameters and the
+ * graph is replayed. The signature covers every node's op, dtype, shape, parameters and the
  * addresses of its output and sources, so a replay reads and writes exactly what a normal run
  * would. Graphs with an op that synchronises inside (GET_ROWS reads its ids back) are never
  * captured. KILN_CUDA_GRAPHS=0 disables capture (A/B timing); profiling disables it too. */
