@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -28,6 +29,11 @@ struct nn_loader_entry {
 };
 
 /* ===== Weights ===== */
+
+uint64_t nn_load_id(void) {
+    static atomic_uint_fast64_t loads; /* this module's on purpose: the process-wide counter */
+    return atomic_fetch_add(&loads, 1) + 1;
+}
 
 void nn_weights_deinit(struct nn_weights *w) {
     if (w->published) wstore_unpublish(w->store, w->image, w->backend->device); /* before its memory goes */

@@ -97,6 +97,10 @@ struct nn_weights {
 };
 
 void nn_weights_deinit(struct nn_weights *w);
+/* A number unique to each network load in the process (from 1), for the loads' load_id fields:
+ * a graph recorded for one load is never run for another at the same address (unet_eval,
+ * vae_decode). [any] */
+uint64_t nn_load_id(void);
 
 /* ===== Graph helpers (record ops; see tensor.h's sticky-error rule) ===== */
 

@@ -9,7 +9,6 @@
 #include "base/mem.h"
 #include "base/status.h"
 
-#include <stdatomic.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -124,13 +123,10 @@ static void bind_st(struct nn_loader *ld, struct unet_st *st, const struct unet_
     }
 }
 
-/* unet_load's counter for load_id (any thread). */
-static atomic_uint_fast64_t unet_loads;
-
 int unet_load(struct unet *m, const struct ckpt *ck, struct backend *be, const struct nn_storage *st,
               struct err *err) {
     memset(m, 0, sizeof *m);
-    m->load_id = atomic_fetch_add(&unet_loads, 1) + 1;
+    m->load_id = nn_load_id();
     int rc = unet_config_detect(ck, UNET_PREFIX, &m->config, err);
     if (rc) return rc;
     const struct unet_config *cf = &m->config;

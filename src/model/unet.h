@@ -68,9 +68,7 @@ struct unet {
     enum dtype dtype;                              /* storage = compute dtype (F32 on the CPU; F16 on GPUs) */
     bool nhwc;                                     /* activations channels-last [B, H, W, C] inside the
                                                       forward (nn_storage.channels_last; in and out stay NCHW) */
-    uint64_t load_id;                              /* unique per unet_load in the process: a graph
-                                                      recorded for it is never run for another model
-                                                      loaded at the same address (unet_eval) */
+    uint64_t load_id;                              /* nn_load_id() of this load (unet_eval's memo key) */
 };
 
 #define UNET_PREFIX "model.diffusion_model."

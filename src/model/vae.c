@@ -4,7 +4,6 @@
 #include "model/vae.h"
 #include "base/status.h"
 
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -56,13 +55,10 @@ static void bind_attn(struct nn_loader *ld, struct vae_attn *a, int ch, const ch
     nn_bind_conv(ld, &a->proj_out, ch, ch, 1, "%s.proj_out", name);
 }
 
-/* vae_load's counter for load_id (any thread). */
-static atomic_uint_fast64_t vae_loads;
-
 int vae_load(struct vae *m, const struct ckpt *ck, struct backend *be, const struct nn_storage *st,
              struct err *err) {
     memset(m, 0, sizeof *m);
-    m->load_id = atomic_fetch_add(&vae_loads, 1) + 1;
+    m->load_id = nn_load_id();
     int rc = vae_config_detect(ck, VAE_PREFIX, &m->config, err);
     if (rc) return rc;
     const struct vae_config *cf = &m->config;

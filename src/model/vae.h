@@ -53,8 +53,7 @@ struct vae {
     struct nn_weights weights;
     enum dtype dtype;                            /* storage = compute dtype (F32 on the CPU; BF16 on GPUs) */
     bool nhwc;                                   /* channels-last activations inside (nn_storage.channels_last) */
-    uint64_t load_id;                            /* unique per vae_load in the process (vae_decode's
-                                                    recorded graph is never run for another model) */
+    uint64_t load_id;                            /* nn_load_id() of this load (the decoders' memo key) */
 };
 
 #define VAE_PREFIX "first_stage_model."

@@ -33,6 +33,18 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+/* The median of the n (few) times in t, which it sorts. */
+static double median(double *t, int n) {
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            if (t[j] < t[i]) {
+                double tmp = t[i];
+                t[i] = t[j];
+                t[j] = tmp;
+            }
+    return t[n / 2];
+}
+
 /* Loads the VAE of ck on be in storage st, decodes b latents of 64x64 (512x512 images) once to
  * warm up and `runs` times more; returns the median seconds. */
 static double bench_vae(struct backend *be, const struct ckpt *ck, const struct nn_storage *st, int64_t b, int runs) {
@@ -48,25 +60,19 @@ static double bench_vae(struct backend *be, const struct ckpt *ck, const struct 
     uint64_t s = 777;
     for (int64_t i = 0; i < nz; i++) z[i] = (float)((s = s * 6364136223846793005ULL + 1) >> 40) / (1 << 23) - 1.0f;
     double t[8];
-    for (int r = 0; r <= runs && r <= 8; r++) {
+    if (runs > 8) runs = 8;
+    for (int r = 0; r <= runs; r++) {
         double a = clock_now();
         if (vae_decode(&c, m, b, 64, 64, z, img)) fail_msg("vae: %s", c.err.msg);
         if (r) t[r - 1] = clock_now() - a;
     }
-    for (int i = 0; i < runs; i++)
-        for (int j = i + 1; j < runs; j++)
-            if (t[j] < t[i]) {
-                double tmp = t[i];
-                t[i] = t[j];
-                t[j] = tmp;
-            }
     mem_free(z);
     mem_free(img);
     tctx_deinit(&c);
     tscratch_deinit(&scratch);
     vae_deinit(m);
     mem_free(m);
-    return t[runs / 2];
+    return median(t, runs);
 }
 
 /* Loads the UNet of ck on be, runs 1 warm-up + runs evaluations; returns the median seconds
@@ -90,20 +96,13 @@ static double bench(struct backend *be, const struct ckpt *ck, const struct nn_s
         printf("  %s %s: %.3f s\n", name, r ? "run" : "warm-up", s);
         if (r) best[r - 1] = s;
     }
-    for (int i = 0; i < runs; i++) /* sort the few runs */
-        for (int j = i + 1; j < runs; j++)
-            if (best[j] < best[i]) {
-                double tmp = best[i];
-                best[i] = best[j];
-                best[j] = tmp;
-            }
     printf("  %s: activations %.0f MiB, weights %.0f MiB\n", name, (double)scratch.peak / (1 << 20),
            (double)u->weights.size / (1 << 20));
     tctx_deinit(&c);
     tscratch_deinit(&scratch);
     unet_deinit(u);
     mem_free(u);
-    return best[runs / 2];
+    return median(best, runs);
 }
 
 static void test_sd15_unet(void **state) {
