@@ -313,6 +313,8 @@ def free_port():
 # ===== The benchmark =====
 
 LOAD_RE = re.compile(r"loaded (.+?) on (cuda|cpu) (\d+) in ([0-9.]+) s \(([^)]*)\)")
+# sd_model_prefill's line: the worker filled the first prompt's host copy during its warm-up
+PREFILL_RE = re.compile(r"host copy of (.+?) for (cuda|cpu) (\d+) (filled from the file|already there) in ([0-9.]+) s")
 
 
 class Bench:
