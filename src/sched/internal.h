@@ -121,6 +121,9 @@ struct sched {
                                             request (clean_done moved), or stopping */
     struct vram_monitor *vram;           /* GPU names and memory; NULL without GPU devices */
     json_t *ids;                         /* mu: {prompt_id: device} of queued and running prompts */
+    char **reload_resets;                /* mu: ids of rows the reload found 'running', set back to
+                                            'pending' by sched_start (defer_reset), owned */
+    int n_reload_resets;
     json_t *history;                     /* mu: {prompt_id: entry}, completion order */
     int64_t counter;                     /* mu: PromptServer.number */
     bool stopping;                       /* mu: sched_free began */

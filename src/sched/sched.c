@@ -209,6 +209,17 @@ static void reload_fail(struct reload *r, const struct store_prompt *p, json_t *
     r->failed++;
 }
 
+/* A row found 'running' goes back to 'pending' only in sched_start, once the server is up:
+ * a start that fails after the reload (its port taken, a device that does not open) must leave
+ * the file as it found it, or the next start would no longer see that the prompt was running
+ * (and a second kiln started by mistake on a live server's file would rewrite that server's rows).
+ * tests/cli/serve_restart saw exactly that when a parallel test took its port. */
+static void defer_reset(struct sched *s, const char *id) {
+    char **a = mem_realloc(s->reload_resets, (size_t)(s->n_reload_resets + 1) * sizeof *a);
+    a[s->n_reload_resets++] = mem_strdup(id);
+    s->reload_resets = a;
+}
+
 static int reload_prompt(void *user, const struct store_prompt *p) {
     struct reload *r = user;
     struct sched *s = r->s;
@@ -264,8 +275,7 @@ static int reload_prompt(void *user, const struct store_prompt *p) {
     if (p->running) {
         r->rerun++;
         log_warn("prompt %s was running when the server stopped; running it again on device %d", p->id, di);
-        struct err err = {0};
-        store_logged(store_prompt_reset(s->store, p->id, &err), &err, p->id);
+        defer_reset(s, p->id);
     } else {
         r->requeued++;
     }
@@ -279,7 +289,6 @@ static int reload_prompt(void *user, const struct store_prompt *p) {
         if (p->running) {
             struct err e2 = {0};
             store_logged(store_prompt_start(s->store, p->id, &e2), &e2, p->id); /* keep the attempt counted */
-            store_logged(store_prompt_reset(s->store, p->id, &e2), &e2, p->id);
         }
     }
     json_decref(body);
@@ -403,6 +412,16 @@ void sched_set_event_sink(struct sched *s, sched_event_fn fn, void *user) {
 }
 
 int sched_start(struct sched *s, struct err *err) {
+    pthread_mutex_lock(&s->mu); /* before any worker takes one of them (defer_reset) */
+    for (int i = 0; i < s->n_reload_resets; i++) {
+        struct err e = {0};
+        store_logged(store_prompt_reset(s->store, s->reload_resets[i], &e), &e, s->reload_resets[i]);
+        mem_free(s->reload_resets[i]);
+    }
+    mem_free(s->reload_resets);
+    s->reload_resets = NULL;
+    s->n_reload_resets = 0;
+    pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < s->n_dev; i++) {
         struct sched_device *d = &s->dev[i];
         if (d->started) continue;
@@ -439,6 +458,8 @@ void sched_free(struct sched *s) {
     sched__prefetch_free(s->prefetch);
     store_free(s->store);
     json_decref(s->ids);
+    for (int i = 0; i < s->n_reload_resets; i++) mem_free(s->reload_resets[i]); /* never started */
+    mem_free(s->reload_resets);
     json_decref(s->history);
     vram_monitor_free(s->vram);
     pthread_cond_destroy(&s->ready);

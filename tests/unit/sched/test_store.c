@@ -234,6 +234,38 @@ static void test_sched_reload(void **state) {
     assert_int_equal(err.code, STATUS_ERR_IO);
 }
 
+/* A prompt found running stays 'running' in the file until sched_start: a start that ends before
+ * it (its port taken: sched_free right after sched_new) leaves the row as it was, so the next
+ * start still sees a prompt to run again (and an attempt counted). */
+static void test_reload_writes_after_start(void **state) {
+    (void)state;
+    char path[128];
+    path_in(path, sizeof path, "r.db");
+    struct err err = {0};
+    struct store *st = open_ok("r.db", 100);
+    const char *body = "{\"tuple\":[7,\"again\",{\"1\":{\"class_type\":\"GPUMemoryMonitor\",\"inputs\":{\"gpu_index\":0}}},{},"
+                       "[\"1\"]],\"extra_data\":{},\"client_id\":null}";
+    assert_int_equal(store_prompt_put(st, "again", 7, true, 0, body, 1, &err), 0);
+    assert_int_equal(store_prompt_start(st, "again", &err), 0); /* running when the server died */
+    store_free(st);
+
+    struct sched_opts o = {.n_cpu_workers = 1, .paths = PATHS, .db_path = path};
+    for (int round = 0; round < 2; round++) { /* twice: the second start sees what the first saw */
+        struct sched *s = sched_new(&o, &err);
+        if (!s) fail_msg("sched_new: %s", err.msg);
+        assert_int_equal(sched_queue_remaining(s, -1), 1); /* queued again in memory */
+        sched_free(s); /* never started */
+        st = open_ok("r.db", 100);
+        struct seen seen = {0};
+        assert_int_equal(store_prompts_load(st, see_prompt, &seen, &err), 0);
+        assert_int_equal(seen.n, 1);
+        assert_string_equal(seen.ids[0], "again");
+        assert_true(seen.running[0]);
+        assert_int_equal(seen.attempts[0], 1);
+        store_free(st);
+    }
+}
+
 int main(void) {
     snprintf(DIR_, sizeof DIR_, "/tmp/kiln_store_XXXXXX");
     if (!mkdtemp(DIR_)) return 1;
@@ -242,6 +274,7 @@ int main(void) {
         cmocka_unit_test(test_history_max),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_sched_reload),
+        cmocka_unit_test(test_reload_writes_after_start),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[128];
