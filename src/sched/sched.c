@@ -211,9 +211,10 @@ static void reload_fail(struct reload *r, const struct store_prompt *p, json_t *
 
 /* A row found 'running' goes back to 'pending' only in sched_start, once the server is up:
  * a start that fails after the reload (its port taken, a device that does not open) must leave
- * the file as it found it, or the next start would no longer see that the prompt was running
- * (and a second kiln started by mistake on a live server's file would rewrite that server's rows).
- * tests/cli/serve_restart saw exactly that when a parallel test took its port. */
+ * running rows as it found them, or the next start would no longer see that the prompt was
+ * running (and a second kiln started by mistake on a live server's file would reset that
+ * server's running rows). tests/cli/serve_restart saw exactly that when a parallel test took
+ * its port. */
 static void defer_reset(struct sched *s, const char *id) {
     char **a = mem_realloc(s->reload_resets, (size_t)(s->n_reload_resets + 1) * sizeof *a);
     a[s->n_reload_resets++] = mem_strdup(id);
