@@ -172,7 +172,10 @@ static int serve(struct config *cfg, int argc, char **argv) {
     if (cfg->mode == CONFIG_MODE_GPU) {
 #ifdef KILN_HAVE_CUDA
         /* the runtime applies CUDA_VISIBLE_DEVICES: ordinals here are after it */
-        if (config_pick_gpus(cfg, backend_cuda_count(), &err)) {
+        log_debug("serve: counting CUDA devices");
+        int n_cuda = backend_cuda_count();
+        log_debug("serve: %d CUDA devices", n_cuda);
+        if (config_pick_gpus(cfg, n_cuda, &err)) {
             fprintf(stderr, "kiln serve: %s\n", err.msg);
             return 2;
         }
@@ -228,6 +231,7 @@ static int serve(struct config *cfg, int argc, char **argv) {
         fprintf(stderr, "kiln serve: --weights-placement: %s\n", err.msg);
         return 2;
     }
+    log_debug("serve: creating the devices");
     struct sched *sched = sched_new(&so, &err);
     if (!sched) {
         bool db = err.code == STATUS_ERR_IO; /* the database (--db) cannot be opened or read */
@@ -273,7 +277,9 @@ static int serve(struct config *cfg, int argc, char **argv) {
         return 1;
     }
 
+    log_debug("serve: HTTP server listening; the panel next");
     print_panel(cfg, sched, srv);
+    log_debug("serve: panel printed; the workers next");
     if (cfg->exposed)
         log_warn("listening on %s without --api-token: anyone who can reach it can queue prompts and read outputs "
                  "(set --api-token or KILN_API_TOKEN)",

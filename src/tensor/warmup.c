@@ -10,6 +10,7 @@
  * the models' structure: 32 groups for GroupNorm, a head size of 64 for attention. */
 #include "tensor/warmup.h"
 
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
@@ -172,8 +173,10 @@ int backend_warmup(struct backend *be, struct err *err) {
     static const enum dtype DTYPES[] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16}; /* BF16: a GPU's VAE */
     for (size_t i = 0; i < sizeof DTYPES / sizeof DTYPES[0]; i++) {
         int n_run;
+        double t0 = clock_now();
         int rc = warm_pass(be, DTYPES[i], &n_run, err);
         if (rc) return rc;
+        log_debug("warm-up on %s: the %s pass took %.3f s", be->iface->name, dtype_name(DTYPES[i]), clock_now() - t0);
     }
     return 0;
 }

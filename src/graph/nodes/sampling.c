@@ -2,6 +2,8 @@
  * engine's UNet, with classifier-free guidance as comfy/samplers.py computes it.
  * Owns: the LATENT it outputs; the denoiser's scratch buffers while sampling.
  * Threads: the worker executing the prompt. */
+#include "base/clock.h"
+#include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
 #include "graph/engine.h"
@@ -42,6 +44,7 @@ struct cfg_denoiser {
     /* the context of the all-entries batch in the device's memory, uploaded at the first step
        (it does not change between steps); NULL on host-memory backends or before */
     void *ctx_dev;
+    double t_last;                /* when the last step's denoise returned (debug timing) */
 };
 
 static int64_t gcd64(int64_t a, int64_t b) {
@@ -89,10 +92,14 @@ static int eval_entries(struct cfg_denoiser *d, int first, int n, const float *x
             else backend_buf_free(e->backend, buf); /* no room: the host copy every step, as before */
         }
     }
+    double t0 = clock_now();
     int rc = keep && d->ctx_dev
                  ? unet_eval_dev(&e->tctx, d->unet, n * d->b, d->h, d->w, d->x_in, d->timesteps, d->ctx_dev, L, d->eps)
                  : unet_eval(&e->tctx, d->unet, n * d->b, d->h, d->w, d->x_in, d->timesteps, d->context, L, d->eps);
     if (rc) return err_set(err, rc, "UNet: %s", e->tctx.err.msg);
+    if (log_get_level() == LOG_LEVEL_DEBUG)
+        log_debug("sampler: UNet batch %lld at sigma %.4f in %.2f ms (%.2f ms since the last step's end)",
+                  (long long)(n * d->b), sigma, 1e3 * (clock_now() - t0), d->t_last > 0 ? 1e3 * (t0 - d->t_last) : 0.0);
     for (int i = 0; i < n; i++) {
         float *sum = d->side_sum + d->entries[first + i].side * lat;
         const float *eps = d->eps + i * lat;
@@ -130,6 +137,7 @@ static int cfg_denoise(void *user, const float *x, float sigma, float *denoised,
         for (int64_t k = 0; k < lat; k++) uncond[k] /= (float)d->n_neg;
     float scale = (float)d->cfg;
     for (int64_t k = 0; k < lat; k++) denoised[k] = uncond[k] + (cond[k] - uncond[k]) * scale;
+    d->t_last = clock_now();
     return 0;
 }
 

@@ -12,6 +12,7 @@
 #include "tensor/cuda/graphs.cuh"
 
 extern "C" {
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/mem.h"
 }
@@ -508,9 +509,13 @@ static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
     if (device < 0 || device >= n)
         return err_set(err, STATUS_ERR_NOT_FOUND, "cuda backend: no CUDA device %d (%d found)", device, n);
     cb->ctx.device = device;
+    double t0 = clock_now();
     CUDA_TRY(cudaSetDevice(device));
     CUDA_TRY(cudaStreamCreateWithFlags(&cb->ctx.stream, cudaStreamNonBlocking));
+    log_debug("cuda backend: device %d: context and stream in %.3f s", device, clock_now() - t0);
+    t0 = clock_now();
     CUBLAS_TRY(cublasCreate(&cb->ctx.cublas));
+    log_debug("cuda backend: device %d: cuBLAS handle in %.3f s", device, clock_now() - t0);
     CUBLAS_TRY(cublasSetStream(cb->ctx.cublas, cb->ctx.stream));
     /* exact fp32 products by default (no TF32). KILN_CUDA_TF32=1 lets cuBLAS round the products'
      * inputs to TF32 on the tensor cores (10-bit mantissa: ~1e-3 relative error), a measured
@@ -539,7 +544,9 @@ static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
         cb->ctx.lt_ws_size = CUDA_LT_WORKSPACE_BYTES;
     }
 #ifdef KILN_HAVE_CUDNN
+    t0 = clock_now();
     cuda_dnn_open(&cb->ctx);
+    log_debug("cuda backend: device %d: cuDNN handle in %.3f s", device, clock_now() - t0);
 #endif
     cb->ctx.profile = cuda__profile_new();
     cb->ctx.graphs = cuda__graphs_new();
