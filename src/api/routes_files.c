@@ -7,6 +7,7 @@
  * uploads of one name never pick the same free name. */
 #include "api/internal.h"
 
+#include "base/fs.h"
 #include "base/log.h"
 #include "base/mem.h"
 #include "graph/json.h"
@@ -61,19 +62,6 @@ static bool is_file(const char *path) {
 static bool path_join(char *out, const char *a, const char *b) {
     int n = snprintf(out, PATH_BUF, "%s/%s", a, b);
     return n >= 0 && n < PATH_BUF;
-}
-
-/* mkdir -p */
-static int make_dirs(const char *path) {
-    char tmp[PATH_BUF];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(tmp, 0777) != 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(tmp, 0777) != 0 && errno != EEXIST ? -1 : 0;
 }
 
 /* Content-Type from the extension (ComfyUI guesses with mimetypes; html/js/css are never
@@ -474,9 +462,10 @@ static void upload(struct http_req *r, bool is_mask) {
     if (is_mask && !mask_original(r, &u, orig)) goto out;
 
     pthread_mutex_lock(&srv->files_mu);
-    if (make_dirs(dir_path) != 0) {
+    int mk = fs_make_dirs(dir_path, 0777, NULL, 0);
+    if (mk != 0) {
         pthread_mutex_unlock(&srv->files_mu);
-        http_reply_error(r, 500, "write_failed", "Cannot create the folder %s: %s", dir_path, strerror(errno));
+        http_reply_error(r, 500, "write_failed", "Cannot create the folder %s: %s", dir_path, strerror(-mk));
         goto out;
     }
     snprintf(name, sizeof name, "%s", u.filename);

@@ -10,6 +10,7 @@
  * writable, ...), 2 invalid configuration (message names the flag or variable; also a --db or
  * --log-file that cannot be opened). */
 #include "api/api.h"
+#include "base/fs.h"
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
@@ -40,32 +41,6 @@ _Static_assert(CONFIG_DEFAULT_MAX_NODES == API_DEFAULT_MAX_NODES && CONFIG_DEFAU
                "config and api disagree on a default limit");
 
 /* ===== Folders ===== */
-
-/* mkdir -p path. Returns 0, or -errno with the failing prefix in failed. */
-static int make_dirs(const char *path, char *failed, size_t n) {
-    char buf[PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
-        snprintf(failed, n, "%s", path);
-        return -ENAMETOOLONG;
-    }
-    for (char *p = buf + 1;; p++) {
-        if (*p != '/' && *p) continue;
-        char c = *p;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
-            int e = errno;
-            snprintf(failed, n, "%s", buf);
-            return -e;
-        }
-        struct stat st;
-        if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) {
-            snprintf(failed, n, "%s", buf);
-            return -ENOTDIR;
-        }
-        *p = c;
-        if (!c) return 0;
-    }
-}
 
 /* The absolute form of path when it exists, for the panel; else path itself. */
 static const char *shown_path(const char *path, char *buf) {
@@ -192,7 +167,7 @@ static int serve(struct config *cfg, int argc, char **argv) {
     const char *made[] = {cfg->output_dir, cfg->input_dir, cfg->temp_dir};
     for (size_t i = 0; i < sizeof made / sizeof made[0]; i++) {
         char failed[PATH_MAX];
-        int e = make_dirs(made[i], failed, sizeof failed);
+        int e = fs_make_dirs(made[i], 0755, failed, sizeof failed);
         if (e) {
             fprintf(stderr, "kiln serve: cannot create the folder %s: %s\n", failed, strerror(-e));
             return 1;
