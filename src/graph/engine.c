@@ -324,7 +324,19 @@ struct engine *engine_new_cuda(int device, const char *models_dir, const char *t
 #endif
 }
 
-int engine_warmup(struct engine *e, struct err *err) { return backend_warmup(e->backend, err); }
+int engine_warmup(struct engine *e, struct err *err) {
+    /* only the dtypes this engine's networks compute in: a GPU's F32 pass (a part of cuBLAS
+       and kernels no fp16 prompt runs) took 0.45-1.0 s of a cold start on an H100 (PERF.md) */
+    const enum dtype used[3] = {e->storage.clip.dtype, e->storage.unet.dtype, e->storage.vae.dtype};
+    enum dtype dts[3];
+    int n = 0;
+    for (int i = 0; i < 3; i++) {
+        bool seen = false;
+        for (int j = 0; j < n; j++) seen = seen || dts[j] == used[i];
+        if (!seen) dts[n++] = used[i];
+    }
+    return backend_warmup(e->backend, dts, n, err);
+}
 
 struct sd_model *engine_prefill(struct engine *e, const char *path, struct err *err) {
     if (e->cuda_index < 0 || !e->storage.unet.store) {

@@ -169,14 +169,13 @@ static int warm_pass(struct backend *be, enum dtype dt, int *n_run, struct err *
     return rc;
 }
 
-int backend_warmup(struct backend *be, struct err *err) {
-    static const enum dtype DTYPES[] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16}; /* BF16: a GPU's VAE */
-    for (size_t i = 0; i < sizeof DTYPES / sizeof DTYPES[0]; i++) {
+int backend_warmup(struct backend *be, const enum dtype *dtypes, int n, struct err *err) {
+    for (int i = 0; i < n; i++) {
         int n_run;
         double t0 = clock_now();
-        int rc = warm_pass(be, DTYPES[i], &n_run, err);
+        int rc = warm_pass(be, dtypes[i], &n_run, err);
         if (rc) return rc;
-        log_debug("warm-up on %s: the %s pass took %.3f s", be->iface->name, dtype_name(DTYPES[i]), clock_now() - t0);
+        log_debug("warm-up on %s: the %s pass took %.3f s", be->iface->name, dtype_name(dtypes[i]), clock_now() - t0);
     }
     return 0;
 }

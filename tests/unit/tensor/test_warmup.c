@@ -124,14 +124,17 @@ static void expect_all_kinds(const struct spy *s, enum dtype dt) {
 
 /* ===== Tests ===== */
 
+static const enum dtype ALL[3] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16};
+
 static void test_cpu_backend_runs(void **state) {
     (void)state;
     struct backend *cpu = backend_cpu_new(1);
     assert_non_null(cpu);
     struct err err = {0};
-    assert_int_equal(backend_warmup(cpu, &err), 0);
+    const enum dtype f32[1] = {DTYPE_F32};
+    assert_int_equal(backend_warmup(cpu, f32, 1, &err), 0);
     assert_int_equal(err.code, 0);
-    assert_int_equal(backend_warmup(cpu, &err), 0); /* again: nothing left over from the first */
+    assert_int_equal(backend_warmup(cpu, f32, 1, &err), 0); /* again: nothing left over from the first */
     backend_free(cpu);
 }
 
@@ -142,7 +145,7 @@ static void test_cpu_gets_f32_only(void **state) {
     assert_non_null(s->cpu);
     struct backend be = {.iface = &SPY_I, .ctx = s};
     struct err err = {0};
-    assert_int_equal(backend_warmup(&be, &err), 0);
+    assert_int_equal(backend_warmup(&be, ALL, 3, &err), 0);
     expect_all_kinds(s, DTYPE_F32);
     assert_true(count(s, OP_CAST, DTYPE_F16, -1, 0) >= 1); /* F32 -> F16, which the CPU casts */
     for (int i = 0; i < s->n; i++) { /* the CPU computes F32 only: no F16 op besides casts */
@@ -164,11 +167,33 @@ static void test_f16_when_supported(void **state) {
     s->claim_all = true;
     struct backend be = {.iface = &SPY_I, .ctx = s};
     struct err err = {0};
-    assert_int_equal(backend_warmup(&be, &err), 0);
+    assert_int_equal(backend_warmup(&be, ALL, 3, &err), 0);
     expect_all_kinds(s, DTYPE_F32);
     expect_all_kinds(s, DTYPE_F16);
     expect_all_kinds(s, DTYPE_BF16);
     assert_true(count(s, OP_CAST, DTYPE_F32, -1, 0) >= 1); /* F16 -> F32 at the end of the F16 pass */
+    assert_int_equal(s->live_bufs, 0);
+    backend_free(s->cpu);
+    mem_free(s);
+}
+
+/* A GPU engine's dtypes (F16 UNet, BF16 VAE): no F32 pass, so no F32 op node but the casts
+ * in and out of the 16-bit passes. */
+static void test_only_the_given_dtypes(void **state) {
+    (void)state;
+    struct spy *s = mem_calloc(1, sizeof *s);
+    s->cpu = backend_cpu_new(1);
+    s->claim_all = true;
+    struct backend be = {.iface = &SPY_I, .ctx = s};
+    struct err err = {0};
+    const enum dtype gpu[2] = {DTYPE_F16, DTYPE_BF16};
+    assert_int_equal(backend_warmup(&be, gpu, 2, &err), 0);
+    expect_all_kinds(s, DTYPE_F16);
+    expect_all_kinds(s, DTYPE_BF16);
+    for (int i = 0; i < s->n; i++)
+        if (s->nodes[i].op != OP_CAST && s->nodes[i].dtype == DTYPE_F32)
+            fail_msg("%s in F32 without an F32 pass", op_name(s->nodes[i].op));
+    assert_true(count(s, OP_CAST, DTYPE_F32, -1, 0) >= 1); /* back to F32 at the end of a pass */
     assert_int_equal(s->live_bufs, 0);
     backend_free(s->cpu);
     mem_free(s);
@@ -181,7 +206,7 @@ static void test_failure_reported(void **state) {
     s->fail_status = STATUS_ERR_OOM_DEVICE;
     struct backend be = {.iface = &SPY_I, .ctx = s};
     struct err err = {0};
-    assert_int_equal(backend_warmup(&be, &err), STATUS_ERR_OOM_DEVICE);
+    assert_int_equal(backend_warmup(&be, ALL, 3, &err), STATUS_ERR_OOM_DEVICE);
     assert_int_equal(err.code, STATUS_ERR_OOM_DEVICE);
     assert_non_null(strstr(err.msg, "warm-up on spy in F32"));
     assert_non_null(strstr(err.msg, "spy refuses"));
@@ -195,6 +220,7 @@ int main(void) {
         cmocka_unit_test(test_cpu_backend_runs),
         cmocka_unit_test(test_cpu_gets_f32_only),
         cmocka_unit_test(test_f16_when_supported),
+        cmocka_unit_test(test_only_the_given_dtypes),
         cmocka_unit_test(test_failure_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
