@@ -46,10 +46,15 @@
 #include "tensor/backend.h"
 #include "tensor/tensor.h"
 
+#ifdef KILN_HAVE_CUDNN
+#include <cudnn.h>
+#endif
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ===== Harness ===== */
 
@@ -796,6 +801,97 @@ static void test_device_errors(void **state) {
     backend_buf_free(gpu.be, p);
 }
 
+/* ===== cuDNN attention plans kept on disk (attention_dnn.cu, PLANS ON DISK) ===== */
+
+/* The attention case [2, 256, 320] x 8 heads in F16 on a fresh CUDA backend (so its plan is made
+ * or read at first use), output as F32 (mem_free). */
+static float *attn_fresh(void *const host[3], int64_t *n_out) {
+    struct side s;
+    struct err err = {0};
+    s.be = backend_cuda_new(0, &err);
+    assert_non_null(s.be);
+    tscratch_init(&s.scratch, s.be);
+    tctx_init(&s.c, s.be, &s.scratch);
+    const struct ocase k = {"attn plan cache", b_attn, 3, {IN(2, 256, 320), IN(2, 256, 320), IN(2, 256, 320)},
+                            -1, 1, {8, 0}, {0}};
+    int rc = 0;
+    float *y = run_side(&s, &k, (void **)host, DTYPE_F16, false, n_out, &rc);
+    assert_int_equal(rc, 0);
+    tctx_deinit(&s.c);
+    tscratch_deinit(&s.scratch);
+    backend_free(s.be);
+    return y;
+}
+
+/* Paths of the plan files in dir (up to 8) into names; returns how many. */
+static int plan_files(const char *dir, char names[8][600]) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) && n < 8;)
+        if (strstr(e->d_name, ".json")) snprintf(names[n++], 600, "%s/%s", dir, e->d_name);
+    closedir(d);
+    return n;
+}
+
+/* A plan made once is written to the cache folder; a fresh backend reads it back and computes
+ * the same bits; a file cuDNN refuses is ignored (the plan is made again, same bits) and
+ * replaced by a good one. */
+static void test_attention_plan_cache(void **state) {
+    GPU_OR_SKIP();
+    const char *sdpa_env = getenv("KILN_CUDNN_SDPA");
+    if (sdpa_env && strcmp(sdpa_env, "0") == 0) skip();
+    char root[64] = "/tmp/kiln-plan-cache-XXXXXX", dir[128];
+    assert_non_null(mkdtemp(root));
+    snprintf(dir, sizeof dir, "%s/cudnn-sdpa", root);
+    setenv("KILN_CACHE_DIR", root, 1);
+    float *host[3];
+    for (int i = 0; i < 3; i++) {
+        host[i] = mem_alloc(2 * 256 * 320 * sizeof(float));
+        for (int j = 0; j < 2 * 256 * 320; j++) host[i][j] = (float)(2 * urand() - 1);
+    }
+    int64_t n1 = 0, n2 = 0, n3 = 0;
+    float *made = attn_fresh((void *const *)host, &n1);
+    char names[8][600];
+    int files = plan_files(dir, names);
+    printf("  %d plan file(s) in %s\n", files, dir);
+#ifdef KILN_HAVE_CUDNN
+    bool sdpa = cudnnGetVersion() >= 91301; /* attention_dnn.cu's CUDA_SDPA_MIN_VERSION */
+#else
+    bool sdpa = false;
+#endif
+    if (!sdpa) { /* no fused attention here: nothing is kept */
+        assert_int_equal(files, 0);
+    } else {
+        assert_true(files >= 1);
+        float *read_back = attn_fresh((void *const *)host, &n2);
+        assert_int_equal(n2, n1);
+        assert_memory_equal(read_back, made, (size_t)n1 * sizeof(float));
+        for (int i = 0; i < files; i++) {
+            FILE *f = fopen(names[i], "w");
+            assert_non_null(f);
+            fputs("not a plan", f);
+            fclose(f);
+        }
+        float *remade = attn_fresh((void *const *)host, &n3);
+        assert_int_equal(n3, n1);
+        assert_memory_equal(remade, made, (size_t)n1 * sizeof(float));
+        FILE *f = fopen(names[0], "r");
+        assert_non_null(f);
+        fseek(f, 0, SEEK_END);
+        assert_true(ftell(f) > 100); /* a plan again, not the garbage */
+        fclose(f);
+        mem_free(read_back);
+        mem_free(remade);
+    }
+    mem_free(made);
+    for (int i = 0; i < 3; i++) mem_free(host[i]);
+    unsetenv("KILN_CACHE_DIR");
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_elementwise),   cmocka_unit_test(test_linear),
@@ -806,6 +902,7 @@ int main(void) {
         cmocka_unit_test(test_layout_nhwc),
         cmocka_unit_test(test_sd_scale),      cmocka_unit_test(test_cast),
         cmocka_unit_test(test_get_rows_bad_id), cmocka_unit_test(test_device_errors),
+        cmocka_unit_test(test_attention_plan_cache),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,7 +1,8 @@
 /* tensor/cuda/attention_dnn.cu -- ATTENTION through cuDNN's fused scaled-dot-product attention:
  * the graph API with one OPERATION_SDPA_FWD node (cuDNN 9.13.1 and later at run time).
  * Owns: the ctx's SDPA state (struct cuda_sdpa: the plan table and each plan's backend
- * descriptors; freed by cuda__sdpa_free from cuda_free); borrows ctx->work for cuDNN's workspace.
+ * descriptors; freed by cuda__sdpa_free from cuda_free), and the plan files it writes under
+ * <cache>/cudnn-sdpa (PLANS ON DISK); borrows ctx->work for cuDNN's workspace.
  * Threads: the backend's worker; cuDNN runs on ctx->stream through ctx->cudnn.
  * Why: on the H100 cuDNN's Hopper kernels take SD 1.5's batch-8 attentions 2.3-5x faster than
  * attention_flash.cu's mma.sync kernel (4096-token self-attention, 8 heads of 40: 0.57 against
@@ -17,7 +18,8 @@
  * a shape differed by < 0.1 ms at batch 8 anyway). cuDNN's SDPA engines are all compiled at run
  * time (NVRTC, then the driver's JIT, whose on-disk cache makes later builds of the same
  * kernels ~50 ms): up to ~1 s per plan on a machine that never built them, ~8 plans per image
- * size. The first call of a shape makes its plan then and there, so a prompt's attention never
+ * size (kept on disk and read back by later runs: PLANS ON DISK, below). The first call of a
+ * shape makes (or reads) its plan then and there, so a prompt's attention never
  * changes kernels half-way and every run of a seed gives the same image (a background builder
  * with kiln's kernels running the shape meanwhile was tried and dropped for that reason:
  * docs/DECISIONS.md). KILN_CUDNN_SDPA=0 turns the path off. A shape no engine takes is
@@ -31,9 +33,15 @@
 
 extern "C" {
 #include "base/clock.h"
+#include "base/fs.h"
 #include "base/log.h"
 #include "base/mem.h"
 }
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
 
 #include <math.h>
 #include <string.h>
@@ -57,6 +65,8 @@ struct cuda_sdpa_plan {
 struct cuda_sdpa {
     struct cuda_sdpa_plan **plans; /* every shape seen, plan or not */
     int n_plans, cap_plans;
+    char cache[PATH_MAX];  /* the folder of plans kept on disk, or "" (none: see PLANS ON DISK) */
+    char tag[192];         /* what a kept plan was made for: cuDNN, driver, GPU */
 };
 
 /* ===== Plans ===== */
@@ -203,12 +213,97 @@ static int plan_init(cudnnHandle_t handle, struct cuda_sdpa_plan *p, struct err 
     return 0;
 }
 
-/* Makes p's plan on ctx's handle; a failure is logged, not returned (the own kernels take the
- * shape, p->plan stays NULL). */
+/* ===== Plans kept on disk (PLANS ON DISK) =====
+ * cuDNN compiles its SDPA engines when a plan is made: 35-90 ms per shape with the driver's JIT
+ * cache warm, ~0.6 s of a cold start's first image on an H100 (eight UNet shapes, the VAE's,
+ * the warm-up's two). It can also write a finalized plan of such an engine as JSON, compiled
+ * kernel included, and make the plan again from that text without compiling. So each plan made
+ * is kept in <cache>/cudnn-sdpa/<tag>-<shape>.json (cache: base/fs.h's fs_cache_dir,
+ * $KILN_CACHE_DIR or ~/.cache/kiln; tag: cuDNN's version, the driver's, the GPU's name and
+ * compute capability), and a later run reads it back. The plan read back is the one the
+ * heuristics chose for the same cuDNN, driver and GPU, so it does not change which kernels run
+ * (the determinism rule above). A file that cannot be read, or that cuDNN refuses, is ignored
+ * and replaced; a cache that cannot be written is only a debug line. KILN_CACHE_DIR="" keeps
+ * nothing. */
+
+/* The file of p's plan into out, or false (no cache folder). */
+static bool plan_file(const struct cuda_sdpa *s, const struct cuda_sdpa_plan *p, char *out, size_t n) {
+    if (!s->cache[0]) return false;
+    int k = snprintf(out, n, "%s/%s-%s-%lldx%lldx%lldx%lld-h%lld.json", s->cache, s->tag,
+                     dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2],
+                     (long long)p->key[3], (long long)p->key[4], (long long)p->key[5]);
+    return k > 0 && (size_t)k < n;
+}
+
+/* Makes p's plan on handle from the JSON in path. true when it did (p->plan and p->ws set). */
+static bool plan_load(cudnnHandle_t handle, struct cuda_sdpa_plan *p, const char *path) {
+    char *json = NULL;
+    size_t len = 0;
+    if (fs_read_whole(path, (size_t)64 << 20, &json, &len) != 0) return false;
+    struct err err;
+    memset(&err, 0, sizeof err);
+    cudnnBackendDescriptor_t plan = NULL;
+    int64_t got = 0, ws = 0;
+    bool ok = len > 0 && plan_desc(p, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan, &err) == 0;
+    ok = ok && cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR,
+                                        (int64_t)len, json) == CUDNN_STATUS_SUCCESS;
+    ok = ok && cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle) ==
+                   CUDNN_STATUS_SUCCESS;
+    ok = ok && cudnnBackendFinalize(plan) == CUDNN_STATUS_SUCCESS;
+    ok = ok && cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &got,
+                                        &ws) == CUDNN_STATUS_SUCCESS;
+    mem_free(json);
+    (void)cudaGetLastError();
+    if (!ok) {
+        log_debug("cuda sdpa: the plan kept in %s is not usable here: made again", path);
+        if (plan) plan_release(p);
+        return false;
+    }
+    const int64_t d = p->key[4] / p->key[5];
+    p->scale = 1.0f / sqrtf((float)d);
+    p->plan = plan;
+    p->ws = ws;
+    return true;
+}
+
+/* Writes p's plan as JSON to path (a failure is a debug line: the cache is optional). */
+static void plan_save(const struct cuda_sdpa_plan *p, const char *path) {
+    int64_t n = 0;
+    if (cudnnBackendGetAttribute(p->plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, 0, &n,
+                                 NULL) != CUDNN_STATUS_SUCCESS ||
+        n <= 0) {
+        (void)cudaGetLastError();
+        log_debug("cuda sdpa: this engine's plan cannot be written out: not kept");
+        return;
+    }
+    char *json = (char *)mem_try_alloc((size_t)n + 1);
+    if (!json) return;
+    int64_t got = 0;
+    cudnnStatus_t st =
+        cudnnBackendGetAttribute(p->plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, n, &got, json);
+    size_t len = st == CUDNN_STATUS_SUCCESS ? (size_t)(got < n ? got : n) : 0;
+    while (len > 0 && json[len - 1] == 0) len--; /* the text, not its terminator */
+    int rc = len > 0 ? fs_write_whole(path, json, len) : -EIO;
+    if (rc) log_debug("cuda sdpa: cannot keep the plan in %s: %s", path, strerror(-rc));
+    mem_free(json);
+}
+
+/* Makes p's plan on ctx's handle, from the disk cache when it holds it; a failure is logged,
+ * not returned (the own kernels take the shape, p->plan stays NULL). */
 static void plan_build(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p) {
     struct err err;
     memset(&err, 0, sizeof err);
     double t0 = clock_now();
+    char path[PATH_MAX];
+    bool keep = plan_file(ctx->sdpa, p, path, sizeof path);
+    if (keep && plan_load(ctx->cudnn, p, path)) {
+        p->built_s = clock_now() - t0;
+        log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld], %lld heads: cuDNN plan read from %s in %.3f s",
+                  dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2],
+                  (long long)p->key[4], (long long)p->key[3], (long long)p->key[4], (long long)p->key[5], path,
+                  p->built_s);
+        return;
+    }
     int rc = plan_init(ctx->cudnn, p, &err);
     p->built_s = clock_now() - t0;
     if (rc) {
@@ -223,6 +318,7 @@ static void plan_build(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p) {
               dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2], (long long)p->key[4],
               (long long)p->key[3], (long long)p->key[4], (long long)p->key[5],
               p->plan ? "cuDNN plan made" : "no cuDNN plan, kiln's own kernels take it", p->built_s);
+    if (p->plan && keep) plan_save(p, path);
 }
 
 /* The plan for key: found, or made now. 0 with *out set, or a status. */
@@ -301,8 +397,31 @@ int cuda__attention_dnn(struct cuda_ctx *ctx, enum dtype dt, void *out, const vo
 /* ===== Lifecycle (cuda.cuh) ===== */
 
 int cuda__sdpa_open(struct cuda_ctx *ctx, struct err *err) {
-    ctx->sdpa = (struct cuda_sdpa *)mem_try_calloc(1, sizeof *ctx->sdpa);
-    return ctx->sdpa ? 0 : err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory");
+    struct cuda_sdpa *s = (struct cuda_sdpa *)mem_try_calloc(1, sizeof *s);
+    if (!s) return err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory");
+    ctx->sdpa = s;
+    /* the disk cache (PLANS ON DISK): its folder, and the tag of what its plans are made for */
+    char dir[PATH_MAX];
+    cudaDeviceProp prop;
+    int drv = 0;
+    if (!fs_cache_dir(dir, sizeof dir) || cudaGetDeviceProperties(&prop, ctx->device) != cudaSuccess ||
+        cudaDriverGetVersion(&drv) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    char name[64];
+    size_t i = 0;
+    for (; prop.name[i] && i + 1 < sizeof name; i++) name[i] = isalnum((unsigned char)prop.name[i]) ? prop.name[i] : '_';
+    name[i] = 0;
+    snprintf(s->tag, sizeof s->tag, "cudnn%zu-drv%d-sm%d%d-%s", cudnnGetVersion(), drv, prop.major, prop.minor, name);
+    char failed[PATH_MAX];
+    int k = snprintf(s->cache, sizeof s->cache, "%s/cudnn-sdpa", dir);
+    int rc = k > 0 && (size_t)k < sizeof s->cache ? fs_make_dirs(s->cache, 0755, failed, sizeof failed) : -ENAMETOOLONG;
+    if (rc) {
+        log_debug("cuda sdpa: no plan cache in %s (%s): every plan is made at its first use", s->cache, strerror(-rc));
+        s->cache[0] = 0;
+    }
+    return 0;
 }
 
 void cuda__sdpa_free(struct cuda_ctx *ctx) {
