@@ -4,8 +4,11 @@
  * Sequentially, or with the library steps on three threads at once ("par"), to answer one
  * question: does kiln's device open + warm-up shrink if its first-use costs run side by side?
  * Run it right after dropping the page cache to see the cold-disk figure.
+ * "fixed" skips cuDNN's heuristics query (the algorithm named instead) and lists the cuDNN
+ * libraries the process has mapped after the first convolution: does the heuristics library
+ * load at all then?
  * Build: nvcc -O2 -arch=sm_90 -o build/startup_probe bench/startup_probe.cu -lcublas -lcublasLt -lcudnn
- * Run:   build/startup_probe seq|par */
+ * Run:   build/startup_probe seq|par|fixed */
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -85,6 +88,26 @@ static void *lt(void *) {
     return NULL;
 }
 
+static bool fixed_algo; /* "fixed": no heuristics query, IMPLICIT_PRECOMP_GEMM named */
+
+/* The cuDNN libraries mapped into the process, one line. */
+static void mapped_dnn(void) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) return;
+    char line[1024], seen[4096] = "";
+    while (fgets(line, sizeof line, f)) {
+        char *p = strstr(line, "libcudnn");
+        if (!p) continue;
+        p[strcspn(p, "\n")] = 0;
+        if (!strstr(seen, p) && strlen(seen) + strlen(p) + 2 < sizeof seen) {
+            strcat(seen, p);
+            strcat(seen, " ");
+        }
+    }
+    fclose(f);
+    printf("           mapped: %s\n", seen);
+}
+
 /* cuDNN: handle, the first heuristics query and one convolution, F32 then F16 */
 static void *dnn(void *) {
     double t = now();
@@ -111,8 +134,12 @@ static void *dnn(void *) {
         CK(cudnnSetConvolutionMathType(c, CUDNN_TENSOR_OP_MATH));
         cudnnConvolutionFwdAlgoPerf_t perf[8];
         int n = 0;
-        CK(cudnnGetConvolutionForwardAlgorithm_v7(h, x, w, c, y, 8, &n, perf));
-        mark(f16 ? "first heuristics query, F16" : "first heuristics query, F32", t);
+        if (fixed_algo) {
+            perf[0].algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+        } else {
+            CK(cudnnGetConvolutionForwardAlgorithm_v7(h, x, w, c, y, 8, &n, perf));
+            mark(f16 ? "first heuristics query, F16" : "first heuristics query, F32", t);
+        }
         t = now();
         size_t ws = 0;
         CK(cudnnGetConvolutionForwardWorkspaceSize(h, x, w, c, y, perf[0].algo, &ws));
@@ -125,6 +152,7 @@ static void *dnn(void *) {
                                    (char *)buf + 131072));
         CK(cudaStreamSynchronize(s));
         mark(f16 ? "first convolution, F16" : "first convolution, F32", t);
+        mapped_dnn();
     }
     return NULL;
 }
@@ -132,6 +160,7 @@ static void *dnn(void *) {
 int main(int argc, char **argv) {
     t_start = now();
     bool par = argc > 1 && strcmp(argv[1], "par") == 0;
+    fixed_algo = argc > 1 && strcmp(argv[1], "fixed") == 0;
     double t = now();
     int n = 0;
     CK(cudaGetDeviceCount(&n));
