@@ -153,26 +153,47 @@ lib_serve "$DIR/serve.log" 1 --cpu-workers 2 --threads 1 --models-dir "$DIR/mode
 PID=$SPID
 grep -q "log also in $LOGF" "$DIR/serve.log" || fail "panel: no line about the log file"
 
-# five free consecutive ports: 4 GPU ports, then the reverse proxy
-for _ in 1 2 3 4 5 6 7 8; do
-    NP=$((20000 + RANDOM % 30000))
-    busy=0
-    for ((p = NP; p < NP + 5; p++)); do port_busy "$p" && busy=1; done
-    [ "$busy" = 0 ] && break
+# five free consecutive ports: 4 GPU ports, then the reverse proxy. Another test running in
+# parallel may take one between the check and nginx's bind: nginx then exits, and the ports are
+# picked again (up to 3 starts). Ready means nginx is alive and listens on all five.
+ngx_start() {
+    for _ in 1 2 3 4 5 6 7 8; do
+        NP=$((20000 + RANDOM % 30000))
+        busy=0
+        for ((p = NP; p < NP + 5; p++)); do port_busy "$p" && busy=1; done
+        [ "$busy" = 0 ] && break
+    done
+    sed -e "s/server 127.0.0.1:8188;/server 127.0.0.1:$PORT;/" \
+        -e "s/listen 8181;/listen 127.0.0.1:$NP;/" -e "s/listen 8182;/listen 127.0.0.1:$((NP + 1));/" \
+        -e "s/listen 8183;/listen 127.0.0.1:$((NP + 2));/" -e "s/listen 8184;/listen 127.0.0.1:$((NP + 3));/" \
+        "$GPUS_CONF" >"$NGX/run-gpus.conf"
+    sed -e "s/server 127.0.0.1:8188;/server 127.0.0.1:$PORT;/" -e "s/listen 80;/listen 127.0.0.1:$((NP + 4));/" \
+        "$PROXY_CONF" >"$NGX/run-proxy.conf"
+    [ "$(grep -c "listen 127.0.0.1:" "$NGX/run-gpus.conf")" = 4 ] && grep -q "listen 127.0.0.1:" "$NGX/run-proxy.conf" &&
+        [ "$(cat "$NGX"/run-*.conf | grep -c "server 127.0.0.1:$PORT;")" = 2 ] || fail "examples: ports not found to rewrite"
+    ngx_conf run "$NGX/run-gpus.conf" "$NGX/run-proxy.conf"
+    nginx -p "$NGX" -c "$NGX/run.conf" -e "$NGX/run.err" >"$NGX/run.out" 2>&1 &
+    PID2=$!
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$PID2" 2>/dev/null || return 1 # exited: a port was taken after all
+        up=0
+        for ((p = NP; p < NP + 5; p++)); do port_busy "$p" && up=$((up + 1)); done
+        [ "$up" = 5 ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+started=0
+for attempt in 1 2 3; do
+    if ngx_start; then
+        started=1
+        break
+    fi
+    kill "$PID2" 2>/dev/null
+    wait "$PID2" 2>/dev/null
+    PID2=
 done
-sed -e "s/server 127.0.0.1:8188;/server 127.0.0.1:$PORT;/" \
-    -e "s/listen 8181;/listen 127.0.0.1:$NP;/" -e "s/listen 8182;/listen 127.0.0.1:$((NP + 1));/" \
-    -e "s/listen 8183;/listen 127.0.0.1:$((NP + 2));/" -e "s/listen 8184;/listen 127.0.0.1:$((NP + 3));/" \
-    "$GPUS_CONF" >"$NGX/run-gpus.conf"
-sed -e "s/server 127.0.0.1:8188;/server 127.0.0.1:$PORT;/" -e "s/listen 80;/listen 127.0.0.1:$((NP + 4));/" \
-    "$PROXY_CONF" >"$NGX/run-proxy.conf"
-[ "$(grep -c "listen 127.0.0.1:" "$NGX/run-gpus.conf")" = 4 ] && grep -q "listen 127.0.0.1:" "$NGX/run-proxy.conf" &&
-    [ "$(cat "$NGX"/run-*.conf | grep -c "server 127.0.0.1:$PORT;")" = 2 ] || fail "examples: ports not found to rewrite"
-ngx_conf run "$NGX/run-gpus.conf" "$NGX/run-proxy.conf"
-nginx -p "$NGX" -c "$NGX/run.conf" -e "$NGX/run.err" >"$NGX/run.out" 2>&1 &
-PID2=$!
-for ((i = 0; i < 50; i++)); do port_busy $((NP + 4)) && break; sleep 0.1; done
-port_busy $((NP + 4)) || { echo "FAIL: nginx did not start: $(cat "$NGX/run.out" "$NGX/run.err")"; exit 1; }
+[ "$started" = 1 ] || { echo "FAIL: nginx did not start: $(cat "$NGX/run.out" "$NGX/run.err")"; exit 1; }
 
 # wf OUT PREFIX: a POST /prompt body from examples/demo.json on the tiny checkpoint, 64 px, 1 step
 wf() {
