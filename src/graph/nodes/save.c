@@ -15,7 +15,9 @@
 #include "io/savepath.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -125,6 +127,39 @@ static void expand_frontend(const char *in, const json_t *prompt, char *out, siz
 
 /* ===== Saving ===== */
 
+/* One image's conversion to 8 bits (png_from_float), on a thread of its own. */
+struct to8_job {
+    const float *src;
+    uint8_t *dst;
+    size_t n;
+    pthread_t tid;
+    bool started;
+};
+
+static void *to8_run(void *arg) {
+    struct to8_job *j = arg;
+    png_from_float(j->src, j->dst, j->n);
+    return NULL;
+}
+
+/* The nb images of px values each, side by side (3.6-4.2 ms for four 512x512 images on one
+ * core of an H100 machine: PERF.md). */
+static void to8_all(const float *src, uint8_t *dst, size_t px, int nb) {
+    struct to8_job jobs[16];
+    for (int b0 = 0; b0 < nb; b0 += 16) {
+        int n = nb - b0 < 16 ? nb - b0 : 16;
+        for (int i = 0; i < n; i++) {
+            size_t off = (size_t)(b0 + i) * px;
+            jobs[i] = (struct to8_job){.src = src + off, .dst = dst + off, .n = px};
+            if (i > 0) jobs[i].started = pthread_create(&jobs[i].tid, NULL, to8_run, &jobs[i]) == 0;
+        }
+        for (int i = 0; i < n; i++)
+            if (!jobs[i].started) to8_run(&jobs[i]); /* the caller's own, and any no thread took */
+        for (int i = 1; i < n; i++)
+            if (jobs[i].started) pthread_join(jobs[i].tid, NULL);
+    }
+}
+
 /* save_images of SaveImage/PreviewImage. */
 static int save_images(struct node_run *ctx, const struct image *im, const char *prefix, const char *dir,
                        const char *type, int level, struct err *err) {
@@ -171,10 +206,8 @@ static int save_images(struct node_run *ctx, const struct image *im, const char 
     json_t *results = json_array();
     if (!pixels) rc = err_set(err, STATUS_ERR_NOMEM, "out of memory converting %d images to 8 bits", nb);
     double t0 = clock_now(), t_conv = 0, t_enc = 0;
-    for (int b = 0; b < nb && !rc; b++) {
-        png_from_float(im->data + (size_t)b * px, pixels + (size_t)b * px, px);
-        rows[b] = pixels + (size_t)b * px;
-    }
+    if (!rc) to8_all(im->data, pixels, px, nb);
+    for (int b = 0; b < nb && !rc; b++) rows[b] = pixels + (size_t)b * px;
     t_conv = clock_now();
     if (!rc)
         rc = png_encode_many(rows, nb, (uint32_t)im->w, (uint32_t)im->h, (int)im->c, text, n_text, level, nb, png,

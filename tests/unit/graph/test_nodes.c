@@ -385,6 +385,36 @@ static void test_save_batch_num(void **s) {
     assert_int_equal(img.rgba[0], 191); /* trunc(255 * 0.75) */
     assert_int_equal(img.n_text, 0);    /* no prompt given: no chunks */
     png_image_deinit(&img);
+    snprintf(file, sizeof file, "%s/b_0_00001_.png", dir_out);
+    assert_int_equal(png_read(file, &img, &err), 0);
+    assert_int_equal(img.rgba[0], 63); /* trunc(255 * 0.25) */
+    png_image_deinit(&img);
+    json_decref(ui);
+    gobj_unref(&im->obj);
+}
+
+/* A batch of 17 (the 8-bit conversion runs 16 images side by side, then the 17th): every file
+ * holds its own image's pixels. */
+static void test_save_large_batch(void **s) {
+    enum { NB = 17 };
+    struct image *im = image_new(NB, 3, 5, 3);
+    for (int b = 0; b < NB; b++)
+        for (int i = 0; i < 45; i++) im->data[b * 45 + i] = (float)b / 20.0f + (float)i / 1000.0f;
+    json_t *ui = json_object();
+    struct err err = {0};
+    struct value in[2] = {V_O(im), V_S("big_%batch_num%")}, out[1] = {0};
+    assert_int_equal(call("SaveImage", in, out, ui, &err), 0);
+    for (int b = 0; b < NB; b++) {
+        char file[600];
+        snprintf(file, sizeof file, "%s/big_%d_%05d_.png", dir_out, b, b + 1);
+        struct png_image img;
+        assert_int_equal(png_read(file, &img, &err), 0);
+        for (int i = 0; i < 45; i++) {
+            float v = (float)b / 20.0f + (float)i / 1000.0f;
+            assert_int_equal(img.rgba[(i / 3) * 4 + i % 3], (int)(255.0f * v)); /* RGB of pixel i / 3 */
+        }
+        png_image_deinit(&img);
+    }
     json_decref(ui);
     gobj_unref(&im->obj);
 }
@@ -399,6 +429,7 @@ int main(void) {
         cmocka_unit_test(test_conditioning),       cmocka_unit_test(test_load_image),
         cmocka_unit_test(test_image_scale),        cmocka_unit_test(test_save_image_prompt),
         cmocka_unit_test(test_preview_and_refusals), cmocka_unit_test(test_save_batch_num),
+        cmocka_unit_test(test_save_large_batch),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
     json_decref(png_ref);
