@@ -835,8 +835,8 @@ static int plan_files(const char *dir, char names[8][600]) {
 }
 
 /* A plan made once is written to the cache folder; a fresh backend reads it back and computes
- * the same bits; a file cuDNN refuses is ignored (the plan is made again, same bits) and
- * replaced by a good one. */
+ * the same bits; a file cuDNN refuses, and a good plan whose first line names another shape, are
+ * ignored (the plan is made again, same bits) and replaced by a good one. */
 static void test_attention_plan_cache(void **state) {
     GPU_OR_SKIP();
     const char *sdpa_env = getenv("KILN_CUDNN_SDPA");
@@ -867,22 +867,44 @@ static void test_attention_plan_cache(void **state) {
         float *read_back = attn_fresh((void *const *)host, &n2);
         assert_int_equal(n2, n1);
         assert_memory_equal(read_back, made, (size_t)n1 * sizeof(float));
-        for (int i = 0; i < files; i++) {
-            FILE *f = fopen(names[i], "w");
+        /* (1) the right first line, then what cuDNN refuses; (2) a valid plan under another
+           shape's first line: both made again, with the same bits, and the file a plan again */
+        for (int pass = 1; pass <= 2; pass++) {
+            for (int i = 0; i < files; i++) {
+                FILE *f = fopen(names[i], "r");
+                assert_non_null(f);
+                char *text = mem_alloc(1 << 24);
+                size_t len = fread(text, 1, (1 << 24) - 1, f);
+                fclose(f);
+                text[len] = 0;
+                char *nl = strchr(text, '\n');
+                assert_non_null(nl); /* the header line */
+                f = fopen(names[i], "w");
+                assert_non_null(f);
+                if (pass == 1) {
+                    fwrite(text, 1, (size_t)(nl + 1 - text), f);
+                    fputs("{\"not\": \"a plan\"}", f);
+                } else {
+                    fputs("kiln cudnn-sdpa plan of another shape\n", f);
+                    fputs(nl + 1, f);
+                }
+                fclose(f);
+                mem_free(text);
+            }
+            float *remade = attn_fresh((void *const *)host, &n3);
+            assert_int_equal(n3, n1);
+            assert_memory_equal(remade, made, (size_t)n1 * sizeof(float));
+            mem_free(remade);
+            FILE *f = fopen(names[0], "r");
             assert_non_null(f);
-            fputs("not a plan", f);
+            char first[64] = "";
+            assert_non_null(fgets(first, sizeof first, f));
+            assert_true(strncmp(first, "kiln cudnn-sdpa plan cudnn", 26) == 0); /* rewritten */
+            fseek(f, 0, SEEK_END);
+            assert_true(ftell(f) > 100);
             fclose(f);
         }
-        float *remade = attn_fresh((void *const *)host, &n3);
-        assert_int_equal(n3, n1);
-        assert_memory_equal(remade, made, (size_t)n1 * sizeof(float));
-        FILE *f = fopen(names[0], "r");
-        assert_non_null(f);
-        fseek(f, 0, SEEK_END);
-        assert_true(ftell(f) > 100); /* a plan again, not the garbage */
-        fclose(f);
         mem_free(read_back);
-        mem_free(remade);
     }
     mem_free(made);
     for (int i = 0; i < 3; i++) mem_free(host[i]);

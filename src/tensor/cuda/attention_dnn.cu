@@ -222,9 +222,18 @@ static int plan_init(cudnnHandle_t handle, struct cuda_sdpa_plan *p, struct err 
  * $KILN_CACHE_DIR or ~/.cache/kiln; tag: cuDNN's version, the driver's, the GPU's name and
  * compute capability), and a later run reads it back. The plan read back is the one the
  * heuristics chose for the same cuDNN, driver and GPU, so it does not change which kernels run
- * (the determinism rule above). A file that cannot be read, or that cuDNN refuses, is ignored
- * and replaced; a cache that cannot be written is only a debug line. KILN_CACHE_DIR="" keeps
+ * (the determinism rule above). The file's first line names the tag and the shape again and
+ * must match before cuDNN reads the rest. A file that cannot be read, does not match, or that
+ * cuDNN refuses is ignored and replaced; a cache that cannot be written is only a debug line. KILN_CACHE_DIR="" keeps
  * nothing. */
+
+/* The first line of p's file: what it was made for, checked before cuDNN reads the rest (a file
+ * renamed or copied from elsewhere must not give a shape another shape's kernel). */
+static void plan_header(const struct cuda_sdpa *s, const struct cuda_sdpa_plan *p, char *out, size_t n) {
+    snprintf(out, n, "kiln cudnn-sdpa plan %s %s %lld %lld %lld %lld %lld\n", s->tag,
+             dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2], (long long)p->key[3],
+             (long long)p->key[4], (long long)p->key[5]);
+}
 
 /* The file of p's plan into out, or false (no cache folder). */
 static bool plan_file(const struct cuda_sdpa *s, const struct cuda_sdpa_plan *p, char *out, size_t n) {
@@ -235,28 +244,38 @@ static bool plan_file(const struct cuda_sdpa *s, const struct cuda_sdpa_plan *p,
     return k > 0 && (size_t)k < n;
 }
 
-/* Makes p's plan on handle from the JSON in path. true when it did (p->plan and p->ws set). */
-static bool plan_load(cudnnHandle_t handle, struct cuda_sdpa_plan *p, const char *path) {
-    char *json = NULL;
+/* Makes p's plan on handle from the file path (header line, then cuDNN's JSON). true when it
+ * did (p->plan and p->ws set). */
+static bool plan_load(const struct cuda_sdpa *s, cudnnHandle_t handle, struct cuda_sdpa_plan *p, const char *path) {
+    char *text = NULL;
     size_t len = 0;
-    if (fs_read_whole(path, (size_t)64 << 20, &json, &len) != 0) return false;
+    if (fs_read_whole(path, (size_t)64 << 20, &text, &len) != 0) return false;
+    char header[320];
+    plan_header(s, p, header, sizeof header);
+    size_t hl = strlen(header);
+    const char *json = text + hl;
+    size_t jl = len > hl ? len - hl : 0;
     struct err err;
     memset(&err, 0, sizeof err);
     cudnnBackendDescriptor_t plan = NULL;
     int64_t got = 0, ws = 0;
-    bool ok = len > 0 && plan_desc(p, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan, &err) == 0;
+    bool ok = jl > 0 && memcmp(text, header, hl) == 0;
+    if (!ok) log_debug("cuda sdpa: %s was not made for this shape, cuDNN and GPU: made again", path);
+    ok = ok && plan_desc(p, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan, &err) == 0;
     ok = ok && cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR,
-                                        (int64_t)len, json) == CUDNN_STATUS_SUCCESS;
+                                        (int64_t)jl, (void *)json) == CUDNN_STATUS_SUCCESS;
     ok = ok && cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle) ==
                    CUDNN_STATUS_SUCCESS;
     ok = ok && cudnnBackendFinalize(plan) == CUDNN_STATUS_SUCCESS;
     ok = ok && cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &got,
                                         &ws) == CUDNN_STATUS_SUCCESS;
-    mem_free(json);
+    mem_free(text);
     (void)cudaGetLastError();
     if (!ok) {
-        log_debug("cuda sdpa: the plan kept in %s is not usable here: made again", path);
-        if (plan) plan_release(p);
+        if (plan) {
+            log_debug("cuda sdpa: cuDNN refused the plan kept in %s: made again", path);
+            plan_release(p);
+        }
         return false;
     }
     const int64_t d = p->key[4] / p->key[5];
@@ -266,8 +285,9 @@ static bool plan_load(cudnnHandle_t handle, struct cuda_sdpa_plan *p, const char
     return true;
 }
 
-/* Writes p's plan as JSON to path (a failure is a debug line: the cache is optional). */
-static void plan_save(const struct cuda_sdpa_plan *p, const char *path) {
+/* Writes p's plan to path: the header line, then cuDNN's JSON (a failure is a debug line: the
+ * cache is optional). */
+static void plan_save(const struct cuda_sdpa *s, const struct cuda_sdpa_plan *p, const char *path) {
     int64_t n = 0;
     if (cudnnBackendGetAttribute(p->plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, 0, &n,
                                  NULL) != CUDNN_STATUS_SUCCESS ||
@@ -276,16 +296,21 @@ static void plan_save(const struct cuda_sdpa_plan *p, const char *path) {
         log_debug("cuda sdpa: this engine's plan cannot be written out: not kept");
         return;
     }
-    char *json = (char *)mem_try_alloc((size_t)n + 1);
-    if (!json) return;
+    char header[320];
+    plan_header(s, p, header, sizeof header);
+    size_t hl = strlen(header);
+    char *text = (char *)mem_try_alloc(hl + (size_t)n + 1);
+    if (!text) return;
+    memcpy(text, header, hl);
+    char *json = text + hl;
     int64_t got = 0;
     cudnnStatus_t st =
         cudnnBackendGetAttribute(p->plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, n, &got, json);
     size_t len = st == CUDNN_STATUS_SUCCESS ? (size_t)(got < n ? got : n) : 0;
     while (len > 0 && json[len - 1] == 0) len--; /* the text, not its terminator */
-    int rc = len > 0 ? fs_write_whole(path, json, len) : -EIO;
+    int rc = len > 0 ? fs_write_whole(path, text, hl + len) : -EIO;
     if (rc) log_debug("cuda sdpa: cannot keep the plan in %s: %s", path, strerror(-rc));
-    mem_free(json);
+    mem_free(text);
 }
 
 /* Makes p's plan on ctx's handle, from the disk cache when it holds it; a failure is logged,
@@ -296,7 +321,7 @@ static void plan_build(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p) {
     double t0 = clock_now();
     char path[PATH_MAX];
     bool keep = plan_file(ctx->sdpa, p, path, sizeof path);
-    if (keep && plan_load(ctx->cudnn, p, path)) {
+    if (keep && plan_load(ctx->sdpa, ctx->cudnn, p, path)) {
         p->built_s = clock_now() - t0;
         log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld], %lld heads: cuDNN plan read from %s in %.3f s",
                   dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2],
@@ -318,7 +343,7 @@ static void plan_build(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p) {
               dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2], (long long)p->key[4],
               (long long)p->key[3], (long long)p->key[4], (long long)p->key[5],
               p->plan ? "cuDNN plan made" : "no cuDNN plan, kiln's own kernels take it", p->built_s);
-    if (p->plan && keep) plan_save(p, path);
+    if (p->plan && keep) plan_save(ctx->sdpa, p, path);
 }
 
 /* The plan for key: found, or made now. 0 with *out set, or a status. */
