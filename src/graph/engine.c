@@ -325,17 +325,22 @@ struct engine *engine_new_cuda(int device, const char *models_dir, const char *t
 }
 
 int engine_warmup(struct engine *e, struct err *err) {
-    /* only the dtypes this engine's networks compute in: a GPU's F32 pass (a part of cuBLAS
-       and kernels no fp16 prompt runs) took 0.45-1.0 s of a cold start on an H100 (PERF.md) */
-    const enum dtype used[3] = {e->storage.clip.dtype, e->storage.unet.dtype, e->storage.vae.dtype};
-    enum dtype dts[3];
+    /* what the networks compute in, in the order a prompt runs them: the text encoder in F32
+       whatever its storage (clip_forward casts up, as ComfyUI's manual_cast), token ops only;
+       the UNet and the VAE in their storages' dtypes (F16 and BF16 on a GPU), image ops too. A
+       GPU's full F32 pass (F32 convolutions, GroupNorm... that no prompt runs there) took
+       0.45-1.0 s of a cold start on an H100 (PERF.md) */
+    const struct warmup_pass used[3] = {
+        {DTYPE_F32, false}, {e->storage.unet.dtype, true}, {e->storage.vae.dtype, true}};
+    struct warmup_pass passes[3];
     int n = 0;
     for (int i = 0; i < 3; i++) {
-        bool seen = false;
-        for (int j = 0; j < n; j++) seen = seen || dts[j] == used[i];
-        if (!seen) dts[n++] = used[i];
+        int j = 0;
+        while (j < n && passes[j].dtype != used[i].dtype) j++;
+        if (j == n) passes[n++] = used[i];
+        else passes[j].images = passes[j].images || used[i].images;
     }
-    return backend_warmup(e->backend, dts, n, err);
+    return backend_warmup(e->backend, passes, n, err);
 }
 
 struct sd_model *engine_prefill(struct engine *e, const char *path, struct err *err) {

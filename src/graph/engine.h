@@ -93,8 +93,9 @@ struct engine *engine_new_cpu(int threads, const char *models_dir, const char *t
 struct engine *engine_new_cuda(int device, const char *models_dir, const char *tokenizer_dir, struct err *err);
 void engine_free(struct engine *e); /* NULL is a no-op */
 
-/* Warms up the engine's backend before its first prompt: one tiny graph of every op kind in each
- * dtype its networks compute in (tensor/warmup.h; F16 and BF16 on a GPU, F32 on a CPU or with
+/* Warms up the engine's backend before its first prompt: one tiny graph of the op kinds each of
+ * its networks computes, in that network's dtype (tensor/warmup.h: the text encoder's token ops
+ * in F32, the UNet's and VAE's ops in F16 and BF16 on a GPU; everything F32 on a CPU or with
  * fp32 GPUs), so kernels are loaded and libraries initialised at start-up. The engine's
  * worker thread. Returns 0, or a negative status with err filled; the engine stays usable. */
 int engine_warmup(struct engine *e, struct err *err);

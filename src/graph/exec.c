@@ -7,6 +7,7 @@
 #include "graph/exec.h"
 
 #include "base/base.h"
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
@@ -186,7 +187,9 @@ static int run_node(struct exec_state *x, int idx) {
             ctx.exception_type = "TypeError";
         }
     }
+    double t_run = clock_now();
     if (!rc) rc = n->cls->run(&ctx, in, s->outputs, &err);
+    if (!rc) log_debug("node %s (%s) ran in %.1f ms", n->id, n->cls->name, 1e3 * (clock_now() - t_run));
     mem_free(in);
 
     if (rc) {

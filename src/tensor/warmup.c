@@ -70,8 +70,8 @@ static void warm_keep(struct warm *w, struct tensor *t) {
     }
 }
 
-/* Records one node of each op kind in w->dt. */
-static void warm_record(struct warm *w) {
+/* Records one node of each token op kind in w->dt, and of each image op kind with images. */
+static void warm_record(struct warm *w, bool images) {
     struct tctx *c = w->c;
     const int64_t img[4] = {1, WARM_C, WARM_HW, WARM_HW}, tok[3] = {1, WARM_N, WARM_D};
     const int64_t tok2[3] = {1, WARM_N, 2 * WARM_D}, wsq[2] = {WARM_D, WARM_D}, vec[1] = {WARM_D};
@@ -92,16 +92,18 @@ static void warm_record(struct warm *w) {
     struct tensor *k3c = warm_input(w, DTYPE_F32, 4, k3_cl);   // [32, 3, 3, 32]
 
     /* image ops: ResBlock and Upsample pieces */
-    warm_keep(w, op_conv2d(c, x, k3w, cb, 1, 1));              // [1, 32, 8, 8]
-    warm_keep(w, op_conv2d(c, x, k1w, cb, 1, 0));              // [1, 32, 8, 8]
-    warm_keep(w, op_group_norm(c, x, cb, cb, 32, 1e-5f, true)); // [1, 32, 8, 8]
-    warm_keep(w, op_upsample_nearest(c, x, 2));                // [1, 32, 16, 16]
-    warm_keep(w, op_concat(c, x, x, 1));                       // [1, 64, 8, 8]
-    /* the same channels-last (a GPU's UNet and VAE), a residual fused into the conv */
-    warm_keep(w, op_add_fused(c, op_conv2d_nhwc(c, xc, k3c, cb, 1, 1), xc)); // [1, 8, 8, 32]
-    warm_keep(w, op_group_norm_nhwc(c, xc, cb, cb, 32, 1e-5f, true));        // [1, 8, 8, 32]
-    warm_keep(w, op_upsample_nearest_nhwc_to(c, xc, 16, 16));                // [1, 16, 16, 32]
-    warm_keep(w, op_concat(c, xc, xc, 3));                                   // [1, 8, 8, 64]
+    if (images) {
+        warm_keep(w, op_conv2d(c, x, k3w, cb, 1, 1));              // [1, 32, 8, 8]
+        warm_keep(w, op_conv2d(c, x, k1w, cb, 1, 0));              // [1, 32, 8, 8]
+        warm_keep(w, op_group_norm(c, x, cb, cb, 32, 1e-5f, true)); // [1, 32, 8, 8]
+        warm_keep(w, op_upsample_nearest(c, x, 2));                // [1, 32, 16, 16]
+        warm_keep(w, op_concat(c, x, x, 1));                       // [1, 64, 8, 8]
+        /* the same channels-last (a GPU's UNet and VAE), a residual fused into the conv */
+        warm_keep(w, op_add_fused(c, op_conv2d_nhwc(c, xc, k3c, cb, 1, 1), xc)); // [1, 8, 8, 32]
+        warm_keep(w, op_group_norm_nhwc(c, xc, cb, cb, 32, 1e-5f, true));        // [1, 8, 8, 32]
+        warm_keep(w, op_upsample_nearest_nhwc_to(c, xc, 16, 16));                // [1, 16, 16, 32]
+        warm_keep(w, op_concat(c, xc, xc, 3));                                   // [1, 8, 8, 64]
+    }
     /* token ops: transformer block pieces */
     warm_keep(w, op_linear(c, h, lw, lb));                     // [1, 16, 128]
     warm_keep(w, op_layer_norm(c, h, lb, lb, 1e-5f));          // [1, 16, 128]
@@ -109,6 +111,7 @@ static void warm_record(struct warm *w) {
     warm_keep(w, op_attention(c, h, h, h, WARM_HEADS, true));  // [1, 16, 128]
     warm_keep(w, op_geglu(c, h2));                             // [1, 16, 128]
     warm_keep(w, op_gelu(c, h));                               // [1, 16, 128]
+    warm_keep(w, op_quick_gelu(c, h));                         // [1, 16, 128] (CLIP)
     warm_keep(w, op_add(c, h, lb));                            // [1, 16, 128]
     warm_keep(w, op_mul(c, h, h));                             // [1, 16, 128]
     warm_keep(w, op_scale(c, h, 0.5f, 0.25f));                 // [1, 16, 128]
@@ -128,13 +131,13 @@ static void warm_fill(const struct tensor *t, void *buf) {
 }
 
 /* Records, plans, fills and runs the graph in dtype dt; *n_run gets the nodes sent. */
-static int warm_pass(struct backend *be, enum dtype dt, int *n_run, struct err *err) {
+static int warm_pass(struct backend *be, enum dtype dt, bool images, int *n_run, struct err *err) {
     struct tscratch scratch;
     struct tctx c;
     tscratch_init(&scratch, be);
     tctx_init(&c, be, &scratch);
     struct warm w = {.be = be, .c = &c, .dt = dt};
-    warm_record(&w);
+    warm_record(&w, images);
     int rc = c.rc;
     *n_run = 0;
     if (!rc && w.n_out > 0) rc = tctx_plan(&c, w.out, w.n_out);
@@ -169,13 +172,14 @@ static int warm_pass(struct backend *be, enum dtype dt, int *n_run, struct err *
     return rc;
 }
 
-int backend_warmup(struct backend *be, const enum dtype *dtypes, int n, struct err *err) {
+int backend_warmup(struct backend *be, const struct warmup_pass *passes, int n, struct err *err) {
     for (int i = 0; i < n; i++) {
         int n_run;
         double t0 = clock_now();
-        int rc = warm_pass(be, dtypes[i], &n_run, err);
+        int rc = warm_pass(be, passes[i].dtype, passes[i].images, &n_run, err);
         if (rc) return rc;
-        log_debug("warm-up on %s: the %s pass took %.3f s", be->iface->name, dtype_name(dtypes[i]), clock_now() - t0);
+        log_debug("warm-up on %s: the %s pass%s took %.3f s", be->iface->name, dtype_name(passes[i].dtype),
+                  passes[i].images ? "" : " (token ops)", clock_now() - t0);
     }
     return 0;
 }

@@ -107,6 +107,7 @@ static int conv_too_large(const struct tensor *dst, struct err *err) {
 #ifdef KILN_HAVE_CUDNN
 
 extern "C" {
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/mem.h"
 }
@@ -282,7 +283,9 @@ static int plan_get(struct cuda_ctx *ctx, const struct tensor *dst, const int *k
     struct cuda_conv_plan p;
     memset(&p, 0, sizeof p);
     memcpy(p.key, key, sizeof p.key);
+    double t0 = clock_now();
     int rc = plan_init(ctx, &p, dst, err);
+    log_debug("cuda conv2d: plan for a new shape in %.2f ms", 1e3 * (clock_now() - t0));
     if (rc) {
         plan_deinit(&p);
         return rc;

@@ -16,6 +16,7 @@
 #include "tensor/cuda/cuda.cuh"
 
 extern "C" {
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/mem.h"
 }
@@ -214,7 +215,9 @@ static int lt_plan_get(struct cuda_ctx *ctx, const int *key, const void *bias, s
     struct cuda_lt_plan p;
     memset(&p, 0, sizeof p);
     memcpy(p.key, key, sizeof p.key);
+    double t0 = clock_now();
     int rc = lt_plan_init(ctx, &p, bias, err);
+    log_debug("cuda linear: cuBLASLt plan for a new shape in %.2f ms", 1e3 * (clock_now() - t0));
     if (rc) {
         lt_plan_deinit(&p);
         err_prefix(err, "cuda linear: cuBLASLt plan for %s [%d, %d] x [%d, %d]^T", dtype_name((enum dtype)key[0]),

@@ -111,8 +111,8 @@ static int count(const struct spy *s, enum op op, enum dtype dt, int ip1, int64_
 
 /* Every op kind of warmup.h's list, in dtype dt. */
 static void expect_all_kinds(const struct spy *s, enum dtype dt) {
-    const enum op plain[] = {OP_LINEAR, OP_LAYER_NORM, OP_GEGLU,  OP_GELU,         OP_ADD,    OP_MUL,
-                             OP_SCALE,  OP_TRANSPOSE,  OP_CONCAT, OP_UPSAMPLE_NEAREST, OP_GET_ROWS};
+    const enum op plain[] = {OP_LINEAR, OP_LAYER_NORM, OP_GEGLU,  OP_GELU,         OP_QUICK_GELU, OP_ADD,
+                             OP_MUL,    OP_SCALE,      OP_TRANSPOSE, OP_CONCAT, OP_UPSAMPLE_NEAREST, OP_GET_ROWS};
     for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++)
         if (count(s, plain[i], dt, -1, 0) < 1) fail_msg("no %s node in %s", op_name(plain[i]), dtype_name(dt));
     assert_true(count(s, OP_CONV2D, dt, -1, 3) >= 1);
@@ -124,14 +124,14 @@ static void expect_all_kinds(const struct spy *s, enum dtype dt) {
 
 /* ===== Tests ===== */
 
-static const enum dtype ALL[3] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16};
+static const struct warmup_pass ALL[3] = {{DTYPE_F32, true}, {DTYPE_F16, true}, {DTYPE_BF16, true}};
 
 static void test_cpu_backend_runs(void **state) {
     (void)state;
     struct backend *cpu = backend_cpu_new(1);
     assert_non_null(cpu);
     struct err err = {0};
-    const enum dtype f32[1] = {DTYPE_F32};
+    const struct warmup_pass f32[1] = {{DTYPE_F32, true}};
     assert_int_equal(backend_warmup(cpu, f32, 1, &err), 0);
     assert_int_equal(err.code, 0);
     assert_int_equal(backend_warmup(cpu, f32, 1, &err), 0); /* again: nothing left over from the first */
@@ -177,23 +177,26 @@ static void test_f16_when_supported(void **state) {
     mem_free(s);
 }
 
-/* A GPU engine's dtypes (F16 UNet, BF16 VAE): no F32 pass, so no F32 op node but the casts
- * in and out of the 16-bit passes. */
-static void test_only_the_given_dtypes(void **state) {
+/* A GPU engine's passes (a text encoder in F32, token ops only; F16 UNet and BF16 VAE with
+ * image ops): every kind in the 16-bit dtypes, CLIP's kinds in F32 and no F32 image op. */
+static void test_only_the_given_passes(void **state) {
     (void)state;
     struct spy *s = mem_calloc(1, sizeof *s);
     s->cpu = backend_cpu_new(1);
     s->claim_all = true;
     struct backend be = {.iface = &SPY_I, .ctx = s};
     struct err err = {0};
-    const enum dtype gpu[2] = {DTYPE_F16, DTYPE_BF16};
-    assert_int_equal(backend_warmup(&be, gpu, 2, &err), 0);
+    const struct warmup_pass gpu[3] = {{DTYPE_F32, false}, {DTYPE_F16, true}, {DTYPE_BF16, true}};
+    assert_int_equal(backend_warmup(&be, gpu, 3, &err), 0);
     expect_all_kinds(s, DTYPE_F16);
     expect_all_kinds(s, DTYPE_BF16);
-    for (int i = 0; i < s->n; i++)
-        if (s->nodes[i].op != OP_CAST && s->nodes[i].dtype == DTYPE_F32)
-            fail_msg("%s in F32 without an F32 pass", op_name(s->nodes[i].op));
-    assert_true(count(s, OP_CAST, DTYPE_F32, -1, 0) >= 1); /* back to F32 at the end of a pass */
+    const enum op clip[] = {OP_LINEAR, OP_LAYER_NORM, OP_QUICK_GELU, OP_ADD, OP_GET_ROWS};
+    for (size_t i = 0; i < sizeof clip / sizeof clip[0]; i++)
+        if (count(s, clip[i], DTYPE_F32, -1, 0) < 1) fail_msg("no F32 %s node", op_name(clip[i]));
+    assert_true(count(s, OP_ATTENTION, DTYPE_F32, 1, 0) >= 1); /* CLIP's causal attention */
+    const enum op images[] = {OP_CONV2D, OP_GROUP_NORM, OP_UPSAMPLE_NEAREST, OP_CONCAT};
+    for (size_t i = 0; i < sizeof images / sizeof images[0]; i++)
+        if (count(s, images[i], DTYPE_F32, -1, 0) != 0) fail_msg("F32 %s in a token-only pass", op_name(images[i]));
     assert_int_equal(s->live_bufs, 0);
     backend_free(s->cpu);
     mem_free(s);
@@ -220,7 +223,7 @@ int main(void) {
         cmocka_unit_test(test_cpu_backend_runs),
         cmocka_unit_test(test_cpu_gets_f32_only),
         cmocka_unit_test(test_f16_when_supported),
-        cmocka_unit_test(test_only_the_given_dtypes),
+        cmocka_unit_test(test_only_the_given_passes),
         cmocka_unit_test(test_failure_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
