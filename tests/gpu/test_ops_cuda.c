@@ -803,25 +803,29 @@ static void test_device_errors(void **state) {
 
 /* ===== cuDNN attention plans kept on disk (attention_dnn.cu, PLANS ON DISK) ===== */
 
-/* The attention case [2, 256, 320] x 8 heads in F16 on a fresh CUDA backend (so its plan is made
- * or read at first use), output as F32 (mem_free). */
-static float *attn_fresh(void *const host[3], int64_t *n_out) {
+/* Case k in F16 on a fresh CUDA backend (so its plans are made, or read from the cache folder,
+ * at first use), output as F32 (mem_free). */
+static float *run_fresh(const struct ocase *k, void *const *host, int64_t *n_out) {
     struct side s;
     struct err err = {0};
     s.be = backend_cuda_new(0, &err);
     assert_non_null(s.be);
     tscratch_init(&s.scratch, s.be);
     tctx_init(&s.c, s.be, &s.scratch);
-    const struct ocase k = {"attn plan cache", b_attn, 3, {IN(2, 256, 320), IN(2, 256, 320), IN(2, 256, 320)},
-                            -1, 1, {8, 0}, {0}};
     int rc = 0;
-    float *y = run_side(&s, &k, (void **)host, DTYPE_F16, false, n_out, &rc);
+    float *y = run_side(&s, k, (void **)host, DTYPE_F16, false, n_out, &rc);
     assert_int_equal(rc, 0);
     tctx_deinit(&s.c);
     tscratch_deinit(&s.scratch);
     backend_free(s.be);
     return y;
 }
+
+static const struct ocase ATTN_CACHED = {
+    "attn plan cache", b_attn, 3, {IN(2, 256, 320), IN(2, 256, 320), IN(2, 256, 320)}, -1, 1, {8, 0}, {0}};
+
+/* The attention case [2, 256, 320] x 8 heads in F16 on a fresh CUDA backend. */
+static float *attn_fresh(void *const host[3], int64_t *n_out) { return run_fresh(&ATTN_CACHED, host, n_out); }
 
 /* Paths of the plan files in dir (up to 8) into names; returns how many. */
 static int plan_files(const char *dir, char names[8][600]) {
@@ -914,6 +918,72 @@ static void test_attention_plan_cache(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* A convolution's algorithm is kept in the cache folder (conv.cu, ALGORITHMS KEPT ON DISK); a
+ * fresh backend reads it back and computes the same bits; a file naming an algorithm this cuDNN
+ * does not have is ignored (asked again, same bits) and replaced. */
+static void test_conv_algo_cache(void **state) {
+    GPU_OR_SKIP();
+    const char *dnn_env = getenv("KILN_CUDNN");
+    if (dnn_env && (strcmp(dnn_env, "0") == 0 || strcmp(dnn_env, "find") == 0)) skip();
+    char root[64] = "/tmp/kiln-conv-cache-XXXXXX", dir[128];
+    assert_non_null(mkdtemp(root));
+    snprintf(dir, sizeof dir, "%s/cudnn-conv", root);
+    setenv("KILN_CACHE_DIR", root, 1);
+    /* 1024 positions: cuDNN's (smaller images may take im2col) */
+    const struct ocase k = {"conv cache [2,32,32,64] 3x3", b_conv_nhwc, 3, {IN(2, 32, 32, 64), IN(64, 3, 3, 64), IN(64)},
+                            -1, 1, {1, 1}, {0}};
+    float *host[3];
+    const int64_t sizes[3] = {2 * 32 * 32 * 64, 64 * 9 * 64, 64};
+    for (int i = 0; i < 3; i++) {
+        host[i] = mem_alloc((size_t)sizes[i] * sizeof(float));
+        for (int64_t j = 0; j < sizes[i]; j++) host[i][j] = (float)(2 * urand() - 1);
+    }
+    int64_t n1 = 0, n2 = 0;
+    float *made = run_fresh(&k, (void *const *)host, &n1);
+    char names[8][600];
+    int files = 0;
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d)) && files < 8;)
+        if (strstr(e->d_name, ".txt")) snprintf(names[files++], 600, "%s/%s", dir, e->d_name);
+    if (d) closedir(d);
+    printf("  %d kept algorithm(s) in %s\n", files, dir);
+#ifdef KILN_HAVE_CUDNN
+    assert_int_equal(files, 1);
+    float *read_back = run_fresh(&k, (void *const *)host, &n2);
+    assert_int_equal(n2, n1);
+    assert_memory_equal(read_back, made, (size_t)n1 * sizeof(float));
+    mem_free(read_back);
+    FILE *f = fopen(names[0], "r");
+    assert_non_null(f);
+    char head[600] = "";
+    assert_non_null(fgets(head, sizeof head, f));
+    fclose(f);
+    f = fopen(names[0], "w");
+    assert_non_null(f);
+    fputs(head, f);
+    fputs("algo 999 math 1\n", f); /* no such algorithm */
+    fclose(f);
+    float *remade = run_fresh(&k, (void *const *)host, &n2);
+    assert_memory_equal(remade, made, (size_t)n1 * sizeof(float));
+    mem_free(remade);
+    f = fopen(names[0], "r");
+    assert_non_null(f);
+    char line[600] = "";
+    assert_non_null(fgets(line, sizeof line, f));
+    assert_non_null(fgets(line, sizeof line, f));
+    fclose(f);
+    assert_null(strstr(line, "999")); /* replaced by the heuristics' answer */
+#else
+    assert_int_equal(files, 0);
+#endif
+    mem_free(made);
+    for (int i = 0; i < 3; i++) mem_free(host[i]);
+    unsetenv("KILN_CACHE_DIR");
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_elementwise),   cmocka_unit_test(test_linear),
@@ -924,7 +994,7 @@ int main(void) {
         cmocka_unit_test(test_layout_nhwc),
         cmocka_unit_test(test_sd_scale),      cmocka_unit_test(test_cast),
         cmocka_unit_test(test_get_rows_bad_id), cmocka_unit_test(test_device_errors),
-        cmocka_unit_test(test_attention_plan_cache),
+        cmocka_unit_test(test_attention_plan_cache), cmocka_unit_test(test_conv_algo_cache),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -38,7 +38,6 @@ extern "C" {
 #include "base/mem.h"
 }
 
-#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -66,7 +65,7 @@ struct cuda_sdpa {
     struct cuda_sdpa_plan **plans; /* every shape seen, plan or not */
     int n_plans, cap_plans;
     char cache[PATH_MAX];  /* the folder of plans kept on disk, or "" (none: see PLANS ON DISK) */
-    char tag[192];         /* what a kept plan was made for: cuDNN, driver, GPU */
+    const char *tag;       /* what a kept plan was made for: ctx->cache_tag */
 };
 
 /* ===== Plans ===== */
@@ -218,9 +217,9 @@ static int plan_init(cudnnHandle_t handle, struct cuda_sdpa_plan *p, struct err 
  * cache warm, ~0.6 s of a cold start's first image on an H100 (eight UNet shapes, the VAE's,
  * the warm-up's two). It can also write a finalized plan of such an engine as JSON, compiled
  * kernel included, and make the plan again from that text without compiling. So each plan made
- * is kept in <cache>/cudnn-sdpa/<tag>-<shape>.json (cache: base/fs.h's fs_cache_dir,
- * $KILN_CACHE_DIR or ~/.cache/kiln; tag: cuDNN's version, the driver's, the GPU's name and
- * compute capability), and a later run reads it back. The plan read back is the one the
+ * is kept in <cache>/cudnn-sdpa/<tag>-<shape>.json (cache and tag: cuda__cache_open, the
+ * folder $KILN_CACHE_DIR or ~/.cache/kiln, the tag cuDNN's version, the driver's, the GPU's
+ * name and compute capability), and a later run reads it back. The plan read back is the one the
  * heuristics chose for the same cuDNN, driver and GPU, so it does not change which kernels run
  * (the determinism rule above). The file's first line names the tag and the shape again and
  * must match before cuDNN reads the rest. A file that cannot be read, does not match, or that
@@ -426,26 +425,8 @@ int cuda__sdpa_open(struct cuda_ctx *ctx, struct err *err) {
     if (!s) return err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory");
     ctx->sdpa = s;
     /* the disk cache (PLANS ON DISK): its folder, and the tag of what its plans are made for */
-    char dir[PATH_MAX];
-    cudaDeviceProp prop;
-    int drv = 0;
-    if (!fs_cache_dir(dir, sizeof dir) || cudaGetDeviceProperties(&prop, ctx->device) != cudaSuccess ||
-        cudaDriverGetVersion(&drv) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    char name[64];
-    size_t i = 0;
-    for (; prop.name[i] && i + 1 < sizeof name; i++) name[i] = isalnum((unsigned char)prop.name[i]) ? prop.name[i] : '_';
-    name[i] = 0;
-    snprintf(s->tag, sizeof s->tag, "cudnn%zu-drv%d-sm%d%d-%s", cudnnGetVersion(), drv, prop.major, prop.minor, name);
-    char failed[PATH_MAX];
-    int k = snprintf(s->cache, sizeof s->cache, "%s/cudnn-sdpa", dir);
-    int rc = k > 0 && (size_t)k < sizeof s->cache ? fs_make_dirs(s->cache, 0755, failed, sizeof failed) : -ENAMETOOLONG;
-    if (rc) {
-        log_debug("cuda sdpa: no plan cache in %s (%s): every plan is made at its first use", s->cache, strerror(-rc));
-        s->cache[0] = 0;
-    }
+    s->tag = ctx->cache_tag;
+    if (!cuda__cache_sub(ctx, "cudnn-sdpa", s->cache, sizeof s->cache)) s->cache[0] = 0;
     return 0;
 }
 

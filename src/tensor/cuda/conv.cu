@@ -1,7 +1,8 @@
 /* tensor/cuda/conv.cu -- CONV2D on CUDA: cuDNN when it can, else im2col + one cuBLAS gemm.
  * Owns: the ctx's conv plan table (cuDNN descriptors and the chosen algorithm per distinct
- * shape and dtype; freed by cuda__conv_plans_free from cuda_free); borrows ctx->work for the
- * column matrix and cuDNN's workspace.
+ * shape and dtype; freed by cuda__conv_plans_free from cuda_free) and the algorithm files it
+ * writes under <cache>/cudnn-conv (ALGORITHMS KEPT ON DISK); borrows ctx->work for the column
+ * matrix and cuDNN's workspace.
  * Threads: the backend's worker; kernels, products and cuDNN calls on ctx->stream.
  * CUDNN (built with KILN_HAVE_CUDNN, ctx->cudnn set; docs/DECISIONS.md "Convolutions on cuDNN"):
  * legacy API, NCHW tensors and an [O, C, kh, kw] filter as stored, cross-correlation, compute
@@ -9,7 +10,7 @@
  * first call of each (shape, dtype) asks cuDNN's heuristics (or times the algorithms with
  * KILN_CUDNN=find: cudnnFind...Ex) and keeps the best of the GEMM family (no FFT,
  * no Winograd: they change the arithmetic), deterministic first, workspace <= CONV_DNN_WORK_MAX;
- * the plan is kept in the ctx. Asymmetric padding, sizes past int, or no algorithm
+ * the plan is kept in the ctx, and the heuristics' answer on disk for later runs. Asymmetric padding, sizes past int, or no algorithm
  * (CUDNN_STATUS_NOT_SUPPORTED*) take the im2col path;
  * 1x1 stride-1 convolutions take the direct GEMM path, and so do images of at most
  * ctx->conv_small_p positions (im2col first): there cuDNN's kernels were slow. Both do every image
@@ -108,10 +109,13 @@ static int conv_too_large(const struct tensor *dst, struct err *err) {
 
 extern "C" {
 #include "base/clock.h"
+#include "base/fs.h"
 #include "base/log.h"
 #include "base/mem.h"
 }
 
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #define CONV_DNN_WORK_MAX ((size_t)256 << 20) /* bytes of workspace a cuDNN algorithm may ask for */
@@ -178,6 +182,67 @@ static bool dnn_candidate(const cudnnConvolutionFwdAlgoPerf_t *perf, enum dtype 
 
 #define CONV_DNN_MAX_PERF 64 /* entries asked of the heuristics / timing */
 
+/* ===== Algorithms kept on disk (ALGORITHMS KEPT ON DISK) =====
+ * The heuristics query takes 3-5 ms per new shape (cuDNN 9.14, H100): ~0.1 s of a first prompt's
+ * first UNet evaluation and VAE decode (29 shapes at 512x512). The algorithm and math type it
+ * led to are kept in <cache>/cudnn-conv/<tag>-<key>.txt (cuda__cache_open: the same folder and
+ * tag as attention_dnn.cu's plans) and read back by later runs, which then only ask for the
+ * workspace size: the same algorithm as the query gives on the same cuDNN, driver and GPU.
+ * Timed choices (KILN_CUDNN=find) are neither read nor kept. */
+
+static bool conv_file(const struct cuda_ctx *ctx, const int *k, char *out, size_t n) {
+    if (!ctx->cache_dir[0]) return false;
+    int w = snprintf(out, n, "%s/cudnn-conv/%s-%d-%dx%dx%dx%d-%dx%dx%d-s%dp%dx%d-%s.txt", ctx->cache_dir,
+                     ctx->cache_tag, k[11], k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8], k[9],
+                     dtype_name((enum dtype)k[10]));
+    return w > 0 && (size_t)w < n;
+}
+
+/* The first line of a kept choice: the tag and the key again, checked before it is used. */
+static void conv_header(const struct cuda_ctx *ctx, const int *k, char *out, size_t n) {
+    int w = snprintf(out, n, "kiln cudnn-conv %s", ctx->cache_tag);
+    for (int i = 0; i < CONV_PLAN_KEY && w > 0 && (size_t)w < n; i++) w += snprintf(out + w, n - (size_t)w, " %d", k[i]);
+    if (w > 0 && (size_t)w + 1 < n) snprintf(out + w, n - (size_t)w, "\n");
+}
+
+/* p's algorithm from path, checked with the workspace query. true when p is usable so. */
+static bool conv_load(struct cuda_ctx *ctx, struct cuda_conv_plan *p, const char *path) {
+    char *text = NULL;
+    size_t len = 0;
+    if (fs_read_whole(path, 4096, &text, &len) != 0) return false;
+    char header[512];
+    conv_header(ctx, p->key, header, sizeof header);
+    size_t hl = strlen(header);
+    int algo = -1, math = -1;
+    bool ok = len > hl && memcmp(text, header, hl) == 0 && sscanf(text + hl, "algo %d math %d", &algo, &math) == 2 &&
+              algo >= 0 && algo < CUDNN_CONVOLUTION_FWD_ALGO_COUNT && dnn_algo_allowed((cudnnConvolutionFwdAlgo_t)algo);
+    mem_free(text);
+    size_t ws = 0;
+    ok = ok && cudnnSetConvolutionMathType(p->cd, (cudnnMathType_t)math) == CUDNN_STATUS_SUCCESS &&
+         cudnnGetConvolutionForwardWorkspaceSize(ctx->cudnn, p->xd, p->wd, p->cd, p->yd,
+                                                 (cudnnConvolutionFwdAlgo_t)algo, &ws) == CUDNN_STATUS_SUCCESS &&
+         ws <= CONV_DNN_WORK_MAX;
+    if (!ok) {
+        log_debug("cuda conv2d: the choice kept in %s is not usable here: asked again", path);
+        return false;
+    }
+    p->algo = (cudnnConvolutionFwdAlgo_t)algo;
+    p->ws = ws;
+    p->usable = true;
+    return true;
+}
+
+/* Keeps p's algorithm and math type in path (a failure is a debug line: the cache is optional). */
+static void conv_save(const struct cuda_ctx *ctx, const struct cuda_conv_plan *p, int math, const char *path) {
+    char dir[PATH_MAX], text[640];
+    if (!cuda__cache_sub(ctx, "cudnn-conv", dir, sizeof dir)) return;
+    conv_header(ctx, p->key, text, sizeof text);
+    size_t hl = strlen(text);
+    snprintf(text + hl, sizeof text - hl, "algo %d math %d\n", (int)p->algo, math);
+    int rc = fs_write_whole(path, text, strlen(text));
+    if (rc) log_debug("cuda conv2d: cannot keep the algorithm in %s: %s", path, strerror(-rc));
+}
+
 /* Fills p (key set, descriptors NULL) for dst: descriptors and the algorithm, or usable =
  * false when cuDNN supports nothing for it. Returns 0 or a negative status (p is then to be
  * deinited by the caller). Timing mode runs the candidates on dst's own buffers: y is
@@ -211,6 +276,14 @@ static int plan_init(struct cuda_ctx *ctx, struct cuda_conv_plan *p, const struc
         return 0;
     }
     CUDNN_TRY(cudnnSetTensor4dDescriptor(p->yd, fmt, ty, on, oc, oh, ow));
+    char path[PATH_MAX];
+    bool keep = !ctx->cudnn_find && conv_file(ctx, k, path, sizeof path);
+    if (keep && conv_load(ctx, p, path)) {
+        log_debug("cuda conv2d: [%d, %d, %d, %d] * [%d, %d, %d, %d] stride %d pad %d,%d %s: cuDNN %s, read from %s", k[0],
+                  k[1], k[2], k[3], k[4], k[1], k[5], k[6], k[7], k[8], k[9], dtype_name(dt), dnn_algo_name(p->algo),
+                  path);
+        return 0;
+    }
 
     /* candidates, best first: the heuristics' ranking (cheap), or measured times */
     cudnnConvolutionFwdAlgoPerf_t perf[CONV_DNN_MAX_PERF];
@@ -249,6 +322,7 @@ static int plan_init(struct cuda_ctx *ctx, struct cuda_conv_plan *p, const struc
             p->algo = perf[i].algo;
             p->ws = ws;
             p->usable = true;
+            if (keep) conv_save(ctx, p, (int)perf[i].mathType, path);
             log_debug("cuda conv2d: [%d, %d, %d, %d] * [%d, %d, %d, %d] stride %d pad %d,%d %s: cuDNN %s (math %d, "
                       "%sdeterministic, %zu bytes of workspace, %.3f ms%s)",
                       k[0], k[1], k[2], k[3], k[4], k[1], k[5], k[6], k[7], k[8], k[9], dtype_name(dt),

@@ -32,6 +32,7 @@ extern "C" {
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #ifdef KILN_HAVE_CUDNN
 #include <cudnn.h>
 #endif
@@ -74,6 +75,8 @@ struct cuda_ctx {
                                      (KILN_CUDA_STREAM_GRAPHS=0: launched node by node) */
     int64_t conv_small_p;         /* output positions per image at or below which conv.cu uses im2col +
                                      cuBLAS instead of cuDNN (KILN_CONV_SMALL_P, default 256) */
+    char cache_dir[PATH_MAX];     /* kiln's cache folder (base/fs.h) for plans kept between runs, or "" */
+    char cache_tag[192];          /* what a kept plan is made for: cuDNN, driver, GPU (cuda__cache_open) */
 #ifdef KILN_HAVE_CUDNN
     cudnnHandle_t cudnn;    /* bound to stream; NULL: no cuDNN at run time or KILN_CUDNN=0 (im2col only) */
     bool cudnn_find;        /* KILN_CUDNN=find: time the algorithms once per shape (else heuristics) */
@@ -141,6 +144,13 @@ int cuda_dnn_error(struct err *err, cudnnStatus_t s, const char *stmt, const cha
 
 /* Frees ctx's conv plans (their cuDNN descriptors) and the table; the handle stays (conv.cu). */
 void cuda__conv_plans_free(struct cuda_ctx *ctx);
+/* Plans kept between runs (attention_dnn.cu's SDPA plans, conv.cu's algorithm choices): fills
+ * ctx->cache_dir from fs_cache_dir and ctx->cache_tag from the cuDNN and driver versions and the
+ * GPU's name and compute capability; both stay "" when there is no cache (backend.cu). */
+void cuda__cache_open(struct cuda_ctx *ctx);
+/* mkdir -p ctx->cache_dir/sub into out (n bytes): false when there is no cache or it cannot be
+ * made (a debug line says why). */
+bool cuda__cache_sub(const struct cuda_ctx *ctx, const char *sub, char *out, size_t n);
 /* The oldest cuDNN at run time with the OPERATION_SDPA_FWD node attention_dnn.cu builds. */
 #define CUDA_SDPA_MIN_VERSION 91301
 /* out = softmax(q k^T / sqrt(d)) v through cuDNN's fused attention (attention_dnn.cu), q, out
