@@ -147,6 +147,7 @@ static int serve(struct config *cfg, int argc, char **argv) {
     if (cfg->mode == CONFIG_MODE_GPU) {
 #ifdef KILN_HAVE_CUDA
         /* the runtime applies CUDA_VISIBLE_DEVICES: ordinals here are after it */
+        backend_cuda_preload(); /* cuBLAS's start-up, beside the server's (blas_load.cu) */
         log_debug("serve: counting CUDA devices");
         int n_cuda = backend_cuda_count();
         log_debug("serve: %d CUDA devices", n_cuda);

@@ -91,5 +91,10 @@ struct backend *backend_cpu_new(int n_threads);
 struct backend *backend_cuda_new(int device, struct err *err);
 /* Number of CUDA devices visible (0 when the driver is missing). Defined only in CUDA builds. */
 int backend_cuda_count(void);
+/* Starts loading cuBLAS and cuBLASLt (opened at run time: tensor/cuda/blas_load.cu) on a thread
+ * of its own, so that their start-up overlaps the server's; the first GPU to open waits for it.
+ * Optional (without it the first open loads them); never fails (a failed load is the open's
+ * error). Defined only in CUDA builds. */
+void backend_cuda_preload(void);
 
 #endif

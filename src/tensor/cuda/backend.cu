@@ -543,6 +543,8 @@ static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
     cb->ctx.device = device;
     double t0 = clock_now();
     CUDA_TRY(cudaSetDevice(device));
+    int rc0 = cuda__blas_load(err); /* after the context: cuBLAS's start-up needs no device */
+    if (rc0) return rc0;
     CUDA_TRY(cudaStreamCreateWithFlags(&cb->ctx.stream, cudaStreamNonBlocking));
     log_debug("cuda backend: device %d: context and stream in %.3f s", device, clock_now() - t0);
     t0 = clock_now();

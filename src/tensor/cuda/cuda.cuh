@@ -87,6 +87,12 @@ struct cuda_ctx {
 #endif
 };
 
+/* ===== cuBLAS and cuBLASLt, opened at run time (blas_load.cu) ===== */
+
+/* Loads them once (or waits for the load backend_cuda_preload started). 0, or STATUS_ERR_DEVICE
+ * with the library or function that is missing and dlerror's text. */
+int cuda__blas_load(struct err *err);
+
 /* ===== Profiling (profile.cu) ===== */
 
 /* A profile when KILN_CUDA_PROFILE=1, else NULL. */
