@@ -147,7 +147,6 @@ static int serve(struct config *cfg, int argc, char **argv) {
     if (cfg->mode == CONFIG_MODE_GPU) {
 #ifdef KILN_HAVE_CUDA
         /* the runtime applies CUDA_VISIBLE_DEVICES: ordinals here are after it */
-        backend_cuda_preload(); /* cuBLAS's start-up, beside the server's (blas_load.cu) */
         log_debug("serve: counting CUDA devices");
         int n_cuda = backend_cuda_count();
         log_debug("serve: %d CUDA devices", n_cuda);
@@ -215,6 +214,12 @@ static int serve(struct config *cfg, int argc, char **argv) {
                 db ? " (--db PATH chooses another file; --db '' keeps nothing)" : "");
         return db ? 2 : 1;
     }
+#ifdef KILN_HAVE_CUDA
+    /* cuBLAS's start-up (~0.5 s with a cold page cache) on a thread, beside the HTTP server's and
+       the first prompt's: after the CUDA count and sched_new's NVML, whose dlopen calls would
+       otherwise wait for that load's (the dynamic linker's lock) */
+    if (cfg->mode == CONFIG_MODE_GPU) backend_cuda_preload();
+#endif
 
     /* /system_stats shows the command line as ComfyUI's argv: "kiln", "serve", options... */
     const char **args = mem_alloc((size_t)(argc + 1) * sizeof *args);
