@@ -214,12 +214,6 @@ static int serve(struct config *cfg, int argc, char **argv) {
                 db ? " (--db PATH chooses another file; --db '' keeps nothing)" : "");
         return db ? 2 : 1;
     }
-#ifdef KILN_HAVE_CUDA
-    /* cuBLAS's start-up (~0.5 s with a cold page cache) on a thread, beside the HTTP server's and
-       the first prompt's: after the CUDA count and sched_new's NVML, whose dlopen calls would
-       otherwise wait for that load's (the dynamic linker's lock) */
-    if (cfg->mode == CONFIG_MODE_GPU) backend_cuda_preload();
-#endif
 
     /* /system_stats shows the command line as ComfyUI's argv: "kiln", "serve", options... */
     const char **args = mem_alloc((size_t)(argc + 1) * sizeof *args);
@@ -266,6 +260,13 @@ static int serve(struct config *cfg, int argc, char **argv) {
                  "(set --api-token or KILN_API_TOKEN)",
                  api_server_listen_text(srv));
     int rc = 0;
+#ifdef KILN_HAVE_CUDA
+    /* cuBLAS's start-up (~0.5 s with a cold page cache) on a thread, beside the first prompt's
+       acceptance and read and the GPUs' context creation: only now, because a dlopen holds the
+       dynamic linker's lock while a library starts up, and the CUDA count, sched_new's NVML and
+       the HTTP server's own libraries (above) would each have waited behind it */
+    if (cfg->mode == CONFIG_MODE_GPU) backend_cuda_preload();
+#endif
     if (sched_start(sched, &err)) {
         fprintf(stderr, "kiln serve: cannot start the workers: %s\n", err.msg);
         rc = 1;

@@ -7,11 +7,11 @@
  * WHY. A process linked with libcublasLt (542 MB) spends 0.49-0.59 s before main with a cold page
  * cache (0.09 s warm) in the library's start-up, on an H100 machine (an empty program linked with
  * it alone, docs/PERF.md): that time came before `kiln serve` could answer or read a checkpoint.
- * Opened by a thread that `kiln serve` starts once it has counted the GPUs (backend_cuda_preload;
- * a dlopen holds the dynamic linker's lock while the library starts up, so cuInit's and NVML's
- * own dlopen calls would wait behind it), the libraries load while the HTTP server starts and
- * the first prompt is accepted and read; a GPU's worker waits for the load only when it makes
- * its cuBLAS handle.
+ * Opened by a thread that `kiln serve` starts once its HTTP server listens (backend_cuda_preload;
+ * a dlopen holds the dynamic linker's lock while the library starts up, so the CUDA count's,
+ * NVML's and the HTTP server's own dlopen calls would wait behind it), the libraries load while
+ * the first prompt is accepted and read and the GPUs make their contexts; a GPU's worker waits
+ * for the load only when it makes its cuBLAS handle.
  * The libraries are looked up as the dynamic linker would (LD_LIBRARY_PATH, the executable's run
  * path, the system's cache), then in the toolkit folder kiln was built against
  * (KILN_CUDA_LIB_DIR). A missing library or function is an error of the device's open, with
