@@ -89,6 +89,8 @@ for d in 0 1 2; do
     grep -qE "^\|  +$d  cpu:$d .* port $((GPORT + d)) +\|$" "$LOG" || fail "panel: no row for device $d on port $((GPORT + d))"
 done
 grep -q "| Listening   http://127.0.0.1:$PORT " "$LOG" || fail "panel: no listen address"
+# the workers' threads log their first line on their own: the ready line may come first
+for ((i = 0; i < 50; i++)); do [ "$(grep -c 'worker started' "$LOG")" = 3 ] && break; sleep 0.1; done
 [ "$(grep -c 'worker started' "$LOG")" = 3 ] || fail "expected 3 'worker started' lines"
 grep -q "ready: http://127.0.0.1:$PORT" "$LOG" || fail "no ready line"
 

@@ -345,7 +345,8 @@ if serve_start plain --cpu-workers 2 --gpu-ports 0; then
     grep -q "| Listening   http://127.0.0.1:$SPORT " "$log" || fail "plain: no listen line for port $SPORT"
     grep -qE "^\|   output +$DIR/out +\|" "$log" || fail "plain: no output folder line"
     for d in out in tmp; do [ -d "$DIR/$d" ] || fail "plain: folder $d not created"; done
-    n=$(grep -c 'worker started' "$log")
+    for ((i = 0; i < 50; i++)); do [ "$(grep -c 'worker started' "$log")" = 2 ] && break; sleep 0.1; done
+    n=$(grep -c 'worker started' "$log") # the workers' threads may log after the ready line
     [ "$n" = 2 ] || fail "plain: $n 'worker started' lines, expected 2"
     body=$(curl -s "http://127.0.0.1:$SPORT/prompt")
     [ "$body" = '{"exec_info": {"queue_remaining": 0}}' ] || fail "plain: GET /prompt -> '$body'"
