@@ -19,9 +19,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <stdlib.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #define PREFETCH_QUEUE 8
@@ -52,21 +50,8 @@ struct stretch {
     uint64_t got;      /* bytes read */
 };
 
-/* The calling thread's disk reads at the lowest best-effort priority (ioprio_set: class 2, level
- * 7), so that the page faults of whatever the process needs first (the GPU libraries' start-up)
- * go before the read-ahead where the I/O scheduler honours priorities. KILN_PREFETCH_IOPRIO=0
- * leaves the default (for comparisons). Best effort: a refusal changes nothing. */
-static void low_io_priority(void) {
-    const char *env = getenv("KILN_PREFETCH_IOPRIO");
-    if (env && strcmp(env, "0") == 0) return;
-#ifdef SYS_ioprio_set
-    (void)syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0 /* this thread */, (2 << 13) | 7);
-#endif
-}
-
 static void *read_stretch(void *arg) {
     struct stretch *r = arg;
-    low_io_priority();
     for (uint64_t at = r->from; at < r->to;) {
         pthread_mutex_lock(&r->p->mu);
         bool stop = r->p->stopping;
