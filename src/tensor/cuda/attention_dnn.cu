@@ -33,13 +33,10 @@
 
 extern "C" {
 #include "base/clock.h"
-#include "base/fs.h"
 #include "base/log.h"
 #include "base/mem.h"
 }
 
-#include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 
 #include <math.h>
@@ -64,8 +61,6 @@ struct cuda_sdpa_plan {
 struct cuda_sdpa {
     struct cuda_sdpa_plan **plans; /* every shape seen, plan or not */
     int n_plans, cap_plans;
-    char cache[PATH_MAX];  /* the folder of plans kept on disk, or "" (none: see PLANS ON DISK) */
-    const char *tag;       /* what a kept plan was made for: ctx->cache_tag */
 };
 
 /* ===== Plans ===== */
@@ -217,50 +212,40 @@ static int plan_init(cudnnHandle_t handle, struct cuda_sdpa_plan *p, struct err 
  * cache warm, ~0.6 s of a cold start's first image on an H100 (eight UNet shapes, the VAE's,
  * the warm-up's two). It can also write a finalized plan of such an engine as JSON, compiled
  * kernel included, and make the plan again from that text without compiling. So each plan made
- * is kept in <cache>/cudnn-sdpa/<tag>-<shape>.json (cache and tag: cuda__cache_open, the
- * folder $KILN_CACHE_DIR or ~/.cache/kiln, the tag cuDNN's version, the driver's, the GPU's
- * name and compute capability), and a later run reads it back. The plan read back is the one the
- * heuristics chose for the same cuDNN, driver and GPU, so it does not change which kernels run
- * (the determinism rule above). The file's first line names the tag and the shape again and
- * must match before cuDNN reads the rest. A file that cannot be read, does not match, or that
- * cuDNN refuses is ignored and replaced; a cache that cannot be written is only a debug line. KILN_CACHE_DIR="" keeps
- * nothing. */
+ * is kept in <cache>/cudnn-sdpa/<tag>-<shape>.json (plan_cache.cu: the folder $KILN_CACHE_DIR
+ * or ~/.cache/kiln, the tag cuDNN's version, the driver's, the GPU's name and compute
+ * capability), and a later run reads it back. The plan read back is the one the heuristics chose
+ * for the same cuDNN, driver and GPU, so it does not change which kernels run (the determinism
+ * rule above). The file's first line names the tag and the shape again and must match before
+ * cuDNN reads the rest. A file that cannot be read, does not match, or that cuDNN refuses is
+ * ignored and replaced; a cache that cannot be written is only a debug line. KILN_CACHE_DIR=""
+ * keeps nothing. */
 
-/* The first line of p's file: what it was made for, checked before cuDNN reads the rest (a file
- * renamed or copied from elsewhere must not give a shape another shape's kernel). */
-static void plan_header(const struct cuda_sdpa *s, const struct cuda_sdpa_plan *p, char *out, size_t n) {
-    snprintf(out, n, "kiln cudnn-sdpa plan %s %s %lld %lld %lld %lld %lld\n", s->tag,
-             dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2], (long long)p->key[3],
-             (long long)p->key[4], (long long)p->key[5]);
+/* The file name of p's plan (after the cache's tag) and its shape in words (the file's first
+ * line, checked before cuDNN reads the rest: a file renamed or copied from elsewhere must not
+ * give a shape another shape's kernel). */
+static void plan_names(const struct cuda_sdpa_plan *p, char *name, size_t nn, char *what, size_t nw) {
+    const char *dt = dtype_name((enum dtype)p->key[0]);
+    long long k[6];
+    for (int i = 0; i < 6; i++) k[i] = (long long)p->key[i];
+    snprintf(name, nn, "%s-%lldx%lldx%lldx%lld-h%lld.json", dt, k[1], k[2], k[3], k[4], k[5]);
+    snprintf(what, nw, "%s %lld %lld %lld %lld %lld", dt, k[1], k[2], k[3], k[4], k[5]);
 }
 
-/* The file of p's plan into out, or false (no cache folder). */
-static bool plan_file(const struct cuda_sdpa *s, const struct cuda_sdpa_plan *p, char *out, size_t n) {
-    if (!s->cache[0]) return false;
-    int k = snprintf(out, n, "%s/%s-%s-%lldx%lldx%lldx%lld-h%lld.json", s->cache, s->tag,
-                     dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2],
-                     (long long)p->key[3], (long long)p->key[4], (long long)p->key[5]);
-    return k > 0 && (size_t)k < n;
-}
-
-/* Makes p's plan on handle from the file path (header line, then cuDNN's JSON). true when it
+/* Makes p's plan on handle from the kept file (cuDNN's JSON after the first line). true when it
  * did (p->plan and p->ws set). */
-static bool plan_load(const struct cuda_sdpa *s, cudnnHandle_t handle, struct cuda_sdpa_plan *p, const char *path) {
-    char *text = NULL;
-    size_t len = 0;
-    if (fs_read_whole(path, (size_t)64 << 20, &text, &len) != 0) return false;
-    char header[320];
-    plan_header(s, p, header, sizeof header);
-    size_t hl = strlen(header);
-    const char *json = text + hl;
-    size_t jl = len > hl ? len - hl : 0;
+static bool plan_load(const struct cuda_ctx *ctx, cudnnHandle_t handle, struct cuda_sdpa_plan *p, const char *name,
+                      const char *what) {
+    char *text;
+    const char *json;
+    size_t jl;
+    if (!cuda__cache_read(ctx, "cudnn-sdpa", name, "cudnn-sdpa plan", what, (size_t)64 << 20, &text, &json, &jl))
+        return false;
     struct err err;
     memset(&err, 0, sizeof err);
     cudnnBackendDescriptor_t plan = NULL;
     int64_t got = 0, ws = 0;
-    bool ok = jl > 0 && memcmp(text, header, hl) == 0;
-    if (!ok) log_debug("cuda sdpa: %s was not made for this shape, cuDNN and GPU: made again", path);
-    ok = ok && plan_desc(p, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan, &err) == 0;
+    bool ok = plan_desc(p, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan, &err) == 0;
     ok = ok && cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR,
                                         (int64_t)jl, (void *)json) == CUDNN_STATUS_SUCCESS;
     ok = ok && cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle) ==
@@ -271,10 +256,8 @@ static bool plan_load(const struct cuda_sdpa *s, cudnnHandle_t handle, struct cu
     mem_free(text);
     (void)cudaGetLastError();
     if (!ok) {
-        if (plan) {
-            log_debug("cuda sdpa: cuDNN refused the plan kept in %s: made again", path);
-            plan_release(p);
-        }
+        log_debug("cuda sdpa: cuDNN refused the plan kept as %s: made again", name);
+        if (plan) plan_release(p);
         return false;
     }
     const int64_t d = p->key[4] / p->key[5];
@@ -284,9 +267,9 @@ static bool plan_load(const struct cuda_sdpa *s, cudnnHandle_t handle, struct cu
     return true;
 }
 
-/* Writes p's plan to path: the header line, then cuDNN's JSON (a failure is a debug line: the
- * cache is optional). */
-static void plan_save(const struct cuda_sdpa *s, const struct cuda_sdpa_plan *p, const char *path) {
+/* Keeps p's plan: cuDNN's JSON of it (a plan cuDNN cannot write out is a debug line). */
+static void plan_save(const struct cuda_ctx *ctx, const struct cuda_sdpa_plan *p, const char *name,
+                      const char *what) {
     int64_t n = 0;
     if (cudnnBackendGetAttribute(p->plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, 0, &n,
                                  NULL) != CUDNN_STATUS_SUCCESS ||
@@ -295,21 +278,15 @@ static void plan_save(const struct cuda_sdpa *s, const struct cuda_sdpa_plan *p,
         log_debug("cuda sdpa: this engine's plan cannot be written out: not kept");
         return;
     }
-    char header[320];
-    plan_header(s, p, header, sizeof header);
-    size_t hl = strlen(header);
-    char *text = (char *)mem_try_alloc(hl + (size_t)n + 1);
-    if (!text) return;
-    memcpy(text, header, hl);
-    char *json = text + hl;
+    char *json = (char *)mem_try_alloc((size_t)n);
+    if (!json) return;
     int64_t got = 0;
     cudnnStatus_t st =
         cudnnBackendGetAttribute(p->plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, n, &got, json);
     size_t len = st == CUDNN_STATUS_SUCCESS ? (size_t)(got < n ? got : n) : 0;
     while (len > 0 && json[len - 1] == 0) len--; /* the text, not its terminator */
-    int rc = len > 0 ? fs_write_whole(path, text, hl + len) : -EIO;
-    if (rc) log_debug("cuda sdpa: cannot keep the plan in %s: %s", path, strerror(-rc));
-    mem_free(text);
+    if (len > 0) cuda__cache_write(ctx, "cudnn-sdpa", name, "cudnn-sdpa plan", what, json, len);
+    mem_free(json);
 }
 
 /* Makes p's plan on ctx's handle, from the disk cache when it holds it; a failure is logged,
@@ -318,13 +295,13 @@ static void plan_build(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p) {
     struct err err;
     memset(&err, 0, sizeof err);
     double t0 = clock_now();
-    char path[PATH_MAX];
-    bool keep = plan_file(ctx->sdpa, p, path, sizeof path);
-    if (keep && plan_load(ctx->sdpa, ctx->cudnn, p, path)) {
+    char name[160], what[160];
+    plan_names(p, name, sizeof name, what, sizeof what);
+    if (plan_load(ctx, ctx->cudnn, p, name, what)) {
         p->built_s = clock_now() - t0;
-        log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld], %lld heads: cuDNN plan read from %s in %.3f s",
+        log_debug("cuda sdpa: %s [%lld, %lld, %lld] x [%lld, %lld], %lld heads: cuDNN plan kept as %s, read in %.3f s",
                   dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2],
-                  (long long)p->key[4], (long long)p->key[3], (long long)p->key[4], (long long)p->key[5], path,
+                  (long long)p->key[4], (long long)p->key[3], (long long)p->key[4], (long long)p->key[5], name,
                   p->built_s);
         return;
     }
@@ -342,7 +319,7 @@ static void plan_build(struct cuda_ctx *ctx, struct cuda_sdpa_plan *p) {
               dtype_name((enum dtype)p->key[0]), (long long)p->key[1], (long long)p->key[2], (long long)p->key[4],
               (long long)p->key[3], (long long)p->key[4], (long long)p->key[5],
               p->plan ? "cuDNN plan made" : "no cuDNN plan, kiln's own kernels take it", p->built_s);
-    if (p->plan && keep) plan_save(ctx->sdpa, p, path);
+    if (p->plan) plan_save(ctx, p, name, what);
 }
 
 /* The plan for key: found, or made now. 0 with *out set, or a status. */
@@ -424,9 +401,6 @@ int cuda__sdpa_open(struct cuda_ctx *ctx, struct err *err) {
     struct cuda_sdpa *s = (struct cuda_sdpa *)mem_try_calloc(1, sizeof *s);
     if (!s) return err_set(err, STATUS_ERR_NOMEM, "cuda sdpa: out of host memory");
     ctx->sdpa = s;
-    /* the disk cache (PLANS ON DISK): its folder, and the tag of what its plans are made for */
-    s->tag = ctx->cache_tag;
-    if (!cuda__cache_sub(ctx, "cudnn-sdpa", s->cache, sizeof s->cache)) s->cache[0] = 0;
     return 0;
 }
 

@@ -13,13 +13,10 @@
 
 extern "C" {
 #include "base/clock.h"
-#include "base/fs.h"
 #include "base/log.h"
 #include "base/mem.h"
 }
 
-#include <ctype.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -449,34 +446,6 @@ static const struct backend_i CUDA_BACKEND = cuda_backend_table();
 /* ===== Construction ===== */
 
 #ifdef KILN_HAVE_CUDNN
-void cuda__cache_open(struct cuda_ctx *ctx) {
-    ctx->cache_dir[0] = ctx->cache_tag[0] = 0;
-    cudaDeviceProp prop;
-    int drv = 0;
-    if (!fs_cache_dir(ctx->cache_dir, sizeof ctx->cache_dir) ||
-        cudaGetDeviceProperties(&prop, ctx->device) != cudaSuccess || cudaDriverGetVersion(&drv) != cudaSuccess) {
-        (void)cudaGetLastError();
-        ctx->cache_dir[0] = 0;
-        return;
-    }
-    char name[64];
-    size_t i = 0;
-    for (; prop.name[i] && i + 1 < sizeof name; i++) name[i] = isalnum((unsigned char)prop.name[i]) ? prop.name[i] : '_';
-    name[i] = 0;
-    snprintf(ctx->cache_tag, sizeof ctx->cache_tag, "cudnn%zu-drv%d-sm%d%d-%s", cudnnGetVersion(), drv, prop.major,
-             prop.minor, name);
-}
-
-bool cuda__cache_sub(const struct cuda_ctx *ctx, const char *sub, char *out, size_t n) {
-    if (!ctx->cache_dir[0]) return false;
-    int k = snprintf(out, n, "%s/%s", ctx->cache_dir, sub);
-    char failed[PATH_MAX];
-    int rc = k > 0 && (size_t)k < n ? fs_make_dirs(out, 0755, failed, sizeof failed) : -ENAMETOOLONG;
-    if (rc) log_debug("cuda backend: no plan cache in %s (%s): plans are made at each shape's first use", out,
-                      strerror(-rc));
-    return rc == 0;
-}
-
 /* Gives the ctx a cuDNN handle on its stream, unless KILN_CUDNN=0. Never fails: without a
  * handle (no usable cuDNN at run time) one warning is logged and conv.cu keeps im2col.
  * conv.cu takes cuDNN's heuristics' pick; KILN_CUDNN=find times the algorithms once per shape

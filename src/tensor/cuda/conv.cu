@@ -10,8 +10,8 @@
  * first call of each (shape, dtype) asks cuDNN's heuristics (or times the algorithms with
  * KILN_CUDNN=find: cudnnFind...Ex) and keeps the best of the GEMM family (no FFT,
  * no Winograd: they change the arithmetic), deterministic first, workspace <= CONV_DNN_WORK_MAX;
- * the plan is kept in the ctx, and the heuristics' answer on disk for later runs. Asymmetric padding, sizes past int, or no algorithm
- * (CUDNN_STATUS_NOT_SUPPORTED*) take the im2col path;
+ * the plan is kept in the ctx, and the heuristics' answer on disk for later runs. Asymmetric
+ * padding, sizes past int, or no algorithm (CUDNN_STATUS_NOT_SUPPORTED*) take the im2col path;
  * 1x1 stride-1 convolutions take the direct GEMM path, and so do images of at most
  * ctx->conv_small_p positions (im2col first): there cuDNN's kernels were slow. Both do every image
  * of the batch in one strided-batched cuBLAS product when the columns fit CONV_WORK_MAX.
@@ -26,7 +26,8 @@
  * descriptors (its tensor-core kernels' native layout: NCHW costs a transpose in and out of
  * every call, 2.8x the time of one UNet's convolutions at batch 2 on the H100, bench/
  * conv_layout.cu), plans keyed by layout too; 1x1 unpadded stride-1 convs, inputs of fewer than 8
- * channels and the fallback are one product per chunk of positions over the whole batch, y [P, O] = col [P, K] . w [O, K]^T. */
+ * channels and the fallback are one product per chunk of positions over the whole batch,
+ * y [P, O] = col [P, K] . w [O, K]^T. */
 #include "tensor/cuda/cuda.cuh"
 
 #include <limits.h>
@@ -109,12 +110,10 @@ static int conv_too_large(const struct tensor *dst, struct err *err) {
 
 extern "C" {
 #include "base/clock.h"
-#include "base/fs.h"
 #include "base/log.h"
 #include "base/mem.h"
 }
 
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -185,37 +184,29 @@ static bool dnn_candidate(const cudnnConvolutionFwdAlgoPerf_t *perf, enum dtype 
 /* ===== Algorithms kept on disk (ALGORITHMS KEPT ON DISK) =====
  * The heuristics query takes 3-5 ms per new shape (cuDNN 9.14, H100): ~0.1 s of a first prompt's
  * first UNet evaluation and VAE decode (29 shapes at 512x512). The algorithm and math type it
- * led to are kept in <cache>/cudnn-conv/<tag>-<key>.txt (cuda__cache_open: the same folder and
+ * led to are kept in <cache>/cudnn-conv/<tag>-<key>.txt (plan_cache.cu: the same folder and
  * tag as attention_dnn.cu's plans) and read back by later runs, which then only ask for the
  * workspace size: the same algorithm as the query gives on the same cuDNN, driver and GPU.
  * Timed choices (KILN_CUDNN=find) are neither read nor kept. */
 
-static bool conv_file(const struct cuda_ctx *ctx, const int *k, char *out, size_t n) {
-    if (!ctx->cache_dir[0]) return false;
-    int w = snprintf(out, n, "%s/cudnn-conv/%s-%d-%dx%dx%dx%d-%dx%dx%d-s%dp%dx%d-%s.txt", ctx->cache_dir,
-                     ctx->cache_tag, k[11], k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8], k[9],
-                     dtype_name((enum dtype)k[10]));
-    return w > 0 && (size_t)w < n;
+/* The file name of key k's choice (after the cache's tag) and the key in words (its first line). */
+static void conv_names(const int *k, char *name, size_t nn, char *what, size_t nw) {
+    snprintf(name, nn, "%s-%dx%dx%dx%d-%dx%dx%d-s%dp%dx%d-%s.txt", k[11] ? "nhwc" : "nchw", k[0], k[1], k[2], k[3], k[4],
+             k[5], k[6], k[7], k[8], k[9], dtype_name((enum dtype)k[10]));
+    int w = 0;
+    for (int i = 0; i < CONV_PLAN_KEY && w >= 0 && (size_t)w < nw; i++)
+        w += snprintf(what + w, nw - (size_t)w, i ? " %d" : "%d", k[i]);
 }
 
-/* The first line of a kept choice: the tag and the key again, checked before it is used. */
-static void conv_header(const struct cuda_ctx *ctx, const int *k, char *out, size_t n) {
-    int w = snprintf(out, n, "kiln cudnn-conv %s", ctx->cache_tag);
-    for (int i = 0; i < CONV_PLAN_KEY && w > 0 && (size_t)w < n; i++) w += snprintf(out + w, n - (size_t)w, " %d", k[i]);
-    if (w > 0 && (size_t)w + 1 < n) snprintf(out + w, n - (size_t)w, "\n");
-}
-
-/* p's algorithm from path, checked with the workspace query. true when p is usable so. */
-static bool conv_load(struct cuda_ctx *ctx, struct cuda_conv_plan *p, const char *path) {
-    char *text = NULL;
-    size_t len = 0;
-    if (fs_read_whole(path, 4096, &text, &len) != 0) return false;
-    char header[512];
-    conv_header(ctx, p->key, header, sizeof header);
-    size_t hl = strlen(header);
+/* p's algorithm from the kept file, checked with the workspace query. true when p is usable so. */
+static bool conv_load(struct cuda_ctx *ctx, struct cuda_conv_plan *p, const char *name, const char *what) {
+    char *text;
+    const char *body;
+    size_t len;
+    if (!cuda__cache_read(ctx, "cudnn-conv", name, "cudnn-conv", what, 4096, &text, &body, &len)) return false;
     int algo = -1, math = -1;
-    bool ok = len > hl && memcmp(text, header, hl) == 0 && sscanf(text + hl, "algo %d math %d", &algo, &math) == 2 &&
-              algo >= 0 && algo < CUDNN_CONVOLUTION_FWD_ALGO_COUNT && dnn_algo_allowed((cudnnConvolutionFwdAlgo_t)algo);
+    bool ok = sscanf(body, "algo %d math %d", &algo, &math) == 2 && algo >= 0 &&
+              algo < CUDNN_CONVOLUTION_FWD_ALGO_COUNT && dnn_algo_allowed((cudnnConvolutionFwdAlgo_t)algo);
     mem_free(text);
     size_t ws = 0;
     ok = ok && cudnnSetConvolutionMathType(p->cd, (cudnnMathType_t)math) == CUDNN_STATUS_SUCCESS &&
@@ -223,24 +214,13 @@ static bool conv_load(struct cuda_ctx *ctx, struct cuda_conv_plan *p, const char
                                                  (cudnnConvolutionFwdAlgo_t)algo, &ws) == CUDNN_STATUS_SUCCESS &&
          ws <= CONV_DNN_WORK_MAX;
     if (!ok) {
-        log_debug("cuda conv2d: the choice kept in %s is not usable here: asked again", path);
+        log_debug("cuda conv2d: the choice kept as %s is not usable here: asked again", name);
         return false;
     }
     p->algo = (cudnnConvolutionFwdAlgo_t)algo;
     p->ws = ws;
     p->usable = true;
     return true;
-}
-
-/* Keeps p's algorithm and math type in path (a failure is a debug line: the cache is optional). */
-static void conv_save(const struct cuda_ctx *ctx, const struct cuda_conv_plan *p, int math, const char *path) {
-    char dir[PATH_MAX], text[640];
-    if (!cuda__cache_sub(ctx, "cudnn-conv", dir, sizeof dir)) return;
-    conv_header(ctx, p->key, text, sizeof text);
-    size_t hl = strlen(text);
-    snprintf(text + hl, sizeof text - hl, "algo %d math %d\n", (int)p->algo, math);
-    int rc = fs_write_whole(path, text, strlen(text));
-    if (rc) log_debug("cuda conv2d: cannot keep the algorithm in %s: %s", path, strerror(-rc));
 }
 
 /* Fills p (key set, descriptors NULL) for dst: descriptors and the algorithm, or usable =
@@ -276,12 +256,13 @@ static int plan_init(struct cuda_ctx *ctx, struct cuda_conv_plan *p, const struc
         return 0;
     }
     CUDNN_TRY(cudnnSetTensor4dDescriptor(p->yd, fmt, ty, on, oc, oh, ow));
-    char path[PATH_MAX];
-    bool keep = !ctx->cudnn_find && conv_file(ctx, k, path, sizeof path);
-    if (keep && conv_load(ctx, p, path)) {
-        log_debug("cuda conv2d: [%d, %d, %d, %d] * [%d, %d, %d, %d] stride %d pad %d,%d %s: cuDNN %s, read from %s", k[0],
+    char name[160], what[160];
+    conv_names(k, name, sizeof name, what, sizeof what);
+    bool keep = !ctx->cudnn_find; /* a timed choice is neither read nor kept */
+    if (keep && conv_load(ctx, p, name, what)) {
+        log_debug("cuda conv2d: [%d, %d, %d, %d] * [%d, %d, %d, %d] stride %d pad %d,%d %s: cuDNN %s, kept as %s", k[0],
                   k[1], k[2], k[3], k[4], k[1], k[5], k[6], k[7], k[8], k[9], dtype_name(dt), dnn_algo_name(p->algo),
-                  path);
+                  name);
         return 0;
     }
 
@@ -322,7 +303,11 @@ static int plan_init(struct cuda_ctx *ctx, struct cuda_conv_plan *p, const struc
             p->algo = perf[i].algo;
             p->ws = ws;
             p->usable = true;
-            if (keep) conv_save(ctx, p, (int)perf[i].mathType, path);
+            if (keep) {
+                char body[64];
+                int bl = snprintf(body, sizeof body, "algo %d math %d\n", (int)p->algo, (int)perf[i].mathType);
+                cuda__cache_write(ctx, "cudnn-conv", name, "cudnn-conv", what, body, (size_t)bl);
+            }
             log_debug("cuda conv2d: [%d, %d, %d, %d] * [%d, %d, %d, %d] stride %d pad %d,%d %s: cuDNN %s (math %d, "
                       "%sdeterministic, %zu bytes of workspace, %.3f ms%s)",
                       k[0], k[1], k[2], k[3], k[4], k[1], k[5], k[6], k[7], k[8], k[9], dtype_name(dt),

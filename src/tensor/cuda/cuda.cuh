@@ -75,9 +75,9 @@ struct cuda_ctx {
                                      (KILN_CUDA_STREAM_GRAPHS=0: launched node by node) */
     int64_t conv_small_p;         /* output positions per image at or below which conv.cu uses im2col +
                                      cuBLAS instead of cuDNN (KILN_CONV_SMALL_P, default 256) */
-    char cache_dir[PATH_MAX];     /* kiln's cache folder (base/fs.h) for plans kept between runs, or "" */
-    char cache_tag[192];          /* what a kept plan is made for: cuDNN, driver, GPU (cuda__cache_open) */
 #ifdef KILN_HAVE_CUDNN
+    char cache_dir[PATH_MAX];     /* kiln's cache folder (base/fs.h) for plans kept between runs, or "" */
+    char cache_tag[192];          /* what a kept plan is made for: cuDNN, driver, GPU (plan_cache.cu) */
     cudnnHandle_t cudnn;    /* bound to stream; NULL: no cuDNN at run time or KILN_CUDNN=0 (im2col only) */
     bool cudnn_find;        /* KILN_CUDNN=find: time the algorithms once per shape (else heuristics) */
     struct cuda_conv_plan *conv_plans; /* one per distinct conv shape and dtype (conv.cu), mem_ owned */
@@ -150,13 +150,22 @@ int cuda_dnn_error(struct err *err, cudnnStatus_t s, const char *stmt, const cha
 
 /* Frees ctx's conv plans (their cuDNN descriptors) and the table; the handle stays (conv.cu). */
 void cuda__conv_plans_free(struct cuda_ctx *ctx);
-/* Plans kept between runs (attention_dnn.cu's SDPA plans, conv.cu's algorithm choices): fills
- * ctx->cache_dir from fs_cache_dir and ctx->cache_tag from the cuDNN and driver versions and the
- * GPU's name and compute capability; both stay "" when there is no cache (backend.cu). */
+/* ===== Plans kept between runs (plan_cache.cu) ===== */
+
+/* Fills ctx->cache_dir from fs_cache_dir and ctx->cache_tag from the cuDNN and driver versions
+ * and the GPU's name and compute capability; both stay "" when there is no cache. */
 void cuda__cache_open(struct cuda_ctx *ctx);
-/* mkdir -p ctx->cache_dir/sub into out (n bytes): false when there is no cache or it cannot be
- * made (a debug line says why). */
-bool cuda__cache_sub(const struct cuda_ctx *ctx, const char *sub, char *out, size_t n);
+/* The plan kept as <cache>/<sub>/<tag>-<name> whose first line is "kiln <label> <tag> <what>":
+ * true with the whole file in *text (mem_free it) and what follows that line in *body,
+ * *body_len; false when there is no cache, no such file (at most max bytes) or another first
+ * line (a debug line says so; *text NULL). */
+bool cuda__cache_read(const struct cuda_ctx *ctx, const char *sub, const char *name, const char *label,
+                      const char *what, size_t max, char **text, const char **body, size_t *body_len);
+/* Keeps body under that first line as <cache>/<sub>/<tag>-<name> (folders made, the file
+ * written whole or not at all); with no cache, nothing. A failure is a debug line: the cache is
+ * optional. */
+void cuda__cache_write(const struct cuda_ctx *ctx, const char *sub, const char *name, const char *label,
+                       const char *what, const void *body, size_t len);
 /* The oldest cuDNN at run time with the OPERATION_SDPA_FWD node attention_dnn.cu builds. */
 #define CUDA_SDPA_MIN_VERSION 91301
 /* out = softmax(q k^T / sqrt(d)) v through cuDNN's fused attention (attention_dnn.cu), q, out
