@@ -512,13 +512,13 @@ static int cuda_ctx_open(struct cuda_backend *cb, int device, struct err *err) {
     cb->ctx.device = device;
     double t0 = clock_now();
     CUDA_TRY(cudaSetDevice(device));
-    int rc0 = cuda__blas_load(err); /* after the context: cuBLAS's start-up needs no device */
-    if (rc0) return rc0;
     CUDA_TRY(cudaStreamCreateWithFlags(&cb->ctx.stream, cudaStreamNonBlocking));
     log_debug("cuda backend: device %d: context and stream in %.3f s", device, clock_now() - t0);
     t0 = clock_now();
+    int rc0 = cuda__blas_load(err); /* opened at run time (blas_load.cu): the load, or its wait */
+    if (rc0) return rc0;
     CUBLAS_TRY(cublasCreate(&cb->ctx.cublas));
-    log_debug("cuda backend: device %d: cuBLAS handle in %.3f s", device, clock_now() - t0);
+    log_debug("cuda backend: device %d: cuBLAS loaded and its handle made in %.3f s", device, clock_now() - t0);
     CUBLAS_TRY(cublasSetStream(cb->ctx.cublas, cb->ctx.stream));
     /* exact fp32 products by default (no TF32). KILN_CUDA_TF32=1 lets cuBLAS round the products'
      * inputs to TF32 on the tensor cores (10-bit mantissa: ~1e-3 relative error), a measured
