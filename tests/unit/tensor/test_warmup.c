@@ -93,6 +93,21 @@ static const struct backend_i SPY_I = {
     .sync = spy_sync,
 };
 
+/* A spy over a 1-thread CPU backend, as the backend *be (claim_all: it says it supports every
+ * op and runs nothing). */
+static struct spy *spy_new(bool claim_all, struct backend *be) {
+    struct spy *s = mem_calloc(1, sizeof *s);
+    s->cpu = backend_cpu_new(1);
+    s->claim_all = claim_all;
+    *be = (struct backend){.iface = &SPY_I, .ctx = s};
+    return s;
+}
+
+static void spy_free(struct spy *s) {
+    backend_free(s->cpu);
+    mem_free(s);
+}
+
 /* ===== What was sent ===== */
 
 /* How many nodes of op in dtype dt were sent (ip1 >= 0: with that ip[1]; kernel > 0: that conv
@@ -140,10 +155,9 @@ static void test_cpu_backend_runs(void **state) {
 
 static void test_cpu_gets_f32_only(void **state) {
     (void)state;
-    struct spy *s = mem_calloc(1, sizeof *s);
-    s->cpu = backend_cpu_new(1);
+    struct backend be;
+    struct spy *s = spy_new(false, &be);
     assert_non_null(s->cpu);
-    struct backend be = {.iface = &SPY_I, .ctx = s};
     struct err err = {0};
     assert_int_equal(backend_warmup(&be, ALL, 3, &err), 0);
     expect_all_kinds(s, DTYPE_F32);
@@ -156,16 +170,13 @@ static void test_cpu_gets_f32_only(void **state) {
         if (x->src0 != DTYPE_F32) fail_msg("%s reading %s sent to the CPU", op_name(x->op), dtype_name(x->src0));
     }
     assert_int_equal(s->live_bufs, 0); /* the warm-up's scratch was given back */
-    backend_free(s->cpu);
-    mem_free(s);
+    spy_free(s);
 }
 
 static void test_f16_when_supported(void **state) {
     (void)state;
-    struct spy *s = mem_calloc(1, sizeof *s);
-    s->cpu = backend_cpu_new(1);
-    s->claim_all = true;
-    struct backend be = {.iface = &SPY_I, .ctx = s};
+    struct backend be;
+    struct spy *s = spy_new(true, &be);
     struct err err = {0};
     assert_int_equal(backend_warmup(&be, ALL, 3, &err), 0);
     expect_all_kinds(s, DTYPE_F32);
@@ -173,18 +184,15 @@ static void test_f16_when_supported(void **state) {
     expect_all_kinds(s, DTYPE_BF16);
     assert_true(count(s, OP_CAST, DTYPE_F32, -1, 0) >= 1); /* F16 -> F32 at the end of the F16 pass */
     assert_int_equal(s->live_bufs, 0);
-    backend_free(s->cpu);
-    mem_free(s);
+    spy_free(s);
 }
 
 /* A GPU engine's passes (a text encoder in F32, token ops only; F16 UNet and BF16 VAE with
  * image ops): every kind in the 16-bit dtypes, CLIP's kinds in F32 and no F32 image op. */
 static void test_only_the_given_passes(void **state) {
     (void)state;
-    struct spy *s = mem_calloc(1, sizeof *s);
-    s->cpu = backend_cpu_new(1);
-    s->claim_all = true;
-    struct backend be = {.iface = &SPY_I, .ctx = s};
+    struct backend be;
+    struct spy *s = spy_new(true, &be);
     struct err err = {0};
     const struct warmup_pass gpu[3] = {{DTYPE_F32, false}, {DTYPE_F16, true}, {DTYPE_BF16, true}};
     assert_int_equal(backend_warmup(&be, gpu, 3, &err), 0);
@@ -198,24 +206,21 @@ static void test_only_the_given_passes(void **state) {
     for (size_t i = 0; i < sizeof images / sizeof images[0]; i++)
         if (count(s, images[i], DTYPE_F32, -1, 0) != 0) fail_msg("F32 %s in a token-only pass", op_name(images[i]));
     assert_int_equal(s->live_bufs, 0);
-    backend_free(s->cpu);
-    mem_free(s);
+    spy_free(s);
 }
 
 static void test_failure_reported(void **state) {
     (void)state;
-    struct spy *s = mem_calloc(1, sizeof *s);
-    s->cpu = backend_cpu_new(1);
+    struct backend be;
+    struct spy *s = spy_new(false, &be);
     s->fail_status = STATUS_ERR_OOM_DEVICE;
-    struct backend be = {.iface = &SPY_I, .ctx = s};
     struct err err = {0};
     assert_int_equal(backend_warmup(&be, ALL, 3, &err), STATUS_ERR_OOM_DEVICE);
     assert_int_equal(err.code, STATUS_ERR_OOM_DEVICE);
     assert_non_null(strstr(err.msg, "warm-up on spy in F32"));
     assert_non_null(strstr(err.msg, "spy refuses"));
     assert_int_equal(s->live_bufs, 0); /* freed on failure too */
-    backend_free(s->cpu);
-    mem_free(s);
+    spy_free(s);
 }
 
 int main(void) {
