@@ -821,19 +821,36 @@ static float *run_fresh(const struct ocase *k, void *const *host, int64_t *n_out
     return y;
 }
 
-static const struct ocase ATTN_CACHED = {
-    "attn plan cache", b_attn, 3, {IN(2, 256, 320), IN(2, 256, 320), IN(2, 256, 320)}, -1, 1, {8, 0}, {0}};
+/* Random inputs in [-1, 1) for case k (F32 inputs only), host[i] to mem_free. */
+static void rand_inputs(const struct ocase *k, float **host) {
+    for (int i = 0; i < k->n_in; i++) {
+        int64_t n = numel(&k->in[i]);
+        host[i] = mem_alloc((size_t)n * sizeof(float));
+        for (int64_t j = 0; j < n; j++) host[i][j] = (float)(2 * urand() - 1);
+    }
+}
 
-/* The attention case [2, 256, 320] x 8 heads in F16 on a fresh CUDA backend. */
-static float *attn_fresh(void *const host[3], int64_t *n_out) { return run_fresh(&ATTN_CACHED, host, n_out); }
+/* A fresh cache folder for the test: root (64 bytes) = /tmp/kiln-<what>-XXXXXX, KILN_CACHE_DIR. */
+static void cache_begin(const char *what, char *root) {
+    snprintf(root, 64, "/tmp/kiln-%s-XXXXXX", what);
+    assert_non_null(mkdtemp(root));
+    setenv("KILN_CACHE_DIR", root, 1);
+}
 
-/* Paths of the plan files in dir (up to 8) into names; returns how many. */
-static int plan_files(const char *dir, char names[8][600]) {
+static void cache_end(const char *root) {
+    unsetenv("KILN_CACHE_DIR");
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Paths of the files in dir whose names hold suffix (up to 8) into names; returns how many. */
+static int kept_files(const char *dir, const char *suffix, char names[8][600]) {
     DIR *d = opendir(dir);
     if (!d) return 0;
     int n = 0;
     for (struct dirent *e; (e = readdir(d)) && n < 8;)
-        if (strstr(e->d_name, ".json")) snprintf(names[n++], 600, "%s/%s", dir, e->d_name);
+        if (strstr(e->d_name, suffix)) snprintf(names[n++], 600, "%s/%s", dir, e->d_name);
     closedir(d);
     return n;
 }
@@ -845,19 +862,17 @@ static void test_attention_plan_cache(void **state) {
     GPU_OR_SKIP();
     const char *sdpa_env = getenv("KILN_CUDNN_SDPA");
     if (sdpa_env && strcmp(sdpa_env, "0") == 0) skip();
-    char root[64] = "/tmp/kiln-plan-cache-XXXXXX", dir[128];
-    assert_non_null(mkdtemp(root));
+    const struct ocase k = {"attn plan cache", b_attn, 3, {IN(2, 256, 320), IN(2, 256, 320), IN(2, 256, 320)},
+                            -1, 1, {8, 0}, {0}};
+    char root[64], dir[128];
+    cache_begin("plan-cache", root);
     snprintf(dir, sizeof dir, "%s/cudnn-sdpa", root);
-    setenv("KILN_CACHE_DIR", root, 1);
     float *host[3];
-    for (int i = 0; i < 3; i++) {
-        host[i] = mem_alloc(2 * 256 * 320 * sizeof(float));
-        for (int j = 0; j < 2 * 256 * 320; j++) host[i][j] = (float)(2 * urand() - 1);
-    }
+    rand_inputs(&k, host);
     int64_t n1 = 0, n2 = 0, n3 = 0;
-    float *made = attn_fresh((void *const *)host, &n1);
+    float *made = run_fresh(&k, (void *const *)host, &n1);
     char names[8][600];
-    int files = plan_files(dir, names);
+    int files = kept_files(dir, ".json", names);
     printf("  %d plan file(s) in %s\n", files, dir);
 #ifdef KILN_HAVE_CUDNN
     bool sdpa = cudnnGetVersion() >= 91301; /* attention_dnn.cu's CUDA_SDPA_MIN_VERSION */
@@ -868,7 +883,7 @@ static void test_attention_plan_cache(void **state) {
         assert_int_equal(files, 0);
     } else {
         assert_true(files >= 1);
-        float *read_back = attn_fresh((void *const *)host, &n2);
+        float *read_back = run_fresh(&k, (void *const *)host, &n2);
         assert_int_equal(n2, n1);
         assert_memory_equal(read_back, made, (size_t)n1 * sizeof(float));
         /* (1) the right first line, then what cuDNN refuses; (2) a valid plan under another
@@ -895,7 +910,7 @@ static void test_attention_plan_cache(void **state) {
                 fclose(f);
                 mem_free(text);
             }
-            float *remade = attn_fresh((void *const *)host, &n3);
+            float *remade = run_fresh(&k, (void *const *)host, &n3);
             assert_int_equal(n3, n1);
             assert_memory_equal(remade, made, (size_t)n1 * sizeof(float));
             mem_free(remade);
@@ -912,10 +927,7 @@ static void test_attention_plan_cache(void **state) {
     }
     mem_free(made);
     for (int i = 0; i < 3; i++) mem_free(host[i]);
-    unsetenv("KILN_CACHE_DIR");
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    assert_int_equal(system(cmd), 0);
+    cache_end(root);
 }
 
 /* A convolution's algorithm is kept in the cache folder (conv.cu, ALGORITHMS KEPT ON DISK); a
@@ -925,27 +937,18 @@ static void test_conv_algo_cache(void **state) {
     GPU_OR_SKIP();
     const char *dnn_env = getenv("KILN_CUDNN");
     if (dnn_env && (strcmp(dnn_env, "0") == 0 || strcmp(dnn_env, "find") == 0)) skip();
-    char root[64] = "/tmp/kiln-conv-cache-XXXXXX", dir[128];
-    assert_non_null(mkdtemp(root));
+    char root[64], dir[128];
+    cache_begin("conv-cache", root);
     snprintf(dir, sizeof dir, "%s/cudnn-conv", root);
-    setenv("KILN_CACHE_DIR", root, 1);
     /* 1024 positions: cuDNN's (smaller images may take im2col) */
     const struct ocase k = {"conv cache [2,32,32,64] 3x3", b_conv_nhwc, 3, {IN(2, 32, 32, 64), IN(64, 3, 3, 64), IN(64)},
                             -1, 1, {1, 1}, {0}};
     float *host[3];
-    const int64_t sizes[3] = {2 * 32 * 32 * 64, 64 * 9 * 64, 64};
-    for (int i = 0; i < 3; i++) {
-        host[i] = mem_alloc((size_t)sizes[i] * sizeof(float));
-        for (int64_t j = 0; j < sizes[i]; j++) host[i][j] = (float)(2 * urand() - 1);
-    }
+    rand_inputs(&k, host);
     int64_t n1 = 0, n2 = 0;
     float *made = run_fresh(&k, (void *const *)host, &n1);
     char names[8][600];
-    int files = 0;
-    DIR *d = opendir(dir);
-    for (struct dirent *e; d && (e = readdir(d)) && files < 8;)
-        if (strstr(e->d_name, ".txt")) snprintf(names[files++], 600, "%s/%s", dir, e->d_name);
-    if (d) closedir(d);
+    int files = kept_files(dir, ".txt", names);
     printf("  %d kept algorithm(s) in %s\n", files, dir);
 #ifdef KILN_HAVE_CUDNN
     assert_int_equal(files, 1);
@@ -978,10 +981,7 @@ static void test_conv_algo_cache(void **state) {
 #endif
     mem_free(made);
     for (int i = 0; i < 3; i++) mem_free(host[i]);
-    unsetenv("KILN_CACHE_DIR");
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    assert_int_equal(system(cmd), 0);
+    cache_end(root);
 }
 
 int main(void) {
