@@ -7,6 +7,7 @@
 
 #include "base/base.h"
 #include "base/mem.h"
+#include "io/png_async.h"
 
 #include <string.h>
 
@@ -62,6 +63,7 @@ struct latent *latent_new(int64_t b, int64_t c, int64_t h, int64_t w) {
 
 static void image_free(struct gobj *o) {
     struct image *im = (struct image *)o;
+    png_async_free(im->png_ahead); /* its thread reads data */
     mem_free(im->data);
     mem_free(im);
 }

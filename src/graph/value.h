@@ -30,11 +30,15 @@ struct latent {
     float *noise_mask;                   /* NULL, or [b or 1, 1, H*8?]: unused for now */
 };
 
+struct png_async;
+
 /* IMAGE: [B, H, W, C] float32 in [0, 1], C = 3 (ComfyUI's channels-last layout). */
 struct image {
     struct gobj obj;
     int64_t b, h, w, c;
     float *data;                         /* owned */
+    struct png_async *png_ahead;         /* NULL, or its PNGs being encoded while it was made
+                                            (graph/nodes/save.c; owned, freed before data) */
 };
 
 /* MASK: [B, H, W] float32 in [0, 1]. */

@@ -3,7 +3,7 @@
  * Owns: the spng contexts, zlib streams and encoder threads it creates (all freed or joined
  * before returning).
  * Must not: touch image semantics beyond 8-bit conversion.
- * Threads: any; png_encode runs up to 8 threads of its own for one image.
+ * Threads: any; png_encode runs up to 16 threads of its own for one image.
  * Ownership: see png.h. libspng and zlib allocate through our counted allocator. */
 #include "io/png.h"
 #include "base/base.h"
@@ -71,9 +71,9 @@ KILN_VECTORIZE void png_from_float(const float *src, uint8_t *dst, size_t n) {
  * they share only the read-only input and disjoint parts of the encoder's buffers. */
 
 enum {
-    ENC_MAX_THREADS = 8,              /* threads per image, at most */
-    ENC_MAX_STRIPS = 8,               /* strips per image, at most */
-    ENC_STRIP_MIN = 64 << 10,         /* bytes of filtered data per strip, at least */
+    ENC_MAX_THREADS = 16,             /* threads per image, at most */
+    ENC_MAX_STRIPS = 16,              /* strips per image, at most (512x512 RGB: 16 of 48 KiB) */
+    ENC_STRIP_MIN = 32 << 10,         /* bytes of filtered data per strip, at least */
     ENC_ONE_STRIP_BELOW = 256 << 10,  /* in bytes of filtered data: smaller images use one strip */
     ENC_ZLIB_PIECE = 1 << 30,         /* in bytes: most input or output handed to deflate at once */
     ENC_CHUNK_MAX = 1 << 30,          /* bytes of data per IDAT chunk, at most (PNG: 2^31 - 1) */
@@ -263,8 +263,7 @@ static void *encode_strips(void *p) {
     return NULL;
 }
 
-/* The CPUs we may run on (at least 1). */
-static int cpus_usable(void) {
+int png_cpus_usable(void) {
     int n = 0;
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
@@ -274,7 +273,7 @@ static int cpus_usable(void) {
 
 /* The default number of threads for one image: the CPUs we may run on, at most ENC_MAX_THREADS. */
 static int encode_threads_default(void) {
-    int n = cpus_usable();
+    int n = png_cpus_usable();
     return n > ENC_MAX_THREADS ? ENC_MAX_THREADS : n;
 }
 
@@ -536,7 +535,7 @@ int png_encode_many(const uint8_t *const *pixels, int n, uint32_t w, uint32_t h,
     if (threads < 1) threads = 1;
     /* images at once share the CPUs (a batch of one gets png_encode's default); the bytes of
        each image do not depend on it */
-    j.inner = cpus_usable() / threads;
+    j.inner = png_cpus_usable() / threads;
     if (j.inner > ENC_MAX_THREADS) j.inner = ENC_MAX_THREADS;
     if (j.inner < 1) j.inner = 1;
     pthread_t tid[16];

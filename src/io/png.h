@@ -2,7 +2,7 @@
  * Owns: encoding 8-bit RGB/RGBA with tEXt chunks in a given order, decoding any PNG to 8-bit
  * RGBA, and ComfyUI's float -> uint8 pixel conversion.
  * Must not: know nodes or prompts.
- * Threads: any (no shared state); an encode may run up to 8 threads of its own for one image.
+ * Threads: any (no shared state); an encode may run up to 16 threads of its own for one image.
  * Ownership: buffers returned are mem_alloc'd (mem_free); png_image is released with
  * png_image_deinit. */
 #ifndef KILN_IO_PNG_H
@@ -36,25 +36,28 @@ struct png_image {
  * must be 1..79 printable Latin-1 characters without leading, trailing or double spaces:
  * STATUS_ERR_INVALID otherwise), zlib level 0..9 (ComfyUI: 4 for SaveImage, 1 for
  * PreviewImage). Per-row adaptive filters (libpng's and libspng's minimum-sum choice; None at
- * level 0). Images of 256 KiB and more are compressed as up to 8 independent strips on up to
- * min(8, CPUs) threads (see png.c); the bytes depend only on the pixels, text and level.
+ * level 0). Images of 256 KiB and more are compressed as up to 16 independent strips on up to
+ * min(16, CPUs) threads (see png.c); the bytes depend only on the pixels, text and level.
  * Returns 0 with *out (mem_alloc'd) and *out_len; STATUS_ERR_NOMEM when out of memory. */
 int png_encode(const uint8_t *pixels, uint32_t w, uint32_t h, int channels, const struct png_text *text, int n_text,
                int level, void **out, size_t *out_len, struct err *err);
 
-/* png_encode on at most `threads` threads (<= 0: png_encode's default, min(8, CPUs)). The
+/* png_encode on at most `threads` threads (<= 0: png_encode's default, min(16, CPUs)). The
  * output is the same bytes whatever the thread count (tests and benchmarks use this). */
 int png_encode_threads(const uint8_t *pixels, uint32_t w, uint32_t h, int channels, const struct png_text *text,
                        int n_text, int level, int threads, void **out, size_t *out_len, struct err *err);
 
 /* png_encode of n images (pixels[i], all w x h x channels, the same text chunks and level), up
  * to `threads` images at once (a batch's PNGs are independent); the images at once share the
- * usable CPUs for their strips (up to 8 each; one image gets png_encode's default). Each image's
+ * usable CPUs for their strips (up to 16 each; one image gets png_encode's default). Each image's
  * bytes are png_encode's. On success outs[i] / lens[i] hold each PNG (mem_alloc'd; the caller
  * frees them); on failure nothing is left allocated and err says which image failed. */
 int png_encode_many(const uint8_t *const *pixels, int n, uint32_t w, uint32_t h, int channels,
                     const struct png_text *text, int n_text, int level, int threads, void **outs, size_t *lens,
                     struct err *err);
+
+/* The CPUs this process may run on (its affinity mask; at least 1). */
+int png_cpus_usable(void);
 
 /* Writes already-encoded bytes to a new file at path; never replaces a file: returns
  * STATUS_ERR_EXISTS (err untouched) when path exists, so concurrent writers (one per device)

@@ -2,8 +2,10 @@
  * to PNG files with the "prompt" and extra_pnginfo text chunks, reported in the node's UI.
  * Owns: nothing after returning (files are the user's).
  * Must not: write outside the output/temp folders (io_save_path refuses it).
- * Threads: the executor's worker thread.
+ * Threads: the executor's worker thread (and io/png_async's encoder for PNGs made ahead).
  * Ownership: ui entries are added to ctx->ui (owned by the executor). */
+#include "graph/nodes/save.h"
+
 #include "graph/registry.h"
 
 #include "base/clock.h"
@@ -12,6 +14,7 @@
 #include "base/status.h"
 #include "graph/json.h"
 #include "io/png.h"
+#include "io/png_async.h"
 #include "io/savepath.h"
 
 #include <math.h>
@@ -160,6 +163,66 @@ static void to8_all(const float *src, uint8_t *dst, size_t px, int nb) {
     }
 }
 
+/* The text chunks SaveImage and PreviewImage write: "prompt", then one per extra_pnginfo key
+ * (json.dumps of each value); none with --disable-metadata. owned[i] are the dumps (mem_free). */
+static int save_text(const struct node_run *ctx, struct png_text text[SAVE_MAX_TEXT], char *owned[SAVE_MAX_TEXT]) {
+    int n_text = 0;
+    if (ctx->disable_metadata) return 0;
+    if (ctx->prompt) {
+        owned[n_text] = graph_json_dumps(ctx->prompt, -1);
+        text[n_text] = (struct png_text){"prompt", owned[n_text]};
+        n_text++;
+    }
+    const char *key;
+    json_t *v;
+    if (ctx->extra_pnginfo) json_object_foreach((json_t *)ctx->extra_pnginfo, key, v) {
+            if (n_text == SAVE_MAX_TEXT) break;
+            owned[n_text] = graph_json_dumps(v, -1);
+            text[n_text] = (struct png_text){key, owned[n_text]};
+            n_text++;
+        }
+    return n_text;
+}
+
+/* The zlib level of the first SaveImage (4) or PreviewImage (1) in the prompt whose images come
+ * from output 0 of ctx's node, or -1 when none does. */
+static int consumer_level(const struct node_run *ctx) {
+    const char *id;
+    json_t *nj;
+    if (!ctx->prompt || !ctx->node_id) return -1;
+    json_object_foreach((json_t *)ctx->prompt, id, nj) {
+        const char *cls = json_string_value(json_object_get(nj, "class_type"));
+        int level = !cls ? -1 : strcmp(cls, "SaveImage") == 0 ? 4 : strcmp(cls, "PreviewImage") == 0 ? 1 : -1;
+        json_t *link = json_object_get(json_object_get(nj, "inputs"), "images");
+        if (level < 0 || !json_is_array(link) || json_array_size(link) != 2) continue;
+        const char *from = json_string_value(json_array_get(link, 0));
+        json_t *slot = json_array_get(link, 1);
+        if (from && strcmp(from, ctx->node_id) == 0 && json_is_integer(slot) && json_integer_value(slot) == 0)
+            return level;
+    }
+    return -1;
+}
+
+void save_ahead_begin(const struct node_run *ctx, struct image *img) {
+    if (img->png_ahead || img->b < 1 || img->b > INT32_MAX || (img->c != 3 && img->c != 4) || img->h > UINT32_MAX ||
+        img->w > UINT32_MAX)
+        return;
+    int level = consumer_level(ctx);
+    if (level < 0) return;
+    struct png_text text[SAVE_MAX_TEXT];
+    char *owned[SAVE_MAX_TEXT] = {0};
+    int n_text = save_text(ctx, text, owned);
+    struct err err = {0};
+    img->png_ahead = png_async_new((int)img->b, (uint32_t)img->w, (uint32_t)img->h, (int)img->c, text, n_text, level,
+                                   0, &err);
+    if (!img->png_ahead) log_debug("%s: no PNG encoding ahead: %s", ctx->cls ? ctx->cls->name : "?", err.msg);
+    for (int i = 0; i < n_text; i++) mem_free(owned[i]);
+}
+
+void save_ahead_submit(struct image *img, int64_t b) {
+    if (img->png_ahead) png_async_submit(img->png_ahead, (int)b, img->data + b * img->h * img->w * img->c);
+}
+
 /* save_images of SaveImage/PreviewImage. */
 static int save_images(struct node_run *ctx, const struct image *im, const char *prefix, const char *dir,
                        const char *type, int level, struct err *err) {
@@ -175,28 +238,13 @@ static int save_images(struct node_run *ctx, const struct image *im, const char 
         return rc;
     }
 
-    /* text chunks: "prompt", then one per extra_pnginfo key (json.dumps of each value) */
-    int n_text = 0;
-    struct png_text text[65];
-    char *owned[65] = {0};
-    if (!ctx->disable_metadata) {
-        if (ctx->prompt) {
-            owned[n_text] = graph_json_dumps(ctx->prompt, -1);
-            text[n_text] = (struct png_text){"prompt", owned[n_text]};
-            n_text++;
-        }
-        const char *key;
-        json_t *v;
-        if (ctx->extra_pnginfo) json_object_foreach((json_t *)ctx->extra_pnginfo, key, v) {
-                if (n_text == 65) break;
-                owned[n_text] = graph_json_dumps(v, -1);
-                text[n_text] = (struct png_text){key, owned[n_text]};
-                n_text++;
-            }
-    }
+    struct png_text text[SAVE_MAX_TEXT];
+    char *owned[SAVE_MAX_TEXT] = {0};
+    int n_text = save_text(ctx, text, owned);
 
     /* every image to 8 bits, then all encoded at once (one thread per image: zlib is the slow
-       part), then the files claimed and written in batch order */
+       part), unless they were encoded while the VAE made them; then the files claimed and
+       written in batch order */
     size_t px = (size_t)(im->h * im->w * im->c);
     int nb = (int)im->b;
     uint8_t *pixels = mem_try_alloc(px * (size_t)(nb > 0 ? nb : 1) + 1);
@@ -206,10 +254,19 @@ static int save_images(struct node_run *ctx, const struct image *im, const char 
     json_t *results = json_array();
     if (!pixels) rc = err_set(err, STATUS_ERR_NOMEM, "out of memory converting %d images to 8 bits", nb);
     double t0 = clock_now(), t_conv = 0, t_enc = 0;
-    if (!rc) to8_all(im->data, pixels, px, nb);
+    bool ahead = !rc && png_async_matches(im->png_ahead, nb, (uint32_t)im->w, (uint32_t)im->h, (int)im->c, text,
+                                          n_text, level);
+    if (ahead) {
+        struct err aerr = {0};
+        if (png_async_take(im->png_ahead, png, png_len, &aerr)) { /* encode them here instead */
+            log_debug("SaveImage: the PNGs made ahead failed (%s); encoding them again", aerr.msg);
+            ahead = false;
+        }
+    }
+    if (!rc && !ahead) to8_all(im->data, pixels, px, nb);
     for (int b = 0; b < nb && !rc; b++) rows[b] = pixels + (size_t)b * px;
     t_conv = clock_now();
-    if (!rc)
+    if (!rc && !ahead)
         rc = png_encode_many(rows, nb, (uint32_t)im->w, (uint32_t)im->h, (int)im->c, text, n_text, level, nb, png,
                              png_len, err);
     t_enc = clock_now();
@@ -249,8 +306,12 @@ static int save_images(struct node_run *ctx, const struct image *im, const char 
         json_array_append_new(results, r);
         sp.counter++;
     }
-    log_debug("SaveImage: %d images: 8 bits in %.2f ms, PNG encoding %.2f ms, files %.2f ms", nb, 1e3 * (t_conv - t0),
-              1e3 * (t_enc - t_conv), 1e3 * (clock_now() - t_enc));
+    if (ahead)
+        log_debug("SaveImage: %d images encoded while decoded: waited %.2f ms for them, files %.2f ms", nb,
+                  1e3 * (t_enc - t0), 1e3 * (clock_now() - t_enc));
+    else
+        log_debug("SaveImage: %d images: 8 bits in %.2f ms, PNG encoding %.2f ms, files %.2f ms", nb,
+                  1e3 * (t_conv - t0), 1e3 * (t_enc - t_conv), 1e3 * (clock_now() - t_enc));
     for (int b = 0; b < nb; b++) mem_free(png[b]);
     mem_free(png);
     mem_free(png_len);

@@ -5,6 +5,7 @@
 #include "base/mem.h"
 #include "base/status.h"
 #include "graph/engine.h"
+#include "graph/nodes/save.h"
 #include "graph/registry.h"
 
 #include <string.h>
@@ -40,9 +41,14 @@ static int run_decode(struct node_run *ctx, const struct value *in, struct value
                        (long long)lat->c, vae->config.embed_dim);
     int64_t H = lat->h * 8, W = lat->w * 8, plane = H * W;
     struct image *img = image_new(lat->b, H, W, 3);
+    if (!img)
+        return err_set(err, STATUS_ERR_NOMEM, "VAEDecode: out of host memory for %lld images of %lldx%lld",
+                       (long long)lat->b, (long long)W, (long long)H);
     int rc = 0;
     /* one image at a time bounds activation memory; each comes back as (x + 1) / 2 in the
-       IMAGE layout [H, W, 3] (vae_decode_image: on GPUs the decoder's own layout), clamped here */
+       IMAGE layout [H, W, 3] (vae_decode_image: on GPUs the decoder's own layout), clamped here,
+       and handed to the PNG encoder of a SaveImage that takes them, while the next decodes */
+    save_ahead_begin(ctx, img);
     for (int64_t b = 0; b < lat->b && !rc; b++) {
         float *dst = img->data + b * plane * 3;
         rc = vae_decode_image(&e->tctx, vae, 1, lat->h, lat->w, lat->samples + b * lat->c * lat->h * lat->w, dst);
@@ -51,6 +57,7 @@ static int run_decode(struct node_run *ctx, const struct value *in, struct value
             break;
         }
         clamp01(dst, (size_t)(plane * 3));
+        save_ahead_submit(img, b);
         rc = node_progress(ctx, b + 1, lat->b, err);
     }
     if (rc) {

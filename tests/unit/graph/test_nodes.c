@@ -12,6 +12,9 @@
 #include "base/status.h"
 #include "graph/exec.h"
 #include "graph/json.h"
+#include "graph/nodes/save.h"
+#include "base/fs.h"
+#include "io/png_async.h"
 #include "io/png.h"
 
 #include <math.h>
@@ -419,6 +422,113 @@ static void test_save_large_batch(void **s) {
     gobj_unref(&im->obj);
 }
 
+/* The bytes of a file under the output folder. */
+static void *read_out(const char *name, size_t *len) {
+    char file[600];
+    snprintf(file, sizeof file, "%s/%s", dir_out, name);
+    char *data = NULL;
+    int rc = fs_read_whole(file, 64u << 20, &data, len);
+    if (rc) fail_msg("cannot read %s: %d", file, rc);
+    return data;
+}
+
+/* Encoding ahead (save_ahead_begin / save_ahead_submit, as VAEDecode calls them): a SaveImage
+ * fed by output 0 of node 8 takes the PNGs made ahead (the batch is taken afterwards) and its
+ * files are byte for byte those it makes itself; PreviewImage's level is found too; nothing is
+ * started without such a consumer; a consumer writing other text chunks (--disable-metadata)
+ * leaves them and encodes itself. */
+static void test_save_ahead(void **s) {
+    enum { NB = 3, H = 40, W = 70 };
+    const char *text = "{\"8\": {\"class_type\": \"VAEDecode\", \"inputs\": {}}, \"9\": {\"class_type\": \"SaveImage\","
+                       " \"inputs\": {\"images\": [\"8\", 0], \"filename_prefix\": \"ahead\"}}}";
+    json_error_t je;
+    json_t *prompt = json_loads(text, 0, &je);
+    assert_non_null(prompt);
+    struct image *im = image_new(NB, H, W, 3), *copy = image_new(NB, H, W, 3);
+    for (int i = 0; i < NB * H * W * 3; i++) im->data[i] = copy->data[i] = (float)((i * 7919) % 1000) / 999.0f;
+    const struct node_class *save = graph_class_find("SaveImage");
+    struct node_run producer = {.node_id = "8", .cls = graph_class_find("VAEDecode"), .paths = &paths, .prompt = prompt};
+    save_ahead_begin(&producer, im);
+    assert_non_null(im->png_ahead);
+    for (int b = 0; b < NB; b++) save_ahead_submit(im, b);
+    char *dump = graph_json_dumps(prompt, -1);
+    struct png_text t[] = {{"prompt", dump}};
+    assert_true(png_async_matches(im->png_ahead, NB, W, H, 3, t, 1, 4));
+
+    /* --disable-metadata: other text chunks, so SaveImage encodes itself and leaves them */
+    struct err err = {0};
+    json_t *ui = json_object();
+    struct node_run bare = {.node_id = "9", .cls = save, .paths = &paths, .prompt = prompt, .ui = ui,
+                            .disable_metadata = true};
+    struct value in[2] = {V_O(im), V_S("bare")}, out[1] = {0};
+    assert_int_equal(save->run(&bare, in, out, &err), 0);
+    assert_true(png_async_matches(im->png_ahead, NB, W, H, 3, t, 1, 4));
+    struct png_image img;
+    char file[600];
+    snprintf(file, sizeof file, "%s/bare_00001_.png", dir_out);
+    assert_int_equal(png_read(file, &img, &err), 0);
+    assert_int_equal(img.n_text, 0);
+    png_image_deinit(&img);
+    json_decref(ui);
+
+    /* the consumer: takes them; the files equal SaveImage's own encoding of the same pixels */
+    ui = json_object();
+    struct node_run consumer = {.node_id = "9", .cls = save, .paths = &paths, .prompt = prompt, .ui = ui};
+    in[1] = V_S("ahead");
+    assert_int_equal(save->run(&consumer, in, out, &err), 0);
+    assert_false(png_async_matches(im->png_ahead, NB, W, H, 3, t, 1, 4)); /* taken */
+    json_decref(ui);
+    ui = json_object();
+    consumer.ui = ui;
+    struct value in2[2] = {V_O(copy), V_S("plain")};
+    assert_null(copy->png_ahead);
+    assert_int_equal(save->run(&consumer, in2, out, &err), 0);
+    json_decref(ui);
+    for (int b = 0; b < NB; b++) {
+        char a_name[64], p_name[64];
+        snprintf(a_name, sizeof a_name, "ahead_%05d_.png", b + 1);
+        snprintf(p_name, sizeof p_name, "plain_%05d_.png", b + 1);
+        size_t a_len, p_len;
+        void *a = read_out(a_name, &a_len), *p = read_out(p_name, &p_len);
+        assert_int_equal(a_len, p_len);
+        assert_memory_equal(a, p, a_len);
+        mem_free(a);
+        mem_free(p);
+    }
+    gobj_unref(&im->obj);
+    gobj_unref(&copy->obj);
+    mem_free(dump);
+    json_decref(prompt);
+
+    /* PreviewImage's level 1; no consumer of output 0 of node 8: nothing started */
+    const char *others[] = {
+        "{\"9\": {\"class_type\": \"PreviewImage\", \"inputs\": {\"images\": [\"8\", 0]}}}",
+        "{\"9\": {\"class_type\": \"SaveImage\", \"inputs\": {\"images\": [\"7\", 0], \"filename_prefix\": \"x\"}}}",
+        "{\"9\": {\"class_type\": \"SaveImage\", \"inputs\": {\"images\": [\"8\", 1], \"filename_prefix\": \"x\"}}}",
+        "{\"9\": {\"class_type\": \"ImageScale\", \"inputs\": {\"image\": [\"8\", 0]}}}",
+    };
+    for (size_t k = 0; k < sizeof others / sizeof *others; k++) {
+        prompt = json_loads(others[k], 0, &je);
+        assert_non_null(prompt);
+        im = image_new(2, 8, 8, 3);
+        producer.prompt = prompt;
+        save_ahead_begin(&producer, im);
+        if (k == 0) {
+            assert_non_null(im->png_ahead);
+            save_ahead_submit(im, 0);
+            save_ahead_submit(im, 1);
+            dump = graph_json_dumps(prompt, -1);
+            t[0].text = dump;
+            assert_true(png_async_matches(im->png_ahead, 2, 8, 8, 3, t, 1, 1));
+            mem_free(dump);
+        } else {
+            assert_null(im->png_ahead);
+        }
+        gobj_unref(&im->obj); /* frees the encoder with the image, PNGs untaken */
+        json_decref(prompt);
+    }
+}
+
 int main(void) {
     json_error_t je;
     png_ref = json_load_file(KILN_TEST_DATA "/graph/png_ref.json", 0, &je);
@@ -429,7 +539,7 @@ int main(void) {
         cmocka_unit_test(test_conditioning),       cmocka_unit_test(test_load_image),
         cmocka_unit_test(test_image_scale),        cmocka_unit_test(test_save_image_prompt),
         cmocka_unit_test(test_preview_and_refusals), cmocka_unit_test(test_save_batch_num),
-        cmocka_unit_test(test_save_large_batch),
+        cmocka_unit_test(test_save_large_batch),   cmocka_unit_test(test_save_ahead),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
     json_decref(png_ref);
