@@ -201,6 +201,11 @@ void tctx_reset(struct tctx *c) {
     c->rc = 0;
     err_clear(&c->err);
     c->memo_valid = false;
+    c->hoisted = false;
+    c->run_var = NULL;
+    c->n_run_var = 0;
+    c->hoisted_bytes = 0;
+    c->consts_ready = false;
 }
 
 struct tensor *tctx_fail(struct tctx *c, int rc, const char *fmt, ...) {
@@ -486,8 +491,44 @@ done:
     return c->rc;
 }
 
-int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
+/* tctx_plan_hoisted's marks: which computed nodes depend on no input (const[i] for nodes[i]),
+ * and the bytes they hold; false when nothing can be kept (streamed weights, too many bytes). */
+static bool mark_constants(struct tctx *c, bool *is_const, size_t *bytes) {
+    *bytes = 0;
+    if (c->stream && c->stream->n_blocks > 0) return false;
+    /* nodes[] lists sources before their readers; varies[] by node id */
+    bool *varies = mem_alloc((size_t)(c->n_nodes > 0 ? c->n_nodes : 1) * sizeof *varies);
+    bool any = false;
+    for (int i = 0; i < c->n_nodes; i++) {
+        struct tensor *t = c->nodes[i];
+        bool v = (t->flags & TENSOR_FLAG_INPUT) != 0;
+        for (int k = 0; k < TENSOR_MAX_SRC && !v; k++)
+            if (t->src[k] && t->src[k]->id >= 0 && varies[t->src[k]->id]) v = true;
+        varies[i] = v;
+        is_const[i] = !v && t->op != OP_NONE && t->op != OP_RESHAPE;
+        if (is_const[i]) {
+            *bytes += align_up(tensor_nbytes(t));
+            any = true;
+        }
+    }
+    mem_free(varies);
+    return any && *bytes <= TCTX_HOIST_MAX;
+}
+
+static int plan(struct tctx *c, struct tensor *const *outs, int n_outs, bool hoist);
+
+int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) { return plan(c, outs, n_outs, false); }
+
+int tctx_plan_hoisted(struct tctx *c, struct tensor *const *outs, int n_outs) { return plan(c, outs, n_outs, true); }
+
+static int plan(struct tctx *c, struct tensor *const *outs, int n_outs, bool hoist) {
     c->memo_valid = false; /* a new plan: what was memoised no longer describes the graph */
+    c->hoisted = false;
+    c->run_var = NULL;
+    c->n_run_var = 0;
+    c->hoisted_bytes = 0;
+    c->consts_ready = false;
+    c->scratch->plans++;
     if (c->rc) return c->rc;
     /* a previous plan's nodes are ordered again (a graph extended after planning) */
     for (int i = 0; i < c->n_nodes; i++) c->nodes[i]->id = -1;
@@ -526,16 +567,26 @@ int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
             if (o->last_use < t->last_use) o->last_use = t->last_use;
         }
     }
+    /* hoisted: results made from weights only live as long as the plan */
+    bool *is_const = NULL;
+    if (hoist) {
+        is_const = mem_alloc((size_t)(c->n_nodes > 0 ? c->n_nodes : 1) * sizeof *is_const);
+        c->hoisted = mark_constants(c, is_const, &c->hoisted_bytes);
+        if (c->hoisted)
+            for (int i = 0; i < c->n_nodes; i++)
+                if (is_const[i]) mem_owner(c->nodes[i])->last_use = c->n_nodes;
+    }
     /* simulate: allocate at definition, free after last use */
     struct planner p = {0};
     int *dying_head = mem_alloc((size_t)(c->n_nodes + 1) * sizeof(int));
     int *dying_next = mem_alloc((size_t)c->n_nodes * sizeof(int));
     for (int i = 0; i <= c->n_nodes; i++) dying_head[i] = -1;
     /* inputs are written before the graph runs, so they live from the start, wherever the
-       depth-first order happened to place them */
+       depth-first order happened to place them; so do hoisted results (a later run starts with
+       them made, and must not let an earlier node write where they are) */
     for (int i = 0; i < c->n_nodes; i++) {
         struct tensor *t = c->nodes[i];
-        if (needs_memory(t) && (t->flags & TENSOR_FLAG_INPUT)) {
+        if (needs_memory(t) && ((t->flags & TENSOR_FLAG_INPUT) || (c->hoisted && is_const[i]))) {
             t->offset = plan_alloc(&p, align_up(tensor_nbytes(t)));
             dying_next[i] = dying_head[t->last_use];
             dying_head[t->last_use] = i;
@@ -543,7 +594,7 @@ int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
     }
     for (int i = 0; i < c->n_nodes; i++) {
         struct tensor *t = c->nodes[i];
-        if (needs_memory(t) && !(t->flags & TENSOR_FLAG_INPUT)) {
+        if (needs_memory(t) && !(t->flags & TENSOR_FLAG_INPUT) && !(c->hoisted && is_const[i])) {
             t->offset = plan_alloc(&p, align_up(tensor_nbytes(t)));
             dying_next[i] = dying_head[t->last_use];
             dying_head[t->last_use] = i;
@@ -589,6 +640,14 @@ int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs) {
     c->n_run = 0;
     for (int i = 0; i < c->n_nodes; i++)
         if (c->nodes[i]->op != OP_NONE && c->nodes[i]->op != OP_RESHAPE) c->run[c->n_run++] = c->nodes[i];
+    if (c->hoisted) {
+        c->run_var = arena_alloc(&c->arena, (size_t)(c->n_nodes + 1) * sizeof *c->run_var);
+        for (int i = 0; i < c->n_nodes; i++)
+            if (c->nodes[i]->op != OP_NONE && c->nodes[i]->op != OP_RESHAPE && !is_const[i])
+                c->run_var[c->n_run_var++] = c->nodes[i];
+        c->consts_plan = c->scratch->plans;
+    }
+    mem_free(is_const);
     if (c->stream && c->stream->n_blocks > 0) return plan_stream(c);
     return 0;
 }
@@ -635,7 +694,15 @@ bool tctx_memo_get(struct tctx *c, const uint64_t key[TCTX_MEMO_KEY], struct ten
 
 int tctx_run(struct tctx *c) {
     if (c->rc) return c->rc;
-    int rc = backend_graph_run(c->backend, c->run, c->n_run, &c->err);
+    /* hoisted: the nodes made from weights only ran already, and no other plan on the scratch
+       has overwritten their results since */
+    bool skip = c->hoisted && c->consts_ready && c->consts_plan == c->scratch->plans;
+    int rc = skip ? backend_graph_run(c->backend, c->run_var, c->n_run_var, &c->err)
+                  : backend_graph_run(c->backend, c->run, c->n_run, &c->err);
+    if (!rc && c->hoisted && !skip) { /* made now, over whatever another plan left there */
+        c->consts_ready = true;
+        c->consts_plan = c->scratch->plans;
+    }
     if (rc) {
         c->rc = rc;
         if (!c->err.code) err_set(&c->err, rc, "graph failed on %s: %s", c->backend->iface->name, status_str(rc));

@@ -191,6 +191,8 @@ struct tscratch {
     void *buf;               /* backend buffer, or NULL */
     size_t size;             /* bytes in buf */
     size_t peak;             /* largest plan seen, in bytes */
+    uint64_t plans;          /* tctx_plan calls on it so far: a plan of another context may have
+                                overwritten what a hoisted plan keeps (tctx_plan_hoisted) */
 };
 
 void tscratch_init(struct tscratch *s, struct backend *be);
@@ -219,6 +221,14 @@ struct tctx {
     struct tensor *memo_io[TCTX_MEMO_IO]; /* the builder's inputs and outputs */
     void *memo_buf;                       /* the scratch buffer the plan placed its nodes in */
     size_t memo_buf_size;                 /* and its size */
+    /* tctx_plan_hoisted: the computed nodes that depend on an input, in order (the rest ran
+       once and kept their results); hoisted false after a plain tctx_plan */
+    bool hoisted;
+    struct tensor **run_var;
+    int n_run_var;
+    size_t hoisted_bytes;                 /* memory the kept results hold */
+    bool consts_ready;                    /* the kept results are computed */
+    uint64_t consts_plan;                 /* scratch->plans when they were last made */
 };
 
 /* Storage is the caller's; the scratch is borrowed and must outlive the context. */
@@ -246,6 +256,18 @@ void tensor_set_output(struct tensor *t);
 
 /* Orders every node reachable from outs, plans memory and grows the scratch if needed. */
 int tctx_plan(struct tctx *c, struct tensor *const *outs, int n_outs);
+
+/* tctx_plan for a graph that will run many times with new inputs (graph reuse, below): the
+ * computed nodes that depend on no input (made from weights only: in the UNet the cross-
+ * attention keys and values of the prompt's context) keep their memory for the plan's life, and
+ * run only at the first tctx_run and whenever another plan may have overwritten them (another
+ * context planned on the same scratch); later runs send only the nodes that depend on inputs.
+ * Same kernels, same results, provided the weights' contents do not change while the plan is
+ * run again (the sampler's context is uploaded once per run, and each run plans anew). Falls
+ * back to tctx_plan's behaviour with streamed weights or when
+ * the kept results would hold more than TCTX_HOIST_MAX bytes. */
+#define TCTX_HOIST_MAX ((size_t)256 << 20)
+int tctx_plan_hoisted(struct tctx *c, struct tensor *const *outs, int n_outs);
 
 /* Copies host data into / out of a planned tensor (size = tensor_nbytes). */
 int tctx_set(struct tctx *c, struct tensor *t, const void *host);

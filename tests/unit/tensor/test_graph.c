@@ -3,7 +3,7 @@
  * Checks: chains and diamonds with reshapes compute the right values; scratch memory is reused
  * (a long chain needs far less than the sum of its tensors); outputs and inputs are never
  * overwritten by later nodes; reshape aliases keep their owner alive; a planned graph can run
- * again with new inputs; errors are sticky (NULL inputs, shape errors in op_*) with messages.
+ * again with new inputs, and a hoisted plan keeps what depends on weights only; errors are sticky (NULL inputs, shape errors in op_*) with messages.
  * References are computed here in double from the same host inputs. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -310,6 +310,77 @@ static void test_memo(void **state) {
     assert_false(tctx_memo_get(c, key, back, 2));
 }
 
+/* tctx_plan_hoisted: nodes made from weights only (silu(w1) * w2) run at the first tctx_run and
+ * keep their memory; later runs send only the nodes that depend on the input and give the same
+ * values. The input chain's temporaries come first in the graph order, so a kept result placed
+ * at its own definition would share their memory (later runs would overwrite it). A plan of
+ * another context on the same scratch (which may overwrite anything) makes the next run compute
+ * them again. White box: a weight changed between runs (against the contract) shows which runs
+ * recomputed them. */
+static void test_hoisted(void **state) {
+    struct fx *f = *state;
+    struct tctx *c = &f->c;
+    enum { N = 4096 };
+    static float x[N], w1[N], w2[N], got[N];
+    static double ref[N];
+    fill(w1, N, 21);
+    fill(w2, N, 22);
+    struct tensor *in = tensor_input(c, DTYPE_F32, SH(N));
+    struct tensor *t = op_silu(c, op_silu(c, op_silu(c, in)));
+    struct tensor *k = op_mul(c, op_silu(c, tensor_weight(c, DTYPE_F32, SH(N), w1)),
+                              tensor_weight(c, DTYPE_F32, SH(N), w2));
+    struct tensor *y = op_add(c, t, k);
+    assert_int_equal(tctx_plan_hoisted(c, &y, 1), 0);
+    assert_true(c->hoisted);
+    assert_int_equal(c->n_run, 6);
+    assert_int_equal(c->n_run_var, 4);
+    assert_int_equal(c->hoisted_bytes, 2 * N * sizeof(float));
+    struct tctx other;
+    tctx_init(&other, f->be, &f->scratch);
+    for (int round = 0; round < 4; round++) {
+        if (round == 2) { /* another context writes over the scratch (not growing it: that would
+                             move it, and the memo would then not give this plan back) */
+            void *buf = f->scratch.buf;
+            struct tensor *oi = tensor_input(&other, DTYPE_F32, SH(N));
+            struct tensor *oo = op_scale(&other, oi, 0.0f, 1e6f);
+            assert_int_equal(tctx_plan(&other, &oo, 1), 0);
+            assert_ptr_equal(f->scratch.buf, buf);
+            static float junk[N];
+            assert_int_equal(tctx_set(&other, oi, junk), 0);
+            assert_int_equal(tctx_run(&other), 0);
+            tctx_reset(&other);
+        }
+        fill(x, N, 30 + round);
+        assert_int_equal(tctx_set(c, in, x), 0);
+        assert_int_equal(tctx_run(c), 0);
+        assert_int_equal(tctx_get(c, y, got), 0);
+        for (int j = 0; j < N; j++) ref[j] = silu(silu(silu(x[j]))) + silu(w1[j]) * w2[j];
+        expect_close(got, ref, N, 1e-6);
+    }
+    /* white box: w1 changed; the next run keeps the old product, a plan elsewhere makes it anew */
+    static float old_w1[N];
+    memcpy(old_w1, w1, sizeof w1);
+    fill(w1, N, 23);
+    assert_int_equal(tctx_set(c, in, x), 0);
+    assert_int_equal(tctx_run(c), 0);
+    assert_int_equal(tctx_get(c, y, got), 0);
+    for (int j = 0; j < N; j++) ref[j] = silu(silu(silu(x[j]))) + silu(old_w1[j]) * w2[j];
+    expect_close(got, ref, N, 1e-6);
+    struct tensor *oi = tensor_input(&other, DTYPE_F32, SH(4));
+    struct tensor *oo = op_silu(&other, oi);
+    assert_int_equal(tctx_plan(&other, &oo, 1), 0);
+    assert_int_equal(tctx_set(c, in, x), 0);
+    assert_int_equal(tctx_run(c), 0);
+    assert_int_equal(tctx_get(c, y, got), 0);
+    for (int j = 0; j < N; j++) ref[j] = silu(silu(silu(x[j]))) + silu(w1[j]) * w2[j];
+    expect_close(got, ref, N, 1e-6);
+    tctx_deinit(&other);
+    /* a plain plan of the same graph keeps nothing */
+    assert_int_equal(tctx_plan(c, &y, 1), 0);
+    assert_false(c->hoisted);
+    assert_int_equal(c->n_run_var, 0);
+}
+
 /* Weights take no scratch memory. */
 static void test_weights_not_planned(void **state) {
     struct fx *f = *state;
@@ -447,6 +518,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_late_input_not_clobbered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rerun_and_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hoisted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_weights_not_planned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replan_extended_graph, setup, teardown),
         cmocka_unit_test_setup_teardown(test_null_input_is_sticky, setup, teardown),
