@@ -5,7 +5,7 @@
  * the fastest, and the sum over an evaluation's linears. Answers one question: what would
  * choosing cuBLASLt's algorithm by timing save?
  * Build: nvcc -O2 -arch=sm_90 -o build/lt_probe bench/lt_probe.cu -lcublasLt
- * Run:   build/lt_probe [batch]   (default 8) */
+ * Run:   build/lt_probe [batch [v]]   (default 8; v: every candidate with its configuration) */
 #include <cublasLt.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -33,6 +33,7 @@ struct shape {
 
 int main(int argc, char **argv) {
     int batch = argc > 1 ? atoi(argv[1]) : 8;
+    bool verbose = argc > 2 && argv[2][0] == 'v'; /* every candidate's time and configuration */
     /* per transformer block: proj_in, q k v, out, (cross) q, k v over 77 tokens, out, ff in
        (GEGLU, 8C), ff out, proj_out; blocks: 5 at C=320/4096 tokens, 5 at 640/1024, 5 at
        1280/256, 1 at 1280/64 */
@@ -107,6 +108,20 @@ int main(int argc, char **argv) {
             float ms;
             CK(cudaEventElapsedTime(&ms, e0, e1));
             double t = ms / reps;
+            if (verbose) { /* the candidate's configuration, to look for a rule that is not timing */
+                int32_t id = -1, tile = -1, stages = -1, splitk = -1, red = -1, swz = -1;
+                uint16_t cluster = 0;
+                size_t w_;
+                cublasLtMatmulAlgoConfigGetAttribute(&r[i].algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof id, &w_);
+                cublasLtMatmulAlgoConfigGetAttribute(&r[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, &w_);
+                cublasLtMatmulAlgoConfigGetAttribute(&r[i].algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages, &w_);
+                cublasLtMatmulAlgoConfigGetAttribute(&r[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk, &w_);
+                cublasLtMatmulAlgoConfigGetAttribute(&r[i].algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof red, &w_);
+                cublasLtMatmulAlgoConfigGetAttribute(&r[i].algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swz, sizeof swz, &w_);
+                cublasLtMatmulAlgoConfigGetAttribute(&r[i].algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof cluster, &w_);
+                printf("    #%2d %8.4f ms  algo %3d tile %3d stages %3d splitk %2d red %d swizzle %d cluster %2d waves %.3f ws %zu\n",
+                       i, t, id, tile, stages, splitk, red, swz, (int)cluster, r[i].wavesCount, r[i].workspaceSize);
+            }
             if (i == 0) first = t;
             if (t < best) {
                 best = t;
