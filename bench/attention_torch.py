@@ -3,6 +3,7 @@
 scaled_dot_product_attention backends (flash, cuDNN, memory-efficient) at SD 1.5's attention
 shapes, batch 8 (4 images x CFG), fp16, on the lent GPU machine (which has torch; this machine
 does not). Prints one line per shape and backend: ms per call and TFLOP/s (4 b h nq nk d).
+Also the shapes with each head zero-padded (40 -> 48/64, 80 -> 96/128, 160 -> 192/256).
 Usage: python3 bench/attention_torch.py [batch]"""
 import sys
 import torch
@@ -16,6 +17,16 @@ SHAPES = [  # (name, tokens, keys, heads, head size)
     ("self 16x16", 256, 256, 8, 160),
     ("cross 64x64", 4096, 77, 8, 40),
     ("cross 32x32", 1024, 77, 8, 80),
+    # the same with each head zero-padded to a tensor-core-friendly size (the scores and outputs
+    # are the same; does a wider head run faster?)
+    ("self 64 p64", 4096, 4096, 8, 64),
+    ("self 64 p48", 4096, 4096, 8, 48),
+    ("self 32 p96", 1024, 1024, 8, 96),
+    ("self 32 p128", 1024, 1024, 8, 128),
+    ("self 16 p192", 256, 256, 8, 192),
+    ("self 16 p256", 256, 256, 8, 256),
+    ("cross 64 p64", 4096, 77, 8, 64),
+    ("cross 32 p128", 1024, 77, 8, 128),
 ]
 BACKENDS = [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
             ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
