@@ -2,6 +2,8 @@
  * Mirrors ldm's Encoder/Decoder (comfy/ldm/modules/diffusionmodules/model.py).
  * Threads: one device worker. */
 #include "model/vae.h"
+#include "base/clock.h"
+#include "base/log.h"
 #include "base/status.h"
 
 #include <stdio.h>
@@ -198,8 +200,9 @@ struct tensor *vae_decode_forward(struct tctx *c, const struct vae *m, struct te
 struct tensor *vae_decode_image_forward(struct tctx *c, const struct vae *m, struct tensor *z) {
     struct tensor *h = decode_body(c, m, z);
     if (!m->nhwc) h = to_nhwc(c, h);
-    /* (x + 1) / 2 in fp32: x 0.5 + 0.5 rounds the same exact value once */
-    return op_scale(c, op_cast(c, h, DTYPE_F32), 0.5f, 0.5f); // [B, 8h, 8w, 3]
+    /* clamp((x + 1) / 2, 0, 1) in fp32: x 0.5 + 0.5 rounds the same exact value once; the clamp
+       here saves the host a pass over the pixels */
+    return op_scale_clamp(c, op_cast(c, h, DTYPE_F32), 0.5f, 0.5f, 0.0f, 1.0f); // [B, 8h, 8w, 3]
 }
 
 struct tensor *vae_encode_forward(struct tctx *c, const struct vae *m, struct tensor *x) {
@@ -256,9 +259,15 @@ static int decode_run(struct tctx *c, const struct vae *m, uint64_t kind,
         if (rc) return rc;
         tctx_memo_set(c, key, io, 2);
     }
+    double t0 = clock_now();
     int rc = tctx_set(c, io[0], z);
+    double t1 = clock_now();
     if (!rc) rc = tctx_run(c);
+    double t2 = clock_now();
     if (!rc) rc = tctx_get(c, io[1], out);
+    if (log_get_level() == LOG_LEVEL_DEBUG)
+        log_debug("vae: input in %.3f ms, graph %.3f ms, output %.3f ms", 1e3 * (t1 - t0), 1e3 * (t2 - t1),
+                  1e3 * (clock_now() - t2));
     return rc;
 }
 

@@ -69,9 +69,9 @@ void vae_deinit(struct vae *m);
 /* Records the decoder: z [B, z, h, w] (the latent as the sampler returns it, unscaled)
  * -> [B, 3, 8h, 8w] in about [-1, 1] (before ComfyUI's clamp((x+1)/2)). */
 struct tensor *vae_decode_forward(struct tctx *c, const struct vae *m, struct tensor *z);
-/* The same decoder, then ComfyUI's image layout and scale: -> [B, 8h, 8w, 3] = (x + 1) / 2 in
- * fp32, not yet clamped to [0, 1] (the caller clamps while it holds the pixels). On GPUs the
- * channels-last decoder ends in that layout: no transpose. */
+/* The same decoder, then ComfyUI's image layout, scale and clamp: -> [B, 8h, 8w, 3] =
+ * clamp((x + 1) / 2, 0, 1) in fp32 (torch.clamp: NaN stays NaN). On GPUs the channels-last
+ * decoder ends in that layout: no transpose. */
 struct tensor *vae_decode_image_forward(struct tctx *c, const struct vae *m, struct tensor *z);
 
 /* Records the encoder: x [B, 3, H, W] in [-1, 1] -> the posterior mean [B, e, H/8, W/8]. */

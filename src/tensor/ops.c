@@ -160,6 +160,16 @@ struct tensor *op_scale(struct tctx *c, struct tensor *a, float s, float t) {
     return r;
 }
 
+struct tensor *op_scale_clamp(struct tctx *c, struct tensor *a, float s, float t, float lo, float hi) {
+    struct tensor *r = op_scale(c, a, s, t);
+    if (r) {
+        r->ip[0] = 1;
+        r->fp[2] = lo;
+        r->fp[3] = hi;
+    }
+    return r;
+}
+
 struct tensor *op_silu(struct tctx *c, struct tensor *a) { return unary(c, OP_SILU, a); }
 struct tensor *op_gelu(struct tctx *c, struct tensor *a) { return unary(c, OP_GELU, a); }
 struct tensor *op_quick_gelu(struct tctx *c, struct tensor *a) { return unary(c, OP_QUICK_GELU, a); }

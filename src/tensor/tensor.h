@@ -301,6 +301,9 @@ struct tensor *op_mul(struct tctx *c, struct tensor *a, struct tensor *b);
 struct tensor *op_add_fused(struct tctx *c, struct tensor *y, struct tensor *r);
 /* a * s + t. fp[0] = s, fp[1] = t. */
 struct tensor *op_scale(struct tctx *c, struct tensor *a, float s, float t);
+/* op_scale, then clamped to [lo, hi] as torch.clamp does it (NaN stays NaN). ip[0] = 1,
+ * fp[2] = lo, fp[3] = hi. */
+struct tensor *op_scale_clamp(struct tctx *c, struct tensor *a, float s, float t, float lo, float hi);
 /* x * sigmoid(x); GELU with erf; x * sigmoid(1.702 x). */
 struct tensor *op_silu(struct tctx *c, struct tensor *a);
 struct tensor *op_gelu(struct tctx *c, struct tensor *a);

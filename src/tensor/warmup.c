@@ -103,6 +103,8 @@ static void warm_record(struct warm *w, bool images) {
         warm_keep(w, op_group_norm_nhwc(c, xc, cb, cb, 32, 1e-5f, true));        // [1, 8, 8, 32]
         warm_keep(w, op_upsample_nearest_nhwc_to(c, xc, 16, 16));                // [1, 16, 16, 32]
         warm_keep(w, op_concat(c, xc, xc, 3));                                   // [1, 8, 8, 64]
+        /* the VAE's last op: its image in F32, scaled and clamped */
+        warm_keep(w, op_scale_clamp(c, op_cast(c, xc, DTYPE_F32), 0.5f, 0.5f, 0.0f, 1.0f)); // [1, 8, 8, 32]
     }
     /* token ops: transformer block pieces */
     warm_keep(w, op_linear(c, h, lw, lb));                     // [1, 16, 128]

@@ -271,6 +271,9 @@ static struct tensor *b_mul(struct tctx *c, struct tensor **in, const struct oca
 static struct tensor *b_scale(struct tctx *c, struct tensor **in, const struct ocase *k) {
     return op_scale(c, in[0], k->fp[0], k->fp[1]);
 }
+static struct tensor *b_scale_clamp(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_scale_clamp(c, in[0], k->fp[0], k->fp[1], 0.0f, 1.0f);
+}
 static struct tensor *b_silu(struct tctx *c, struct tensor **in, const struct ocase *k) { return op_silu(c, in[0]); }
 static struct tensor *b_gelu(struct tctx *c, struct tensor **in, const struct ocase *k) { return op_gelu(c, in[0]); }
 static struct tensor *b_qgelu(struct tctx *c, struct tensor **in, const struct ocase *k) {
@@ -351,6 +354,7 @@ static void test_elementwise(void **state) {
         {"mul bcast [2,320,16,16]*[2,320,1,1]", b_mul, 2, {IN(2, 320, 16, 16), IN(2, 320, 1, 1)}, -2, 2, {0}, {0}},
         {"mul row [2,77,768]*[77,768]", b_mul, 2, {IN(2, 77, 768), IN(77, 768)}, -2, 2, {0}, {0}},
         {"scale latent [2,4,64,64]", b_scale, 1, {IN(2, 4, 64, 64)}, -3, 3, {0}, {0.18215f, 0.5f}},
+        {"scale clamp [1,64,64,3]", b_scale_clamp, 1, {IN(1, 64, 64, 3)}, -3, 3, {0}, {0.5f, 0.5f}},
         {"silu [2,320,16,16]", b_silu, 1, {IN(2, 320, 16, 16)}, -8, 8, {0}, {0}},
         {"silu [2,1280]", b_silu, 1, {IN(2, 1280)}, -8, 8, {0}, {0}},
         {"gelu [2,256,1280]", b_gelu, 1, {IN(2, 256, 1280)}, -6, 6, {0}, {0}},

@@ -12,15 +12,6 @@
 
 /* ===== VAEDecode ===== */
 
-/* torch.clamp(x, 0, 1) in place: NaN stays NaN. A contiguous loop of selects, vectorised. */
-KILN_VECTORIZE static void clamp01(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        v = v < 0.0f ? 0.0f : v;
-        x[i] = v > 1.0f ? 1.0f : v;
-    }
-}
-
 static const struct node_input decode_inputs[] = {
     {.name = "samples", .kind = NODE_INPUT_OBJECT, .type = "LATENT", .tooltip = "The latent to be decoded."},
     {.name = "vae", .kind = NODE_INPUT_OBJECT, .type = "VAE", .tooltip = "The VAE model used for decoding the latent."},
@@ -45,9 +36,9 @@ static int run_decode(struct node_run *ctx, const struct value *in, struct value
         return err_set(err, STATUS_ERR_NOMEM, "VAEDecode: out of host memory for %lld images of %lldx%lld",
                        (long long)lat->b, (long long)W, (long long)H);
     int rc = 0;
-    /* one image at a time bounds activation memory; each comes back as (x + 1) / 2 in the
-       IMAGE layout [H, W, 3] (vae_decode_image: on GPUs the decoder's own layout), clamped here,
-       and handed to the PNG encoder of a SaveImage that takes them, while the next decodes */
+    /* one image at a time bounds activation memory; each comes back as clamp((x + 1) / 2) in the
+       IMAGE layout [H, W, 3] (vae_decode_image: on GPUs the decoder's own layout), and is handed
+       to the PNG encoder of a SaveImage that takes them, while the next decodes */
     save_ahead_begin(ctx, img);
     for (int64_t b = 0; b < lat->b && !rc; b++) {
         float *dst = img->data + b * plane * 3;
@@ -56,7 +47,6 @@ static int run_decode(struct node_run *ctx, const struct value *in, struct value
             err_set(err, rc, "VAEDecode: %s", e->tctx.err.msg);
             break;
         }
-        clamp01(dst, (size_t)(plane * 3));
         save_ahead_submit(img, b);
         rc = node_progress(ctx, b + 1, lat->b, err);
     }

@@ -121,12 +121,22 @@ int cpu_op_mul(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) { retur
 int cpu_op_scale(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
     const float *x = dst->src[0]->data;
     float *y = dst->data;
-    const float s = dst->fp[0], t = dst->fp[1];
+    const float s = dst->fp[0], t = dst->fp[1], lo = dst->fp[2], hi = dst->fp[3];
+    const bool clamp = dst->ip[0] != 0;
     int64_t n = tensor_numel(dst), tasks = (n + CHUNK - 1) / CHUNK;
 #pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
     for (int64_t k = 0; k < tasks; k++) {
-        int64_t i0 = k * CHUNK;
-        cpu__vec_affine(y + i0, x + i0, MIN((int64_t)CHUNK, n - i0), s, t, false);
+        int64_t i0 = k * CHUNK, m = MIN((int64_t)CHUNK, n - i0);
+        cpu__vec_affine(y + i0, x + i0, m, s, t, false);
+        if (clamp) { /* torch.clamp: selects, so NaN stays NaN */
+            float *p = y + i0;
+#pragma omp simd
+            for (int64_t j = 0; j < m; j++) {
+                float v = p[j];
+                v = v < lo ? lo : v;
+                p[j] = v > hi ? hi : v;
+            }
+        }
     }
     return 0;
 }

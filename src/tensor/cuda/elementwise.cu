@@ -89,15 +89,20 @@ int cuda_op_mul(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
 
 /* ===== Unary maps ===== */
 
-enum unary_kind { UNARY_SCALE, UNARY_SILU, UNARY_GELU, UNARY_QUICK_GELU };
+enum unary_kind { UNARY_SCALE, UNARY_SCALE_CLAMP, UNARY_SILU, UNARY_GELU, UNARY_QUICK_GELU };
 
 __device__ __forceinline__ float gelu_f(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
 template <typename T, int OP>
-__global__ void unary(T *y, const T *x, int64_t n, float s, float t) {
+__global__ void unary(T *y, const T *x, int64_t n, float s, float t, float lo, float hi) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float v = cuda_to_f32(x[i]), r;
         if (OP == UNARY_SCALE) r = v * s + t;
+        else if (OP == UNARY_SCALE_CLAMP) { /* torch.clamp: NaN stays NaN */
+            r = v * s + t;
+            r = r < lo ? lo : r;
+            r = r > hi ? hi : r;
+        }
         else if (OP == UNARY_SILU) r = v / (1.0f + expf(-v));
         else if (OP == UNARY_GELU) r = gelu_f(v);
         else r = v / (1.0f + expf(-1.702f * v));
@@ -109,12 +114,15 @@ template <typename T, int OP>
 static int unary_cuda(const struct tensor *dst, float s, float t, cudaStream_t stream, struct err *err) {
     int64_t n = cuda_numel(dst);
     if (n == 0) return 0;
-    unary<T, OP><<<grid_for(n), THREADS, 0, stream>>>((T *)dst->data, (const T *)dst->src[0]->data, n, s, t);
+    unary<T, OP><<<grid_for(n), THREADS, 0, stream>>>((T *)dst->data, (const T *)dst->src[0]->data, n, s, t,
+                                                        dst->fp[2], dst->fp[3]);
     CUDA_TRY_LAUNCH();
     return 0;
 }
 
 int cuda_op_scale(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
+    if (dst->ip[0])
+        CUDA_DISPATCH(dst->dtype, unary_cuda<T, UNARY_SCALE_CLAMP>(dst, dst->fp[0], dst->fp[1], ctx->stream, err));
     CUDA_DISPATCH(dst->dtype, unary_cuda<T, UNARY_SCALE>(dst, dst->fp[0], dst->fp[1], ctx->stream, err));
 }
 

@@ -260,6 +260,20 @@ static void test_scale(void **state) {
     double *ref = ref_buf(f, n);
     for (int64_t i = 0; i < n; i++) ref[i] = (double)x[i] * 0.18215f + -0.5f;
     check_close("scale", got, ref, n, 1e-6);
+    /* clamped (the VAE's last op): bit for bit x * 0.5 + 0.5 then torch.clamp; NaN stays NaN */
+    begin(f);
+    a = in_rand(f, &x, SH(3, 17, 19), -3, 3);
+    x[5] = NAN;
+    got = run(f, op_scale_clamp(&f->c, a, 0.5f, 0.5f, 0.0f, 1.0f));
+    int clamped = 0;
+    for (int64_t i = 0; i < 3 * 17 * 19; i++) {
+        float v = x[i] * 0.5f + 0.5f;
+        v = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
+        clamped += v == 0.0f || v == 1.0f;
+        if (i == 5) assert_true(isnan(got[i]));
+        else if (memcmp(&v, &got[i], sizeof v) != 0) fail_msg("scale clamp %lld: %.9g, want %.9g", (long long)i, got[i], v);
+    }
+    assert_true(clamped > 100); /* both sides were clamped */
 }
 
 enum act { ACT_SILU, ACT_GELU, ACT_QUICK_GELU };
