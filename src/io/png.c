@@ -72,8 +72,10 @@ KILN_VECTORIZE void png_from_float(const float *src, uint8_t *dst, size_t n) {
 
 enum {
     ENC_MAX_THREADS = 16,             /* threads per image, at most */
-    ENC_MAX_STRIPS = 16,              /* strips per image, at most (512x512 RGB: 16 of 48 KiB) */
-    ENC_STRIP_MIN = 32 << 10,         /* bytes of filtered data per strip, at least */
+    ENC_MAX_STRIPS = 16,              /* strips per image, at most (512x512 RGB: 12 of 64 KiB, so a
+                                         16-CPU machine has CPUs to spare: one strip late behind
+                                         another thread would delay the whole image) */
+    ENC_STRIP_MIN = 64 << 10,         /* bytes of filtered data per strip, at least */
     ENC_ONE_STRIP_BELOW = 256 << 10,  /* in bytes of filtered data: smaller images use one strip */
     ENC_ZLIB_PIECE = 1 << 30,         /* in bytes: most input or output handed to deflate at once */
     ENC_CHUNK_MAX = 1 << 30,          /* bytes of data per IDAT chunk, at most (PNG: 2^31 - 1) */
