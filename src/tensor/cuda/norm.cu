@@ -529,13 +529,11 @@ static int group_norm_nhwc_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T 
  *    per-channel (mean, M2) go to shared memory and S lanes of a warp merge group g's channels
  *    (equal counts: the mean of the means, then sum M2 + rows * sum (mean_ch - mean_g)^2; fixed
  *    xor trees) into one (n, mean, M2) per (image, group, chunk) in ctx->work.
- * 2. apply: each block first merges its image's chunks per group (a warp per group, lane-
- *    strided, then a fixed shuffle tree) into (mean, rstd) in shared memory: every block of an
- *    image repeats that merge (G * chunks * 3 floats each, from L2: ~13 KB at SD's largest
- *    level), which costs less than the separate finalize launch it replaced (three launches per
- *    GroupNorm became two; at SD's 8x8 and 16x16 levels a GroupNorm is launch latency).
- *    Then each thread takes mean, scale = rstd * w and shift = b for its 8 channels once, and
- *    streams its rows: y = (x - mean) * scale + shift (SiLU optional).
+ * 2. finalize: one warp per (image, group) merges its chunks (lane-strided, then a fixed
+ *    shuffle tree) into (mean, rstd). A launch of its own, so that the apply blocks do not each
+ *    re-read every partial (B * G * chunks^2 reads).
+ * 3. apply: each thread takes mean, scale = rstd * w and shift = b for its 8 channels once,
+ *    then streams its rows: y = (x - mean) * scale + shift (SiLU optional).
  * No atomics: the result does not depend on scheduling. */
 
 #define GNN_THREADS 256        /* threads per block when a row has fewer vectors (else one per vector) */
@@ -545,6 +543,7 @@ static int group_norm_nhwc_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T 
 #define GNN_TARGET_BLOCKS 264  /* two blocks per SM of an H100 (132 SMs) */
 #define GNN_ROWS_MIN 8         /* rows per chunk at least */
 #define GNN_CHUNKS_MAX 1024
+#define GNN_FIN_WARPS 8        /* groups per finalize block */
 
 extern __shared__ float gnn_smem[]; /* the stats kernel's dynamic shared memory */
 
@@ -652,38 +651,33 @@ __global__ void __launch_bounds__(GNN_BLOCK_MAX)
     }
 }
 
-/* The apply kernel's first step: its image's (mean, rstd) per group into st[2 G] (shared
- * memory), merged from part [B, G, chunks, 3] as the finalize launch it replaced merged them (a
- * warp per group, lane-strided, then the same shuffle tree): the same bits, without a launch of
- * its own. Every thread of the block takes part (the barrier is at the end). */
-__device__ __forceinline__ void group_norm_nhwc_block_stats(float *st, const float *__restrict__ part, int img,
-                                                            int groups, int chunks, float eps) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = (blockDim.x + 31) >> 5;
-    for (int g = warp; g < groups; g += warps) { /* warp-uniform */
-        const float *pp = part + ((int64_t)img * groups + g) * chunks * 3;
-        float n = 0.0f, m = 0.0f, q = 0.0f;
-        for (int i = lane; i < chunks; i += 32) welford_merge(n, m, q, pp[3 * i], pp[3 * i + 1], pp[3 * i + 2]);
-        welford_warp(n, m, q);
-        if (lane == 0) {
-            const float var = n > 0.0f ? q / n : 0.0f;
-            st[2 * g] = m;
-            st[2 * g + 1] = 1.0f / sqrtf((var > 0.0f ? var : 0.0f) + eps);
-        }
+/* stat [B, G, 2] = (mean, rstd) from part [B, G, chunks, 3]; grid (ceil(G / 8), B), a warp per group. */
+__global__ void __launch_bounds__(GNN_FIN_WARPS * 32)
+    group_norm_nhwc_finalize(const float *__restrict__ part, float *__restrict__ stat, int groups, int chunks,
+                             float eps) {
+    const int g = blockIdx.x * GNN_FIN_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (g >= groups) return; /* the whole warp */
+    const int64_t bg = (int64_t)blockIdx.y * groups + g;
+    const float *pp = part + bg * chunks * 3;
+    float n = 0.0f, m = 0.0f, q = 0.0f;
+    for (int i = lane; i < chunks; i += 32) welford_merge(n, m, q, pp[3 * i], pp[3 * i + 1], pp[3 * i + 2]);
+    welford_warp(n, m, q);
+    if (lane == 0) {
+        const float var = n > 0.0f ? q / n : 0.0f;
+        stat[2 * bg] = m;
+        stat[2 * bg + 1] = 1.0f / sqrtf((var > 0.0f ? var : 0.0f) + eps);
     }
-    __syncthreads();
 }
 
 template <typename T>
 __global__ void __launch_bounds__(GNN_BLOCK_MAX)
-    group_norm_nhwc_apply_vec(T *y, const T *x, const T *w, const T *b, const float *__restrict__ part, int p, int nv,
-                              int lanes, int per, int groups, int cpg, int chunks, float eps, int silu) {
-    extern __shared__ float gnn_stat[]; /* [2 groups]: (mean, rstd) of this image's groups */
-    group_norm_nhwc_block_stats(gnn_stat, part, blockIdx.y, groups, chunks, eps);
+    group_norm_nhwc_apply_vec(T *y, const T *x, const T *w, const T *b, const float *__restrict__ stat, int p, int nv,
+                              int lanes, int per, int groups, int cpg, int silu) {
     const int t = threadIdx.x, col = t % nv, lane = t / nv;
     if (lane >= lanes) return; /* padding threads of the last warp (no barrier below) */
     const int chunk = blockIdx.x, img = blockIdx.y;
     const int r0 = chunk * per, r1 = min(r0 + per, p);
-    const float *st = gnn_stat;
+    const float *st = stat + (int64_t)img * groups * 2;
     float mean[VEC], scale[VEC], shift[VEC];
 #pragma unroll
     for (int e = 0; e < VEC; e++) {
@@ -737,11 +731,12 @@ static int group_norm_nhwc_vec_cuda(struct cuda_ctx *ctx, T *y, const T *x, cons
     const int per = (int)((p + chunks - 1) / chunks);
     chunks = (p + per - 1) / per; /* no empty chunk */
     const int64_t nbg = nb * groups;
-    const size_t part_floats = (size_t)(3 * nbg * chunks);
+    const size_t stat_floats = (size_t)(2 * nbg), part_floats = (size_t)(3 * nbg * chunks);
     int rc = 0;
-    float *part = (float *)cuda__work(ctx, part_floats * sizeof(float), "group_norm (channels last) statistics", &rc,
-                                      err);
-    if (!part) return rc;
+    float *stat = (float *)cuda__work(ctx, (stat_floats + part_floats) * sizeof(float),
+                                      "group_norm (channels last) statistics", &rc, err);
+    if (!stat) return rc;
+    float *part = stat + stat_floats;
     /* shared memory: the lanes' states (17 floats a thread) or the channels' (mean, M2) */
     const size_t states = lanes > 1 ? (size_t)(1 + 2 * VEC) * tb : 0, channels = (size_t)2 * c;
     const size_t smem = (states > channels ? states : channels) * sizeof(float); /* <= 32 KiB */
@@ -749,9 +744,11 @@ static int group_norm_nhwc_vec_cuda(struct cuda_ctx *ctx, T *y, const T *x, cons
     group_norm_nhwc_stats_vec<T><<<grid, tb, smem, ctx->stream>>>(x, part, (int)p, nv, lanes, per, (int)chunks,
                                                                    (int)groups, cpg);
     CUDA_TRY_LAUNCH();
-    /* the apply blocks merge their image's partials themselves (GNN_C_MAX groups at most: 32 KiB) */
-    group_norm_nhwc_apply_vec<T><<<grid, tb, (size_t)2 * groups * sizeof(float), ctx->stream>>>(
-        y, x, w, b, part, (int)p, nv, lanes, per, (int)groups, cpg, (int)chunks, eps, silu ? 1 : 0);
+    const dim3 fgrid((unsigned)((groups + GNN_FIN_WARPS - 1) / GNN_FIN_WARPS), (unsigned)nb);
+    group_norm_nhwc_finalize<<<fgrid, GNN_FIN_WARPS * 32, 0, ctx->stream>>>(part, stat, (int)groups, (int)chunks, eps);
+    CUDA_TRY_LAUNCH();
+    group_norm_nhwc_apply_vec<T><<<grid, tb, 0, ctx->stream>>>(y, x, w, b, stat, (int)p, nv, lanes, per, (int)groups,
+                                                               cpg, silu ? 1 : 0);
     CUDA_TRY_LAUNCH();
     return 0;
 }
