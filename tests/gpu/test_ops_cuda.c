@@ -988,122 +988,6 @@ static void test_conv_algo_cache(void **state) {
     cache_end(root);
 }
 
-/* ===== cuBLASLt algorithms chosen by timing (matmul.cu, LT TUNING) ===== */
-
-/* Case k in F16 on an open CUDA backend s (its own scratch), output as F32 (mem_free). */
-static float *run_on(struct side *s, const struct ocase *k, void *const *host, int64_t *n_out) {
-    int rc = 0;
-    float *y = run_side(s, k, (void **)host, DTYPE_F16, false, n_out, &rc);
-    assert_int_equal(rc, 0);
-    return y;
-}
-
-static void side_open(struct side *s) {
-    struct err err = {0};
-    s->be = backend_cuda_new(0, &err);
-    assert_non_null(s->be);
-    tscratch_init(&s->scratch, s->be);
-    tctx_init(&s->c, s->be, &s->scratch);
-}
-
-static void side_close(struct side *s) {
-    tctx_deinit(&s->c);
-    tscratch_deinit(&s->scratch);
-    backend_free(s->be);
-}
-
-/* The algorithm's line of the one file kept in root/cublaslt (line 2), into line. */
-static void kept_algo(const char *root, char *line, size_t n) {
-    char dir[128], names[8][600];
-    snprintf(dir, sizeof dir, "%s/cublaslt", root);
-    assert_int_equal(kept_files(dir, ".txt", names), 1);
-    FILE *f = fopen(names[0], "r");
-    assert_non_null(f);
-    assert_non_null(fgets(line, (int)n, f));
-    assert_non_null(fgets(line, (int)n, f));
-    fclose(f);
-}
-
-/* A product's algorithm is timed once and kept in <cache>/cublaslt; a second backend open at the
- * same time takes the shared choice (same bits: one seed, one image on every device); a backend
- * on a copy of the folder reads the file back (same bits); a file naming no candidate is ignored,
- * timed again and rewritten (the result within rounding of the first). */
-static void test_lt_algo_cache(void **state) {
-    GPU_OR_SKIP();
-    const char *tune = getenv("KILN_LT_TUNE");
-    if (tune && strcmp(tune, "0") == 0) skip();
-    const struct ocase k = {"lt tuning [8,1024,640]x[640,640]+b", b_linear, 3, {IN(8, 1024, 640), IN(640, 640), IN(640)},
-                            -1, 1, {0}, {0}};
-    float *host[3];
-    rand_inputs(&k, host);
-    char root[64], line[600], first[600];
-    cache_begin("lt-cache", root);
-    struct side a, b;
-    side_open(&a);
-    int64_t n1 = 0, n2 = 0;
-    float *made = run_on(&a, &k, (void *const *)host, &n1);
-#ifdef KILN_HAVE_CUDNN
-    kept_algo(root, first, sizeof first);
-    printf("  kept algorithm %.32s...\n", first);
-    side_open(&b); /* while a is open: the shared choice */
-    float *shared = run_on(&b, &k, (void *const *)host, &n2);
-    assert_int_equal(n2, n1);
-    assert_memory_equal(shared, made, (size_t)n1 * sizeof(float));
-    mem_free(shared);
-    side_close(&b);
-    /* a copy of the folder: read back from the file */
-    char copy[64], cmd[300];
-    snprintf(copy, sizeof copy, "/tmp/kiln-lt-copy-XXXXXX");
-    assert_non_null(mkdtemp(copy));
-    snprintf(cmd, sizeof cmd, "cp -r '%s/cublaslt' '%s/'", root, copy);
-    assert_int_equal(system(cmd), 0);
-    setenv("KILN_CACHE_DIR", copy, 1);
-    float *read_back = run_fresh(&k, (void *const *)host, &n2);
-    assert_memory_equal(read_back, made, (size_t)n1 * sizeof(float));
-    mem_free(read_back);
-    kept_algo(copy, line, sizeof line);
-    assert_string_equal(line, first);
-    /* a file naming no candidate (zeros): timed again, rewritten */
-    char dir[128], names[8][600];
-    snprintf(dir, sizeof dir, "%s/cublaslt", copy);
-    assert_int_equal(kept_files(dir, ".txt", names), 1);
-    FILE *f = fopen(names[0], "r");
-    assert_non_null(f);
-    char head[600] = "";
-    assert_non_null(fgets(head, sizeof head, f));
-    fclose(f);
-    f = fopen(names[0], "w");
-    assert_non_null(f);
-    fputs(head, f);
-    for (size_t i = 0; i < strlen(first) - 1; i++) fputc('0', f);
-    fputc('\n', f);
-    fclose(f);
-    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s-2'", copy, copy);
-    assert_int_equal(system(cmd), 0);
-    char copy2[80];
-    snprintf(copy2, sizeof copy2, "%s-2", copy);
-    setenv("KILN_CACHE_DIR", copy2, 1);
-    float *retimed = run_fresh(&k, (void *const *)host, &n2);
-    for (int64_t i = 0; i < n1; i++)
-        assert_true(fabsf(retimed[i] - made[i]) <= 0.05f + 2e-3f * fabsf(made[i]));
-    mem_free(retimed);
-    kept_algo(copy2, line, sizeof line);
-    assert_true(strspn(line, "0") < strlen(line) - 1); /* not the zeros any more */
-    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", copy, copy2);
-    assert_int_equal(system(cmd), 0);
-    setenv("KILN_CACHE_DIR", root, 1);
-#else
-    char dir[128], names[8][600];
-    snprintf(dir, sizeof dir, "%s/cublaslt", root);
-    assert_int_equal(kept_files(dir, ".txt", names), 0); /* no cache without cuDNN: heuristics only */
-    (void)b, (void)n2, (void)line, (void)first;
-#endif
-    side_close(&a);
-    mem_free(made);
-    for (int i = 0; i < 3; i++) mem_free(host[i]);
-    cache_end(root);
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_elementwise),   cmocka_unit_test(test_linear),
@@ -1115,7 +999,6 @@ int main(void) {
         cmocka_unit_test(test_sd_scale),      cmocka_unit_test(test_cast),
         cmocka_unit_test(test_get_rows_bad_id), cmocka_unit_test(test_device_errors),
         cmocka_unit_test(test_attention_plan_cache), cmocka_unit_test(test_conv_algo_cache),
-        cmocka_unit_test(test_lt_algo_cache),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

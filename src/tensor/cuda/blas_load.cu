@@ -63,7 +63,6 @@ extern "C" {
       (h, ta, tb, m, n, k, alpha, A, at, lda, sa, B, bt, ldb, sb, beta, C, ct, ldc, sc, batch, comp, algo),            \
       CUBLAS_STATUS_NOT_INITIALIZED)                                                                                   \
     X(1, cublasStatus_t, cublasLtCreate, (cublasLtHandle_t * h), (h), CUBLAS_STATUS_NOT_INITIALIZED)                   \
-    X(1, size_t, cublasLtGetVersion, (void), (), 0)                                                                    \
     X(1, cublasStatus_t, cublasLtDestroy, (cublasLtHandle_t h), (h), CUBLAS_STATUS_NOT_INITIALIZED)                    \
     X(1, cublasStatus_t, cublasLtMatmul,                                                                               \
       (cublasLtHandle_t h, cublasLtMatmulDesc_t op, const void *alpha, const void *A, cublasLtMatrixLayout_t ad,       \

@@ -58,7 +58,6 @@ struct cuda_ctx {
     size_t lt_ws_size;      /* bytes in lt_ws */
     struct cuda_lt_plan *lt_plans;  /* one per LINEAR shape, dtype, bias and alignment (matmul.cu), mem_ owned */
     int n_lt_plans, cap_lt_plans;   /* used and allocated entries of lt_plans */
-    bool lt_tune_ref;               /* counted among the users of matmul.cu's shared choices */
     void *work;             /* kernel scratch (im2col), grown on demand, or NULL */
     size_t work_size;       /* bytes in work */
     size_t bytes_in_use;    /* device bytes held by buf_alloc (buffers + work), for the VRAM manager */

@@ -12,10 +12,7 @@
  * fallback first fills y with the broadcast bias and adds the product with beta = 1 (as torch's
  * addmm): also one rounding of (product + bias) in fp32. A fused residual r (src[3],
  * op_add_fused) is Lt's C with beta = 1 (D = product + bias + r, one rounding), or part of the
- * fallback's fill.
- * Also owns, on purpose process-wide: the cuBLASLt algorithms chosen by timing (LT TUNING below),
- * shared by every CUDA backend of the process under one mutex, and their files under
- * <cache>/cublaslt. */
+ * fallback's fill. */
 #include "tensor/cuda/cuda.cuh"
 
 extern "C" {
@@ -24,10 +21,7 @@ extern "C" {
 #include "base/mem.h"
 }
 
-#include <ctype.h>
 #include <limits.h>
-#include <pthread.h>
-#include <stdio.h>
 #include <string.h>
 
 int cuda__gemm(struct cuda_ctx *ctx, enum dtype dt, bool ta, bool tb, int m, int n, int k, const void *a, int lda,
@@ -87,8 +81,8 @@ static int fill_bias_cuda(T *y, const T *b, const T *r, int64_t total, int64_t n
 
 /* ===== cuBLASLt plans =====
  * A plan holds what cublasLtMatmul needs besides the pointers: the operation (fp32 compute and
- * scale, A transposed, epilogue), the three layouts and the algorithm picked once among
- * cublasLtMatmulAlgoGetHeuristic's (LT TUNING). Built on the first call for its key, which graphs.cu always runs outside stream
+ * scale, A transposed, epilogue), the three layouts and the algorithm cublasLtMatmulAlgoGetHeuristic
+ * picked once. Built on the first call for its key, which graphs.cu always runs outside stream
  * capture (a node list is captured on its second run); later calls only set the bias pointer
  * on the host-side descriptor and launch: no allocation, no synchronisation, capturable.
  * The workspace is ctx->lt_ws, a dedicated buffer allocated with the handle: ctx->work (the
@@ -105,8 +99,7 @@ struct cuda_lt_plan {
     cublasLtMatrixLayout_t a;   /* w: column-major [k, m], ld k (op T: [m, k]) */
     cublasLtMatrixLayout_t b;   /* x: column-major [k, n], ld k */
     cublasLtMatrixLayout_t d;   /* y: column-major [m, n], ld m (also C's: the residual, beta = 1) */
-    cublasLtMatmulAlgo_t algo;  /* the heuristics' first choice, or the fastest of their first
-                                   LT_TUNE_MAX (LT TUNING) */
+    cublasLtMatmulAlgo_t algo;  /* the heuristic's first choice */
     size_t ws;                  /* bytes of workspace algo needs (<= ctx->lt_ws_size) */
 };
 
@@ -118,10 +111,7 @@ static void lt_plan_deinit(struct cuda_lt_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-static void lt_tune_unref(struct cuda_ctx *ctx);
-
 void cuda__lt_plans_free(struct cuda_ctx *ctx) {
-    lt_tune_unref(ctx);
     for (int i = 0; i < ctx->n_lt_plans; i++) lt_plan_deinit(&ctx->lt_plans[i]);
     mem_free(ctx->lt_plans);
     ctx->lt_plans = NULL;
@@ -134,227 +124,10 @@ static int lt_align(const void *p) {
     return (int)(v & (~v + 1));
 }
 
-/* ===== Algorithms chosen by timing (LT TUNING) =====
- * DESIGN. cuBLASLt's heuristics rank a product's algorithms by a model, and their first is not
- * always the fastest: on the H100 the 32768 x 320 x 320 products with a bias (the UNet's proj_in,
- * proj_out and to_out at 64x64) take 0.036 ms with it against 0.022 ms with their second; over
- * a batch-8 UNet evaluation the first choices cost 4.48 ms and the fastest of the first 8 4.01 ms
- * (bench/lt_probe.cu, docs/PERF.md). So a new shape's first LT_TUNE_MAX candidates are each
- * timed on the real operands (beta 0: the call that follows overwrites the output) and the
- * fastest is kept (the earlier one on a tie).
- * A choice by timing could differ between two devices or two runs, and one seed must give one
- * image wherever it runs on a server. So a choice is made once and shared: a process-wide table
- * (keyed by the cache folder, the GPU's name and compute capability, cuBLASLt's version and the
- * plan key, under
- * one mutex, so that a second device waits for the first device's timing and takes its answer)
- * and a file <cache>/cublaslt/<tag>-<shape>.txt that later runs read back (plan_cache.cu; the
- * algorithm's bytes, accepted only when they equal one of the heuristics' candidates for the
- * same descriptors). Timing only happens where the choice can be kept: with no cache folder
- * (KILN_CACHE_DIR="", a build without cuDNN) or KILN_LT_TUNE=0 the heuristics' first is used,
- * as before. The table lives while a CUDA backend does (the last one to close clears it; the
- * files stay). Never while the stream captures a graph (a plan is made at a shape's first call,
- * which graphs.cu always runs uncaptured; if not, the heuristics' first, not kept). */
-
-#define LT_TUNE_MAX 8   /* candidates timed */
-#define LT_TUNE_REPS 10 /* timed calls per candidate, after 2 untimed */
-
-struct lt_choice {
-    char *name;                 /* the cache folder, the GPU, cuBLASLt and the plan key (owned) */
-    cublasLtMatmulAlgo_t algo;
-};
-
-static pthread_mutex_t lt_tune_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct lt_choice *lt_choices; /* under lt_tune_mu */
-static int n_lt_choices, cap_lt_choices, lt_tune_users;
-
-/* KILN_LT_TUNE=0 turns timing off (read once). */
-static bool lt_tune_enabled(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("KILN_LT_TUNE");
-        on = !(e && strcmp(e, "0") == 0);
-    }
-    return on == 1;
-}
-
-/* The context's share of the table: the last backend to free its plans clears it. */
-static void lt_tune_unref(struct cuda_ctx *ctx) {
-    if (!ctx->lt_tune_ref) return;
-    ctx->lt_tune_ref = false;
-    pthread_mutex_lock(&lt_tune_mu);
-    if (--lt_tune_users == 0) {
-        for (int i = 0; i < n_lt_choices; i++) mem_free(lt_choices[i].name);
-        mem_free(lt_choices);
-        lt_choices = NULL;
-        n_lt_choices = cap_lt_choices = 0;
-    }
-    pthread_mutex_unlock(&lt_tune_mu);
-}
-
-/* The table's key (name: the folder the choice is kept in, so that a table entry always mirrors
- * a file, the GPU, cuBLASLt, the shape) and the file's name and first-line words for plan key k
- * on ctx's GPU. */
-static bool lt_tune_names(const struct cuda_ctx *ctx, const int *k, char *name, size_t nn, char *file, size_t nf,
-                          char *what, size_t nw) {
-    cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, ctx->device) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    char gpu[64];
-    size_t i = 0;
-    for (; prop.name[i] && i + 1 < sizeof gpu; i++) gpu[i] = isalnum((unsigned char)prop.name[i]) ? prop.name[i] : '_';
-    gpu[i] = 0;
-    char shape[128];
-    snprintf(shape, sizeof shape, "%s-m%d-n%d-k%d-b%d-r%d-a%d.%d.%d.%d.%d", dtype_name((enum dtype)k[0]), k[1], k[2],
-             k[3], k[4], k[9], k[5], k[6], k[7], k[8], k[10]);
-#ifdef KILN_HAVE_CUDNN
-    const char *folder = ctx->cache_dir;
-#else
-    const char *folder = "";
-#endif
-    int a = snprintf(name, nn, "%s|%s-sm%d%d-lt%zu-%s", folder, gpu, prop.major, prop.minor, cublasLtGetVersion(),
-                     shape);
-    int b = snprintf(file, nf, "lt%zu-%s.txt", cublasLtGetVersion(), shape);
-    int c = snprintf(what, nw, "cublaslt %zu %s", cublasLtGetVersion(), shape);
-    return a > 0 && (size_t)a < nn && b > 0 && (size_t)b < nf && c > 0 && (size_t)c < nw;
-}
-
-/* The index among cands[0..n) whose algorithm is a's bytes, or -1. */
-static int lt_find(const cublasLtMatmulHeuristicResult_t *cands, int n, const cublasLtMatmulAlgo_t *a) {
-    for (int i = 0; i < n; i++)
-        if (memcmp(&cands[i].algo, a, sizeof *a) == 0) return i;
-    return -1;
-}
-
-#ifdef KILN_HAVE_CUDNN
-/* The algorithm kept in file, as one of cands: its index, or -1. */
-static int lt_tune_read(const struct cuda_ctx *ctx, const char *file, const char *what,
-                        const cublasLtMatmulHeuristicResult_t *cands, int n) {
-    char *text;
-    const char *body;
-    size_t len;
-    if (!cuda__cache_read(ctx, "cublaslt", file, "cublaslt algorithm", what, 4096, &text, &body, &len)) return -1;
-    cublasLtMatmulAlgo_t a;
-    unsigned char *bytes = (unsigned char *)&a;
-    bool ok = len >= 2 * sizeof a;
-    for (size_t i = 0; ok && i < sizeof a; i++) {
-        unsigned v;
-        ok = sscanf(body + 2 * i, "%2x", &v) == 1;
-        bytes[i] = (unsigned char)v;
-    }
-    mem_free(text);
-    int idx = ok ? lt_find(cands, n, &a) : -1;
-    if (idx < 0) log_debug("cuda linear: the algorithm kept as %s is not one of the candidates: timed again", file);
-    return idx;
-}
-
-static void lt_tune_write(const struct cuda_ctx *ctx, const char *file, const char *what,
-                          const cublasLtMatmulAlgo_t *a) {
-    char hex[2 * sizeof *a + 2];
-    const unsigned char *bytes = (const unsigned char *)a;
-    for (size_t i = 0; i < sizeof *a; i++) snprintf(hex + 2 * i, 3, "%02x", bytes[i]);
-    hex[2 * sizeof *a] = '\n';
-    hex[2 * sizeof *a + 1] = 0;
-    cuda__cache_write(ctx, "cublaslt", file, "cublaslt algorithm", what, hex, 2 * sizeof *a + 1);
-}
-#endif
-
-/* Milliseconds of LT_TUNE_REPS calls of p with algorithm c (beta 0, D = y), or a negative
- * value when it fails. */
-static double lt_time(struct cuda_ctx *ctx, const struct cuda_lt_plan *p, const cublasLtMatmulHeuristicResult_t *c,
-                      const void *w, const void *x, void *y, cudaEvent_t e0, cudaEvent_t e1) {
-    const float one = 1.0f, zero = 0.0f;
-    for (int i = 0; i < 2 + LT_TUNE_REPS; i++) {
-        if (i == 2 && cudaEventRecord(e0, ctx->stream) != cudaSuccess) return -1;
-        if (cublasLtMatmul(ctx->lt, p->op, &one, w, p->a, x, p->b, &zero, y, p->d, y, p->d, &c->algo, ctx->lt_ws,
-                           ctx->lt_ws_size, ctx->stream) != CUBLAS_STATUS_SUCCESS)
-            return -1;
-    }
-    float ms = 0;
-    if (cudaEventRecord(e1, ctx->stream) != cudaSuccess || cudaEventSynchronize(e1) != cudaSuccess ||
-        cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
-        return -1;
-    return ms;
-}
-
-/* The index among cands[0..n) (usable, best first) that p runs: the shared choice, the kept
- * one, or the fastest now; 0 where tuning is off or not possible. */
-static int lt_tune(struct cuda_ctx *ctx, struct cuda_lt_plan *p, const cublasLtMatmulHeuristicResult_t *cands, int n,
-                   const void *w, const void *x, void *y) {
-#ifdef KILN_HAVE_CUDNN
-    bool cache = ctx->cache_dir[0] != 0;
-#else
-    bool cache = false;
-#endif
-    if (n < 2 || !cache || !lt_tune_enabled()) return 0;
-    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(ctx->stream, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    char name[PATH_MAX + 256], file[160], what[192];
-    if (!lt_tune_names(ctx, p->key, name, sizeof name, file, sizeof file, what, sizeof what)) return 0;
-    pthread_mutex_lock(&lt_tune_mu);
-    if (!ctx->lt_tune_ref) {
-        ctx->lt_tune_ref = true;
-        lt_tune_users++;
-    }
-    int idx = -1;
-    enum { SHARED, KEPT, TIMED } how = SHARED;
-    for (int i = 0; i < n_lt_choices && idx < 0; i++)
-        if (strcmp(lt_choices[i].name, name) == 0) idx = lt_find(cands, n, &lt_choices[i].algo);
-    double t0 = clock_now(), best = 0;
-#ifdef KILN_HAVE_CUDNN
-    if (idx < 0 && (idx = lt_tune_read(ctx, file, what, cands, n)) >= 0) how = KEPT;
-#endif
-    if (idx < 0) { /* time them */
-        how = TIMED;
-        cudaEvent_t e0 = NULL, e1 = NULL;
-        if (cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess)
-            for (int i = 0; i < n; i++) {
-                double ms = lt_time(ctx, p, &cands[i], w, x, y, e0, e1);
-                if (ms >= 0 && (idx < 0 || ms < best)) {
-                    idx = i;
-                    best = ms;
-                }
-            }
-        if (e0) cudaEventDestroy(e0);
-        if (e1) cudaEventDestroy(e1);
-        (void)cudaGetLastError();
-#ifdef KILN_HAVE_CUDNN
-        if (idx >= 0) lt_tune_write(ctx, file, what, &cands[idx].algo);
-#endif
-    }
-    if (idx >= 0 && how != SHARED && n_lt_choices == cap_lt_choices) {
-        int cap = cap_lt_choices ? 2 * cap_lt_choices : 64;
-        struct lt_choice *a = (struct lt_choice *)mem_try_realloc(lt_choices, (size_t)cap * sizeof *a);
-        if (a) {
-            lt_choices = a;
-            cap_lt_choices = cap;
-        }
-    }
-    if (idx >= 0 && how != SHARED && n_lt_choices < cap_lt_choices) {
-        size_t len = strlen(name) + 1;
-        char *copy = (char *)mem_try_alloc(len);
-        if (copy) { /* else not shared: the next device reads the file */
-            memcpy(copy, name, len);
-            lt_choices[n_lt_choices].name = copy;
-            lt_choices[n_lt_choices++].algo = cands[idx].algo;
-        }
-    }
-    pthread_mutex_unlock(&lt_tune_mu);
-    if (idx < 0) return 0;
-    log_debug("cuda linear: %s: candidate %d of %d (%s) in %.2f ms", name, idx, n,
-              how == SHARED ? "shared" : how == KEPT ? "kept" : "timed: the fastest", 1e3 * (clock_now() - t0));
-    return idx;
-}
-
 /* Fills p (key set, the rest zero) for the column-major D [m, n] = A^T B (+ bias [m]).
  * Returns 0 with p->usable false where Lt offers no algorithm, or a status where a descriptor
  * could not be made (host memory). */
-static int lt_plan_init(struct cuda_ctx *ctx, struct cuda_lt_plan *p, const void *w, const void *x, const void *bias,
-                        void *y, struct err *err) {
+static int lt_plan_init(struct cuda_ctx *ctx, struct cuda_lt_plan *p, const void *bias, struct err *err) {
     const int *key = p->key;
     enum dtype dt = (enum dtype)key[0];
     cudaDataType t = cuda_data_type(dt);
@@ -394,26 +167,20 @@ static int lt_plan_init(struct cuda_ctx *ctx, struct cuda_lt_plan *p, const void
         s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c);
     if (s == CUBLAS_STATUS_SUCCESS)
         s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d);
-    cublasLtMatmulHeuristicResult_t r[LT_TUNE_MAX];
-    memset(r, 0, sizeof r);
+    cublasLtMatmulHeuristicResult_t r;
+    memset(&r, 0, sizeof r);
     int found = 0;
     if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic(ctx->lt, p->op, p->a, p->b, p->d, p->d, pref, LT_TUNE_MAX, r, &found);
+        s = cublasLtMatmulAlgoGetHeuristic(ctx->lt, p->op, p->a, p->b, p->d, p->d, pref, 1, &r, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (s == CUBLAS_STATUS_ALLOC_FAILED)
         return cuda_blas_error(err, s, "cublasLtMatmulAlgoGetHeuristic", __func__, __FILE__, __LINE__);
-    int usable = 0; /* the candidates cuBLASLt can run here, in its order */
-    for (int i = 0; s == CUBLAS_STATUS_SUCCESS && i < found; i++)
-        if (r[i].state == CUBLAS_STATUS_SUCCESS && r[i].workspaceSize <= ctx->lt_ws_size) r[usable++] = r[i];
-    if (s == CUBLAS_STATUS_SUCCESS && usable >= 1) {
-        int pick = lt_tune(ctx, p, r, usable, w, x, y);
-        p->algo = r[pick].algo;
-        p->ws = r[pick].workspaceSize;
+    if (s == CUBLAS_STATUS_SUCCESS && found >= 1 && r.state == CUBLAS_STATUS_SUCCESS) {
+        p->algo = r.algo;
+        p->ws = r.workspaceSize;
         p->usable = true;
-        log_debug("cuda linear: cuBLASLt plan for %s [%d, %d] x [%d, %d]^T%s: candidate %d of %d, %zu bytes of "
-                  "workspace, %.2f waves",
-                  dtype_name(dt), key[2], key[3], key[1], key[3], key[4] ? " + b" : "", pick, usable, p->ws,
-                  r[pick].wavesCount);
+        log_debug("cuda linear: cuBLASLt plan for %s [%d, %d] x [%d, %d]^T%s: %zu bytes of workspace, %.2f waves",
+                  dtype_name(dt), key[2], key[3], key[1], key[3], key[4] ? " + b" : "", p->ws, r.wavesCount);
         return 0;
     }
     /* nothing fits (odd sizes or alignments): expected, quietly; any other status would be a
@@ -431,8 +198,8 @@ static int lt_plan_init(struct cuda_ctx *ctx, struct cuda_lt_plan *p, const void
 }
 
 /* The plan for key, made on first use: 0 with *out set, or a status. */
-static int lt_plan_get(struct cuda_ctx *ctx, const int *key, const void *w, const void *x, const void *bias, void *y,
-                       struct cuda_lt_plan **out, struct err *err) {
+static int lt_plan_get(struct cuda_ctx *ctx, const int *key, const void *bias, struct cuda_lt_plan **out,
+                       struct err *err) {
     for (int i = 0; i < ctx->n_lt_plans; i++)
         if (memcmp(ctx->lt_plans[i].key, key, sizeof ctx->lt_plans[i].key) == 0) {
             *out = &ctx->lt_plans[i];
@@ -449,7 +216,7 @@ static int lt_plan_get(struct cuda_ctx *ctx, const int *key, const void *w, cons
     memset(&p, 0, sizeof p);
     memcpy(p.key, key, sizeof p.key);
     double t0 = clock_now();
-    int rc = lt_plan_init(ctx, &p, w, x, bias, y, err);
+    int rc = lt_plan_init(ctx, &p, bias, err);
     log_debug("cuda linear: cuBLASLt plan for a new shape in %.2f ms", 1e3 * (clock_now() - t0));
     if (rc) {
         lt_plan_deinit(&p);
@@ -476,7 +243,7 @@ static int linear_lt(struct cuda_ctx *ctx, enum dtype dt, int m, int n, int k, c
                             b != NULL,    lt_align(w), lt_align(x), lt_align(y),
                             b ? lt_align(b) : 0, r != NULL, r ? lt_align(r) : 0};
     struct cuda_lt_plan *p = NULL;
-    int rc = lt_plan_get(ctx, key, w, x, b, y, &p, err);
+    int rc = lt_plan_get(ctx, key, b, &p, err);
     if (rc) return rc;
     if (!p->usable) return 1;
     if (b) CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
