@@ -4,7 +4,9 @@
  * choice) and through its graph API (one CONVOLUTION_FORWARD operation) with the heuristics'
  * first engine configuration that finalizes, plus the fastest of its first 8 (for reference
  * only: kiln does not choose by timing). 20 calls per shape captured as one CUDA graph.
- * Answers: is the graph API's engine faster than the legacy algorithm on these shapes?
+ * Answers: is the graph API's engine faster than the legacy algorithm on these shapes? And with a
+ * bias and a residual: kiln's fill (y = b + r) then conv with beta 1, against cuDNN's
+ * cudnnConvolutionBiasActivationForward (identity activation, z = r) in one call.
  * Build: nvcc -O2 -arch=sm_90 -o build/conv_graph bench/conv_graph.cu -lcudnn
  * Run:   build/conv_graph [batch] */
 #include <cuda_fp16.h>
@@ -13,6 +15,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define CK(x)                                                                                      \
     do {                                                                                           \
@@ -124,6 +127,89 @@ static double time_legacy(cudnnHandle_t h, cudaStream_t st, int n, const struct 
     cudnnDestroyFilterDescriptor(l.wd);
     cudnnDestroyConvolutionDescriptor(l.cd);
     return ms;
+}
+
+/* ----- kiln's bias and residual fill + conv (beta 1), against cuDNN's fused conv + bias + z ----- */
+__global__ void fill_bias_res(__half *y, const __half *b, const __half *r, long n, int o) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        y[i] = __float2half(__half2float(b[i % o]) + __half2float(r[i]));
+}
+struct fused {
+    struct legacy l;
+    cudnnTensorDescriptor_t bd;
+    cudnnActivationDescriptor_t ad;
+    void *bias, *res;
+    long n;
+    int o;
+    bool cudnn_fused;
+};
+static void fused_call(void *p) {
+    struct fused *f = (struct fused *)p;
+    float one = 1.0f;
+    if (f->cudnn_fused) {
+        DK(cudnnConvolutionBiasActivationForward(f->l.h, &one, f->l.xd, f->l.b->x, f->l.wd, f->l.b->w, f->l.cd,
+                                                 CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, f->l.b->ws,
+                                                 f->l.b->ws_max, &one, f->l.yd, f->res, f->bd, f->bias, f->ad,
+                                                 f->l.yd, f->l.b->y));
+    } else {
+        cudaStream_t st;
+        DK(cudnnGetStream(f->l.h, &st));
+        fill_bias_res<<<1024, 256, 0, st>>>((__half *)f->l.b->y, (const __half *)f->bias, (const __half *)f->res, f->n,
+                                             f->o);
+        legacy_call(&f->l);
+    }
+}
+/* ms of (fill + conv beta 1) and of cuDNN's conv + bias + z (IMPLICIT_PRECOMP_GEMM, identity) */
+static void time_fused(cudnnHandle_t h, cudaStream_t st, int n, const struct shape *s, struct bufs *b, void *bias,
+                       void *res, double *kiln_ms, double *fused_ms) {
+    struct fused f;
+    memset(&f, 0, sizeof f);
+    f.l.h = h;
+    f.l.b = b;
+    DK(cudnnCreateTensorDescriptor(&f.l.xd));
+    DK(cudnnCreateTensorDescriptor(&f.l.yd));
+    DK(cudnnCreateFilterDescriptor(&f.l.wd));
+    DK(cudnnCreateConvolutionDescriptor(&f.l.cd));
+    DK(cudnnCreateTensorDescriptor(&f.bd));
+    DK(cudnnCreateActivationDescriptor(&f.ad));
+    DK(cudnnSetTensor4dDescriptor(f.l.xd, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, n, s->c, s->hw, s->hw));
+    DK(cudnnSetFilter4dDescriptor(f.l.wd, CUDNN_DATA_HALF, CUDNN_TENSOR_NHWC, s->o, s->c, 3, 3));
+    DK(cudnnSetConvolution2dDescriptor(f.l.cd, 1, 1, s->stride, s->stride, 1, 1, CUDNN_CROSS_CORRELATION,
+                                       CUDNN_DATA_FLOAT));
+    DK(cudnnSetConvolutionMathType(f.l.cd, CUDNN_TENSOR_OP_MATH));
+    int on, oc, oh, ow;
+    DK(cudnnGetConvolution2dForwardOutputDim(f.l.cd, f.l.xd, f.l.wd, &on, &oc, &oh, &ow));
+    DK(cudnnSetTensor4dDescriptor(f.l.yd, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, on, oc, oh, ow));
+    DK(cudnnSetTensor4dDescriptor(f.bd, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, 1, oc, 1, 1));
+    DK(cudnnSetActivationDescriptor(f.ad, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+    cudnnConvolutionFwdAlgoPerf_t perf[16];
+    int np = 0, pick = -1;
+    DK(cudnnGetConvolutionForwardAlgorithm_v7(h, f.l.xd, f.l.wd, f.l.cd, f.l.yd, 16, &np, perf));
+    for (int i = 0; i < np && pick < 0; i++)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= b->ws_max &&
+            (perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM ||
+             perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM))
+            pick = i;
+    f.l.algo = pick >= 0 ? perf[pick].algo : CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+    f.bias = bias;
+    f.res = res;
+    f.n = (long)on * oh * ow * oc;
+    f.o = oc;
+    f.cudnn_fused = false;
+    *kiln_ms = time_graph(st, fused_call, &f);
+    f.cudnn_fused = true;
+    const float one = 1.0f;
+    cudnnStatus_t ok = cudnnConvolutionBiasActivationForward(
+        h, &one, f.l.xd, b->x, f.l.wd, b->w, f.l.cd, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, b->ws, b->ws_max,
+        &one, f.l.yd, res, f.bd, bias, f.ad, f.l.yd, b->y);
+    if (ok != CUDNN_STATUS_SUCCESS) fprintf(stderr, "  conv+bias+z refused: %s\n", cudnnGetErrorString(ok));
+    *fused_ms = ok == CUDNN_STATUS_SUCCESS ? time_graph(st, fused_call, &f) : -1;
+    cudnnDestroyTensorDescriptor(f.l.xd);
+    cudnnDestroyTensorDescriptor(f.l.yd);
+    cudnnDestroyTensorDescriptor(f.bd);
+    cudnnDestroyFilterDescriptor(f.l.wd);
+    cudnnDestroyConvolutionDescriptor(f.l.cd);
+    cudnnDestroyActivationDescriptor(f.ad);
 }
 
 /* ----- graph API ----- */
@@ -257,10 +343,15 @@ int main(int argc, char **argv) {
     CK(cudaMalloc(&b.w, (size_t)64 << 20));
     CK(cudaMalloc(&b.y, big));
     CK(cudaMalloc(&b.ws, b.ws_max));
-    CK(cudaMemset(b.x, 0, big));
-    CK(cudaMemset(b.w, 0, (size_t)64 << 20));
+    CK(cudaMemset(b.x, 0x3c, big)); /* 1.06 in fp16: not zeros (zeros run faster on tensor cores) */
+    CK(cudaMemset(b.w, 0x2c, (size_t)64 << 20)); /* 0.066 */
     CK(cudaMemset(b.y, 0, big));
-    double tl = 0, tf = 0, tb = 0;
+    void *bias, *res;
+    CK(cudaMalloc(&bias, 1 << 16));
+    CK(cudaMalloc(&res, big));
+    CK(cudaMemset(bias, 0, 1 << 16));
+    CK(cudaMemset(res, 0, big));
+    double tl = 0, tf = 0, tb = 0, tk = 0, tz = 0;
     printf("%6s %4s %6s %2s %3s | %9s | %9s %6s %4s | %9s\n", "c", "hw", "o", "s", "n", "legacy", "graph 1st", "engine",
            "cfgs", "graph best");
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
@@ -269,13 +360,18 @@ int main(int argc, char **argv) {
         int nc;
         long long gi;
         time_graph_api(h, st, n, s, &b, &f, &be, &nc, &gi);
-        printf("%6d %4d %6d %2d %3d | %9.4f | %9.4f %6lld %4d | %9.4f\n", s->c, s->hw, s->o, s->stride, s->count, l, f,
-               gi, nc, be);
+        double kf, zf;
+        time_fused(h, st, n, s, &b, bias, res, &kf, &zf);
+        printf("%6d %4d %6d %2d %3d | %9.4f | %9.4f %6lld %4d | %9.4f | fill+conv %7.4f, cuDNN conv+bias+z %7.4f\n",
+               s->c, s->hw, s->o, s->stride, s->count, l, f, gi, nc, be, kf, zf);
+        tk += kf * s->count;
+        tz += zf * s->count;
         tl += l * s->count;
         tf += f * s->count;
         tb += be * s->count;
     }
     printf("one evaluation's 3x3 convolutions: legacy %.3f ms, graph API first %.3f ms, graph API best of 8 %.3f ms\n",
            tl, tf, tb);
+    printf("with a bias and a residual: kiln's fill + conv %.3f ms, cuDNN's conv + bias + z %.3f ms\n", tk, tz);
     return 0;
 }

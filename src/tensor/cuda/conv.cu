@@ -20,8 +20,9 @@
  * the products go through cuda__gemm (fp32 accumulation; F16/BF16 on tensor cores). Positions
  * are taken in chunks so the column matrix stays under CONV_WORK_MAX bytes; a 1x1 conv with
  * stride 1 and no padding reads x directly. Zero padding on each side (ip[1..4]).
- * Bias (both paths): y is filled with b first and the convolution added with beta = 1, so each
- * output is rounded once. A fused residual (src[3], op_add_fused) is added to that fill.
+ * Bias (both paths): y is filled with b first and the convolution added with beta = 1. A fused
+ * residual (src[3], op_add_fused) is added to that fill, except where cuDNN computes conv + r + b
+ * in one call (FUSED RESIDUAL, below).
  * CHANNELS LAST (ip[5]; x [B, H, W, C], w [O, kh, kw, C], y [B, Ho, Wo, O]): cuDNN with NHWC
  * descriptors (its tensor-core kernels' native layout: NCHW costs a transpose in and out of
  * every call, 2.8x the time of one UNet's convolutions at batch 2 on the H100, bench/
@@ -128,9 +129,15 @@ struct cuda_conv_plan {
     cudnnConvolutionDescriptor_t cd;    /* padding, stride, fp32 compute, the algorithm's math type */
     cudnnConvolutionFwdAlgo_t algo;     /* the chosen algorithm */
     size_t ws;                          /* bytes of workspace algo needs (0: none) */
+    /* FUSED RESIDUAL: y = conv + r + b in one cuDNN call (made at the first such call) */
+    cudnnTensorDescriptor_t bd;         /* b [1, o, 1, 1] in the plan's layout and type */
+    cudnnActivationDescriptor_t ad;     /* identity */
+    int fused;                          /* 0 not tried, 1 works, -1 refused: fill + conv instead */
 };
 
 static void plan_deinit(struct cuda_conv_plan *p) {
+    if (p->bd) cudnnDestroyTensorDescriptor(p->bd);
+    if (p->ad) cudnnDestroyActivationDescriptor(p->ad);
     if (p->xd) cudnnDestroyTensorDescriptor(p->xd);
     if (p->yd) cudnnDestroyTensorDescriptor(p->yd);
     if (p->wd) cudnnDestroyFilterDescriptor(p->wd);
@@ -358,6 +365,57 @@ static int plan_get(struct cuda_ctx *ctx, const struct tensor *dst, const int *k
     return 0;
 }
 
+/* ===== Fused residual (FUSED RESIDUAL) =====
+ * A convolution with a bias and a full-size residual r (op_add_fused: a ResBlock's second conv,
+ * its skip connection) is y = conv(x) + r + b in one cudnnConvolutionBiasActivationForward call
+ * (identity activation, z = r, alpha2 = 1) instead of a fill kernel (y = b + r) and the conv
+ * with beta = 1: one pass over y less and one launch less (bench/conv_graph.cu: 0.125 -> 0.096
+ * ms for the UNet's 320-channel 64x64 conv at batch 8 on an H100), and one rounding of the
+ * fp32 sum instead of two. cuDNN runs that fusion with IMPLICIT_PRECOMP_GEMM only, so only plans
+ * that chose it take it (the UNet's and VAE's on the H100 did), in F16 and BF16. Not taken: no
+ * residual (alpha2 = 0 would still leave z = y to be read: unset memory), a per-image residual
+ * (the time embedding, [B, 1, 1, O]), F32. A refusal (CUDNN_STATUS_NOT_SUPPORTED) is logged
+ * once per plan, which then fills and convolves as before. */
+
+/* 0 when dst was computed fused, 1 when the caller must fill and convolve, or a status. */
+static int conv_dnn_fused(struct cuda_ctx *ctx, struct cuda_conv_plan *plan, struct tensor *dst, void *ws) {
+    const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2], *tr = dst->src[3];
+    if (!tb || !tr || dst->ip[6] || dst->dtype == DTYPE_F32 || plan->fused < 0 ||
+        plan->algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM)
+        return 1;
+    if (!plan->bd) {
+        cudnnTensorFormat_t fmt = plan->key[11] ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+        bool ok = cudnnCreateTensorDescriptor(&plan->bd) == CUDNN_STATUS_SUCCESS &&
+                  cudnnSetTensor4dDescriptor(plan->bd, fmt, dnn_type(dst->dtype), 1, plan->key[4], 1, 1) ==
+                      CUDNN_STATUS_SUCCESS &&
+                  cudnnCreateActivationDescriptor(&plan->ad) == CUDNN_STATUS_SUCCESS &&
+                  cudnnSetActivationDescriptor(plan->ad, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0) ==
+                      CUDNN_STATUS_SUCCESS;
+        if (!ok) {
+            plan->fused = -1;
+            return 1;
+        }
+    }
+    const float one = 1.0f;
+    cudnnStatus_t s = cudnnConvolutionBiasActivationForward(
+        ctx->cudnn, &one, plan->xd, tx->data, plan->wd, tw->data, plan->cd, plan->algo, ws, plan->ws, &one, plan->yd,
+        tr->data, plan->bd, tb->data, plan->ad, plan->yd, dst->data);
+    if (s == CUDNN_STATUS_SUCCESS) {
+        if (!plan->fused)
+            log_debug("cuda conv2d: [%d, %d, %d, %d] %s: conv + residual + bias in one cuDNN call", plan->key[0],
+                      plan->key[1], plan->key[2], plan->key[3], dtype_name(dst->dtype));
+        plan->fused = 1;
+        return 0;
+    }
+    (void)cudaGetLastError();
+    const int *k = plan->key;
+    log_info("cuda conv2d: cuDNN refused the fused conv + residual + bias for [%d, %d, %d, %d] %s (%s): fill and "
+             "convolve",
+             k[0], k[1], k[2], k[3], dtype_name(dst->dtype), cudnnGetErrorString(s));
+    plan->fused = -1;
+    return 1;
+}
+
 /* dst through cuDNN: 0 when done, 1 when the im2col path must do it (nothing written that it
  * does not overwrite), or a negative status. */
 template <typename T>
@@ -395,6 +453,8 @@ static int conv2d_dnn(struct cuda_ctx *ctx, struct tensor *dst, struct err *err)
     }
     float alpha = 1.0f, beta = 0.0f; /* cuDNN's scaling factors are float for F32, F16 and BF16 data */
     int64_t o = tw->shape[0], p = nhwc ? 1 : dst->shape[2] * dst->shape[3];
+    rc = conv_dnn_fused(ctx, plan, dst, ws);
+    if (rc <= 0) return rc;
     rc = conv_fill_bias_cuda<T>(dst, o, p, &beta, ctx->stream, err);
     if (rc) return rc;
     cudnnStatus_t s = cudnnConvolutionForward(ctx->cudnn, &alpha, plan->xd, tx->data, plan->wd, tw->data, plan->cd,
