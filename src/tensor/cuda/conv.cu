@@ -375,12 +375,22 @@ static int plan_get(struct cuda_ctx *ctx, const struct tensor *dst, const int *k
  * that chose it take it (the UNet's and VAE's on the H100 did), in F16 and BF16. Not taken: no
  * residual (alpha2 = 0 would still leave z = y to be read: unset memory), a per-image residual
  * (the time embedding, [B, 1, 1, O]), F32. A refusal (CUDNN_STATUS_NOT_SUPPORTED) is logged
- * once per plan, which then fills and convolves as before. */
+ * once per plan, which then fills and convolves as before. KILN_CONV_FUSED=0 turns it off. */
+
+/* KILN_CONV_FUSED=0 turns the fusion off (A/B measurements; read once). */
+static bool conv_fused_enabled(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("KILN_CONV_FUSED");
+        on = !(e && strcmp(e, "0") == 0);
+    }
+    return on == 1;
+}
 
 /* 0 when dst was computed fused, 1 when the caller must fill and convolve, or a status. */
 static int conv_dnn_fused(struct cuda_ctx *ctx, struct cuda_conv_plan *plan, struct tensor *dst, void *ws) {
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2], *tr = dst->src[3];
-    if (!tb || !tr || dst->ip[6] || dst->dtype == DTYPE_F32 || plan->fused < 0 ||
+    if (!tb || !tr || dst->ip[6] || dst->dtype == DTYPE_F32 || plan->fused < 0 || !conv_fused_enabled() ||
         plan->algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM)
         return 1;
     if (!plan->bd) {
