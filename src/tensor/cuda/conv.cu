@@ -133,6 +133,8 @@ struct cuda_conv_plan {
     cudnnTensorDescriptor_t bd;         /* b [1, o, 1, 1] in the plan's layout and type */
     cudnnActivationDescriptor_t ad;     /* identity */
     int fused;                          /* 0 not tried, 1 works, -1 refused: fill + conv instead */
+    int z_unread;                       /* bias only (alpha2 = 0, z = y): 0 not checked yet, 1 cuDNN
+                                           does not read z, -1 it does (fill + conv instead) */
 };
 
 static void plan_deinit(struct cuda_conv_plan *p) {
@@ -372,10 +374,16 @@ static int plan_get(struct cuda_ctx *ctx, const struct tensor *dst, const int *k
  * with beta = 1: one pass over y less and one launch less (bench/conv_graph.cu: 0.125 -> 0.096
  * ms for the UNet's 320-channel 64x64 conv at batch 8 on an H100), and one rounding of the
  * fp32 sum instead of two. cuDNN runs that fusion with IMPLICIT_PRECOMP_GEMM only, so only plans
- * that chose it take it (the UNet's and VAE's on the H100 did), in F16 and BF16. Not taken: no
- * residual (alpha2 = 0 would still leave z = y to be read: unset memory), a per-image residual
- * (the time embedding, [B, 1, 1, O]), F32. A refusal (CUDNN_STATUS_NOT_SUPPORTED) is logged
- * once per plan, which then fills and convolves as before. KILN_CONV_FUSED=0 turns it off. */
+ * that chose it take it (the UNet's and VAE's on the H100 did), in F16 and BF16. Not taken: a
+ * per-image residual (the time embedding, [B, 1, 1, O]), F32. A refusal
+ * (CUDNN_STATUS_NOT_SUPPORTED) is logged once per plan, which then fills and convolves as
+ * before. KILN_CONV_FUSED=0 turns it off.
+ * BIAS ONLY: a convolution with a bias and no residual (the VAE's first conv of each ResBlock,
+ * the up- and downsampling convs) is the same call with alpha2 = 0 and z = y (bench/
+ * conv_graph.cu: 0.112 -> 0.089 ms for the UNet's 320-channel 64x64 conv). y's memory holds
+ * whatever the planner left there, so this relies on cuDNN not reading z when alpha2 is 0, which
+ * its documentation does not promise: each plan checks it once, at its first uncaptured call,
+ * by filling y with NaN first (0 * NaN would leave NaN); a cuDNN that reads z keeps the fill. */
 
 /* KILN_CONV_FUSED=0 turns the fusion off (A/B measurements; read once). */
 static bool conv_fused_enabled(void) {
@@ -390,9 +398,26 @@ static bool conv_fused_enabled(void) {
 /* 0 when dst was computed fused, 1 when the caller must fill and convolve, or a status. */
 static int conv_dnn_fused(struct cuda_ctx *ctx, struct cuda_conv_plan *plan, struct tensor *dst, void *ws) {
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2], *tr = dst->src[3];
-    if (!tb || !tr || dst->ip[6] || dst->dtype == DTYPE_F32 || plan->fused < 0 || !conv_fused_enabled() ||
+    if (!tb || (tr && dst->ip[6]) || dst->dtype == DTYPE_F32 || plan->fused < 0 || !conv_fused_enabled() ||
         plan->algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM)
         return 1;
+    /* bias only: alpha2 = 0 and z = y, whose memory holds whatever was there; only where cuDNN was
+       seen not to read z (BIAS ONLY below) */
+    const bool bias_only = !tr;
+    if (bias_only && plan->z_unread < 0) return 1;
+    bool check = false;
+    if (bias_only && plan->z_unread == 0) {
+        cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing(ctx->stream, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone) {
+            (void)cudaGetLastError();
+            return 1; /* checked at an uncaptured call */
+        }
+        if (cudaMemsetAsync(dst->data, 0xff, tensor_nbytes(dst), ctx->stream) != cudaSuccess) { /* NaN */
+            (void)cudaGetLastError();
+            return 1;
+        }
+        check = true;
+    }
     if (!plan->bd) {
         cudnnTensorFormat_t fmt = plan->key[11] ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
         bool ok = cudnnCreateTensorDescriptor(&plan->bd) == CUDNN_STATUS_SUCCESS &&
@@ -406,14 +431,28 @@ static int conv_dnn_fused(struct cuda_ctx *ctx, struct cuda_conv_plan *plan, str
             return 1;
         }
     }
-    const float one = 1.0f;
+    const float one = 1.0f, alpha2 = bias_only ? 0.0f : 1.0f;
     cudnnStatus_t s = cudnnConvolutionBiasActivationForward(
-        ctx->cudnn, &one, plan->xd, tx->data, plan->wd, tw->data, plan->cd, plan->algo, ws, plan->ws, &one, plan->yd,
-        tr->data, plan->bd, tb->data, plan->ad, plan->yd, dst->data);
+        ctx->cudnn, &one, plan->xd, tx->data, plan->wd, tw->data, plan->cd, plan->algo, ws, plan->ws, &alpha2,
+        plan->yd, bias_only ? dst->data : tr->data, plan->bd, tb->data, plan->ad, plan->yd, dst->data);
+    if (s == CUDNN_STATUS_SUCCESS && check) { /* NaN out: z was read (0 * NaN) */
+        uint16_t head[8];
+        size_t nb = tensor_nbytes(dst) < sizeof head ? tensor_nbytes(dst) : sizeof head;
+        bool nan = cudaMemcpy(head, dst->data, nb, cudaMemcpyDeviceToHost) != cudaSuccess;
+        for (size_t i = 0; i < nb / 2 && !nan; i++) /* F16 and BF16 NaNs: all exponent bits, a mantissa bit */
+            nan = dst->dtype == DTYPE_F16 ? (head[i] & 0x7c00) == 0x7c00 && (head[i] & 0x03ff)
+                                          : (head[i] & 0x7f80) == 0x7f80 && (head[i] & 0x007f);
+        (void)cudaGetLastError();
+        plan->z_unread = nan ? -1 : 1;
+        log_debug("cuda conv2d: [%d, %d, %d, %d] %s: cuDNN %s z at alpha2 = 0: %s", plan->key[0], plan->key[1],
+                  plan->key[2], plan->key[3], dtype_name(dst->dtype), nan ? "reads" : "does not read",
+                  nan ? "bias fill and conv" : "conv + bias in one call");
+        if (nan) return 1; /* the fill and conv overwrite y */
+    }
     if (s == CUDNN_STATUS_SUCCESS) {
         if (!plan->fused)
-            log_debug("cuda conv2d: [%d, %d, %d, %d] %s: conv + residual + bias in one cuDNN call", plan->key[0],
-                      plan->key[1], plan->key[2], plan->key[3], dtype_name(dst->dtype));
+            log_debug("cuda conv2d: [%d, %d, %d, %d] %s: conv + %sbias in one cuDNN call", plan->key[0], plan->key[1],
+                      plan->key[2], plan->key[3], dtype_name(dst->dtype), bias_only ? "" : "residual + ");
         plan->fused = 1;
         return 0;
     }
