@@ -255,8 +255,26 @@ void engine_unload_unused(struct engine *e) {
     }
 }
 
+static void ctx_buf_free(struct engine *e) {
+    if (e->ctx_buf) backend_buf_free(e->backend, e->ctx_buf);
+    e->ctx_buf = NULL;
+    e->ctx_buf_size = 0;
+}
+
+void *engine_ctx_buffer(struct engine *e, size_t bytes) {
+    if (backend_host_buffers(e->backend)) return NULL;
+    if (e->ctx_buf && e->ctx_buf_size >= bytes) return e->ctx_buf;
+    ctx_buf_free(e);
+    void *buf = NULL;
+    if (backend_buf_alloc(e->backend, bytes, &buf) != 0) return NULL;
+    e->ctx_buf = buf;
+    e->ctx_buf_size = bytes;
+    return buf;
+}
+
 void engine_release_scratch(struct engine *e) {
     struct backend *be = e->scratch.backend;
+    ctx_buf_free(e);
     tscratch_deinit(&e->scratch);
     tscratch_init(&e->scratch, be); /* e->tctx borrows &e->scratch: same storage, empty buffer */
 }
@@ -289,6 +307,7 @@ void engine_deinit(struct engine *e) {
     for (int i = 0; i < e->n_loaded; i++) gobj_unref(&e->loaded[i]->obj);
     e->n_loaded = 0;
     tctx_deinit(&e->tctx);
+    ctx_buf_free(e);
     tscratch_deinit(&e->scratch);
 }
 

@@ -67,6 +67,8 @@ struct engine {
     int n_cuda;                   /* GPUs kiln runs on (ordinals 0 .. n_cuda-1), for placement */
     uint64_t peer_free[PLACEMENT_MAX_DEVICES]; /* bytes another GPU may hold of this engine's
                                      streamed blocks (set by the worker; 0 = none) */
+    void *ctx_buf;                /* engine_ctx_buffer's device buffer (owned), or NULL */
+    size_t ctx_buf_size;          /* its bytes */
 };
 
 /* GPUs keep fp32 weights and compute in fp32 (--force-fp32) for engines created after this call;
@@ -160,6 +162,12 @@ void engine_unload_unused(struct engine *e);
 /* Gives the activation buffer back to the backend (the next graph allocates again): after an
  * out-of-memory failure, so the next prompt starts from the device's whole free memory. */
 void engine_release_scratch(struct engine *e);
+
+/* A buffer of at least `bytes` in the device's memory, kept from one prompt to the next (the
+ * sampler's text conditioning: an allocation and a free per KSampler run cost more than the
+ * upload, and the free waits for the device), or NULL when the backend keeps data in host
+ * memory or the device has no room. Valid until the next call or engine_release_scratch. */
+void *engine_ctx_buffer(struct engine *e, size_t bytes);
 
 struct model_value *model_value_new(struct engine_checkpoint *ck, const char *type); /* takes a new ref of ck */
 struct clip_value *clip_value_new(struct engine_checkpoint *ck, int layer);

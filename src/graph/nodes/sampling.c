@@ -42,8 +42,9 @@ struct cfg_denoiser {
     /* scratch, sized for every entry in one batch */
     float *x_in, *timesteps, *context, *eps;
     float *side_sum;              /* [2, b*c*h*w] */
-    /* the context of the all-entries batch in the device's memory, uploaded at the first step
-       (it does not change between steps); NULL on host-memory backends or before */
+    /* the context of the all-entries batch in the device's memory (the engine's buffer,
+       engine_ctx_buffer), uploaded at the first step (it does not change between steps); NULL on
+       host-memory backends or before */
     void *ctx_dev;
     double t_last;                /* when the last step's denoise returned (debug timing) */
 };
@@ -110,13 +111,12 @@ static int eval_entries(struct cfg_denoiser *d, int first, int n, const float *x
                 memcpy(dst + r * it->n_tokens * dim, it->context, (size_t)(it->n_tokens * dim) * sizeof(float));
         }
     }
-    if (keep && !d->ctx_dev) {
+    if (keep && !d->ctx_dev) { /* the engine's buffer, kept between prompts */
         size_t bytes = (size_t)(n * d->b * L * dim) * sizeof(float);
-        void *buf = NULL;
-        if (backend_buf_alloc(e->backend, bytes, &buf) == 0) {
+        void *buf = engine_ctx_buffer(e, bytes);
+        if (buf) { /* else no room: the host copy every step, as before */
             struct tensor view = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(bytes / 4), 1, 1, 1}, .data = buf};
             if (backend_tensor_set(e->backend, &view, d->context, 0, bytes) == 0) d->ctx_dev = buf;
-            else backend_buf_free(e->backend, buf); /* no room: the host copy every step, as before */
         }
     }
     double t0 = clock_now();
@@ -181,6 +181,7 @@ static void add_entries(struct cfg_denoiser *d, const struct conditioning *cond,
 static int common_ksampler(struct node_run *ctx, const struct model_value *model, const struct ksampler_params *kp,
                            double cfg, const struct conditioning *pos, const struct conditioning *neg,
                            const struct latent *in, struct value *out, struct err *err) {
+    const double t_node = clock_now();
     const struct unet *unet = &model->ck->sd->unet;
     if (in->c != unet->config.in_channels)
         return err_set(err, STATUS_ERR_INVALID, "latent has %lld channels, the model expects %d", (long long)in->c,
@@ -240,11 +241,14 @@ static int common_ksampler(struct node_run *ctx, const struct model_value *model
         /* the UNet's graph is recorded once and run every step (unet.c, tctx_memo_*): only within
            this run, while the model and d.ctx_dev are sure to stay where they are */
         tctx_reset(&d.engine->tctx);
+        double t_run = clock_now();
         rc = ksampler_run(&sched, &fn, &p, in->b, in->c * in->h * in->w, in->samples, res->samples,
                           forward_progress, &pf, err);
         tctx_reset(&d.engine->tctx);
+        if (log_get_level() == LOG_LEVEL_DEBUG)
+            log_debug("KSampler: %.2f ms before the sampler ran, the sampler %.2f ms", 1e3 * (t_run - t_node),
+                      1e3 * (clock_now() - t_run));
     }
-    if (d.ctx_dev) backend_buf_free(d.engine->backend, d.ctx_dev);
     mem_free(d.entries);
     mem_free(d.x_in);
     mem_free(d.eps);
