@@ -125,27 +125,12 @@ void *cuda__work(struct cuda_ctx *ctx, size_t size, const char *what, int *rc, s
 
 /* ===== Copies ===== */
 
-/* True when p is ordinary (pageable) host memory: not page-locked or registered with CUDA. */
-static bool host_pageable(const void *p) {
-    cudaPointerAttributes a;
-    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    return a.type == cudaMemoryTypeUnregistered;
-}
-
 static int cuda_copy(struct cuda_ctx *ctx, void *dst, const void *src, size_t size, cudaMemcpyKind kind) {
     struct err e = {};
     struct err *err = &e;
     CUDA_TRY(cudaSetDevice(ctx->device));
     CUDA_TRY(cudaMemcpyAsync(dst, src, size, kind, ctx->stream));
-    /* the host buffer is the caller's again on return. From pageable memory to the device CUDA
-       returns once the buffer is staged (its documented behaviour), and the stream orders the
-       copy before later work: no wait (the sampler's inputs every step; a failed copy shows at
-       the next synchronisation). Page-locked sources and copies to the host are waited for. */
-    if (kind == cudaMemcpyHostToDevice && host_pageable(src)) return 0;
-    CUDA_TRY(cudaStreamSynchronize(ctx->stream));
+    CUDA_TRY(cudaStreamSynchronize(ctx->stream)); /* the host buffer is the caller's again on return */
     return 0;
 }
 
