@@ -247,15 +247,13 @@ static int save_images(struct node_run *ctx, const struct image *im, const char 
        written in batch order */
     size_t px = (size_t)(im->h * im->w * im->c);
     int nb = (int)im->b;
-    uint8_t *pixels = mem_try_alloc(px * (size_t)(nb > 0 ? nb : 1) + 1);
     const uint8_t **rows = mem_calloc((size_t)(nb > 0 ? nb : 1), sizeof *rows);
     void **png = mem_calloc((size_t)(nb > 0 ? nb : 1), sizeof *png);
     size_t *png_len = mem_calloc((size_t)(nb > 0 ? nb : 1), sizeof *png_len);
     json_t *results = json_array();
-    if (!pixels) rc = err_set(err, STATUS_ERR_NOMEM, "out of memory converting %d images to 8 bits", nb);
     double t0 = clock_now(), t_conv = 0, t_enc = 0;
-    bool ahead = !rc && png_async_matches(im->png_ahead, nb, (uint32_t)im->w, (uint32_t)im->h, (int)im->c, text,
-                                          n_text, level);
+    bool ahead = png_async_matches(im->png_ahead, nb, (uint32_t)im->w, (uint32_t)im->h, (int)im->c, text, n_text,
+                                   level);
     if (ahead) {
         struct err aerr = {0};
         if (png_async_take(im->png_ahead, png, png_len, &aerr)) { /* encode them here instead */
@@ -263,8 +261,10 @@ static int save_images(struct node_run *ctx, const struct image *im, const char 
             ahead = false;
         }
     }
+    uint8_t *pixels = ahead ? NULL : mem_try_alloc(px * (size_t)(nb > 0 ? nb : 1) + 1);
+    if (!ahead && !pixels) rc = err_set(err, STATUS_ERR_NOMEM, "out of memory converting %d images to 8 bits", nb);
     if (!rc && !ahead) to8_all(im->data, pixels, px, nb);
-    for (int b = 0; b < nb && !rc; b++) rows[b] = pixels + (size_t)b * px;
+    for (int b = 0; b < nb && !rc && pixels; b++) rows[b] = pixels + (size_t)b * px;
     t_conv = clock_now();
     if (!rc && !ahead)
         rc = png_encode_many(rows, nb, (uint32_t)im->w, (uint32_t)im->h, (int)im->c, text, n_text, level, nb, png,
