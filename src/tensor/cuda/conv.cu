@@ -438,7 +438,10 @@ static int conv_dnn_fused(struct cuda_ctx *ctx, struct cuda_conv_plan *plan, str
     if (s == CUDNN_STATUS_SUCCESS && check) { /* NaN out: z was read (0 * NaN) */
         uint16_t head[8];
         size_t nb = tensor_nbytes(dst) < sizeof head ? tensor_nbytes(dst) : sizeof head;
-        bool nan = cudaMemcpy(head, dst->data, nb, cudaMemcpyDeviceToHost) != cudaSuccess;
+        /* on ctx->stream, after the memset and the call (a plain cudaMemcpy would not wait for
+           that non-blocking stream) */
+        bool nan = cudaMemcpyAsync(head, dst->data, nb, cudaMemcpyDeviceToHost, ctx->stream) != cudaSuccess ||
+                   cudaStreamSynchronize(ctx->stream) != cudaSuccess;
         for (size_t i = 0; i < nb / 2 && !nan; i++) /* F16 and BF16 NaNs: all exponent bits, a mantissa bit */
             nan = dst->dtype == DTYPE_F16 ? (head[i] & 0x7c00) == 0x7c00 && (head[i] & 0x03ff)
                                           : (head[i] & 0x7f80) == 0x7f80 && (head[i] & 0x007f);
