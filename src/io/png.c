@@ -49,6 +49,43 @@ KILN_VECTORIZE void png_from_float(const float *src, uint8_t *dst, size_t n) {
     }
 }
 
+/* One part of png_from_float_threads, on a thread of its own. */
+struct from_float_part {
+    const float *src;
+    uint8_t *dst;
+    size_t n;
+};
+
+static void *from_float_run(void *p) {
+    struct from_float_part *c = p;
+    png_from_float(c->src, c->dst, c->n);
+    return NULL;
+}
+
+void png_from_float_threads(const float *src, uint8_t *dst, size_t n, int threads) {
+    enum { MAX_PARTS = 16, MIN_PART = 1 << 17 };
+    int parts = threads < MAX_PARTS ? threads : MAX_PARTS;
+    if ((size_t)parts > n / MIN_PART) parts = (int)(n / MIN_PART);
+    if (parts < 2) {
+        png_from_float(src, dst, n);
+        return;
+    }
+    struct from_float_part c[MAX_PARTS];
+    pthread_t tid[MAX_PARTS];
+    bool started[MAX_PARTS] = {false};
+    size_t per = (n + (size_t)parts - 1) / (size_t)parts;
+    for (int i = 0; i < parts; i++) {
+        size_t off = (size_t)i * per;
+        c[i] = (struct from_float_part){src + off, dst + off, off < n ? (n - off < per ? n - off : per) : 0};
+        if (i > 0) started[i] = pthread_create(&tid[i], NULL, from_float_run, &c[i]) == 0;
+    }
+    from_float_run(&c[0]);
+    for (int i = 1; i < parts; i++) {
+        if (started[i]) pthread_join(tid[i], NULL);
+        else from_float_run(&c[i]); /* a thread that could not start: here */
+    }
+}
+
 /* ===== Encoding: our own writer =====
  * DESIGN. libspng encodes on one thread, and zlib is most of that time (512x512 RGB at level 4:
  * ~25 of ~38 ms here). So the encoder is ours (libspng still decodes):

@@ -86,4 +86,8 @@ const char *png_image_text(const struct png_image *img, const char *key);
  * 255*x in float32, clipped, truncated toward zero (not rounded); NaN gives 0. */
 void png_from_float(const float *src, uint8_t *dst, size_t n);
 
+/* png_from_float on up to `threads` threads (at most 16), in parts of at least 128 Ki values
+ * (fewer values: the caller's thread alone); the same bytes whatever the count. */
+void png_from_float_threads(const float *src, uint8_t *dst, size_t n, int threads);
+
 #endif

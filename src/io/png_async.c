@@ -40,44 +40,6 @@ struct png_async {
     struct err *errs;               /* [n] why it failed */
 };
 
-/* png_from_float over n values on up to 4 threads (a 512x512 image took ~0.5 ms on one core of
- * a lent H100 machine: on the last image's path). */
-struct conv_part {
-    const float *src;
-    uint8_t *dst;
-    size_t n;
-};
-
-static void *conv_run(void *p) {
-    struct conv_part *c = p;
-    png_from_float(c->src, c->dst, c->n);
-    return NULL;
-}
-
-static void convert(const float *src, uint8_t *dst, size_t n, int threads) {
-    enum { MAX_PARTS = 4, MIN_PART = 1 << 17 };
-    int parts = threads < MAX_PARTS ? threads : MAX_PARTS;
-    if ((size_t)parts > n / MIN_PART) parts = (int)(n / MIN_PART);
-    if (parts < 2) {
-        png_from_float(src, dst, n);
-        return;
-    }
-    struct conv_part c[MAX_PARTS];
-    pthread_t tid[MAX_PARTS];
-    bool started[MAX_PARTS] = {false};
-    size_t per = (n + (size_t)parts - 1) / (size_t)parts;
-    for (int i = 0; i < parts; i++) {
-        size_t off = (size_t)i * per;
-        c[i] = (struct conv_part){src + off, dst + off, off < n ? (n - off < per ? n - off : per) : 0};
-        if (i > 0) started[i] = pthread_create(&tid[i], NULL, conv_run, &c[i]) == 0;
-    }
-    conv_run(&c[0]);
-    for (int i = 1; i < parts; i++) {
-        if (started[i]) pthread_join(tid[i], NULL);
-        else conv_run(&c[i]); /* a thread that could not start: here */
-    }
-}
-
 static void *encoder_main(void *p) {
     struct png_async *a = p;
     size_t px = (size_t)a->w * a->h * (size_t)a->channels;
@@ -89,7 +51,7 @@ static void *encoder_main(void *p) {
         pthread_mutex_unlock(&a->mu);
         if (stop) break;
         int threads = a->all_for_last && i == a->n - 1 ? png_cpus_usable() : a->threads;
-        convert(src, a->px8, px, threads);
+        png_from_float_threads(src, a->px8, px, threads);
         void *out = NULL;
         size_t out_len = 0;
         struct err err = {0};

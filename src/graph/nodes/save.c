@@ -18,7 +18,6 @@
 #include "io/savepath.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -130,39 +129,6 @@ static void expand_frontend(const char *in, const json_t *prompt, char *out, siz
 
 /* ===== Saving ===== */
 
-/* One image's conversion to 8 bits (png_from_float), on a thread of its own. */
-struct to8_job {
-    const float *src;
-    uint8_t *dst;
-    size_t n;
-    pthread_t tid;
-    bool started;
-};
-
-static void *to8_run(void *arg) {
-    struct to8_job *j = arg;
-    png_from_float(j->src, j->dst, j->n);
-    return NULL;
-}
-
-/* The nb images of px values each, side by side (3.6-4.2 ms for four 512x512 images on one
- * core of an H100 machine: PERF.md). */
-static void to8_all(const float *src, uint8_t *dst, size_t px, int nb) {
-    struct to8_job jobs[16];
-    for (int b0 = 0; b0 < nb; b0 += 16) {
-        int n = nb - b0 < 16 ? nb - b0 : 16;
-        for (int i = 0; i < n; i++) {
-            size_t off = (size_t)(b0 + i) * px;
-            jobs[i] = (struct to8_job){.src = src + off, .dst = dst + off, .n = px};
-            if (i > 0) jobs[i].started = pthread_create(&jobs[i].tid, NULL, to8_run, &jobs[i]) == 0;
-        }
-        for (int i = 0; i < n; i++)
-            if (!jobs[i].started) to8_run(&jobs[i]); /* the caller's own, and any no thread took */
-        for (int i = 1; i < n; i++)
-            if (jobs[i].started) pthread_join(jobs[i].tid, NULL);
-    }
-}
-
 /* The text chunks SaveImage and PreviewImage write: "prompt", then one per extra_pnginfo key
  * (json.dumps of each value); none with --disable-metadata. owned[i] are the dumps (mem_free). */
 static int save_text(const struct node_run *ctx, struct png_text text[SAVE_MAX_TEXT], char *owned[SAVE_MAX_TEXT]) {
@@ -263,7 +229,7 @@ static int save_images(struct node_run *ctx, const struct image *im, const char 
     }
     uint8_t *pixels = ahead ? NULL : mem_try_alloc(px * (size_t)(nb > 0 ? nb : 1) + 1);
     if (!ahead && !pixels) rc = err_set(err, STATUS_ERR_NOMEM, "out of memory converting %d images to 8 bits", nb);
-    if (!rc && !ahead) to8_all(im->data, pixels, px, nb);
+    if (!rc && !ahead) png_from_float_threads(im->data, pixels, px * (size_t)nb, png_cpus_usable());
     for (int b = 0; b < nb && !rc && pixels; b++) rows[b] = pixels + (size_t)b * px;
     t_conv = clock_now();
     if (!rc && !ahead)

@@ -396,7 +396,7 @@ static void test_save_batch_num(void **s) {
     gobj_unref(&im->obj);
 }
 
-/* A batch of 17 (the 8-bit conversion runs 16 images side by side, then the 17th): every file
+/* A batch of 17 (the 8-bit conversion splits the batch into parts across threads): every file
  * holds its own image's pixels. */
 static void test_save_large_batch(void **s) {
     enum { NB = 17 };

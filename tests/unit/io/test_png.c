@@ -496,6 +496,26 @@ static void test_filters_vary(void **s) {
     mem_free(px);
 }
 
+/* png_from_float_threads gives png_from_float's bytes for any thread count, with a last part
+ * shorter than the others and values out of range (and NaN) on the way. */
+static void test_from_float_threads(void **s) {
+    const size_t n = ((size_t)1 << 20) + 7;
+    float *f = mem_alloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) f[i] = (float)(i % 1013) / 900.0f - 0.05f;
+    f[3] = NAN;
+    uint8_t *want = mem_alloc(n), *got = mem_alloc(n);
+    png_from_float(f, want, n);
+    const int threads[] = {1, 3, 16, 64};
+    for (size_t t = 0; t < sizeof threads / sizeof *threads; t++) {
+        memset(got, 0xaa, n);
+        png_from_float_threads(f, got, n, threads[t]);
+        assert_memory_equal(got, want, n);
+    }
+    mem_free(f);
+    mem_free(want);
+    mem_free(got);
+}
+
 /* The bytes do not depend on the thread count, and png_encode_many gives png_encode's bytes for
  * images big enough to be split into strips. */
 static void test_encode_threads_same_bytes(void **s) {
@@ -690,7 +710,7 @@ int main(void) {
         cmocka_unit_test(test_encode_many),
         cmocka_unit_test(test_encode_roundtrips),
         cmocka_unit_test(test_filters_vary),
-        cmocka_unit_test(test_encode_threads_same_bytes),
+        cmocka_unit_test(test_encode_threads_same_bytes), cmocka_unit_test(test_from_float_threads),
         cmocka_unit_test(test_encode_vs_libspng),
         cmocka_unit_test(test_encode_bad_keywords),
     };
