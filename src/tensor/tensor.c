@@ -190,6 +190,15 @@ void tctx_deinit(struct tctx *c) {
     c->nodes = NULL;
 }
 
+/* No hoisted plan (tctx_plan_hoisted's state back to a plain plan's). */
+static void hoist_clear(struct tctx *c) {
+    c->hoisted = false;
+    c->run_var = NULL;
+    c->n_run_var = 0;
+    c->hoisted_bytes = 0;
+    c->consts_ready = false;
+}
+
 void tctx_reset(struct tctx *c) {
     arena_reset(&c->arena);
     c->nodes = NULL;
@@ -201,11 +210,7 @@ void tctx_reset(struct tctx *c) {
     c->rc = 0;
     err_clear(&c->err);
     c->memo_valid = false;
-    c->hoisted = false;
-    c->run_var = NULL;
-    c->n_run_var = 0;
-    c->hoisted_bytes = 0;
-    c->consts_ready = false;
+    hoist_clear(c);
 }
 
 struct tensor *tctx_fail(struct tctx *c, int rc, const char *fmt, ...) {
@@ -523,11 +528,7 @@ int tctx_plan_hoisted(struct tctx *c, struct tensor *const *outs, int n_outs) { 
 
 static int plan(struct tctx *c, struct tensor *const *outs, int n_outs, bool hoist) {
     c->memo_valid = false; /* a new plan: what was memoised no longer describes the graph */
-    c->hoisted = false;
-    c->run_var = NULL;
-    c->n_run_var = 0;
-    c->hoisted_bytes = 0;
-    c->consts_ready = false;
+    hoist_clear(c);
     c->scratch->plans++;
     if (c->rc) return c->rc;
     /* a previous plan's nodes are ordered again (a graph extended after planning) */

@@ -181,7 +181,6 @@ static void add_entries(struct cfg_denoiser *d, const struct conditioning *cond,
 static int common_ksampler(struct node_run *ctx, const struct model_value *model, const struct ksampler_params *kp,
                            double cfg, const struct conditioning *pos, const struct conditioning *neg,
                            const struct latent *in, struct value *out, struct err *err) {
-    const double t_node = clock_now();
     const struct unet *unet = &model->ck->sd->unet;
     if (in->c != unet->config.in_channels)
         return err_set(err, STATUS_ERR_INVALID, "latent has %lld channels, the model expects %d", (long long)in->c,
@@ -241,13 +240,9 @@ static int common_ksampler(struct node_run *ctx, const struct model_value *model
         /* the UNet's graph is recorded once and run every step (unet.c, tctx_memo_*): only within
            this run, while the model and d.ctx_dev are sure to stay where they are */
         tctx_reset(&d.engine->tctx);
-        double t_run = clock_now();
         rc = ksampler_run(&sched, &fn, &p, in->b, in->c * in->h * in->w, in->samples, res->samples,
                           forward_progress, &pf, err);
         tctx_reset(&d.engine->tctx);
-        if (log_get_level() == LOG_LEVEL_DEBUG)
-            log_debug("KSampler: %.2f ms before the sampler ran, the sampler %.2f ms", 1e3 * (t_run - t_node),
-                      1e3 * (clock_now() - t_run));
     }
     mem_free(d.entries);
     mem_free(d.x_in);
