@@ -2,8 +2,9 @@
  * linear of one SD 1.5 UNet evaluation (64x64 latent, batch B: M = B * tokens), F16 in and out,
  * fp32 compute, bias epilogue where the model has a bias, column-major D [N, M] = W^T x as
  * tensor/cuda/matmul.cu makes it. Prints the heuristics' first choice (what kiln runs) against
- * the fastest, and the sum over an evaluation's linears. Answers one question: what would
- * choosing cuBLASLt's algorithm by timing save?
+ * the fastest, and the sum over an evaluation's linears. Answers: what would choosing cuBLASLt's
+ * algorithm by timing save? And (the "qkv as one" rows) what would self-attention's three
+ * projections as one product of 3C outputs save?
  * Build: nvcc -O2 -arch=sm_90 -o build/lt_probe bench/lt_probe.cu -lcublasLt
  * Run:   build/lt_probe [batch [v]]   (default 8; v: every candidate with its configuration) */
 #include <cublasLt.h>
@@ -48,6 +49,10 @@ int main(int argc, char **argv) {
         {"C1280 ff out", 256, 5120, 1280, 1, 5},     {"C1280/64 proj/out", 64, 1280, 1280, 1, 4},
         {"C1280/64 q k v", 64, 1280, 1280, 0, 4},    {"C1280/64 ff in", 64, 1280, 10240, 1, 1},
         {"C1280/64 ff out", 64, 5120, 1280, 1, 1},
+        /* self-attention's q, k, v as one product of 3C outputs (count 0: not in the sums; compare
+           with three of "q k v") */
+        {"C320 qkv as one", 4096, 320, 960, 0, 0},   {"C640 qkv as one", 1024, 640, 1920, 0, 0},
+        {"C1280 qkv as one", 256, 1280, 3840, 0, 0}, {"C1280/64 qkv as one", 64, 1280, 3840, 0, 0},
     };
     cublasLtHandle_t lt;
     CK(cublasLtCreate(&lt));

@@ -80,17 +80,26 @@ struct tensor *nn_linear(struct tctx *c, const struct nn_linear *l, struct tenso
     return op_linear(c, x, nn_w_as(c, &l->w, dt(x)), nn_w_as(c, &l->b, dt(x)));
 }
 
-struct tensor *nn_conv(struct tctx *c, const struct nn_conv *l, struct tensor *x, int stride, int pad) {
-    if (!l->w.channels_last)
-        return op_conv2d(c, x, nn_w_as(c, &l->w, dt(x)), nn_w_as(c, &l->b, dt(x)), stride, pad);
+/* nn_conv, with its bias or without (nn_conv_unbiased). */
+static struct tensor *conv(struct tctx *c, const struct nn_conv *l, struct tensor *x, int stride, int pad, bool bias) {
+    struct tensor *b = bias ? nn_w_as(c, &l->b, dt(x)) : NULL;
+    if (!l->w.channels_last) return op_conv2d(c, x, nn_w_as(c, &l->w, dt(x)), b, stride, pad);
     const struct nn_weight *w = &l->w;
     if (w->shape[1] == 1 && w->shape[2] == 1 && stride == 1 && pad == 0 && w->data) {
         /* a pointwise conv over channels-last pixels is a linear over the last dim */
         struct tensor *wt = tensor_weight(c, w->dtype, 2, (int64_t[]){w->shape[0], w->shape[3]}, w->data);
         if (wt) wt->stream_id = w->stream_id;
-        return op_linear(c, x, op_cast(c, wt, dt(x)), nn_w_as(c, &l->b, dt(x)));
+        return op_linear(c, x, op_cast(c, wt, dt(x)), b);
     }
-    return op_conv2d_nhwc(c, x, nn_w_as(c, w, dt(x)), nn_w_as(c, &l->b, dt(x)), stride, pad);
+    return op_conv2d_nhwc(c, x, nn_w_as(c, w, dt(x)), b, stride, pad);
+}
+
+struct tensor *nn_conv(struct tctx *c, const struct nn_conv *l, struct tensor *x, int stride, int pad) {
+    return conv(c, l, x, stride, pad, true);
+}
+
+struct tensor *nn_conv_unbiased(struct tctx *c, const struct nn_conv *l, struct tensor *x, int stride, int pad) {
+    return conv(c, l, x, stride, pad, false);
 }
 
 struct tensor *nn_group_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, int groups, float eps,
@@ -101,6 +110,11 @@ struct tensor *nn_group_norm(struct tctx *c, const struct nn_norm *n, struct ten
 struct tensor *nn_group_norm_nhwc(struct tctx *c, const struct nn_norm *n, struct tensor *x, int groups, float eps,
                                   bool silu) {
     return op_group_norm_nhwc(c, x, nn_w_as(c, &n->w, dt(x)), nn_w_as(c, &n->b, dt(x)), groups, eps, silu);
+}
+
+struct tensor *nn_group_norm_nhwc_add(struct tctx *c, const struct nn_norm *n, struct tensor *x, struct tensor *a,
+                                      int groups, float eps, bool silu) {
+    return op_group_norm_nhwc_add(c, x, a, nn_w_as(c, &n->w, dt(x)), nn_w_as(c, &n->b, dt(x)), groups, eps, silu);
 }
 
 struct tensor *nn_layer_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, float eps) {

@@ -115,11 +115,16 @@ struct tensor *nn_w_rows(struct tctx *c, const struct nn_weight *w, int64_t r0, 
 struct tensor *nn_linear(struct tctx *c, const struct nn_linear *l, struct tensor *x);
 /* x [B, C, H, W], or [B, H, W, C] when the weight is channels_last (a 1x1 conv is then a linear). */
 struct tensor *nn_conv(struct tctx *c, const struct nn_conv *l, struct tensor *x, int stride, int pad);
+/* The same without its bias (a caller that adds the bias elsewhere, e.g. with a later op). */
+struct tensor *nn_conv_unbiased(struct tctx *c, const struct nn_conv *l, struct tensor *x, int stride, int pad);
 struct tensor *nn_group_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, int groups, float eps,
                              bool silu);
 /* The same over channels-last x [B, ..., C]. */
 struct tensor *nn_group_norm_nhwc(struct tctx *c, const struct nn_norm *n, struct tensor *x, int groups, float eps,
                                   bool silu);
+/* The same over x + a, a [B, C] added to each position of its image (op_group_norm_nhwc_add). */
+struct tensor *nn_group_norm_nhwc_add(struct tctx *c, const struct nn_norm *n, struct tensor *x, struct tensor *a,
+                                      int groups, float eps, bool silu);
 struct tensor *nn_layer_norm(struct tctx *c, const struct nn_norm *n, struct tensor *x, float eps);
 
 /* NCHW [B, C, H, W] -> tokens [B, H*W, C], and back. */

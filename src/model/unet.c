@@ -226,15 +226,30 @@ static struct tensor *group_norm(struct tctx *c, bool nhwc, const struct nn_norm
     return nhwc ? nn_group_norm_nhwc(c, n, x, GROUPS, eps, silu) : nn_group_norm(c, n, x, GROUPS, eps, silu);
 }
 
-/* ResBlock.forward: h = in_layers(x) + emb_layers(emb); h = out_layers(h); skip(x) + h */
+/* The sum of two optional [C] biases (either may be absent); NULL when both are. */
+static struct tensor *bias_sum(struct tctx *c, struct tensor *a, struct tensor *b) {
+    return a && b ? op_add(c, a, b) : a ? a : b;
+}
+
+/* ResBlock.forward: h = in_layers(x) + emb_layers(emb); h = out_layers(h); skip(x) + h.
+ * Channels-last, in_layers' conv runs without its bias and out_layers' GroupNorm takes
+ * conv + (bias + emb_layers(emb)) as one per-image [B, C] add: that sum is never written (the
+ * two biases add once per plan: a node of weights alone is hoisted). */
 static struct tensor *res_forward(struct tctx *c, bool nhwc, const struct unet_res *r, struct tensor *x,
                                   struct tensor *emb_silu) {
-    struct tensor *e = nn_linear(c, &r->emb, emb_silu);                      // [B, c_out]
-    if (e && nhwc) e = op_reshape(c, e, 4, (int64_t[]){e->shape[0], 1, 1, e->shape[1]}); // [B, 1, 1, c_out]
-    else if (e) e = op_reshape(c, e, 4, (int64_t[]){e->shape[0], e->shape[1], 1, 1});    // [B, c_out, 1, 1]
     struct tensor *h = group_norm(c, nhwc, &r->in_norm, x, RES_EPS, true);
-    h = op_add_fused(c, nn_conv(c, &r->in_conv, h, 1, 1), e); // [B, c_out, H, W] + e (fused channels-last)
-    h = group_norm(c, nhwc, &r->out_norm, h, RES_EPS, true);
+    if (nhwc) {
+        enum dtype d = h ? h->dtype : DTYPE_F32;
+        struct tensor *eb = bias_sum(c, nn_w_as(c, &r->emb.b, d), nn_w_as(c, &r->in_conv.b, d));
+        struct tensor *e = op_linear(c, emb_silu, nn_w_as(c, &r->emb.w, d), eb); // [B, c_out]
+        h = nn_group_norm_nhwc_add(c, &r->out_norm, nn_conv_unbiased(c, &r->in_conv, h, 1, 1), e, GROUPS, RES_EPS,
+                                   true);
+    } else {
+        struct tensor *e = nn_linear(c, &r->emb, emb_silu); // [B, c_out]
+        if (e) e = op_reshape(c, e, 4, (int64_t[]){e->shape[0], e->shape[1], 1, 1}); // [B, c_out, 1, 1]
+        h = op_add_fused(c, nn_conv(c, &r->in_conv, h, 1, 1), e);                   // [B, c_out, H, W] + e
+        h = group_norm(c, nhwc, &r->out_norm, h, RES_EPS, true);
+    }
     struct tensor *s = r->skip.w.data ? nn_conv(c, &r->skip, x, 1, 0) : x; /* before out_conv: its add fuses */
     return op_add_fused(c, nn_conv(c, &r->out_conv, h, 1, 1), s);
 }

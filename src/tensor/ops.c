@@ -319,6 +319,20 @@ struct tensor *op_group_norm_nhwc(struct tctx *c, struct tensor *x, struct tenso
     return group_norm(c, x, w, b, groups, eps, silu, true);
 }
 
+struct tensor *op_group_norm_nhwc_add(struct tctx *c, struct tensor *x, struct tensor *a, struct tensor *w,
+                                      struct tensor *b, int groups, float eps, bool silu) {
+    NEED(c, x, a);
+    if (x->ndim < 2 || a->ndim != 2 || a->shape[0] != x->shape[0] || a->shape[1] != x->shape[x->ndim - 1]) {
+        char s1[64], s2[64];
+        return tctx_fail(c, STATUS_ERR_INVALID, "group_norm (channels last) of x + a: x %s, a %s", SHAPE(x, s1),
+                         SHAPE(a, s2));
+    }
+    if (!same_dtype(c, "group_norm", x, a, NULL)) return NULL;
+    struct tensor *t = group_norm(c, x, w, b, groups, eps, silu, true);
+    if (t) t->src[3] = a;
+    return t;
+}
+
 struct tensor *op_layer_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, float eps) {
     NEED(c, x);
     int64_t n = x->shape[x->ndim - 1];

@@ -106,7 +106,8 @@ const char *op_name(enum op op);
 int op_nsrc(enum op op);
 
 #define TENSOR_MAX_DIMS 4
-#define TENSOR_MAX_SRC 4 /* the fourth: a LINEAR's or CONV2D's residual (op_add_fused) */
+#define TENSOR_MAX_SRC 4 /* the fourth: a LINEAR's or CONV2D's residual (op_add_fused), a channels-last
+                            GROUP_NORM's per-image add (op_group_norm_nhwc_add) */
 #define TENSOR_MAX_PARAMS 8
 
 struct backend;
@@ -331,6 +332,10 @@ struct tensor *op_group_norm(struct tctx *c, struct tensor *x, struct tensor *w,
  * spatial); ip[2] = 1 (the layout flag). */
 struct tensor *op_group_norm_nhwc(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, int groups,
                                   float eps, bool silu);
+/* The same over x + a, a [B, C] added to every position of its image (src[3]): a ResBlock's
+ * conv output plus its bias and time embedding, normalised without writing that sum first. */
+struct tensor *op_group_norm_nhwc_add(struct tctx *c, struct tensor *x, struct tensor *a, struct tensor *w,
+                                      struct tensor *b, int groups, float eps, bool silu);
 /* LayerNorm over the last dim of x [..., C] with affine w, b [C]. fp[0] = eps. */
 struct tensor *op_layer_norm(struct tctx *c, struct tensor *x, struct tensor *w, struct tensor *b, float eps);
 /* Multi-head scaled dot-product attention. q [B, Nq, C], k and v [B, Nk, C]; C = heads * d.

@@ -310,6 +310,10 @@ static struct tensor *b_gn(struct tctx *c, struct tensor **in, const struct ocas
 static struct tensor *b_gn_nhwc(struct tctx *c, struct tensor **in, const struct ocase *k) {
     return op_group_norm_nhwc(c, in[0], in[1], in[2], k->ip[0], k->fp[0], k->ip[1] != 0);
 }
+/* in[3]: the per-image [B, C] add */
+static struct tensor *b_gn_nhwc_add(struct tctx *c, struct tensor **in, const struct ocase *k) {
+    return op_group_norm_nhwc_add(c, in[0], in[3], in[1], in[2], k->ip[0], k->fp[0], k->ip[1] != 0);
+}
 static struct tensor *b_ln(struct tctx *c, struct tensor **in, const struct ocase *k) {
     return op_layer_norm(c, in[0], in[1], in[2], k->fp[0]);
 }
@@ -480,6 +484,10 @@ static void test_norms_nhwc(void **state) {
         {"gn nhwc offset mean [2,32,32,320] g32+silu", b_gn_nhwc, 3, {IN(2, 32, 32, 320), IN(320), IN(320)}, 99, 101, {32, 1}, {1e-5f}},
         {"gn nhwc [1,32,32,1920] g32", b_gn_nhwc, 3, {IN(1, 32, 32, 1920), IN(1920), IN(1920)}, -2, 3, {32, 0}, {1e-5f}},
         {"gn nhwc 3-d [1,4096,320] g32", b_gn_nhwc, 3, {IN(1, 4096, 320), IN(320), IN(320)}, -2, 3, {32, 0}, {1e-6f}},
+        {"gn nhwc + a [2,64,64,320] g32+silu", b_gn_nhwc_add, 4, {IN(2, 64, 64, 320), IN(320), IN(320), IN(2, 320)}, -2, 3, {32, 1}, {1e-5f}},
+        {"gn nhwc + a [8,8,8,1280] g32+silu", b_gn_nhwc_add, 4, {IN(8, 8, 8, 1280), IN(1280), IN(1280), IN(8, 1280)}, -2, 3, {32, 1}, {1e-5f}},
+        {"gn nhwc + a offset mean [2,32,32,640] g32", b_gn_nhwc_add, 4, {IN(2, 32, 32, 640), IN(640), IN(640), IN(2, 640)}, 99, 101, {32, 0}, {1e-5f}},
+        {"gn nhwc + a odd channels [2,5,3,12] g4", b_gn_nhwc_add, 4, {IN(2, 5, 3, 12), IN(12), IN(12), IN(2, 12)}, -2, 3, {4, 1}, {1e-5f}},
         {"gn nhwc C%8 [2,9,7,36] g6+silu", b_gn_nhwc, 3, {IN(2, 9, 7, 36), IN(36), IN(36)}, -2, 3, {6, 1}, {1e-5f}},
         {"gn nhwc C%8 chunked [1,64,64,36] g6 w only", b_gn_nhwc, 3, {IN(1, 64, 64, 36), IN(36), NOIN}, -2, 3, {6, 0}, {1e-5f}},
         {"gn nhwc C 8 g1 b only [3,5,8]", b_gn_nhwc, 3, {IN(3, 5, 8), NOIN, IN(8)}, -2, 3, {1, 0}, {1e-5f}},

@@ -79,7 +79,8 @@ static int cpu_graph_run(void *vctx, struct tensor *const *nodes, int n, struct 
             rc = err_set(err, STATUS_ERR_UNSUPPORTED, "cpu backend: op %s not implemented", op_name(t->op));
         }
         if (rc) return rc;
-        if (t->src[3]) { /* a fused residual (op_add_fused): added after the op, as a separate ADD would */
+        if (t->src[3] && (t->op == OP_LINEAR || t->op == OP_CONV2D)) { /* a fused residual (op_add_fused): added
+                                                                       after the op, as a separate ADD would */
             const float *r = t->src[3]->data;
             float *y = t->data;
             int64_t n = tensor_numel(t);

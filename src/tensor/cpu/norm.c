@@ -27,11 +27,13 @@ static void moments(const float *x, int64_t n, double eps, double *mean, double 
 /* x [B, C, *] -> same; group g of image b is the contiguous block of channels
  * [g*C/G, (g+1)*C/G) x all positions. */
 /* Channels-last x [B, P, C] (ip[2]): the same statistics in the same two passes, strided
- * (group g of image b is channels [g*C/G, (g+1)*C/G) of every position). A reference for the
- * GPU's channels-last path, not a fast path. */
+ * (group g of image b is channels [g*C/G, (g+1)*C/G) of every position), of x + a where src[3]
+ * is a [B, C] (op_group_norm_nhwc_add). A reference for the GPU's channels-last path, not a
+ * fast path. */
 static int group_norm_nhwc(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2];
     const float *x = tx->data, *w = tw ? tw->data : NULL, *b = tb ? tb->data : NULL;
+    const float *a = dst->src[3] ? dst->src[3]->data : NULL;
     float *y = dst->data;
     int64_t nb = tx->shape[0], c = tx->shape[tx->ndim - 1], groups = dst->ip[0];
     int64_t p = tensor_numel(tx) / (nb * c), cpg = c / groups;
@@ -42,13 +44,14 @@ static int group_norm_nhwc(struct cpu_ctx *ctx, struct tensor *dst, struct err *
 #pragma omp parallel for schedule(dynamic, 1) if (nb * c * p >= CPU_PAR_MIN)
     for (int64_t bg = 0; bg < nb * groups; bg++) {
         const float *xg = x + (bg / groups) * p * c + (bg % groups) * cpg;
+        const float *ag = a ? a + (bg / groups) * c + (bg % groups) * cpg : NULL;
         double sum = 0, sq = 0;
         for (int64_t i = 0; i < p; i++)
-            for (int64_t k = 0; k < cpg; k++) sum += xg[i * c + k];
+            for (int64_t k = 0; k < cpg; k++) sum += (double)xg[i * c + k] + (ag ? ag[k] : 0.0);
         double mean = sum / n;
         for (int64_t i = 0; i < p; i++)
             for (int64_t k = 0; k < cpg; k++) {
-                double d = xg[i * c + k] - mean;
+                double d = (double)xg[i * c + k] + (ag ? ag[k] : 0.0) - mean;
                 sq += d * d;
             }
         stats[2 * bg] = mean;
@@ -57,8 +60,9 @@ static int group_norm_nhwc(struct cpu_ctx *ctx, struct tensor *dst, struct err *
 #pragma omp parallel for schedule(static) if (nb * c * p >= CPU_PAR_MIN)
     for (int64_t r = 0; r < nb * p; r++) {
         const double *st = stats + 2 * (r / p) * groups;
+        const float *ar = a ? a + (r / p) * c : NULL;
         for (int64_t ch = 0; ch < c; ch++) {
-            double mean = st[2 * (ch / cpg)], rstd = st[2 * (ch / cpg) + 1];
+            double mean = st[2 * (ch / cpg)] - (ar ? ar[ch] : 0.0), rstd = st[2 * (ch / cpg) + 1];
             double scale = rstd * (w ? w[ch] : 1.0);
             float v = (float)((double)x[r * c + ch] * scale + ((b ? b[ch] : 0.0) - mean * scale));
             y[r * c + ch] = silu ? v / (1.0f + expf(-v)) : v;

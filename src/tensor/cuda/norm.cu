@@ -449,17 +449,17 @@ __device__ __forceinline__ int64_t nhwc_offset(int64_t i, int64_t cpg, int64_t c
 
 /* pass 0: sum of the chunk -> psum; pass 1: sum of (x - mean_f)^2 -> psq */
 template <typename T, int PASS>
-__global__ void group_norm_nhwc_partial(const T *x, double *psum, double *psq, int64_t p, int64_t c, int64_t groups,
-                                        int chunks) {
+__global__ void group_norm_nhwc_partial(const T *x, const T *a, double *psum, double *psq, int64_t p, int64_t c,
+                                        int64_t groups, int chunks) {
     const int64_t bg = blockIdx.y, img = bg / groups, g = bg % groups, cpg = c / groups, gsize = p * cpg;
     const int chunk = blockIdx.x;
     const int64_t per = (gsize + chunks - 1) / chunks, i0 = chunk * per, i1 = i0 + per < gsize ? i0 + per : gsize;
-    const T *xg = x + img * p * c + g * cpg;
+    const T *xg = x + img * p * c + g * cpg, *ag = a ? a + img * c + g * cpg : NULL;
     float mf = 0.0f;
     if (PASS == 1) mf = (float)(block_ordered_sum(psum + bg * chunks, chunks) / (double)gsize);
     double s = 0;
     for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
-        float v = cuda_to_f32(xg[nhwc_offset(i, cpg, c)]);
+        float v = cuda_to_f32(xg[nhwc_offset(i, cpg, c)]) + (ag ? cuda_to_f32(ag[i % cpg]) : 0.0f);
         if (PASS == 0) {
             s += v;
         } else {
@@ -472,7 +472,7 @@ __global__ void group_norm_nhwc_partial(const T *x, double *psum, double *psq, i
 }
 
 template <typename T>
-__global__ void group_norm_nhwc_apply(T *y, const T *x, const T *w, const T *b, const double *psum,
+__global__ void group_norm_nhwc_apply(T *y, const T *x, const T *a, const T *w, const T *b, const double *psum,
                                       const double *psq, int64_t p, int64_t c, int64_t groups, int chunks, double eps,
                                       int silu) {
     const int64_t bg = blockIdx.y, img = bg / groups, g = bg % groups, cpg = c / groups, gsize = p * cpg;
@@ -488,7 +488,8 @@ __global__ void group_norm_nhwc_apply(T *y, const T *x, const T *w, const T *b, 
         const int64_t pos = i / cpg, k = i - pos * cpg, off = pos * c + k;
         /* scale and shift in double, as the NCHW path and the CPU */
         double scale = rstd * (w ? (double)cuda_to_f32(w[g * cpg + k]) : 1.0);
-        double shift = (b ? (double)cuda_to_f32(b[g * cpg + k]) : 0.0) - m * scale;
+        double mk = m - (a ? (double)cuda_to_f32(a[img * c + g * cpg + k]) : 0.0); /* (x + a - m) = (x - mk) */
+        double shift = (b ? (double)cuda_to_f32(b[g * cpg + k]) : 0.0) - mk * scale;
         float v = cuda_to_f32(xg[off]) * (float)scale + (float)shift;
         if (silu) v = v / (1.0f + expf(-v));
         yg[off] = cuda_from_f32<T>(v);
@@ -496,7 +497,7 @@ __global__ void group_norm_nhwc_apply(T *y, const T *x, const T *w, const T *b, 
 }
 
 template <typename T>
-static int group_norm_nhwc_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T *w, const T *b, int64_t nb,
+static int group_norm_nhwc_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T *a, const T *w, const T *b, int64_t nb,
                                 int64_t p, int64_t c, int64_t groups, float eps, bool silu, struct err *err) {
     const int64_t nbg = nb * groups, gsize = c / groups * p;
     int chunks = (int)((gsize + GN_CHUNK_MIN - 1) / GN_CHUNK_MIN);
@@ -508,12 +509,12 @@ static int group_norm_nhwc_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T 
     if (!part) return rc;
     double *psum = part, *psq = part + nbg * chunks;
     dim3 grid((unsigned)chunks, (unsigned)nbg);
-    group_norm_nhwc_partial<T, 0><<<grid, GN_THREADS, 0, ctx->stream>>>(x, psum, psq, p, c, groups, chunks);
+    group_norm_nhwc_partial<T, 0><<<grid, GN_THREADS, 0, ctx->stream>>>(x, a, psum, psq, p, c, groups, chunks);
     CUDA_TRY_LAUNCH();
-    group_norm_nhwc_partial<T, 1><<<grid, GN_THREADS, 0, ctx->stream>>>(x, psum, psq, p, c, groups, chunks);
+    group_norm_nhwc_partial<T, 1><<<grid, GN_THREADS, 0, ctx->stream>>>(x, a, psum, psq, p, c, groups, chunks);
     CUDA_TRY_LAUNCH();
-    group_norm_nhwc_apply<T><<<grid, GN_THREADS, 0, ctx->stream>>>(y, x, w, b, psum, psq, p, c, groups, chunks, eps,
-                                                                  silu ? 1 : 0);
+    group_norm_nhwc_apply<T><<<grid, GN_THREADS, 0, ctx->stream>>>(y, x, a, w, b, psum, psq, p, c, groups, chunks,
+                                                                  eps, silu ? 1 : 0);
     CUDA_TRY_LAUNCH();
     return 0;
 }
@@ -549,8 +550,8 @@ extern __shared__ float gnn_smem[]; /* the stats kernel's dynamic shared memory 
 
 template <typename T>
 __global__ void __launch_bounds__(GNN_BLOCK_MAX)
-    group_norm_nhwc_stats_vec(const T *__restrict__ x, float *__restrict__ part, int p, int nv, int lanes, int per,
-                              int chunks, int groups, int cpg) {
+    group_norm_nhwc_stats_vec(const T *__restrict__ x, const T *__restrict__ a, float *__restrict__ part, int p, int nv,
+                              int lanes, int per, int chunks, int groups, int cpg) {
     const int t = threadIdx.x, tb = blockDim.x, col = t % nv, lane = t / nv;
     const int chunk = blockIdx.x, img = blockIdx.y;
     const int r0 = chunk * per, r1 = min(r0 + per, p);
@@ -606,12 +607,15 @@ __global__ void __launch_bounds__(GNN_BLOCK_MAX)
         }
         __syncthreads(); /* the states are read: the channels reuse the memory */
     }
-    /* per channel: mean [C], then M2 [C], every channel over the chunk's r1 - r0 rows */
+    /* per channel: mean [C], then M2 [C], every channel over the chunk's r1 - r0 rows; a per-image
+       add a moves a channel's mean, not its M2 */
     float *cm = gnn_smem, *cq = gnn_smem + nv * VEC;
     if (lane == 0) {
+        float ad[VEC] = {};
+        if (a) vec_to_f32(__ldg(reinterpret_cast<const uint4 *>(a) + (int64_t)img * nv + col), T(), ad);
 #pragma unroll
         for (int e = 0; e < VEC; e++) {
-            cm[col * VEC + e] = m[e];
+            cm[col * VEC + e] = a ? m[e] + ad[e] : m[e];
             cq[col * VEC + e] = q[e];
         }
     }
@@ -671,18 +675,19 @@ __global__ void __launch_bounds__(GNN_FIN_WARPS * 32)
 
 template <typename T>
 __global__ void __launch_bounds__(GNN_BLOCK_MAX)
-    group_norm_nhwc_apply_vec(T *y, const T *x, const T *w, const T *b, const float *__restrict__ stat, int p, int nv,
-                              int lanes, int per, int groups, int cpg, int silu) {
+    group_norm_nhwc_apply_vec(T *y, const T *x, const T *a, const T *w, const T *b, const float *__restrict__ stat, int p,
+                              int nv, int lanes, int per, int groups, int cpg, int silu) {
     const int t = threadIdx.x, col = t % nv, lane = t / nv;
     if (lane >= lanes) return; /* padding threads of the last warp (no barrier below) */
     const int chunk = blockIdx.x, img = blockIdx.y;
     const int r0 = chunk * per, r1 = min(r0 + per, p);
     const float *st = stat + (int64_t)img * groups * 2;
-    float mean[VEC], scale[VEC], shift[VEC];
+    float mean[VEC], scale[VEC], shift[VEC], ad[VEC] = {};
+    if (a) vec_to_f32(reinterpret_cast<const uint4 *>(a)[(int64_t)img * nv + col], T(), ad);
 #pragma unroll
     for (int e = 0; e < VEC; e++) {
         const int ch = col * VEC + e, g = ch / cpg;
-        mean[e] = st[2 * g];
+        mean[e] = a ? st[2 * g] - ad[e] : st[2 * g]; /* (x + a - mean) = (x - (mean - a)) */
         scale[e] = st[2 * g + 1] * (w ? cuda_to_f32(w[ch]) : 1.0f);
         shift[e] = b ? cuda_to_f32(b[ch]) : 0.0f;
     }
@@ -711,14 +716,15 @@ __global__ void __launch_bounds__(GNN_BLOCK_MAX)
 }
 
 /* True when the channels-last fast path takes this GroupNorm (T is F16 or BF16). */
-static bool group_norm_nhwc_vec_ok(const void *y, const void *x, int64_t nb, int64_t p, int64_t c) {
+static bool group_norm_nhwc_vec_ok(const void *y, const void *x, const void *a, int64_t nb, int64_t p, int64_t c) {
     return c % VEC == 0 && c <= GNN_C_MAX && p < ((int64_t)1 << 30) && nb <= 65535 && is_aligned16(x) &&
-           is_aligned16(y);
+           is_aligned16(y) && (!a || is_aligned16(a));
 }
 
 template <typename T>
-static int group_norm_nhwc_vec_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T *w, const T *b, int64_t nb,
-                                    int64_t p, int64_t c, int64_t groups, float eps, bool silu, struct err *err) {
+static int group_norm_nhwc_vec_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T *a, const T *w, const T *b,
+                                    int64_t nb, int64_t p, int64_t c, int64_t groups, float eps, bool silu,
+                                    struct err *err) {
     const int nv = (int)(c / VEC), cpg = (int)(c / groups);
     const int lanes = nv >= GNN_THREADS ? 1 : GNN_THREADS / nv;
     const int tb = (nv * lanes + 31) / 32 * 32; /* <= GNN_BLOCK_MAX: nv <= 512, or nv * lanes <= 256 */
@@ -741,14 +747,14 @@ static int group_norm_nhwc_vec_cuda(struct cuda_ctx *ctx, T *y, const T *x, cons
     const size_t states = lanes > 1 ? (size_t)(1 + 2 * VEC) * tb : 0, channels = (size_t)2 * c;
     const size_t smem = (states > channels ? states : channels) * sizeof(float); /* <= 32 KiB */
     const dim3 grid((unsigned)chunks, (unsigned)nb);
-    group_norm_nhwc_stats_vec<T><<<grid, tb, smem, ctx->stream>>>(x, part, (int)p, nv, lanes, per, (int)chunks,
+    group_norm_nhwc_stats_vec<T><<<grid, tb, smem, ctx->stream>>>(x, a, part, (int)p, nv, lanes, per, (int)chunks,
                                                                    (int)groups, cpg);
     CUDA_TRY_LAUNCH();
     const dim3 fgrid((unsigned)((groups + GNN_FIN_WARPS - 1) / GNN_FIN_WARPS), (unsigned)nb);
     group_norm_nhwc_finalize<<<fgrid, GNN_FIN_WARPS * 32, 0, ctx->stream>>>(part, stat, (int)groups, (int)chunks, eps);
     CUDA_TRY_LAUNCH();
-    group_norm_nhwc_apply_vec<T><<<grid, tb, 0, ctx->stream>>>(y, x, w, b, stat, (int)p, nv, lanes, per, (int)groups,
-                                                               cpg, silu ? 1 : 0);
+    group_norm_nhwc_apply_vec<T><<<grid, tb, 0, ctx->stream>>>(y, x, a, w, b, stat, (int)p, nv, lanes, per,
+                                                               (int)groups, cpg, silu ? 1 : 0);
     CUDA_TRY_LAUNCH();
     return 0;
 }
@@ -765,11 +771,12 @@ static int group_norm_nhwc_entry(struct cuda_ctx *ctx, struct tensor *dst, struc
     T *y = (T *)dst->data;
     const T *x = (const T *)tx->data, *w = tw ? (const T *)tw->data : NULL;
     const T *b = tb ? (const T *)tb->data : NULL;
+    const T *a = dst->src[3] ? (const T *)dst->src[3]->data : NULL; /* op_group_norm_nhwc_add's [B, C] */
     if constexpr (!std::is_same<T, float>::value) {
-        if (group_norm_nhwc_vec_ok(y, x, nb, p, c))
-            return group_norm_nhwc_vec_cuda<T>(ctx, y, x, w, b, nb, p, c, groups, dst->fp[0], dst->ip[1] != 0, err);
+        if (group_norm_nhwc_vec_ok(y, x, a, nb, p, c))
+            return group_norm_nhwc_vec_cuda<T>(ctx, y, x, a, w, b, nb, p, c, groups, dst->fp[0], dst->ip[1] != 0, err);
     }
-    return group_norm_nhwc_cuda<T>(ctx, y, x, w, b, nb, p, c, groups, dst->fp[0], dst->ip[1] != 0, err);
+    return group_norm_nhwc_cuda<T>(ctx, y, x, a, w, b, nb, p, c, groups, dst->fp[0], dst->ip[1] != 0, err);
 }
 
 int cuda_op_group_norm(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {

@@ -663,39 +663,44 @@ static void conv_nhwc_case(struct fx *f, const int64_t *xs, int64_t o, int64_t k
     check_close("conv2d_nhwc", got, ref, bn * ho * wo * o, 1e-5);
 }
 
-/* op_group_norm_nhwc over x [B, ..., C]: groups are runs of C/G channels of every position. */
+/* op_group_norm_nhwc over x [B, ..., C]: groups are runs of C/G channels of every position;
+ * with `add`, op_group_norm_nhwc_add over x + a, a [B, C] added to every position of its image. */
 static void group_norm_nhwc_case(struct fx *f, int xn, const int64_t *xs, int groups, bool silu, bool affine, double lo,
-                                 double hi) {
+                                 double hi, bool add) {
     begin(f);
     const float eps = 1e-5f;
     int64_t bn = xs[0], c = xs[xn - 1], p = numel_of(xn, xs) / (bn * c), cpg = c / groups;
-    float *x, *w = NULL, *b = NULL;
+    float *x, *w = NULL, *b = NULL, *a = NULL;
     struct tensor *tx = in_rand(f, &x, xn, xs, lo, hi);
     struct tensor *tw = affine ? in_rand(f, &w, SH(c), 0.5, 1.5) : NULL;
     struct tensor *tb = affine ? in_rand(f, &b, SH(c), -1, 1) : NULL;
-    float *got = run(f, op_group_norm_nhwc(&f->c, tx, tw, tb, groups, eps, silu));
+    struct tensor *ta = add ? in_rand(f, &a, SH(bn, c), -3, 3) : NULL;
+    float *got = run(f, add ? op_group_norm_nhwc_add(&f->c, tx, ta, tw, tb, groups, eps, silu)
+                            : op_group_norm_nhwc(&f->c, tx, tw, tb, groups, eps, silu));
     double *ref = ref_buf(f, bn * p * c);
+#define GN_X(ib, i, ch) ((double)x[((ib) * p + (i)) * c + (ch)] + (add ? a[(ib) * c + (ch)] : 0.0))
     for (int64_t ib = 0; ib < bn; ib++)
         for (int64_t g = 0; g < groups; g++) {
             double mean = 0, var = 0, n = (double)(p * cpg);
             for (int64_t i = 0; i < p; i++)
-                for (int64_t k = 0; k < cpg; k++) mean += x[(ib * p + i) * c + g * cpg + k];
+                for (int64_t k = 0; k < cpg; k++) mean += GN_X(ib, i, g * cpg + k);
             mean /= n;
             for (int64_t i = 0; i < p; i++)
                 for (int64_t k = 0; k < cpg; k++) {
-                    double d = x[(ib * p + i) * c + g * cpg + k] - mean;
+                    double d = GN_X(ib, i, g * cpg + k) - mean;
                     var += d * d;
                 }
             var /= n;
             for (int64_t i = 0; i < p; i++)
                 for (int64_t k = 0; k < cpg; k++) {
                     int64_t at = (ib * p + i) * c + g * cpg + k;
-                    double v = (x[at] - mean) / sqrt(var + eps);
+                    double v = (GN_X(ib, i, g * cpg + k) - mean) / sqrt(var + eps);
                     if (affine) v = v * w[g * cpg + k] + b[g * cpg + k];
                     ref[at] = silu ? ref_silu(v) : v;
                 }
         }
-    check_close("group_norm_nhwc", got, ref, bn * p * c, 1e-5);
+#undef GN_X
+    check_close(add ? "group_norm_nhwc_add" : "group_norm_nhwc", got, ref, bn * p * c, 1e-5);
 }
 
 static void test_channels_last(void **state) {
@@ -704,10 +709,14 @@ static void test_channels_last(void **state) {
     conv_nhwc_case(f, (int64_t[]){1, 9, 7, 6}, 5, 3, 2, 1, false);  /* downsample, odd input */
     conv_nhwc_case(f, (int64_t[]){2, 5, 6, 8}, 3, 1, 1, 0, true);   /* 1x1 */
     conv_nhwc_case(f, (int64_t[]){1, 4, 4, 3}, 2, 3, 3, 2, true);   /* stride 3, rows entirely padding */
-    group_norm_nhwc_case(f, SH(2, 5, 7, 6), 3, false, true, -2, 2);
-    group_norm_nhwc_case(f, SH(2, 5, 7, 6), 3, true, true, -2, 2);   /* fused SiLU */
-    group_norm_nhwc_case(f, SH(2, 6, 6), 6, false, false, -2, 2);    /* 3-d [B, P, C], 1 channel per group */
-    group_norm_nhwc_case(f, SH(2, 16, 16, 320), 32, true, true, 99, 101); /* SD's 10 channels per group, mean 100 */
+    group_norm_nhwc_case(f, SH(2, 5, 7, 6), 3, false, true, -2, 2, false);
+    group_norm_nhwc_case(f, SH(2, 5, 7, 6), 3, true, true, -2, 2, false);   /* fused SiLU */
+    group_norm_nhwc_case(f, SH(2, 6, 6), 6, false, false, -2, 2, false);    /* 3-d [B, P, C], 1 channel per group */
+    group_norm_nhwc_case(f, SH(2, 16, 16, 320), 32, true, true, 99, 101, false); /* SD's 10 channels per group, mean 100 */
+    /* x + a: a per-image [B, C] add (a ResBlock's bias and time embedding) */
+    group_norm_nhwc_case(f, SH(2, 5, 7, 6), 3, true, true, -2, 2, true);
+    group_norm_nhwc_case(f, SH(3, 6, 6), 6, false, false, -2, 2, true);
+    group_norm_nhwc_case(f, SH(2, 16, 16, 320), 32, true, true, 99, 101, true);
     /* upsample: integer and non-integer factors against torch's index rule */
     const int64_t shapes[][4] = {{2, 5, 7, 3}, {1, 3, 4, 2}, {1, 5, 7, 4}};
     const int64_t outs[][2] = {{10, 14}, {9, 12}, {7, 9}};
@@ -739,6 +748,11 @@ static void test_channels_last(void **state) {
     begin(f);
     x = in_rand(f, NULL, SH(1, 4, 4, 6), -1, 1);
     assert_null(op_group_norm_nhwc(&f->c, x, NULL, NULL, 4, 1e-5f, false)); /* 6 channels in 4 groups */
+    begin(f);
+    x = in_rand(f, NULL, SH(2, 4, 4, 6), -1, 1);
+    struct tensor *a = in_rand(f, NULL, SH(1, 6), -1, 1); /* one image's add for two */
+    assert_null(op_group_norm_nhwc_add(&f->c, x, a, NULL, NULL, 3, 1e-5f, false));
+    assert_non_null(strstr(f->c.err.msg, "x + a"));
 }
 
 /* op_add_fused: fused into a LINEAR or CONV2D recorded last (the residual becomes its src[3]),
