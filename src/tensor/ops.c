@@ -187,13 +187,10 @@ struct tensor *op_geglu(struct tctx *c, struct tensor *a) {
 
 struct tensor *op_add_fused(struct tctx *c, struct tensor *y, struct tensor *r) {
     NEED(c, y, r);
-    bool per_image = y->op == OP_CONV2D && y->ip[5] && r->ndim == 4 && r->shape[0] == y->shape[0] &&
-                     r->shape[1] == 1 && r->shape[2] == 1 && r->shape[3] == y->shape[3];
     bool fusable = (y->op == OP_LINEAR || y->op == OP_CONV2D) && !y->src[3] && y != r &&
-                   y->seq == c->n_created - 1 && (tensor_same_shape(y, r) || per_image) && y->dtype == r->dtype;
+                   y->seq == c->n_created - 1 && tensor_same_shape(y, r) && y->dtype == r->dtype;
     if (!fusable) return op_add(c, y, r);
     y->src[3] = r;
-    y->ip[6] = per_image && !tensor_same_shape(y, r);
     return y;
 }
 

@@ -297,8 +297,7 @@ struct tensor *op_mul(struct tctx *c, struct tensor *a, struct tensor *b);
 /* y + r with r of y's shape and dtype. When y is a LINEAR or CONV2D node recorded last (so nothing
  * reads it yet) without a residual, r becomes its src[3] and the kernel adds it to its output
  * (one pass over memory less; on a GPU one rounding of (product + bias + r) instead of two) and y
- * itself is returned; otherwise this is op_add(y, r). A channels-last CONV2D [B, H, W, O] also
- * takes r [B, 1, 1, O] (one value per image and channel, broadcast over the pixels: ip[6] = 1). */
+ * itself is returned; otherwise this is op_add(y, r) (which broadcasts). */
 struct tensor *op_add_fused(struct tctx *c, struct tensor *y, struct tensor *r);
 /* a * s + t. fp[0] = s, fp[1] = t. */
 struct tensor *op_scale(struct tctx *c, struct tensor *a, float s, float t);

@@ -418,7 +418,6 @@ static void test_conv2d_nhwc(void **state) {
         {"conv nhwc + residual [2,16,16,320]", b_conv_res, 4, {IN(2, 16, 16, 320), IN(320, 3, 3, 320), IN(320), IN(2, 16, 16, 320)}, -1, 1, {1, 1, 0, 0, 0, 1}, {0}},
         /* 1024 positions: cuDNN's, with the residual and bias in its call (conv.cu FUSED RESIDUAL) */
         {"conv nhwc + residual [2,32,32,320] (cuDNN fused)", b_conv_res, 4, {IN(2, 32, 32, 320), IN(320, 3, 3, 320), IN(320), IN(2, 32, 32, 320)}, -1, 1, {1, 1, 0, 0, 0, 1}, {0}},
-        {"conv nhwc + per-image residual [2,8,8,640]", b_conv_res, 4, {IN(2, 8, 8, 320), IN(640, 3, 3, 320), IN(640), IN(2, 1, 1, 640)}, -1, 1, {1, 1, 0, 0, 0, 1}, {0}},
         {"conv nhwc 1x1 + residual, no bias", b_conv_res, 4, {IN(2, 8, 8, 64), IN(32, 1, 1, 64), NOIN, IN(2, 8, 8, 32)}, -1, 1, {1, 0, 0, 0, 0, 1}, {0}},
         {"conv nchw + residual [2,64,16,16]", b_conv_res, 4, {IN(2, 64, 16, 16), IN(64, 64, 3, 3), IN(64), IN(2, 64, 16, 16)}, -1, 1, {1, 1, 0, 0, 0, 0}, {0}},
         {"linear + residual [2,256,320]", b_linear_res, 4, {IN(2, 256, 320), IN(320, 320), IN(320), IN(2, 256, 320)}, -1, 1, {0}, {0}},

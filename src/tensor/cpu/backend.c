@@ -84,14 +84,8 @@ static int cpu_graph_run(void *vctx, struct tensor *const *nodes, int n, struct 
             const float *r = t->src[3]->data;
             float *y = t->data;
             int64_t n = tensor_numel(t);
-            if (t->ip[6]) { /* [B, 1, 1, O] over a channels-last conv's [B, H, W, O] */
-                int64_t o = t->shape[3], per = n / t->shape[0];
-#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
-                for (int64_t k = 0; k < n; k++) y[k] += r[k / per * o + k % o];
-            } else {
 #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
-                for (int64_t k = 0; k < n; k++) y[k] += r[k];
-            }
+            for (int64_t k = 0; k < n; k++) y[k] += r[k];
         }
     }
     return 0;

@@ -72,13 +72,12 @@ static int im2col_cuda(T *col, const T *x, const struct conv_geom *g, int64_t p0
     return 0;
 }
 
-/* y [B, O, P] = b[O] + r (either may be NULL; the products are added to it). NHWC: p = 1.
- * r_per > 0: r is [B, O] (one value per image and channel), y has r_per elements per image. */
+/* y [B, O, P] = b[O] + r (either may be NULL; the products are added to it). NHWC: p = 1. */
 template <typename T>
-__global__ void conv_fill_bias(T *y, const T *b, const T *r, int64_t o, int64_t p, int64_t n, int64_t r_per) {
+__global__ void conv_fill_bias(T *y, const T *b, const T *r, int64_t o, int64_t p, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float v = b ? cuda_to_f32(b[(i / p) % o]) : 0.0f;
-        if (r) v += cuda_to_f32(r[r_per ? i / r_per * o + i % o : i]);
+        if (r) v += cuda_to_f32(r[i]);
         y[i] = cuda_from_f32<T>(v);
     }
 }
@@ -90,10 +89,10 @@ static int conv_fill_bias_cuda(const struct tensor *dst, int64_t o, int64_t p, f
                                struct err *err) {
     const T *b = dst->src[2] ? (const T *)dst->src[2]->data : NULL;
     const T *r = dst->src[3] ? (const T *)dst->src[3]->data : NULL;
-    int64_t n = cuda_numel(dst), r_per = r && dst->ip[6] ? n / dst->shape[0] : 0;
+    int64_t n = cuda_numel(dst);
     *beta = b || r ? 1.0f : 0.0f;
     if (!b && !r) return 0;
-    conv_fill_bias<T><<<grid_for(n), THREADS, 0, stream>>>((T *)dst->data, b, r, o, p, n, r_per);
+    conv_fill_bias<T><<<grid_for(n), THREADS, 0, stream>>>((T *)dst->data, b, r, o, p, n);
     CUDA_TRY_LAUNCH();
     return 0;
 }
@@ -374,8 +373,7 @@ static int plan_get(struct cuda_ctx *ctx, const struct tensor *dst, const int *k
  * with beta = 1: one pass over y less and one launch less (bench/conv_graph.cu: 0.125 -> 0.096
  * ms for the UNet's 320-channel 64x64 conv at batch 8 on an H100), and one rounding of the
  * fp32 sum instead of two. cuDNN runs that fusion with IMPLICIT_PRECOMP_GEMM only, so only plans
- * that chose it take it (the UNet's and VAE's on the H100 did), in F16 and BF16. Not taken: a
- * per-image residual (the time embedding, [B, 1, 1, O]), F32. A refusal
+ * that chose it take it (the UNet's and VAE's on the H100 did), in F16 and BF16 (not F32). A refusal
  * (CUDNN_STATUS_NOT_SUPPORTED) is logged once per plan, which then fills and convolves as
  * before. KILN_CONV_FUSED=0 turns it off.
  * BIAS ONLY: a convolution with a bias and no residual (the VAE's first conv of each ResBlock,
@@ -398,7 +396,7 @@ static bool conv_fused_enabled(void) {
 /* 0 when dst was computed fused, 1 when the caller must fill and convolve, or a status. */
 static int conv_dnn_fused(struct cuda_ctx *ctx, struct cuda_conv_plan *plan, struct tensor *dst, void *ws) {
     const struct tensor *tx = dst->src[0], *tw = dst->src[1], *tb = dst->src[2], *tr = dst->src[3];
-    if (!tb || (tr && dst->ip[6]) || dst->dtype == DTYPE_F32 || plan->fused < 0 || !conv_fused_enabled() ||
+    if (!tb || dst->dtype == DTYPE_F32 || plan->fused < 0 || !conv_fused_enabled() ||
         plan->algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM)
         return 1;
     /* bias only: alpha2 = 0 and z = y, whose memory holds whatever was there; only where cuDNN was
