@@ -13,6 +13,7 @@
 #include "base/fs.h"
 #include "base/log.h"
 #include "base/mem.h"
+#include "base/readahead.h"
 #include "base/status.h"
 #include "cli/cmd.h"
 #include "cli/config.h"
@@ -318,7 +319,11 @@ int cmd_serve(int argc, char **argv) {
         config_deinit(&cfg);
         return 2;
     }
+    /* the pages of the GPU libraries that a first prompt touched last time (base/readahead.h),
+       read while the devices open; the list is written after this process's first GPU prompt */
+    struct readahead *ra = cfg.mode == CONFIG_MODE_GPU ? readahead_start(NULL) : NULL;
     int rc = serve(&cfg, argc, argv);
+    readahead_end(ra);
     log_close_file();
     config_deinit(&cfg);
     return rc;

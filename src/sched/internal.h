@@ -130,6 +130,8 @@ struct sched {
     double t_start;                      /* clock_now() at sched_new, in s */
     struct store *store;                 /* mu: the SQLite file, or NULL (nothing persisted) */
     struct sched_prefetch *prefetch;     /* reads accepted prompts' checkpoints ahead (own lock) */
+    atomic_bool readahead_listed;        /* a GPU worker ran its first prompt and called
+                                            readahead_record (once per process) */
 };
 
 /* The checkpoint files of prompt p's CheckpointLoaderSimple nodes (literal names that resolve),

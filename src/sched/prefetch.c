@@ -5,8 +5,8 @@
  * while it reads a file, PREFETCH_STREAMS - 1 helper threads and their buffers.
  * Threads: sched__prefetch_file from any thread (submits); the reader thread; new/free from the
  * thread that owns the sched.
- * The reads are plain preads into throwaway buffers (the page cache keeps the data), a file as
- * PREFETCH_STREAMS contiguous stretches read at once; a file already read in the last
+ * The reads are plain preads into throwaway buffers (the page cache keeps the data), a file's
+ * chunks taken in file order by PREFETCH_STREAMS readers at once; a file already read in the last
  * PREFETCH_FRESH_S seconds is not read again, and at most PREFETCH_QUEUE paths wait (more are
  * dropped: the loads then read the disk themselves). */
 #include "sched/internal.h"
@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -26,7 +27,7 @@
 #define PREFETCH_RECENT 8
 #define PREFETCH_FRESH_S 60.0
 #define PREFETCH_CHUNK ((size_t)16 << 20) /* bytes per read */
-#define PREFETCH_STREAMS 4                  /* stretches of a file read at once */
+#define PREFETCH_STREAMS 4                  /* chunks of a file read at once */
 
 struct sched_prefetch {
     pthread_mutex_t mu;
@@ -41,34 +42,41 @@ struct sched_prefetch {
     uint64_t files, bytes;                  /* mu: read so far (tests, log) */
 };
 
-/* One stretch of a file, read by one thread. */
-struct stretch {
+/* One reader of a file's chunks. */
+struct chunk_reader {
     struct sched_prefetch *p;
     int fd;
-    uint64_t from, to; /* byte range */
-    char *buf;         /* PREFETCH_CHUNK bytes (owned by read_file) */
-    uint64_t got;      /* bytes read */
+    uint64_t size;
+    atomic_uint_fast64_t *next; /* the next chunk of the file to read, shared by the readers */
+    char *buf;                  /* PREFETCH_CHUNK bytes (owned by read_file) */
+    uint64_t got;               /* bytes read */
 };
 
-static void *read_stretch(void *arg) {
-    struct stretch *r = arg;
-    for (uint64_t at = r->from; at < r->to;) {
+static void *read_chunks(void *arg) {
+    struct chunk_reader *r = arg;
+    for (;;) {
         pthread_mutex_lock(&r->p->mu);
         bool stop = r->p->stopping;
         pthread_mutex_unlock(&r->p->mu);
         if (stop) break;
-        size_t want = r->to - at < PREFETCH_CHUNK ? (size_t)(r->to - at) : PREFETCH_CHUNK;
-        ssize_t n = pread(r->fd, r->buf, want, (off_t)at);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        at += (uint64_t)n;
-        r->got += (uint64_t)n;
+        uint64_t at = atomic_fetch_add(r->next, 1) * PREFETCH_CHUNK;
+        if (at >= r->size) break;
+        size_t want = r->size - at < PREFETCH_CHUNK ? (size_t)(r->size - at) : PREFETCH_CHUNK;
+        for (size_t done = 0; done < want;) {
+            ssize_t n = pread(r->fd, r->buf, want - done, (off_t)(at + done));
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) return NULL;
+            done += (size_t)n;
+            r->got += (uint64_t)n;
+        }
     }
     return NULL;
 }
 
-/* Reads path to its end (or until stopping) as PREFETCH_STREAMS contiguous stretches at once (a
- * disk serves several sequential streams faster than one); returns the bytes read. */
+/* Reads path to its end (or until stopping) with PREFETCH_STREAMS readers taking its chunks in
+ * file order (a disk serves several requests at once faster than one, and the read's front moves
+ * through the file in order: the host copy's fill, which reads the same file in about that order,
+ * follows right behind instead of waiting for the end); returns the bytes read. */
 static uint64_t read_file(struct sched_prefetch *p, const char *path) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -81,21 +89,20 @@ static uint64_t read_file(struct sched_prefetch *p, const char *path) {
         return 0;
     }
     (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    uint64_t size = (uint64_t)st.st_size, part = (size + PREFETCH_STREAMS - 1) / PREFETCH_STREAMS;
-    struct stretch r[PREFETCH_STREAMS];
+    atomic_uint_fast64_t next = 0;
+    struct chunk_reader r[PREFETCH_STREAMS];
     pthread_t tid[PREFETCH_STREAMS];
     bool started[PREFETCH_STREAMS] = {false};
     for (int i = 0; i < PREFETCH_STREAMS; i++) {
-        uint64_t from = part * (uint64_t)i, to = from + part < size ? from + part : size;
-        r[i] = (struct stretch){.p = p, .fd = fd, .from = from < size ? from : size, .to = to,
+        r[i] = (struct chunk_reader){.p = p, .fd = fd, .size = (uint64_t)st.st_size, .next = &next,
                                 .buf = mem_try_alloc(PREFETCH_CHUNK)};
-        if (r[i].buf && i > 0) started[i] = pthread_create(&tid[i], NULL, read_stretch, &r[i]) == 0;
+        if (r[i].buf && i > 0) started[i] = pthread_create(&tid[i], NULL, read_chunks, &r[i]) == 0;
     }
-    if (r[0].buf) read_stretch(&r[0]);
+    if (r[0].buf) read_chunks(&r[0]);
     uint64_t total = r[0].got;
     for (int i = 1; i < PREFETCH_STREAMS; i++) {
         if (started[i]) pthread_join(tid[i], NULL);
-        else if (r[i].buf) read_stretch(&r[i]); /* no thread: read it here */
+        else if (r[i].buf) read_chunks(&r[i]); /* no thread: read what is left here */
         total += r[i].got;
     }
     for (int i = 0; i < PREFETCH_STREAMS; i++) mem_free(r[i].buf);

@@ -29,6 +29,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/mem.h"
+#include "base/readahead.h"
 #include "base/status.h"
 #include "graph/cache.h"
 #include "graph/engine.h"
@@ -510,6 +511,11 @@ void *sched__worker_main(void *arg) {
         sched__change_end(s, true);
 
         run_item(s, d, it);
+        if (d->kind == SCHED_DEVICE_CUDA && !atomic_exchange(&s->readahead_listed, true)) {
+            /* the library pages this first GPU prompt faulted in, for the next cold start */
+            struct err rerr = {0};
+            if (readahead_record(NULL, &rerr)) log_debug("readahead: %s", rerr.msg);
+        }
         sched__item_free(it);
         prefill_end(d, &pf); /* the first prompt has loaded what it needed */
         pthread_mutex_lock(&s->mu);
