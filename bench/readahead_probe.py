@@ -6,6 +6,9 @@ first, with large parallel reads, instead of page fault by page fault?
 
   scan FILE...          print resident runs of each file (mincore), as JSON, to stdout
   read LIST.json [N]    read those runs with N threads (default 8), print the seconds
+  file PATH N MIB order|quarters
+                        read all of PATH with N threads in chunks of MIB MiB: chunks taken in
+                        file order, or each thread one contiguous part; print seconds and MB/s
 Run on a lent GPU machine as root (drop_caches), see session 8's s8c.sh."""
 import ctypes
 import json
@@ -68,24 +71,39 @@ def scan(paths):
     return out
 
 
-def read(lst, threads):
+def read(lst, threads, piece=4 << 20, own=False):
+    """Reads every run of lst in pieces of `piece` bytes with `threads` threads: pieces taken in
+    list order by whichever thread is free, or (own) thread i reads run i alone, front to back."""
     jobs = []
     for o in lst:
         for off, ln in o["runs"]:
-            while ln > 0:  # pieces of at most 4 MiB
-                k = min(ln, 4 << 20)
-                jobs.append((o["path"], off, k))
+            part = []
+            while ln > 0:
+                k = min(ln, piece)
+                part.append((o["path"], off, k))
                 off += k
                 ln -= k
+            jobs.append(part)
+    flat = [p for part in jobs for p in part]
     lock = threading.Lock()
+    nxt = [0]
 
-    def worker():
+    def take(i):
+        if own:
+            return jobs[i].pop(0) if i < len(jobs) and jobs[i] else None
+        with lock:
+            if nxt[0] >= len(flat):
+                return None
+            nxt[0] += 1
+            return flat[nxt[0] - 1]
+
+    def worker(i):
         fds = {}
         while True:
-            with lock:
-                if not jobs:
-                    break
-                path, off, ln = jobs.pop()
+            job = take(i)
+            if job is None:
+                break
+            path, off, ln = job
             fd = fds.get(path)
             if fd is None:
                 fd = fds[path] = os.open(path, os.O_RDONLY)
@@ -94,7 +112,7 @@ def read(lst, threads):
             os.close(fd)
 
     t = time.monotonic()
-    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     for th in ts:
         th.start()
     for th in ts:
@@ -112,5 +130,15 @@ if __name__ == "__main__":
         lst = json.load(open(sys.argv[2]))
         n = int(sys.argv[3]) if len(sys.argv) > 3 else 8
         print(f"{read(lst, n):.3f}")
+    elif len(sys.argv) == 6 and sys.argv[1] == "file":
+        path, n, chunk, how = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) << 20, sys.argv[5]
+        size = os.path.getsize(path)
+        if how == "order":
+            t = read([{"path": path, "runs": [(0, size)]}], n, chunk)
+        else:
+            part = (size + n - 1) // n
+            runs = [(i * part, min(part, size - i * part)) for i in range(n)]
+            t = read([{"path": path, "runs": runs}], n, chunk, own=True)
+        print(f"{t:.3f} s {size / t / 1e6:.0f} MB/s")
     else:
         sys.exit(__doc__)

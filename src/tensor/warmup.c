@@ -7,7 +7,8 @@
  * workspace and picks algorithms on its first product; on a fresh device that is hundreds of
  * milliseconds spread over the first prompt's first nodes. One tiny graph with a node of each
  * op kind moves that cost to start-up, where the worker logs it. Shapes are small but keep
- * the models' structure: 32 groups for GroupNorm, a head size of 64 for attention. */
+ * the models' structure: 32 groups for GroupNorm, a head size of 64 for attention; one is a real
+ * one (SD 1.5's last UNet conv at 512x512, whose first call is slow at its own shape). */
 #include "tensor/warmup.h"
 
 #include "base/clock.h"
@@ -23,6 +24,9 @@
 #define WARM_N 16      /* tokens */
 #define WARM_D 128     /* token width: 2 heads of 64 */
 #define WARM_HEADS 2
+#define WARM_FEW 4      /* the UNet's last conv: output channels, */
+#define WARM_FEW_C 320  /* input channels and */
+#define WARM_FEW_HW 64  /* latent side (SD 1.5 at 512x512) */
 #define WARM_VOCAB 64  /* get_rows table rows */
 #define WARM_IDS 8     /* ids looked up */
 #define WARM_MAX_IN 16 /* input leaves of one graph */
@@ -90,6 +94,11 @@ static void warm_record(struct warm *w, bool images) {
     const int64_t img_cl[4] = {1, WARM_HW, WARM_HW, WARM_C}, k3_cl[4] = {WARM_C, 3, 3, WARM_C};
     struct tensor *xc = warm_input(w, DTYPE_F32, 4, img_cl);   // [1, 8, 8, 32] channels-last
     struct tensor *k3c = warm_input(w, DTYPE_F32, 4, k3_cl);   // [32, 3, 3, 32]
+    const int64_t few_x[4] = {2, WARM_FEW_HW, WARM_FEW_HW, WARM_FEW_C}, few_k[4] = {WARM_FEW, 3, 3, WARM_FEW_C};
+    const int64_t few_b[1] = {WARM_FEW};
+    struct tensor *xf = warm_input(w, DTYPE_F32, 4, few_x);   // [2, 64, 64, 320]
+    struct tensor *k3f = warm_input(w, DTYPE_F32, 4, few_k);  // [4, 3, 3, 320]
+    struct tensor *fb = warm_input(w, DTYPE_F32, 1, few_b);   // [4]
 
     /* image ops: ResBlock and Upsample pieces */
     if (images) {
@@ -100,6 +109,10 @@ static void warm_record(struct warm *w, bool images) {
         warm_keep(w, op_concat(c, x, x, 1));                       // [1, 64, 8, 8]
         /* the same channels-last (a GPU's UNet and VAE), a residual fused into the conv */
         warm_keep(w, op_add_fused(c, op_conv2d_nhwc(c, xc, k3c, cb, 1, 1), xc)); // [1, 8, 8, 32]
+        /* the UNet's last conv (4 output channels) at SD 1.5's 512x512 (cond + uncond): cuDNN's
+           first call at that shape took 64 ms inside a cold first image on an H100 (the same conv
+           at the small shape above covered only part of it) */
+        warm_keep(w, op_conv2d_nhwc(c, xf, k3f, fb, 1, 1));                       // [2, 64, 64, 4]
         warm_keep(w, op_group_norm_nhwc(c, xc, cb, cb, 32, 1e-5f, true));        // [1, 8, 8, 32]
         warm_keep(w, op_upsample_nearest_nhwc_to(c, xc, 16, 16));                // [1, 16, 16, 32]
         warm_keep(w, op_concat(c, xc, xc, 3));                                   // [1, 8, 8, 64]
