@@ -648,7 +648,7 @@ static void test_prefetch_on_submit(void **state) {
     char ck[PATH_MAX], ck2[PATH_MAX];
     snprintf(ck, sizeof ck, "%s/checkpoints/pre.safetensors", DIR_MODELS);
     snprintf(ck2, sizeof ck2, "%s/checkpoints/held.safetensors", DIR_MODELS);
-    const size_t size = (size_t)3 << 20; /* one chunk and a bit more: two reads */
+    const size_t size = (size_t)33 << 20; /* 2 chunks of 16 MiB and a short third: readers in file order */
     char *zeros = mem_calloc(1, size + 4096);
     FILE *f = fopen(ck, "wb");
     assert_non_null(f);
