@@ -4,9 +4,10 @@
  *   kiln-readahead 1
  *   F <size> <mtime seconds> <mtime nanoseconds> <path>
  *   R <first page> <pages>          (runs of that file, in pages of PAGE_BYTES, ascending)
- * Recording reads /proc/self/maps for the mappings of shared libraries ("*.so*" paths) and
- * /proc/self/pagemap for which of their pages are present (bit 63): the pages this process
- * faulted in (or the kernel mapped around a fault), not whatever else the page cache holds.
+ * Recording reads /proc/self/maps for the mappings of shared libraries ("*.so*" paths) and of
+ * kiln's own executable, and /proc/self/pagemap for which of their pages are present (bit 63):
+ * the pages this process faulted in (or the kernel mapped around a fault), not whatever else the
+ * page cache holds.
  * Runs closer than GAP_PAGES merge. Replaying splits the runs into pieces of at most PIECE bytes
  * that READERS threads pread in list order into throwaway buffers (the page cache keeps the
  * data). At most MAX_BYTES are read. */
@@ -285,6 +286,9 @@ int readahead_record(const char *dir, struct err *err) {
         if (pm >= 0) close(pm);
         return 0; /* no /proc: nothing to learn */
     }
+    char exe[4096] = "";
+    ssize_t ne = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[ne > 0 ? ne : 0] = 0;
     struct file_pages files[MAX_FILES];
     int n_files = 0;
     char line[4096];
@@ -295,7 +299,8 @@ int readahead_record(const char *dir, struct err *err) {
             continue;
         char *p = line + at;
         p[strcspn(p, "\n")] = 0;
-        if (p[0] != '/' || !strstr(strrchr(p, '/'), ".so")) continue; /* shared libraries only */
+        /* shared libraries and kiln itself (its pages fault in while the libraries are read) */
+        if (p[0] != '/' || (!strstr(strrchr(p, '/'), ".so") && strcmp(p, exe) != 0)) continue;
         int k = 0;
         while (k < n_files && strcmp(files[k].path, p) != 0) k++;
         if (k == n_files) {

@@ -26,8 +26,8 @@ struct readahead *readahead_start(const char *dir);
  * bytes read (0 for NULL). */
 uint64_t readahead_end(struct readahead *r);
 
-/* Writes the list of the pages of this process's mapped shared libraries that its page table
- * holds, unless a list is there already and every file in it is unchanged. Returns 0 (also when
+/* Writes the list of the pages of this process's mapped shared libraries (and executable) that
+ * its page table holds, unless a list is there already and every file in it is unchanged. Returns 0 (also when
  * there was nothing to write, or caching is off) or a status with err set. */
 int readahead_record(const char *dir, struct err *err);
 

@@ -661,7 +661,9 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
         it->t_queued = clock_now();
         d->m.submitted++;
         d->m.depth_sum += d->n_heap + (d->running ? 1 : 0);
+        const double t_store = clock_now();
         store_put(s, it); /* before the reply: nothing accepted is lost */
+        log_debug("sched: prompt %s written to the queue store in %.1f ms", id, 1e3 * (clock_now() - t_store));
         sched__heap_push(d, it);
         json_object_set_new(s->ids, id, json_integer(di));
         pthread_cond_signal(&d->wake);
