@@ -1,12 +1,16 @@
 /* io/png_async.c -- PNG encoding of a batch's images while their producer makes the next ones.
- * Owns: struct png_async (see png_async.h): one encoder thread, its queue of submitted images,
- * the text chunks' copies and the finished PNGs until taken.
- * Threads: the owner's thread and the encoder thread, which share `submitted`, `done`,
+ * Owns: struct png_async (see png_async.h): ENCODERS encoder threads, their queue of submitted
+ * images, the text chunks' copies and the finished PNGs until taken.
+ * Threads: the owner's thread and the encoder threads, which share `submitted`, `next`, `done`,
  * `cancel` and the result arrays under `mu`; the pixels are read-only.
  * DESIGN. A VAE decodes a batch one image at a time on the GPU (7-8 ms each for 512x512 on an
  * H100) while the CPUs wait; SaveImage then spent ~14 ms encoding four such PNGs. Encoding each
- * image as soon as it is decoded hides all but the last one's encoding behind the GPU. One
- * thread takes the images in order; each image is split over the CPUs by png_encode itself. */
+ * image as soon as it is decoded hides all but the last one's encoding behind the GPU. The
+ * encoders take the images in order, each image split over the CPUs by png_encode itself (12
+ * strips for 512x512 RGB). Two encoders: when an image is not done by the time the next one is
+ * decoded (CPUs slower than the GPU: on one lent machine an image took 10-20 ms), the next starts
+ * on the CPUs its strips leave free instead of waiting, so the batch's encoding keeps up with
+ * the decoding where the CPUs have room. */
 #include "io/png_async.h"
 
 #include "base/base.h"
@@ -16,6 +20,14 @@
 #include <pthread.h>
 #include <string.h>
 
+#define ENCODERS 2 /* images encoded at once, at most */
+
+struct png_async;
+struct encoder_arg {
+    struct png_async *a;
+    uint8_t *px8; /* one image in 8 bits: this encoder's scratch (owned by the png_async) */
+};
+
 struct png_async {
     int n;                          /* images in the batch */
     uint32_t w, h;
@@ -24,14 +36,16 @@ struct png_async {
     struct png_text *text;          /* n_text chunks; key and text point into text_buf */
     int n_text;
     char *text_buf;                 /* the chunks' strings, owned */
-    uint8_t *px8;                   /* one image in 8 bits (the encoder thread's scratch) */
-    pthread_t tid;
+    struct encoder_arg enc[ENCODERS];
+    pthread_t tid[ENCODERS];
+    int n_started;                  /* encoder threads running */
     pthread_mutex_t mu;
     pthread_cond_t cv;              /* signalled on submit, on each image done and on cancel */
     /* under mu */
     const float **src;              /* [n] submitted pixels */
     int submitted;                  /* images handed over so far */
-    int done;                       /* images finished (in order) */
+    int next;                       /* the next image an encoder takes */
+    int done;                       /* images finished (in any order) */
     bool cancel;                    /* png_async_free asks the thread to stop */
     bool taken;                     /* png_async_take has run */
     void **png;                     /* [n] finished files (owned until taken) */
@@ -41,28 +55,32 @@ struct png_async {
 };
 
 static void *encoder_main(void *p) {
-    struct png_async *a = p;
+    struct encoder_arg *e = p;
+    struct png_async *a = e->a;
     size_t px = (size_t)a->w * a->h * (size_t)a->channels;
-    for (int i = 0; i < a->n; i++) {
+    for (;;) {
         pthread_mutex_lock(&a->mu);
-        while (a->submitted <= i && !a->cancel) pthread_cond_wait(&a->cv, &a->mu);
-        bool stop = a->cancel;
+        while (a->next < a->n && a->next >= a->submitted && !a->cancel) pthread_cond_wait(&a->cv, &a->mu);
+        if (a->cancel || a->next >= a->n) {
+            pthread_mutex_unlock(&a->mu);
+            break;
+        }
+        int i = a->next++;
         const float *src = a->src[i];
         pthread_mutex_unlock(&a->mu);
-        if (stop) break;
         int threads = a->all_for_last && i == a->n - 1 ? png_cpus_usable() : a->threads;
-        png_from_float_threads(src, a->px8, px, threads);
+        png_from_float_threads(src, e->px8, px, threads);
         void *out = NULL;
         size_t out_len = 0;
         struct err err = {0};
-        int rc = png_encode_threads(a->px8, a->w, a->h, a->channels, a->text, a->n_text, a->level, threads, &out,
+        int rc = png_encode_threads(e->px8, a->w, a->h, a->channels, a->text, a->n_text, a->level, threads, &out,
                                     &out_len, &err);
         pthread_mutex_lock(&a->mu);
         a->png[i] = out;
         a->len[i] = out_len;
         a->rc[i] = rc;
         a->errs[i] = err;
-        a->done = i + 1;
+        a->done++;
         pthread_cond_broadcast(&a->cv);
         pthread_mutex_unlock(&a->mu);
     }
@@ -77,7 +95,7 @@ static void release(struct png_async *a) {
     mem_free(a->rc);
     mem_free(a->errs);
     mem_free(a->src);
-    mem_free(a->px8);
+    for (int k = 0; k < ENCODERS; k++) mem_free(a->enc[k].px8);
     mem_free(a->text);
     mem_free(a->text_buf);
     mem_free(a);
@@ -104,13 +122,18 @@ struct png_async *png_async_new(int n, uint32_t w, uint32_t h, int channels, con
     size_t px = (size_t)w * h * (size_t)channels;
     a->text = mem_try_calloc(n_text > 0 ? (size_t)n_text : 1, sizeof *a->text);
     a->text_buf = mem_try_alloc(chars + 1);
-    a->px8 = mem_try_alloc(px);
+    int encoders = n < ENCODERS ? n : ENCODERS;
+    bool scratch = true;
+    for (int k = 0; k < encoders; k++) {
+        a->enc[k] = (struct encoder_arg){.a = a, .px8 = mem_try_alloc(px)};
+        scratch = scratch && a->enc[k].px8;
+    }
     a->src = mem_try_calloc((size_t)n, sizeof *a->src);
     a->png = mem_try_calloc((size_t)n, sizeof *a->png);
     a->len = mem_try_calloc((size_t)n, sizeof *a->len);
     a->rc = mem_try_calloc((size_t)n, sizeof *a->rc);
     a->errs = mem_try_calloc((size_t)n, sizeof *a->errs);
-    if (!a->text || !a->text_buf || !a->px8 || !a->src || !a->png || !a->len || !a->rc || !a->errs) {
+    if (!a->text || !a->text_buf || !scratch || !a->src || !a->png || !a->len || !a->rc || !a->errs) {
         release(a);
         err_set(err, STATUS_ERR_NOMEM, "PNG encoder: out of memory for %d images of %ux%u", n, w, h);
         return NULL;
@@ -124,8 +147,12 @@ struct png_async *png_async_new(int n, uint32_t w, uint32_t h, int channels, con
     }
     pthread_mutex_init(&a->mu, NULL);
     pthread_cond_init(&a->cv, NULL);
-    int pe = pthread_create(&a->tid, NULL, encoder_main, a);
-    if (pe) {
+    int pe = 0;
+    for (int k = 0; k < encoders && !pe; k++) {
+        pe = pthread_create(&a->tid[k], NULL, encoder_main, &a->enc[k]);
+        if (!pe) a->n_started++;
+    }
+    if (a->n_started == 0) { /* one encoder is enough to go on; none is not */
         pthread_mutex_destroy(&a->mu);
         pthread_cond_destroy(&a->cv);
         release(a);
@@ -185,7 +212,7 @@ void png_async_free(struct png_async *a) {
     a->cancel = true;
     pthread_cond_broadcast(&a->cv);
     pthread_mutex_unlock(&a->mu);
-    pthread_join(a->tid, NULL);
+    for (int k = 0; k < a->n_started; k++) pthread_join(a->tid[k], NULL);
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->cv);
     release(a);

@@ -1,10 +1,10 @@
 /* io/png_async.h -- a batch of images encoded to PNG on a thread of its own while their
  * producer still makes the next ones (a VAE decoding image after image).
- * Owns: struct png_async: the encoder thread, copies of the text chunks, each image's PNG until
- * it is taken, and one image's 8-bit scratch.
+ * Owns: struct png_async: its encoder threads (up to two images at once), copies of the text
+ * chunks, each image's PNG until it is taken, and an 8-bit scratch image per encoder.
  * Must not: know nodes or prompts (graph/nodes/save.c decides when encoding ahead pays).
- * Threads: the owner calls every function from one thread; the encoder thread only reads the
- * submitted pixels and writes the results, under the object's mutex.
+ * Threads: the owner calls every function from one thread; the encoder threads only read the
+ * submitted pixels and write the results, under the object's mutex.
  * Ownership: the submitted pixels are borrowed: they must stay unchanged until png_async_take
  * returns or png_async_free; the PNGs png_async_take hands out are the caller's (mem_free). */
 #ifndef KILN_IO_PNG_ASYNC_H
@@ -39,7 +39,7 @@ bool png_async_matches(const struct png_async *a, int n, uint32_t w, uint32_t h,
  * Returns 0, or the first failed image's status with err set (nothing handed out). Once. */
 int png_async_take(struct png_async *a, void **outs, size_t *lens, struct err *err);
 
-/* Stops the encoder (an image being encoded is finished first), joins it, frees everything
+/* Stops the encoders (images being encoded are finished first), joins them, frees everything
  * not taken. NULL-safe. */
 void png_async_free(struct png_async *a);
 
