@@ -525,7 +525,10 @@ class Bench:
                 raise BenchError(f"no answer from {self.url}/system_stats after {a.timeout:.0f} s")
             time.sleep(0.005)
         r["ready_s"] = now() - t0
-        pid = self.submit(self.workflow(1), 0)
+        wf = self.workflow(1)
+        t_post = now()
+        pid = self.submit(wf, 0)
+        r["first_post_s"] = now() - t_post  # the first POST /prompt's round trip, seen by the client
         while not self.history(pid):  # "the first image in /history", as ComfyUI's scripts poll it
             self.alive()
             if now() > end + a.timeout:

@@ -7,6 +7,7 @@
  * sink() on sched worker threads and HTTP threads (it only queues, see ws.c). */
 #include "api/internal.h"
 
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
@@ -25,17 +26,6 @@
 
 /* ===== Routes ===== */
 
-/* A call run on a big-stack thread (api__call_big_stack). */
-struct big_call {
-    void (*fn)(void *);
-    void *arg;
-};
-
-static void *big_stack_main(void *p) {
-    struct big_call *call = p;
-    call->fn(call->arg);
-    return NULL;
-}
 
 typedef void (*route_fn)(struct http_req *r, const char *arg);
 
@@ -177,16 +167,95 @@ out:
 }
 
 /* CivetWeb runs handlers on threads with a 100 KiB stack (its USE_STACK_SIZE build), too small
- * for validation, the object_info walk or ASan builds: each request runs on a thread of its
- * own with API_HANDLER_STACK bytes, the CivetWeb thread waiting for it. */
-void api__call_big_stack(void (*fn)(void *), void *arg) {
+ * for validation, the object_info walk or ASan builds: each request runs on a thread with
+ * API_HANDLER_STACK bytes, the CivetWeb thread waiting for it. Those threads are kept (created
+ * with the server): a thread created for a request during a dlopen (cuBLAS's, right after the
+ * server starts) waited 0.2-0.3 s for it. */
+static void *big_thread_main(void *p) {
+    struct api_big_thread *t = p;
+    pthread_mutex_lock(&t->mu);
+    for (;;) {
+        while (!t->fn && !t->stop) pthread_cond_wait(&t->cv, &t->mu);
+        if (!t->fn) break; /* stop, nothing left to run */
+        void (*fn)(void *) = t->fn;
+        void *arg = t->arg;
+        pthread_mutex_unlock(&t->mu);
+        fn(arg);
+        pthread_mutex_lock(&t->mu);
+        t->fn = NULL;
+        pthread_cond_broadcast(&t->cv); /* the caller waits for fn == NULL */
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+/* Starts srv's kept threads (a thread that cannot start is simply not used). */
+static void big_threads_start(struct api_server *srv) {
+    pthread_mutex_init(&srv->big_mu, NULL);
     pthread_attr_t attr;
-    pthread_t t;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, API_HANDLER_STACK);
+    for (int i = 0; i < API_BIG_THREADS; i++) {
+        struct api_big_thread *t = &srv->big[i];
+        pthread_mutex_init(&t->mu, NULL);
+        pthread_cond_init(&t->cv, NULL);
+        t->started = pthread_create(&t->tid, &attr, big_thread_main, t) == 0;
+    }
+    pthread_attr_destroy(&attr);
+}
+
+static void big_threads_stop(struct api_server *srv) {
+    for (int i = 0; i < API_BIG_THREADS; i++) {
+        struct api_big_thread *t = &srv->big[i];
+        pthread_mutex_lock(&t->mu);
+        t->stop = true;
+        pthread_cond_broadcast(&t->cv);
+        pthread_mutex_unlock(&t->mu);
+        if (t->started) pthread_join(t->tid, NULL);
+        pthread_mutex_destroy(&t->mu);
+        pthread_cond_destroy(&t->cv);
+    }
+    pthread_mutex_destroy(&srv->big_mu);
+}
+
+/* A call run on a fresh big-stack thread (all kept ones busy, or none started). */
+struct big_call {
+    void (*fn)(void *);
+    void *arg;
+};
+
+static void *big_stack_main(void *p) {
+    struct big_call *call = p;
+    call->fn(call->arg);
+    return NULL;
+}
+
+void api__call_big_stack(struct api_server *srv, void (*fn)(void *), void *arg) {
+    struct api_big_thread *t = NULL;
+    pthread_mutex_lock(&srv->big_mu);
+    for (int i = 0; i < API_BIG_THREADS && !t; i++)
+        if (srv->big[i].started && !srv->big[i].busy) t = &srv->big[i];
+    if (t) t->busy = true;
+    pthread_mutex_unlock(&srv->big_mu);
+    if (t) {
+        pthread_mutex_lock(&t->mu);
+        t->fn = fn;
+        t->arg = arg;
+        pthread_cond_broadcast(&t->cv);
+        while (t->fn) pthread_cond_wait(&t->cv, &t->mu);
+        pthread_mutex_unlock(&t->mu);
+        pthread_mutex_lock(&srv->big_mu);
+        t->busy = false;
+        pthread_mutex_unlock(&srv->big_mu);
+        return;
+    }
+    pthread_attr_t attr;
+    pthread_t tid;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, API_HANDLER_STACK);
     struct big_call call = {fn, arg};
-    if (pthread_create(&t, &attr, big_stack_main, &call) == 0) {
-        pthread_join(t, NULL);
+    if (pthread_create(&tid, &attr, big_stack_main, &call) == 0) {
+        pthread_join(tid, NULL);
     } else {
         log_warn("http: no thread for a request handler; running it on CivetWeb's small stack");
         fn(arg);
@@ -209,9 +278,10 @@ static int dispatch(struct mg_connection *conn, void *cbdata) {
         r.head = true;
         r.method = "GET";
     }
-    api__call_big_stack(route, &r);
-    log_debug("http: %s %s%s%s -> %d", ri->request_method, ri->local_uri, ri->query_string ? "?" : "",
-              ri->query_string ? ri->query_string : "", r.status);
+    const double t0 = log_get_level() == LOG_LEVEL_DEBUG ? clock_now() : 0;
+    api__call_big_stack(srv, route, &r);
+    log_debug("http: %s %s%s%s -> %d (%.1f ms)", ri->request_method, ri->local_uri, ri->query_string ? "?" : "",
+              ri->query_string ? ri->query_string : "", r.status, 1e3 * (clock_now() - t0));
     return r.status ? r.status : 500;
 }
 
@@ -562,6 +632,7 @@ struct api_server *api_server_new(const struct api_opts *opts, struct sched *sch
              opts->cors_origin && *opts->cors_origin ? opts->cors_origin : "*");
     pthread_mutex_init(&srv->files_mu, NULL);
     atomic_init(&srv->stopped, false);
+    big_threads_start(srv);
     srv->hub = ws_hub_new(srv, opts->ws_queue_max);
 
     /* main addresses first (their bound ports are read back in this order), then devices */
@@ -602,6 +673,7 @@ struct api_server *api_server_new(const struct api_opts *opts, struct sched *sch
         err_set(err, STATUS_ERR_IO, "cannot listen on %s: %s", ports, ebuf[0] ? ebuf : "CivetWeb failed to start");
         sched_set_event_sink(sched, NULL, NULL);
         ws_hub_free(srv->hub);
+        big_threads_stop(srv);
         pthread_mutex_destroy(&srv->files_mu);
         mem_free(srv);
         return NULL;
@@ -633,6 +705,7 @@ void api_server_free(struct api_server *srv) {
     if (!srv) return;
     api_server_stop(srv);
     ws_hub_free(srv->hub);
+    big_threads_stop(srv); /* after mg_stop: no request runs any more */
     pthread_mutex_destroy(&srv->files_mu);
     mem_free(srv);
 }

@@ -21,6 +21,21 @@ struct ws_hub;
 
 /* ===== The server ===== */
 
+/* The kept big-stack threads (api.c): created with the server, before any library is opened at
+ * run time. A thread created per request waited 0.2-0.3 s on a cold start while cuBLAS was
+ * opened (the first POST /prompt on the lent machines). */
+#define API_BIG_THREADS 8
+struct api_big_thread {
+    pthread_t tid;
+    bool started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    void (*fn)(void *);              /* mu: the call to run; NULL when there is none */
+    void *arg;
+    bool busy;                       /* api_server.big_mu: taken by a caller */
+    bool stop;                       /* mu: the server is being freed */
+};
+
 struct api_server {
     struct api_opts opts;            /* copy of the caller's options (strings borrowed) */
     struct sched *sched;             /* borrowed */
@@ -42,6 +57,8 @@ struct api_server {
     pthread_mutex_t files_mu;        /* serialises upload naming + writing (collision rule) and the
                                         user data's check-then-write steps (routes_user.c) */
     atomic_bool stopped;             /* api_server_stop ran: the sink drops events */
+    pthread_mutex_t big_mu;          /* guards the kept threads' busy flags */
+    struct api_big_thread big[API_BIG_THREADS];
 };
 
 /* ===== One request (http.c) ===== */
@@ -127,9 +144,12 @@ void ws_hub_free(struct ws_hub *h);
 
 #define API_HANDLER_STACK (8u * 1024u * 1024u) /* bytes of stack for a request handler */
 
-/* Runs fn(arg) on a fresh thread with API_HANDLER_STACK bytes of stack and waits for it
- * (CivetWeb's threads have 100 KiB). */
-void api__call_big_stack(void (*fn)(void *), void *arg);
+/* Runs fn(arg) on a thread with API_HANDLER_STACK bytes of stack and waits for it (CivetWeb's
+ * threads have 100 KiB): one of srv's API_BIG_THREADS kept threads when one is idle, else a
+ * fresh thread. */
+void api__call_big_stack(struct api_server *srv, void (*fn)(void *), void *arg);
+
+
 
 /* The ComfyUI loopback check (CO:server.py create_origin_only_middleware): false when CORS is
  * off and the request has a loopback Host and an Origin whose host:port differs. */

@@ -248,7 +248,7 @@ static void connect_check(void *arg) {
 
 static int on_connect(const struct mg_connection *conn, void *cbdata) {
     struct ws_call call = {.conn = (struct mg_connection *)conn, .hub = cbdata};
-    api__call_big_stack(connect_check, &call);
+    api__call_big_stack(call.hub->srv, connect_check, &call);
     return (int)call.len;
 }
 
@@ -323,7 +323,7 @@ static void ready(void *arg) {
 /* CivetWeb's threads have small stacks: the handlers' work runs on a big one (api.c). */
 static void on_ready(struct mg_connection *conn, void *cbdata) {
     struct ws_call call = {.conn = conn, .hub = cbdata};
-    api__call_big_stack(ready, &call);
+    api__call_big_stack(call.hub->srv, ready, &call);
 }
 
 /* The client's first text message: feature_flags negotiation. */
@@ -364,7 +364,7 @@ static int on_data(struct mg_connection *conn, int bits, char *data, size_t len,
         c->frag_len = op == MG_WEBSOCKET_OPCODE_CONTINUATION ? c->frag_len + len : len;
         if (c->frag_len > API_WS_MAX_MESSAGE) {
             struct ws_call call = {.conn = conn, .hub = cbdata};
-            api__call_big_stack(too_big, &call);
+            api__call_big_stack(call.hub->srv, too_big, &call);
             return 0; /* CivetWeb closes the connection */
         }
         if (bits & 0x80) c->frag_len = 0; /* FIN: the message is complete */
@@ -374,7 +374,7 @@ static int on_data(struct mg_connection *conn, int bits, char *data, size_t len,
     c->first_seen = true;
     if (!first) return 1; /* ComfyUI ignores every other client message */
     struct ws_call call = {.conn = conn, .hub = cbdata, .data = data, .len = len};
-    api__call_big_stack(first_message, &call);
+    api__call_big_stack(call.hub->srv, first_message, &call);
     return 1;
 }
 
