@@ -292,7 +292,7 @@ void api__post_prompt(struct http_req *r, const char *arg) {
     };
     struct sched_ticket ticket;
     rc = sched_submit(srv->sched, &sub, counter, &ticket, &err);
-    /* where a POST spends its time (a cold start: the first one in 1-4 ms on the lent machines) */
+    /* where a POST spends its time (on a cold start the first one took 1-15 ms on the lent machines) */
     log_debug("http: POST /prompt: body read in %.1f ms, parsed %.1f ms, validated %.1f ms, queued %.1f ms",
               1e3 * (t_read - t0), 1e3 * (t_parsed - t_read), 1e3 * (t_valid - t_parsed), 1e3 * (clock_now() - t_valid));
     if (rc == STATUS_ERR_RANGE) {

@@ -1,6 +1,7 @@
 /* base/fs.c -- file-system helpers (see fs.h).
- * Owns: nothing persistent. Threads: any (fs_write_whole's temporary name holds the pid and a
- * per-process counter, so concurrent writers of one path do not share a temporary file). */
+ * Owns: nothing persistent (fs_read_ranges' helper threads and buffers for one call).
+ * Threads: any (fs_write_whole's temporary name holds the pid and a per-process counter, so
+ * concurrent writers of one path do not share a temporary file). */
 #include "base/fs.h"
 
 #include "base/mem.h"
@@ -8,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -120,4 +122,69 @@ int fs_write_whole(const char *path, const void *data, size_t len) {
     if (!e && rename(tmp, path) != 0) e = errno;
     if (e) unlink(tmp);
     return -e;
+}
+
+/* ===== Reading ranges ahead ===== */
+
+#define FS_READERS_MAX 16 /* fs_read_ranges' readers at most */
+
+struct read_piece {
+    int fd;
+    uint64_t off;
+    size_t len;
+};
+
+struct range_reader {
+    const struct read_piece *pieces;
+    size_t n, piece;
+    atomic_size_t next;          /* the next piece to take */
+    atomic_uint_fast64_t bytes;  /* read so far */
+    bool (*stop)(void *);
+    void *user;
+};
+
+static void *read_pieces(void *arg) {
+    struct range_reader *r = arg;
+    char *buf = mem_try_alloc(r->piece);
+    while (buf && !(r->stop && r->stop(r->user))) {
+        size_t i = atomic_fetch_add(&r->next, 1);
+        if (i >= r->n) break;
+        const struct read_piece *p = &r->pieces[i];
+        for (size_t done = 0; done < p->len;) {
+            ssize_t got = pread(p->fd, buf, p->len - done, (off_t)(p->off + done));
+            if (got < 0 && errno == EINTR) continue;
+            if (got <= 0) break;
+            done += (size_t)got;
+            atomic_fetch_add(&r->bytes, (uint64_t)got);
+        }
+    }
+    mem_free(buf);
+    return NULL;
+}
+
+uint64_t fs_read_ranges(const struct fs_range *ranges, size_t n, size_t piece, int threads, bool (*stop)(void *),
+                        void *user) {
+    if (piece == 0) return 0;
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) count += (size_t)((ranges[i].len + piece - 1) / piece);
+    struct read_piece *pieces = mem_try_alloc((count ? count : 1) * sizeof *pieces);
+    if (!pieces) return 0;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        for (uint64_t at = 0; at < ranges[i].len; at += piece) {
+            uint64_t left = ranges[i].len - at;
+            pieces[k++] = (struct read_piece){ranges[i].fd, ranges[i].off + at, left < piece ? (size_t)left : piece};
+        }
+    struct range_reader r = {.pieces = pieces, .n = count, .piece = piece, .stop = stop, .user = user};
+    atomic_init(&r.next, 0);
+    atomic_init(&r.bytes, 0);
+    pthread_t tid[FS_READERS_MAX];
+    bool started[FS_READERS_MAX] = {false};
+    int helpers = threads > FS_READERS_MAX ? FS_READERS_MAX - 1 : threads - 1;
+    for (int i = 0; i < helpers; i++) started[i] = pthread_create(&tid[i], NULL, read_pieces, &r) == 0;
+    read_pieces(&r); /* the caller reads too; with no helper, it reads everything */
+    for (int i = 0; i < helpers; i++)
+        if (started[i]) pthread_join(tid[i], NULL);
+    mem_free(pieces);
+    return atomic_load(&r.bytes);
 }

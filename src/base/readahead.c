@@ -8,9 +8,9 @@
  * kiln's own executable, and /proc/self/pagemap for which of their pages are present (bit 63):
  * the pages this process faulted in (or the kernel mapped around a fault), not whatever else the
  * page cache holds.
- * Runs closer than GAP_PAGES merge. Replaying splits the runs into pieces of at most PIECE bytes
- * that READERS threads pread in list order into throwaway buffers (the page cache keeps the
- * data). At most MAX_BYTES are read. */
+ * Runs closer than GAP_PAGES merge. Replaying hands the runs, in list order, to fs_read_ranges
+ * (READERS readers, pieces of at most PIECE bytes) on a thread of its own. At most MAX_BYTES are
+ * read. */
 #include "base/readahead.h"
 
 #include "base/clock.h"
@@ -24,7 +24,6 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,31 +40,15 @@
 #define MAX_BYTES ((uint64_t)2 << 30)  /* read ahead at most this much */
 #define MAX_FILES 256
 
-/* One piece to read: file index, byte offset, length. */
-struct piece {
-    int file;
-    uint64_t off;
-    uint32_t len;
-};
-
-struct readahead;
-struct reader_arg {
-    struct readahead *r;
-    int i; /* which reader: its slot in t_done */
-};
-
 struct readahead {
     int fds[MAX_FILES];
     int n_files;
-    struct piece *pieces;
-    size_t n_pieces;
-    uint64_t total;       /* bytes in pieces */
-    atomic_size_t next;   /* the next piece to take */
-    atomic_uint_fast64_t bytes;
-    pthread_t threads[READERS];
-    bool started[READERS];
-    struct reader_arg args[READERS];
-    double t0, t_done[READERS]; /* start, and when each reader ran out of pieces */
+    struct fs_range *ranges;   /* the list's runs of unchanged files, in list order */
+    size_t n_ranges;
+    uint64_t total;            /* bytes in ranges (at most MAX_BYTES) */
+    pthread_t thread;          /* runs fs_read_ranges, READERS readers in all */
+    uint64_t bytes;            /* read, once the thread is done */
+    double t0, t_done;
 };
 
 /* The list's path under dir (NULL: the cache folder) into out; false when there is none. */
@@ -126,30 +109,18 @@ static bool start_file(void *u, const char *path, uint64_t size, int64_t sec, in
 
 static void start_run(void *u, uint64_t page, uint64_t pages) {
     struct readahead *r = u;
-    uint64_t off = page * PAGE_BYTES, left = pages * PAGE_BYTES;
-    while (left > 0 && r->total < MAX_BYTES) {
-        uint32_t len = (uint32_t)(left < PIECE ? left : PIECE);
-        r->pieces = mem_realloc(r->pieces, (r->n_pieces + 1) * sizeof *r->pieces);
-        r->pieces[r->n_pieces++] = (struct piece){.file = r->n_files - 1, .off = off, .len = len};
-        off += len;
-        left -= len;
-        r->total += len;
-    }
+    uint64_t len = pages * PAGE_BYTES;
+    if (r->total >= MAX_BYTES) return;
+    if (len > MAX_BYTES - r->total) len = MAX_BYTES - r->total;
+    r->ranges = mem_realloc(r->ranges, (r->n_ranges + 1) * sizeof *r->ranges);
+    r->ranges[r->n_ranges++] = (struct fs_range){.fd = r->fds[r->n_files - 1], .off = page * PAGE_BYTES, .len = len};
+    r->total += len;
 }
 
-static void *reader(void *arg) {
-    struct reader_arg *a = arg;
-    struct readahead *r = a->r;
-    char *buf = mem_try_alloc(PIECE);
-    for (; buf;) {
-        size_t i = atomic_fetch_add(&r->next, 1);
-        if (i >= r->n_pieces) break;
-        const struct piece *p = &r->pieces[i];
-        ssize_t n = pread(r->fds[p->file], buf, p->len, (off_t)p->off);
-        if (n > 0) atomic_fetch_add(&r->bytes, (uint64_t)n);
-    }
-    mem_free(buf);
-    r->t_done[a->i] = clock_now();
+static void *replay(void *arg) {
+    struct readahead *r = arg;
+    r->bytes = fs_read_ranges(r->ranges, r->n_ranges, PIECE, READERS, NULL, NULL);
+    r->t_done = clock_now();
     return NULL;
 }
 
@@ -165,40 +136,31 @@ struct readahead *readahead_start(const char *dir) {
     r->t0 = clock_now();
     bool ok = walk_list(text, r, start_file, start_run);
     mem_free(text);
-    if (!ok || r->n_pieces == 0) {
-        if (!ok) log_debug("readahead: %s is malformed: not used", path);
-        readahead_end(r);
-        return NULL;
-    }
+    if (!ok) log_debug("readahead: %s is malformed: not used", path);
     /* the readers take no signal (a server that waits for SIGINT on one thread must not have it
-       delivered to one of these) */
+       delivered to one of these; fs_read_ranges' helpers inherit the mask) */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    for (int i = 0; i < READERS; i++) {
-        r->args[i] = (struct reader_arg){.r = r, .i = i};
-        r->started[i] = pthread_create(&r->threads[i], NULL, reader, &r->args[i]) == 0;
-    }
+    bool started = ok && r->n_ranges > 0 && pthread_create(&r->thread, NULL, replay, r) == 0;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (!started) {
+        for (int i = 0; i < r->n_files; i++) close(r->fds[i]);
+        mem_free(r->ranges);
+        mem_free(r);
+        return NULL;
+    }
     return r;
 }
 
 uint64_t readahead_end(struct readahead *r) {
     if (!r) return 0;
-    bool any = false;
-    double done = r->t0;
-    for (int i = 0; i < READERS; i++) {
-        if (!r->started[i]) continue;
-        pthread_join(r->threads[i], NULL);
-        any = true;
-        done = r->t_done[i] > done ? r->t_done[i] : done;
-    }
-    if (any)
-        log_debug("readahead: %.1f MiB of %d libraries read in %.2f s", (double)atomic_load(&r->bytes) / 1048576.0,
-                  r->n_files, done - r->t0);
-    uint64_t bytes = atomic_load(&r->bytes);
+    pthread_join(r->thread, NULL);
+    log_debug("readahead: %.1f MiB of %d libraries read in %.2f s", (double)r->bytes / 1048576.0, r->n_files,
+              r->t_done - r->t0);
+    uint64_t bytes = r->bytes;
     for (int i = 0; i < r->n_files; i++) close(r->fds[i]);
-    mem_free(r->pieces);
+    mem_free(r->ranges);
     mem_free(r);
     return bytes;
 }

@@ -6,7 +6,7 @@
  * /proc/self/pagemap); readahead_start, at the next start, reads those pages with a few threads
  * and large reads, so that the faults find them in memory.
  * Owns: the list file in the cache folder (fs_cache_dir) and, between start and end, the
- * readers' threads and buffers (struct readahead).
+ * replay's thread and its open files (struct readahead; fs_read_ranges does the reading).
  * Threads: readahead_start / readahead_end from one thread; readahead_record from any. */
 #ifndef KILN_READAHEAD_H
 #define KILN_READAHEAD_H

@@ -2,7 +2,7 @@
  * background, so that a device's load, when the prompt's turn comes, reads from memory: a cold
  * checkpoint's disk read overlaps the device's warm-up and whatever runs before the prompt.
  * Owns: struct sched_prefetch (one reader thread, a small queue of paths, the recently read ones);
- * while it reads a file, PREFETCH_STREAMS - 1 helper threads and their buffers.
+ * while it reads a file, fs_read_ranges' PREFETCH_STREAMS - 1 helper threads and their buffers.
  * Threads: sched__prefetch_file from any thread (submits); the reader thread; new/free from the
  * thread that owns the sched.
  * The reads are plain preads into throwaway buffers (the page cache keeps the data), a file's
@@ -12,6 +12,7 @@
 #include "sched/internal.h"
 
 #include "base/clock.h"
+#include "base/fs.h"
 #include "base/log.h"
 #include "base/mem.h"
 
@@ -34,6 +35,7 @@ struct sched_prefetch {
     pthread_cond_t cv;
     pthread_t thread;
     bool started, stopping;                 /* mu */
+    atomic_bool abort;                      /* set with stopping: a read in progress ends early */
     char *queue[PREFETCH_QUEUE];            /* mu: paths to read (owned), oldest first */
     int n_queue;
     char *recent[PREFETCH_RECENT];          /* mu: paths read (or being read), owned, ring */
@@ -42,41 +44,13 @@ struct sched_prefetch {
     uint64_t files, bytes;                  /* mu: read so far (tests, log) */
 };
 
-/* One reader of a file's chunks. */
-struct chunk_reader {
-    struct sched_prefetch *p;
-    int fd;
-    uint64_t size;
-    atomic_uint_fast64_t *next; /* the next chunk of the file to read, shared by the readers */
-    char *buf;                  /* PREFETCH_CHUNK bytes (owned by read_file) */
-    uint64_t got;               /* bytes read */
-};
+/* fs_read_ranges' stop: the prefetch is being freed. */
+static bool aborted(void *user) { return atomic_load(&((struct sched_prefetch *)user)->abort); }
 
-static void *read_chunks(void *arg) {
-    struct chunk_reader *r = arg;
-    for (;;) {
-        pthread_mutex_lock(&r->p->mu);
-        bool stop = r->p->stopping;
-        pthread_mutex_unlock(&r->p->mu);
-        if (stop) break;
-        uint64_t at = atomic_fetch_add(r->next, 1) * PREFETCH_CHUNK;
-        if (at >= r->size) break;
-        size_t want = r->size - at < PREFETCH_CHUNK ? (size_t)(r->size - at) : PREFETCH_CHUNK;
-        for (size_t done = 0; done < want;) {
-            ssize_t n = pread(r->fd, r->buf, want - done, (off_t)(at + done));
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) return NULL;
-            done += (size_t)n;
-            r->got += (uint64_t)n;
-        }
-    }
-    return NULL;
-}
-
-/* Reads path to its end (or until stopping) with PREFETCH_STREAMS readers taking its chunks in
- * file order (a disk serves several requests at once faster than one, and the read's front moves
- * through the file in order: the host copy's fill, which reads the same file in about that order,
- * follows right behind instead of waiting for the end); returns the bytes read. */
+/* Reads path to its end (or until the prefetch stops) in PREFETCH_CHUNK pieces taken in file
+ * order by PREFETCH_STREAMS readers (fs_read_ranges): the host copy's fill, which reads the same
+ * file in about that order, follows right behind the read's front instead of waiting for its
+ * end; returns the bytes read. */
 static uint64_t read_file(struct sched_prefetch *p, const char *path) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -89,23 +63,8 @@ static uint64_t read_file(struct sched_prefetch *p, const char *path) {
         return 0;
     }
     (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    atomic_uint_fast64_t next = 0;
-    struct chunk_reader r[PREFETCH_STREAMS];
-    pthread_t tid[PREFETCH_STREAMS];
-    bool started[PREFETCH_STREAMS] = {false};
-    for (int i = 0; i < PREFETCH_STREAMS; i++) {
-        r[i] = (struct chunk_reader){.p = p, .fd = fd, .size = (uint64_t)st.st_size, .next = &next,
-                                .buf = mem_try_alloc(PREFETCH_CHUNK)};
-        if (r[i].buf && i > 0) started[i] = pthread_create(&tid[i], NULL, read_chunks, &r[i]) == 0;
-    }
-    if (r[0].buf) read_chunks(&r[0]);
-    uint64_t total = r[0].got;
-    for (int i = 1; i < PREFETCH_STREAMS; i++) {
-        if (started[i]) pthread_join(tid[i], NULL);
-        else if (r[i].buf) read_chunks(&r[i]); /* no thread: read what is left here */
-        total += r[i].got;
-    }
-    for (int i = 0; i < PREFETCH_STREAMS; i++) mem_free(r[i].buf);
+    const struct fs_range all = {.fd = fd, .off = 0, .len = (uint64_t)st.st_size};
+    uint64_t total = fs_read_ranges(&all, 1, PREFETCH_CHUNK, PREFETCH_STREAMS, aborted, p);
     close(fd);
     return total;
 }
@@ -147,6 +106,7 @@ struct sched_prefetch *sched__prefetch_new(void) {
 
 void sched__prefetch_free(struct sched_prefetch *p) {
     if (!p) return;
+    atomic_store(&p->abort, true);
     pthread_mutex_lock(&p->mu);
     p->stopping = true;
     pthread_cond_broadcast(&p->cv);

@@ -1,6 +1,7 @@
 /* tests/unit/base/test_fs.c -- base/fs.c: mkdir -p (nested, existing, a file in the way), the
  * cache folder's order of variables and the "" switch, whole-file reads (size limit, missing
- * file) and writes (replace whole, no temporary file left behind, a missing folder fails). */
+ * file) and writes (replace whole, no temporary file left behind, a missing folder fails), byte
+ * ranges read ahead. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +13,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,11 +111,40 @@ static void test_read_write_whole(void **state) {
     assert_int_equal(fs_write_whole(p, "x", 1), -ENOENT);
 }
 
+static bool always(void *user) {
+    (void)user;
+    return true;
+}
+
+/* fs_read_ranges: every byte of the ranges once (pieces, several readers, a range that runs past
+ * the end reads what is there), nothing once stopped, nothing for no range. */
+static void test_read_ranges(void **state) {
+    (void)state;
+    char p[512];
+    snprintf(p, sizeof p, "%s/ranges.bin", root);
+    const size_t size = ((size_t)5 << 20) + 100;
+    char *data = mem_calloc(1, size);
+    assert_int_equal(fs_write_whole(p, data, size), 0);
+    mem_free(data);
+    int fd = open(p, O_RDONLY);
+    assert_true(fd >= 0);
+    const struct fs_range r[] = {{fd, 0, ((uint64_t)1 << 20) + 7}, {fd, (uint64_t)3 << 20, (uint64_t)4 << 20}};
+    const uint64_t want = ((uint64_t)1 << 20) + 7 + (size - ((size_t)3 << 20)); /* the second ends at the file's end */
+    assert_int_equal(fs_read_ranges(r, 2, (size_t)512 << 10, 3, NULL, NULL), want);
+    assert_int_equal(fs_read_ranges(r, 2, (size_t)1 << 20, 1, NULL, NULL), want); /* the caller alone */
+    assert_int_equal(fs_read_ranges(r, 2, (size_t)256 << 10, 64, NULL, NULL), want); /* readers capped */
+    assert_int_equal(fs_read_ranges(r, 2, (size_t)512 << 10, 3, always, NULL), 0);
+    assert_int_equal(fs_read_ranges(r, 0, (size_t)512 << 10, 3, NULL, NULL), 0);
+    close(fd);
+    unlink(p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_make_dirs, setup, teardown),
         cmocka_unit_test(test_cache_dir),
         cmocka_unit_test_setup_teardown(test_read_write_whole, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_ranges, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
