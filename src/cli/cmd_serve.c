@@ -202,6 +202,11 @@ static int serve(struct config *cfg, int argc, char **argv) {
         .db_path = cfg->db_path,
     };
     for (int i = 0; i < so.n_gpus; i++) so.gpus[i] = cfg->gpus[i];
+    /* the checkpoints the last prompts used, read ahead at the next start (sched/prefetch.c);
+       KILN_READAHEAD=0 turns this off with the libraries' read-ahead */
+    char recall[PATH_MAX];
+    const char *ra_env = getenv("KILN_READAHEAD");
+    if (!(ra_env && strcmp(ra_env, "0") == 0) && fs_cache_dir(recall, sizeof recall)) so.recall_dir = recall;
     engine_set_gpu_fp32(cfg->force_fp32); /* before the devices start */
     if (engine_set_default_placement(cfg->weights_placement, &err)) { /* config.c checked it already */
         fprintf(stderr, "kiln serve: --weights-placement: %s\n", err.msg);

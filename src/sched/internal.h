@@ -141,14 +141,26 @@ int sched__prompt_checkpoints(const struct sched *s, const struct graph_prompt *
 /* ===== Checkpoint read-ahead (prefetch.c) ===== */
 
 struct sched_prefetch;
-struct sched_prefetch *sched__prefetch_new(void);
+/* recall_dir: the folder of the list of checkpoints the last prompts used (NULL: none kept). */
+struct sched_prefetch *sched__prefetch_new(const char *recall_dir);
 void sched__prefetch_free(struct sched_prefetch *p); /* stops and joins the reader; NULL is a no-op */
 /* Queues path for reading into the page cache unless it was queued in the last minute or the
- * queue is full; true when queued. */
+ * queue is full; true when queued. A prompt's file: a speculative read of another file (from
+ * the recall list) stops, and those waiting are dropped. */
 bool sched__prefetch_file(struct sched_prefetch *p, const char *path);
+/* Puts path first in the list of checkpoints the last prompts used (at most 2), written to the
+ * recall folder by the reader thread when it has nothing to read. No-op without a folder. */
+void sched__prefetch_note(struct sched_prefetch *p, const char *path);
+/* Queues speculative reads of the listed checkpoints whose size and modification time did not
+ * change, most recent first, up to max_bytes in all; returns how many. */
+int sched__prefetch_recall(struct sched_prefetch *p, uint64_t max_bytes);
 /* Waits until `files` files have been read in all (or timeout_s passed); *bytes (optional) gets
  * the bytes read so far. True when they have. For tests. */
 bool sched__prefetch_wait(struct sched_prefetch *p, uint64_t files, double timeout_s, uint64_t *bytes);
+/* Tests: while hold is set, the reader waits after taking a file and before reading it; whether
+ * it has taken path. */
+void sched__prefetch_hold(struct sched_prefetch *p, bool hold);
+bool sched__prefetch_reading(struct sched_prefetch *p, const char *path);
 
 /* ===== Heap (heap.c); caller holds mu ===== */
 

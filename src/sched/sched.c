@@ -340,6 +340,16 @@ static struct sched_device *device_add(struct sched *s, enum sched_device_kind k
     return d;
 }
 
+/* Reads a reloaded prompt's checkpoints ahead (sched_new, before the workers start). */
+static void prefetch_prompt(struct sched *s, const struct graph_prompt *gp) {
+    char *ckpts[8];
+    int n = sched__prompt_checkpoints(s, gp, ckpts, 8);
+    for (int i = 0; i < n; i++) {
+        sched__prefetch_file(s->prefetch, ckpts[i]);
+        mem_free(ckpts[i]);
+    }
+}
+
 struct sched *sched_new(const struct sched_opts *opts, struct err *err) {
     if (opts->n_gpus < 0 || opts->n_gpus > SCHED_MAX_DEVICES) {
         err_set(err, STATUS_ERR_RANGE, "at most %d GPUs (got %d)", SCHED_MAX_DEVICES, opts->n_gpus);
@@ -357,7 +367,7 @@ struct sched *sched_new(const struct sched_opts *opts, struct err *err) {
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->emit_mu, NULL);
     pthread_cond_init(&s->ready, NULL);
-    s->prefetch = sched__prefetch_new();
+    s->prefetch = sched__prefetch_new(opts->recall_dir);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -404,6 +414,11 @@ struct sched *sched_new(const struct sched_opts *opts, struct err *err) {
         sched_free(s);
         return NULL;
     }
+    /* the reloaded prompts' checkpoints first (they will run), then, speculatively, those the
+       last prompts used, within half of the host's memory */
+    for (int i = 0; i < s->n_dev; i++)
+        for (int k = 0; k < s->dev[i].n_heap; k++) prefetch_prompt(s, s->dev[i].heap[k]->prompt);
+    sched__prefetch_recall(s->prefetch, sched__host_mem_total() / 2);
     return s;
 }
 
@@ -655,6 +670,7 @@ int sched_submit(struct sched *s, struct sched_submit *sub, int64_t counter, str
             /* the read starts before the store's write: on a cold start that commit's sync waits
                for a disk that the libraries' pages keep busy (0.1-0.3 s on the lent machines) */
             if (!held[i]) sched__prefetch_file(s->prefetch, ckpts[i]); /* the load will read memory */
+            sched__prefetch_note(s->prefetch, ckpts[i]);
         }
         struct sched_device *d = &s->dev[di];
         it->device = di;

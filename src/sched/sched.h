@@ -75,6 +75,9 @@ struct sched_opts {
     int metrics_log_every;           /* log the per-device metrics line every N finished prompts; 0 = never */
     const char *db_path;             /* SQLite file for the queue and history (PERSISTENCE); NULL, ""
                                         or ":memory:" = nothing persisted (borrowed) */
+    const char *recall_dir;          /* where the checkpoints that prompts used are listed, to be read
+                                        ahead at the next start (prefetch.c); NULL: not kept, nothing
+                                        read ahead at start (borrowed) */
 };
 
 /* What /system_stats, /queue/all, the start-up panel and routing errors show of a device. */

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "base/fs.h"
 #include "base/mem.h"
 #include "base/status.h"
 #include "graph/cache.h"
@@ -685,6 +686,143 @@ static void test_prefetch_on_submit(void **state) {
     unlink(ck2);
 }
 
+/* Writes a file of size bytes (zeros) at dir/checkpoints/name and its path into out. */
+static void make_ckpt(const char *name, size_t size, char *out, size_t n) {
+    snprintf(out, n, "%s/checkpoints/%s", DIR_MODELS, name);
+    char *zeros = mem_calloc(1, size);
+    FILE *f = fopen(out, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(zeros, 1, size, f), size);
+    fclose(f);
+    mem_free(zeros);
+    char real[PATH_MAX];
+    struct err err = {0};
+    assert_int_equal(graph_model_path(&PATHS, "checkpoints", name, real, sizeof real, &err), 0);
+    snprintf(out, n, "%s", real);
+}
+
+static struct sched *new_sched_recall(const char *dir) {
+    struct sched_opts o = {.n_cpu_workers = 2, .cpu_threads = 1, .paths = PATHS, .recall_dir = dir};
+    struct err err = {0};
+    struct sched *s = sched_new(&o, &err);
+    if (!s) fail_msg("sched_new: %s", err.msg);
+    sched_set_event_sink(s, sink, NULL);
+    g_s = s;
+    events_reset();
+    return s;
+}
+
+/* The checkpoints the last prompts used are listed in the recall folder (most recent first, at
+ * most 2) and read ahead when the next sched starts, unless they changed; a prompt that needs
+ * another checkpoint stops that speculative read and drops the ones waiting. */
+static void test_prefetch_recall(void **state) {
+    char dir[400], list[460], a[PATH_MAX], b[PATH_MAX], c[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/cache", ROOT);
+    snprintf(list, sizeof list, "%s/prefetch-v1.txt", dir);
+    make_ckpt("ra.safetensors", 8192, a, sizeof a);
+    make_ckpt("rb.safetensors", 12288, b, sizeof b);
+    make_ckpt("rc.safetensors", 4096, c, sizeof c);
+    graph_registry_add(&T_USE_MODEL);
+    const char *fmt = "{\"1\": {\"class_type\": \"CheckpointLoaderSimple\", \"inputs\": {\"ckpt_name\": "
+                      "\"%s\"}}, \"2\": {\"class_type\": \"TUseModel\", \"inputs\": {\"model\": [\"1\", 0], "
+                      "\"k\": 1}}}";
+    char text[512];
+
+    /* nothing listed yet: nothing read at start; prompts of c, a, b, a: the list is a, b */
+    struct sched *s = new_sched_recall(dir);
+    assert_false(sched__prefetch_wait(s->prefetch, 1, 0.2, NULL));
+    const char *order[] = {"rc.safetensors", "ra.safetensors", "rb.safetensors", "ra.safetensors"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(text, sizeof text, fmt, order[i]);
+        submit(s, text, NULL, -1);
+    }
+    assert_true(sched__prefetch_wait(s->prefetch, 3, 10.0, NULL));
+    done(s);
+    char *got = NULL;
+    size_t len = 0;
+    assert_int_equal(fs_read_whole(list, 1 << 16, &got, &len), 0);
+    char *l1 = strchr(got, '\n'), *l2 = l1 ? strchr(l1 + 1, '\n') : NULL, *l3 = l2 ? strchr(l2 + 1, '\n') : NULL;
+    assert_non_null(l3);
+    assert_string_equal(l3 + 1, ""); /* header and two lines */
+    *l2 = *l3 = '\0';
+    assert_non_null(strstr(l1 + 1, a));
+    assert_true(strncmp(l1 + 1, "8192 ", 5) == 0);
+    assert_non_null(strstr(l2 + 1, b));
+    assert_true(strncmp(l2 + 1, "12288 ", 6) == 0);
+    mem_free(got);
+
+    /* the next start reads both, a first */
+    s = new_sched_recall(dir);
+    uint64_t bytes = 0;
+    assert_true(sched__prefetch_wait(s->prefetch, 2, 10.0, &bytes));
+    assert_int_equal(bytes, 8192 + 12288);
+    done(s);
+
+    /* a changed file is not read (b grew) */
+    make_ckpt("rb.safetensors", 16384, b, sizeof b);
+    s = new_sched_recall(dir);
+    assert_true(sched__prefetch_wait(s->prefetch, 1, 10.0, &bytes));
+    assert_false(sched__prefetch_wait(s->prefetch, 2, 0.3, &bytes));
+    assert_int_equal(bytes, 8192);
+    done(s);
+
+    /* a prompt for c while a is being read ahead and b waits: a stops, b is dropped, c is read;
+       a prompt for a later reads it (the stopped read does not count as read) */
+    make_ckpt("rb.safetensors", 12288, b, sizeof b);
+    FILE *f = fopen(list, "w"); /* the list as the first run wrote it, with b's new time */
+    assert_non_null(f);
+    struct stat sa, sb;
+    assert_int_equal(stat(a, &sa), 0);
+    assert_int_equal(stat(b, &sb), 0);
+    fprintf(f, "kiln prefetch v1\n%lld %lld %s\n%lld %lld %s\n", (long long)sa.st_size,
+            (long long)sa.st_mtim.tv_sec * 1000000000 + sa.st_mtim.tv_nsec, a, (long long)sb.st_size,
+            (long long)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec, b);
+    fclose(f);
+    struct sched_opts o = {.n_cpu_workers = 2, .cpu_threads = 1, .paths = PATHS, .recall_dir = dir};
+    struct err err = {0};
+    /* hold the reader before sched_new queues the list: a sched made with no list first */
+    char empty[460];
+    snprintf(empty, sizeof empty, "%s/none", ROOT);
+    o.recall_dir = empty;
+    s = sched_new(&o, &err);
+    assert_non_null(s);
+    g_s = s;
+    sched_set_event_sink(s, sink, NULL);
+    sched__prefetch_hold(s->prefetch, true);
+    sched__prefetch_free(s->prefetch);
+    s->prefetch = sched__prefetch_new(dir);
+    sched__prefetch_hold(s->prefetch, true);
+    assert_int_equal(sched__prefetch_recall(s->prefetch, UINT64_MAX), 2);
+    for (int i = 0; i < 500 && !sched__prefetch_reading(s->prefetch, a); i++) usleep(2000);
+    assert_true(sched__prefetch_reading(s->prefetch, a));
+    snprintf(text, sizeof text, fmt, "rc.safetensors");
+    submit(s, text, NULL, 0);
+    sched__prefetch_hold(s->prefetch, false);
+    assert_true(sched__prefetch_wait(s->prefetch, 1, 10.0, &bytes));
+    assert_false(sched__prefetch_wait(s->prefetch, 2, 0.3, &bytes));
+    assert_int_equal(bytes, 4096); /* c only: a stopped before its first piece, b dropped */
+    snprintf(text, sizeof text, fmt, "ra.safetensors");
+    submit(s, text, NULL, 0);
+    assert_true(sched__prefetch_wait(s->prefetch, 2, 10.0, &bytes));
+    assert_int_equal(bytes, 4096 + 8192);
+    done(s);
+
+    /* a list that is not this version, or a size budget too small: nothing read */
+    s = new_sched_recall(empty); /* no list there */
+    assert_int_equal(sched__prefetch_recall(s->prefetch, UINT64_MAX), 0);
+    done(s);
+    f = fopen(list, "w");
+    fprintf(f, "kiln prefetch v0\n1 2 %s\n", a);
+    fclose(f);
+    s = new_sched_recall(dir);
+    assert_int_equal(sched__prefetch_recall(s->prefetch, UINT64_MAX), 0);
+    done(s);
+    unlink(list);
+    unlink(a);
+    unlink(b);
+    unlink(c);
+}
+
 /* ===== Isolation and concurrency ===== */
 
 static void test_isolation(void **state) {
@@ -1303,6 +1441,7 @@ int main(void) {
         cmocka_unit_test(test_route_auto_least_wait),
         cmocka_unit_test(test_route_prefers_checkpoint),
         cmocka_unit_test(test_prefetch_on_submit),
+        cmocka_unit_test(test_prefetch_recall),
         cmocka_unit_test(test_isolation),
         cmocka_unit_test(test_concurrent_submissions),
         cmocka_unit_test(test_events_with_client),
