@@ -535,6 +535,8 @@ class Bench:
                 raise BenchError(f"the first prompt is not in /history after {now() - t0:.0f} s")
             time.sleep(0.01)
         r["first_image_s"] = now() - t0
+        # whether kiln read the checkpoint ahead at start because the last run used it (sched/prefetch.c)
+        r["first_image_recalled"] = "that the last run used ahead" in self.log_text()
         self.check_success(pid)
         self.say(f"ready {r['ready_s']:.3f} s, first image {r['first_image_s']:.3f} s "
                  f"(cache: {r['first_image_cache_method']}, resident {r['first_image_resident_pct']}%)")
