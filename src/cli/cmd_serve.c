@@ -143,7 +143,7 @@ static void print_panel(const struct config *cfg, struct sched *sched, struct ap
 /* Everything after the configuration and the log file: devices, HTTP server, panel, workers,
  * then the wait for SIGINT/SIGTERM and the shutdown. cfg stays the caller's. Returns the exit
  * code (see the header). */
-static int serve(struct config *cfg, int argc, char **argv) {
+static int serve(struct config *cfg, int argc, char **argv, struct readahead **ra) {
     struct err err = {0};
     if (cfg->mode == CONFIG_MODE_GPU) {
 #ifdef KILN_HAVE_CUDA
@@ -282,6 +282,12 @@ static int serve(struct config *cfg, int argc, char **argv) {
         for (int i = 0; i < n_urls; i++)
             log_info("ready: %s (%d device%s; Ctrl-C stops)", urls[i], sched_n_devices(sched),
                      sched_n_devices(sched) == 1 ? "" : "s");
+        /* the checkpoints the last prompts used, read ahead once the libraries' pages are in:
+           started together, the two reads made a cold first image 0.2-0.6 s slower on an H100
+           lease (the GPU's context waited for the disk; docs/PERF.md) */
+        readahead_end(*ra);
+        *ra = NULL;
+        sched_read_ahead_recalled(sched);
         int sig = 0;
         while (sigwait(&stop, &sig) != 0) {
         }
@@ -327,7 +333,7 @@ int cmd_serve(int argc, char **argv) {
     /* the pages of the GPU libraries that a first prompt touched last time (base/readahead.h),
        read while the devices open; the list is written after this process's first GPU prompt */
     struct readahead *ra = cfg.mode == CONFIG_MODE_GPU ? readahead_start(NULL) : NULL;
-    int rc = serve(&cfg, argc, argv);
+    int rc = serve(&cfg, argc, argv, &ra);
     readahead_end(ra);
     log_close_file();
     config_deinit(&cfg);

@@ -314,8 +314,10 @@ int sched__prefetch_recall(struct sched_prefetch *p, uint64_t max_bytes) {
                       (double)(total + size) / 1048576.0, (double)max_bytes / 1048576.0);
             continue;
         }
-        bool dup = false;
+        bool dup = false; /* queued, or read a moment ago (a reloaded prompt's) */
         for (int i = 0; i < p->n_queue && !dup; i++) dup = strcmp(p->queue[i].path, path) == 0;
+        for (int i = 0; i < PREFETCH_RECENT && !dup; i++)
+            dup = p->recent[i] && strcmp(p->recent[i], path) == 0 && now - p->recent_t[i] < PREFETCH_FRESH_S;
         if (dup || !enqueue(p, path, true, now)) continue;
         total += size;
         queued++;

@@ -414,12 +414,14 @@ struct sched *sched_new(const struct sched_opts *opts, struct err *err) {
         sched_free(s);
         return NULL;
     }
-    /* the reloaded prompts' checkpoints first (they will run), then, speculatively, those the
-       last prompts used, within half of the host's memory */
+    /* the reloaded prompts' checkpoints (they will run) */
     for (int i = 0; i < s->n_dev; i++)
         for (int k = 0; k < s->dev[i].n_heap; k++) prefetch_prompt(s, s->dev[i].heap[k]->prompt);
-    sched__prefetch_recall(s->prefetch, sched__host_mem_total() / 2);
     return s;
+}
+
+void sched_read_ahead_recalled(struct sched *s) {
+    if (s && s->opts.recall_dir) sched__prefetch_recall(s->prefetch, sched__host_mem_total() / 2);
 }
 
 void sched_set_event_sink(struct sched *s, sched_event_fn fn, void *user) {

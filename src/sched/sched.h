@@ -76,8 +76,8 @@ struct sched_opts {
     const char *db_path;             /* SQLite file for the queue and history (PERSISTENCE); NULL, ""
                                         or ":memory:" = nothing persisted (borrowed) */
     const char *recall_dir;          /* where the checkpoints that prompts used are listed, to be read
-                                        ahead at the next start (prefetch.c); NULL: not kept, nothing
-                                        read ahead at start (borrowed) */
+                                        ahead at the next start (sched_read_ahead_recalled); NULL:
+                                        not kept (borrowed) */
 };
 
 /* What /system_stats, /queue/all, the start-up panel and routing errors show of a device. */
@@ -115,6 +115,10 @@ void sched_set_event_sink(struct sched *s, sched_event_fn fn, void *user);
 /* Starts one worker thread per device (each logs one line) and waits until every GPU worker has
  * opened its device; fails (err names the GPU and why) when one cannot. */
 int sched_start(struct sched *s, struct err *err);
+
+/* Reads ahead, speculatively, the checkpoints that the last prompts used (opts.recall_dir's
+ * list; within half of the host's memory), unless a prompt needs another file first. */
+void sched_read_ahead_recalled(struct sched *s);
 
 /* Stops the workers (the running prompt is interrupted), frees everything. NULL is a no-op. */
 void sched_free(struct sched *s);

@@ -15,7 +15,8 @@ SRC=$(realpath "${2:?source dir}")
 lib_tmpdir kiln_cli_restart
 PID=
 cd "$DIR" || exit 1
-lib_env KILN_DB KILN_HISTORY_MAX
+lib_env KILN_DB KILN_HISTORY_MAX KILN_READAHEAD
+export KILN_CACHE_DIR=$DIR/cache # the list of checkpoints read ahead at the next start
 lib_need curl python3
 DB=$DIR/kiln.db
 # sql QUERY: rows of the database, one per line, read with Python's sqlite3
@@ -113,6 +114,8 @@ start "$DIR/run2.log"
 grep -q "running it again" "$DIR/run2.log" ||
     fail "no 'running it again' line after the restart (rows after the kill: $(tr '\n' ' ' <"$DIR/rows_after_kill.txt"); $(head -1 "$DIR/run2.log"))"
 wait_done "${IDS[@]}"
+grep -q "prefetch: $DIR/models/checkpoints/tiny.safetensors read into the page cache in [0-9.]* s ([0-9]* MiB/s)\$" \
+    "$DIR/run2.log" || fail "the reloaded prompts' checkpoint was not read ahead: $(grep prefetch "$DIR/run2.log")"
 curl -s -m 10 -o "$DIR/after.json" "$URL/history"
 [ "$(js "$DIR/after.json" 'len(j)')" = 12 ] || fail "/history has $(js "$DIR/after.json" 'len(j)') entries, expected 12"
 for id in "${IDS[@]}"; do
@@ -147,6 +150,13 @@ PID=
 [ "$rc" = 0 ] || fail "SIGINT: exit $rc"
 [ "$(sql 'SELECT COUNT(*) FROM prompts')" = 0 ] || fail "rows after a clean stop"
 start "$DIR/run3.log" --history-max 5
+# nothing queued: the checkpoint the last prompts used is read ahead all the same (sched/prefetch.c)
+[ "$(sed -n 2p "$DIR/cache/prefetch-v1.txt" | cut -d' ' -f3-)" = "$DIR/models/checkpoints/tiny.safetensors" ] ||
+    fail "prefetch-v1.txt does not list the checkpoint: $(cat "$DIR/cache/prefetch-v1.txt")"
+for ((i = 0; i < 100; i++)); do grep -q "ahead of any prompt" "$DIR/run3.log" && break; sleep 0.1; done
+grep -q "prefetch: reading 1 checkpoint that the last run used ahead" "$DIR/run3.log" &&
+    grep -q "prefetch: $DIR/models/checkpoints/tiny.safetensors read into the page cache .*, ahead of any prompt" \
+        "$DIR/run3.log" || fail "the last run's checkpoint was not read ahead at start: $(grep prefetch "$DIR/run3.log")"
 [ "$(curl -s -m 10 "$URL/history" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 5 ] ||
     fail "--history-max 5: /history has not 5 entries"
 [ "$(curl -s -m 10 "$URL/history/$N1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 1 ] ||
