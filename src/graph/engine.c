@@ -362,6 +362,54 @@ int engine_warmup(struct engine *e, struct err *err) {
     return backend_warmup(e->backend, passes, n, err);
 }
 
+int engine_warmup_model(struct engine *e, const char *path, const struct engine_warm_shape *ws, struct err *err) {
+    if (e->cuda_index < 0 || backend_host_buffers(e->backend))
+        return err_set(err, STATUS_ERR_UNSUPPORTED, "a model-shaped warm-up is for GPU engines");
+    if (ws->batch < 1 || ws->h < 1 || ws->w < 1 || ws->entries < 1 || ws->entries > 2 || ws->n_tokens < 1 ||
+        ws->batch * ws->h * ws->w > ((int64_t)1 << 24))
+        return err_set(err, STATUS_ERR_INVALID, "warm-up shape %lld x %lld x %lld (%d entries, %lld tokens)",
+                       (long long)ws->batch, (long long)ws->h, (long long)ws->w, ws->entries, (long long)ws->n_tokens);
+    struct sd_model *m = sd_model_stand_in(path, e->backend, &e->storage, err);
+    if (!m) return err->code ? err->code : STATUS_ERR_INTERNAL;
+    const int64_t B = ws->entries * ws->batch, lat = B * m->unet.config.in_channels * ws->h * ws->w;
+    const int64_t dim = m->unet.config.context_dim, width = m->clip.config.width;
+    const size_t ctx_bytes = (size_t)(B * ws->n_tokens * dim) * sizeof(float);
+    float *x = mem_try_calloc((size_t)lat, sizeof(float)), *out = mem_try_calloc((size_t)lat, sizeof(float));
+    float *t = mem_try_calloc((size_t)B, sizeof(float));
+    float *text = mem_try_calloc((size_t)(77 * width), sizeof(float));
+    float *img = mem_try_calloc((size_t)(64 * ws->h * ws->w * 3), sizeof(float));
+    float *zeros = mem_try_calloc(1, ctx_bytes);
+    int32_t ids[77] = {0};
+    int rc = x && out && t && text && img && zeros ? 0 : err_set(err, STATUS_ERR_NOMEM, "out of host memory");
+    /* the text encoder as CLIPTextEncode runs it: one 77-token sequence, the last layer */
+    if (!rc && clip_encode(&e->tctx, &m->clip, ids, 1, -1, text))
+        rc = err_set(err, e->tctx.rc, "text encoder: %s", e->tctx.err.msg);
+    /* the UNet as the sampler runs it: every entry in one batch, the context kept on the device
+       (zeros: a NaN there would make cuDNN's per-plan check of the fused convolutions wrong) */
+    void *ctx = rc ? NULL : engine_ctx_buffer(e, ctx_bytes);
+    if (!rc && !ctx) rc = err_set(err, STATUS_ERR_OOM_DEVICE, "no device memory for the context");
+    if (!rc) {
+        struct tensor view = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(ctx_bytes / 4), 1, 1, 1}, .data = ctx};
+        rc = backend_tensor_set(e->backend, &view, zeros, 0, ctx_bytes);
+        if (rc) err_set(err, rc, "zeroing the context failed");
+    }
+    for (int64_t i = 0; !rc && i < B; i++) t[i] = 999.0f;
+    if (!rc && unet_eval_dev(&e->tctx, &m->unet, B, ws->h, ws->w, x, t, ctx, ws->n_tokens, out))
+        rc = err_set(err, e->tctx.rc, "UNet: %s", e->tctx.err.msg);
+    /* the VAE as VAEDecode runs it: one image at a time */
+    if (!rc && vae_decode_image(&e->tctx, &m->vae, 1, ws->h, ws->w, x, img))
+        rc = err_set(err, e->tctx.rc, "VAE: %s", e->tctx.err.msg);
+    tctx_reset(&e->tctx); /* nothing recorded here is run again */
+    mem_free(x);
+    mem_free(out);
+    mem_free(t);
+    mem_free(text);
+    mem_free(img);
+    mem_free(zeros);
+    sd_model_free(m);
+    return rc;
+}
+
 struct sd_model *engine_prefill(struct engine *e, const char *path, struct err *err) {
     if (e->cuda_index < 0 || !e->storage.unet.store) {
         err_set(err, STATUS_ERR_UNSUPPORTED, "prefilling host copies is for GPU engines with the shared store");

@@ -101,6 +101,21 @@ void engine_free(struct engine *e); /* NULL is a no-op */
  * fp32 GPUs), so kernels are loaded and libraries initialised at start-up. The engine's
  * worker thread. Returns 0, or a negative status with err filled; the engine stays usable. */
 int engine_warmup(struct engine *e, struct err *err);
+/* The shapes a prompt will run its networks at (engine_warmup_model). */
+struct engine_warm_shape {
+    int64_t batch;       /* latent images per sampler step and side (EmptyLatentImage's batch_size) */
+    int64_t h, w;        /* the latent's size (pixels / 8) */
+    int entries;         /* conditioning entries that go through the UNet together: 2 with CFG, 1 without */
+    int64_t n_tokens;    /* context tokens per entry (77 per 75-token chunk) */
+};
+/* Runs checkpoint path's networks once at shape ws with stand-in weights (sd_model_stand_in:
+ * zeros, nothing read from the file, no memory beyond the largest weight and the activations):
+ * the text encoder on one sequence, a UNet evaluation of entries x batch images as the sampler
+ * makes it (context on the device), and one VAE decode, so that the backend's plans for those
+ * shapes and its kernels' first launches are done while the checkpoint is still being read; the
+ * real evaluations then run at their steady speed from the first one. GPU engines only
+ * (STATUS_ERR_UNSUPPORTED else). The engine's worker thread. */
+int engine_warmup_model(struct engine *e, const char *path, const struct engine_warm_shape *ws, struct err *err);
 /* The host copy of checkpoint `path` as this GPU's loads keep it (e->storage), filled now
  * (sd_model_prefill) on the calling thread, which it binds to e's device: a later load of path
  * only uploads. Reads only e's fixed fields, so another thread may run it while the device's

@@ -462,6 +462,30 @@ static int finish_direct(struct nn_loader *ld, struct nn_weights *out) {
     return rc;
 }
 
+/* Stand-in weights (nn_storage.stand_in): one zeroed buffer the size of the largest weight, which
+ * every weight points at. Nothing is read from the file. */
+static int finish_stand_in(struct nn_loader *ld, struct nn_weights *out) {
+    size_t largest = 4, esize = dtype_size(ld->storage.dtype);
+    for (int i = 0; i < ld->n; i++) {
+        size_t b = (size_t)ckpt_tensor_numel(ld->entries[i].src) * esize;
+        if (b > largest) largest = b;
+    }
+    largest = (largest + NN_PAD - 1) & ~(size_t)(NN_PAD - 1);
+    int rc = backend_buf_alloc(ld->backend, largest, &out->buf);
+    if (rc)
+        return err_set(ld->err, rc, "cannot allocate %.1f MiB of stand-in weights for %s on %s",
+                       (double)largest / (1 << 20), ld->ck->path, ld->backend->iface->name);
+    out->size = largest;
+    void *zeros = mem_try_calloc(1, largest);
+    if (!zeros) return err_set(ld->err, STATUS_ERR_NOMEM, "out of host memory for %zu bytes of zeros", largest);
+    struct tensor view = byte_view(out->buf, largest);
+    rc = backend_tensor_set(ld->backend, &view, zeros, 0, largest);
+    mem_free(zeros);
+    if (rc) return err_set(ld->err, rc, "zeroing stand-in weights on %s failed", ld->backend->iface->name);
+    for (int i = 0; i < ld->n; i++) ld->entries[i].w->data = out->buf;
+    return 0;
+}
+
 /* ===== Placement ===== */
 
 void nn_block_name(const char *key, char *buf, size_t n) {
@@ -712,8 +736,10 @@ int nn_loader_finish(struct nn_loader *ld, struct nn_weights *out) {
     }
     out->size = total;
     out->n_tensors = ld->n;
-    int rc = ld->storage.store ? finish_stored(ld, out) : finish_direct(ld, out);
-    if (!rc && out->buf && !out->blocks)
+    int rc = ld->storage.stand_in ? finish_stand_in(ld, out)
+             : ld->storage.store  ? finish_stored(ld, out)
+                                  : finish_direct(ld, out);
+    if (!rc && out->buf && !out->blocks && !ld->storage.stand_in)
         for (int i = 0; i < ld->n; i++) ld->entries[i].w->data = (char *)out->buf + ld->entries[i].offset;
     nn_loader_deinit(ld);
     if (rc) {

@@ -71,6 +71,9 @@ struct nn_storage {
                                 cannot be computed with (sd_model_prefill) */
     bool channels_last;      /* conv weights are stored [O, kh, kw, C] and nn_conv takes and gives
                                 channels-last images [B, H, W, C] (the UNet on a GPU) */
+    bool stand_in;           /* no weights: every weight points at one zeroed backend buffer the
+                                size of the largest; nothing is read from the file (a model-shaped
+                                warm-up while the real weights are read: sd_model_stand_in) */
 };
 
 /* Every weight of a network: one backend buffer, or, on a backend whose buffers are host memory

@@ -76,6 +76,19 @@ struct sd_model *sd_model_prefill(const char *path, struct backend *be, const st
     return m;
 }
 
+struct sd_model *sd_model_stand_in(const char *path, struct backend *be, const struct sd_storage *st,
+                                   struct err *err) {
+    struct nn_storage clip = st->clip, unet = st->unet, vae = st->vae;
+    struct nn_storage *all[3] = {&clip, &unet, &vae};
+    for (int i = 0; i < 3; i++) {
+        all[i]->stand_in = true;
+        all[i]->store = NULL;
+        all[i]->fill_only = false;
+        all[i]->place = NULL;
+    }
+    return load_three(path, be, &clip, &unet, &vae, err);
+}
+
 void sd_model_free(struct sd_model *m) {
     if (!m) return;
     clip_deinit(&m->clip);

@@ -42,6 +42,13 @@ struct sd_model *sd_model_load(const char *path, struct backend *be, const struc
  * cannot be computed with. Any thread (it only reads be's kind; pinning uses the calling
  * thread's device: backend_bind_thread first). */
 struct sd_model *sd_model_prefill(const char *path, struct backend *be, const struct sd_storage *st, struct err *err);
+/* The networks of path (configurations detected from its header) stored as st says, but every
+ * weight a zero (nn_storage.stand_in): no tensor is read from the file and the weights take the
+ * size of the largest one. Forward passes at a prompt's shapes make the backend's per-shape plans
+ * and first kernel launches before the real weights are in (engine_warmup_model); their results
+ * mean nothing. The device worker's thread. */
+struct sd_model *sd_model_stand_in(const char *path, struct backend *be, const struct sd_storage *st,
+                                   struct err *err);
 void sd_model_free(struct sd_model *m); /* NULL is a no-op */
 
 #endif

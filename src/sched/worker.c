@@ -405,12 +405,45 @@ struct prefill {
     struct err err;
     pthread_t thread;
     bool started;
+    atomic_bool done;     /* the helper has finished */
+    struct engine_warm_shape shape; /* the prompt's shapes (batch 0: not known) */
 };
 
 static void *prefill_run(void *arg) {
     struct prefill *p = arg;
     p->m = engine_prefill(p->e, p->path, &p->err);
+    atomic_store(&p->done, true);
     return NULL;
+}
+
+/* The literal number input `name` of node g, or false. */
+static bool literal_number(const struct graph_node *g, const char *name, double *out) {
+    int k = node_class_input_index(g->cls, name);
+    if (k < 0 || g->inputs[k].kind != GRAPH_INPUT_LITERAL) return false;
+    const struct value *v = &g->inputs[k].literal;
+    if (v->kind == VALUE_INT) *out = (double)v->i;
+    else if (v->kind == VALUE_FLOAT) *out = v->f;
+    else return false;
+    return true;
+}
+
+/* The shapes p's sampler will run the UNet at, when its latent comes from an EmptyLatentImage
+ * and its KSampler's cfg is a literal (a text-to-image workflow); batch stays 0 otherwise. */
+static void prompt_shape(const struct graph_prompt *p, struct engine_warm_shape *ws) {
+    memset(ws, 0, sizeof *ws);
+    double wd = 0, ht = 0, b = 0, cfg = -1;
+    bool latent = false, sampler = false;
+    for (int i = 0; i < p->n_nodes; i++) {
+        const struct graph_node *g = &p->nodes[i];
+        if (!latent && strcmp(g->cls->name, "EmptyLatentImage") == 0)
+            latent = literal_number(g, "width", &wd) && literal_number(g, "height", &ht) &&
+                     literal_number(g, "batch_size", &b);
+        if (!sampler && (strcmp(g->cls->name, "KSampler") == 0 || strcmp(g->cls->name, "KSamplerAdvanced") == 0))
+            sampler = literal_number(g, "cfg", &cfg);
+    }
+    if (!latent || !sampler || b < 1 || wd < 8 || ht < 8) return;
+    *ws = (struct engine_warm_shape){.batch = (int64_t)b, .h = (int64_t)ht / 8, .w = (int64_t)wd / 8,
+                                     .entries = cfg == 1.0 ? 1 : 2, .n_tokens = 77};
 }
 
 /* Starts the helper for the checkpoint of the prompt first in d's queue, if any. */
@@ -420,6 +453,7 @@ static void prefill_start(struct sched *s, struct sched_device *d, struct prefil
     int n = 0;
     pthread_mutex_lock(&s->mu);
     if (d->n_heap > 0) n = sched__prompt_checkpoints(s, d->heap[0]->prompt, paths, 1);
+    if (n > 0) prompt_shape(d->heap[0]->prompt, &p->shape);
     pthread_mutex_unlock(&s->mu);
     if (n == 0) return;
     p->e = d->engine;
@@ -476,6 +510,23 @@ void *sched__worker_main(void *arg) {
         else
             log_warn("[%s %d] warm-up failed after %.2f s (the device still serves): %s", kind_label(d), d->index,
                      clock_now() - t0, werr.msg);
+        /* while the first prompt's checkpoint is still being read: its networks at its shapes
+           with stand-in weights, so that its first UNet evaluation does not make ~50 plans and
+           launch ~100 kernels for the first time (0.2-0.25 s of a cold first image on an H100) */
+        const char *wm = getenv("KILN_WARMUP_MODEL");
+        if (pf.started && pf.shape.batch > 0 && !atomic_load(&pf.done) && !(wm && strcmp(wm, "0") == 0)) {
+            t0 = clock_now();
+            struct err merr = {0};
+            if (engine_warmup_model(e, pf.path, &pf.shape, &merr) == 0)
+                log_info("[%s %d] %s's networks warmed up at %lldx%lld, batch %lld x %d, with stand-in weights in "
+                         "%.2f s%s",
+                         kind_label(d), d->index, pf.path, (long long)pf.shape.w * 8, (long long)pf.shape.h * 8,
+                         (long long)pf.shape.batch, pf.shape.entries, clock_now() - t0,
+                         atomic_load(&pf.done) ? "" : " (its host copy still filling)");
+            else
+                log_warn("[%s %d] model warm-up failed after %.2f s (the device still serves): %s", kind_label(d),
+                         d->index, clock_now() - t0, merr.msg);
+        }
     }
     pthread_mutex_lock(&s->mu);
     while (!s->stopping) {

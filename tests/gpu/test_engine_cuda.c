@@ -161,8 +161,62 @@ static void test_explicit_placement(void **state) {
     engine_free(e);
 }
 
+/* A model-shaped warm-up with stand-in weights (engine_warmup_model) leaves nothing behind that
+ * changes the real model's results: the UNet with the context from the host and from the
+ * device (the sampler's path, hoisted plan), and the VAE, bit for bit as on an engine that did
+ * not warm up. */
+static void run_real(struct engine *e, float *unet_host, float *unet_dev, float *img) {
+    struct err err = {0};
+    struct engine_checkpoint *ck = engine_checkpoint(e, ckpt_path, &err);
+    if (!ck) fail_msg("%s", err.msg);
+    if (unet_eval(&e->tctx, &ck->sd->unet, 2, 8, 8, x, t, c, 77, unet_host)) fail_msg("%s", e->tctx.err.msg);
+    size_t ctx_bytes = 2 * 77 * (size_t)ck->sd->unet.config.context_dim * sizeof(float);
+    void *buf = engine_ctx_buffer(e, ctx_bytes);
+    assert_non_null(buf);
+    struct tensor view = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(ctx_bytes / 4), 1, 1, 1}, .data = buf};
+    assert_int_equal(backend_tensor_set(e->backend, &view, c, 0, ctx_bytes), 0);
+    for (int i = 0; i < 2; i++) /* twice: the second run skips the hoisted nodes */
+        if (unet_eval_dev(&e->tctx, &ck->sd->unet, 2, 8, 8, x, t, buf, 77, unet_dev)) fail_msg("%s", e->tctx.err.msg);
+    if (vae_decode_image(&e->tctx, &ck->sd->vae, 1, 8, 8, x, img)) fail_msg("%s", e->tctx.err.msg);
+    gobj_unref(&ck->obj);
+}
+
+static void test_warmup_model(void **state) {
+    (void)state;
+    NEED_GPU();
+    struct err err = {0};
+    size_t n_img = 64 * 8 * 8 * 3;
+    float *a[3] = {mem_alloc(n_out * 4), mem_alloc(n_out * 4), mem_alloc(n_img * 4)};
+    float *b[3] = {mem_alloc(n_out * 4), mem_alloc(n_out * 4), mem_alloc(n_img * 4)};
+    struct engine *e = engine_new_cuda(0, NULL, NULL, &err);
+    assert_non_null(e);
+    run_real(e, a[0], a[1], a[2]);
+    engine_free(e);
+
+    e = engine_new_cuda(0, NULL, NULL, &err);
+    assert_non_null(e);
+    const struct engine_warm_shape ws = {.batch = 1, .h = 8, .w = 8, .entries = 2, .n_tokens = 77};
+    if (engine_warmup_model(e, ckpt_path, &ws, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(e->n_loaded, 0); /* nothing kept */
+    run_real(e, b[0], b[1], b[2]);
+    engine_free(e);
+    assert_memory_equal(a[0], b[0], n_out * 4);
+    assert_memory_equal(a[1], b[1], n_out * 4);
+    assert_memory_equal(a[0], ref, n_out * 4);
+    assert_memory_equal(a[2], b[2], n_img * 4);
+    /* refused: a shape out of range, a file that is not there */
+    const struct engine_warm_shape bad = {.batch = 0, .h = 8, .w = 8, .entries = 2, .n_tokens = 77};
+    e = engine_new_cuda(0, NULL, NULL, &err);
+    assert_int_equal(engine_warmup_model(e, ckpt_path, &bad, &err), STATUS_ERR_INVALID);
+    err_clear(&err);
+    assert_true(engine_warmup_model(e, "/nonexistent/x.safetensors", &ws, &err) < 0);
+    engine_free(e);
+    for (int i = 0; i < 3; i++) mem_free(a[i]), mem_free(b[i]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_warmup_model),
         cmocka_unit_test(test_automatic_when_over_budget),
         cmocka_unit_test(test_automatic_with_a_peer),
         cmocka_unit_test(test_explicit_placement),

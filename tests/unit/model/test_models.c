@@ -256,6 +256,55 @@ static void test_prefill(void **state) {
     assert_int_equal(err.code, STATUS_ERR_INVALID);
 }
 
+/* Stand-in weights (sd_model_stand_in): the file's tensors are never read (here they are all
+ * NaN bytes), every weight of a network points at one zeroed buffer the size of its largest
+ * weight, and the networks run: the UNet's output is exactly zero (its last conv is zeros). */
+static void test_stand_in(void **state) {
+    BACKEND_OR_SKIP();
+    struct err err = {0};
+    const struct sd_storage *all = MODELS_STORAGE;
+    struct sd_storage st = all ? *all : sd_storage_for(be, true, NULL);
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/kiln_test_stand_in_%d.safetensors", (int)getpid());
+    if (golden_tiny_ckpt(path, &err)) fail_msg("%s", err.msg);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    uint64_t hlen = 0;
+    assert_int_equal(fread(&hlen, 8, 1, f), 1);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    long end = ftell(f);
+    assert_int_equal(fseek(f, (long)(8 + hlen), SEEK_SET), 0);
+    for (long i = (long)(8 + hlen); i < end; i++) fputc(0xff, f); /* NaN in every float format */
+    fclose(f);
+    struct sd_model *m = sd_model_stand_in(path, be, &st, &err);
+    if (!m) fail_msg("sd_model_stand_in: %s", err.msg);
+    const struct nn_weights *w[3] = {&m->clip.weights, &m->unet.weights, &m->vae.weights};
+    for (int i = 0; i < 3; i++) {
+        assert_non_null(w[i]->buf);
+        assert_false(w[i]->read_file);
+        assert_null(w[i]->image);
+        assert_true(w[i]->size < 4u << 20); /* the largest weight, not the network */
+    }
+    assert_ptr_equal(m->unet.conv_in.w.data, w[1]->buf);
+    assert_ptr_equal(m->unet.out_conv.b.data, w[1]->buf);
+    struct unet_golden g;
+    unet_golden_read(&g);
+    float *out = mem_alloc(g.n_out * sizeof(float));
+    if (unet_eval(&ctx, &m->unet, 2, 8, 8, g.x, g.t, g.c, 77, out)) fail_msg("unet_eval: %s", ctx.err.msg);
+    for (size_t i = 0; i < g.n_out; i++)
+        if (out[i] != 0.0f) fail_msg("stand-in UNet output %zu is %g", i, (double)out[i]);
+    float *img = mem_alloc(64 * 8 * 8 * 3 * sizeof(float));
+    if (vae_decode_image(&ctx, &m->vae, 1, 8, 8, g.x, img)) fail_msg("vae_decode_image: %s", ctx.err.msg);
+    for (size_t i = 0; i < 64 * 8 * 8 * 3; i++)
+        if (!isfinite(img[i])) fail_msg("stand-in VAE pixel %zu is %g", i, (double)img[i]);
+    tctx_reset(&ctx);
+    mem_free(img);
+    mem_free(out);
+    unet_golden_free(&g);
+    sd_model_free(m);
+    unlink(path);
+}
+
 /* ===== Streamed blocks (tensor.h STREAMING) ===== */
 
 #ifndef MODELS_PEER_DEVICE
@@ -573,6 +622,7 @@ int main(void) {
         cmocka_unit_test(test_unet_odd_size),
         cmocka_unit_test(test_unet_context_on_device),
         cmocka_unit_test(test_prefill),
+        cmocka_unit_test(test_stand_in),
         cmocka_unit_test(test_unet_streamed),
         cmocka_unit_test(test_unet_other_layout),
         cmocka_unit_test(test_vae_decode),
