@@ -502,30 +502,32 @@ void *sched__worker_main(void *arg) {
         log_info("[%s %d] CUDA device %d opened in %.2f s", kind_label(d), d->index, d->cuda_ordinal,
                  clock_now() - t0);
         if (!getenv("KILN_NO_PREFILL")) prefill_start(s, d, &pf); /* overlaps the warm-up below */
-        /* load the kernels and initialise cuBLAS now rather than in the first prompt */
+        /* the kernels loaded and the libraries initialised now rather than in the first prompt:
+           while that prompt's checkpoint is still being read, its own networks at its shapes with
+           stand-in weights (its first UNet evaluation then makes no plans and launches no kernel
+           for the first time: 0.2-0.25 s of a cold first image on an H100), else one tiny graph of
+           each op kind (tensor/warmup.h) */
+        const char *wm = getenv("KILN_WARMUP_MODEL");
+        bool model = pf.started && pf.shape.batch > 0 && !atomic_load(&pf.done) && !(wm && strcmp(wm, "0") == 0);
         t0 = clock_now();
         struct err werr = {0};
-        if (engine_warmup(e, &werr) == 0)
-            log_info("[%s %d] warm-up done in %.2f s", kind_label(d), d->index, clock_now() - t0);
-        else
-            log_warn("[%s %d] warm-up failed after %.2f s (the device still serves): %s", kind_label(d), d->index,
-                     clock_now() - t0, werr.msg);
-        /* while the first prompt's checkpoint is still being read: its networks at its shapes
-           with stand-in weights, so that its first UNet evaluation does not make ~50 plans and
-           launch ~100 kernels for the first time (0.2-0.25 s of a cold first image on an H100) */
-        const char *wm = getenv("KILN_WARMUP_MODEL");
-        if (pf.started && pf.shape.batch > 0 && !atomic_load(&pf.done) && !(wm && strcmp(wm, "0") == 0)) {
+        if (model && engine_warmup_model(e, pf.path, &pf.shape, &werr) == 0) {
+            log_info("[%s %d] warm-up done in %.2f s: %s's networks at %lldx%lld, batch %lld x %d, with stand-in "
+                     "weights%s",
+                     kind_label(d), d->index, clock_now() - t0, pf.path, (long long)pf.shape.w * 8,
+                     (long long)pf.shape.h * 8, (long long)pf.shape.batch, pf.shape.entries,
+                     atomic_load(&pf.done) ? "" : " (its host copy still filling)");
+        } else {
+            if (model)
+                log_warn("[%s %d] model warm-up failed after %.2f s; the generic one instead: %s", kind_label(d),
+                         d->index, clock_now() - t0, werr.msg);
+            err_clear(&werr);
             t0 = clock_now();
-            struct err merr = {0};
-            if (engine_warmup_model(e, pf.path, &pf.shape, &merr) == 0)
-                log_info("[%s %d] %s's networks warmed up at %lldx%lld, batch %lld x %d, with stand-in weights in "
-                         "%.2f s%s",
-                         kind_label(d), d->index, pf.path, (long long)pf.shape.w * 8, (long long)pf.shape.h * 8,
-                         (long long)pf.shape.batch, pf.shape.entries, clock_now() - t0,
-                         atomic_load(&pf.done) ? "" : " (its host copy still filling)");
+            if (engine_warmup(e, &werr) == 0)
+                log_info("[%s %d] warm-up done in %.2f s", kind_label(d), d->index, clock_now() - t0);
             else
-                log_warn("[%s %d] model warm-up failed after %.2f s (the device still serves): %s", kind_label(d),
-                         d->index, clock_now() - t0, merr.msg);
+                log_warn("[%s %d] warm-up failed after %.2f s (the device still serves): %s", kind_label(d),
+                         d->index, clock_now() - t0, werr.msg);
         }
     }
     pthread_mutex_lock(&s->mu);
