@@ -8,7 +8,8 @@
  * kiln's own executable, and /proc/self/pagemap for which of their pages are present (bit 63):
  * the pages this process faulted in (or the kernel mapped around a fault), not whatever else the
  * page cache holds.
- * Runs closer than GAP_PAGES merge. Replaying hands the runs, in list order, to fs_read_ranges
+ * Runs closer than GAP_PAGES merge. Replaying hands the files one folder down in the cache
+ * folder (kept plans, whole) and then the runs, in list order, to fs_read_ranges
  * (READERS readers, pieces of at most PIECE bytes) on a thread of its own. At most MAX_BYTES are
  * read. */
 #include "base/readahead.h"
@@ -19,8 +20,10 @@
 #include "base/mem.h"
 #include "base/status.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -38,7 +41,10 @@
 #define PIECE ((size_t)4 << 20)        /* bytes per read */
 #define READERS 4                      /* threads reading at once */
 #define MAX_BYTES ((uint64_t)2 << 30)  /* read ahead at most this much */
-#define MAX_FILES 256
+#define MAX_FILES 512
+#define CACHE_FILE_MAX ((uint64_t)8 << 20) /* a kept plan larger than this is not read ahead */
+#define CACHE_MAX ((uint64_t)64 << 20)     /* kept plans read ahead at most */
+#define CACHE_FILES_MAX 384                /* of MAX_FILES, at most this many kept plans */
 
 struct readahead {
     int fds[MAX_FILES];
@@ -51,14 +57,18 @@ struct readahead {
     double t0, t_done;
 };
 
+/* The folder (dir, or the cache folder when NULL) into out; false when there is none. */
+static bool base_dir(const char *dir, char *out, size_t n) {
+    if (!dir) return fs_cache_dir(out, n);
+    int k = snprintf(out, n, "%s", dir);
+    return k > 0 && (size_t)k < n;
+}
+
 /* The list's path under dir (NULL: the cache folder) into out; false when there is none. */
 static bool list_path(const char *dir, char *out, size_t n) {
     char base[1024];
-    if (!dir) {
-        if (!fs_cache_dir(base, sizeof base)) return false;
-        dir = base;
-    }
-    int k = snprintf(out, n, "%s/%s", dir, LIST_NAME);
+    if (!base_dir(dir, base, sizeof base)) return false;
+    int k = snprintf(out, n, "%s/%s", base, LIST_NAME);
     return k > 0 && (size_t)k < n;
 }
 
@@ -117,6 +127,44 @@ static void start_run(void *u, uint64_t page, uint64_t pages) {
     r->total += len;
 }
 
+/* Every file one folder down in the cache folder (the plans the GPU backend keeps there: cuDNN's
+ * attention plans, the convolutions' algorithms), whole: the warm-up reads them one by one, each
+ * a wait for a disk that the checkpoint's read keeps busy (30-60 ms per attention plan on an H100
+ * lease). Before the libraries' runs: small, and wanted from the device's first plan on. */
+static void add_cache_files(struct readahead *r, const char *base) {
+    DIR *top = opendir(base);
+    if (!top) return;
+    uint64_t total = 0;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(top)) && n < CACHE_FILES_MAX) {
+        if (de->d_name[0] == '.') continue;
+        char sub[PATH_MAX];
+        if ((size_t)snprintf(sub, sizeof sub, "%s/%s", base, de->d_name) >= sizeof sub) continue;
+        DIR *d = opendir(sub); /* NULL for a file */
+        if (!d) continue;
+        struct dirent *fe;
+        while ((fe = readdir(d)) && n < CACHE_FILES_MAX && r->n_files < MAX_FILES) {
+            char path[PATH_MAX];
+            struct stat st;
+            if (fe->d_name[0] == '.' || (size_t)snprintf(path, sizeof path, "%s/%s", sub, fe->d_name) >= sizeof path ||
+                stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+                (uint64_t)st.st_size > CACHE_FILE_MAX || total + (uint64_t)st.st_size > CACHE_MAX)
+                continue;
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) continue;
+            r->fds[r->n_files++] = fd;
+            r->ranges = mem_realloc(r->ranges, (r->n_ranges + 1) * sizeof *r->ranges);
+            r->ranges[r->n_ranges++] = (struct fs_range){.fd = fd, .off = 0, .len = (uint64_t)st.st_size};
+            r->total += (uint64_t)st.st_size;
+            total += (uint64_t)st.st_size;
+            n++;
+        }
+        closedir(d);
+    }
+    closedir(top);
+}
+
 static void *replay(void *arg) {
     struct readahead *r = arg;
     r->bytes = fs_read_ranges(r->ranges, r->n_ranges, PIECE, READERS, NULL, NULL);
@@ -127,13 +175,14 @@ static void *replay(void *arg) {
 struct readahead *readahead_start(const char *dir) {
     const char *env = getenv("KILN_READAHEAD");
     if (env && strcmp(env, "0") == 0) return NULL;
-    char path[1100];
-    if (!list_path(dir, path, sizeof path)) return NULL;
+    char path[1100], base[1024];
+    if (!base_dir(dir, base, sizeof base) || !list_path(dir, path, sizeof path)) return NULL;
     char *text = NULL;
     size_t len = 0;
     if (fs_read_whole(path, LIST_MAX, &text, &len) != 0) return NULL;
     struct readahead *r = mem_calloc(1, sizeof *r);
     r->t0 = clock_now();
+    add_cache_files(r, base);
     bool ok = walk_list(text, r, start_file, start_run);
     mem_free(text);
     if (!ok) log_debug("readahead: %s is malformed: not used", path);

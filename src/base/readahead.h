@@ -4,7 +4,8 @@
  * waiting for the disk that the checkpoint's read keeps busy. readahead_record writes, once,
  * which pages of which mapped libraries this process touched (its page table's present bits,
  * /proc/self/pagemap); readahead_start, at the next start, reads those pages with a few threads
- * and large reads, so that the faults find them in memory.
+ * and large reads, so that the faults find them in memory; the plans the GPU backend keeps one
+ * folder down in the cache folder are read whole with them.
  * Owns: the list file in the cache folder (fs_cache_dir) and, between start and end, the
  * replay's thread and its open files (struct readahead; fs_read_ranges does the reading).
  * Threads: readahead_start / readahead_end from one thread; readahead_record from any. */

@@ -1,7 +1,8 @@
 /* tests/unit/base/test_readahead.c -- base/readahead.c: a record lists this process's mapped
  * libraries (libc at least) with runs of pages; a second record leaves a current list alone;
  * the list is read back (bytes read); a list naming a changed file is skipped and rewritten; a
- * malformed list and KILN_READAHEAD=0 start nothing. */
+ * malformed list and KILN_READAHEAD=0 start nothing; the cache folder's kept plans are read with
+ * a list. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -83,6 +84,34 @@ static void test_changed_file(void **state) {
     mem_free(text);
 }
 
+/* The files one folder down (the GPU backend's kept plans) are read too, whole, even when no
+ * library of the list is: only with a list. */
+static void test_cache_files(void **state) {
+    (void)state;
+    char sub[300], a[320], b[320];
+    snprintf(sub, sizeof sub, "%s/plans", root);
+    snprintf(a, sizeof a, "%s/a.json", sub);
+    snprintf(b, sizeof b, "%s/b.txt", sub);
+    mkdir(sub, 0755);
+    char buf[5000];
+    memset(buf, 'x', sizeof buf);
+    assert_int_equal(fs_write_whole(a, buf, 5000), 0);
+    assert_int_equal(fs_write_whole(b, buf, 123), 0);
+    unlink(list);
+    assert_null(readahead_start(root)); /* no list: nothing */
+    FILE *f = fopen(list, "w");
+    assert_non_null(f);
+    fprintf(f, "kiln-readahead 1\nF 1 0 0 /proc/self/exe\nR 0 1\n"); /* a changed file only */
+    fclose(f);
+    struct readahead *r = readahead_start(root);
+    assert_non_null(r);
+    assert_int_equal(readahead_end(r), 5000 + 123);
+    unlink(a);
+    unlink(b);
+    rmdir(sub);
+    unlink(list);
+}
+
 static void test_refusals(void **state) {
     (void)state;
     FILE *f = fopen(list, "w");
@@ -106,6 +135,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_record_and_replay),
         cmocka_unit_test(test_changed_file),
+        cmocka_unit_test(test_cache_files),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
