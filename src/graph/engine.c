@@ -272,9 +272,34 @@ void *engine_ctx_buffer(struct engine *e, size_t bytes) {
     return buf;
 }
 
+static void staging_free(struct engine *e) {
+    if (e->staging) {
+        backend_host_unpin(e->backend->iface, e->staging);
+        mem_free(e->staging);
+    }
+    e->staging = NULL;
+    e->staging_size = 0;
+}
+
+void *engine_host_staging(struct engine *e, size_t bytes) {
+    if (backend_host_buffers(e->backend)) return NULL;
+    if (e->staging && e->staging_size >= bytes) return e->staging;
+    staging_free(e);
+    void *buf = mem_try_alloc(bytes);
+    if (!buf) return NULL;
+    if (backend_host_pin(e->backend->iface, buf, bytes) != 0) {
+        mem_free(buf);
+        return NULL;
+    }
+    e->staging = buf;
+    e->staging_size = bytes;
+    return buf;
+}
+
 void engine_release_scratch(struct engine *e) {
     struct backend *be = e->scratch.backend;
     ctx_buf_free(e);
+    staging_free(e);
     tscratch_deinit(&e->scratch);
     tscratch_init(&e->scratch, be); /* e->tctx borrows &e->scratch: same storage, empty buffer */
 }
@@ -308,6 +333,7 @@ void engine_deinit(struct engine *e) {
     e->n_loaded = 0;
     tctx_deinit(&e->tctx);
     ctx_buf_free(e);
+    staging_free(e);
     tscratch_deinit(&e->scratch);
 }
 

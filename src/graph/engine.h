@@ -69,6 +69,8 @@ struct engine {
                                      streamed blocks (set by the worker; 0 = none) */
     void *ctx_buf;                /* engine_ctx_buffer's device buffer (owned), or NULL */
     size_t ctx_buf_size;          /* its bytes */
+    void *staging;                /* engine_host_staging's page-locked host buffer (owned), or NULL */
+    size_t staging_size;          /* its bytes */
 };
 
 /* GPUs keep fp32 weights and compute in fp32 (--force-fp32) for engines created after this call;
@@ -183,6 +185,12 @@ void engine_release_scratch(struct engine *e);
  * upload, and the free waits for the device), or NULL when the backend keeps data in host
  * memory or the device has no room. Valid until the next call or engine_release_scratch. */
 void *engine_ctx_buffer(struct engine *e, size_t bytes);
+/* Page-locked host memory of at least `bytes`, kept from one prompt to the next, for the inputs
+ * and outputs a node copies to and from the device every step (the sampler's latents: a copy
+ * from page-locked memory skips the driver's staging), or NULL when the backend keeps data in
+ * host memory or pinning fails (the caller uses memory of its own). Valid until the next call or
+ * engine_release_scratch. */
+void *engine_host_staging(struct engine *e, size_t bytes);
 
 struct model_value *model_value_new(struct engine_checkpoint *ck, const char *type); /* takes a new ref of ck */
 struct clip_value *clip_value_new(struct engine_checkpoint *ck, int layer);

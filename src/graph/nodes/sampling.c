@@ -222,8 +222,10 @@ static int common_ksampler(struct node_run *ctx, const struct model_value *model
         int64_t per = (L / t <= 4 ? L : t) * dim * in->b;
         n_ctx += per;
     }
-    d.x_in = mem_try_alloc((size_t)(n_items * lat) * sizeof(float));
-    d.eps = mem_try_alloc((size_t)(n_items * lat) * sizeof(float));
+    /* the UNet's input and output, copied every step: page-locked on a GPU when it can be */
+    float *staged = engine_host_staging(ctx->engine, (size_t)(2 * n_items * lat) * sizeof(float));
+    d.x_in = staged ? staged : mem_try_alloc((size_t)(n_items * lat) * sizeof(float));
+    d.eps = staged ? staged + n_items * lat : mem_try_alloc((size_t)(n_items * lat) * sizeof(float));
     d.timesteps = mem_try_alloc((size_t)(n_items * in->b) * sizeof(float));
     d.context = mem_try_alloc((size_t)n_ctx * sizeof(float));
     d.side_sum = mem_try_alloc((size_t)(2 * lat) * sizeof(float));
@@ -245,8 +247,10 @@ static int common_ksampler(struct node_run *ctx, const struct model_value *model
         tctx_reset(&d.engine->tctx);
     }
     mem_free(d.entries);
-    mem_free(d.x_in);
-    mem_free(d.eps);
+    if (!staged) {
+        mem_free(d.x_in);
+        mem_free(d.eps);
+    }
     mem_free(d.timesteps);
     mem_free(d.context);
     mem_free(d.side_sum);
