@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ===== Checkpoints ===== */
@@ -411,16 +412,25 @@ int engine_warmup_model(struct engine *e, const char *path, const struct engine_
     if (!rc && clip_encode(&e->tctx, &m->clip, ids, 1, -1, text))
         rc = err_set(err, e->tctx.rc, "text encoder: %s", e->tctx.err.msg);
     /* the UNet as the sampler runs it: every entry in one batch, the context kept on the device
+       and, with the sampler's loop on the device (graph/nodes/sampling.c), the sample after it
        (zeros: a NaN there would make cuDNN's per-plan check of the fused convolutions wrong) */
-    void *ctx = rc ? NULL : engine_ctx_buffer(e, ctx_bytes);
+    const char *ds = getenv("KILN_DEVICE_SAMPLER");
+    const bool dev_loop = !(ds && strcmp(ds, "0") == 0);
+    const size_t x_at = (ctx_bytes + 255) & ~(size_t)255, x_bytes = (size_t)(lat / ws->entries) * sizeof(float);
+    char *ctx = rc ? NULL : engine_ctx_buffer(e, x_at + x_bytes);
     if (!rc && !ctx) rc = err_set(err, STATUS_ERR_OOM_DEVICE, "no device memory for the context");
     if (!rc) {
         struct tensor view = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(ctx_bytes / 4), 1, 1, 1}, .data = ctx};
+        struct tensor xv = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(x_bytes / 4), 1, 1, 1}, .data = ctx + x_at};
         rc = backend_tensor_set(e->backend, &view, zeros, 0, ctx_bytes);
+        if (!rc) rc = backend_tensor_set(e->backend, &xv, x, 0, x_bytes);
         if (rc) err_set(err, rc, "zeroing the context failed");
     }
     for (int64_t i = 0; !rc && i < B; i++) t[i] = 999.0f;
-    if (!rc && unet_eval_dev(&e->tctx, &m->unet, B, ws->h, ws->w, x, t, ctx, ws->n_tokens, out))
+    const float p[4] = {1.4142135f, 1.0f, -0.5f, 8.0f};
+    if (!rc && (dev_loop ? unet_step_dev(&e->tctx, &m->unet, ws->entries, ws->batch, ws->h, ws->w, ctx + x_at, 999.0f,
+                                         ctx, ws->n_tokens, p)
+                         : unet_eval_dev(&e->tctx, &m->unet, B, ws->h, ws->w, x, t, ctx, ws->n_tokens, out)))
         rc = err_set(err, e->tctx.rc, "UNet: %s", e->tctx.err.msg);
     /* the VAE as VAEDecode runs it: one image at a time */
     if (!rc && vae_decode_image(&e->tctx, &m->vae, 1, ws->h, ws->w, x, img))

@@ -398,6 +398,44 @@ static int eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int6
     return rc;
 }
 
+int unet_step_dev(struct tctx *c, const struct unet *m, int entries, int64_t b, int64_t h, int64_t w, void *x_dev,
+                  float t, const void *context_dev, int64_t n_tokens, const float p[4]) {
+    const struct unet_config *cf = &m->config;
+    if (!x_dev || !context_dev || entries < 1 || entries > 2)
+        return tctx_fail(c, STATUS_ERR_INVALID, "unet_step_dev: no sample or context, or %d entries", entries), c->rc;
+    const int64_t B = entries * b;
+    const uint64_t key[TCTX_MEMO_KEY] = {0x75737465ULL | (uint64_t)entries << 32 /* "uste" */,
+                                         (uint64_t)(uintptr_t)m, m->load_id, (uint64_t)b,
+                                         (uint64_t)h << 32 | (uint64_t)w, (uint64_t)n_tokens,
+                                         (uint64_t)(uintptr_t)context_dev, (uint64_t)(uintptr_t)x_dev};
+    struct tensor *io[3]; /* params, timestep embedding, the step (its data is x_dev) */
+    if (!tctx_memo_get(c, key, io, 3)) {
+        tctx_reset(c);
+        struct tensor *x = tensor_weight(c, DTYPE_F32, 4, (int64_t[]){b, cf->in_channels, h, w}, x_dev);
+        io[0] = tensor_input(c, DTYPE_F32, 1, (int64_t[]){4});
+        io[1] = tensor_input(c, DTYPE_F32, 2, (int64_t[]){B, cf->model_channels});
+        struct tensor *ctx = tensor_weight(c, DTYPE_F32, 3, (int64_t[]){B, n_tokens, cf->context_dim}, (void *)context_dev);
+        struct tensor *eps = unet_forward(c, m, op_sample_in(c, x, io[0], entries), io[1], ctx);
+        io[2] = op_sample_step(c, x, eps, io[0]);
+        int rc = tctx_plan_hoisted(c, &io[2], 1);
+        if (rc) return rc;
+        tctx_memo_set(c, key, io, 3);
+    }
+    float *temb = mem_try_alloc((size_t)(B * cf->model_channels) * sizeof(float));
+    if (!temb) return tctx_fail(c, STATUS_ERR_NOMEM, "out of host memory"), c->rc;
+    unet_timestep_embedding(t, cf->model_channels, temb);
+    for (int64_t i = 1; i < B; i++) memcpy(temb + i * cf->model_channels, temb, (size_t)cf->model_channels * sizeof(float));
+    double t0 = clock_now();
+    int rc = tctx_set(c, io[0], p);
+    if (!rc) rc = tctx_set(c, io[1], temb);
+    mem_free(temb);
+    double t1 = clock_now();
+    if (!rc) rc = tctx_run(c);
+    if (log_get_level() == LOG_LEVEL_DEBUG)
+        log_debug("unet: step inputs in %.3f ms, graph %.3f ms", 1e3 * (t1 - t0), 1e3 * (clock_now() - t1));
+    return rc;
+}
+
 int unet_eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_t w, const float *x,
               const float *timesteps, const float *context, int64_t n_tokens, float *out) {
     return eval(c, m, b, h, w, x, timesteps, context, NULL, n_tokens, out);

@@ -100,5 +100,13 @@ int unet_eval(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_
  * every step. */
 int unet_eval_dev(struct tctx *c, const struct unet *m, int64_t b, int64_t h, int64_t w, const float *x,
                   const float *timesteps, const void *context_dev, int64_t n_tokens, float *out);
+/* One Euler step of a sampler whose sample stays on the device: x_dev [b, in, h, w] (F32, a
+ * buffer of c's backend, borrowed) goes through the UNet as `entries` CFG entries of b images
+ * each (x / c_in; the context [entries * b, n_tokens, context_dim] at context_dev, entries in the
+ * sampler's order: positive first), and is updated in place from their eps (op_sample_step: the
+ * CFG mix, then x += ((x - den) / sigma) * dt); p = {c_in, sigma, dt, cfg}, the timestep t for
+ * every image. Nothing is copied back. */
+int unet_step_dev(struct tctx *c, const struct unet *m, int entries, int64_t b, int64_t h, int64_t w, void *x_dev,
+                  float t, const void *context_dev, int64_t n_tokens, const float p[4]);
 
 #endif

@@ -132,7 +132,30 @@ KILN_VECTORIZE static void euler_step(float *restrict x, const float *restrict d
 }
 
 /* Euler (Karras et al. 2022 alg. 2 with s_churn = 0): x += d * (sn - s). */
+/* The same on the model's device (denoise_dev), when it can. */
+static int sample_euler_dev(struct run *r) {
+    const struct denoise_dev *dev = r->model->dev;
+    void *user = r->model->user;
+    int rc = 0;
+    for (int i = 0; i < r->steps && rc >= 0; i++) {
+        const float s = r->sigmas[i], sn = r->sigmas[i + 1];
+        rc = dev->euler(user, s, sn, r->sc->err);
+        if (rc < 0)
+            err_set(r->sc->err, rc, "sampler '%s': model failed at step %d (sigma %g)", sampler_kind_name(r->kind),
+                    i + 1, (double)s);
+        else
+            rc = run_step_done(r, i);
+    }
+    int end = dev->end(user, r->x, r->sc->err);
+    return rc < 0 ? rc : end;
+}
+
 static int sample_euler(struct run *r) {
+    if (r->model->dev) {
+        int rc = r->model->dev->begin(r->model->user, r->x, r->sc->err);
+        if (rc == 0) return sample_euler_dev(r);
+        if (rc != STATUS_ERR_UNSUPPORTED) return rc;
+    }
     float *x = r->x, *den = run_buf(r);
     if (!den) return STATUS_ERR_NOMEM;
     for (int i = 0; i < r->steps; i++) {

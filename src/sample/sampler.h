@@ -102,6 +102,18 @@ bool sampler_kind_discards_penultimate(enum sampler_kind kind);
 struct denoise_fn {
     int (*fn)(void *user, const float *x, float sigma, float *denoised, struct err *err);
     void *user; /* passed back to fn */
+    const struct denoise_dev *dev; /* (optional) the Euler loop on the model's device */
+};
+
+/* A model that makes Euler steps itself on its device, the sample kept there between steps (no
+ * copy of x and no host arithmetic per step): begin takes x (0; or STATUS_ERR_UNSUPPORTED, with
+ * err untouched, and the host loop runs), euler makes one step x += ((x - D(x, s)) / s) * (sn - s)
+ * with the host loop's roundings, end gives x back (called once after a successful begin,
+ * whatever happened in between). Used by "euler" (and "ddim", which is euler here). */
+struct denoise_dev {
+    int (*begin)(void *user, const float *x, struct err *err);
+    int (*euler)(void *user, float s, float sn, struct err *err);
+    int (*end)(void *user, float *x, struct err *err);
 };
 
 /* Everything about one run other than the model, x and the sigmas. */

@@ -343,6 +343,50 @@ struct tensor *op_layer_norm(struct tctx *c, struct tensor *x, struct tensor *w,
     return t;
 }
 
+/* ===== Sampler steps ===== */
+
+static bool sample_args(struct tctx *c, const char *op, const struct tensor *x, const struct tensor *p) {
+    if (x->dtype != DTYPE_F32 || p->dtype != DTYPE_F32 || tensor_numel(p) != 4) {
+        char s1[64], s2[64];
+        tctx_fail(c, STATUS_ERR_INVALID, "%s: x %s %s, p %s %s (F32, p of 4)", op, dtype_name(x->dtype), SHAPE(x, s1),
+                  dtype_name(p->dtype), SHAPE(p, s2));
+        return false;
+    }
+    return true;
+}
+
+struct tensor *op_sample_in(struct tctx *c, struct tensor *x, struct tensor *p, int entries) {
+    NEED(c, x, p);
+    if (!sample_args(c, "sample_in", x, p)) return NULL;
+    if (entries < 1 || entries > 2) return tctx_fail(c, STATUS_ERR_INVALID, "sample_in: %d entries", entries);
+    int64_t s[TENSOR_MAX_DIMS];
+    memcpy(s, x->shape, sizeof s);
+    s[0] *= entries;
+    struct tensor *t = node(c, OP_SAMPLE, DTYPE_F32, x->ndim, s, x, p, NULL);
+    if (t) t->ip[0] = 0;
+    return t;
+}
+
+struct tensor *op_sample_step(struct tctx *c, struct tensor *x, struct tensor *eps, struct tensor *p) {
+    NEED(c, x, eps, p);
+    if (!sample_args(c, "sample_step", x, p)) return NULL;
+    int64_t n = tensor_numel(x), ne = tensor_numel(eps);
+    if (!(x->flags & TENSOR_FLAG_WEIGHT) || !x->data)
+        return tctx_fail(c, STATUS_ERR_INVALID, "sample_step: x must be a weight leaf (it is written in place)");
+    if (eps->dtype != DTYPE_F32 || (ne != n && ne != 2 * n)) {
+        char s1[64], s2[64];
+        return tctx_fail(c, STATUS_ERR_INVALID, "sample_step: x %s, eps %s %s", SHAPE(x, s1), dtype_name(eps->dtype),
+                         SHAPE(eps, s2));
+    }
+    struct tensor *t = node(c, OP_SAMPLE, DTYPE_F32, x->ndim, x->shape, x, eps, p);
+    if (!t) return NULL;
+    t->ip[0] = 1;
+    t->ip[1] = (int32_t)(ne / n);
+    t->flags |= TENSOR_FLAG_WEIGHT; /* the planner leaves its memory alone: x's */
+    t->data = x->data;
+    return t;
+}
+
 /* ===== Conversion ===== */
 
 struct tensor *op_cast(struct tctx *c, struct tensor *a, enum dtype to) {

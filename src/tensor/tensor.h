@@ -93,7 +93,8 @@ void f16_to_bf16_n(const void *src, uint16_t *dst, size_t n);
     XX(CONCAT, 2)               \
     XX(GET_ROWS, 2)             \
     XX(CAST, 1)                 \
-    XX(STREAM, 1)
+    XX(STREAM, 1)               \
+    XX(SAMPLE, 3)
 
 enum op {
 #define XX(name, nsrc) OP_##name,
@@ -304,6 +305,17 @@ struct tensor *op_scale(struct tctx *c, struct tensor *a, float s, float t);
 /* op_scale, then clamped to [lo, hi] as torch.clamp does it (NaN stays NaN). ip[0] = 1,
  * fp[2] = lo, fp[3] = hi. */
 struct tensor *op_scale_clamp(struct tctx *c, struct tensor *a, float s, float t, float lo, float hi);
+/* The sampler's per-step arithmetic on the device (graph/nodes/sampling.c), in float32 with one
+ * rounding per operation in the host loop's order (sample/sampler.c, graph/nodes/sampling.c),
+ * so the same bits. p is [4] F32 {c_in, sigma, dt, cfg}; x is [B, ...] F32, the sampler's state.
+ * op_sample_in: [E*B, ...] = x / c_in, E times (each CFG entry's UNet input); ip[0] = 0.
+ * op_sample_step: one Euler step in place, x += ((x - den) / sigma) * dt, den the CFG mix of the
+ *   UNet's eps [E*B, ...] (E = 1: cond; E = 2: uncond + (cond - uncond) * cfg, with cond =
+ *   x - eps[0] * sigma and uncond = x - eps[1] * sigma); ip[0] = 1, ip[1] = E. It writes into
+ *   x's memory: x must be a weight leaf (memory its owner manages), the node's data is x's, and
+ *   it must be the graph's output (so it runs after every other reader of x). */
+struct tensor *op_sample_in(struct tctx *c, struct tensor *x, struct tensor *p, int entries);
+struct tensor *op_sample_step(struct tctx *c, struct tensor *x, struct tensor *eps, struct tensor *p);
 /* x * sigmoid(x); GELU with erf; x * sigmoid(1.702 x). */
 struct tensor *op_silu(struct tctx *c, struct tensor *a);
 struct tensor *op_gelu(struct tctx *c, struct tensor *a);

@@ -14,8 +14,10 @@
 #include "base/mem.h"
 #include "base/status.h"
 #include "graph/engine.h"
+#include "graph/registry.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -214,8 +216,86 @@ static void test_warmup_model(void **state) {
     for (int i = 0; i < 3; i++) mem_free(a[i]), mem_free(b[i]);
 }
 
+/* The Euler loop on the device (graph/nodes/sampling.c DEV_EULER, op_sample_step) gives the host
+ * loop's latent bit for bit: batch 2, with CFG (two entries) and without (cfg 1), euler and ddim. */
+extern const struct node_class NODE_KSampler;
+
+static struct conditioning *cond_of(const char *name) {
+    size_t n;
+    float *v = golden_read(&golden, name, &n);
+    struct conditioning *cd = conditioning_new(1);
+    cd->items[0].n_tokens = 77;
+    cd->items[0].dim = (int64_t)n / 77;
+    cd->items[0].context = v;
+    return cd;
+}
+
+static float *ksample(struct engine *e, struct engine_checkpoint *ck, const char *sampler, double cfg, bool device) {
+    if (device) unsetenv("KILN_DEVICE_SAMPLER");
+    else setenv("KILN_DEVICE_SAMPLER", "0", 1);
+    struct graph_paths paths = {.models = "/tmp", .input = "/tmp", .output = "/tmp", .temp = "/tmp"};
+    json_t *ui = json_object();
+    struct err err = {0};
+    struct model_value *model = model_value_new(ck, "MODEL");
+    struct conditioning *pos = cond_of("txt2img.cond"), *neg = cond_of("txt2img.uncond");
+    struct latent *empty = latent_new(2, 4, 8, 8);
+    struct value in[10] = {
+        {.kind = VALUE_OBJECT, .obj = &model->obj}, {.kind = VALUE_INT, .i = 42},
+        {.kind = VALUE_INT, .i = 4},                {.kind = VALUE_FLOAT, .f = cfg},
+        {.kind = VALUE_STRING, .s = (char *)sampler}, {.kind = VALUE_STRING, .s = "normal"},
+        {.kind = VALUE_OBJECT, .obj = &pos->obj},   {.kind = VALUE_OBJECT, .obj = &neg->obj},
+        {.kind = VALUE_OBJECT, .obj = &empty->obj}, {.kind = VALUE_FLOAT, .f = 1.0},
+    };
+    struct value out[1] = {{0}};
+    struct node_run run = {.node_id = "3", .cls = &NODE_KSampler, .paths = &paths, .ui = ui, .engine = e};
+    if (NODE_KSampler.run(&run, in, out, &err)) fail_msg("KSampler (%s, cfg %g, %s): %s", sampler, cfg,
+                                                         device ? "device" : "host", err.msg);
+    const struct latent *lat = (const struct latent *)out[0].obj;
+    size_t n = (size_t)(lat->b * lat->c * lat->h * lat->w);
+    float *r = mem_alloc(n * sizeof(float));
+    memcpy(r, lat->samples, n * sizeof(float));
+    value_deinit(&out[0]);
+    gobj_unref(&model->obj);
+    gobj_unref(&pos->obj);
+    gobj_unref(&neg->obj);
+    gobj_unref(&empty->obj);
+    json_decref(ui);
+    unsetenv("KILN_DEVICE_SAMPLER");
+    return r;
+}
+
+static void test_device_sampler(void **state) {
+    (void)state;
+    NEED_GPU();
+    struct err err = {0};
+    struct engine *e = engine_new_cuda(0, NULL, NULL, &err);
+    assert_non_null(e);
+    struct engine_checkpoint *ck = engine_checkpoint(e, ckpt_path, &err);
+    if (!ck) fail_msg("%s", err.msg);
+    const char *samplers[2] = {"euler", "ddim"};
+    const double cfgs[2] = {8.0, 1.0};
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < 2; k++) {
+            float *host = ksample(e, ck, samplers[i], cfgs[k], false);
+            float *dev = ksample(e, ck, samplers[i], cfgs[k], true);
+            size_t n = 2 * 4 * 8 * 8;
+            for (size_t j = 0; j < n; j++)
+                if (memcmp(&host[j], &dev[j], 4) != 0)
+                    fail_msg("%s, cfg %g: latent %zu is %.9g on the device, %.9g on the host", samplers[i], cfgs[k], j,
+                             (double)dev[j], (double)host[j]);
+            bool moved = false;
+            for (size_t j = 0; j < n && !moved; j++) moved = host[j] != 0.0f;
+            assert_true(moved);
+            mem_free(host);
+            mem_free(dev);
+        }
+    gobj_unref(&ck->obj);
+    engine_free(e);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_device_sampler),
         cmocka_unit_test(test_warmup_model),
         cmocka_unit_test(test_automatic_when_over_budget),
         cmocka_unit_test(test_automatic_with_a_peer),

@@ -14,6 +14,7 @@
 #include "sample/schedule.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ===== The guided denoiser D(x, sigma) =====
@@ -47,6 +48,10 @@ struct cfg_denoiser {
        host-memory backends or before */
     void *ctx_dev;
     double t_last;                /* when the last step's denoise returned (debug timing) */
+    /* the Euler loop on the device (denoise_dev): the sample after the context in the engine's
+       buffer, the entries' common token count */
+    void *x_dev;
+    int64_t dev_tokens;
 };
 
 /* The per-step loops over the latent, vectorised (KILN_VECTORIZE): the same IEEE operations in
@@ -82,6 +87,20 @@ static int64_t gcd64(int64_t a, int64_t b) {
     return a;
 }
 
+/* The context of entries [first, first + n) as one UNet batch, each entry's tokens tiled to L,
+ * into d->context [n * b, L, dim]. */
+static void fill_context(struct cfg_denoiser *d, int first, int n, int64_t L) {
+    int64_t dim = d->entries[first].item->dim;
+    for (int i = 0; i < n; i++) {
+        const struct cond_item *it = d->entries[first + i].item;
+        for (int64_t bb = 0; bb < d->b; bb++) {
+            float *dst = d->context + (i * d->b + bb) * L * dim;
+            for (int64_t r = 0; r < L / it->n_tokens; r++) /* tile to the common length */
+                memcpy(dst + r * it->n_tokens * dim, it->context, (size_t)(it->n_tokens * dim) * sizeof(float));
+        }
+    }
+}
+
 /* Runs entries [first, first + n) as one UNet batch, adding each one's denoised estimate to its
  * side's sum. */
 static int eval_entries(struct cfg_denoiser *d, int first, int n, const float *x, float sigma, struct err *err) {
@@ -101,16 +120,10 @@ static int eval_entries(struct cfg_denoiser *d, int first, int n, const float *x
     /* every entry's input is the same x / c_in: divided once, copied */
     div_into(d->x_in, x, c_in, lat);
     for (int i = 0; i < n; i++) {
-        const struct cond_item *it = d->entries[first + i].item;
         if (i > 0) memcpy(d->x_in + i * lat, d->x_in, (size_t)lat * sizeof(float));
-        for (int64_t bb = 0; bb < d->b; bb++) {
-            d->timesteps[i * d->b + bb] = t;
-            if (keep && d->ctx_dev) continue;
-            float *dst = d->context + (i * d->b + bb) * L * dim;
-            for (int64_t r = 0; r < L / it->n_tokens; r++) /* tile to the common length */
-                memcpy(dst + r * it->n_tokens * dim, it->context, (size_t)(it->n_tokens * dim) * sizeof(float));
-        }
+        for (int64_t bb = 0; bb < d->b; bb++) d->timesteps[i * d->b + bb] = t;
     }
+    if (!(keep && d->ctx_dev)) fill_context(d, first, n, L);
     if (keep && !d->ctx_dev) { /* the engine's buffer, kept between prompts */
         size_t bytes = (size_t)(n * d->b * L * dim) * sizeof(float);
         void *buf = engine_ctx_buffer(e, bytes);
@@ -161,6 +174,74 @@ static int cfg_denoise(void *user, const float *x, float sigma, float *denoised,
     d->t_last = clock_now();
     return 0;
 }
+
+/* ===== The Euler loop on the device (sample/sampler.h denoise_dev) =====
+ * When every entry goes through the UNet in one batch, one per side (the usual positive and
+ * negative prompt), on a GPU: the sample stays in the device's memory and each step is one graph
+ * (x / c_in, the UNet, the CFG mix and the Euler update: op_sample_in, op_sample_step), with the
+ * same roundings as the host loop, so the same bits; only the step's scalars and the timestep
+ * embedding go to the device per step. KILN_DEVICE_SAMPLER=0 keeps the host loop. */
+
+static int dev_begin(void *user, const float *x, struct err *err) {
+    struct cfg_denoiser *d = user;
+    struct engine *e = d->engine;
+    const char *env = getenv("KILN_DEVICE_SAMPLER");
+    if ((env && strcmp(env, "0") == 0) || backend_host_buffers(e->backend) || d->n_pos != 1 || d->n_neg > 1)
+        return STATUS_ERR_UNSUPPORTED;
+    int64_t L = 1, min_len = INT64_MAX, dim = d->entries[0].item->dim;
+    for (int i = 0; i < d->n_entries; i++) {
+        int64_t t = d->entries[i].item->n_tokens;
+        L = L / gcd64(L, t) * t;
+        if (t < min_len) min_len = t;
+    }
+    if (L / min_len > 4) return STATUS_ERR_UNSUPPORTED; /* entries one by one: the host loop */
+    const int64_t lat = d->b * d->c * d->h * d->w;
+    const size_t ctx_bytes = (size_t)(d->n_entries * d->b * L * dim) * sizeof(float);
+    const size_t x_at = (ctx_bytes + 255) & ~(size_t)255;
+    char *buf = engine_ctx_buffer(e, x_at + (size_t)lat * sizeof(float));
+    if (!buf) return STATUS_ERR_UNSUPPORTED; /* no room: the host loop, which needs less */
+    fill_context(d, 0, d->n_entries, L);
+    struct tensor cv = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(ctx_bytes / 4), 1, 1, 1}, .data = buf};
+    struct tensor xv = {.dtype = DTYPE_F32, .ndim = 1, .shape = {lat, 1, 1, 1}, .data = buf + x_at};
+    int rc = backend_tensor_set(e->backend, &cv, d->context, 0, ctx_bytes);
+    if (!rc) rc = backend_tensor_set(e->backend, &xv, x, 0, (size_t)lat * sizeof(float));
+    if (rc) return err_set(err, rc, "copying the sampler's context and latent to the device failed");
+    d->ctx_dev = buf; /* as the host loop's first step would have it */
+    d->x_dev = buf + x_at;
+    d->dev_tokens = L;
+    return 0;
+}
+
+static int dev_euler(void *user, float s, float sn, struct err *err) {
+    struct cfg_denoiser *d = user;
+    struct engine *e = d->engine;
+    /* the host loop's scalars: c_in as eval_entries computes it, dt as euler_step's caller */
+    const float p[4] = {sqrtf(s * s + 1.0f), s, sn - s, (float)d->cfg};
+    const float t = (float)schedule_timestep(d->schedule, s);
+    double t0 = clock_now();
+    int rc = unet_step_dev(&e->tctx, d->unet, d->n_entries, d->b, d->h, d->w, d->x_dev, t, d->ctx_dev,
+                           d->dev_tokens, p);
+    if (rc) return err_set(err, rc, "UNet: %s", e->tctx.err.msg);
+    if (log_get_level() == LOG_LEVEL_DEBUG)
+        log_debug("sampler: UNet batch %lld at sigma %.4f and the step on the device in %.2f ms (%.2f ms since the "
+                  "last step's end)",
+                  (long long)(d->n_entries * d->b), s, 1e3 * (clock_now() - t0),
+                  d->t_last > 0 ? 1e3 * (t0 - d->t_last) : 0.0);
+    d->t_last = clock_now();
+    return 0;
+}
+
+static int dev_end(void *user, float *x, struct err *err) {
+    struct cfg_denoiser *d = user;
+    const int64_t lat = d->b * d->c * d->h * d->w;
+    struct tensor xv = {.dtype = DTYPE_F32, .ndim = 1, .shape = {lat, 1, 1, 1}, .data = d->x_dev};
+    int rc = backend_tensor_get(d->engine->backend, &xv, x, 0, (size_t)lat * sizeof(float));
+    d->x_dev = NULL;
+    if (rc) return err_set(err, rc, "copying the sample back from the device failed");
+    return 0;
+}
+
+static const struct denoise_dev DEV_EULER = {.begin = dev_begin, .euler = dev_euler, .end = dev_end};
 
 /* ===== common_ksampler ===== */
 
@@ -237,7 +318,7 @@ static int common_ksampler(struct node_run *ctx, const struct model_value *model
     if (!rc) {
         struct ksampler_params p = *kp;
         p.batch_index = in->batch_index;
-        struct denoise_fn fn = {.fn = cfg_denoise, .user = &d};
+        struct denoise_fn fn = {.fn = cfg_denoise, .user = &d, .dev = &DEV_EULER};
         struct progress_fwd pf = {.run = ctx, .err = err};
         /* the UNet's graph is recorded once and run every step (unet.c, tctx_memo_*): only within
            this run, while the model and d.ctx_dev are sure to stay where they are */

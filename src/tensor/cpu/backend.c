@@ -69,6 +69,7 @@ static int cpu_graph_run(void *vctx, struct tensor *const *nodes, int n, struct 
         case OP_CONCAT: rc = cpu_op_concat(ctx, t, err); break;
         case OP_GET_ROWS: rc = cpu_op_get_rows(ctx, t, err); break;
         case OP_CAST: rc = cpu_op_cast(ctx, t, err); break;
+        case OP_SAMPLE: rc = cpu_op_sample(ctx, t, err); break;
         case OP_STREAM: /* host memory: a FETCH is a copy; WAIT, DONE and BEGIN have nothing to wait for */
             if (t->ip[0] == TSTREAM_FETCH) memcpy(t->data, t->src[0]->data, tensor_nbytes(t));
             rc = 0;

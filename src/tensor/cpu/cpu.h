@@ -38,6 +38,7 @@ int cpu_op_upsample_nearest(struct cpu_ctx *ctx, struct tensor *dst, struct err 
 int cpu_op_concat(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
 int cpu_op_get_rows(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
 int cpu_op_cast(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
+int cpu_op_sample(struct cpu_ctx *ctx, struct tensor *dst, struct err *err);
 
 /* ===== Scratch (work.c) ===== */
 

@@ -1,10 +1,13 @@
 /* tensor/cpu/elementwise.c -- ADD, MUL (numpy broadcasting of b into a), SCALE and the
- * activations SILU, GELU, QUICK_GELU, GEGLU on the CPU.
- * Owns: nothing; reads dst->src[], writes dst->data (never aliased with a source).
+ * activations SILU, GELU, QUICK_GELU, GEGLU on the CPU, and the sampler's step (SAMPLE).
+ * Owns: nothing; reads dst->src[], writes dst->data (never aliased with a source, except
+ * op_sample_step's, which is its x by design).
  * Threads: the backend's worker; loops are split into OpenMP tasks of CHUNK elements.
  * The maths of the activations lives in vec.c / vec_avx2.c. */
 #include "tensor/cpu/cpu.h"
 #include "base/base.h"
+
+#include <string.h>
 
 /* ===== Parallel maps ===== */
 
@@ -167,6 +170,36 @@ int cpu_op_geglu(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
     for (int64_t r = 0; r < rows; r++) {
         const float *row = x + r * 2 * d; /* [value (d) | gate (d)] */
         cpu__vec_geglu(y + r * d, row, row + d, d);
+    }
+    return 0;
+}
+
+/* ===== The sampler's step (op_sample_in, op_sample_step) =====
+ * One rounding per operation, in the host loop's order (ISO C: no contraction). */
+
+int cpu_op_sample(struct cpu_ctx *ctx, struct tensor *dst, struct err *err) {
+    (void)ctx, (void)err;
+    float *x = dst->src[0]->data;
+    const float *p = dst->ip[0] == 0 ? dst->src[1]->data : dst->src[2]->data;
+    const int64_t n = tensor_numel(dst->src[0]);
+    if (dst->ip[0] == 0) { /* x / c_in, once per entry */
+        float *y = dst->data;
+        const int64_t e = tensor_numel(dst) / n;
+        for (int64_t k = 0; k < n; k++) y[k] = x[k] / p[0];
+        for (int64_t i = 1; i < e; i++) memcpy(y + i * n, y, (size_t)n * sizeof(float));
+        return 0;
+    }
+    const float *eps = dst->src[1]->data;
+    const float sigma = p[1], dt = p[2], cfg = p[3];
+    const bool two = dst->ip[1] == 2;
+    for (int64_t k = 0; k < n; k++) {
+        float cond = 0.0f + (x[k] - eps[k] * sigma), den = cond;
+        if (two) {
+            float uncond = 0.0f + (x[k] - eps[n + k] * sigma);
+            den = uncond + (cond - uncond) * cfg;
+        }
+        float d = (x[k] - den) / sigma;
+        x[k] = x[k] + d * dt;
     }
     return 0;
 }

@@ -226,6 +226,7 @@ static int enqueue_nodes(struct cuda_ctx *ctx, struct tensor *const *nodes, int 
         case OP_CONCAT: rc = cuda_op_concat(ctx, t, err); break;
         case OP_GET_ROWS: rc = cuda_op_get_rows(ctx, t, err); break;
         case OP_CAST: rc = cuda_op_cast(ctx, t, err); break;
+        case OP_SAMPLE: rc = cuda_op_sample(ctx, t, err); break;
         case OP_STREAM: rc = cuda_op_stream(ctx, t, err); break;
         case OP_NONE:
         case OP_RESHAPE: rc = 0; break;

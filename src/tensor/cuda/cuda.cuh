@@ -272,5 +272,6 @@ int cuda_op_upsample_nearest(struct cuda_ctx *ctx, struct tensor *dst, struct er
 int cuda_op_concat(struct cuda_ctx *ctx, struct tensor *dst, struct err *err);
 int cuda_op_get_rows(struct cuda_ctx *ctx, struct tensor *dst, struct err *err);
 int cuda_op_cast(struct cuda_ctx *ctx, struct tensor *dst, struct err *err);
+int cuda_op_sample(struct cuda_ctx *ctx, struct tensor *dst, struct err *err);
 
 #endif

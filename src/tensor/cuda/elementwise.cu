@@ -1,7 +1,9 @@
 /* tensor/cuda/elementwise.cu -- ADD, MUL (numpy broadcasting of b into a), SCALE and the
  * activations SILU, GELU, QUICK_GELU, GEGLU on CUDA, for every storage type T (float, __half,
- * __nv_bfloat16): each element is loaded as fp32, computed in fp32 and stored back as T.
- * Owns: nothing; reads dst->src[], writes dst->data (never aliased with a source).
+ * __nv_bfloat16): each element is loaded as fp32, computed in fp32 and stored back as T; and the
+ * sampler's step (SAMPLE, F32 only).
+ * Owns: nothing; reads dst->src[], writes dst->data (never aliased with a source, except
+ * op_sample_step's, which is its x by design).
  * Threads: the backend's worker; kernels run on ctx->stream, one thread per output element
  * (grid-stride loops, so any size fits one launch). */
 #include "tensor/cuda/cuda.cuh"
@@ -184,4 +186,45 @@ static int geglu_cuda(T *y, const T *x, int64_t n, int64_t d, cudaStream_t strea
 int cuda_op_geglu(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
     CUDA_DISPATCH(dst->dtype, geglu_cuda<T>((T *)dst->data, (const T *)dst->src[0]->data, cuda_numel(dst),
                                             dst->shape[dst->ndim - 1], ctx->stream, err));
+}
+
+/* ===== The sampler's step (op_sample_in, op_sample_step) =====
+ * One rounding per operation in the host loop's order: the _rn intrinsics keep nvcc from
+ * contracting a product and a sum into one fma, which the host's C does not do. */
+
+__global__ void sample_in(float *y, const float *x, const float *p, int64_t n, int e) {
+    for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
+        float v = __fdiv_rn(x[k], p[0]);
+        for (int i = 0; i < e; i++) y[i * n + k] = v;
+    }
+}
+
+__global__ void sample_step(float *x, const float *eps, const float *p, int64_t n, bool two) {
+    const float sigma = p[1], dt = p[2], cfg = p[3];
+    for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
+        float xk = x[k];
+        float cond = __fadd_rn(0.0f, __fsub_rn(xk, __fmul_rn(eps[k], sigma))), den = cond;
+        if (two) {
+            float uncond = __fadd_rn(0.0f, __fsub_rn(xk, __fmul_rn(eps[n + k], sigma)));
+            den = __fadd_rn(uncond, __fmul_rn(__fsub_rn(cond, uncond), cfg));
+        }
+        float d = __fdiv_rn(__fsub_rn(xk, den), sigma);
+        x[k] = __fadd_rn(xk, __fmul_rn(d, dt));
+    }
+}
+
+int cuda_op_sample(struct cuda_ctx *ctx, struct tensor *dst, struct err *err) {
+    const int64_t n = cuda_numel(dst->src[0]);
+    if (n == 0) return 0;
+    if (dst->ip[0] == 0) {
+        sample_in<<<grid_for(n), THREADS, 0, ctx->stream>>>((float *)dst->data, (const float *)dst->src[0]->data,
+                                                             (const float *)dst->src[1]->data, n,
+                                                             (int)(cuda_numel(dst) / n));
+    } else {
+        sample_step<<<grid_for(n), THREADS, 0, ctx->stream>>>((float *)dst->src[0]->data,
+                                                               (const float *)dst->src[1]->data,
+                                                               (const float *)dst->src[2]->data, n, dst->ip[1] == 2);
+    }
+    CUDA_TRY_LAUNCH();
+    return 0;
 }

@@ -73,7 +73,7 @@ static void test_txt2img_plumbing(void **state) {
     float latent[N] = {0}, out[N], noise[N], want_first[N];
     float first[N];
     struct rec r = {.n = N, .first_x = first};
-    struct denoise_fn model = {rec_fn, &r};
+    struct denoise_fn model = {.fn = rec_fn, .user = &r};
     struct ksampler_params p = base_params();
     struct err e = {0};
     assert_int_equal(ksampler_run(&s, &model, &p, B, PER, latent, out, NULL, NULL, &e), STATUS_OK);
@@ -95,7 +95,7 @@ static void test_txt2img_plumbing(void **state) {
     float x[N];
     memcpy(x, want_first, sizeof x);
     struct rec r2 = {.n = N, .first_x = first};
-    struct denoise_fn model2 = {rec_fn, &r2};
+    struct denoise_fn model2 = {.fn = rec_fn, .user = &r2};
     struct sample_ctx sc = {.n = N, .seed = 42, .err = &e};
     assert_int_equal(sampler_run(SAMPLER_KIND_EULER, &model2, x, sig, ns, &sc), STATUS_OK);
     for (int j = 0; j < N; j++) assert_true(fabsf(out[j] - x[j] / SCALE) <= 1e-6f * fabsf(x[j] / SCALE) + 1e-30f);
@@ -112,7 +112,7 @@ static void test_img2img_plumbing(void **state) {
     float latent[N], out[N], noise[N], first[N];
     for (int j = 0; j < N; j++) latent[j] = (float)(j - 30) * 0.125f;
     struct rec r = {.n = N, .first_x = first};
-    struct denoise_fn model = {rec_fn, &r};
+    struct denoise_fn model = {.fn = rec_fn, .user = &r};
     struct ksampler_params p = base_params();
     p.denoise = 0.5;
     p.steps = 3;
@@ -147,7 +147,7 @@ static void test_passthrough(void **state) {
     float latent[N], out[N], first[N];
     for (int j = 0; j < N; j++) latent[j] = (float)j * 0.5f - 3.0f;
     struct rec r = {.n = N, .first_x = first};
-    struct denoise_fn model = {rec_fn, &r};
+    struct denoise_fn model = {.fn = rec_fn, .user = &r};
     struct err e = {0};
 
     struct ksampler_params p = base_params();
@@ -179,7 +179,7 @@ static void test_advanced_split(void **state) {
     schedule_init_sd1(&s);
     float latent[N] = {0}, mid[N], out[N], first[N];
     struct rec r = {.n = N, .first_x = first};
-    struct denoise_fn model = {rec_fn, &r};
+    struct denoise_fn model = {.fn = rec_fn, .user = &r};
     struct err e = {0};
     struct ksampler_params p = base_params();
     p.steps = 6;
@@ -213,7 +213,7 @@ static void test_batch_index(void **state) {
     schedule_init_sd1(&s);
     float latent[PER] = {0}, out[PER], first[PER], draws[3][PER];
     struct rec r = {.n = PER, .first_x = first};
-    struct denoise_fn model = {rec_fn, &r};
+    struct denoise_fn model = {.fn = rec_fn, .user = &r};
     struct err e = {0};
     struct ksampler_params p = base_params();
     int idx[1] = {2};
@@ -238,7 +238,7 @@ static void test_errors(void **state) {
     schedule_init_sd1(&s);
     float latent[N] = {0}, out[N], first[N];
     struct rec r = {.n = N, .first_x = first};
-    struct denoise_fn model = {rec_fn, &r};
+    struct denoise_fn model = {.fn = rec_fn, .user = &r};
     struct err e = {0};
     struct ksampler_params p = base_params();
 

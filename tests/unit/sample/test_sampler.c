@@ -5,7 +5,8 @@
  *   - against an independent double-precision statement of each sampler (below, written from
  *     the k-diffusion formulas), over 10 karras steps;
  *   - one Euler step and one ancestral split worked by hand;
- *   - names, unsupported samplers, progress, interruption and model errors.
+ *   - names, unsupported samplers, progress, interruption and model errors;
+ *   - the Euler loop through a model's device hooks (denoise_dev).
  * Owns: nothing; one process, cmocka. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -81,7 +82,7 @@ static void test_against_torch(void **state) {
         rng_randn(&r, x, N);
         for (int j = 0; j < N; j++) x[j] = x[j] * REF_SIGMAS[0];
         struct fake f = {.n = N};
-        struct denoise_fn model = {fake_fn, &f};
+        struct denoise_fn model = {.fn = fake_fn, .user = &f};
         struct err e = {0};
         struct sample_ctx sc = {.n = N, .seed = 5, .err = &e};
         assert_int_equal(sampler_run(kind, &model, x, REF_SIGMAS, 7, &sc), STATUS_OK);
@@ -109,7 +110,7 @@ static void test_against_torch(void **state) {
     rng_randn(&r, x, N);
     for (int j = 0; j < N; j++) x[j] = x[j] * REF_SIGMAS[0];
     struct fake f = {.n = N};
-    struct denoise_fn model = {fake_fn, &f};
+    struct denoise_fn model = {.fn = fake_fn, .user = &f};
     struct sample_ctx sc = {.n = N, .seed = 5};
     assert_int_equal(sampler_run(SAMPLER_KIND_DDIM, &model, x, REF_SIGMAS, 7, &sc), STATUS_OK);
     for (int j = 0; j < N; j++) assert_int_equal(golden_f32_bits(x[j]), TORCH_REF[0].bits[j]);
@@ -260,7 +261,7 @@ static void test_against_double_reference(void **state) {
         rng_randn(&r, x, N);
         for (int j = 0; j < N; j++) x[j] *= sg[0], xd[j] = x[j];
         struct fake f = {.n = N};
-        struct denoise_fn model = {fake_fn, &f};
+        struct denoise_fn model = {.fn = fake_fn, .user = &f};
         struct sample_ctx sc = {.n = N, .seed = 9, .err = &e};
         assert_int_equal(sampler_run(kind, &model, x, sg, ns, &sc), STATUS_OK);
         ref_double(names[k], xd, N, sg, ns, 9);
@@ -289,7 +290,7 @@ static void test_by_hand(void **state) {
     (void)state;
     /* Euler, x = 1, sigma 2 -> 1, D = x/2 = 0.5: d = (1 - 0.5) / 2 = 0.25, x = 1 - 0.25 = 0.75 */
     float x = 1.0f, sg[2] = {2.0f, 1.0f};
-    struct denoise_fn model = {half_fn, NULL};
+    struct denoise_fn model = {.fn = half_fn, .user = NULL};
     struct sample_ctx sc = {.n = 1};
     assert_int_equal(sampler_run(SAMPLER_KIND_EULER, &model, &x, sg, 2, &sc), STATUS_OK);
     assert_true(x == 0.75f);
@@ -349,7 +350,7 @@ static void test_names(void **state) {
 static void test_unsupported(void **state) {
     (void)state;
     float x = 1.0f, sg[2] = {2.0f, 0.0f};
-    struct denoise_fn model = {half_fn, NULL};
+    struct denoise_fn model = {.fn = half_fn, .user = NULL};
     struct err e = {0};
     struct sample_ctx sc = {.n = 1, .err = &e};
     assert_int_equal(sampler_run(SAMPLER_KIND_DPMPP_2M_SDE, &model, &x, sg, 2, &sc), STATUS_ERR_UNSUPPORTED);
@@ -381,7 +382,7 @@ static void test_progress_and_errors(void **state) {
     float x[N] = {1, 2, 3, 4, 5, 6, 7, 8};
     const float sg[5] = {10.0f, 5.0f, 2.0f, 1.0f, 0.0f};
     struct fake f = {.n = N};
-    struct denoise_fn model = {fake_fn, &f};
+    struct denoise_fn model = {.fn = fake_fn, .user = &f};
     struct prog p = {0};
     struct err e = {0};
     struct sample_ctx sc = {.n = N, .progress = prog_fn, .progress_user = &p, .err = &e};
@@ -406,6 +407,92 @@ static void test_progress_and_errors(void **state) {
     assert_non_null(strstr(e.msg, "sampler 'lcm': model failed at step 1"));
 }
 
+/* ===== The Euler loop on the model's device (denoise_dev) =====
+ * A fake "device" that keeps its own copy of x between begin and end and makes each step with
+ * the fake model: euler through it gives torch's bits (the host loop's), and the host loop runs
+ * when begin says it cannot; end comes after a failure and an interruption too. */
+
+struct fake_dev {
+    struct fake f;
+    float x[32];
+    bool refuse;
+    int begins, steps, ends, fail_at;
+};
+
+static int fdev_begin(void *user, const float *x, struct err *err) {
+    (void)err;
+    struct fake_dev *d = user;
+    if (d->refuse) return STATUS_ERR_UNSUPPORTED;
+    d->begins++;
+    memcpy(d->x, x, (size_t)d->f.n * sizeof(float));
+    return 0;
+}
+
+static int fdev_euler(void *user, float s, float sn, struct err *err) {
+    struct fake_dev *d = user;
+    if (++d->steps == d->fail_at) return err_set(err, STATUS_ERR_DEVICE, "fake device: boom");
+    float den[32];
+    fake_fn(&d->f, d->x, s, den, err);
+    for (int64_t j = 0; j < d->f.n; j++) {
+        float dd = (d->x[j] - den[j]) / s;
+        d->x[j] = d->x[j] + dd * (sn - s);
+    }
+    return 0;
+}
+
+static int fdev_end(void *user, float *x, struct err *err) {
+    (void)err;
+    struct fake_dev *d = user;
+    d->ends++;
+    memcpy(x, d->x, (size_t)d->f.n * sizeof(float));
+    return 0;
+}
+
+static const struct denoise_dev FAKE_DEV = {.begin = fdev_begin, .euler = fdev_euler, .end = fdev_end};
+
+static void test_device_loop(void **state) {
+    (void)state;
+    enum { N = 20 };
+    float x0[N], x[N];
+    struct rng r;
+    rng_init(&r, 1234);
+    rng_randn(&r, x0, N);
+    for (int j = 0; j < N; j++) x0[j] = x0[j] * REF_SIGMAS[0];
+    for (int refuse = 0; refuse <= 1; refuse++) {
+        struct fake_dev d = {.f = {.n = N}, .refuse = refuse};
+        struct denoise_fn model = {.fn = fake_fn, .user = &d, .dev = &FAKE_DEV};
+        struct sample_ctx sc = {.n = N, .seed = 5};
+        memcpy(x, x0, sizeof x);
+        assert_int_equal(sampler_run(SAMPLER_KIND_EULER, &model, x, REF_SIGMAS, 7, &sc), STATUS_OK);
+        for (int j = 0; j < N; j++) assert_int_equal(golden_f32_bits(x[j]), TORCH_REF[0].bits[j]);
+        assert_int_equal(d.steps, refuse ? 0 : 6);
+        assert_int_equal(d.f.calls, refuse ? 6 : 6); /* the fake model runs either way */
+        assert_int_equal(d.ends, refuse ? 0 : 1);
+    }
+    /* other samplers never use it */
+    struct fake_dev d = {.f = {.n = N}};
+    struct denoise_fn model = {.fn = fake_fn, .user = &d, .dev = &FAKE_DEV};
+    struct sample_ctx sc = {.n = N, .seed = 5};
+    memcpy(x, x0, sizeof x);
+    assert_int_equal(sampler_run(SAMPLER_KIND_EULER_ANCESTRAL, &model, x, REF_SIGMAS, 7, &sc), STATUS_OK);
+    assert_int_equal(d.begins, 0);
+    /* a failure at step 3, then an interruption after step 2: end each time */
+    struct err e = {0};
+    struct prog p = {.stop_at = 2};
+    d = (struct fake_dev){.f = {.n = N}, .fail_at = 3};
+    sc = (struct sample_ctx){.n = N, .seed = 5, .err = &e};
+    assert_int_equal(sampler_run(SAMPLER_KIND_EULER, &model, x, REF_SIGMAS, 7, &sc), STATUS_ERR_DEVICE);
+    assert_string_equal(e.msg, "fake device: boom");
+    assert_int_equal(d.ends, 1);
+    err_clear(&e);
+    d = (struct fake_dev){.f = {.n = N}};
+    sc = (struct sample_ctx){.n = N, .seed = 5, .err = &e, .progress = prog_fn, .progress_user = &p};
+    assert_int_equal(sampler_run(SAMPLER_KIND_EULER, &model, x, REF_SIGMAS, 7, &sc), STATUS_ERR_INTERRUPTED);
+    assert_int_equal(d.steps, 2);
+    assert_int_equal(d.ends, 1);
+    assert_non_null(strstr(e.msg, "interrupted after step 2 of 6"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names),
@@ -414,6 +501,7 @@ int main(void) {
         cmocka_unit_test(test_against_torch),
         cmocka_unit_test(test_against_double_reference),
         cmocka_unit_test(test_progress_and_errors),
+        cmocka_unit_test(test_device_loop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

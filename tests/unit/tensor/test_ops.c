@@ -1038,6 +1038,64 @@ static void test_cast(void **state) {
 
 /* blas.c corrects OpenBLAS's kernel choice before main: on a CPU with AVX2 + FMA the kernels
  * must be an AVX2 or AVX-512 set, never the SSE3 "Prescott" fallback of an unknown CPU model. */
+/* The sampler's step (op_sample_in, op_sample_step): bit for bit the host loop's float32
+ * arithmetic (graph/nodes/sampling.c's CFG, sample/sampler.c's Euler step), the step written
+ * into x's own memory; x must be a weight. */
+static void test_sample(void **state) {
+    struct fx *f = *state;
+    enum { N = 2 * 4 * 5 * 7 };
+    for (int entries = 1; entries <= 2; entries++) {
+        begin(f);
+        float x[N], x0[N]; /* not case buffers: begin() below frees those */
+        for (int i = 0; i < N; i++) x[i] = x0[i] = (float)(urand(f) * 20.0 - 10.0);
+        const float s = 3.5f, sn = 2.25f;
+        float p[4] = {sqrtf(s * s + 1.0f), s, sn - s, 7.5f};
+        struct tensor *xt = tensor_weight(&f->c, DTYPE_F32, 4, (int64_t[]){2, 4, 5, 7}, x);
+        struct tensor *pt = in_data(f, DTYPE_F32, SH(4), p);
+        float *got = run(f, op_sample_in(&f->c, xt, pt, entries));
+        for (int e = 0; e < entries; e++)
+            for (int i = 0; i < N; i++) {
+                float want = x0[i] / p[0];
+                if (memcmp(&got[e * N + i], &want, 4) != 0) fail_msg("sample_in %d: %.9g, want %.9g", i, got[e * N + i], want);
+            }
+        begin(f);
+        float *eps;
+        xt = tensor_weight(&f->c, DTYPE_F32, 4, (int64_t[]){2, 4, 5, 7}, x);
+        struct tensor *et = in_rand(f, &eps, SH(2 * entries, 4, 5, 7), -2, 2);
+        pt = in_data(f, DTYPE_F32, SH(4), p);
+        struct tensor *step = op_sample_step(&f->c, xt, et, pt);
+        assert_non_null(step);
+        assert_ptr_equal(step->data, x);
+        got = run(f, step);
+        for (int i = 0; i < N; i++) {
+            float cond = 0.0f, uncond = 0.0f, den;
+            cond += x0[i] - eps[i] * s;
+            if (entries == 2) {
+                uncond += x0[i] - eps[N + i] * s;
+                den = uncond + (cond - uncond) * p[3];
+            } else {
+                den = cond;
+            }
+            float d = (x0[i] - den) / s, want = x0[i] + d * (sn - s);
+            if (memcmp(&x[i], &want, 4) != 0 || memcmp(&got[i], &want, 4) != 0)
+                fail_msg("sample_step (%d entries) %d: %.9g, want %.9g", entries, i, x[i], want);
+        }
+    }
+    /* x must be a weight; p holds 4 floats */
+    begin(f);
+    float *x, *eps;
+    struct tensor *xt = in_rand(f, &x, SH(2, 3), -1, 1), *et = in_rand(f, &eps, SH(2, 3), -1, 1);
+    float p[4] = {1, 1, 1, 1};
+    struct tensor *pt = in_data(f, DTYPE_F32, SH(4), p);
+    assert_null(op_sample_step(&f->c, xt, et, pt));
+    assert_int_equal(f->c.rc, STATUS_ERR_INVALID);
+    begin(f);
+    xt = tensor_weight(&f->c, DTYPE_F32, 2, (int64_t[]){2, 3}, x);
+    pt = in_data(f, DTYPE_F32, SH(3), p);
+    assert_null(op_sample_in(&f->c, xt, pt, 1));
+    assert_int_equal(f->c.rc, STATUS_ERR_INVALID);
+}
+
 static void test_blas_core(void **state) {
     (void)state;
     const char *core = cpu__blas_core();
@@ -1153,6 +1211,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_conv_scratch_oom, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsupported_dtype, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cast, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sample, setup, teardown),
         cmocka_unit_test(test_f16_to_bf16),
         cmocka_unit_test_setup_teardown(test_vec_kernels, setup, teardown),
         cmocka_unit_test(test_blas_core),
