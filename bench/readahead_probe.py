@@ -6,9 +6,10 @@ first, with large parallel reads, instead of page fault by page fault?
 
   scan FILE...          print resident runs of each file (mincore), as JSON, to stdout
   read LIST.json [N]    read those runs with N threads (default 8), print the seconds
-  file PATH N MIB order|quarters
+  file PATH N MIB order|quarters|direct
                         read all of PATH with N threads in chunks of MIB MiB: chunks taken in
-                        file order, or each thread one contiguous part; print seconds and MB/s
+                        file order, or each thread one contiguous part, or chunks in file order
+                        with O_DIRECT (no page cache); print seconds and MB/s
 Run on a lent GPU machine as root (drop_caches), see session 8's s8c.sh."""
 import ctypes
 import json
@@ -69,6 +70,38 @@ def scan(paths):
                         "bytes": sum(r[1] for r in runs)})
     out.sort(key=lambda o: -o["bytes"])
     return out
+
+
+def read_direct(path, threads, piece):
+    """Reads all of path with O_DIRECT (no page cache) in pieces of `piece` bytes taken in file
+    order by `threads` threads, each into its own page-aligned buffer."""
+    import mmap
+    size = os.path.getsize(path)
+    lock = threading.Lock()
+    nxt = [0]
+
+    def worker():
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        buf = mmap.mmap(-1, piece)
+        try:
+            while True:
+                with lock:
+                    off = nxt[0]
+                    nxt[0] += piece
+                if off >= size:
+                    break
+                os.preadv(fd, [buf], off)
+        finally:
+            buf.close()
+            os.close(fd)
+
+    t = time.monotonic()
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join()
+    return time.monotonic() - t
 
 
 def read(lst, threads, piece=4 << 20, own=False):
@@ -135,6 +168,8 @@ if __name__ == "__main__":
         size = os.path.getsize(path)
         if how == "order":
             t = read([{"path": path, "runs": [(0, size)]}], n, chunk)
+        elif how == "direct":
+            t = read_direct(path, n, chunk)
         else:
             part = (size + n - 1) // n
             runs = [(i * part, min(part, size - i * part)) for i in range(n)]
