@@ -22,9 +22,12 @@
  * C <= 4096 and x, y 16-byte aligned take a vector path over a grid (chunk of positions, image):
  * per-channel Welford in registers (a vector may straddle two groups), merged in fixed orders
  * into per-(group, chunk) partials; a small finalize launch turns them into (mean, rstd) per
- * group; the apply streams 128-bit vectors with per-thread per-channel scale and shift. */
+ * group; the apply streams 128-bit vectors with per-thread per-channel scale and shift. Groups
+ * of at most GNS_ELEMS_MAX elements (the UNet's levels up to 32x32 at 512x512) take one launch
+ * instead: a block per (group, image), the group in shared memory, two passes over it. */
 #include "tensor/cuda/cuda.cuh"
 
+#include <stdlib.h>
 #include <type_traits>
 
 #define GN_THREADS 512
@@ -715,6 +718,75 @@ __global__ void __launch_bounds__(GNN_BLOCK_MAX)
     }
 }
 
+/* ===== GroupNorm, channels last, small groups: one block per (group, image) =====
+ * The UNet's lower levels (8x8 to 32x32 positions at 512x512) are latency-bound: the vector
+ * path's three launches (stats, finalize, apply) cost more than the work. Here a block holds
+ * its group (cpg channels at every position, plus a's channels) in shared memory as fp32 and
+ * takes, as the F32 path does, the mean and then the squared deviations from it (double partial
+ * sums, fixed reduction order: deterministic), then writes y = (v - mean) * rstd * w + b (SiLU
+ * optional): one launch, one read of x. */
+#define GNS_THREADS 256
+#define GNS_ELEMS_MAX 24576 /* cpg * positions at most: 96 KiB of shared memory */
+
+template <typename T>
+__global__ void __launch_bounds__(GNS_THREADS)
+    group_norm_nhwc_small(T *y, const T *x, const T *a, const T *w, const T *b, int p, int c, int cpg, float eps,
+                          int silu) {
+    extern __shared__ float gns[];
+    const int g = blockIdx.x, img = blockIdx.y, n = p * cpg, c0 = g * cpg;
+    const int64_t base = (int64_t)img * p * c + c0;
+    double s = 0.0;
+    for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        const int r = e / cpg, k = e - r * cpg;
+        float v = cuda_to_f32(x[base + (int64_t)r * c + k]);
+        if (a) v += cuda_to_f32(a[(int64_t)img * c + c0 + k]);
+        gns[e] = v;
+        s += v;
+    }
+    const float mean = (float)(block_sum(s) / (double)n); /* block_sum's barriers order gns too */
+    double q = 0.0;
+    for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        const float d = gns[e] - mean;
+        q += (double)d * d;
+    }
+    const double var = block_sum(q) / (double)n;
+    const float rstd = (float)(1.0 / sqrt(var + (double)eps));
+    for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        const int r = e / cpg, k = e - r * cpg;
+        const float scale = w ? rstd * cuda_to_f32(w[c0 + k]) : rstd, shift = b ? cuda_to_f32(b[c0 + k]) : 0.0f;
+        const float v = (gns[e] - mean) * scale + shift;
+        y[base + (int64_t)r * c + k] = cuda_from_f32<T>(silu ? silu_fast(v) : v);
+    }
+}
+
+/* True when the small-group path takes this GroupNorm (KILN_GN_SMALL=0: never, for comparisons). */
+static bool group_norm_nhwc_small_ok(int64_t nb, int64_t p, int64_t c, int64_t groups) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("KILN_GN_SMALL");
+        on = !(e && e[0] == '0');
+    }
+    return on && c % groups == 0 && p * (c / groups) <= GNS_ELEMS_MAX && nb <= 65535 && groups <= 65535;
+}
+
+template <typename T>
+static int group_norm_nhwc_small_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T *a, const T *w, const T *b,
+                                      int64_t nb, int64_t p, int64_t c, int64_t groups, float eps, bool silu,
+                                      struct err *err) {
+    static bool sized = false; /* per T: more than 48 KiB of dynamic shared memory needs asking for */
+    if (!sized) {
+        CUDA_TRY(cudaFuncSetAttribute(group_norm_nhwc_small<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      GNS_ELEMS_MAX * (int)sizeof(float)));
+        sized = true;
+    }
+    const int cpg = (int)(c / groups);
+    const size_t smem = (size_t)(p * cpg) * sizeof(float);
+    group_norm_nhwc_small<T><<<dim3((unsigned)groups, (unsigned)nb), GNS_THREADS, smem, ctx->stream>>>(
+        y, x, a, w, b, (int)p, (int)c, cpg, eps, silu ? 1 : 0);
+    CUDA_TRY_LAUNCH();
+    return 0;
+}
+
 /* True when the channels-last fast path takes this GroupNorm (T is F16 or BF16). */
 static bool group_norm_nhwc_vec_ok(const void *y, const void *x, const void *a, int64_t nb, int64_t p, int64_t c) {
     return c % VEC == 0 && c <= GNN_C_MAX && p < ((int64_t)1 << 30) && nb <= 65535 && is_aligned16(x) &&
@@ -773,6 +845,9 @@ static int group_norm_nhwc_entry(struct cuda_ctx *ctx, struct tensor *dst, struc
     const T *b = tb ? (const T *)tb->data : NULL;
     const T *a = dst->src[3] ? (const T *)dst->src[3]->data : NULL; /* op_group_norm_nhwc_add's [B, C] */
     if constexpr (!std::is_same<T, float>::value) {
+        if (group_norm_nhwc_small_ok(nb, p, c, groups))
+            return group_norm_nhwc_small_cuda<T>(ctx, y, x, a, w, b, nb, p, c, groups, dst->fp[0], dst->ip[1] != 0,
+                                                 err);
         if (group_norm_nhwc_vec_ok(y, x, a, nb, p, c))
             return group_norm_nhwc_vec_cuda<T>(ctx, y, x, a, w, b, nb, p, c, groups, dst->fp[0], dst->ip[1] != 0, err);
     }
