@@ -23,8 +23,8 @@
  * per-channel Welford in registers (a vector may straddle two groups), merged in fixed orders
  * into per-(group, chunk) partials; a small finalize launch turns them into (mean, rstd) per
  * group; the apply streams 128-bit vectors with per-thread per-channel scale and shift. Groups
- * of at most GNS_ELEMS_MAX elements (the UNet's levels up to 32x32 at 512x512) take one launch
- * instead: a block per (group, image), the group in shared memory, two passes over it. */
+ * of at most GNS_ELEMS_MAX elements (the UNet's 8x8 levels at 512x512) take one launch instead:
+ * a block per (group, image), the group in shared memory, two passes over it. */
 #include "tensor/cuda/cuda.cuh"
 
 #include <stdlib.h>
@@ -719,14 +719,19 @@ __global__ void __launch_bounds__(GNN_BLOCK_MAX)
 }
 
 /* ===== GroupNorm, channels last, small groups: one block per (group, image) =====
- * The UNet's lower levels (8x8 to 32x32 positions at 512x512) are latency-bound: the vector
- * path's three launches (stats, finalize, apply) cost more than the work. Here a block holds
+ * The UNet's 8x8 levels (at 512x512) are latency-bound: the vector path's three launches
+ * (stats, finalize, apply) cost more than the work. Here a block holds
  * its group (cpg channels at every position, plus a's channels) in shared memory as fp32 and
  * takes, as the F32 path does, the mean and then the squared deviations from it (double partial
  * sums, fixed reduction order: deterministic), then writes y = (v - mean) * rstd * w + b (SiLU
  * optional): one launch, one read of x. */
-#define GNS_THREADS 256
-#define GNS_ELEMS_MAX 24576 /* cpg * positions at most: 96 KiB of shared memory */
+#define GNS_THREADS 512
+#define GNS_UNROLL 8
+/* cpg * positions at most (20 KiB of shared memory): measured node by node on an H100 (PERF.md),
+   this path wins up to there (the 8x8 levels: 7.7-9.9 against 15-19 us) and loses beyond (a
+   block's serial passes over 10-20 thousand elements: 16x16x1280 at batch 8 21 against 17 us,
+   32x32x640 37 against 20 us) */
+#define GNS_ELEMS_MAX 5120
 
 template <typename T>
 __global__ void __launch_bounds__(GNS_THREADS)
@@ -736,12 +741,23 @@ __global__ void __launch_bounds__(GNS_THREADS)
     const int g = blockIdx.x, img = blockIdx.y, n = p * cpg, c0 = g * cpg;
     const int64_t base = (int64_t)img * p * c + c0;
     double s = 0.0;
-    for (int e = threadIdx.x; e < n; e += blockDim.x) {
-        const int r = e / cpg, k = e - r * cpg;
-        float v = cuda_to_f32(x[base + (int64_t)r * c + k]);
-        if (a) v += cuda_to_f32(a[(int64_t)img * c + c0 + k]);
-        gns[e] = v;
-        s += v;
+    const int step = blockDim.x;
+    for (int e0 = threadIdx.x; e0 < n; e0 += step * GNS_UNROLL) { /* GNS_UNROLL loads in flight */
+        float v[GNS_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GNS_UNROLL; u++) {
+            const int e = e0 + u * step, r = e / cpg, k = e - r * cpg;
+            v[u] = e < n ? cuda_to_f32(x[base + (int64_t)r * c + k]) : 0.0f;
+            if (a && e < n) v[u] += cuda_to_f32(a[(int64_t)img * c + c0 + k]);
+        }
+#pragma unroll
+        for (int u = 0; u < GNS_UNROLL; u++) {
+            const int e = e0 + u * step;
+            if (e < n) {
+                gns[e] = v[u];
+                s += v[u];
+            }
+        }
     }
     const float mean = (float)(block_sum(s) / (double)n); /* block_sum's barriers order gns too */
     double q = 0.0;
@@ -773,12 +789,6 @@ template <typename T>
 static int group_norm_nhwc_small_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T *a, const T *w, const T *b,
                                       int64_t nb, int64_t p, int64_t c, int64_t groups, float eps, bool silu,
                                       struct err *err) {
-    static bool sized = false; /* per T: more than 48 KiB of dynamic shared memory needs asking for */
-    if (!sized) {
-        CUDA_TRY(cudaFuncSetAttribute(group_norm_nhwc_small<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      GNS_ELEMS_MAX * (int)sizeof(float)));
-        sized = true;
-    }
     const int cpg = (int)(c / groups);
     const size_t smem = (size_t)(p * cpg) * sizeof(float);
     group_norm_nhwc_small<T><<<dim3((unsigned)groups, (unsigned)nb), GNS_THREADS, smem, ctx->stream>>>(
