@@ -35,6 +35,7 @@
 #include "graph/engine.h"
 #include "graph/exec.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -443,7 +444,8 @@ static void prompt_shape(const struct graph_prompt *p, struct engine_warm_shape 
     }
     if (!latent || !sampler || b < 1 || wd < 8 || ht < 8) return;
     *ws = (struct engine_warm_shape){.batch = (int64_t)b, .h = (int64_t)ht / 8, .w = (int64_t)wd / 8,
-                                     .entries = cfg == 1.0 ? 1 : 2, .n_tokens = 77};
+                                     .entries = fabs(cfg - 1.0) > 1e-9 * fabs(cfg) ? 2 : 1, /* as KSampler */
+                                     .n_tokens = 77};
 }
 
 /* Starts the helper for the checkpoint of the prompt first in d's queue, if any. */
