@@ -27,7 +27,6 @@
  * a block per (group, image), the group in shared memory, two passes over it. */
 #include "tensor/cuda/cuda.cuh"
 
-#include <cooperative_groups.h>
 #include <stdlib.h>
 #include <type_traits>
 
@@ -552,12 +551,12 @@ static int group_norm_nhwc_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T 
 
 extern __shared__ float gnn_smem[]; /* the stats kernel's dynamic shared memory */
 
-/* The block's statistics (chunk `chunk` of image `img`): (n, mean, M2) of group g at out[g * ostride]. */
 template <typename T>
-__device__ __forceinline__ void gnn_stats(const T *__restrict__ x, const T *__restrict__ a, float *__restrict__ out,
-                                          int ostride, int p, int nv, int lanes, int per, int chunk, int img,
-                                          int groups, int cpg) {
+__global__ void __launch_bounds__(GNN_BLOCK_MAX)
+    group_norm_nhwc_stats_vec(const T *__restrict__ x, const T *__restrict__ a, float *__restrict__ part, int p, int nv,
+                              int lanes, int per, int chunks, int groups, int cpg) {
     const int t = threadIdx.x, tb = blockDim.x, col = t % nv, lane = t / nv;
+    const int chunk = blockIdx.x, img = blockIdx.y;
     const int r0 = chunk * per, r1 = min(r0 + per, p);
     const uint4 *xv = reinterpret_cast<const uint4 *>(x) + (int64_t)img * p * nv + col;
     float n = 0.0f, m[VEC], q[VEC];
@@ -651,21 +650,12 @@ __device__ __forceinline__ void gnn_stats(const T *__restrict__ x, const T *__re
             m2 += __shfl_xor_sync(0xffffffffu, m2, o);
         }
         if (ok && j == 0) {
-            float *o = out + (int64_t)g * ostride;
-            o[0] = rows * (float)cpg;
-            o[1] = mean;
-            o[2] = m2 + rows * dev;
+            float *out = part + (((int64_t)img * groups + g) * chunks + chunk) * 3;
+            out[0] = rows * (float)cpg;
+            out[1] = mean;
+            out[2] = m2 + rows * dev;
         }
     }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(GNN_BLOCK_MAX)
-    group_norm_nhwc_stats_vec(const T *__restrict__ x, const T *__restrict__ a, float *__restrict__ part, int p, int nv,
-                              int lanes, int per, int chunks, int groups, int cpg) {
-    const int chunk = blockIdx.x, img = blockIdx.y;
-    gnn_stats(x, a, part + ((int64_t)img * groups * chunks + chunk) * 3, 3 * chunks, p, nv, lanes, per, chunk, img,
-              groups, cpg);
 }
 
 /* stat [B, G, 2] = (mean, rstd) from part [B, G, chunks, 3]; grid (ceil(G / 8), B), a warp per group. */
@@ -686,14 +676,15 @@ __global__ void __launch_bounds__(GNN_FIN_WARPS * 32)
     }
 }
 
-/* y over the block's rows (chunk `chunk` of image `img`) from st = (mean, rstd) per group of that image. */
 template <typename T>
-__device__ __forceinline__ void gnn_apply(T *y, const T *x, const T *a, const T *w, const T *b,
-                                          const float *__restrict__ st, int p, int nv, int lanes, int per, int chunk,
-                                          int img, int cpg, int silu) {
+__global__ void __launch_bounds__(GNN_BLOCK_MAX)
+    group_norm_nhwc_apply_vec(T *y, const T *x, const T *a, const T *w, const T *b, const float *__restrict__ stat, int p,
+                              int nv, int lanes, int per, int groups, int cpg, int silu) {
     const int t = threadIdx.x, col = t % nv, lane = t / nv;
     if (lane >= lanes) return; /* padding threads of the last warp (no barrier below) */
+    const int chunk = blockIdx.x, img = blockIdx.y;
     const int r0 = chunk * per, r1 = min(r0 + per, p);
+    const float *st = stat + (int64_t)img * groups * 2;
     float mean[VEC], scale[VEC], shift[VEC], ad[VEC] = {};
     if (a) vec_to_f32(reinterpret_cast<const uint4 *>(a)[(int64_t)img * nv + col], T(), ad);
 #pragma unroll
@@ -725,51 +716,6 @@ __device__ __forceinline__ void gnn_apply(T *y, const T *x, const T *a, const T 
             }
         }
     }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(GNN_BLOCK_MAX)
-    group_norm_nhwc_apply_vec(T *y, const T *x, const T *a, const T *w, const T *b, const float *__restrict__ stat, int p,
-                              int nv, int lanes, int per, int groups, int cpg, int silu) {
-    gnn_apply(y, x, a, w, b, stat + (int64_t)blockIdx.y * groups * 2, p, nv, lanes, per, blockIdx.x, blockIdx.y, cpg,
-              silu);
-}
-
-/* ===== GroupNorm, channels last, one launch over a thread block cluster per image (sm_90) =====
- * The vector path's three launches, each short at the UNet's levels up to 32x32 (latency, not
- * bandwidth), in one: GNC_BLOCKS blocks of a cluster take one chunk of the image's positions
- * each, write their per-group (n, mean, M2) to their shared memory, and after a cluster barrier
- * every block merges the cluster's partials in block order (Chan; fixed order: deterministic)
- * into (mean, rstd) and applies its chunk. A second barrier keeps every block's shared memory
- * alive until all have read it. */
-#define GNC_BLOCKS 8        /* blocks per cluster (the portable maximum) */
-#define GNC_GROUPS_MAX 64
-#define GNC_P_MAX 1024      /* positions per image at most (32x32: a larger image is bandwidth-bound) */
-
-template <typename T>
-__global__ void __launch_bounds__(GNN_BLOCK_MAX)
-    group_norm_nhwc_cluster(T *y, const T *x, const T *a, const T *w, const T *b, int p, int nv, int lanes, int per,
-                            int groups, int cpg, float eps, int silu) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    namespace cg = cooperative_groups;
-    cg::cluster_group cl = cg::this_cluster();
-    __shared__ float cpart[GNC_GROUPS_MAX * 3], cstat[GNC_GROUPS_MAX * 2];
-    const int chunk = (int)cl.block_rank(), img = blockIdx.y;
-    gnn_stats(x, a, cpart, 3, p, nv, lanes, per, chunk, img, groups, cpg);
-    cl.sync();
-    for (int g = threadIdx.x; g < groups; g += blockDim.x) {
-        float n = 0.0f, m = 0.0f, q = 0.0f;
-        for (int r = 0; r < GNC_BLOCKS; r++) {
-            const float *rp = cl.map_shared_rank(cpart, r) + 3 * g;
-            welford_merge(n, m, q, rp[0], rp[1], rp[2]);
-        }
-        const float var = n > 0.0f ? q / n : 0.0f;
-        cstat[2 * g] = m;
-        cstat[2 * g + 1] = 1.0f / sqrtf((var > 0.0f ? var : 0.0f) + eps);
-    }
-    cl.sync(); /* cstat is the block's; every remote read of cpart is done */
-    gnn_apply(y, x, a, w, b, cstat, p, nv, lanes, per, chunk, img, cpg, silu);
-#endif
 }
 
 /* ===== GroupNorm, channels last, small groups: one block per (group, image) =====
@@ -857,20 +803,6 @@ static bool group_norm_nhwc_vec_ok(const void *y, const void *x, const void *a, 
            is_aligned16(y) && (!a || is_aligned16(a));
 }
 
-/* True when the cluster path takes this GroupNorm (KILN_GN_CLUSTER=0: never): a GPU of compute
- * capability 9 or later, at most GNC_GROUPS_MAX groups, positions a multiple of GNC_BLOCKS up to
- * GNC_P_MAX (every block of a cluster has rows). */
-static bool group_norm_nhwc_cluster_ok(const struct cuda_ctx *ctx, int64_t nb, int64_t p, int64_t groups) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("KILN_GN_CLUSTER");
-        on = !(e && e[0] == '0');
-    }
-    if (!on || groups > GNC_GROUPS_MAX || p % GNC_BLOCKS != 0 || p > GNC_P_MAX || nb > 65535) return false;
-    int major = 0;
-    return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx->device) == cudaSuccess && major >= 9;
-}
-
 template <typename T>
 static int group_norm_nhwc_vec_cuda(struct cuda_ctx *ctx, T *y, const T *x, const T *a, const T *w, const T *b,
                                     int64_t nb, int64_t p, int64_t c, int64_t groups, float eps, bool silu,
@@ -878,25 +810,6 @@ static int group_norm_nhwc_vec_cuda(struct cuda_ctx *ctx, T *y, const T *x, cons
     const int nv = (int)(c / VEC), cpg = (int)(c / groups);
     const int lanes = nv >= GNN_THREADS ? 1 : GNN_THREADS / nv;
     const int tb = (nv * lanes + 31) / 32 * 32; /* <= GNN_BLOCK_MAX: nv <= 512, or nv * lanes <= 256 */
-    if (group_norm_nhwc_cluster_ok(ctx, nb, p, groups)) {
-        const int per = (int)(p / GNC_BLOCKS);
-        const size_t states = lanes > 1 ? (size_t)(1 + 2 * VEC) * tb : 0, channels = (size_t)2 * c;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(GNC_BLOCKS, (unsigned)nb);
-        cfg.blockDim = dim3((unsigned)tb);
-        cfg.dynamicSmemBytes = (states > channels ? states : channels) * sizeof(float);
-        cfg.stream = ctx->stream;
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeClusterDimension;
-        attr[0].val.clusterDim.x = GNC_BLOCKS;
-        attr[0].val.clusterDim.y = 1;
-        attr[0].val.clusterDim.z = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        CUDA_TRY(cudaLaunchKernelEx(&cfg, group_norm_nhwc_cluster<T>, y, x, a, w, b, (int)p, nv, lanes, per,
-                                    (int)groups, cpg, eps, silu ? 1 : 0));
-        return 0;
-    }
     /* about GNN_TARGET_BLOCKS blocks in all, of GNN_ROWS_MIN rows at least */
     int64_t chunks = (GNN_TARGET_BLOCKS + nb - 1) / nb;
     const int64_t by_rows = (p + GNN_ROWS_MIN - 1) / GNN_ROWS_MIN;
