@@ -273,6 +273,30 @@ void *engine_ctx_buffer(struct engine *e, size_t bytes) {
     return buf;
 }
 
+void *engine_sampler_upload(struct engine *e, const void *ctx, size_t ctx_bytes, const float *x, size_t x_bytes,
+                            void **x_dev, struct err *err) {
+    const size_t x_at = (ctx_bytes + 255) & ~(size_t)255;
+    char *buf = engine_ctx_buffer(e, x_at + x_bytes);
+    *x_dev = NULL;
+    if (!buf) return NULL;
+    struct tensor cv = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(ctx_bytes / 4), 1, 1, 1}, .data = buf};
+    struct tensor xv = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(x_bytes / 4), 1, 1, 1}, .data = buf + x_at};
+    int rc = backend_tensor_set(e->backend, &cv, ctx, 0, ctx_bytes);
+    if (rc) {
+        err_set(err, rc, "copying the sampler's context (%zu bytes) to %s %d failed", ctx_bytes, e->backend->iface->name,
+                e->backend->device);
+        return NULL;
+    }
+    rc = backend_tensor_set(e->backend, &xv, x, 0, x_bytes);
+    if (rc) {
+        err_set(err, rc, "copying the sampler's latent (%zu bytes) to %s %d failed", x_bytes, e->backend->iface->name,
+                e->backend->device);
+        return NULL;
+    }
+    *x_dev = buf + x_at;
+    return buf;
+}
+
 static void staging_free(struct engine *e) {
     if (e->staging) {
         backend_host_unpin(e->backend->iface, e->staging);
@@ -416,19 +440,14 @@ int engine_warmup_model(struct engine *e, const char *path, const struct engine_
        (zeros: a NaN there would make cuDNN's per-plan check of the fused convolutions wrong) */
     const char *ds = getenv("KILN_DEVICE_SAMPLER");
     const bool dev_loop = !(ds && strcmp(ds, "0") == 0);
-    const size_t x_at = (ctx_bytes + 255) & ~(size_t)255, x_bytes = (size_t)(lat / ws->entries) * sizeof(float);
-    char *ctx = rc ? NULL : engine_ctx_buffer(e, x_at + x_bytes);
-    if (!rc && !ctx) rc = err_set(err, STATUS_ERR_OOM_DEVICE, "no device memory for the context");
+    void *x_dev = NULL, *ctx = NULL;
     if (!rc) {
-        struct tensor view = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(ctx_bytes / 4), 1, 1, 1}, .data = ctx};
-        struct tensor xv = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(x_bytes / 4), 1, 1, 1}, .data = ctx + x_at};
-        rc = backend_tensor_set(e->backend, &view, zeros, 0, ctx_bytes);
-        if (!rc) rc = backend_tensor_set(e->backend, &xv, x, 0, x_bytes);
-        if (rc) err_set(err, rc, "zeroing the context failed");
+        ctx = engine_sampler_upload(e, zeros, ctx_bytes, x, (size_t)(lat / ws->entries) * sizeof(float), &x_dev, err);
+        if (!ctx) rc = err->code ? err->code : err_set(err, STATUS_ERR_OOM_DEVICE, "no device memory for the context");
     }
     for (int64_t i = 0; !rc && i < B; i++) t[i] = 999.0f;
     const float p[4] = {1.4142135f, 1.0f, -0.5f, 8.0f};
-    if (!rc && (dev_loop ? unet_step_dev(&e->tctx, &m->unet, ws->entries, ws->batch, ws->h, ws->w, ctx + x_at, 999.0f,
+    if (!rc && (dev_loop ? unet_step_dev(&e->tctx, &m->unet, ws->entries, ws->batch, ws->h, ws->w, x_dev, 999.0f,
                                          ctx, ws->n_tokens, p)
                          : unet_eval_dev(&e->tctx, &m->unet, B, ws->h, ws->w, x, t, ctx, ws->n_tokens, out)))
         rc = err_set(err, e->tctx.rc, "UNet: %s", e->tctx.err.msg);

@@ -185,6 +185,12 @@ void engine_release_scratch(struct engine *e);
  * upload, and the free waits for the device), or NULL when the backend keeps data in host
  * memory or the device has no room. Valid until the next call or engine_release_scratch. */
 void *engine_ctx_buffer(struct engine *e, size_t bytes);
+/* The sampler's state on the device, in engine_ctx_buffer's buffer: the context (ctx_bytes from
+ * ctx) and, after it at a 256-byte boundary, the sample (x_bytes from x), both copied there.
+ * Returns the context's address and the sample's in *x_dev; NULL when the device has no room
+ * (err untouched: the caller keeps its host copies) or a copy failed (err says which). */
+void *engine_sampler_upload(struct engine *e, const void *ctx, size_t ctx_bytes, const float *x, size_t x_bytes,
+                            void **x_dev, struct err *err);
 /* Page-locked host memory of at least `bytes`, kept from one prompt to the next, for the inputs
  * and outputs a node copies to and from the device every step (the sampler's latents: a copy
  * from page-locked memory skips the driver's staging), or NULL when the backend keeps data in

@@ -84,13 +84,16 @@ static float *run_buf(struct run *r) {
     return p;
 }
 
+/* rc of the model at step (0-based) and sigma: its own message stays first, else this one. */
+static int model_failed(struct run *r, int rc, int step, float sigma) {
+    return err_set(r->sc->err, rc, "sampler '%s': model failed at step %d (sigma %g)", sampler_kind_name(r->kind),
+                   step + 1, (double)sigma);
+}
+
 /* den = D(x, sigma) through the callback. */
 static int run_model(struct run *r, const float *x, float sigma, float *den, int step) {
     int rc = r->model->fn(r->model->user, x, sigma, den, r->sc->err);
-    if (rc < 0)
-        return err_set(r->sc->err, rc, "sampler '%s': model failed at step %d (sigma %g)",
-                       sampler_kind_name(r->kind), step + 1, (double)sigma);
-    return STATUS_OK;
+    return rc < 0 ? model_failed(r, rc, step, sigma) : STATUS_OK;
 }
 
 /* Reports step i as done; a non-zero answer from progress interrupts the run. */
@@ -140,11 +143,7 @@ static int sample_euler_dev(struct run *r) {
     for (int i = 0; i < r->steps && rc >= 0; i++) {
         const float s = r->sigmas[i], sn = r->sigmas[i + 1];
         rc = dev->euler(user, s, sn, r->sc->err);
-        if (rc < 0)
-            err_set(r->sc->err, rc, "sampler '%s': model failed at step %d (sigma %g)", sampler_kind_name(r->kind),
-                    i + 1, (double)s);
-        else
-            rc = run_step_done(r, i);
+        rc = rc < 0 ? model_failed(r, rc, i, s) : run_step_done(r, i);
     }
     int end = dev->end(user, r->x, r->sc->err);
     return rc < 0 ? rc : end;

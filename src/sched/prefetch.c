@@ -96,6 +96,13 @@ static uint64_t read_file(struct sched_prefetch *p, const char *path) {
     return total;
 }
 
+/* Whether path was queued (or read) in the last PREFETCH_FRESH_S seconds (mu held). */
+static bool fresh(const struct sched_prefetch *p, const char *path, double now) {
+    for (int i = 0; i < PREFETCH_RECENT; i++)
+        if (p->recent[i] && strcmp(p->recent[i], path) == 0 && now - p->recent_t[i] < PREFETCH_FRESH_S) return true;
+    return false;
+}
+
 /* Forgets that path was read (mu held): a speculative read that gave way read only part of it,
  * so a prompt that needs it later must read it. */
 static void forget_recent(struct sched_prefetch *p, const char *path) {
@@ -243,13 +250,11 @@ bool sched__prefetch_file(struct sched_prefetch *p, const char *path) {
     bool reading = p->current && strcmp(p->current, path) == 0;
     if (p->current && p->current_spec && !reading) atomic_store(&p->yield, true);
     if (reading) p->current_spec = false; /* a prompt's read now: it does not give way */
-    bool fresh = false;
-    for (int i = 0; i < PREFETCH_RECENT && !fresh; i++)
-        fresh = p->recent[i] && strcmp(p->recent[i], path) == 0 && now - p->recent_t[i] < PREFETCH_FRESH_S;
-    if (reading && atomic_load(&p->yield)) fresh = false; /* it is stopping: read it again */
+    /* read a moment ago (or being read), unless that read is stopping: then read it again */
+    bool skip = fresh(p, path, now) && !(reading && atomic_load(&p->yield));
     for (int i = 0; i < p->n_queue; i++) /* a speculative entry for it: a prompt's now */
         if (strcmp(p->queue[i].path, path) == 0) p->queue[i].spec = false;
-    bool queued = !fresh && enqueue(p, path, false, now);
+    bool queued = !skip && enqueue(p, path, false, now);
     pthread_mutex_unlock(&p->mu);
     return queued;
 }
@@ -314,11 +319,8 @@ int sched__prefetch_recall(struct sched_prefetch *p, uint64_t max_bytes) {
                       (double)(total + size) / 1048576.0, (double)max_bytes / 1048576.0);
             continue;
         }
-        bool dup = false; /* queued, or read a moment ago (a reloaded prompt's) */
-        for (int i = 0; i < p->n_queue && !dup; i++) dup = strcmp(p->queue[i].path, path) == 0;
-        for (int i = 0; i < PREFETCH_RECENT && !dup; i++)
-            dup = p->recent[i] && strcmp(p->recent[i], path) == 0 && now - p->recent_t[i] < PREFETCH_FRESH_S;
-        if (dup || !enqueue(p, path, true, now)) continue;
+        /* queued or read a moment ago (a reloaded prompt's): a queued path is among the recent ones */
+        if (fresh(p, path, now) || !enqueue(p, path, true, now)) continue;
         total += size;
         queued++;
     }

@@ -87,6 +87,20 @@ static int64_t gcd64(int64_t a, int64_t b) {
     return a;
 }
 
+/* The entries [first, first + n)'s common token count (the least common multiple: each entry's
+ * context is tiled to it, as CONDCrossAttn.concat does), and their shortest into *min_len (may be
+ * NULL): batched only while L / min_len <= 4. */
+static int64_t common_tokens(const struct cfg_denoiser *d, int first, int n, int64_t *min_len) {
+    int64_t L = 1, lo = INT64_MAX;
+    for (int i = first; i < first + n; i++) {
+        int64_t t = d->entries[i].item->n_tokens;
+        L = L / gcd64(L, t) * t;
+        if (t < lo) lo = t;
+    }
+    if (min_len) *min_len = lo;
+    return L;
+}
+
 /* The context of entries [first, first + n) as one UNet batch, each entry's tokens tiled to L,
  * into d->context [n * b, L, dim]. */
 static void fill_context(struct cfg_denoiser *d, int first, int n, int64_t L) {
@@ -105,12 +119,7 @@ static void fill_context(struct cfg_denoiser *d, int first, int n, int64_t L) {
  * side's sum. */
 static int eval_entries(struct cfg_denoiser *d, int first, int n, const float *x, float sigma, struct err *err) {
     int64_t per = d->c * d->h * d->w, lat = d->b * per, dim = d->entries[first].item->dim;
-    int64_t L = d->entries[first].item->n_tokens, min_len = L;
-    for (int i = 1; i < n; i++) {
-        int64_t t = d->entries[first + i].item->n_tokens;
-        L = L / gcd64(L, t) * t;
-        if (t < min_len) min_len = t;
-    }
+    const int64_t L = common_tokens(d, first, n, NULL);
     /* c_in: x / sqrt(sigma^2 + 1), float32 as torch does it */
     float c_in = sqrtf(sigma * sigma + 1.0f);
     float t = (float)schedule_timestep(d->schedule, sigma);
@@ -150,12 +159,8 @@ static int cfg_denoise(void *user, const float *x, float sigma, float *denoised,
     int64_t lat = d->b * d->c * d->h * d->w;
     memset(d->side_sum, 0, (size_t)(2 * lat) * sizeof(float));
     /* batch everything when the token counts tile within 4x; else one entry at a time */
-    int64_t L = 1, min_len = INT64_MAX;
-    for (int i = 0; i < d->n_entries; i++) {
-        int64_t t = d->entries[i].item->n_tokens;
-        L = L / gcd64(L, t) * t;
-        if (t < min_len) min_len = t;
-    }
+    int64_t min_len;
+    const int64_t L = common_tokens(d, 0, d->n_entries, &min_len);
     int rc = 0;
     if (L / min_len <= 4) {
         rc = eval_entries(d, 0, d->n_entries, x, sigma, err);
@@ -188,26 +193,15 @@ static int dev_begin(void *user, const float *x, struct err *err) {
     const char *env = getenv("KILN_DEVICE_SAMPLER");
     if ((env && strcmp(env, "0") == 0) || backend_host_buffers(e->backend) || d->n_pos != 1 || d->n_neg > 1)
         return STATUS_ERR_UNSUPPORTED;
-    int64_t L = 1, min_len = INT64_MAX, dim = d->entries[0].item->dim;
-    for (int i = 0; i < d->n_entries; i++) {
-        int64_t t = d->entries[i].item->n_tokens;
-        L = L / gcd64(L, t) * t;
-        if (t < min_len) min_len = t;
-    }
+    int64_t min_len, dim = d->entries[0].item->dim;
+    const int64_t L = common_tokens(d, 0, d->n_entries, &min_len);
     if (L / min_len > 4) return STATUS_ERR_UNSUPPORTED; /* entries one by one: the host loop */
     const int64_t lat = d->b * d->c * d->h * d->w;
-    const size_t ctx_bytes = (size_t)(d->n_entries * d->b * L * dim) * sizeof(float);
-    const size_t x_at = (ctx_bytes + 255) & ~(size_t)255;
-    char *buf = engine_ctx_buffer(e, x_at + (size_t)lat * sizeof(float));
-    if (!buf) return STATUS_ERR_UNSUPPORTED; /* no room: the host loop, which needs less */
     fill_context(d, 0, d->n_entries, L);
-    struct tensor cv = {.dtype = DTYPE_F32, .ndim = 1, .shape = {(int64_t)(ctx_bytes / 4), 1, 1, 1}, .data = buf};
-    struct tensor xv = {.dtype = DTYPE_F32, .ndim = 1, .shape = {lat, 1, 1, 1}, .data = buf + x_at};
-    int rc = backend_tensor_set(e->backend, &cv, d->context, 0, ctx_bytes);
-    if (!rc) rc = backend_tensor_set(e->backend, &xv, x, 0, (size_t)lat * sizeof(float));
-    if (rc) return err_set(err, rc, "copying the sampler's context and latent to the device failed");
+    void *buf = engine_sampler_upload(e, d->context, (size_t)(d->n_entries * d->b * L * dim) * sizeof(float), x,
+                                      (size_t)lat * sizeof(float), &d->x_dev, err);
+    if (!buf) return err && err->code ? err->code : STATUS_ERR_UNSUPPORTED; /* no room: the host loop, which needs less */
     d->ctx_dev = buf; /* as the host loop's first step would have it */
-    d->x_dev = buf + x_at;
     d->dev_tokens = L;
     return 0;
 }
@@ -292,11 +286,8 @@ static int common_ksampler(struct node_run *ctx, const struct model_value *model
         add_entries(&d, neg, 1);
         d.n_neg = neg->n;
     }
-    int64_t L = 1, dim = unet->config.context_dim, lat = in->b * in->c * in->h * in->w;
-    for (int i = 0; i < d.n_entries; i++) {
-        int64_t t = d.entries[i].item->n_tokens;
-        L = L / gcd64(L, t) * t;
-    }
+    int64_t dim = unet->config.context_dim, lat = in->b * in->c * in->h * in->w;
+    const int64_t L = common_tokens(&d, 0, d.n_entries, NULL);
     int64_t n_ctx = 0; /* context floats for the largest batch eval_entries may build */
     for (int i = 0; i < d.n_entries; i++) {
         int64_t t = d.entries[i].item->n_tokens;

@@ -292,11 +292,10 @@ static void expect_json(const json_t *got, const char *want) {
     mem_free(g);
 }
 
-static struct sched *new_sched(int n_dev, int history_max) {
-    struct sched_opts o = {.n_cpu_workers = n_dev, .cpu_threads = 1, .paths = PATHS, .history_max = history_max,
-                           .metrics_log_every = 3};
+/* A sched of o's devices with the event sink, the recorded events and runs reset. */
+static struct sched *sched_of(const struct sched_opts *o) {
     struct err err = {0};
-    struct sched *s = sched_new(&o, &err);
+    struct sched *s = sched_new(o, &err);
     if (!s) fail_msg("sched_new: %s", err.msg);
     sched_set_event_sink(s, sink, NULL);
     g_s = s;
@@ -306,6 +305,12 @@ static struct sched *new_sched(int n_dev, int history_max) {
     pthread_mutex_unlock(&RUNS.mu);
     atomic_store(&gate_open, false);
     return s;
+}
+
+static struct sched *new_sched(int n_dev, int history_max) {
+    struct sched_opts o = {.n_cpu_workers = n_dev, .cpu_threads = 1, .paths = PATHS, .history_max = history_max,
+                           .metrics_log_every = 3};
+    return sched_of(&o);
 }
 
 static void start(struct sched *s) {
@@ -703,12 +708,7 @@ static void make_ckpt(const char *name, size_t size, char *out, size_t n) {
 
 static struct sched *new_sched_recall(const char *dir) {
     struct sched_opts o = {.n_cpu_workers = 2, .cpu_threads = 1, .paths = PATHS, .recall_dir = dir};
-    struct err err = {0};
-    struct sched *s = sched_new(&o, &err);
-    if (!s) fail_msg("sched_new: %s", err.msg);
-    sched_set_event_sink(s, sink, NULL);
-    g_s = s;
-    events_reset();
+    struct sched *s = sched_of(&o);
     sched_read_ahead_recalled(s); /* what kiln serve does once the devices are open */
     return s;
 }
@@ -780,11 +780,7 @@ static void test_prefetch_recall(void **state) {
             (long long)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec, b);
     fclose(f);
     struct sched_opts o = {.n_cpu_workers = 2, .cpu_threads = 1, .paths = PATHS, .recall_dir = dir};
-    struct err err = {0};
-    s = sched_new(&o, &err); /* nothing read ahead before sched_read_ahead_recalled */
-    assert_non_null(s);
-    g_s = s;
-    sched_set_event_sink(s, sink, NULL);
+    s = sched_of(&o); /* nothing read ahead before sched_read_ahead_recalled */
     assert_false(sched__prefetch_wait(s->prefetch, 1, 0.2, NULL));
     sched__prefetch_hold(s->prefetch, true);
     assert_int_equal(sched__prefetch_recall(s->prefetch, UINT64_MAX), 2);
